@@ -1,0 +1,141 @@
+//! Builds the guest programs in `programs/` to wasm32 with a nested cargo, and the hostile `.wat`
+//! fixtures in `hostile/` with the `wat` crate, leaving every `.wasm` in `OUT_DIR` for `lib.rs`
+//! to `include_bytes!`.
+//!
+//! Nothing is written into the source tree: the nested build uses `--locked` against the
+//! committed `programs/Cargo.lock` and its own target directory under `OUT_DIR`.
+
+use std::env;
+use std::ffi::OsStr;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Guests per target triple. Keep in sync with `programs/Cargo.toml` and `src/lib.rs`.
+const TARGETS: &[(&str, &[&str])] = &[
+    ("wasm32-unknown-unknown", &["sha256", "sort", "collatz"]),
+    ("wasm32-wasip1", &["primes", "wordcount"]),
+];
+
+/// Not a module: the right magic and version, then a type section whose declared size runs past
+/// the end of the file. Generated here so that no binary is committed.
+const INVALID_MODULE: &[u8] = b"\0asm\x01\0\0\0\x01\xff\xff";
+
+fn main() {
+    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
+
+    println!("cargo:rerun-if-changed=build.rs");
+    build_programs(&manifest_dir.join("programs"), &out_dir);
+    build_hostile(&manifest_dir.join("hostile"), &out_dir.join("hostile"));
+}
+
+fn build_programs(programs: &Path, out_dir: &Path) {
+    // A directory makes cargo rescan everything below it, which covers new files and crates.
+    // Nothing under it is written by this build, so this does not retrigger itself.
+    println!("cargo:rerun-if-changed={}", programs.display());
+
+    let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let target_dir = out_dir.join("programs-target");
+    for (triple, guests) in TARGETS {
+        let mut cmd = Command::new(&cargo);
+        cmd.current_dir(programs)
+            .arg("build")
+            .arg("--manifest-path")
+            .arg(programs.join("Cargo.toml"))
+            .args(["--release", "--locked", "--offline", "--target", triple])
+            .arg("--target-dir")
+            .arg(&target_dir);
+        for guest in *guests {
+            cmd.args(["-p", guest]);
+        }
+        scrub_env(&mut cmd);
+
+        let output = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("could not run {}: {e}", Path::new(&cargo).display()));
+        if !output.status.success() {
+            panic!(
+                "building the guest programs for {triple} failed ({}).\n\
+                 If the target is missing: rustup target add wasm32-unknown-unknown wasm32-wasip1\n\
+                 --- cargo stderr ---\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr),
+            );
+        }
+
+        for guest in *guests {
+            let built = target_dir.join(triple).join("release").join(format!("{guest}.wasm"));
+            let dest = out_dir.join(format!("{guest}.wasm"));
+            fs::copy(&built, &dest).unwrap_or_else(|e| {
+                panic!("copying {} to {}: {e}", built.display(), dest.display())
+            });
+        }
+    }
+}
+
+/// Removes what the outer build hands to build scripts that would change how the guests are
+/// compiled: flags and wrappers meant for the host target, the outer target directory and
+/// profile, and the jobserver (the nested cargo runs its own). `RUSTUP_TOOLCHAIN`, `RUSTC` and
+/// `CARGO_HOME` stay, so the guests are built by the same toolchain with the same caches.
+fn scrub_env(cmd: &mut Command) {
+    const EXACT: &[&str] = &[
+        "RUSTFLAGS",
+        "RUSTDOCFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTC_LINKER",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "CARGO_MAKEFLAGS",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_INCREMENTAL",
+        "TARGET",
+        "HOST",
+        "OUT_DIR",
+        "PROFILE",
+        "OPT_LEVEL",
+        "DEBUG",
+        "NUM_JOBS",
+    ];
+    // CARGO_TARGET_ covers CARGO_TARGET_DIR and per-triple linker/rustflags/runner settings;
+    // CARGO_BUILD_ covers build.target, build.rustflags and the wrappers.
+    const PREFIXES: &[&str] = &[
+        "CARGO_ENCODED_",
+        "CARGO_BUILD_",
+        "CARGO_TARGET_",
+        "CARGO_PROFILE_",
+        "CARGO_CFG_",
+        "CARGO_FEATURE_",
+        "CARGO_PKG_",
+        "CARGO_MANIFEST_",
+        "CARGO_LLVM_COV",
+        "DEP_",
+    ];
+    for (key, _) in env::vars_os() {
+        let Some(key_str) = key.to_str() else { continue };
+        if EXACT.contains(&key_str) || PREFIXES.iter().any(|p| key_str.starts_with(p)) {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
+fn build_hostile(hostile: &Path, out_dir: &Path) {
+    println!("cargo:rerun-if-changed={}", hostile.display());
+    fs::create_dir_all(out_dir).expect("create OUT_DIR/hostile");
+
+    let mut entries: Vec<PathBuf> = fs::read_dir(hostile)
+        .expect("read guests/hostile")
+        .map(|e| e.expect("read guests/hostile entry").path())
+        .filter(|p| p.extension() == Some(OsStr::new("wat")))
+        .collect();
+    entries.sort();
+    for wat_path in entries {
+        let wasm = wat::parse_file(&wat_path)
+            .unwrap_or_else(|e| panic!("compiling {}: {e}", wat_path.display()));
+        let dest = out_dir.join(wat_path.with_extension("wasm").file_name().expect("file name"));
+        fs::write(&dest, wasm).unwrap_or_else(|e| panic!("writing {}: {e}", dest.display()));
+    }
+    fs::write(out_dir.join("invalid_module.wasm"), INVALID_MODULE)
+        .expect("write invalid_module.wasm");
+}

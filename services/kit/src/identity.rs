@@ -1,0 +1,381 @@
+//! The mesh CA and the identities it certifies.
+//!
+//! Every certificate carries one URI SAN, `spiffe://<mesh>/<role>/<name>`; the role decides what
+//! its holder may call. TLS keys are ECDSA P-256 (understood by every TLS stack, including the
+//! grpcio clients generated from `proto/`); receipts use a separate Ed25519 key.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// What a certificate's holder is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Mesh administrator: approves nodes, mints credits.
+    Admin,
+    /// Task submitter.
+    User,
+    /// A worker node.
+    Node,
+    /// One of the four services, talking to another.
+    Service,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+            Role::Node => "node",
+            Role::Service => "service",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "admin" => Role::Admin,
+            "user" => Role::User,
+            "node" => Role::Node,
+            "service" => Role::Service,
+            _ => return None,
+        })
+    }
+}
+
+/// A verified caller: its role and its name within the role (a node id, a user name, ...).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Identity {
+    pub mesh: String,
+    pub role: Role,
+    pub name: String,
+}
+
+impl Identity {
+    pub fn new(mesh: &str, role: Role, name: &str) -> Identity {
+        Identity {
+            mesh: mesh.to_string(),
+            role,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("spiffe://{}/{}/{}", self.mesh, self.role.as_str(), self.name)
+    }
+
+    /// The ledger account this identity pays from or is paid into.
+    pub fn account(&self) -> String {
+        format!("{}/{}", self.role.as_str(), self.name)
+    }
+
+    pub fn parse_uri(uri: &str) -> Option<Identity> {
+        let rest = uri.strip_prefix("spiffe://")?;
+        let mut parts = rest.splitn(3, '/');
+        let mesh = parts.next()?;
+        let role = Role::parse(parts.next()?)?;
+        let name = parts.next()?;
+        if mesh.is_empty() || !valid_name(name) {
+            return None;
+        }
+        Some(Identity::new(mesh, role, name))
+    }
+
+    /// The identity in a DER certificate that a TLS stack has already verified.
+    pub fn from_verified_der(der: &[u8]) -> Option<Identity> {
+        use x509_parser::prelude::*;
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        let san = cert.subject_alternative_name().ok()??;
+        san.value.general_names.iter().find_map(|name| match name {
+            GeneralName::URI(uri) => Identity::parse_uri(uri),
+            _ => None,
+        })
+    }
+}
+
+impl std::fmt::Display for Identity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.role.as_str(), self.name)
+    }
+}
+
+/// Names are short and path-safe: letters, digits, `-`, `_`, `.`.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("certificate error: {0}")]
+    Cert(#[from] rcgen::Error),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid name {0:?}: use 1-64 letters, digits, '-', '_' or '.'")]
+    BadName(String),
+    #[error("{0} already exists; refusing to overwrite a mesh CA")]
+    Exists(PathBuf),
+}
+
+/// A PEM certificate and its PEM private key.
+#[derive(Clone, Debug)]
+pub struct CertifiedKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl CertifiedKey {
+    /// Writes `<stem>.crt` and `<stem>.key` (0600) into `dir`.
+    pub fn write(&self, dir: &Path, stem: &str) -> Result<(), IdentityError> {
+        write_file(&dir.join(format!("{stem}.crt")), self.cert_pem.as_bytes(), false)?;
+        write_file(&dir.join(format!("{stem}.key")), self.key_pem.as_bytes(), true)
+    }
+}
+
+/// The mesh certificate authority.
+pub struct MeshCa {
+    pub mesh: String,
+    pub cert_pem: String,
+    key: KeyPair,
+}
+
+/// Lifetime of the CA certificate.
+const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+impl MeshCa {
+    /// A new CA for the mesh named `mesh`.
+    pub fn generate(mesh: &str) -> Result<MeshCa, IdentityError> {
+        if !valid_name(mesh) {
+            return Err(IdentityError::BadName(mesh.to_string()));
+        }
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = dn(&format!("zkmesh {mesh} CA"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.subject_alt_names = vec![SanType::URI(
+            format!("spiffe://{mesh}").try_into().map_err(rcgen::Error::from)?,
+        )];
+        set_validity(&mut params, CA_LIFETIME);
+        let cert = params.self_signed(&key)?;
+        Ok(MeshCa {
+            mesh: mesh.to_string(),
+            cert_pem: cert.pem(),
+            key,
+        })
+    }
+
+    /// Loads `ca.crt` and `ca.key` from `dir`.
+    pub fn load(dir: &Path) -> Result<MeshCa, IdentityError> {
+        let cert_pem = read_file(&dir.join("ca.crt"))?;
+        let key_pem = read_file(&dir.join("ca.key"))?;
+        let key = KeyPair::from_pem(&key_pem)?;
+        let mesh = mesh_of_ca(&cert_pem).unwrap_or_else(|| "zkmesh".to_string());
+        Ok(MeshCa {
+            mesh,
+            cert_pem,
+            key,
+        })
+    }
+
+    /// Writes `ca.crt` and `ca.key`; refuses to overwrite an existing CA.
+    pub fn save(&self, dir: &Path) -> Result<(), IdentityError> {
+        let key_path = dir.join("ca.key");
+        if key_path.exists() {
+            return Err(IdentityError::Exists(key_path));
+        }
+        std::fs::create_dir_all(dir).map_err(|source| IdentityError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        write_file(&dir.join("ca.crt"), self.cert_pem.as_bytes(), false)?;
+        write_file(&key_path, self.key.serialize_pem().as_bytes(), true)
+    }
+
+    fn issuer(&self) -> Result<Issuer<'_, &KeyPair>, IdentityError> {
+        Ok(Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?)
+    }
+
+    /// A new key and certificate for `identity`. Services also get server names
+    /// (`localhost`, loopback addresses and `hosts`) so that clients can verify them.
+    pub fn issue(
+        &self,
+        identity: &Identity,
+        hosts: &[String],
+        lifetime: Duration,
+    ) -> Result<CertifiedKey, IdentityError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let params = self.leaf_params(identity, hosts, lifetime)?;
+        let cert = params.signed_by(&key, &self.issuer()?)?;
+        Ok(CertifiedKey {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+
+    /// Signs a node's CSR. Only the CSR's public key is used: the names in the certificate are
+    /// the registry's decision, never the requester's.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        lifetime: Duration,
+    ) -> Result<String, IdentityError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
+        let params = self.leaf_params(identity, &[], lifetime)?;
+        Ok(params.signed_by(&csr.public_key, &self.issuer()?)?.pem())
+    }
+
+    fn leaf_params(
+        &self,
+        identity: &Identity,
+        hosts: &[String],
+        lifetime: Duration,
+    ) -> Result<CertificateParams, IdentityError> {
+        if !valid_name(&identity.name) {
+            return Err(IdentityError::BadName(identity.name.clone()));
+        }
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params.distinguished_name = dn(&identity.to_string());
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.use_authority_key_identifier_extension = true;
+        let mut sans = vec![SanType::URI(
+            identity.uri().try_into().map_err(rcgen::Error::from)?,
+        )];
+        if identity.role == Role::Service {
+            params
+                .extended_key_usages
+                .push(ExtendedKeyUsagePurpose::ServerAuth);
+            sans.push(SanType::DnsName(
+                "localhost".try_into().map_err(rcgen::Error::from)?,
+            ));
+            sans.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+            sans.push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+            for host in hosts {
+                sans.push(match host.parse::<IpAddr>() {
+                    Ok(ip) => SanType::IpAddress(ip),
+                    Err(_) => SanType::DnsName(host.clone().try_into().map_err(rcgen::Error::from)?),
+                });
+            }
+        }
+        params.subject_alt_names = sans;
+        set_validity(&mut params, lifetime);
+        Ok(params)
+    }
+}
+
+/// A fresh TLS key pair and a CSR for it (the worker side of enrollment).
+pub fn generate_csr(common_name: &str) -> Result<(String, String), IdentityError> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = dn(common_name);
+    let csr = params.serialize_request(&key)?;
+    Ok((key.serialize_pem(), csr.pem()?))
+}
+
+/// Expiry of a PEM certificate, in milliseconds since the epoch.
+pub fn not_after_ms(cert_pem: &str) -> Option<i64> {
+    use x509_parser::prelude::*;
+    let (_, pem) = parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    Some(cert.validity().not_after.timestamp() * 1000)
+}
+
+fn mesh_of_ca(cert_pem: &str) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, pem) = parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    let cert = pem.parse_x509().ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => uri.strip_prefix("spiffe://").map(str::to_string),
+        _ => None,
+    })
+}
+
+fn dn(common_name: &str) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    dn
+}
+
+fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    // A minute of slack for clocks that disagree a little.
+    params.not_before = now - time::Duration::minutes(1);
+    params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
+}
+
+pub fn read_file(path: &Path) -> Result<String, IdentityError> {
+    std::fs::read_to_string(path).map_err(|source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes a file, private to its owner when `secret`.
+pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), IdentityError> {
+    let io = |source| IdentityError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    std::fs::write(path, bytes).map_err(io)?;
+    #[cfg(unix)]
+    if secret {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_certificates_carry_their_identity() {
+        let ca = MeshCa::generate("testmesh").unwrap();
+        let id = Identity::new("testmesh", Role::User, "alice");
+        let ck = ca.issue(&id, &[], Duration::from_secs(60)).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(ck.cert_pem.as_bytes()).unwrap();
+        assert_eq!(Identity::from_verified_der(&pem.contents), Some(id));
+        assert_eq!(mesh_of_ca(&ca.cert_pem).as_deref(), Some("testmesh"));
+    }
+
+    #[test]
+    fn csr_names_are_ignored() {
+        let ca = MeshCa::generate("m").unwrap();
+        let (_key, csr) = generate_csr("admin/root").unwrap();
+        let id = Identity::new("m", Role::Node, "n-1");
+        let cert = ca.sign_csr(&csr, &id, Duration::from_secs(60)).unwrap();
+        let (_, pem) = x509_parser::pem::parse_x509_pem(cert.as_bytes()).unwrap();
+        assert_eq!(Identity::from_verified_der(&pem.contents), Some(id));
+        assert!(not_after_ms(&cert).unwrap() > crate::now_ms());
+    }
+
+    #[test]
+    fn uris_parse_strictly() {
+        assert!(Identity::parse_uri("spiffe://m/node/abc").is_some());
+        assert!(Identity::parse_uri("spiffe://m/root/abc").is_none());
+        assert!(Identity::parse_uri("spiffe://m/node/a/b").is_none());
+        assert!(Identity::parse_uri("https://m/node/a").is_none());
+    }
+}

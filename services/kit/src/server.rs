@@ -1,0 +1,203 @@
+//! Runs one zkmesh service the same way every time: mutual TLS, the role table, health,
+//! reflection, metrics, and a graceful drain on shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::server::NamedService;
+use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
+
+use crate::auth::{Acl, AuthLayer, RevocationList};
+use crate::config::TlsFiles;
+use crate::identity::read_file;
+use crate::telemetry::{Metrics, serve_metrics};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("TLS material: {0}")]
+    Tls(String),
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(String),
+}
+
+/// PEM material for a server or client.
+#[derive(Clone, Debug)]
+pub struct TlsPem {
+    pub ca: String,
+    pub cert: String,
+    pub key: String,
+}
+
+impl TlsPem {
+    pub fn load(files: &TlsFiles) -> Result<TlsPem, ServeError> {
+        let read = |p: &std::path::Path| read_file(p).map_err(|e| ServeError::Tls(e.to_string()));
+        Ok(TlsPem {
+            ca: read(&files.ca)?,
+            cert: read(&files.cert)?,
+            key: read(&files.key)?,
+        })
+    }
+}
+
+/// Binds a TCP listener; `addr` like `127.0.0.1:0`.
+pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Everything [`serve`] needs besides the service itself.
+pub struct ServeSpec {
+    /// Short service name: `registry`, `scheduler`, `ledger`, `verifier`.
+    pub name: &'static str,
+    pub mesh: String,
+    pub acl: &'static Acl,
+    pub tls: TlsPem,
+    /// Accept TLS clients without a certificate (only the registry, for enrollment).
+    pub client_auth_optional: bool,
+    pub listener: TcpListener,
+    pub metrics_listener: Option<TcpListener>,
+    pub metrics: Metrics,
+    pub revoked: RevocationList,
+    pub shutdown: CancellationToken,
+    /// How long in-flight calls may take to finish after shutdown begins.
+    pub grace: Duration,
+}
+
+/// A running service.
+pub struct Serving {
+    pub addr: SocketAddr,
+    pub metrics_addr: Option<SocketAddr>,
+    pub task: JoinHandle<Result<(), ServeError>>,
+}
+
+/// Serves `service` until `spec.shutdown` is cancelled, then reports NOT_SERVING, stops
+/// accepting, and gives in-flight calls `spec.grace` to finish.
+pub async fn serve<S>(service: S, spec: ServeSpec) -> Result<Serving, ServeError>
+where
+    S: tower::Service<
+            http::Request<tonic::body::Body>,
+            Response = http::Response<tonic::body::Body>,
+            Error = Infallible,
+        > + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let addr = spec.listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: "listener".into(),
+        source,
+    })?;
+    let tls = ServerTlsConfig::new()
+        .identity(TlsIdentity::from_pem(&spec.tls.cert, &spec.tls.key))
+        .client_ca_root(Certificate::from_pem(&spec.tls.ca))
+        .client_auth_optional(spec.client_auth_optional);
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter.set_serving::<S>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(zkmesh_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(zkmesh_proto::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| ServeError::Reflection(e.to_string()))?;
+
+    let metrics_addr = match spec.metrics_listener {
+        Some(listener) => {
+            let a = listener.local_addr().ok();
+            tokio::spawn(serve_metrics(
+                listener,
+                spec.metrics.clone(),
+                spec.shutdown.clone(),
+            ));
+            a
+        }
+        None => None,
+    };
+
+    let auth = AuthLayer::new(spec.acl, &spec.mesh, spec.revoked.clone(), spec.metrics.rpc());
+    let incoming = tonic::transport::server::TcpIncoming::from(spec.listener)
+        .with_nodelay(Some(true));
+    let drain = CancellationToken::new();
+    let router = Server::builder()
+        .tls_config(tls)?
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .layer(auth)
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(service);
+    let drain_signal = drain.clone();
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
+        incoming,
+        async move { drain_signal.cancelled().await },
+    ));
+    tracing::info!(service = spec.name, %addr, metrics = ?metrics_addr, "listening");
+
+    let name = spec.name;
+    let shutdown = spec.shutdown;
+    let grace = spec.grace;
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            result = &mut server => return flatten(result),
+            _ = shutdown.cancelled() => {}
+        }
+        reporter.set_not_serving::<S>().await;
+        drain.cancel();
+        tracing::info!(service = name, "draining");
+        match tokio::time::timeout(grace, &mut server).await {
+            Ok(result) => flatten(result),
+            Err(_) => {
+                tracing::warn!(service = name, "grace period over; closing remaining calls");
+                server.abort();
+                Ok(())
+            }
+        }
+    });
+    Ok(Serving {
+        addr,
+        metrics_addr,
+        task,
+    })
+}
+
+fn flatten(
+    r: Result<Result<(), tonic::transport::Error>, tokio::task::JoinError>,
+) -> Result<(), ServeError> {
+    match r {
+        Ok(inner) => inner.map_err(ServeError::from),
+        Err(e) if e.is_cancelled() => Ok(()),
+        Err(e) => Err(ServeError::Tls(format!("server task failed: {e}"))),
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}
