@@ -1,1 +1,684 @@
-//! placeholder during bootstrap
+//! The wasmtime sandbox in which zkmesh runs strangers' WebAssembly: fuel, memory and
+//! wall-clock limits, no filesystem, no network, and the two guest ABIs.
+//!
+//! # Core concepts
+//! - A [`Sandbox`] owns one wasmtime `Engine` configured for determinism (fuel metering, NaN
+//!   canonicalisation, no threads, no relaxed SIMD, a fixed wasm stack) and a ticker thread that
+//!   drives the epoch deadline, the wall-clock backstop.
+//! - [`Sandbox::inspect`] compiles a module and decides its [`Abi`], refusing anything that
+//!   imports outside the two ABIs.
+//! - [`Sandbox::run`] runs a module on an input under [`Limits`] and always returns an
+//!   [`Outcome`]: a guest that traps or runs out of fuel is a result, not an error.
+//!
+//! # The zkmesh ABI
+//! A module imports from `zkmesh` only:
+//! - `input_len() -> i32`: the input's length in bytes;
+//! - `read_input(dst: i32, offset: i32, len: i32) -> i32`: copies up to `len` input bytes
+//!   from `offset` to memory at `dst`, returns how many it copied (0 at the end);
+//! - `write_output(src: i32, len: i32)`: appends `len` bytes from memory at `src` to the output;
+//!
+//! and exports `memory` and `run: () -> ()` (`main` is accepted as well).
+//!
+//! # WASI preview 1
+//! A command (`_start`): stdin is the input, stdout the output, stderr the task log. Nothing is
+//! granted: no preopened directories, no environment, no arguments but the program name, no
+//! sockets. Clocks are frozen (wall clock at the Unix epoch, monotonic clock at zero) and
+//! randomness is a deterministic stream derived from the task's seed, so that every node
+//! running the same task produces the same bytes.
+//!
+//! ```
+//! use zkmesh_runtime::{Sandbox, SandboxConfig, Limits, Exit};
+//! let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+//! let wasm = wat::parse_str(r#"(module
+//!   (import "zkmesh" "write_output" (func $out (param i32 i32)))
+//!   (memory (export "memory") 1)
+//!   (data (i32.const 0) "hi")
+//!   (func (export "run") (call $out (i32.const 0) (i32.const 2))))"#).unwrap();
+//! let outcome = sandbox.run(&wasm, b"", &Limits::default(), b"seed");
+//! assert_eq!(outcome.exit, Exit::Ok);
+//! assert_eq!(outcome.output, b"hi");
+//! ```
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use wasmtime::{
+    Caller, Config, Engine, Extern, InstancePre, Linker, Module, ResourceLimiter, Store, Trap,
+};
+use wasmtime_wasi::p1::WasiP1Ctx;
+
+/// Which guest ABI a module uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Abi {
+    Zkmesh,
+    Wasi,
+}
+
+impl Abi {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Abi::Zkmesh => "zkmesh",
+            Abi::Wasi => "wasi",
+        }
+    }
+}
+
+const WASI_MODULE: &str = "wasi_snapshot_preview1";
+
+/// Sandbox-wide settings (per worker).
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// Output beyond this ends the task as [`Exit::OutputTooLarge`].
+    pub max_output_bytes: usize,
+    /// stderr (task logs) is truncated beyond this.
+    pub max_stderr_bytes: usize,
+    /// Modules larger than this are refused before compiling.
+    pub max_module_bytes: usize,
+    /// Native stack available to wasm; deeper recursion ends as [`Exit::StackExhausted`].
+    pub max_wasm_stack: usize,
+    /// Granularity of the wall-clock deadline.
+    pub epoch_tick: Duration,
+    /// Compiled modules kept in memory.
+    pub cache_entries: usize,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            max_output_bytes: 16 << 20,
+            max_stderr_bytes: 64 << 10,
+            max_module_bytes: 64 << 20,
+            max_wasm_stack: 512 << 10,
+            epoch_tick: Duration::from_millis(10),
+            cache_entries: 256,
+        }
+    }
+}
+
+/// Per-task limits.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    pub fuel: u64,
+    pub memory_bytes: u64,
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            fuel: 1_000_000_000,
+            memory_bytes: 256 << 20,
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why a module cannot run at all.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ModuleError {
+    #[error("module is {size} bytes; the limit is {max}")]
+    TooLarge { size: usize, max: usize },
+    #[error("invalid module: {0}")]
+    Invalid(String),
+    #[error("forbidden import {import}: {reason}")]
+    ForbiddenImport { import: String, reason: String },
+    #[error("module has no entry point: {0}")]
+    NoEntry(String),
+}
+
+/// How a run ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    Ok,
+    /// A WebAssembly trap, with wasmtime's description.
+    Trap(String),
+    OutOfFuel,
+    OutOfMemory,
+    StackExhausted,
+    Timeout,
+    OutputTooLarge,
+    /// A WASI guest called `proc_exit` with a non-zero code.
+    ExitCode(i32),
+    InvalidModule(String),
+    ForbiddenImport(String),
+}
+
+impl Exit {
+    /// A stable short name, used in JSON output and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Exit::Ok => "ok",
+            Exit::Trap(_) => "trap",
+            Exit::OutOfFuel => "out_of_fuel",
+            Exit::OutOfMemory => "out_of_memory",
+            Exit::StackExhausted => "stack_exhausted",
+            Exit::Timeout => "timeout",
+            Exit::OutputTooLarge => "output_too_large",
+            Exit::ExitCode(_) => "exit_code",
+            Exit::InvalidModule(_) => "invalid_module",
+            Exit::ForbiddenImport(_) => "forbidden_import",
+        }
+    }
+
+    /// A sentence for the submitter.
+    pub fn message(&self, limits: &Limits, config: &SandboxConfig) -> String {
+        match self {
+            Exit::Ok => "completed".into(),
+            Exit::Trap(t) => format!("trapped: {t}"),
+            Exit::OutOfFuel => format!("ran out of fuel (limit {})", limits.fuel),
+            Exit::OutOfMemory => format!(
+                "tried to grow memory past its limit of {} MiB",
+                limits.memory_bytes >> 20
+            ),
+            Exit::StackExhausted => "exhausted the wasm stack (unbounded recursion?)".into(),
+            Exit::Timeout => format!(
+                "did not finish within its timeout of {:.1}s",
+                limits.timeout.as_secs_f64()
+            ),
+            Exit::OutputTooLarge => format!(
+                "wrote more than the output limit of {} bytes",
+                config.max_output_bytes
+            ),
+            Exit::ExitCode(c) => format!("exited with code {c}"),
+            Exit::InvalidModule(m) => format!("invalid module: {m}"),
+            Exit::ForbiddenImport(m) => format!("forbidden import: {m}"),
+        }
+    }
+}
+
+/// The result of a run.
+#[derive(Clone, Debug)]
+pub struct Outcome {
+    pub exit: Exit,
+    pub message: String,
+    pub output: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub fuel_used: u64,
+    /// Wall-clock time spent instantiating and running the guest.
+    pub run_time: Duration,
+}
+
+/// What [`Sandbox::inspect`] learned about a module.
+#[derive(Clone, Debug)]
+pub struct Inspection {
+    pub abi: Abi,
+    /// Every import as `module.name`.
+    pub imports: Vec<String>,
+}
+
+struct Compiled {
+    abi: Abi,
+    imports: Vec<String>,
+    pre: InstancePre<Host>,
+}
+
+/// A worker's (or the scheduler's) wasmtime sandbox.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<Host>,
+    config: SandboxConfig,
+    cache: Mutex<HashMap<[u8; 32], Arc<Compiled>>>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Sandbox, ModuleError> {
+        let mut wc = Config::new();
+        wc.consume_fuel(true)
+            .epoch_interruption(true)
+            .cranelift_nan_canonicalization(true)
+            .wasm_threads(false)
+            .wasm_relaxed_simd(false)
+            .max_wasm_stack(config.max_wasm_stack);
+        let engine = Engine::new(&wc).map_err(|e| ModuleError::Invalid(format!("engine: {e}")))?;
+        let mut linker = Linker::new(&engine);
+        define_zkmesh_abi(&mut linker).map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        // WASI functions are only ever reached by modules inspected as WASI, whose store always
+        // carries a context; `wasi_ctx` is the one place that relies on it.
+        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, wasi_ctx)
+            .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let (engine_for_ticker, stop, tick) = (engine.clone(), stop_ticker.clone(), config.epoch_tick);
+        std::thread::Builder::new()
+            .name("zkmesh-epoch".into())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine_for_ticker.increment_epoch();
+                }
+            })
+            .map_err(|e| ModuleError::Invalid(format!("epoch ticker: {e}")))?;
+        Ok(Sandbox {
+            engine,
+            linker,
+            config,
+            cache: Mutex::new(HashMap::new()),
+            stop_ticker,
+        })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Compiles `wasm` (or finds it in the cache) and checks its imports and entry point.
+    pub fn inspect(&self, wasm: &[u8]) -> Result<Inspection, ModuleError> {
+        let compiled = self.compile(wasm)?;
+        Ok(Inspection {
+            abi: compiled.abi,
+            imports: compiled.imports.clone(),
+        })
+    }
+
+    fn compile(&self, wasm: &[u8]) -> Result<Arc<Compiled>, ModuleError> {
+        if wasm.len() > self.config.max_module_bytes {
+            return Err(ModuleError::TooLarge {
+                size: wasm.len(),
+                max: self.config.max_module_bytes,
+            });
+        }
+        let key: [u8; 32] = Sha256::digest(wasm).into();
+        if let Some(hit) = self.cache.lock().unwrap().get(&key) {
+            return Ok(hit.clone());
+        }
+        let module = Module::new(&self.engine, wasm)
+            .map_err(|e| ModuleError::Invalid(format!("{e:#}").lines().next().unwrap_or("").to_string()))?;
+        let (abi, imports) = classify(&module)?;
+        let pre = self
+            .linker
+            .instantiate_pre(&module)
+            .map_err(|e| ModuleError::ForbiddenImport {
+                import: "?".into(),
+                reason: e.to_string(),
+            })?;
+        let compiled = Arc::new(Compiled { abi, imports, pre });
+        let mut cache = self.cache.lock().unwrap();
+        if cache.len() >= self.config.cache_entries {
+            cache.clear();
+        }
+        cache.insert(key, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// Runs `wasm` on `input`. `seed` makes WASI randomness deterministic per task.
+    pub fn run(&self, wasm: &[u8], input: &[u8], limits: &Limits, seed: &[u8]) -> Outcome {
+        let started = Instant::now();
+        let compiled = match self.compile(wasm) {
+            Ok(c) => c,
+            Err(e) => {
+                let exit = match &e {
+                    ModuleError::ForbiddenImport { .. } => Exit::ForbiddenImport(e.to_string()),
+                    _ => Exit::InvalidModule(e.to_string()),
+                };
+                return self.outcome(exit, limits, Vec::new(), Vec::new(), 0, started);
+            }
+        };
+        let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(self.config.max_output_bytes);
+        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(self.config.max_stderr_bytes);
+        let wasi = (compiled.abi == Abi::Wasi).then(|| {
+            deterministic_wasi(input, seed, stdout.clone(), stderr.clone())
+        });
+        let host = Host {
+            input: input.to_vec(),
+            output: Vec::new(),
+            max_output: self.config.max_output_bytes,
+            limiter: Limiter {
+                memory_bytes: limits.memory_bytes as usize,
+                denied: false,
+            },
+            wasi,
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|h| &mut h.limiter);
+        let _ = store.set_fuel(limits.fuel);
+        let ticks = (limits.timeout.as_nanos() / self.config.epoch_tick.as_nanos().max(1)).max(1);
+        store.set_epoch_deadline(ticks as u64);
+        store.epoch_deadline_trap();
+
+        let result = run_entry(&mut store, &compiled);
+        let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
+        let host = store.into_data();
+        let exit = match result {
+            Ok(()) => Exit::Ok,
+            Err(e) => self.classify_error(&e, host.limiter.denied),
+        };
+        let (output, stderr) = match compiled.abi {
+            Abi::Zkmesh => (host.output, Vec::new()),
+            Abi::Wasi => (stdout.contents().to_vec(), stderr.contents().to_vec()),
+        };
+        self.outcome(exit, limits, output, stderr, fuel_used, started)
+    }
+
+    fn outcome(
+        &self,
+        exit: Exit,
+        limits: &Limits,
+        output: Vec<u8>,
+        stderr: Vec<u8>,
+        fuel_used: u64,
+        started: Instant,
+    ) -> Outcome {
+        Outcome {
+            message: exit.message(limits, &self.config),
+            exit,
+            output,
+            stderr,
+            fuel_used,
+            run_time: started.elapsed(),
+        }
+    }
+
+    fn classify_error(&self, e: &wasmtime::Error, memory_denied: bool) -> Exit {
+        if memory_denied {
+            return Exit::OutOfMemory;
+        }
+        if e.downcast_ref::<OutputLimit>().is_some() {
+            return Exit::OutputTooLarge;
+        }
+        if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            return if exit.0 == 0 { Exit::Ok } else { Exit::ExitCode(exit.0) };
+        }
+        if let Some(trap) = e.downcast_ref::<Trap>() {
+            return match trap {
+                Trap::OutOfFuel => Exit::OutOfFuel,
+                Trap::Interrupt => Exit::Timeout,
+                Trap::StackOverflow => Exit::StackExhausted,
+                other => Exit::Trap(other.to_string()),
+            };
+        }
+        let text = format!("{e:#}");
+        if text.contains("beyond capacity of MemoryOutputPipe") {
+            return Exit::OutputTooLarge;
+        }
+        Exit::Trap(text.lines().next().unwrap_or("").to_string())
+    }
+}
+
+fn run_entry(store: &mut Store<Host>, compiled: &Compiled) -> wasmtime::Result<()> {
+    let instance = compiled.pre.instantiate(&mut *store)?;
+    let name = match compiled.abi {
+        Abi::Wasi => "_start",
+        Abi::Zkmesh => {
+            if instance.get_func(&mut *store, "run").is_some() {
+                "run"
+            } else {
+                "main"
+            }
+        }
+    };
+    let entry = instance.get_typed_func::<(), ()>(&mut *store, name)?;
+    entry.call(&mut *store, ())
+}
+
+/// Decides the ABI from the imports and exports, refusing anything else.
+fn classify(module: &Module) -> Result<(Abi, Vec<String>), ModuleError> {
+    let mut uses_zkmesh = false;
+    let mut uses_wasi = false;
+    let mut imports = Vec::new();
+    for import in module.imports() {
+        let full = format!("{}.{}", import.module(), import.name());
+        match import.module() {
+            "zkmesh" => {
+                let expected = match import.name() {
+                    "input_len" => "() -> i32",
+                    "read_input" => "(i32, i32, i32) -> i32",
+                    "write_output" => "(i32, i32) -> ()",
+                    _ => {
+                        return Err(ModuleError::ForbiddenImport {
+                            import: full,
+                            reason: "the zkmesh ABI has only input_len, read_input and write_output"
+                                .into(),
+                        });
+                    }
+                };
+                let ok = match import.ty() {
+                    wasmtime::ExternType::Func(f) => signature(&f) == expected,
+                    _ => false,
+                };
+                if !ok {
+                    return Err(ModuleError::ForbiddenImport {
+                        import: full,
+                        reason: format!("must be a function of type {expected}"),
+                    });
+                }
+                uses_zkmesh = true;
+            }
+            WASI_MODULE => uses_wasi = true,
+            other => {
+                return Err(ModuleError::ForbiddenImport {
+                    import: full,
+                    reason: format!(
+                        "module {other:?} is not provided; guests may import only from \"zkmesh\" or \"{WASI_MODULE}\""
+                    ),
+                });
+            }
+        }
+        imports.push(full);
+    }
+    if uses_zkmesh && uses_wasi {
+        return Err(ModuleError::ForbiddenImport {
+            import: "zkmesh + wasi".into(),
+            reason: "a module uses either the zkmesh ABI or WASI, not both".into(),
+        });
+    }
+    let has = |name: &str| {
+        module
+            .get_export(name)
+            .is_some_and(|e| matches!(e, wasmtime::ExternType::Func(f) if f.params().len() == 0 && f.results().len() == 0))
+    };
+    let abi = if uses_wasi || (!uses_zkmesh && has("_start")) {
+        if !has("_start") {
+            return Err(ModuleError::NoEntry(
+                "a WASI command must export _start: () -> ()".into(),
+            ));
+        }
+        Abi::Wasi
+    } else {
+        if !has("run") && !has("main") {
+            return Err(ModuleError::NoEntry(
+                "a zkmesh ABI module must export run: () -> () (or _start for WASI)".into(),
+            ));
+        }
+        if uses_zkmesh && !matches!(module.get_export("memory"), Some(wasmtime::ExternType::Memory(_))) {
+            return Err(ModuleError::NoEntry(
+                "a zkmesh ABI module must export its memory as \"memory\"".into(),
+            ));
+        }
+        Abi::Zkmesh
+    };
+    Ok((abi, imports))
+}
+
+fn signature(f: &wasmtime::FuncType) -> String {
+    let list = |tys: Vec<String>| tys.join(", ");
+    let params = list(f.params().map(|t| t.to_string()).collect());
+    let results: Vec<String> = f.results().map(|t| t.to_string()).collect();
+    let results = match results.len() {
+        0 => "()".to_string(),
+        1 => results[0].clone(),
+        _ => format!("({})", list(results)),
+    };
+    format!("({params}) -> {results}")
+}
+
+struct Host {
+    input: Vec<u8>,
+    output: Vec<u8>,
+    max_output: usize,
+    limiter: Limiter,
+    wasi: Option<WasiP1Ctx>,
+}
+
+fn wasi_ctx(host: &mut Host) -> &mut WasiP1Ctx {
+    host.wasi
+        .as_mut()
+        .expect("WASI imports are only linked into modules classified as WASI")
+}
+
+/// Raised by `write_output` past the limit.
+#[derive(Debug)]
+struct OutputLimit;
+
+impl std::fmt::Display for OutputLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("output limit exceeded")
+    }
+}
+
+impl std::error::Error for OutputLimit {}
+
+struct Limiter {
+    memory_bytes: usize,
+    denied: bool,
+}
+
+impl ResourceLimiter for Limiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.memory_bytes {
+            // A trap rather than memory.grow returning -1: a guest that ignores the failure
+            // would otherwise spin until its fuel runs out, and the submitter should learn why.
+            self.denied = true;
+            return Err(wasmtime::Error::msg("memory limit reached"));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 1 << 20)
+    }
+
+    fn instances(&self) -> usize {
+        4
+    }
+
+    fn tables(&self) -> usize {
+        8
+    }
+
+    fn memories(&self) -> usize {
+        1
+    }
+}
+
+fn memory_of(caller: &mut Caller<'_, Host>) -> wasmtime::Result<wasmtime::Memory> {
+    match caller.get_export("memory") {
+        Some(Extern::Memory(m)) => Ok(m),
+        _ => Err(wasmtime::Error::msg("the module does not export its memory")),
+    }
+}
+
+fn define_zkmesh_abi(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    linker.func_wrap("zkmesh", "input_len", |caller: Caller<'_, Host>| -> i32 {
+        caller.data().input.len() as i32
+    })?;
+    linker.func_wrap(
+        "zkmesh",
+        "read_input",
+        |mut caller: Caller<'_, Host>, dst: i32, offset: i32, len: i32| -> wasmtime::Result<i32> {
+            let memory = memory_of(&mut caller)?;
+            let (mem, host) = memory.data_and_store_mut(&mut caller);
+            let (dst, offset, len) = (dst as u32 as usize, offset as u32 as usize, len as u32 as usize);
+            let start = offset.min(host.input.len());
+            let n = len.min(host.input.len() - start);
+            let target = mem
+                .get_mut(dst..dst.saturating_add(n))
+                .ok_or_else(|| wasmtime::Error::msg("read_input: destination out of bounds"))?;
+            target.copy_from_slice(&host.input[start..start + n]);
+            Ok(n as i32)
+        },
+    )?;
+    linker.func_wrap(
+        "zkmesh",
+        "write_output",
+        |mut caller: Caller<'_, Host>, src: i32, len: i32| -> wasmtime::Result<()> {
+            let memory = memory_of(&mut caller)?;
+            let (mem, host) = memory.data_and_store_mut(&mut caller);
+            let (src, len) = (src as u32 as usize, len as u32 as usize);
+            if host.output.len().saturating_add(len) > host.max_output {
+                return Err(wasmtime::Error::new(OutputLimit));
+            }
+            let bytes = mem
+                .get(src..src.saturating_add(len))
+                .ok_or_else(|| wasmtime::Error::msg("write_output: source out of bounds"))?;
+            host.output.extend_from_slice(bytes);
+            Ok(())
+        },
+    )?;
+    Ok(())
+}
+
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> Duration {
+        Duration::from_secs(1)
+    }
+    fn now(&self) -> Duration {
+        Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+fn deterministic_wasi(
+    input: &[u8],
+    seed: &[u8],
+    stdout: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+) -> WasiP1Ctx {
+    // A few KiB of SHA-256 in counter mode, cycled: the same task gets the same "random" bytes
+    // on every node. Guests that need real entropy are not deterministic and cannot be verified.
+    let mut stream = Vec::with_capacity(4096);
+    for counter in 0u32..128 {
+        let mut h = Sha256::new();
+        h.update(b"zkmesh.wasi.random\0");
+        h.update(seed);
+        h.update(counter.to_be_bytes());
+        stream.extend_from_slice(&h.finalize());
+    }
+    let insecure_seed = u128::from_be_bytes(stream[..16].try_into().expect("16 bytes"));
+    let mut b = wasmtime_wasi::WasiCtxBuilder::new();
+    b.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(input.to_vec()))
+        .stdout(stdout)
+        .stderr(stderr)
+        .arg("guest")
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock)
+        .secure_random(wasmtime_wasi::Deterministic::new(stream.clone()))
+        .insecure_random(wasmtime_wasi::Deterministic::new(stream))
+        .insecure_random_seed(insecure_seed)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    b.build_p1()
+}
+
+#[cfg(test)]
+mod tests;

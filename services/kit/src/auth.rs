@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
@@ -227,6 +227,38 @@ where
             }
         }
     }
+}
+
+/// Keeps `revoked` in step with the registry, polling every `every` until `shutdown`. Other
+/// services run this so a revoked node is refused everywhere within seconds.
+pub fn follow_revocations(
+    channel: tonic::transport::Channel,
+    revoked: RevocationList,
+    every: Duration,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut client =
+            zkmesh_proto::registry_service_client::RegistryServiceClient::new(channel);
+        let mut warned = false;
+        loop {
+            match client.list_revoked(zkmesh_proto::ListRevokedRequest {}).await {
+                Ok(r) => {
+                    revoked.replace(r.into_inner().node_ids);
+                    warned = false;
+                }
+                Err(e) if !warned => {
+                    tracing::warn!(error = %e.message(), "cannot refresh the revocation list");
+                    warned = true;
+                }
+                Err(_) => {}
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    });
 }
 
 #[cfg(test)]

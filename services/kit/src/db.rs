@@ -113,7 +113,8 @@ pub async fn snapshot(pool: &Pool, volatile: &[&str]) -> Result<Vec<String>, sql
     .collect();
     let mut out = Vec::new();
     for table in tables {
-        for row in sqlx::query(&format!("SELECT * FROM {table} ORDER BY 1"))
+        // Table names come from sqlite_master, not from a caller.
+        for row in sqlx::query(sqlx::AssertSqlSafe(format!("SELECT * FROM {table} ORDER BY 1")))
             .fetch_all(pool)
             .await?
         {

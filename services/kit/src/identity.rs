@@ -297,7 +297,8 @@ pub fn not_after_ms(cert_pem: &str) -> Option<i64> {
     Some(cert.validity().not_after.timestamp() * 1000)
 }
 
-fn mesh_of_ca(cert_pem: &str) -> Option<String> {
+/// The mesh name a CA certificate was made for.
+pub fn mesh_of_ca(cert_pem: &str) -> Option<String> {
     use x509_parser::prelude::*;
     let (_, pem) = parse_x509_pem(cert_pem.as_bytes()).ok()?;
     let cert = pem.parse_x509().ok()?;

@@ -1,1 +1,203 @@
-//! placeholder during bootstrap
+//! The scheduler: modules and tasks. It stores uploaded modules by SHA-256 (refusing any that
+//! wasmtime cannot compile or that import outside the two guest ABIs), holds credits for each
+//! task at the ledger, leases tasks to workers over the bidirectional `Work` stream, takes a
+//! task back when a lease expires, asks the verifier for a verdict on every report, and has the
+//! ledger pay for verified results.
+//!
+//! # Core concepts
+//! - A *task* is what a submitter asked for; an *attempt* is one lease of it to one node.
+//!   `replicate:k` runs k attempts on nodes of k different operators.
+//! - Every state change of a task is an *event*, stored in order and streamed by `WatchTask`.
+//! - Leases are renewed by the worker's heartbeats on its `Work` stream. A stream that breaks,
+//!   or a lease that runs out, sends the task back to the queue (up to `max_attempts`).
+
+mod api;
+mod dispatch;
+mod store;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use zkmesh_kit::auth::{Acl, Allow, RevocationList};
+use zkmesh_kit::config::TlsFiles;
+use zkmesh_kit::identity::{Role, mesh_of_ca};
+use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, bind, serve};
+use zkmesh_kit::telemetry::Metrics;
+use zkmesh_kit::{CancellationToken, db};
+use zkmesh_proto::scheduler_service_server::SchedulerServiceServer;
+
+pub use api::SchedulerService;
+
+/// The scheduler's configuration (`zkmesh scheduler serve --config FILE`, `ZKMESH_SCHEDULER_*`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerConfig {
+    #[serde(default = "defaults::listen")]
+    pub listen: String,
+    pub metrics_listen: Option<String>,
+    pub database_url: String,
+    pub tls: TlsFiles,
+    pub registry_endpoint: String,
+    pub ledger_endpoint: String,
+    pub verifier_endpoint: String,
+    #[serde(default = "defaults::fuel")]
+    pub default_fuel: u64,
+    #[serde(default = "defaults::max_fuel")]
+    pub max_fuel: u64,
+    #[serde(default = "defaults::memory_mib")]
+    pub default_memory_mib: u32,
+    #[serde(default = "defaults::max_memory_mib")]
+    pub max_memory_mib: u32,
+    #[serde(default = "defaults::timeout_secs")]
+    pub default_timeout_secs: u32,
+    #[serde(default = "defaults::max_timeout_secs")]
+    pub max_timeout_secs: u32,
+    /// How long a lease lasts without a heartbeat from its worker.
+    #[serde(default = "defaults::lease_secs")]
+    pub lease_secs: u32,
+    /// Leases a task may use (per replica) before it fails.
+    #[serde(default = "defaults::max_attempts")]
+    pub max_attempts: u32,
+    /// Price of fuel, in micro-credits per million units.
+    #[serde(default = "defaults::price")]
+    pub micro_credits_per_million_fuel: u64,
+    #[serde(default = "defaults::max_module_bytes")]
+    pub max_module_bytes: usize,
+    #[serde(default = "defaults::max_input_bytes")]
+    pub max_input_bytes: usize,
+    #[serde(default = "defaults::grace")]
+    pub grace_secs: u64,
+}
+
+mod defaults {
+    pub fn listen() -> String {
+        "127.0.0.1:7002".into()
+    }
+    pub fn fuel() -> u64 {
+        1_000_000_000
+    }
+    pub fn max_fuel() -> u64 {
+        1_000_000_000_000
+    }
+    pub fn memory_mib() -> u32 {
+        256
+    }
+    pub fn max_memory_mib() -> u32 {
+        4096
+    }
+    pub fn timeout_secs() -> u32 {
+        60
+    }
+    pub fn max_timeout_secs() -> u32 {
+        3600
+    }
+    pub fn lease_secs() -> u32 {
+        10
+    }
+    pub fn max_attempts() -> u32 {
+        3
+    }
+    pub fn price() -> u64 {
+        1000
+    }
+    pub fn max_module_bytes() -> usize {
+        64 << 20
+    }
+    pub fn max_input_bytes() -> usize {
+        16 << 20
+    }
+    pub fn grace() -> u64 {
+        10
+    }
+}
+
+/// Who may call each scheduler RPC.
+pub static ACL: Acl = Acl {
+    service: "zkmesh.v1.SchedulerService",
+    methods: &[
+        ("UploadModule", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
+        ("GetModule", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
+        ("SubmitTask", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
+        ("GetTask", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
+        ("WatchTask", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
+        ("GetResult", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
+        ("CancelTask", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
+        ("ListTasks", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
+        ("Work", &[Allow::Role(Role::Node)]),
+        ("FetchModule", &[Allow::Role(Role::Node), Allow::Role(Role::Admin)]),
+    ],
+};
+
+/// Starts the scheduler; it runs until `shutdown` is cancelled.
+pub async fn start(config: SchedulerConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
+    let tls = TlsPem::load(&config.tls)?;
+    let mesh = mesh_of_ca(&tls.ca).unwrap_or_else(|| "zkmesh".into());
+    let pool = db::connect(&config.database_url).await?;
+    db::migrate(&pool, "scheduler", store::MIGRATIONS).await?;
+    let client_tls = (&tls).into();
+    let registry = zkmesh_kit::client::channel(&config.registry_endpoint, &client_tls)?;
+    let ledger = zkmesh_kit::client::channel(&config.ledger_endpoint, &client_tls)?;
+    let verifier = zkmesh_kit::client::channel(&config.verifier_endpoint, &client_tls)?;
+    let metrics = Metrics::new("scheduler");
+    let revoked = RevocationList::default();
+    let sandbox = zkmesh_runtime::Sandbox::new(zkmesh_runtime::SandboxConfig {
+        max_module_bytes: config.max_module_bytes,
+        ..Default::default()
+    })?;
+    let core = dispatch::Core::new(
+        config.clone(),
+        store::Store::new(pool),
+        registry,
+        ledger,
+        verifier,
+        revoked.clone(),
+        &metrics,
+        shutdown.clone(),
+    );
+    let core = Arc::new(core);
+    dispatch::spawn_background(core.clone());
+    let service = SchedulerService::new(core, Arc::new(sandbox));
+    let listener = bind(&config.listen).await?;
+    let metrics_listener = match &config.metrics_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    Ok(serve(
+        SchedulerServiceServer::new(service)
+            .max_decoding_message_size(config.max_input_bytes + (1 << 20))
+            .max_encoding_message_size(config.max_input_bytes.max(config.max_module_bytes) + (1 << 20)),
+        ServeSpec {
+            name: "scheduler",
+            mesh,
+            acl: &ACL,
+            tls,
+            client_auth_optional: false,
+            listener,
+            metrics_listener,
+            metrics,
+            revoked,
+            shutdown,
+            grace: Duration::from_secs(config.grace_secs),
+        },
+    )
+    .await?)
+}
+
+/// Micro-credits for `fuel` units at `price` micro-credits per million (rounded up).
+pub fn cost(fuel: u64, price: u64) -> u64 {
+    (fuel as u128 * price as u128)
+        .div_ceil(1_000_000)
+        .min(u64::MAX as u128) as u64
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cost_rounds_up() {
+        assert_eq!(super::cost(0, 1000), 0);
+        assert_eq!(super::cost(1, 1000), 1);
+        assert_eq!(super::cost(1_000_000_000, 1000), 1_000_000);
+        assert_eq!(super::cost(u64::MAX, u64::MAX), u64::MAX);
+    }
+}

@@ -1,1 +1,369 @@
-//! placeholder during bootstrap
+//! The verifier: the only judge of results. It checks every receipt's Ed25519 signature
+//! against the key the registry holds for the node, checks that the receipt is about this task,
+//! module and input and about the output the scheduler actually received, and decides
+//! `replicate:k` by a majority of distinct operators.
+//!
+//! Proof checking arrives with the prover; until then the `proof` policy is refused with a
+//! clear error at submission, never silently downgraded.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde::Deserialize;
+use sqlx::Row;
+use tonic::{Request, Response, Status};
+use zkmesh_kit::auth::{Acl, Allow, RevocationList};
+use zkmesh_kit::config::TlsFiles;
+use zkmesh_kit::db::{self, Migration, Pool};
+use zkmesh_kit::identity::{Role, mesh_of_ca};
+use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, bind, serve};
+use zkmesh_kit::telemetry::Metrics;
+use zkmesh_kit::{CancellationToken, now_ms, random_id};
+use zkmesh_proto::registry_service_client::RegistryServiceClient;
+use zkmesh_proto::verifier_service_server::{VerifierService as VerifierApi, VerifierServiceServer};
+use zkmesh_proto::*;
+
+/// The verifier's configuration (`zkmesh verifier serve --config FILE`, `ZKMESH_VERIFIER_*`).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifierConfig {
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    pub metrics_listen: Option<String>,
+    pub database_url: String,
+    pub tls: TlsFiles,
+    /// The registry: node receipt keys and the revocation list.
+    pub registry_endpoint: String,
+    #[serde(default = "default_grace")]
+    pub grace_secs: u64,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:7004".into()
+}
+fn default_grace() -> u64 {
+    10
+}
+
+/// The most replicas a task may ask for.
+pub const MAX_REPLICAS: u32 = 9;
+
+pub static ACL: Acl = Acl {
+    service: "zkmesh.v1.VerifierService",
+    methods: &[
+        ("CheckPolicy", &[Allow::Service("scheduler")]),
+        ("VerifyResult", &[Allow::Service("scheduler")]),
+        (
+            "GetVerdict",
+            &[
+                Allow::Role(Role::Admin),
+                Allow::Role(Role::User),
+                Allow::Role(Role::Service),
+            ],
+        ),
+    ],
+};
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sql: r#"
+CREATE TABLE verdicts (
+    verdict_id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL,
+    policy TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    output_hash TEXT NOT NULL,
+    accepted TEXT NOT NULL,
+    rejected TEXT NOT NULL,
+    at_ms BIGINT NOT NULL
+);
+CREATE INDEX verdicts_task ON verdicts (task_id, at_ms);
+"#,
+}];
+
+pub struct VerifierService {
+    db: Pool,
+    registry: RegistryServiceClient<tonic::transport::Channel>,
+    keys: Mutex<HashMap<String, (Vec<u8>, String)>>,
+    verdicts: prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>,
+}
+
+/// Starts the verifier; it runs until `shutdown` is cancelled.
+pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
+    let tls = TlsPem::load(&config.tls)?;
+    let mesh = mesh_of_ca(&tls.ca).unwrap_or_else(|| "zkmesh".into());
+    let db = db::connect(&config.database_url).await?;
+    db::migrate(&db, "verifier", MIGRATIONS).await?;
+    let registry_channel = zkmesh_kit::client::channel(&config.registry_endpoint, &(&tls).into())?;
+    let revoked = RevocationList::default();
+    zkmesh_kit::auth::follow_revocations(
+        registry_channel.clone(),
+        revoked.clone(),
+        Duration::from_secs(1),
+        shutdown.clone(),
+    );
+    let metrics = Metrics::new("verifier");
+    let service = VerifierService {
+        db,
+        registry: RegistryServiceClient::new(registry_channel),
+        keys: Mutex::new(HashMap::new()),
+        verdicts: metrics.counter_family("verdicts", "Verdicts by policy and outcome"),
+    };
+    let listener = bind(&config.listen).await?;
+    let metrics_listener = match &config.metrics_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    Ok(serve(
+        VerifierServiceServer::new(service),
+        ServeSpec {
+            name: "verifier",
+            mesh,
+            acl: &ACL,
+            tls,
+            client_auth_optional: false,
+            listener,
+            metrics_listener,
+            metrics,
+            revoked,
+            shutdown,
+            grace: Duration::from_secs(config.grace_secs),
+        },
+    )
+    .await?)
+}
+
+/// Checks a policy's shape; the reason is the client's error message.
+pub fn check_policy(policy: &VerificationPolicy) -> Result<(), Status> {
+    match policy.kind() {
+        PolicyKind::Receipt => Ok(()),
+        PolicyKind::Replicate if (2..=MAX_REPLICAS).contains(&policy.replicas) => Ok(()),
+        PolicyKind::Replicate => Err(Status::invalid_argument(format!(
+            "replicate:k needs 2 <= k <= {MAX_REPLICAS}, got {}",
+            policy.replicas
+        ))),
+        PolicyKind::Proof => Err(Status::failed_precondition(
+            "policy proof is not available on this mesh yet: the verifier has no zkVM circuit keys; \
+             use --policy receipt or --policy replicate:K",
+        )),
+        PolicyKind::Unspecified => Err(Status::invalid_argument(
+            "a policy is required: receipt, replicate:K or proof",
+        )),
+    }
+}
+
+pub fn describe_policy(policy: &VerificationPolicy) -> String {
+    match policy.kind() {
+        PolicyKind::Receipt => "receipt".into(),
+        PolicyKind::Replicate => format!("replicate:{}", policy.replicas),
+        PolicyKind::Proof => "proof".into(),
+        PolicyKind::Unspecified => "unspecified".into(),
+    }
+}
+
+impl VerifierService {
+    /// The node's receipt key and operator, from the registry (cached: neither ever changes).
+    async fn node_key(&self, node_id: &str) -> Result<(Vec<u8>, String, NodeStatus), Status> {
+        let node = self
+            .registry
+            .clone()
+            .get_node(NodeRef {
+                node_id: node_id.to_string(),
+            })
+            .await?
+            .into_inner();
+        let status = node.status();
+        self.keys.lock().unwrap().insert(
+            node_id.to_string(),
+            (node.receipt_public_key.clone(), node.operator.clone()),
+        );
+        Ok((node.receipt_public_key, node.operator, status))
+    }
+
+    /// Why a report is not acceptable, if it is not.
+    async fn check_report(&self, task: &VerifyResultRequest, report: &ReportedResult) -> Option<String> {
+        let Some(receipt) = &report.receipt else {
+            return Some("no receipt".into());
+        };
+        if receipt.task_id != task.task_id
+            || receipt.module_hash != task.module_hash
+            || receipt.input_hash != task.input_hash
+        {
+            return Some("receipt is for another task, module or input".into());
+        }
+        if receipt.node_id != report.node_id {
+            return Some("receipt names another node".into());
+        }
+        if receipt.output_hash != report.observed_output_hash {
+            return Some("receipt's output hash differs from the output reported".into());
+        }
+        let (key, _operator, status) = match self.node_key(&report.node_id).await {
+            Ok(k) => k,
+            Err(e) => return Some(format!("node unknown to the registry: {}", e.message())),
+        };
+        if status == NodeStatus::Revoked || status == NodeStatus::Denied {
+            return Some("node is revoked".into());
+        }
+        zkmesh_kit::receipt::verify(receipt, &key)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    async fn judge(&self, req: &VerifyResultRequest) -> Result<VerifyResultResponse, Status> {
+        check_policy(req.policy.as_ref().unwrap_or(&VerificationPolicy::default()))?;
+        let policy = req.policy.clone().unwrap_or_default();
+        let mut valid = Vec::new();
+        let mut rejected = Vec::new();
+        let mut reasons = Vec::new();
+        for report in &req.reports {
+            match self.check_report(req, report).await {
+                None => valid.push(report),
+                Some(why) => {
+                    tracing::warn!(task_id = %req.task_id, node_id = %report.node_id, %why, "report rejected");
+                    reasons.push(format!("{}: {why}", report.node_id));
+                    rejected.push(report.attempt_id.clone());
+                }
+            }
+        }
+        let needed = match policy.kind() {
+            PolicyKind::Replicate => policy.replicas as usize / 2 + 1,
+            _ => 1,
+        };
+        // Group valid reports by everything the receipt asserts about the run; count each
+        // operator once so one operator's many nodes cannot outvote the others.
+        let mut groups: BTreeMap<(String, i32, u64), Vec<&ReportedResult>> = BTreeMap::new();
+        for r in &valid {
+            let receipt = r.receipt.as_ref().expect("checked above");
+            groups
+                .entry((receipt.output_hash.clone(), receipt.exit, receipt.fuel_used))
+                .or_default()
+                .push(r);
+        }
+        let winner = groups.iter().find(|(_, members)| {
+            members.iter().map(|m| m.operator.as_str()).collect::<BTreeSet<_>>().len() >= needed
+        });
+        let response = match winner {
+            Some(((output_hash, _, _), members)) => {
+                let accepted: Vec<String> = members.iter().map(|m| m.attempt_id.clone()).collect();
+                for r in &valid {
+                    if !accepted.contains(&r.attempt_id) {
+                        reasons.push(format!("{}: outvoted", r.node_id));
+                        rejected.push(r.attempt_id.clone());
+                    }
+                }
+                VerifyResultResponse {
+                    task_id: req.task_id.clone(),
+                    verdict: Verdict::Verified as i32,
+                    reason: if policy.kind() == PolicyKind::Replicate {
+                        format!("{} of {} operators agree", members.len(), policy.replicas)
+                    } else {
+                        "receipt signature valid".into()
+                    },
+                    accepted_attempt_ids: accepted,
+                    rejected_attempt_ids: rejected,
+                    output_hash: output_hash.clone(),
+                }
+            }
+            None => {
+                rejected.extend(valid.iter().map(|r| r.attempt_id.clone()));
+                if reasons.is_empty() {
+                    reasons.push(format!("no result has the agreement of {needed} operators"));
+                }
+                VerifyResultResponse {
+                    task_id: req.task_id.clone(),
+                    verdict: Verdict::Rejected as i32,
+                    reason: reasons.join("; "),
+                    accepted_attempt_ids: vec![],
+                    rejected_attempt_ids: rejected,
+                    output_hash: String::new(),
+                }
+            }
+        };
+        Ok(response)
+    }
+}
+
+fn verdict_name(v: i32) -> &'static str {
+    match Verdict::try_from(v).unwrap_or(Verdict::Unspecified) {
+        Verdict::Verified => "verified",
+        Verdict::Rejected => "rejected",
+        Verdict::Pending => "pending",
+        Verdict::Unspecified => "unspecified",
+    }
+}
+
+#[tonic::async_trait]
+impl VerifierApi for VerifierService {
+    async fn check_policy(&self, req: Request<VerificationPolicy>) -> Result<Response<Empty>, Status> {
+        check_policy(&req.into_inner())?;
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn verify_result(
+        &self,
+        req: Request<VerifyResultRequest>,
+    ) -> Result<Response<VerifyResultResponse>, Status> {
+        let req = req.into_inner();
+        let response = self.judge(&req).await?;
+        let policy = describe_policy(&req.policy.clone().unwrap_or_default());
+        sqlx::query(
+            "INSERT INTO verdicts (verdict_id, task_id, policy, verdict, reason, output_hash, accepted, rejected, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(random_id("v-"))
+        .bind(&req.task_id)
+        .bind(&policy)
+        .bind(verdict_name(response.verdict))
+        .bind(&response.reason)
+        .bind(&response.output_hash)
+        .bind(response.accepted_attempt_ids.join(","))
+        .bind(response.rejected_attempt_ids.join(","))
+        .bind(now_ms())
+        .execute(&self.db)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "verifier database error");
+            Status::internal("internal verifier error")
+        })?;
+        self.verdicts
+            .get_or_create(&vec![
+                ("policy".into(), policy.split(':').next().unwrap_or("").to_string()),
+                ("verdict".into(), verdict_name(response.verdict).into()),
+            ])
+            .inc();
+        tracing::info!(task_id = %req.task_id, verdict = verdict_name(response.verdict), reason = %response.reason, "verdict");
+        Ok(Response::new(response))
+    }
+
+    async fn get_verdict(
+        &self,
+        req: Request<TaskRef>,
+    ) -> Result<Response<VerifyResultResponse>, Status> {
+        let task_id = req.into_inner().task_id;
+        let row = sqlx::query(
+            "SELECT * FROM verdicts WHERE task_id = $1 ORDER BY at_ms DESC LIMIT 1",
+        )
+        .bind(&task_id)
+        .fetch_optional(&self.db)
+        .await
+        .map_err(|_| Status::internal("internal verifier error"))?
+        .ok_or_else(|| Status::not_found(format!("no verdict for task {task_id}")))?;
+        let list = |s: String| -> Vec<String> {
+            s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
+        };
+        let verdict = match row.get::<String, _>("verdict").as_str() {
+            "verified" => Verdict::Verified,
+            "rejected" => Verdict::Rejected,
+            _ => Verdict::Pending,
+        };
+        Ok(Response::new(VerifyResultResponse {
+            task_id,
+            verdict: verdict as i32,
+            reason: row.get("reason"),
+            accepted_attempt_ids: list(row.get("accepted")),
+            rejected_attempt_ids: list(row.get("rejected")),
+            output_hash: row.get("output_hash"),
+        }))
+    }
+}

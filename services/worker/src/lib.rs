@@ -1,1 +1,521 @@
-//! placeholder during bootstrap
+//! The node agent: makes its own keys, enrolls with a join token, waits for approval, then
+//! pulls tasks from the scheduler over the `Work` stream, runs them in the wasmtime sandbox,
+//! signs a receipt for every result and reports it.
+//!
+//! Its state lives in one data directory: `node.json` (node id and enrollment secret),
+//! `tls.key`/`tls.crt` (its mesh certificate) and `receipt.key` (its Ed25519 receipt key).
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use ed25519_dalek::pkcs8::{DecodePrivateKey, EncodePrivateKey};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, mpsc};
+use tonic::transport::Channel;
+use zkmesh_kit::client::{ClientTls, channel};
+use zkmesh_kit::identity::{generate_csr, read_file, write_file};
+use zkmesh_kit::{CancellationToken, now_ms, sha256_hex};
+use zkmesh_proto::registry_service_client::RegistryServiceClient;
+use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
+use zkmesh_proto::*;
+use zkmesh_runtime::{Exit, Limits, Sandbox, SandboxConfig};
+
+/// The worker's configuration (`zkmesh worker --config FILE`, `ZKMESH_WORKER_*`).
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Keys, certificate and node id live here.
+    pub data_dir: PathBuf,
+    pub registry_endpoint: String,
+    pub scheduler_endpoint: String,
+    /// The mesh CA certificate, to verify the services.
+    pub ca_cert: PathBuf,
+    /// Needed only for the first start, to enroll.
+    pub join_token: Option<String>,
+    #[serde(default = "defaults::name")]
+    pub name: String,
+    pub operator: String,
+    #[serde(default = "defaults::slots")]
+    pub slots: u32,
+    #[serde(default = "defaults::heartbeat")]
+    pub heartbeat_secs: u64,
+    /// Give up waiting for an admin's approval after this long (0: wait forever).
+    #[serde(default)]
+    pub approval_timeout_secs: u64,
+    #[serde(default = "defaults::max_output")]
+    pub max_output_bytes: usize,
+}
+
+mod defaults {
+    pub fn name() -> String {
+        "worker".into()
+    }
+    pub fn slots() -> u32 {
+        2
+    }
+    pub fn heartbeat() -> u64 {
+        3
+    }
+    pub fn max_output() -> usize {
+        16 << 20
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("{0}")]
+    Setup(String),
+    #[error("enrollment: {0}")]
+    Enroll(String),
+    #[error("node {0} was denied by an admin")]
+    Denied(String),
+    #[error("node {0} is revoked")]
+    Revoked(String),
+    #[error("gave up waiting for approval of node {0}")]
+    ApprovalTimeout(String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct NodeFile {
+    node_id: String,
+    enrollment_secret: String,
+}
+
+struct Keys {
+    node_id: String,
+    tls: ClientTls,
+    receipt: SigningKey,
+}
+
+fn setup_err(e: impl std::fmt::Display) -> WorkerError {
+    WorkerError::Setup(e.to_string())
+}
+
+fn load_or_create_receipt_key(path: &Path) -> Result<SigningKey, WorkerError> {
+    if path.exists() {
+        let pem = read_file(path).map_err(setup_err)?;
+        return SigningKey::from_pkcs8_pem(&pem).map_err(setup_err);
+    }
+    let key = SigningKey::generate(&mut rand::rngs::OsRng);
+    let pem = key.to_pkcs8_pem(Default::default()).map_err(setup_err)?;
+    write_file(path, pem.as_bytes(), true).map_err(setup_err)?;
+    Ok(key)
+}
+
+/// Enrolls if needed and waits until the registry hands out this node's certificate.
+async fn ensure_identity(config: &WorkerConfig, shutdown: &CancellationToken) -> Result<Keys, WorkerError> {
+    let dir = &config.data_dir;
+    std::fs::create_dir_all(dir).map_err(setup_err)?;
+    let ca = read_file(&config.ca_cert).map_err(setup_err)?;
+    let receipt = load_or_create_receipt_key(&dir.join("receipt.key"))?;
+    let node_path = dir.join("node.json");
+    let (cert_path, key_path) = (dir.join("tls.crt"), dir.join("tls.key"));
+    let anonymous = ClientTls {
+        ca: ca.clone(),
+        identity: None,
+    };
+    let mut registry = RegistryServiceClient::new(
+        channel(&config.registry_endpoint, &anonymous).map_err(setup_err)?,
+    );
+    let node: NodeFile = if node_path.exists() {
+        serde_json::from_str(&read_file(&node_path).map_err(setup_err)?).map_err(setup_err)?
+    } else {
+        let token = config.join_token.clone().ok_or_else(|| {
+            WorkerError::Enroll("this node is not enrolled yet: give it a join token (join_token / ZKMESH_WORKER_JOIN_TOKEN)".into())
+        })?;
+        let (tls_key, csr) = generate_csr(&config.name).map_err(setup_err)?;
+        write_file(&key_path, tls_key.as_bytes(), true).map_err(setup_err)?;
+        let secret: [u8; 32] = rand::random();
+        let response = registry
+            .enroll(EnrollRequest {
+                join_token: token,
+                csr_pem: csr,
+                receipt_public_key: receipt.verifying_key().to_bytes().to_vec(),
+                name: config.name.clone(),
+                operator: config.operator.clone(),
+                enrollment_secret_sha256: sha2_digest(&secret),
+                slots: config.slots,
+            })
+            .await
+            .map_err(|s| WorkerError::Enroll(s.message().to_string()))?
+            .into_inner();
+        let node = NodeFile {
+            node_id: response.node_id,
+            enrollment_secret: hex::encode(secret),
+        };
+        write_file(&node_path, serde_json::to_string_pretty(&node).map_err(setup_err)?.as_bytes(), true)
+            .map_err(setup_err)?;
+        tracing::info!(node_id = %node.node_id, "enrolled");
+        node
+    };
+    if !cert_path.exists() {
+        let started = std::time::Instant::now();
+        let mut said = false;
+        loop {
+            let r = registry
+                .fetch_certificate(FetchCertificateRequest {
+                    node_id: node.node_id.clone(),
+                    enrollment_secret: hex::decode(&node.enrollment_secret).map_err(setup_err)?,
+                })
+                .await
+                .map_err(|s| WorkerError::Enroll(s.message().to_string()))?
+                .into_inner();
+            match r.status() {
+                NodeStatus::Denied => return Err(WorkerError::Denied(node.node_id)),
+                NodeStatus::Revoked => return Err(WorkerError::Revoked(node.node_id)),
+                _ if !r.certificate_pem.is_empty() => {
+                    write_file(&cert_path, r.certificate_pem.as_bytes(), false).map_err(setup_err)?;
+                    tracing::info!(node_id = %node.node_id, "approved; certificate received");
+                    break;
+                }
+                _ => {}
+            }
+            if !said {
+                tracing::info!(node_id = %node.node_id, "waiting for an admin to approve this node (zkmesh node approve {})", node.node_id);
+                said = true;
+            }
+            if config.approval_timeout_secs > 0 && started.elapsed().as_secs() >= config.approval_timeout_secs {
+                return Err(WorkerError::ApprovalTimeout(node.node_id));
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(WorkerError::Setup("shut down while waiting for approval".into())),
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+    Ok(Keys {
+        node_id: node.node_id,
+        tls: ClientTls {
+            ca,
+            identity: Some((
+                read_file(&cert_path).map_err(setup_err)?,
+                read_file(&key_path).map_err(setup_err)?,
+            )),
+        },
+        receipt,
+    })
+}
+
+fn sha2_digest(bytes: &[u8]) -> Vec<u8> {
+    hex::decode(sha256_hex(bytes)).expect("hex of a digest")
+}
+
+/// Maps the sandbox's outcome to the wire's exit kind.
+pub fn exit_kind(exit: &Exit) -> ExitKind {
+    match exit {
+        Exit::Ok => ExitKind::Ok,
+        Exit::Trap(_) => ExitKind::Trap,
+        Exit::OutOfFuel => ExitKind::OutOfFuel,
+        Exit::OutOfMemory => ExitKind::OutOfMemory,
+        Exit::StackExhausted => ExitKind::StackExhausted,
+        Exit::Timeout => ExitKind::Timeout,
+        Exit::OutputTooLarge => ExitKind::OutputTooLarge,
+        Exit::ExitCode(_) => ExitKind::ExitCode,
+        Exit::InvalidModule(_) => ExitKind::InvalidModule,
+        Exit::ForbiddenImport(_) => ExitKind::ForbiddenImport,
+    }
+}
+
+/// State shared by one worker's tasks.
+struct Shared {
+    node_id: String,
+    receipt_key: SigningKey,
+    sandbox: Sandbox,
+    modules: Mutex<HashMap<String, Arc<Vec<u8>>>>,
+    running: Mutex<HashSet<String>>,
+    cancelled: Mutex<HashSet<String>>,
+    slots: Arc<Semaphore>,
+}
+
+/// A running worker, as started by [`start`].
+pub struct WorkerHandle {
+    pub node_id: String,
+    pub task: tokio::task::JoinHandle<Result<(), WorkerError>>,
+}
+
+/// Enrolls (or loads) this node's identity, then serves tasks until `shutdown`.
+pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> Result<WorkerHandle, WorkerError> {
+    let keys = ensure_identity(&config, &shutdown).await?;
+    let node_id = keys.node_id.clone();
+    let task = tokio::spawn(run(config, keys, shutdown));
+    Ok(WorkerHandle { node_id, task })
+}
+
+async fn run(config: WorkerConfig, keys: Keys, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let sandbox = Sandbox::new(SandboxConfig {
+        max_output_bytes: config.max_output_bytes,
+        ..SandboxConfig::default()
+    })
+    .map_err(setup_err)?;
+    let shared = Arc::new(Shared {
+        node_id: keys.node_id.clone(),
+        receipt_key: keys.receipt,
+        sandbox,
+        modules: Mutex::new(HashMap::new()),
+        running: Mutex::new(HashSet::new()),
+        cancelled: Mutex::new(HashSet::new()),
+        slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
+    });
+    let registry = RegistryServiceClient::new(channel(&config.registry_endpoint, &keys.tls).map_err(setup_err)?);
+    let scheduler_channel = channel(&config.scheduler_endpoint, &keys.tls).map_err(setup_err)?;
+    let scheduler = SchedulerServiceClient::new(scheduler_channel)
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
+
+    // Reports and heartbeats go through one outbox that outlives any single Work stream, so a
+    // result finished during a reconnect is still delivered.
+    let (outbox, inbox) = mpsc::channel::<WorkerMessage>(1024);
+    let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
+    let stop = shutdown.child_token();
+    spawn_heartbeats(registry, config.heartbeat_secs, shared.clone(), outbox.clone(), stop.clone());
+
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        if stop.is_cancelled() {
+            break;
+        }
+        let hello = WorkerMessage {
+            kind: Some(worker_message::Kind::Hello(WorkerHello {
+                slots: config.slots,
+                version: env!("CARGO_PKG_VERSION").into(),
+            })),
+        };
+        // One forwarder per connection moves messages from the outbox onto this stream; a
+        // message it could not deliver goes back into the outbox for the next connection.
+        let (conn_tx, conn_rx) = mpsc::channel::<WorkerMessage>(64);
+        let _ = conn_tx.send(hello).await;
+        let forwarder = tokio::spawn({
+            let inbox = inbox.clone();
+            let outbox = outbox.clone();
+            async move {
+                let mut inbox = inbox.lock().await;
+                while let Some(m) = inbox.recv().await {
+                    if let Err(mpsc::error::SendError(m)) = conn_tx.send(m).await {
+                        let _ = outbox.try_send(m);
+                        return;
+                    }
+                }
+            }
+        });
+        let upstream = tokio_stream::wrappers::ReceiverStream::new(conn_rx);
+        match scheduler.clone().work(upstream).await {
+            Ok(response) => {
+                backoff = Duration::from_millis(200);
+                tracing::info!(node_id = %shared.node_id, "connected to the scheduler");
+                let mut downstream = response.into_inner();
+                loop {
+                    let msg = tokio::select! {
+                        _ = stop.cancelled() => break,
+                        m = downstream.message() => m,
+                    };
+                    match msg {
+                        Ok(Some(SchedulerMessage { kind: Some(kind) })) => {
+                            handle(kind, &shared, &scheduler, &outbox);
+                        }
+                        Ok(Some(_)) => {}
+                        Ok(None) => {
+                            tracing::warn!("scheduler closed the Work stream");
+                            break;
+                        }
+                        Err(e) => {
+                            if e.code() == tonic::Code::PermissionDenied {
+                                tracing::error!(error = %e.message(), "refused by the scheduler; stopping");
+                                stop.cancel();
+                                return Err(WorkerError::Revoked(shared.node_id.clone()));
+                            }
+                            tracing::warn!(error = %e.message(), "Work stream broken");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                if e.code() == tonic::Code::PermissionDenied {
+                    stop.cancel();
+                    return Err(WorkerError::Revoked(shared.node_id.clone()));
+                }
+                tracing::warn!(error = %e.message(), "cannot open the Work stream; retrying");
+            }
+        }
+        forwarder.abort();
+        let _ = forwarder.await;
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+    tracing::info!(node_id = %shared.node_id, "worker stopped");
+    Ok(())
+}
+
+fn spawn_heartbeats(
+    mut registry: RegistryServiceClient<Channel>,
+    every_secs: u64,
+    shared: Arc<Shared>,
+    outbox: mpsc::Sender<WorkerMessage>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        loop {
+            let running: Vec<String> = shared.running.lock().unwrap().iter().cloned().collect();
+            match registry
+                .heartbeat(HeartbeatRequest {
+                    running_tasks: running.len() as u32,
+                })
+                .await
+            {
+                Ok(r) if r.get_ref().status() == NodeStatus::Revoked => {
+                    tracing::error!("this node has been revoked; stopping");
+                    stop.cancel();
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) if e.code() == tonic::Code::PermissionDenied => {
+                    tracing::error!(error = %e.message(), "refused by the registry; stopping");
+                    stop.cancel();
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e.message(), "heartbeat failed"),
+            }
+            // Renews the scheduler's leases on everything running here.
+            let _ = outbox.try_send(WorkerMessage {
+                kind: Some(worker_message::Kind::Heartbeat(WorkerHeartbeat {
+                    running_attempt_ids: running,
+                })),
+            });
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(every_secs.max(1))) => {}
+            }
+        }
+    });
+}
+
+fn handle(
+    kind: scheduler_message::Kind,
+    shared: &Arc<Shared>,
+    scheduler: &SchedulerServiceClient<Channel>,
+    outbox: &mpsc::Sender<WorkerMessage>,
+) {
+    match kind {
+        scheduler_message::Kind::Cancel(c) => {
+            tracing::info!(attempt_id = %c.attempt_id, reason = %c.reason, "attempt cancelled");
+            shared.cancelled.lock().unwrap().insert(c.attempt_id);
+        }
+        scheduler_message::Kind::Assignment(a) => {
+            shared.running.lock().unwrap().insert(a.attempt_id.clone());
+            let (shared, scheduler, outbox) = (shared.clone(), scheduler.clone(), outbox.clone());
+            tokio::spawn(async move {
+                let attempt_id = a.attempt_id.clone();
+                if let Err(e) = execute(a, &shared, scheduler, &outbox).await {
+                    tracing::warn!(%attempt_id, error = %e, "task could not be run");
+                }
+                shared.running.lock().unwrap().remove(&attempt_id);
+            });
+        }
+    }
+}
+
+async fn module(
+    shared: &Shared,
+    mut scheduler: SchedulerServiceClient<Channel>,
+    hash: &str,
+) -> Result<Arc<Vec<u8>>, String> {
+    if let Some(m) = shared.modules.lock().unwrap().get(hash) {
+        return Ok(m.clone());
+    }
+    let mut stream = scheduler
+        .fetch_module(ModuleRef {
+            module_hash: hash.to_string(),
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(|e| e.message().to_string())? {
+        bytes.extend_from_slice(&chunk.chunk);
+    }
+    // Content addressing: run exactly the module the task names, whatever the scheduler sent.
+    if sha256_hex(&bytes) != hash {
+        return Err(format!("module download does not hash to {hash}"));
+    }
+    let bytes = Arc::new(bytes);
+    shared.modules.lock().unwrap().insert(hash.to_string(), bytes.clone());
+    Ok(bytes)
+}
+
+async fn execute(
+    a: Assignment,
+    shared: &Arc<Shared>,
+    scheduler: SchedulerServiceClient<Channel>,
+    outbox: &mpsc::Sender<WorkerMessage>,
+) -> Result<(), String> {
+    let wasm = module(shared, scheduler, &a.module_hash).await?;
+    let _permit = shared.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+    if shared.cancelled.lock().unwrap().remove(&a.attempt_id) {
+        return Ok(());
+    }
+    let _ = outbox
+        .send(WorkerMessage {
+            kind: Some(worker_message::Kind::Started(TaskStarted {
+                attempt_id: a.attempt_id.clone(),
+            })),
+        })
+        .await;
+    let limits = Limits {
+        fuel: a.fuel_limit,
+        memory_bytes: (a.memory_limit_mib as u64) << 20,
+        timeout: Duration::from_secs(a.timeout_secs.max(1) as u64),
+    };
+    let started = now_ms();
+    let runner = shared.clone();
+    let (task_id, input) = (a.task_id.clone(), a.input.clone());
+    // Guests run on the blocking pool, never on the async runtime's threads.
+    let outcome = tokio::task::spawn_blocking(move || {
+        runner.sandbox.run(&wasm, &input, &limits, task_id.as_bytes())
+    })
+    .await
+    .map_err(|e| format!("sandbox crashed: {e}"))?;
+    if shared.cancelled.lock().unwrap().remove(&a.attempt_id) {
+        return Ok(());
+    }
+    tracing::info!(
+        attempt_id = %a.attempt_id, task_id = %a.task_id, exit = outcome.exit.kind(),
+        fuel = outcome.fuel_used, ms = now_ms() - started, "task finished"
+    );
+    let exit = exit_kind(&outcome.exit);
+    let mut receipt = Receipt {
+        task_id: a.task_id.clone(),
+        module_hash: a.module_hash.clone(),
+        input_hash: sha256_hex(&a.input),
+        output_hash: sha256_hex(&outcome.output),
+        fuel_used: outcome.fuel_used,
+        exit: exit as i32,
+        node_id: shared.node_id.clone(),
+        signature: Vec::new(),
+    };
+    zkmesh_kit::receipt::sign(&mut receipt, &shared.receipt_key).map_err(|e| e.to_string())?;
+    let mut message = outcome.message.clone();
+    if !outcome.stderr.is_empty() {
+        let log = String::from_utf8_lossy(&outcome.stderr);
+        message = format!("{message}; stderr: {}", log.trim_end());
+    }
+    outbox
+        .send(WorkerMessage {
+            kind: Some(worker_message::Kind::Report(TaskReport {
+                attempt_id: a.attempt_id,
+                output: outcome.output,
+                exit: exit as i32,
+                exit_message: message,
+                fuel_used: outcome.fuel_used,
+                receipt: Some(receipt),
+                run_time_us: outcome.run_time.as_micros() as u64,
+            })),
+        })
+        .await
+        .map_err(|_| "worker is shutting down".to_string())
+}

@@ -1,0 +1,117 @@
+//! Sandbox limits and ABIs, on small hand-written modules and on the guests in guests/.
+
+use super::*;
+
+fn sandbox() -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        max_output_bytes: 1 << 16,
+        ..SandboxConfig::default()
+    })
+    .unwrap()
+}
+
+fn wat(text: &str) -> Vec<u8> {
+    wat::parse_str(text).unwrap()
+}
+
+const ECHO: &str = r#"(module
+  (import "zkmesh" "input_len" (func $len (result i32)))
+  (import "zkmesh" "read_input" (func $read (param i32 i32 i32) (result i32)))
+  (import "zkmesh" "write_output" (func $out (param i32 i32)))
+  (memory (export "memory") 1)
+  (func (export "run")
+    (drop (call $read (i32.const 0) (i32.const 0) (call $len)))
+    (call $out (i32.const 0) (call $len))))"#;
+
+#[test]
+fn echo_and_fuel_are_deterministic() {
+    let sb = sandbox();
+    let limits = Limits::default();
+    let a = sb.run(&wat(ECHO), b"hello", &limits, b"s");
+    let b = sb.run(&wat(ECHO), b"hello", &limits, b"s");
+    assert_eq!(a.exit, Exit::Ok);
+    assert_eq!(a.output, b"hello");
+    assert!(a.fuel_used > 0);
+    assert_eq!(a.fuel_used, b.fuel_used);
+    let other = Sandbox::new(SandboxConfig::default()).unwrap();
+    assert_eq!(other.run(&wat(ECHO), b"hello", &limits, b"s").fuel_used, a.fuel_used);
+}
+
+#[test]
+fn limits_end_in_their_own_states() {
+    let sb = sandbox();
+    let spin = wat(r#"(module (memory (export "memory") 1) (func (export "run") (loop (br 0))))"#);
+    let limits = Limits {
+        fuel: 1_000_000,
+        ..Limits::default()
+    };
+    let out = sb.run(&spin, b"", &limits, b"");
+    assert_eq!(out.exit, Exit::OutOfFuel);
+    assert_eq!(out.fuel_used, 1_000_000);
+
+    let timed = Limits {
+        fuel: u64::MAX / 2,
+        timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    assert_eq!(sb.run(&spin, b"", &timed, b"").exit, Exit::Timeout);
+
+    let bomb = wat(r#"(module (memory (export "memory") 1)
+        (func (export "run") (loop (drop (memory.grow (i32.const 1))) (br 0))))"#);
+    let small = Limits {
+        memory_bytes: 4 << 20,
+        ..Limits::default()
+    };
+    assert_eq!(sb.run(&bomb, b"", &small, b"").exit, Exit::OutOfMemory);
+
+    let recurse = wat(r#"(module (memory (export "memory") 1)
+        (func $f (call $f)) (func (export "run") (call $f)))"#);
+    assert_eq!(sb.run(&recurse, b"", &Limits::default(), b"").exit, Exit::StackExhausted);
+
+    let trap = wat(r#"(module (memory (export "memory") 1) (func (export "run") unreachable))"#);
+    assert!(matches!(sb.run(&trap, b"", &Limits::default(), b"").exit, Exit::Trap(m) if m.contains("unreachable")));
+
+    let flood = wat(r#"(module
+        (import "zkmesh" "write_output" (func $out (param i32 i32)))
+        (memory (export "memory") 1)
+        (func (export "run") (loop (call $out (i32.const 0) (i32.const 65536)) (br 0))))"#);
+    let out = sb.run(&flood, b"", &Limits::default(), b"");
+    assert_eq!(out.exit, Exit::OutputTooLarge);
+    assert!(out.output.len() <= 1 << 16);
+
+    // The sandbox still runs a normal task after all of that.
+    assert_eq!(sb.run(&wat(ECHO), b"ok", &Limits::default(), b"").output, b"ok");
+}
+
+#[test]
+fn imports_outside_the_abis_are_refused() {
+    let sb = sandbox();
+    let bad = wat(r#"(module (import "env" "launch" (func)) (memory (export "memory") 1)
+        (func (export "run") (call 0)))"#);
+    assert!(matches!(sb.inspect(&bad), Err(ModuleError::ForbiddenImport { import, .. }) if import == "env.launch"));
+    let wrong_type = wat(r#"(module (import "zkmesh" "input_len" (func (param i32)))
+        (memory (export "memory") 1) (func (export "run")))"#);
+    assert!(matches!(sb.inspect(&wrong_type), Err(ModuleError::ForbiddenImport { .. })));
+    let no_entry = wat(r#"(module (memory (export "memory") 1))"#);
+    assert!(matches!(sb.inspect(&no_entry), Err(ModuleError::NoEntry(_))));
+    assert!(matches!(sb.inspect(b"\0asm\x01\0\0\0\x01\xff"), Err(ModuleError::Invalid(_))));
+    let out = sb.run(&bad, b"", &Limits::default(), b"");
+    assert_eq!(out.exit.kind(), "forbidden_import");
+}
+
+#[test]
+fn every_guest_matches_its_native_reference() {
+    let sb = sandbox();
+    for guest in zkmesh_guests::all() {
+        let inspection = sb.inspect(guest.wasm).unwrap();
+        let expected_abi = match guest.abi {
+            zkmesh_guests::GuestAbi::Zkmesh => Abi::Zkmesh,
+            zkmesh_guests::GuestAbi::Wasi => Abi::Wasi,
+        };
+        assert_eq!(inspection.abi, expected_abi, "{}", guest.name);
+        let out = sb.run(guest.wasm, guest.sample_input, &Limits::default(), b"seed");
+        assert_eq!(out.exit, Exit::Ok, "{}: {}", guest.name, out.message);
+        let expected = zkmesh_guests::reference_output(guest.name, guest.sample_input).unwrap();
+        assert_eq!(out.output, expected, "{}", guest.name);
+    }
+}

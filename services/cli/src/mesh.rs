@@ -1,0 +1,342 @@
+//! An embedded mesh: the four services and some workers in this process, on loopback ports,
+//! over real mutual TLS, with their state in a data directory. `zkmesh run` uses a temporary
+//! one, `zkmesh dev` a persistent one, and the integration tests one per test.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context;
+use zkmesh_kit::CancellationToken;
+use zkmesh_kit::config::TlsFiles;
+use zkmesh_kit::identity::{Identity, MeshCa, Role};
+use zkmesh_kit::server::Serving;
+use zkmesh_proto::*;
+use zkmesh_worker::{WorkerConfig, WorkerHandle};
+
+use crate::client::{ClientConfig, MeshClient};
+
+/// Micro-credits minted for the embedded mesh's user.
+pub const DEFAULT_MINT: u64 = 1_000_000_000_000;
+
+/// How to lay out an embedded mesh.
+#[derive(Clone, Debug)]
+pub struct MeshOptions {
+    pub dir: PathBuf,
+    pub workers: usize,
+    pub worker_slots: u32,
+    /// Listen addresses of registry, scheduler, ledger and verifier; `127.0.0.1:0` picks ports.
+    pub listen: [String; 4],
+    /// Expose Prometheus metrics for each service on a loopback port.
+    pub metrics: bool,
+    pub lease_secs: u32,
+    pub heartbeat_secs: u64,
+    pub user: String,
+    pub mint: u64,
+}
+
+impl MeshOptions {
+    pub fn new(dir: &Path) -> MeshOptions {
+        MeshOptions {
+            dir: dir.to_path_buf(),
+            workers: 2,
+            worker_slots: 2,
+            listen: std::array::from_fn(|_| "127.0.0.1:0".to_string()),
+            metrics: true,
+            lease_secs: 10,
+            heartbeat_secs: 2,
+            user: "alice".into(),
+            mint: DEFAULT_MINT,
+        }
+    }
+}
+
+/// A running embedded mesh.
+pub struct LocalMesh {
+    pub dir: PathBuf,
+    pub client: ClientConfig,
+    pub registry: Serving,
+    pub scheduler: Serving,
+    pub ledger: Serving,
+    pub verifier: Serving,
+    pub workers: Vec<(WorkerHandle, CancellationToken)>,
+    pub options: MeshOptions,
+    shutdown: CancellationToken,
+}
+
+fn tls_files(dir: &Path, stem: &str) -> TlsFiles {
+    TlsFiles {
+        ca: dir.join("ca/ca.crt"),
+        cert: dir.join(format!("certs/{stem}.crt")),
+        key: dir.join(format!("certs/{stem}.key")),
+    }
+}
+
+/// Creates the CA and every certificate the embedded mesh needs, unless they exist.
+pub fn ensure_pki(dir: &Path, user: &str) -> anyhow::Result<MeshCa> {
+    let ca_dir = dir.join("ca");
+    let ca = if ca_dir.join("ca.key").exists() {
+        MeshCa::load(&ca_dir)?
+    } else {
+        let ca = MeshCa::generate("local")?;
+        ca.save(&ca_dir)?;
+        ca
+    };
+    let certs = dir.join("certs");
+    let year = Duration::from_secs(365 * 24 * 3600);
+    let mut wanted: Vec<(String, Identity)> = ["registry", "scheduler", "ledger", "verifier"]
+        .iter()
+        .map(|s| (s.to_string(), Identity::new(&ca.mesh, Role::Service, s)))
+        .collect();
+    wanted.push(("admin".into(), Identity::new(&ca.mesh, Role::Admin, "admin")));
+    wanted.push(("user".into(), Identity::new(&ca.mesh, Role::User, user)));
+    for (stem, identity) in wanted {
+        if !certs.join(format!("{stem}.crt")).exists() {
+            ca.issue(&identity, &[], year)?.write(&certs, &stem)?;
+        }
+    }
+    Ok(ca)
+}
+
+impl LocalMesh {
+    pub async fn start(options: MeshOptions) -> anyhow::Result<LocalMesh> {
+        let dir = options.dir.clone();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        ensure_pki(&dir, &options.user)?;
+        let shutdown = CancellationToken::new();
+        let db = |name: &str| format!("sqlite://{}", dir.join(format!("{name}.db")).display());
+        let metrics = |_: ()| options.metrics.then(|| "127.0.0.1:0".to_string());
+        let endpoint = |s: &Serving| format!("https://127.0.0.1:{}", s.addr.port());
+
+        let registry = zkmesh_registry::start(
+            zkmesh_registry::RegistryConfig {
+                listen: options.listen[0].clone(),
+                metrics_listen: metrics(()),
+                database_url: db("registry"),
+                tls: tls_files(&dir, "registry"),
+                ca_dir: dir.join("ca"),
+                heartbeat_timeout_secs: (options.heartbeat_secs * 4).max(5),
+                node_certificate_lifetime_secs: 24 * 3600,
+                grace_secs: 2,
+            },
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the registry")?;
+        let ledger = zkmesh_ledger::start(
+            zkmesh_ledger::LedgerConfig {
+                listen: options.listen[2].clone(),
+                metrics_listen: metrics(()),
+                database_url: db("ledger"),
+                tls: tls_files(&dir, "ledger"),
+                key_file: dir.join("ledger.key"),
+                registry_endpoint: endpoint(&registry),
+                grace_secs: 2,
+            },
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the ledger")?;
+        let verifier = zkmesh_verifier::start(
+            zkmesh_verifier::VerifierConfig {
+                listen: options.listen[3].clone(),
+                metrics_listen: metrics(()),
+                database_url: db("verifier"),
+                tls: tls_files(&dir, "verifier"),
+                registry_endpoint: endpoint(&registry),
+                grace_secs: 2,
+            },
+            shutdown.clone(),
+        )
+        .await
+        .context("starting the verifier")?;
+        let scheduler_config: zkmesh_scheduler::SchedulerConfig = toml::Value::Table(toml::Table::from_iter([
+            ("listen".to_string(), toml::Value::String(options.listen[1].clone())),
+            ("database_url".to_string(), toml::Value::String(db("scheduler"))),
+            ("registry_endpoint".to_string(), toml::Value::String(endpoint(&registry))),
+            ("ledger_endpoint".to_string(), toml::Value::String(endpoint(&ledger))),
+            ("verifier_endpoint".to_string(), toml::Value::String(endpoint(&verifier))),
+            ("lease_secs".to_string(), toml::Value::Integer(options.lease_secs as i64)),
+            ("grace_secs".to_string(), toml::Value::Integer(2)),
+            (
+                "tls".to_string(),
+                toml::Value::try_from(tls_files(&dir, "scheduler")).expect("paths serialise"),
+            ),
+        ]))
+        .try_into()
+        .context("scheduler defaults")?;
+        let scheduler_config = zkmesh_scheduler::SchedulerConfig {
+            metrics_listen: metrics(()),
+            ..scheduler_config
+        };
+        let scheduler = zkmesh_scheduler::start(scheduler_config, shutdown.clone())
+            .await
+            .context("starting the scheduler")?;
+
+        let ledger_key = {
+            let pem = std::fs::read_to_string(dir.join("ledger.key"))?;
+            use ed25519_pub::public_hex;
+            public_hex(&pem)?
+        };
+        let client = ClientConfig {
+            registry: endpoint(&registry),
+            scheduler: endpoint(&scheduler),
+            ledger: endpoint(&ledger),
+            verifier: endpoint(&verifier),
+            ca: dir.join("ca/ca.crt"),
+            cert: dir.join("certs/user.crt"),
+            key: dir.join("certs/user.key"),
+            admin_cert: Some(dir.join("certs/admin.crt")),
+            admin_key: Some(dir.join("certs/admin.key")),
+            ledger_public_key: Some(ledger_key),
+        };
+        let mut mesh = LocalMesh {
+            dir,
+            client,
+            registry,
+            scheduler,
+            ledger,
+            verifier,
+            workers: Vec::new(),
+            options: options.clone(),
+            shutdown,
+        };
+        let api = MeshClient::connect(&mesh.client)?;
+        // Mint once per data directory: a restarted dev mesh keeps its balances.
+        let account = format!("user/{}", options.user);
+        let balance = api
+            .admin_ledger()?
+            .get_balance(AccountRef {
+                account: account.clone(),
+            })
+            .await?
+            .into_inner()
+            .balance;
+        if balance == 0 && options.mint > 0 {
+            api.admin_ledger()?
+                .mint(MintRequest {
+                    account,
+                    amount: options.mint,
+                })
+                .await?;
+        }
+        for i in 0..options.workers {
+            mesh.add_worker(&format!("worker-{}", i + 1), &format!("operator-{}", i + 1))
+                .await?;
+        }
+        Ok(mesh)
+    }
+
+    /// A pre-approved join token for `uses` nodes.
+    pub async fn join_token(&self, uses: u32) -> anyhow::Result<String> {
+        let api = MeshClient::connect(&self.client)?;
+        Ok(api
+            .admin_registry()?
+            .create_join_token(CreateJoinTokenRequest {
+                pre_approved: true,
+                ttl_secs: 3600,
+                max_uses: uses,
+            })
+            .await?
+            .into_inner()
+            .token)
+    }
+
+    /// The configuration a worker of this mesh uses (for starting one elsewhere, e.g. in
+    /// another process).
+    pub fn worker_config(&self, name: &str, operator: &str, token: Option<String>) -> WorkerConfig {
+        WorkerConfig {
+            data_dir: self.dir.join("workers").join(name),
+            registry_endpoint: self.client.registry.clone(),
+            scheduler_endpoint: self.client.scheduler.clone(),
+            ca_cert: self.client.ca.clone(),
+            join_token: token,
+            name: name.to_string(),
+            operator: operator.to_string(),
+            slots: self.options.worker_slots,
+            heartbeat_secs: self.options.heartbeat_secs,
+            approval_timeout_secs: 60,
+            max_output_bytes: 16 << 20,
+        }
+    }
+
+    /// Starts one more in-process worker and returns its node id.
+    pub async fn add_worker(&mut self, name: &str, operator: &str) -> anyhow::Result<String> {
+        let config = self.worker_config(name, operator, None);
+        let token = if config.data_dir.join("node.json").exists() {
+            None
+        } else {
+            Some(self.join_token(1).await?)
+        };
+        let config = WorkerConfig {
+            join_token: token,
+            ..config
+        };
+        let stop = self.shutdown.child_token();
+        let handle = zkmesh_worker::start(config, stop.clone())
+            .await
+            .with_context(|| format!("starting {name}"))?;
+        let id = handle.node_id.clone();
+        self.workers.push((handle, stop));
+        Ok(id)
+    }
+
+    /// Waits until the scheduler has `n` connected workers (or the time runs out).
+    pub async fn wait_for_workers(&self, n: usize, within: Duration) -> anyhow::Result<()> {
+        let api = MeshClient::connect(&self.client)?;
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let nodes = api
+                .admin_registry()?
+                .list_nodes(ListNodesRequest {
+                    status: NodeStatus::Active as i32,
+                })
+                .await?
+                .into_inner()
+                .nodes;
+            if nodes.len() >= n && self.scheduler_workers().await >= n {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                anyhow::bail!("only {} of {n} workers became active", nodes.len());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn scheduler_workers(&self) -> usize {
+        let Some(addr) = self.scheduler.metrics_addr else {
+            return usize::MAX;
+        };
+        let Ok(text) = crate::client::http_get(addr, "/metrics").await else {
+            return 0;
+        };
+        text.lines()
+            .find(|l| l.starts_with("zkmesh_workers_connected"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .map(|v| v as usize)
+            .unwrap_or(0)
+    }
+
+    /// Graceful shutdown of workers, then services.
+    pub async fn stop(self) {
+        for (_, stop) in &self.workers {
+            stop.cancel();
+        }
+        for (handle, _) in self.workers {
+            let _ = tokio::time::timeout(Duration::from_secs(5), handle.task).await;
+        }
+        self.shutdown.cancel();
+        for serving in [self.scheduler, self.ledger, self.verifier, self.registry] {
+            let _ = tokio::time::timeout(Duration::from_secs(5), serving.task).await;
+        }
+    }
+}
+
+mod ed25519_pub {
+    /// The hex public key of an Ed25519 PKCS#8 PEM private key.
+    pub fn public_hex(pem: &str) -> anyhow::Result<String> {
+        let key = zkmesh_ledger::load_key_pem(pem)?;
+        Ok(hex::encode(key.verifying_key().to_bytes()))
+    }
+}

@@ -1,0 +1,392 @@
+//! The scheduler's gRPC surface.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use zkmesh_kit::auth::caller;
+use zkmesh_kit::identity::{Identity, Role};
+use zkmesh_kit::{random_id, sha256_hex};
+use zkmesh_proto::scheduler_service_server::SchedulerService as SchedulerApi;
+use zkmesh_proto::*;
+use zkmesh_runtime::{Abi, ModuleError, Sandbox};
+
+use crate::dispatch::{Core, db_error};
+use crate::store::{NewTask, TaskRow, is_terminal};
+
+/// The scheduler's gRPC handler.
+pub struct SchedulerService {
+    core: Arc<Core>,
+    sandbox: Arc<Sandbox>,
+}
+
+impl SchedulerService {
+    pub(crate) fn new(core: Arc<Core>, sandbox: Arc<Sandbox>) -> Self {
+        SchedulerService { core, sandbox }
+    }
+
+    /// The task, if the caller may see it (its submitter, or an admin). Others get NOT_FOUND so
+    /// that task ids leak nothing.
+    async fn visible_task(&self, me: &Identity, task_id: &str) -> Result<TaskRow, Status> {
+        let task = self.core.store.task(task_id).await.map_err(db_error)?;
+        match task {
+            Some(t) if me.role == Role::Admin || t.task.submitter == me.account() => Ok(t),
+            _ => Err(Status::not_found(format!("no task {task_id:?}"))),
+        }
+    }
+}
+
+type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl SchedulerApi for SchedulerService {
+    async fn upload_module(
+        &self,
+        req: Request<Streaming<UploadModuleRequest>>,
+    ) -> Result<Response<ModuleInfo>, Status> {
+        let me = caller(&req)?;
+        let mut stream = req.into_inner();
+        let max = self.core.config.max_module_bytes;
+        let mut bytes = Vec::new();
+        let mut name = String::new();
+        let mut expected = String::new();
+        while let Some(msg) = stream.message().await? {
+            if name.is_empty() {
+                name = msg.name;
+            }
+            if expected.is_empty() {
+                expected = msg.expected_sha256;
+            }
+            if bytes.len() + msg.chunk.len() > max {
+                return Err(Status::invalid_argument(format!(
+                    "module is larger than the limit of {max} bytes"
+                )));
+            }
+            bytes.extend_from_slice(&msg.chunk);
+        }
+        if bytes.is_empty() {
+            return Err(Status::invalid_argument("the module is empty"));
+        }
+        let hash = sha256_hex(&bytes);
+        if !expected.is_empty() && !expected.eq_ignore_ascii_case(&hash) {
+            return Err(Status::data_loss(format!(
+                "the module's SHA-256 is {hash}, not the expected {expected}: upload corrupted"
+            )));
+        }
+        if let Some(info) = self.core.store.module_info(&hash).await.map_err(db_error)? {
+            return Ok(Response::new(info));
+        }
+        let sandbox = self.sandbox.clone();
+        let checked_bytes = bytes.clone();
+        let inspection = tokio::task::spawn_blocking(move || sandbox.inspect(&checked_bytes))
+            .await
+            .map_err(|_| Status::internal("module check crashed"))?;
+        let inspection = inspection.map_err(|e| match e {
+            ModuleError::TooLarge { .. } | ModuleError::Invalid(_) | ModuleError::NoEntry(_) => {
+                Status::invalid_argument(format!("module rejected: {e}"))
+            }
+            ModuleError::ForbiddenImport { .. } => {
+                Status::invalid_argument(format!("module rejected: {e}"))
+            }
+        })?;
+        let mut info = ModuleInfo {
+            module_hash: hash.clone(),
+            size: bytes.len() as u64,
+            abi: match inspection.abi {
+                Abi::Zkmesh => GuestAbi::Zkmesh,
+                Abi::Wasi => GuestAbi::Wasi,
+            } as i32,
+            imports: inspection.imports,
+            provable: false,
+            provable_reason:
+                "the zkVM prover is not part of this mesh yet; use receipt or replicate".into(),
+            already_present: false,
+            name,
+        };
+        self.core
+            .store
+            .insert_module(&info, &bytes, &me.account())
+            .await
+            .map_err(db_error)?;
+        tracing::info!(module_hash = %hash, size = bytes.len(), abi = inspection.abi.as_str(), by = %me, "module stored");
+        info.already_present = false;
+        Ok(Response::new(info))
+    }
+
+    async fn get_module(&self, req: Request<ModuleRef>) -> Result<Response<ModuleInfo>, Status> {
+        let hash = req.into_inner().module_hash;
+        self.core
+            .store
+            .module_info(&hash)
+            .await
+            .map_err(db_error)?
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no module {hash}")))
+    }
+
+    async fn submit_task(&self, req: Request<SubmitTaskRequest>) -> Result<Response<Task>, Status> {
+        let me = caller(&req)?;
+        let req = req.into_inner();
+        let config = &self.core.config;
+        let bad = |m: String| Err(Status::invalid_argument(m));
+        if self
+            .core
+            .store
+            .module_info(&req.module_hash)
+            .await
+            .map_err(db_error)?
+            .is_none()
+        {
+            return Err(Status::not_found(format!(
+                "no module {:?}; upload it first",
+                req.module_hash
+            )));
+        }
+        if req.input.len() > config.max_input_bytes {
+            return bad(format!(
+                "input is {} bytes; the limit is {}",
+                req.input.len(),
+                config.max_input_bytes
+            ));
+        }
+        let fuel = if req.fuel_limit == 0 { config.default_fuel } else { req.fuel_limit };
+        if fuel > config.max_fuel {
+            return bad(format!("fuel limit {fuel} is above the maximum {}", config.max_fuel));
+        }
+        let memory = if req.memory_limit_mib == 0 { config.default_memory_mib } else { req.memory_limit_mib };
+        if memory > config.max_memory_mib {
+            return bad(format!("memory limit {memory} MiB is above the maximum {} MiB", config.max_memory_mib));
+        }
+        let timeout = if req.timeout_secs == 0 { config.default_timeout_secs } else { req.timeout_secs };
+        if timeout > config.max_timeout_secs {
+            return bad(format!("timeout {timeout}s is above the maximum {}s", config.max_timeout_secs));
+        }
+        let policy = req.policy.unwrap_or(VerificationPolicy {
+            kind: PolicyKind::Receipt as i32,
+            replicas: 0,
+        });
+        let policy = match policy.kind() {
+            PolicyKind::Replicate => policy,
+            _ => VerificationPolicy { kind: policy.kind, replicas: 1 },
+        };
+        if policy.kind() != PolicyKind::Receipt {
+            // The verifier decides which policies it can judge.
+            self.core.verifier.clone().check_policy(policy).await?;
+        }
+        if policy.kind() == PolicyKind::Replicate {
+            let operators = self.core.connected_operators().await;
+            if (operators as u32) < policy.replicas {
+                return Err(Status::failed_precondition(format!(
+                    "replicate:{} needs nodes of {} different operators; nodes of {operators} are connected",
+                    policy.replicas, policy.replicas
+                )));
+            }
+        }
+        let replicas = policy.replicas.max(1) as u64;
+        let hold = crate::cost(fuel, config.micro_credits_per_million_fuel).saturating_mul(replicas);
+        let task_id = random_id("t-");
+        let account = me.account();
+        self.core
+            .ledger
+            .clone()
+            .hold(HoldRequest {
+                task_id: task_id.clone(),
+                account: account.clone(),
+                amount: hold,
+            })
+            .await?;
+        let input_hash = sha256_hex(&req.input);
+        let new = NewTask {
+            task_id: &task_id,
+            submitter: &account,
+            module_hash: &req.module_hash,
+            input: &req.input,
+            input_hash: &input_hash,
+            fuel_limit: fuel,
+            memory_limit_mib: memory,
+            timeout_secs: timeout,
+            policy,
+            credits_held: hold,
+        };
+        if let Err(e) = self.core.store.insert_task(&new).await {
+            // Give the credits back: the task never existed.
+            let _ = self
+                .core
+                .ledger
+                .clone()
+                .release(ReleaseRequest {
+                    task_id: task_id.clone(),
+                    reason: "task could not be stored".into(),
+                })
+                .await;
+            return Err(db_error(e));
+        }
+        self.core
+            .emit(&task_id, TaskState::Queued, &format!("queued; {hold} micro-credits held"), "")
+            .await?;
+        self.core.submitted();
+        self.core.wake();
+        let task = self.core.store.task(&task_id).await.map_err(db_error)?;
+        Ok(Response::new(task.map(|t| t.task).unwrap_or_default()))
+    }
+
+    async fn get_task(&self, req: Request<TaskRef>) -> Result<Response<Task>, Status> {
+        let me = caller(&req)?;
+        let task = self.visible_task(&me, &req.into_inner().task_id).await?;
+        Ok(Response::new(task.task))
+    }
+
+    type WatchTaskStream = BoxStream<TaskEvent>;
+
+    async fn watch_task(&self, req: Request<TaskRef>) -> Result<Response<Self::WatchTaskStream>, Status> {
+        let me = caller(&req)?;
+        let task_id = req.into_inner().task_id;
+        // Subscribe before reading the history so no event falls between the two.
+        let mut live = self.core.events.subscribe();
+        self.visible_task(&me, &task_id).await?;
+        let history = self.core.store.events(&task_id).await.map_err(db_error)?;
+        let (tx, rx) = mpsc::channel(64);
+        let core = self.core.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            for e in history {
+                last = e.seq;
+                let done = is_terminal(e.state());
+                if tx.send(Ok(e)).await.is_err() || done {
+                    return;
+                }
+            }
+            loop {
+                let event = tokio::select! {
+                    _ = core.shutdown.cancelled() => {
+                        let _ = tx.send(Err(Status::unavailable("scheduler is shutting down"))).await;
+                        return;
+                    }
+                    _ = tx.closed() => return,
+                    e = live.recv() => e,
+                };
+                match event {
+                    Ok(e) if e.task_id == task_id && e.seq > last => {
+                        last = e.seq;
+                        let done = is_terminal(e.state());
+                        if tx.send(Ok(e)).await.is_err() || done {
+                            return;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        // Too slow to follow live: catch up from the table.
+                        let Ok(events) = core.store.events(&task_id).await else { return };
+                        let seen = last;
+                        for e in events.into_iter().filter(|e| e.seq > seen) {
+                            last = e.seq;
+                            let done = is_terminal(e.state());
+                            if tx.send(Ok(e)).await.is_err() || done {
+                                return;
+                            }
+                        }
+                    }
+                    Err(_) => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn get_result(&self, req: Request<TaskRef>) -> Result<Response<TaskResult>, Status> {
+        let me = caller(&req)?;
+        let task = self.visible_task(&me, &req.into_inner().task_id).await?;
+        Ok(Response::new(task.result))
+    }
+
+    async fn cancel_task(&self, req: Request<TaskRef>) -> Result<Response<Task>, Status> {
+        let me = caller(&req)?;
+        let task_id = req.into_inner().task_id;
+        self.visible_task(&me, &task_id).await?;
+        self.core.cancel(&task_id).await?;
+        Ok(Response::new(self.visible_task(&me, &task_id).await?.task))
+    }
+
+    async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+        let me = caller(&req)?;
+        let limit = match req.into_inner().limit {
+            0 => 100,
+            n => n.min(1000),
+        };
+        let account = me.account();
+        let filter = (me.role != Role::Admin).then_some(account.as_str());
+        let tasks = self.core.store.list_tasks(filter, limit).await.map_err(db_error)?;
+        Ok(Response::new(ListTasksResponse { tasks }))
+    }
+
+    type WorkStream = BoxStream<SchedulerMessage>;
+
+    async fn work(
+        &self,
+        req: Request<Streaming<WorkerMessage>>,
+    ) -> Result<Response<Self::WorkStream>, Status> {
+        let me = caller(&req)?;
+        let node_id = me.name.clone();
+        let node = self.core.node(&node_id).await?;
+        if matches!(node.status(), NodeStatus::Revoked | NodeStatus::Denied | NodeStatus::Pending) {
+            return Err(Status::permission_denied(format!("node {node_id} is not approved")));
+        }
+        let mut inbound = req.into_inner();
+        let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
+            Ok(Ok(Some(WorkerMessage {
+                kind: Some(worker_message::Kind::Hello(h)),
+            }))) => h,
+            _ => return Err(Status::invalid_argument("the Work stream must open with a hello")),
+        };
+        let (tx, rx) = mpsc::channel(256);
+        let core = self.core.clone();
+        let conn = core.register(&node_id, &node.operator, hello.slots, tx).await;
+        tokio::spawn(async move {
+            let reason = loop {
+                let msg = tokio::select! {
+                    _ = core.shutdown.cancelled() => break "scheduler shutting down".to_string(),
+                    m = inbound.message() => m,
+                };
+                let kind = match msg {
+                    Ok(Some(WorkerMessage { kind: Some(k) })) => k,
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break "stream closed by the worker".to_string(),
+                    Err(e) => break format!("stream broken: {}", e.message()),
+                };
+                let result = match kind {
+                    worker_message::Kind::Hello(_) => Ok(()),
+                    worker_message::Kind::Started(s) => core.on_started(&node_id, &s.attempt_id).await,
+                    worker_message::Kind::Heartbeat(h) => core.on_heartbeat(&node_id, &h.running_attempt_ids).await,
+                    worker_message::Kind::Report(r) => core.on_report(&node_id, r).await,
+                };
+                if let Err(e) = result {
+                    tracing::warn!(%node_id, error = %e.message(), "worker message failed");
+                }
+            };
+            core.unregister(&node_id, conn, &reason).await;
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type FetchModuleStream = BoxStream<ModuleChunk>;
+
+    async fn fetch_module(&self, req: Request<ModuleRef>) -> Result<Response<Self::FetchModuleStream>, Status> {
+        let hash = req.into_inner().module_hash;
+        let bytes = self
+            .core
+            .store
+            .module_bytes(&hash)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| Status::not_found(format!("no module {hash}")))?;
+        let chunks: Vec<Result<ModuleChunk, Status>> = bytes
+            .chunks(1 << 20)
+            .map(|c| Ok(ModuleChunk { chunk: c.to_vec() }))
+            .collect();
+        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+    }
+}

@@ -1,0 +1,726 @@
+//! The scheduler's engine: connected workers, placement, leases, verdicts and settlement.
+//!
+//! Every change to a task's state goes through [`Core`] while holding `transitions`, so the
+//! steps of a task (lease, report, verdict, settlement, expiry, cancellation) never interleave.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{Mutex, Notify, broadcast, mpsc};
+use tonic::Status;
+use tonic::transport::Channel;
+use zkmesh_kit::auth::RevocationList;
+use zkmesh_kit::telemetry::Metrics;
+use zkmesh_kit::{CancellationToken, now_ms, random_id, sha256_hex};
+use zkmesh_proto::ledger_service_client::LedgerServiceClient;
+use zkmesh_proto::registry_service_client::RegistryServiceClient;
+use zkmesh_proto::verifier_service_client::VerifierServiceClient;
+use zkmesh_proto::*;
+
+use crate::SchedulerConfig;
+use crate::store::{AttemptRow, Store, TaskRow, attempt_state, is_terminal};
+
+pub type Outbound = mpsc::Sender<Result<SchedulerMessage, Status>>;
+
+struct WorkerConn {
+    conn_id: u64,
+    operator: String,
+    slots: u32,
+    running: BTreeSet<String>,
+    tx: Outbound,
+}
+
+struct SchedMetrics {
+    submitted: Counter,
+    settled: Counter,
+    failed: Counter,
+    expired: Counter,
+    rejected: Counter,
+    workers: Gauge,
+}
+
+pub struct Core {
+    pub config: SchedulerConfig,
+    pub store: Store,
+    registry: RegistryServiceClient<Channel>,
+    pub ledger: LedgerServiceClient<Channel>,
+    pub verifier: VerifierServiceClient<Channel>,
+    revoked: RevocationList,
+    pub events: broadcast::Sender<TaskEvent>,
+    workers: Mutex<HashMap<String, WorkerConn>>,
+    nodes: RwLock<HashMap<String, Node>>,
+    transitions: Mutex<()>,
+    wake: Notify,
+    next_conn: std::sync::atomic::AtomicU64,
+    pub shutdown: CancellationToken,
+    metrics: SchedMetrics,
+}
+
+type Result<T, E = Status> = std::result::Result<T, E>;
+
+pub fn db_error(e: sqlx::Error) -> Status {
+    tracing::error!(error = %e, "scheduler database error");
+    Status::internal("internal scheduler error")
+}
+
+impl Core {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: SchedulerConfig,
+        store: Store,
+        registry: Channel,
+        ledger: Channel,
+        verifier: Channel,
+        revoked: RevocationList,
+        metrics: &Metrics,
+        shutdown: CancellationToken,
+    ) -> Core {
+        Core {
+            config,
+            store,
+            registry: RegistryServiceClient::new(registry),
+            ledger: LedgerServiceClient::new(ledger),
+            verifier: VerifierServiceClient::new(verifier),
+            revoked,
+            events: broadcast::channel(4096).0,
+            workers: Mutex::new(HashMap::new()),
+            nodes: RwLock::new(HashMap::new()),
+            transitions: Mutex::new(()),
+            wake: Notify::new(),
+            next_conn: Default::default(),
+            shutdown,
+            metrics: SchedMetrics {
+                submitted: metrics.counter("tasks_submitted", "Tasks accepted for scheduling"),
+                settled: metrics.counter("tasks_settled", "Tasks verified and paid for"),
+                failed: metrics.counter("tasks_failed", "Tasks that ran out of attempts"),
+                expired: metrics.counter("leases_expired", "Leases that expired"),
+                rejected: metrics.counter("results_rejected", "Reports the verifier rejected"),
+                workers: metrics.gauge("workers_connected", "Workers with an open Work stream"),
+            },
+        }
+    }
+
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    pub fn submitted(&self) {
+        self.metrics.submitted.inc();
+    }
+
+    /// Records an event, moves the task to `state` and tells the watchers.
+    pub async fn emit(&self, task_id: &str, state: TaskState, message: &str, node_id: &str) -> Result<()> {
+        let event = self
+            .store
+            .event(task_id, state, message, node_id)
+            .await
+            .map_err(db_error)?;
+        tracing::debug!(task_id, state = ?state, message, "task event");
+        let _ = self.events.send(event);
+        Ok(())
+    }
+
+    /// Node facts from the registry, with a direct look-up for nodes not yet in the cache.
+    pub async fn node(&self, node_id: &str) -> Result<Node> {
+        if let Some(n) = self.nodes.read().unwrap().get(node_id) {
+            return Ok(n.clone());
+        }
+        let node = self
+            .registry
+            .clone()
+            .get_node(NodeRef {
+                node_id: node_id.to_string(),
+            })
+            .await?
+            .into_inner();
+        self.nodes
+            .write()
+            .unwrap()
+            .insert(node_id.to_string(), node.clone());
+        Ok(node)
+    }
+
+    /// Distinct operators with a connected worker.
+    pub async fn connected_operators(&self) -> usize {
+        let workers = self.workers.lock().await;
+        workers.values().map(|w| w.operator.as_str()).collect::<BTreeSet<_>>().len()
+    }
+
+    pub async fn register(&self, node_id: &str, operator: &str, slots: u32, tx: Outbound) -> u64 {
+        let conn_id = self.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut workers = self.workers.lock().await;
+        workers.insert(
+            node_id.to_string(),
+            WorkerConn {
+                conn_id,
+                operator: operator.to_string(),
+                slots: slots.clamp(1, 256),
+                running: BTreeSet::new(),
+                tx,
+            },
+        );
+        self.metrics.workers.set(workers.len() as i64);
+        drop(workers);
+        tracing::info!(node_id, operator, slots, "worker connected");
+        self.wake();
+        conn_id
+    }
+
+    /// A worker's stream ended. Its leases expire at once unless the scheduler itself is
+    /// shutting down (then the worker may come back to a restarted scheduler and report).
+    pub async fn unregister(&self, node_id: &str, conn_id: u64, reason: &str) {
+        {
+            let mut workers = self.workers.lock().await;
+            if workers.get(node_id).map(|w| w.conn_id) != Some(conn_id) {
+                return;
+            }
+            workers.remove(node_id);
+            self.metrics.workers.set(workers.len() as i64);
+        }
+        tracing::info!(node_id, reason, "worker disconnected");
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        match self.store.lapsed_attempts(Some(node_id)).await {
+            Ok(attempts) => {
+                for a in attempts {
+                    let why = format!("lease on node {node_id} ended: {reason}");
+                    if let Err(e) = self.expire(&a, &why).await {
+                        tracing::warn!(error = %e.message(), "expiring attempt failed");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "listing a node's attempts failed"),
+        }
+    }
+
+    async fn free_slot(&self, node_id: &str, attempt_id: &str) {
+        if let Some(w) = self.workers.lock().await.get_mut(node_id) {
+            w.running.remove(attempt_id);
+        }
+        self.wake();
+    }
+
+    async fn send_to(&self, node_id: &str, message: scheduler_message::Kind) {
+        let tx = self.workers.lock().await.get(node_id).map(|w| w.tx.clone());
+        if let Some(tx) = tx {
+            let _ = tx
+                .send(Ok(SchedulerMessage {
+                    kind: Some(message),
+                }))
+                .await;
+        }
+    }
+
+    /// Leases queued tasks to workers with free slots.
+    pub async fn dispatch_once(&self) -> Result<()> {
+        let _t = self.transitions.lock().await;
+        let queued = self.store.queued(128).await.map_err(db_error)?;
+        for task in queued {
+            let mut workers = self.workers.lock().await;
+            if !workers.values().any(|w| (w.running.len() as u32) < w.slots) {
+                return Ok(());
+            }
+            let attempts = self.store.attempts(&task.task.task_id).await.map_err(db_error)?;
+            let active: Vec<&AttemptRow> = attempts
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a.state.as_str(),
+                        attempt_state::LEASED | attempt_state::RUNNING | attempt_state::REPORTED
+                    )
+                })
+                .collect();
+            let replicas = replicas(&task);
+            let mut busy_operators: BTreeSet<String> = active.iter().map(|a| a.operator.clone()).collect();
+            let mut busy_nodes: BTreeSet<String> = active.iter().map(|a| a.node_id.clone()).collect();
+            // A node whose result was rejected for this task never gets it again.
+            busy_nodes.extend(
+                attempts
+                    .iter()
+                    .filter(|a| a.state == attempt_state::REJECTED)
+                    .map(|a| a.node_id.clone()),
+            );
+            let eligible_exists = workers.keys().any(|n| !busy_nodes.contains(n));
+            if !eligible_exists && active.is_empty() && !workers.is_empty() {
+                drop(workers);
+                self.fail(&task, "no connected node is left that has not been rejected for this task")
+                    .await?;
+                continue;
+            }
+            let mut leased = active.len();
+            while leased < replicas {
+                let nodes = self.nodes.read().unwrap().clone();
+                let candidate = workers
+                    .iter()
+                    .filter(|(id, w)| {
+                        (w.running.len() as u32) < w.slots
+                            && !busy_nodes.contains(*id)
+                            && (replicas == 1 || !busy_operators.contains(&w.operator))
+                            && nodes
+                                .get(*id)
+                                .is_none_or(|n| n.status() == NodeStatus::Active)
+                    })
+                    .max_by_key(|(id, w)| (w.slots - w.running.len() as u32, std::cmp::Reverse((*id).clone())))
+                    .map(|(id, _)| id.clone());
+                let Some(node_id) = candidate else { break };
+                let attempt_id = random_id("a-");
+                let lease_ms = self.config.lease_secs as i64 * 1000;
+                let w = workers.get_mut(&node_id).expect("candidate is connected");
+                self.store
+                    .insert_attempt(&attempt_id, &task.task.task_id, &node_id, &w.operator, now_ms() + lease_ms)
+                    .await
+                    .map_err(db_error)?;
+                let assignment = Assignment {
+                    attempt_id: attempt_id.clone(),
+                    task_id: task.task.task_id.clone(),
+                    module_hash: task.task.module_hash.clone(),
+                    input: task.input.clone(),
+                    fuel_limit: task.task.fuel_limit,
+                    memory_limit_mib: task.task.memory_limit_mib,
+                    timeout_secs: task.task.timeout_secs,
+                    lease_secs: self.config.lease_secs,
+                };
+                let message = SchedulerMessage {
+                    kind: Some(scheduler_message::Kind::Assignment(assignment)),
+                };
+                if w.tx.try_send(Ok(message)).is_err() {
+                    // The stream is gone or hopelessly behind: this lease never reached the node.
+                    self.store
+                        .set_attempt_state(&attempt_id, attempt_state::EXPIRED)
+                        .await
+                        .map_err(db_error)?;
+                    busy_nodes.insert(node_id);
+                    continue;
+                }
+                w.running.insert(attempt_id.clone());
+                busy_operators.insert(w.operator.clone());
+                busy_nodes.insert(node_id.clone());
+                leased += 1;
+                let (state, msg) = if leased >= replicas {
+                    (TaskState::Assigned, format!("leased to node {node_id}"))
+                } else {
+                    (
+                        TaskState::Queued,
+                        format!("replica {leased} of {replicas} leased to node {node_id}"),
+                    )
+                };
+                self.emit(&task.task.task_id, state, &msg, &node_id).await?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn on_started(&self, node_id: &str, attempt_id: &str) -> Result<()> {
+        let _t = self.transitions.lock().await;
+        let Some(a) = self.store.attempt(attempt_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if a.node_id != node_id || a.state != attempt_state::LEASED {
+            return Ok(());
+        }
+        self.store
+            .set_attempt_state(attempt_id, attempt_state::RUNNING)
+            .await
+            .map_err(db_error)?;
+        let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if matches!(task.task.state(), TaskState::Assigned | TaskState::Queued) {
+            self.emit(&a.task_id, TaskState::Running, &format!("running on node {node_id}"), node_id)
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn on_heartbeat(&self, node_id: &str, running: &[String]) -> Result<()> {
+        let until = now_ms() + self.config.lease_secs as i64 * 1000;
+        self.store
+            .renew_leases(node_id, running, until)
+            .await
+            .map_err(db_error)
+    }
+
+    pub async fn on_report(&self, node_id: &str, report: TaskReport) -> Result<()> {
+        let guard = self.transitions.lock().await;
+        let Some(a) = self.store.attempt(&report.attempt_id).await.map_err(db_error)? else {
+            tracing::warn!(node_id, attempt_id = %report.attempt_id, "report for an unknown attempt");
+            return Ok(());
+        };
+        self.free_slot(node_id, &a.attempt_id).await;
+        if a.node_id != node_id {
+            tracing::warn!(node_id, attempt_id = %a.attempt_id, "report for another node's attempt ignored");
+            return Ok(());
+        }
+        if !matches!(a.state.as_str(), attempt_state::LEASED | attempt_state::RUNNING) {
+            tracing::info!(node_id, attempt_id = %a.attempt_id, state = %a.state, "late report ignored");
+            return Ok(());
+        }
+        let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        let receipt = report.receipt.clone().unwrap_or_default();
+        self.store.record_report(&report, &receipt).await.map_err(db_error)?;
+        if is_terminal(task.task.state()) || task.task.state() == TaskState::Verified {
+            return Ok(());
+        }
+        let attempts = self.store.attempts(&a.task_id).await.map_err(db_error)?;
+        let reported: Vec<&AttemptRow> = attempts
+            .iter()
+            .filter(|x| x.state == attempt_state::REPORTED)
+            .collect();
+        let replicas = replicas(&task);
+        if reported.len() < replicas {
+            let msg = format!("{} of {replicas} replicas reported", reported.len());
+            return self.emit(&a.task_id, TaskState::Running, &msg, node_id).await;
+        }
+        self.emit(&a.task_id, TaskState::Reported, &format!("result reported by node {node_id}"), node_id)
+            .await?;
+        let mut reports = Vec::new();
+        for r in &reported {
+            reports.push(ReportedResult {
+                attempt_id: r.attempt_id.clone(),
+                node_id: r.node_id.clone(),
+                operator: r.operator.clone(),
+                receipt: r.receipt.clone(),
+                observed_output_hash: sha256_hex(&r.output),
+            });
+        }
+        let request = VerifyResultRequest {
+            task_id: a.task_id.clone(),
+            module_hash: task.task.module_hash.clone(),
+            input_hash: task.task.input_hash.clone(),
+            policy: task.task.policy,
+            reports,
+        };
+        let verdict = match self.verifier.clone().verify_result(request).await {
+            Ok(v) => v.into_inner(),
+            Err(e) => {
+                // The verifier is unreachable: the reports stay, and the sweeper asks again.
+                tracing::warn!(task_id = %a.task_id, error = %e.message(), "verifier unavailable");
+                return Ok(());
+            }
+        };
+        self.apply_verdict(&task, &attempts, verdict).await?;
+        drop(guard);
+        Ok(())
+    }
+
+    async fn apply_verdict(&self, task: &TaskRow, attempts: &[AttemptRow], verdict: VerifyResultResponse) -> Result<()> {
+        let task_id = &task.task.task_id;
+        for id in &verdict.rejected_attempt_ids {
+            self.store.set_attempt_state(id, attempt_state::REJECTED).await.map_err(db_error)?;
+            self.metrics.rejected.inc();
+        }
+        if verdict.verdict() == Verdict::Verified {
+            for id in &verdict.accepted_attempt_ids {
+                self.store.set_attempt_state(id, attempt_state::ACCEPTED).await.map_err(db_error)?;
+            }
+            let accepted: Vec<&AttemptRow> = attempts
+                .iter()
+                .filter(|a| verdict.accepted_attempt_ids.contains(&a.attempt_id))
+                .collect();
+            let Some(first) = accepted.first() else {
+                return Err(Status::internal("verifier accepted no attempt"));
+            };
+            let receipts = accepted.iter().filter_map(|a| a.receipt.clone()).collect();
+            self.store
+                .set_result(task_id, first, &verdict, receipts)
+                .await
+                .map_err(db_error)?;
+            self.emit(task_id, TaskState::Verified, &verdict.reason, "").await?;
+            self.settle(task_id).await
+        } else {
+            self.store
+                .set_verdict_only(task_id, verdict.verdict, &verdict.reason)
+                .await
+                .map_err(db_error)?;
+            self.requeue(task, TaskState::Rejected, &format!("rejected: {}", verdict.reason))
+                .await
+        }
+    }
+
+    /// Pays the nodes whose results were accepted and refunds the rest of the hold.
+    async fn settle(&self, task_id: &str) -> Result<()> {
+        let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
+        let price = self.config.micro_credits_per_million_fuel;
+        let payouts: Vec<Payout> = attempts
+            .iter()
+            .filter(|a| a.state == attempt_state::ACCEPTED)
+            .map(|a| Payout {
+                account: format!("operator/{}", a.operator),
+                amount: crate::cost(a.fuel_used, price),
+            })
+            .collect();
+        let charged: u64 = payouts.iter().map(|p| p.amount).sum();
+        let capture = self
+            .ledger
+            .clone()
+            .capture(CaptureRequest {
+                task_id: task_id.to_string(),
+                payouts,
+            })
+            .await;
+        let hold = match capture {
+            Ok(h) => h.into_inner(),
+            Err(e) => {
+                tracing::warn!(task_id, error = %e.message(), "capture failed; will retry");
+                return Ok(());
+            }
+        };
+        self.store.set_charged(task_id, charged).await.map_err(db_error)?;
+        self.metrics.settled.inc();
+        self.emit(
+            task_id,
+            TaskState::Settled,
+            &format!(
+                "paid {} micro-credits to the node operator(s), refunded {}",
+                hold.paid, hold.refunded
+            ),
+            "",
+        )
+        .await
+    }
+
+    async fn expire(&self, a: &AttemptRow, reason: &str) -> Result<()> {
+        let _t = self.transitions.lock().await;
+        let Some(current) = self.store.attempt(&a.attempt_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if !matches!(current.state.as_str(), attempt_state::LEASED | attempt_state::RUNNING) {
+            return Ok(());
+        }
+        self.store
+            .set_attempt_state(&a.attempt_id, attempt_state::EXPIRED)
+            .await
+            .map_err(db_error)?;
+        self.metrics.expired.inc();
+        self.free_slot(&a.node_id, &a.attempt_id).await;
+        // Tell a still-connected node to stop working on it.
+        self.send_to(
+            &a.node_id,
+            scheduler_message::Kind::Cancel(CancelAttempt {
+                attempt_id: a.attempt_id.clone(),
+                reason: reason.to_string(),
+            }),
+        )
+        .await;
+        let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if is_terminal(task.task.state()) || task.task.state() == TaskState::Verified {
+            return Ok(());
+        }
+        self.requeue(&task, TaskState::Expired, reason).await
+    }
+
+    /// After an expiry or a rejection: back to the queue, or failed once the attempts are spent.
+    async fn requeue(&self, task: &TaskRow, why_state: TaskState, reason: &str) -> Result<()> {
+        let task_id = &task.task.task_id;
+        self.emit(task_id, why_state, reason, "").await?;
+        let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
+        let spent = attempts
+            .iter()
+            .filter(|a| matches!(a.state.as_str(), attempt_state::EXPIRED | attempt_state::REJECTED))
+            .count();
+        let budget = self.config.max_attempts as usize * replicas(task);
+        if spent >= budget {
+            return self
+                .fail(task, &format!("gave up after {spent} failed attempts; last: {reason}"))
+                .await;
+        }
+        self.emit(task_id, TaskState::Queued, "back in the queue", "").await?;
+        self.wake();
+        Ok(())
+    }
+
+    async fn stop_active(&self, task_id: &str, state: &str, reason: &str) -> Result<()> {
+        for a in self.store.attempts(task_id).await.map_err(db_error)? {
+            if matches!(a.state.as_str(), attempt_state::LEASED | attempt_state::RUNNING) {
+                self.store.set_attempt_state(&a.attempt_id, state).await.map_err(db_error)?;
+                self.free_slot(&a.node_id, &a.attempt_id).await;
+                self.send_to(
+                    &a.node_id,
+                    scheduler_message::Kind::Cancel(CancelAttempt {
+                        attempt_id: a.attempt_id.clone(),
+                        reason: reason.to_string(),
+                    }),
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn fail(&self, task: &TaskRow, reason: &str) -> Result<()> {
+        let task_id = &task.task.task_id;
+        self.stop_active(task_id, attempt_state::CANCELLED, reason).await?;
+        self.emit(task_id, TaskState::Failed, reason, "").await?;
+        self.metrics.failed.inc();
+        self.release(task_id, reason).await;
+        Ok(())
+    }
+
+    async fn release(&self, task_id: &str, reason: &str) {
+        let result = self
+            .ledger
+            .clone()
+            .release(ReleaseRequest {
+                task_id: task_id.to_string(),
+                reason: reason.to_string(),
+            })
+            .await;
+        if let Err(e) = result {
+            tracing::error!(task_id, error = %e.message(), "releasing held credits failed");
+        }
+    }
+
+    /// Cancels a task for its submitter.
+    pub async fn cancel(&self, task_id: &str) -> Result<()> {
+        let _t = self.transitions.lock().await;
+        let task = self
+            .store
+            .task(task_id)
+            .await
+            .map_err(db_error)?
+            .ok_or_else(|| Status::not_found(format!("no task {task_id}")))?;
+        let state = task.task.state();
+        if is_terminal(state) || state == TaskState::Verified {
+            return Err(Status::failed_precondition(format!(
+                "task {task_id} is already {}",
+                state.as_str_name().trim_start_matches("TASK_STATE_").to_lowercase()
+            )));
+        }
+        self.stop_active(task_id, attempt_state::CANCELLED, "cancelled by the submitter")
+            .await?;
+        self.emit(task_id, TaskState::Cancelled, "cancelled by the submitter; held credits released", "")
+            .await?;
+        self.release(task_id, "cancelled").await;
+        Ok(())
+    }
+
+    /// Expired leases, unsettled verified tasks, and reports the verifier has not judged yet.
+    async fn sweep(&self) -> Result<()> {
+        for a in self.store.lapsed_attempts(None).await.map_err(db_error)? {
+            let reason = format!("lease on node {} expired (no heartbeat)", a.node_id);
+            self.expire(&a, &reason).await?;
+        }
+        for task in self.store.tasks_in_state(TaskState::Verified).await.map_err(db_error)? {
+            if now_ms() - task.task.updated_at_ms > 1000 {
+                let _t = self.transitions.lock().await;
+                self.settle(&task.task.task_id).await?;
+            }
+        }
+        for task in self.store.tasks_in_state(TaskState::Reported).await.map_err(db_error)? {
+            if now_ms() - task.task.updated_at_ms > 2000 {
+                let attempts = self.store.attempts(&task.task.task_id).await.map_err(db_error)?;
+                if let Some(a) = attempts.iter().find(|a| a.state == attempt_state::REPORTED) {
+                    // Re-run the verdict step as if the last report had just arrived.
+                    let _t = self.transitions.lock().await;
+                    let reports = attempts
+                        .iter()
+                        .filter(|x| x.state == attempt_state::REPORTED)
+                        .map(|r| ReportedResult {
+                            attempt_id: r.attempt_id.clone(),
+                            node_id: r.node_id.clone(),
+                            operator: r.operator.clone(),
+                            receipt: r.receipt.clone(),
+                            observed_output_hash: sha256_hex(&r.output),
+                        })
+                        .collect();
+                    let request = VerifyResultRequest {
+                        task_id: a.task_id.clone(),
+                        module_hash: task.task.module_hash.clone(),
+                        input_hash: task.task.input_hash.clone(),
+                        policy: task.task.policy,
+                        reports,
+                    };
+                    if let Ok(v) = self.verifier.clone().verify_result(request).await {
+                        self.apply_verdict(&task, &attempts, v.into_inner()).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Refreshes node facts from the registry and disconnects nodes that are no longer active.
+    async fn refresh_nodes(&self) {
+        let Ok(list) = self.registry.clone().list_nodes(ListNodesRequest { status: 0 }).await else {
+            return;
+        };
+        let nodes = list.into_inner().nodes;
+        self.revoked.replace(
+            nodes
+                .iter()
+                .filter(|n| n.status() == NodeStatus::Revoked)
+                .map(|n| n.node_id.clone()),
+        );
+        let gone: Vec<(String, Outbound)> = {
+            let workers = self.workers.lock().await;
+            nodes
+                .iter()
+                .filter(|n| matches!(n.status(), NodeStatus::Revoked | NodeStatus::Denied))
+                .filter_map(|n| workers.get(&n.node_id).map(|w| (n.node_id.clone(), w.tx.clone())))
+                .collect()
+        };
+        *self.nodes.write().unwrap() = nodes.into_iter().map(|n| (n.node_id.clone(), n)).collect();
+        for (node_id, tx) in gone {
+            let _ = tx
+                .send(Err(Status::permission_denied(format!("node {node_id} is revoked"))))
+                .await;
+            let conn = self.workers.lock().await.get(&node_id).map(|w| w.conn_id);
+            if let Some(conn) = conn {
+                self.unregister(&node_id, conn, "node revoked").await;
+            }
+        }
+    }
+}
+
+pub fn replicas(task: &TaskRow) -> usize {
+    match task.task.policy.unwrap_or_default().kind() {
+        PolicyKind::Replicate => task.task.policy.unwrap_or_default().replicas.max(1) as usize,
+        _ => 1,
+    }
+}
+
+/// The dispatcher, the lease sweeper and the registry follower.
+pub fn spawn_background(core: Arc<Core>) {
+    let c = core.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = c.shutdown.cancelled() => return,
+                _ = c.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            if let Err(e) = c.dispatch_once().await {
+                tracing::warn!(error = %e.message(), "dispatch failed");
+            }
+        }
+    });
+    let c = core.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = c.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if let Err(e) = c.sweep().await {
+                tracing::warn!(error = %e.message(), "sweep failed");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            core.refresh_nodes().await;
+            tokio::select! {
+                _ = core.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+}

@@ -1,0 +1,528 @@
+//! The scheduler's tables: modules, tasks, attempts and task events.
+
+use prost::Message;
+use sqlx::Row;
+use sqlx::sqlite::SqliteRow;
+use zkmesh_kit::db::{Migration, Pool};
+use zkmesh_kit::now_ms;
+use zkmesh_proto::*;
+
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    sql: r#"
+CREATE TABLE modules (
+    module_hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    abi BIGINT NOT NULL,
+    imports TEXT NOT NULL,
+    bytes BLOB NOT NULL,
+    uploaded_by TEXT NOT NULL,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE TABLE tasks (
+    task_id TEXT PRIMARY KEY,
+    submitter TEXT NOT NULL,
+    module_hash TEXT NOT NULL REFERENCES modules (module_hash),
+    input BLOB NOT NULL,
+    input_hash TEXT NOT NULL,
+    fuel_limit BIGINT NOT NULL,
+    memory_limit_mib BIGINT NOT NULL,
+    timeout_secs BIGINT NOT NULL,
+    policy_kind BIGINT NOT NULL,
+    replicas BIGINT NOT NULL,
+    state BIGINT NOT NULL,
+    message TEXT NOT NULL,
+    attempts BIGINT NOT NULL,
+    credits_held BIGINT NOT NULL,
+    exit BIGINT NOT NULL,
+    exit_message TEXT NOT NULL,
+    output BLOB,
+    output_hash TEXT NOT NULL,
+    fuel_used BIGINT NOT NULL,
+    verdict BIGINT NOT NULL,
+    verdict_reason TEXT NOT NULL,
+    credits_charged BIGINT NOT NULL,
+    run_time_us BIGINT NOT NULL,
+    receipts BLOB,
+    created_at_ms BIGINT NOT NULL,
+    updated_at_ms BIGINT NOT NULL
+);
+CREATE INDEX tasks_state ON tasks (state, created_at_ms);
+CREATE INDEX tasks_submitter ON tasks (submitter, created_at_ms);
+CREATE TABLE attempts (
+    attempt_id TEXT PRIMARY KEY,
+    task_id TEXT NOT NULL REFERENCES tasks (task_id),
+    node_id TEXT NOT NULL,
+    operator TEXT NOT NULL,
+    state TEXT NOT NULL,
+    lease_expires_at_ms BIGINT NOT NULL,
+    output BLOB,
+    exit BIGINT NOT NULL,
+    exit_message TEXT NOT NULL,
+    fuel_used BIGINT NOT NULL,
+    run_time_us BIGINT NOT NULL,
+    receipt BLOB,
+    created_at_ms BIGINT NOT NULL
+);
+CREATE INDEX attempts_task ON attempts (task_id);
+CREATE INDEX attempts_state ON attempts (state, lease_expires_at_ms);
+CREATE TABLE task_events (
+    task_id TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    state BIGINT NOT NULL,
+    message TEXT NOT NULL,
+    node_id TEXT NOT NULL,
+    at_ms BIGINT NOT NULL,
+    PRIMARY KEY (task_id, seq)
+);
+"#,
+}];
+
+/// Attempt states (text in the table, for readable SQL).
+pub mod attempt_state {
+    pub const LEASED: &str = "leased";
+    pub const RUNNING: &str = "running";
+    pub const REPORTED: &str = "reported";
+    pub const ACCEPTED: &str = "accepted";
+    pub const REJECTED: &str = "rejected";
+    pub const EXPIRED: &str = "expired";
+    pub const CANCELLED: &str = "cancelled";
+}
+
+pub fn is_terminal(state: TaskState) -> bool {
+    matches!(
+        state,
+        TaskState::Settled | TaskState::Failed | TaskState::Cancelled
+    )
+}
+
+/// A task row with everything the scheduler needs to run and report it.
+#[derive(Clone, Debug)]
+pub struct TaskRow {
+    pub task: Task,
+    pub input: Vec<u8>,
+    pub result: TaskResult,
+}
+
+#[derive(Clone, Debug)]
+pub struct AttemptRow {
+    pub attempt_id: String,
+    pub task_id: String,
+    pub node_id: String,
+    pub operator: String,
+    pub state: String,
+    pub output: Vec<u8>,
+    pub exit: i32,
+    pub exit_message: String,
+    pub fuel_used: u64,
+    pub run_time_us: u64,
+    pub receipt: Option<Receipt>,
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pub pool: Pool,
+}
+
+type Result<T> = std::result::Result<T, sqlx::Error>;
+
+fn task_from_row(row: &SqliteRow) -> TaskRow {
+    let policy = VerificationPolicy {
+        kind: row.get::<i64, _>("policy_kind") as i32,
+        replicas: row.get::<i64, _>("replicas") as u32,
+    };
+    let task = Task {
+        task_id: row.get("task_id"),
+        submitter: row.get("submitter"),
+        module_hash: row.get("module_hash"),
+        input_hash: row.get("input_hash"),
+        input_size: row.get::<Vec<u8>, _>("input").len() as u64,
+        fuel_limit: row.get::<i64, _>("fuel_limit") as u64,
+        memory_limit_mib: row.get::<i64, _>("memory_limit_mib") as u32,
+        timeout_secs: row.get::<i64, _>("timeout_secs") as u32,
+        policy: Some(policy),
+        state: row.get::<i64, _>("state") as i32,
+        message: row.get("message"),
+        attempts: row.get::<i64, _>("attempts") as u32,
+        credits_held: row.get::<i64, _>("credits_held") as u64,
+        created_at_ms: row.get("created_at_ms"),
+        updated_at_ms: row.get("updated_at_ms"),
+    };
+    let receipts = row
+        .get::<Option<Vec<u8>>, _>("receipts")
+        .and_then(|b| ReceiptList::decode(b.as_slice()).ok())
+        .map(|l| l.receipts)
+        .unwrap_or_default();
+    let result = TaskResult {
+        task_id: task.task_id.clone(),
+        state: task.state,
+        exit: row.get::<i64, _>("exit") as i32,
+        exit_message: row.get("exit_message"),
+        output: row.get::<Option<Vec<u8>>, _>("output").unwrap_or_default(),
+        output_hash: row.get("output_hash"),
+        fuel_used: row.get::<i64, _>("fuel_used") as u64,
+        verdict: row.get::<i64, _>("verdict") as i32,
+        verdict_reason: row.get("verdict_reason"),
+        credits_charged: row.get::<i64, _>("credits_charged") as u64,
+        receipts,
+        run_time_us: row.get::<i64, _>("run_time_us") as u64,
+        policy: task.policy,
+    };
+    TaskRow {
+        input: row.get("input"),
+        task,
+        result,
+    }
+}
+
+fn attempt_from_row(row: &SqliteRow) -> AttemptRow {
+    AttemptRow {
+        attempt_id: row.get("attempt_id"),
+        task_id: row.get("task_id"),
+        node_id: row.get("node_id"),
+        operator: row.get("operator"),
+        state: row.get("state"),
+        output: row.get::<Option<Vec<u8>>, _>("output").unwrap_or_default(),
+        exit: row.get::<i64, _>("exit") as i32,
+        exit_message: row.get("exit_message"),
+        fuel_used: row.get::<i64, _>("fuel_used") as u64,
+        run_time_us: row.get::<i64, _>("run_time_us") as u64,
+        receipt: row
+            .get::<Option<Vec<u8>>, _>("receipt")
+            .and_then(|b| Receipt::decode(b.as_slice()).ok()),
+    }
+}
+
+/// Receipts of a result, stored as one encoded message.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ReceiptList {
+    #[prost(message, repeated, tag = "1")]
+    receipts: Vec<Receipt>,
+}
+
+pub struct NewTask<'a> {
+    pub task_id: &'a str,
+    pub submitter: &'a str,
+    pub module_hash: &'a str,
+    pub input: &'a [u8],
+    pub input_hash: &'a str,
+    pub fuel_limit: u64,
+    pub memory_limit_mib: u32,
+    pub timeout_secs: u32,
+    pub policy: VerificationPolicy,
+    pub credits_held: u64,
+}
+
+impl Store {
+    pub fn new(pool: Pool) -> Store {
+        Store { pool }
+    }
+
+    pub async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>> {
+        let row = sqlx::query("SELECT module_hash, name, size, abi, imports FROM modules WHERE module_hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| ModuleInfo {
+            module_hash: r.get(0),
+            name: r.get(1),
+            size: r.get::<i64, _>(2) as u64,
+            abi: r.get::<i64, _>(3) as i32,
+            imports: r
+                .get::<String, _>(4)
+                .split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+                .collect(),
+            provable: false,
+            provable_reason: "the zkVM prover is not part of this mesh yet; use receipt or replicate".into(),
+            already_present: true,
+        }))
+    }
+
+    pub async fn module_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+        let row = sqlx::query("SELECT bytes FROM modules WHERE module_hash = $1")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    pub async fn insert_module(&self, info: &ModuleInfo, bytes: &[u8], uploaded_by: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO modules (module_hash, name, size, abi, imports, bytes, uploaded_by, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (module_hash) DO NOTHING",
+        )
+        .bind(&info.module_hash)
+        .bind(&info.name)
+        .bind(info.size as i64)
+        .bind(info.abi as i64)
+        .bind(info.imports.join(","))
+        .bind(bytes)
+        .bind(uploaded_by)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn insert_task(&self, t: &NewTask<'_>) -> Result<()> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO tasks (task_id, submitter, module_hash, input, input_hash, fuel_limit, memory_limit_mib, timeout_secs,
+                policy_kind, replicas, state, message, attempts, credits_held, exit, exit_message, output, output_hash,
+                fuel_used, verdict, verdict_reason, credits_charged, run_time_us, receipts, created_at_ms, updated_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', 0, $12, 0, '', NULL, '', 0, 0, '', 0, 0, NULL, $13, $14)",
+        )
+        .bind(t.task_id)
+        .bind(t.submitter)
+        .bind(t.module_hash)
+        .bind(t.input)
+        .bind(t.input_hash)
+        .bind(t.fuel_limit as i64)
+        .bind(t.memory_limit_mib as i64)
+        .bind(t.timeout_secs as i64)
+        .bind(t.policy.kind as i64)
+        .bind(t.policy.replicas as i64)
+        .bind(TaskState::Queued as i64)
+        .bind(t.credits_held as i64)
+        .bind(now)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn task(&self, task_id: &str) -> Result<Option<TaskRow>> {
+        let row = sqlx::query("SELECT * FROM tasks WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(task_from_row))
+    }
+
+    pub async fn list_tasks(&self, submitter: Option<&str>, limit: u32) -> Result<Vec<Task>> {
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE ($1 = '' OR submitter = $2) ORDER BY created_at_ms DESC, task_id LIMIT $3",
+        )
+        .bind(submitter.unwrap_or(""))
+        .bind(submitter.unwrap_or(""))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| task_from_row(r).task).collect())
+    }
+
+    /// Tasks waiting for nodes, oldest first.
+    pub async fn queued(&self, limit: u32) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query("SELECT * FROM tasks WHERE state = $1 ORDER BY created_at_ms, task_id LIMIT $2")
+            .bind(TaskState::Queued as i64)
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(task_from_row).collect())
+    }
+
+    pub async fn tasks_in_state(&self, state: TaskState) -> Result<Vec<TaskRow>> {
+        let rows = sqlx::query("SELECT * FROM tasks WHERE state = $1 ORDER BY created_at_ms")
+            .bind(state as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(task_from_row).collect())
+    }
+
+    pub async fn attempts(&self, task_id: &str) -> Result<Vec<AttemptRow>> {
+        let rows = sqlx::query("SELECT * FROM attempts WHERE task_id = $1 ORDER BY created_at_ms, attempt_id")
+            .bind(task_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(attempt_from_row).collect())
+    }
+
+    pub async fn attempt(&self, attempt_id: &str) -> Result<Option<AttemptRow>> {
+        let row = sqlx::query("SELECT * FROM attempts WHERE attempt_id = $1")
+            .bind(attempt_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(attempt_from_row))
+    }
+
+    pub async fn insert_attempt(
+        &self,
+        attempt_id: &str,
+        task_id: &str,
+        node_id: &str,
+        operator: &str,
+        lease_expires_at_ms: i64,
+    ) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO attempts (attempt_id, task_id, node_id, operator, state, lease_expires_at_ms, output, exit, exit_message, fuel_used, run_time_us, receipt, created_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, NULL, 0, '', 0, 0, NULL, $7)",
+        )
+        .bind(attempt_id)
+        .bind(task_id)
+        .bind(node_id)
+        .bind(operator)
+        .bind(attempt_state::LEASED)
+        .bind(lease_expires_at_ms)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("UPDATE tasks SET attempts = attempts + 1 WHERE task_id = $1")
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await
+    }
+
+    pub async fn set_attempt_state(&self, attempt_id: &str, state: &str) -> Result<()> {
+        sqlx::query("UPDATE attempts SET state = $1 WHERE attempt_id = $2")
+            .bind(state)
+            .bind(attempt_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn renew_leases(&self, node_id: &str, attempt_ids: &[String], until_ms: i64) -> Result<()> {
+        for id in attempt_ids {
+            sqlx::query(
+                "UPDATE attempts SET lease_expires_at_ms = $1 WHERE attempt_id = $2 AND node_id = $3 AND state IN ('leased', 'running')",
+            )
+            .bind(until_ms)
+            .bind(id)
+            .bind(node_id)
+            .execute(&self.pool)
+            .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn record_report(&self, r: &TaskReport, receipt: &Receipt) -> Result<()> {
+        sqlx::query(
+            "UPDATE attempts SET state = $1, output = $2, exit = $3, exit_message = $4, fuel_used = $5, run_time_us = $6, receipt = $7 WHERE attempt_id = $8",
+        )
+        .bind(attempt_state::REPORTED)
+        .bind(&r.output)
+        .bind(r.exit as i64)
+        .bind(&r.exit_message)
+        .bind(r.fuel_used as i64)
+        .bind(r.run_time_us as i64)
+        .bind(receipt.encode_to_vec())
+        .bind(&r.attempt_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Attempts whose lease ran out (or that belong to `node`, when given).
+    pub async fn lapsed_attempts(&self, node: Option<&str>) -> Result<Vec<AttemptRow>> {
+        let rows = match node {
+            Some(node) => sqlx::query("SELECT * FROM attempts WHERE state IN ('leased', 'running') AND node_id = $1")
+                .bind(node)
+                .fetch_all(&self.pool)
+                .await?,
+            None => sqlx::query("SELECT * FROM attempts WHERE state IN ('leased', 'running') AND lease_expires_at_ms < $1")
+                .bind(now_ms())
+                .fetch_all(&self.pool)
+                .await?,
+        };
+        Ok(rows.iter().map(attempt_from_row).collect())
+    }
+
+    /// Records an event and moves the task to `state`; returns the event.
+    pub async fn event(&self, task_id: &str, state: TaskState, message: &str, node_id: &str) -> Result<TaskEvent> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        let seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 FROM task_events WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_one(&mut *tx)
+            .await?
+            .get(0);
+        sqlx::query("INSERT INTO task_events (task_id, seq, state, message, node_id, at_ms) VALUES ($1, $2, $3, $4, $5, $6)")
+            .bind(task_id)
+            .bind(seq)
+            .bind(state as i64)
+            .bind(message)
+            .bind(node_id)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE tasks SET state = $1, message = $2, updated_at_ms = $3 WHERE task_id = $4")
+            .bind(state as i64)
+            .bind(message)
+            .bind(now)
+            .bind(task_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(TaskEvent {
+            task_id: task_id.to_string(),
+            seq: seq as u64,
+            state: state as i32,
+            message: message.to_string(),
+            node_id: node_id.to_string(),
+            at_ms: now,
+        })
+    }
+
+    pub async fn events(&self, task_id: &str) -> Result<Vec<TaskEvent>> {
+        let rows = sqlx::query("SELECT * FROM task_events WHERE task_id = $1 ORDER BY seq")
+            .bind(task_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(|r| TaskEvent {
+                task_id: r.get("task_id"),
+                seq: r.get::<i64, _>("seq") as u64,
+                state: r.get::<i64, _>("state") as i32,
+                message: r.get("message"),
+                node_id: r.get("node_id"),
+                at_ms: r.get("at_ms"),
+            })
+            .collect())
+    }
+
+    /// Stores the accepted result of a task.
+    pub async fn set_result(&self, task_id: &str, a: &AttemptRow, verdict: &VerifyResultResponse, receipts: Vec<Receipt>) -> Result<()> {
+        sqlx::query(
+            "UPDATE tasks SET exit = $1, exit_message = $2, output = $3, output_hash = $4, fuel_used = $5, verdict = $6,
+                verdict_reason = $7, run_time_us = $8, receipts = $9 WHERE task_id = $10",
+        )
+        .bind(a.exit as i64)
+        .bind(&a.exit_message)
+        .bind(&a.output)
+        .bind(&verdict.output_hash)
+        .bind(a.fuel_used as i64)
+        .bind(verdict.verdict as i64)
+        .bind(&verdict.reason)
+        .bind(a.run_time_us as i64)
+        .bind(ReceiptList { receipts }.encode_to_vec())
+        .bind(task_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_verdict_only(&self, task_id: &str, verdict: i32, reason: &str) -> Result<()> {
+        sqlx::query("UPDATE tasks SET verdict = $1, verdict_reason = $2 WHERE task_id = $3")
+            .bind(verdict as i64)
+            .bind(reason)
+            .bind(task_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn set_charged(&self, task_id: &str, charged: u64) -> Result<()> {
+        sqlx::query("UPDATE tasks SET credits_charged = $1 WHERE task_id = $2")
+            .bind(charged as i64)
+            .bind(task_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+}
