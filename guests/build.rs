@@ -22,7 +22,8 @@ const TARGETS: &[(&str, &[&str])] = &[
 const INVALID_MODULE: &[u8] = b"\0asm\x01\0\0\0\x01\xff\xff";
 
 fn main() {
-    let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
+    let manifest_dir =
+        PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
 
     println!("cargo:rerun-if-changed=build.rs");
@@ -65,7 +66,10 @@ fn build_programs(programs: &Path, out_dir: &Path) {
         }
 
         for guest in *guests {
-            let built = target_dir.join(triple).join("release").join(format!("{guest}.wasm"));
+            let built = target_dir
+                .join(triple)
+                .join("release")
+                .join(format!("{guest}.wasm"));
             let dest = out_dir.join(format!("{guest}.wasm"));
             fs::copy(&built, &dest).unwrap_or_else(|e| {
                 panic!("copying {} to {}: {e}", built.display(), dest.display())
@@ -113,7 +117,9 @@ fn scrub_env(cmd: &mut Command) {
         "DEP_",
     ];
     for (key, _) in env::vars_os() {
-        let Some(key_str) = key.to_str() else { continue };
+        let Some(key_str) = key.to_str() else {
+            continue;
+        };
         if EXACT.contains(&key_str) || PREFIXES.iter().any(|p| key_str.starts_with(p)) {
             cmd.env_remove(&key);
         }
@@ -133,7 +139,12 @@ fn build_hostile(hostile: &Path, out_dir: &Path) {
     for wat_path in entries {
         let wasm = wat::parse_file(&wat_path)
             .unwrap_or_else(|e| panic!("compiling {}: {e}", wat_path.display()));
-        let dest = out_dir.join(wat_path.with_extension("wasm").file_name().expect("file name"));
+        let dest = out_dir.join(
+            wat_path
+                .with_extension("wasm")
+                .file_name()
+                .expect("file name"),
+        );
         fs::write(&dest, wasm).unwrap_or_else(|e| panic!("writing {}: {e}", dest.display()));
     }
     fs::write(out_dir.join("invalid_module.wasm"), INVALID_MODULE)

@@ -7,10 +7,10 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::BoxFuture;
-use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 
 use crate::identity::{Identity, Role};
 use crate::telemetry::RpcMetrics;
+use crate::tls::{MeshTls, PeerInfo};
 
 /// Who may call an RPC.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -132,16 +132,16 @@ pub fn caller<T>(req: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
 #[derive(Clone)]
 pub struct AuthLayer {
     acl: &'static Acl,
-    mesh: Arc<str>,
+    tls: MeshTls,
     revoked: RevocationList,
     metrics: RpcMetrics,
 }
 
 impl AuthLayer {
-    pub fn new(acl: &'static Acl, mesh: &str, revoked: RevocationList, metrics: RpcMetrics) -> Self {
+    pub fn new(acl: &'static Acl, tls: MeshTls, revoked: RevocationList, metrics: RpcMetrics) -> Self {
         AuthLayer {
             acl,
-            mesh: mesh.into(),
+            tls,
             revoked,
             metrics,
         }
@@ -164,13 +164,12 @@ pub struct Auth<S> {
     layer: AuthLayer,
 }
 
-fn peer_identity<B>(req: &http::Request<B>, mesh: &str) -> Option<Identity> {
-    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
-    let certs = info.peer_certs()?;
-    let leaf = certs.first()?;
-    // The TLS stack verified the chain against our CA; the mesh name must match as well so that a
-    // certificate of another mesh sharing the CA key never passes.
-    Identity::from_verified_der(leaf).filter(|id| id.mesh == mesh)
+/// The caller behind a request: `Ok(None)` when it presented no certificate.
+fn peer_identity<B>(req: &http::Request<B>, tls: &MeshTls) -> Result<Option<Identity>, String> {
+    match req.extensions().get::<PeerInfo>() {
+        Some(peer) => tls.verify_peer(peer),
+        None => Ok(None),
+    }
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Auth<S>
@@ -194,10 +193,15 @@ where
         let started = Instant::now();
         let path = req.uri().path().to_string();
         let method = path.rsplit('/').next().unwrap_or("").to_string();
-        let identity = peer_identity(&req, &self.layer.mesh);
-        let verdict = match self.layer.acl.allowed(&path) {
-            None => Err(tonic::Status::unimplemented(format!("unknown method {path}"))),
-            Some(allow) => check(allow, identity.as_ref(), &self.layer.revoked),
+        let (identity, verdict) = match peer_identity(&req, &self.layer.tls) {
+            Err(why) => (None, Err(tonic::Status::unauthenticated(why))),
+            Ok(identity) => {
+                let verdict = match self.layer.acl.allowed(&path) {
+                    None => Err(tonic::Status::unimplemented(format!("unknown method {path}"))),
+                    Some(allow) => check(allow, identity.as_ref(), &self.layer.revoked),
+                };
+                (identity, verdict)
+            }
         };
         let metrics = self.layer.metrics.clone();
         match verdict {

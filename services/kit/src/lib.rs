@@ -18,6 +18,7 @@ pub mod journal;
 pub mod receipt;
 pub mod server;
 pub mod telemetry;
+pub mod tls;
 
 pub use tokio_util::sync::CancellationToken;
 

@@ -9,12 +9,13 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
-use tonic::transport::{Certificate, Identity as TlsIdentity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 
 use crate::auth::{Acl, AuthLayer, RevocationList};
 use crate::config::TlsFiles;
 use crate::identity::read_file;
 use crate::telemetry::{Metrics, serve_metrics};
+use crate::tls::MeshTls;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -65,8 +66,6 @@ pub struct ServeSpec {
     pub mesh: String,
     pub acl: &'static Acl,
     pub tls: TlsPem,
-    /// Accept TLS clients without a certificate (only the registry, for enrollment).
-    pub client_auth_optional: bool,
     pub listener: TcpListener,
     pub metrics_listener: Option<TcpListener>,
     pub metrics: Metrics,
@@ -102,10 +101,7 @@ where
         addr: "listener".into(),
         source,
     })?;
-    let tls = ServerTlsConfig::new()
-        .identity(TlsIdentity::from_pem(&spec.tls.cert, &spec.tls.key))
-        .client_ca_root(Certificate::from_pem(&spec.tls.ca))
-        .client_auth_optional(spec.client_auth_optional);
+    let tls = MeshTls::new(&spec.tls, &spec.mesh)?;
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<S>().await;
@@ -131,12 +127,10 @@ where
         None => None,
     };
 
-    let auth = AuthLayer::new(spec.acl, &spec.mesh, spec.revoked.clone(), spec.metrics.rpc());
-    let incoming = tonic::transport::server::TcpIncoming::from(spec.listener)
-        .with_nodelay(Some(true));
+    let auth = AuthLayer::new(spec.acl, tls.clone(), spec.revoked.clone(), spec.metrics.rpc());
     let drain = CancellationToken::new();
+    let incoming = crate::tls::incoming(spec.listener, &tls, drain.clone());
     let router = Server::builder()
-        .tls_config(tls)?
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .layer(auth)
         .add_service(health)

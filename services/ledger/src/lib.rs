@@ -227,7 +227,6 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
             mesh,
             acl: &ACL,
             tls,
-            client_auth_optional: false,
             listener,
             metrics_listener,
             metrics,

@@ -174,7 +174,6 @@ pub async fn start(
             mesh,
             acl: &ACL,
             tls,
-            client_auth_optional: true,
             listener,
             metrics_listener,
             metrics,

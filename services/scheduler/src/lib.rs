@@ -172,7 +172,6 @@ pub async fn start(config: SchedulerConfig, shutdown: CancellationToken) -> anyh
             mesh,
             acl: &ACL,
             tls,
-            client_auth_optional: false,
             listener,
             metrics_listener,
             metrics,

@@ -123,7 +123,6 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
             mesh,
             acl: &ACL,
             tls,
-            client_auth_optional: false,
             listener,
             metrics_listener,
             metrics,

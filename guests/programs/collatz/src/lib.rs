@@ -7,7 +7,7 @@
 //! happens above n = 1.9 billion.
 //!
 //! There is deliberately no memoisation: tests use this guest as a long-running task whose cost
-//! is predictable from `N` (N = 3,000,000 is about 3.3e8 steps).
+//! is predictable from `N` (N = 3,000,000 is about 4.3e8 steps).
 #![no_std]
 
 use zkmesh_guest_abi as abi;

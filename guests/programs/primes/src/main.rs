@@ -53,7 +53,8 @@ fn main() -> ExitCode {
     let count = is_prime.iter().filter(|&&b| b).count();
     let largest = is_prime.iter().rposition(|&b| b).unwrap_or(0);
     let mut stdout = std::io::stdout().lock();
-    if writeln!(stdout, "{count} {largest}").and_then(|()| stdout.flush()).is_err() {
+    let written = writeln!(stdout, "{count} {largest}").and_then(|()| stdout.flush());
+    if written.is_err() {
         return ExitCode::from(2);
     }
     ExitCode::SUCCESS

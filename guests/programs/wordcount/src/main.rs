@@ -34,7 +34,8 @@ fn main() -> ExitCode {
     }
 
     let mut stdout = std::io::stdout().lock();
-    if writeln!(stdout, "{lines} {words} {bytes}").and_then(|()| stdout.flush()).is_err() {
+    let written = writeln!(stdout, "{lines} {words} {bytes}").and_then(|()| stdout.flush());
+    if written.is_err() {
         return ExitCode::from(2);
     }
     ExitCode::SUCCESS

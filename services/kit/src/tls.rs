@@ -1,0 +1,236 @@
+//! Server-side TLS for every service.
+//!
+//! The handshake asks for a client certificate and checks that the client holds its key, but
+//! the certificate's chain is judged by the [`crate::auth::AuthLayer`], with the same webpki
+//! verifier, once per connection. A caller with no certificate, or one from another CA, then
+//! gets a plain gRPC `UNAUTHENTICATED` that says why, instead of a failed handshake that
+//! clients report as an opaque transport error.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::pki_types::{CertificateDer, UnixTime};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+
+use crate::identity::Identity;
+use crate::server::{ServeError, TlsPem};
+
+/// What the auth layer knows about a connection's peer.
+#[derive(Clone, Debug)]
+pub struct PeerInfo {
+    pub remote: Option<SocketAddr>,
+    pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
+    /// The verdict on the certificate, computed once per connection.
+    pub verdict: Arc<OnceLock<Result<Option<Identity>, String>>>,
+}
+
+/// A TLS connection with its peer information.
+pub struct TlsConn {
+    stream: tokio_rustls::server::TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl tonic::transport::server::Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// Asks for a client certificate and checks the handshake signatures (the client holds the
+/// key), leaving the chain to [`MeshTls::verify_peer`].
+#[derive(Debug)]
+struct DeferredChainVerifier {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl ClientCertVerifier for DeferredChainVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        Ok(ClientCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}
+
+/// A service's TLS setup: the server config, and the strict verifier for client chains.
+#[derive(Clone)]
+pub struct MeshTls {
+    pub server: Arc<ServerConfig>,
+    strict: Arc<dyn ClientCertVerifier>,
+    mesh: Arc<str>,
+}
+
+fn tls_err(e: impl std::fmt::Display) -> ServeError {
+    ServeError::Tls(e.to_string())
+}
+
+impl MeshTls {
+    pub fn new(pem: &TlsPem, mesh: &str) -> Result<MeshTls, ServeError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = RootCertStore::empty();
+        for cert in rustls_pemfile::certs(&mut pem.ca.as_bytes()) {
+            roots.add(cert.map_err(tls_err)?).map_err(tls_err)?;
+        }
+        let strict = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(tls_err)?;
+        let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut pem.cert.as_bytes())
+            .collect::<Result<_, _>>()
+            .map_err(tls_err)?;
+        let key = rustls_pemfile::private_key(&mut pem.key.as_bytes())
+            .map_err(tls_err)?
+            .ok_or_else(|| tls_err("no private key in the key file"))?;
+        let mut server = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?
+            .with_client_cert_verifier(Arc::new(DeferredChainVerifier {
+                inner: strict.clone(),
+            }))
+            .with_single_cert(chain, key)
+            .map_err(tls_err)?;
+        server.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(MeshTls {
+            server: Arc::new(server),
+            strict,
+            mesh: mesh.into(),
+        })
+    }
+
+    /// The peer's identity: `Ok(None)` for a caller without a certificate, `Err` for a
+    /// certificate this mesh did not issue (or that has expired).
+    pub fn verify_peer(&self, peer: &PeerInfo) -> Result<Option<Identity>, String> {
+        peer.verdict
+            .get_or_init(|| {
+                let Some(certs) = peer.certs.as_ref().filter(|c| !c.is_empty()) else {
+                    return Ok(None);
+                };
+                self.strict
+                    .verify_client_cert(&certs[0], &certs[1..], UnixTime::now())
+                    .map_err(|e| format!("client certificate rejected: {e}"))?;
+                match Identity::from_verified_der(&certs[0]) {
+                    Some(id) if *id.mesh == *self.mesh => Ok(Some(id)),
+                    Some(id) => Err(format!("certificate is for mesh {:?}, not {:?}", id.mesh, self.mesh)),
+                    None => Err("certificate carries no zkmesh identity (URI SAN)".into()),
+                }
+            })
+            .clone()
+    }
+}
+
+/// Accepts TCP connections and completes TLS handshakes concurrently, so that a slow or
+/// silent client never holds up the others.
+pub fn incoming(
+    listener: TcpListener,
+    tls: &MeshTls,
+    shutdown: CancellationToken,
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(128);
+    let acceptor = TlsAcceptor::from(tls.server.clone());
+    tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = tcp.set_nodelay(true);
+            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let certs = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .map(|c| Arc::new(c.iter().map(|d| d.clone().into_owned()).collect()));
+                        let info = PeerInfo {
+                            remote: Some(remote),
+                            certs,
+                            verdict: Arc::new(OnceLock::new()),
+                        };
+                        let _ = tx.send(Ok(TlsConn { stream, info })).await;
+                    }
+                    Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
+                    Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
