@@ -1,0 +1,173 @@
+//! Callers with no certificate, a certificate from another CA, the wrong role, or a revoked
+//! node certificate are refused with UNAUTHENTICATED or PERMISSION_DENIED, and nothing changes
+//! in any database.
+
+use std::time::Duration;
+
+use tonic::Code;
+use tonic::transport::Channel;
+use zkmesh_kit::client::{ClientTls, channel};
+use zkmesh_kit::identity::{Identity, MeshCa, Role};
+use zkmesh_proto::ledger_service_client::LedgerServiceClient;
+use zkmesh_proto::registry_service_client::RegistryServiceClient;
+use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
+use zkmesh_proto::*;
+
+use crate::support::*;
+
+struct As {
+    registry: RegistryServiceClient<Channel>,
+    scheduler: SchedulerServiceClient<Channel>,
+    ledger: LedgerServiceClient<Channel>,
+}
+
+fn as_caller(sb: &Sandbox, tls: &ClientTls) -> As {
+    let c = &sb.mesh.client;
+    As {
+        registry: RegistryServiceClient::new(channel(&c.registry, tls).unwrap()),
+        scheduler: SchedulerServiceClient::new(channel(&c.scheduler, tls).unwrap()),
+        ledger: LedgerServiceClient::new(channel(&c.ledger, tls).unwrap()),
+    }
+}
+
+/// Every row of every service's database, minus heartbeat times.
+async fn snapshot(sb: &Sandbox) -> Vec<String> {
+    let mut all = Vec::new();
+    for name in ["registry", "scheduler", "ledger", "verifier"] {
+        let url = format!("sqlite://{}", sb.mesh.dir.join(format!("{name}.db")).display());
+        let pool = zkmesh_kit::db::connect(&url).await.unwrap();
+        let rows = zkmesh_kit::db::snapshot(&pool, &["last_heartbeat_at_ms"]).await.unwrap();
+        all.extend(rows.into_iter().map(|r| format!("{name}.{r}")));
+        pool.close().await;
+    }
+    all
+}
+
+/// Each state-changing call a caller might try; returns the status codes it got.
+async fn attempt_everything(who: &mut As, node_id: &str, module_hash: &str) -> Vec<(&'static str, Code)> {
+    let mut codes = Vec::new();
+    let submit = SubmitTaskRequest {
+        module_hash: module_hash.to_string(),
+        input: b"x".to_vec(),
+        policy: Some(policy("receipt")),
+        ..Default::default()
+    };
+    let code = |r: Result<_, tonic::Status>| r.err().map(|e: tonic::Status| e.code()).unwrap_or(Code::Ok);
+    codes.push(("submit", code(who.scheduler.submit_task(submit).await.map(|_| ()))));
+    codes.push((
+        "upload",
+        code(zkmesh_cli::client::upload(&mut who.scheduler, "x", zkmesh_guests::get("sha256").unwrap().wasm).await.map(|_| ())),
+    ));
+    codes.push((
+        "mint",
+        code(who.ledger.mint(MintRequest { account: "user/mallory".into(), amount: 5 }).await.map(|_| ())),
+    ));
+    codes.push((
+        "capture",
+        code(who.ledger.capture(CaptureRequest { task_id: "t-x".into(), payouts: vec![] }).await.map(|_| ())),
+    ));
+    codes.push((
+        "approve",
+        code(who.registry.approve_node(NodeRef { node_id: node_id.into() }).await.map(|_| ())),
+    ));
+    codes.push((
+        "revoke",
+        code(who.registry.revoke_node(NodeRef { node_id: node_id.into() }).await.map(|_| ())),
+    ));
+    codes.push((
+        "token",
+        code(who.registry.create_join_token(CreateJoinTokenRequest { pre_approved: true, ttl_secs: 60, max_uses: 1 }).await.map(|_| ())),
+    ));
+    codes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_callers_change_nothing() {
+    let sb = start(1).await;
+    let ca_pem = std::fs::read_to_string(&sb.mesh.client.ca).unwrap();
+    let node_id = sb.mesh.workers[0].0.node_id.clone();
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let module = zkmesh_cli::client::upload(&mut sb.api.scheduler().unwrap(), "sha", sha.wasm).await.unwrap();
+    let before = snapshot(&sb).await;
+
+    // No client certificate at all.
+    let anonymous = ClientTls { ca: ca_pem.clone(), identity: None };
+    for (call, code) in attempt_everything(&mut as_caller(&sb, &anonymous), &node_id, &module.module_hash).await {
+        assert_eq!(code, Code::Unauthenticated, "anonymous {call}");
+    }
+
+    // A certificate for the same mesh name, from another CA.
+    let foreign_ca = MeshCa::generate("local").unwrap();
+    let forged = foreign_ca
+        .issue(&Identity::new("local", Role::Admin, "admin"), &[], Duration::from_secs(600))
+        .unwrap();
+    let foreign = ClientTls { ca: ca_pem.clone(), identity: Some((forged.cert_pem, forged.key_pem)) };
+    for (call, code) in attempt_everything(&mut as_caller(&sb, &foreign), &node_id, &module.module_hash).await {
+        assert_eq!(code, Code::Unauthenticated, "foreign CA {call}");
+    }
+
+    // The wrong role: a node may not submit, mint or approve; a user may not mint or approve.
+    let node_dir = sb.mesh.dir.join("workers/worker-1");
+    let node_tls = ClientTls {
+        ca: ca_pem.clone(),
+        identity: Some((
+            std::fs::read_to_string(node_dir.join("tls.crt")).unwrap(),
+            std::fs::read_to_string(node_dir.join("tls.key")).unwrap(),
+        )),
+    };
+    for (call, code) in attempt_everything(&mut as_caller(&sb, &node_tls), &node_id, &module.module_hash).await {
+        assert_eq!(code, Code::PermissionDenied, "node {call}");
+    }
+    let user_tls = ClientTls {
+        ca: ca_pem.clone(),
+        identity: Some((
+            std::fs::read_to_string(&sb.mesh.client.cert).unwrap(),
+            std::fs::read_to_string(&sb.mesh.client.key).unwrap(),
+        )),
+    };
+    // (The user may upload and submit: an already-present module and a missing one leave
+    // nothing to change.)
+    let missing = "00".repeat(32);
+    for (call, code) in attempt_everything(&mut as_caller(&sb, &user_tls), &node_id, &missing).await {
+        let expected = match call {
+            "upload" => Code::Ok,
+            "submit" => Code::NotFound,
+            _ => Code::PermissionDenied,
+        };
+        assert_eq!(code, expected, "user {call}");
+    }
+    // A user cannot read another account either.
+    let err = as_caller(&sb, &user_tls)
+        .ledger
+        .get_balance(AccountRef { account: "operator/operator-1".into() })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert_eq!(snapshot(&sb).await, before, "a refused call changed a database");
+
+    // A revoked node is refused everywhere within seconds.
+    sb.api.admin_registry().unwrap().revoke_node(NodeRef { node_id: node_id.clone() }).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let revoked_snapshot = snapshot(&sb).await;
+    let mut node = as_caller(&sb, &node_tls);
+    let heartbeat = node.registry.heartbeat(HeartbeatRequest { running_tasks: 0 }).await.unwrap_err();
+    assert_eq!(heartbeat.code(), Code::PermissionDenied);
+    let key = node.ledger.get_ledger_key(Empty {}).await.unwrap_err();
+    assert_eq!(key.code(), Code::PermissionDenied);
+    let fetch = node
+        .scheduler
+        .fetch_module(ModuleRef { module_hash: module.module_hash.clone() })
+        .await
+        .unwrap_err();
+    assert_eq!(fetch.code(), Code::PermissionDenied);
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(WorkerHello { slots: 1, version: "t".into() })),
+    })
+    .await
+    .unwrap();
+    let work = node.scheduler.work(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap_err();
+    assert_eq!(work.code(), Code::PermissionDenied);
+    assert_eq!(snapshot(&sb).await, revoked_snapshot, "a revoked node changed a database");
+    sb.mesh.stop().await;
+}

@@ -1,0 +1,81 @@
+//! The `zkmesh` binary's contract: `zkmesh run` flags, its JSON fields and its exit codes.
+
+use std::process::{Command, Output};
+
+fn zkmesh(home: &std::path::Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zkmesh"))
+        .args(args)
+        .env("ZKMESH_HOME", home)
+        .env_remove("ZKMESH_CLIENT_CONFIG")
+        .output()
+        .unwrap()
+}
+
+fn json(out: &Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout))
+    })
+}
+
+#[test]
+fn run_prints_a_verified_result_as_json() {
+    let home = tempfile::tempdir().unwrap();
+    let out = zkmesh(home.path(), &["run", "sha256", "--input", "hello", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out);
+    let expected = String::from_utf8(zkmesh_guests::reference_output("sha256", b"hello").unwrap()).unwrap();
+    assert_eq!(v["output_text"], expected);
+    assert_eq!(v["state"], "settled");
+    assert_eq!(v["exit"], "ok");
+    assert_eq!(v["verdict"], "verified");
+    assert_eq!(v["policy"], "receipt");
+    assert!(v["task_id"].as_str().unwrap().starts_with("t-"));
+    assert!(v["fuel_used"].as_u64().unwrap() > 0);
+    assert!(v["credits_charged"].as_u64().unwrap() > 0);
+    use base64::Engine as _;
+    let raw = base64::engine::general_purpose::STANDARD.decode(v["output_base64"].as_str().unwrap()).unwrap();
+    assert_eq!(raw, expected.as_bytes());
+}
+
+#[test]
+fn run_reads_files_and_replicates() {
+    let home = tempfile::tempdir().unwrap();
+    let input = home.path().join("numbers.txt");
+    std::fs::write(&input, "5 3 -8 1").unwrap();
+    let out = zkmesh(
+        home.path(),
+        &["run", "sort", "--input-file", input.to_str().unwrap(), "--policy", "replicate:2", "--json"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out);
+    assert_eq!(v["output_text"], "-8 1 3 5");
+    assert_eq!(v["policy"], "replicate:2");
+    assert_eq!(v["receipts"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn exit_codes_distinguish_task_failure_from_bad_input() {
+    let home = tempfile::tempdir().unwrap();
+    let trap = concat!(env!("CARGO_MANIFEST_DIR"), "/../../guests/hostile/trap.wat");
+    let out = zkmesh(home.path(), &["run", trap, "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let v = json(&out);
+    assert_eq!(v["exit"], "trap");
+    assert_eq!(v["verdict"], "verified");
+
+    for (args, needle) in [
+        (vec!["run", "sha256", "--policy", "proof"], "proof"),
+        (vec!["run", "sha256", "--policy", "replicate:1"], "invalid policy"),
+        (vec!["run", "no-such-guest"], "no such file"),
+    ] {
+        let out = zkmesh(home.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+    let bad = home.path().join("bad.wasm");
+    std::fs::write(&bad, b"\0asm\x01\0\0\0\x01\xff\xff").unwrap();
+    let out = zkmesh(home.path(), &["run", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid module"));
+}

@@ -1,0 +1,57 @@
+//! Hostile guests end in a clear terminal state with a clear message, and the same worker then
+//! runs a normal task correctly.
+
+use crate::support::*;
+use zkmesh_proto::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_guests_end_cleanly_and_the_worker_keeps_serving() {
+    let sb = start(1).await;
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    for h in zkmesh_guests::hostile() {
+        let job = Job {
+            fuel: 200_000_000,
+            memory_mib: 16,
+            timeout_secs: 5,
+            ..Job::new(h.wasm, b"")
+        };
+        match h.expect {
+            "invalid_module" | "forbidden_import" => {
+                let err = run(&sb.api, &job).await.unwrap_err();
+                assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", h.name);
+                let wanted = h.expect.replace('_', " ");
+                assert!(err.message().contains(&wanted), "{}: {}", h.name, err.message());
+            }
+            expect => {
+                let (task, result) = run(&sb.api, &job).await.unwrap();
+                assert_eq!(result.state(), TaskState::Settled, "{}", h.name);
+                assert_eq!(result.verdict(), Verdict::Verified, "{}", h.name);
+                let exit = zkmesh_cli::commands::exit_name(result.exit);
+                let ok = match expect {
+                    "timeout_or_out_of_fuel" => exit == "timeout" || exit == "out_of_fuel",
+                    other => exit == other,
+                };
+                assert!(ok, "{}: expected {expect}, got {exit}: {}", h.name, result.exit_message);
+                assert!(!result.exit_message.is_empty());
+                // Billed for the fuel it used, never more than was held.
+                assert!(result.fuel_used > 0 && result.fuel_used <= task.fuel_limit, "{}", h.name);
+                assert!(result.credits_charged <= task.credits_held);
+            }
+        }
+        // The same (only) worker still serves normal work.
+        let (_, ok) = run(&sb.api, &Job::new(sha.wasm, b"still here")).await.unwrap();
+        assert_verified(&ok, &zkmesh_guests::reference_output("sha256", b"still here").unwrap());
+    }
+
+    // Only the wall clock stops a loop with all the fuel in the world.
+    let spin = zkmesh_guests::hostile_by_name("infinite_loop").unwrap();
+    let job = Job {
+        fuel: 1_000_000_000_000,
+        timeout_secs: 1,
+        ..Job::new(spin.wasm, b"")
+    };
+    let (_, result) = run(&sb.api, &job).await.unwrap();
+    assert_eq!(result.exit(), ExitKind::Timeout, "{}", result.exit_message);
+    assert_audit_passes(&sb.api).await;
+    sb.mesh.stop().await;
+}

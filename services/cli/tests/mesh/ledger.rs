@@ -1,0 +1,73 @@
+//! `zkmesh ledger audit` passes on an honest journal and fails when one byte is altered.
+
+use std::process::Command;
+
+use sqlx::Row;
+
+use crate::support::*;
+
+fn cli_audit(config: &std::path::Path) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_zkmesh"))
+        .args(["--mesh", config.to_str().unwrap(), "ledger", "audit"])
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_fails_on_one_altered_byte() {
+    let sb = start(1).await;
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    run(&sb.api, &Job::new(sha.wasm, b"audit me")).await.unwrap();
+    assert_audit_passes(&sb.api).await;
+    let config = sb.mesh.dir.join("client.toml");
+    sb.mesh.client.save(&config).unwrap();
+    let (code, out) = cli_audit(&config);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("audit passed"), "{out}");
+
+    let url = format!("sqlite://{}", sb.mesh.dir.join("ledger.db").display());
+    let db = zkmesh_kit::db::connect(&url).await.unwrap();
+    let signature: Vec<u8> = sqlx::query("SELECT signature FROM journal WHERE seq = 2")
+        .fetch_one(&db)
+        .await
+        .unwrap()
+        .get(0);
+    let mut flipped = signature.clone();
+    flipped[7] ^= 0x01;
+    let alterations: Vec<(&str, String, String)> = vec![
+        (
+            "a byte of an account name",
+            "UPDATE journal SET account = 'v' || substr(account, 2) WHERE seq = 1".into(),
+            "UPDATE journal SET account = 'u' || substr(account, 2) WHERE seq = 1".into(),
+        ),
+        (
+            "the low byte of an amount",
+            "UPDATE journal SET amount = amount + 1 WHERE seq = 2".into(),
+            "UPDATE journal SET amount = amount - 1 WHERE seq = 2".into(),
+        ),
+        (
+            "a byte of a signature",
+            format!("UPDATE journal SET signature = x'{}' WHERE seq = 2", hex::encode(&flipped)),
+            format!("UPDATE journal SET signature = x'{}' WHERE seq = 2", hex::encode(&signature)),
+        ),
+        (
+            "a balance",
+            "UPDATE accounts SET balance = balance + 1 WHERE account = 'user/alice'".into(),
+            "UPDATE accounts SET balance = balance - 1 WHERE account = 'user/alice'".into(),
+        ),
+    ];
+    for (what, alter, restore) in alterations {
+        let changed = sqlx::raw_sql(sqlx::AssertSqlSafe(alter)).execute(&db).await.unwrap();
+        assert_eq!(changed.rows_affected(), 1, "{what}");
+        let err = zkmesh_cli::client::audit(&sb.api).await;
+        assert!(err.is_err(), "audit passed with {what} altered");
+        let (code, out) = cli_audit(&config);
+        assert_eq!(code, 1, "{what}: {out}");
+        assert!(out.contains("audit FAILED"), "{what}: {out}");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(restore)).execute(&db).await.unwrap();
+        assert_audit_passes(&sb.api).await;
+    }
+    db.close().await;
+    sb.mesh.stop().await;
+}

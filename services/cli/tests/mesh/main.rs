@@ -1,0 +1,13 @@
+//! The whole mesh, end to end: real services on 127.0.0.1:0 over mutual TLS, real SQLite
+//! files, real workers running wasmtime. One test binary, a module per topic.
+
+mod support;
+
+mod auth;
+mod cli;
+mod failover;
+mod guests;
+mod hostile;
+mod ledger;
+mod replication;
+mod services;

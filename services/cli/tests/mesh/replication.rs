@@ -1,0 +1,129 @@
+//! `replicate:k` is decided by a majority of operators: a node that lies about the output, or
+//! signs with a key that is not its own, is outvoted, unpaid, and the honest result stands.
+
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use tokio_stream::wrappers::ReceiverStream;
+use zkmesh_kit::client::{ClientTls, channel};
+use zkmesh_proto::registry_service_client::RegistryServiceClient;
+use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
+use zkmesh_proto::*;
+
+use crate::support::*;
+
+#[derive(Clone, Copy)]
+enum Lie {
+    /// A correctly signed receipt for an output it made up.
+    WrongOutput,
+    /// The right output, signed with a key the registry does not know for it.
+    ForeignKey,
+}
+
+/// A dishonest node: enrolls like a worker, then answers every assignment with a lie.
+async fn start_liar(sb: &Sandbox, lie: Lie) -> String {
+    let token = sb.mesh.join_token(1).await.unwrap();
+    let ca = std::fs::read_to_string(&sb.mesh.client.ca).unwrap();
+    let anonymous = ClientTls { ca: ca.clone(), identity: None };
+    let mut registry = RegistryServiceClient::new(channel(&sb.mesh.client.registry, &anonymous).unwrap());
+    let (key_pem, csr) = zkmesh_kit::identity::generate_csr("liar").unwrap();
+    let receipt_key = SigningKey::from_bytes(&[9u8; 32]);
+    let secret = [5u8; 32];
+    let enrolled = registry
+        .enroll(EnrollRequest {
+            join_token: token,
+            csr_pem: csr,
+            receipt_public_key: receipt_key.verifying_key().to_bytes().to_vec(),
+            name: "liar".into(),
+            operator: "operator-liar".into(),
+            enrollment_secret_sha256: hex::decode(zkmesh_kit::sha256_hex(&secret)).unwrap(),
+            slots: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cert = registry
+        .fetch_certificate(FetchCertificateRequest {
+            node_id: enrolled.node_id.clone(),
+            enrollment_secret: secret.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate_pem;
+    assert!(!cert.is_empty(), "pre-approved token gives a certificate at once");
+    let tls = ClientTls { ca, identity: Some((cert, key_pem)) };
+    let mut scheduler = SchedulerServiceClient::new(channel(&sb.mesh.client.scheduler, &tls).unwrap());
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    tx.send(WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(WorkerHello { slots: 1, version: "liar".into() })),
+    })
+    .await
+    .unwrap();
+    let mut down = scheduler.work(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let node_id = enrolled.node_id.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(msg)) = down.message().await {
+            let Some(scheduler_message::Kind::Assignment(a)) = msg.kind else { continue };
+            let honest = zkmesh_guests::reference_output("sha256", &a.input).unwrap();
+            let (output, key) = match lie {
+                Lie::WrongOutput => (b"not the hash".to_vec(), receipt_key.clone()),
+                Lie::ForeignKey => (honest, SigningKey::from_bytes(&[10u8; 32])),
+            };
+            let mut receipt = Receipt {
+                task_id: a.task_id.clone(),
+                module_hash: a.module_hash.clone(),
+                input_hash: zkmesh_kit::sha256_hex(&a.input),
+                output_hash: zkmesh_kit::sha256_hex(&output),
+                fuel_used: 1,
+                exit: ExitKind::Ok as i32,
+                node_id: node_id.clone(),
+                signature: vec![],
+            };
+            zkmesh_kit::receipt::sign(&mut receipt, &key).unwrap();
+            let report = TaskReport {
+                attempt_id: a.attempt_id,
+                output,
+                exit: ExitKind::Ok as i32,
+                exit_message: "completed".into(),
+                fuel_used: 1,
+                receipt: Some(receipt),
+                run_time_us: 1,
+            };
+            let _ = tx.send(WorkerMessage { kind: Some(worker_message::Kind::Report(report)) }).await;
+        }
+    });
+    enrolled.node_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn majority_outvotes_a_lying_node() {
+    let sb = start(2).await;
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    for (i, lie) in [Lie::WrongOutput, Lie::ForeignKey].into_iter().enumerate() {
+        let liar = start_liar(&sb, lie).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let input = format!("replicated {i}");
+        let job = Job { policy: "replicate:3", ..Job::new(sha.wasm, input.as_bytes()) };
+        let (_, result) = run(&sb.api, &job).await.unwrap();
+        assert_verified(&result, &zkmesh_guests::reference_output("sha256", input.as_bytes()).unwrap());
+        assert_eq!(result.receipts.len(), 2, "the liar's receipt is not part of the result");
+        assert!(result.receipts.iter().all(|r| r.node_id != liar));
+        assert!(result.verdict_reason.contains("2 of 3"), "{}", result.verdict_reason);
+        // The liar is not paid.
+        let paid = sb
+            .api
+            .admin_ledger()
+            .unwrap()
+            .get_balance(AccountRef { account: "operator/operator-liar".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .balance;
+        assert_eq!(paid, 0);
+        sb.api.admin_registry().unwrap().revoke_node(NodeRef { node_id: liar }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert_audit_passes(&sb.api).await;
+    sb.mesh.stop().await;
+}

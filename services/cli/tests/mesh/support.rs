@@ -1,0 +1,96 @@
+//! A sandbox per test: an embedded mesh in a temporary directory, and helpers to run tasks.
+
+use std::time::Duration;
+
+use tempfile::TempDir;
+use tonic::transport::Channel;
+use zkmesh_cli::client::{MeshClient, audit, upload, wait};
+use zkmesh_cli::mesh::{LocalMesh, MeshOptions};
+use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
+use zkmesh_proto::*;
+
+pub struct Sandbox {
+    pub mesh: LocalMesh,
+    pub api: MeshClient,
+    // Last, so the directory outlives the services using it.
+    _dir: TempDir,
+}
+
+pub async fn start(workers: usize) -> Sandbox {
+    let dir = tempfile::tempdir().unwrap();
+    let mut options = MeshOptions::new(dir.path());
+    options.workers = workers;
+    options.lease_secs = 3;
+    options.heartbeat_secs = 1;
+    let mesh = LocalMesh::start(options).await.expect("mesh starts");
+    mesh.wait_for_workers(workers, Duration::from_secs(20)).await.unwrap();
+    let api = MeshClient::connect(&mesh.client).unwrap();
+    Sandbox { mesh, api, _dir: dir }
+}
+
+pub fn policy(s: &str) -> VerificationPolicy {
+    zkmesh_cli::commands::parse_policy(s).unwrap()
+}
+
+pub struct Job<'a> {
+    pub wasm: &'a [u8],
+    pub input: &'a [u8],
+    pub policy: &'a str,
+    pub fuel: u64,
+    pub memory_mib: u32,
+    pub timeout_secs: u32,
+}
+
+impl<'a> Job<'a> {
+    pub fn new(wasm: &'a [u8], input: &'a [u8]) -> Job<'a> {
+        Job {
+            wasm,
+            input,
+            policy: "receipt",
+            fuel: 0,
+            memory_mib: 0,
+            timeout_secs: 0,
+        }
+    }
+}
+
+pub async fn submit(s: &mut SchedulerServiceClient<Channel>, job: &Job<'_>) -> Result<Task, tonic::Status> {
+    let module = upload(s, "test", job.wasm).await?;
+    Ok(s.submit_task(SubmitTaskRequest {
+        module_hash: module.module_hash,
+        input: job.input.to_vec(),
+        fuel_limit: job.fuel,
+        memory_limit_mib: job.memory_mib,
+        timeout_secs: job.timeout_secs,
+        policy: Some(policy(job.policy)),
+    })
+    .await?
+    .into_inner())
+}
+
+/// Submits and waits (at most a minute) for the end of the task.
+pub async fn run(api: &MeshClient, job: &Job<'_>) -> Result<(Task, TaskResult), tonic::Status> {
+    let mut s = api.scheduler().unwrap();
+    let task = submit(&mut s, job).await?;
+    let result = tokio::time::timeout(Duration::from_secs(60), wait(&mut s, &task.task_id, |_| {}))
+        .await
+        .expect("task ends within a minute")?;
+    let task = s.get_task(TaskRef { task_id: task.task_id }).await?.into_inner();
+    Ok((task, result))
+}
+
+pub fn assert_verified(result: &TaskResult, expected_output: &[u8]) {
+    assert_eq!(result.state(), TaskState::Settled, "{result:?}");
+    assert_eq!(result.exit(), ExitKind::Ok, "{}", result.exit_message);
+    assert_eq!(result.verdict(), Verdict::Verified, "{}", result.verdict_reason);
+    assert_eq!(
+        String::from_utf8_lossy(&result.output),
+        String::from_utf8_lossy(expected_output)
+    );
+    assert_eq!(result.output_hash, zkmesh_kit::sha256_hex(&result.output));
+}
+
+pub async fn assert_audit_passes(api: &MeshClient) {
+    let report = audit(api).await.expect("ledger audit passes");
+    assert!(report.entries > 0);
+}
