@@ -9,5 +9,6 @@ mod failover;
 mod guests;
 mod hostile;
 mod ledger;
+mod python;
 mod replication;
 mod services;
