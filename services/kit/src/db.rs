@@ -37,9 +37,12 @@ pub async fn connect(url: &str) -> Result<Pool, DbError> {
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(10));
-    let max = if url.contains(":memory:") { 1 } else { 4 };
+    // One connection: SQLite has a single writer anyway, and a second connection turns every
+    // read-then-write transaction into a race that fails with SQLITE_BUSY_SNAPSHOT (the busy
+    // timeout does not apply to it). Serialising here is both correct and, for the short
+    // transactions the services run, the fastest setup.
     SqlitePoolOptions::new()
-        .max_connections(max)
+        .max_connections(1)
         .connect_with(options)
         .await
         .map_err(err)

@@ -487,8 +487,13 @@ impl LedgerApi for LedgerService {
 
     async fn capture(&self, req: Request<CaptureRequest>) -> Result<Response<HoldInfo>, Status> {
         let req = req.into_inner();
-        let hold = self.open_hold(&req.task_id).await?;
         let paid: u64 = req.payouts.iter().map(|p| p.amount).sum();
+        // A retried capture (its answer was lost) is answered again, and changes nothing.
+        let current = self.hold_row(&req.task_id).await?;
+        if current.state() == HoldState::Captured && current.paid == paid {
+            return Ok(Response::new(current));
+        }
+        let hold = self.open_hold(&req.task_id).await?;
         if paid > hold.amount {
             return Err(Status::invalid_argument(format!(
                 "payouts of {paid} exceed the hold of {}",
@@ -542,6 +547,10 @@ impl LedgerApi for LedgerService {
 
     async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<HoldInfo>, Status> {
         let req = req.into_inner();
+        let current = self.hold_row(&req.task_id).await?;
+        if current.state() == HoldState::Released {
+            return Ok(Response::new(current));
+        }
         let hold = self.open_hold(&req.task_id).await?;
         let task = req.task_id.clone();
         let amount_held = hold.amount;
