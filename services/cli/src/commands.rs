@@ -142,6 +142,9 @@ pub struct RunArgs {
     /// Workers in the embedded mesh.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// After the task, audit the embedded mesh's ledger (exit 1 if the audit fails).
+    #[arg(long)]
+    pub audit: bool,
 }
 
 #[derive(Args, Debug)]
@@ -208,8 +211,9 @@ pub enum CaCommand {
     Init {
         #[arg(long, default_value = "ca")]
         dir: PathBuf,
+        /// The mesh's name, part of every identity it certifies.
         #[arg(long, default_value = "zkmesh")]
-        mesh: String,
+        mesh_name: String,
     },
     /// Issue a certificate from the CA in DIR.
     Issue {
@@ -527,11 +531,13 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
     let mesh = LocalMesh::start(options).await?;
     mesh.wait_for_workers(args.workers.max(1), Duration::from_secs(30)).await?;
     let api = MeshClient::connect(&mesh.client)?;
-    let result = submit_and_wait(&api, &args, false).await;
-    if let Ok(0) = &result
-        && std::env::var_os("ZKMESH_RUN_AUDIT").is_some()
+    let mut result = submit_and_wait(&api, &args, false).await;
+    if args.audit
+        && result.is_ok()
+        && let Err(e) = audit(&api).await
     {
-        audit(&api).await?;
+        eprintln!("ledger audit FAILED: {e:#}");
+        result = Ok(EXIT_TASK);
     }
     mesh.stop().await;
     result
@@ -809,10 +815,10 @@ async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow::Result<i3
 
 fn ca(cmd: CaCommand) -> anyhow::Result<i32> {
     match cmd {
-        CaCommand::Init { dir, mesh } => {
-            let ca = MeshCa::generate(&mesh)?;
+        CaCommand::Init { dir, mesh_name } => {
+            let ca = MeshCa::generate(&mesh_name).map_err(|e| exit(EXIT_USAGE, e.to_string()))?;
             ca.save(&dir).map_err(|e| exit(EXIT_USAGE, e.to_string()))?;
-            println!("created the CA of mesh {mesh:?} in {}", dir.display());
+            println!("created the CA of mesh {mesh_name:?} in {}", dir.display());
         }
         CaCommand::Issue { dir, role, name, host, out, days } => {
             let ca = MeshCa::load(&dir)?;
@@ -824,4 +830,25 @@ fn ca(cmd: CaCommand) -> anyhow::Result<i32> {
         }
     }
     Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn policies_parse_strictly() {
+        assert_eq!(parse_policy("receipt").unwrap().kind(), PolicyKind::Receipt);
+        assert_eq!(parse_policy("replicate:3").unwrap().replicas, 3);
+        assert_eq!(parse_policy("proof").unwrap().kind(), PolicyKind::Proof);
+        for bad in ["", "replicate", "replicate:1", "replicate:x", "Receipt", "proof:2"] {
+            assert!(parse_policy(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -32,6 +32,8 @@ pub struct MeshOptions {
     pub heartbeat_secs: u64,
     pub user: String,
     pub mint: u64,
+    /// Lifetime of the node certificates the registry signs.
+    pub node_certificate_lifetime_secs: u64,
 }
 
 impl MeshOptions {
@@ -46,6 +48,7 @@ impl MeshOptions {
             heartbeat_secs: 2,
             user: "alice".into(),
             mint: DEFAULT_MINT,
+            node_certificate_lifetime_secs: 24 * 3600,
         }
     }
 }
@@ -115,7 +118,7 @@ impl LocalMesh {
                 tls: tls_files(&dir, "registry"),
                 ca_dir: dir.join("ca"),
                 heartbeat_timeout_secs: (options.heartbeat_secs * 4).max(5),
-                node_certificate_lifetime_secs: 24 * 3600,
+                node_certificate_lifetime_secs: options.node_certificate_lifetime_secs,
                 grace_secs: 2,
             },
             shutdown.clone(),

@@ -291,10 +291,19 @@ pub fn generate_csr(common_name: &str) -> Result<(String, String), IdentityError
 
 /// Expiry of a PEM certificate, in milliseconds since the epoch.
 pub fn not_after_ms(cert_pem: &str) -> Option<i64> {
+    validity_ms(cert_pem).map(|(_, not_after)| not_after)
+}
+
+/// How much slack before the issue time the CA gives every certificate (clock skew).
+pub const BACKDATE_MS: i64 = 60_000;
+
+/// `(not_before, not_after)` of a PEM certificate, in milliseconds since the epoch.
+pub fn validity_ms(cert_pem: &str) -> Option<(i64, i64)> {
     use x509_parser::prelude::*;
     let (_, pem) = parse_x509_pem(cert_pem.as_bytes()).ok()?;
     let cert = pem.parse_x509().ok()?;
-    Some(cert.validity().not_after.timestamp() * 1000)
+    let v = cert.validity();
+    Some((v.not_before.timestamp() * 1000, v.not_after.timestamp() * 1000))
 }
 
 /// The mesh name a CA certificate was made for.
@@ -317,8 +326,8 @@ fn dn(common_name: &str) -> DistinguishedName {
 
 fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = time::OffsetDateTime::now_utc();
-    // A minute of slack for clocks that disagree a little.
-    params.not_before = now - time::Duration::minutes(1);
+    // Slack for clocks that disagree a little.
+    params.not_before = now - time::Duration::milliseconds(BACKDATE_MS);
     params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
 }
 

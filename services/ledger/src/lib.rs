@@ -389,6 +389,10 @@ impl LedgerApi for LedgerService {
             return Err(Status::invalid_argument("mint needs an account and a positive amount"));
         }
         amount(req.amount, "amount")?;
+        let current = self.balance(&req.account).await?;
+        if current.checked_add(req.amount).is_none_or(|b| b > i64::MAX as u64) {
+            return Err(Status::invalid_argument("the balance would overflow"));
+        }
         self.commit(
             &[Movement {
                 kind: "mint",
@@ -487,7 +491,11 @@ impl LedgerApi for LedgerService {
 
     async fn capture(&self, req: Request<CaptureRequest>) -> Result<Response<HoldInfo>, Status> {
         let req = req.into_inner();
-        let paid: u64 = req.payouts.iter().map(|p| p.amount).sum();
+        let paid = req
+            .payouts
+            .iter()
+            .try_fold(0u64, |sum, p| sum.checked_add(p.amount))
+            .ok_or_else(|| Status::invalid_argument("payouts overflow"))?;
         // A retried capture (its answer was lost) is answered again, and changes nothing.
         let current = self.hold_row(&req.task_id).await?;
         if current.state() == HoldState::Captured && current.paid == paid {

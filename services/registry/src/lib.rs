@@ -262,24 +262,33 @@ impl RegistryService {
                 from.join(" or ")
             )));
         }
-        if to == "approved" {
+        // The state read above is the condition of the update, so two racing transitions
+        // cannot both apply.
+        let changed = if to == "approved" {
             let (cert, expires) = self.sign(&row.get::<String, _>(1), node_id)?;
             sqlx::query(
-                "UPDATE nodes SET state = $1, certificate_pem = $2, certificate_expires_at_ms = $3, last_heartbeat_at_ms = $4 WHERE node_id = $5",
+                "UPDATE nodes SET state = $1, certificate_pem = $2, certificate_expires_at_ms = $3, last_heartbeat_at_ms = $4 WHERE node_id = $5 AND state = $6",
             )
             .bind(to)
             .bind(cert)
             .bind(expires)
             .bind(now_ms())
             .bind(node_id)
+            .bind(&state)
             .execute(&self.db)
-            .await?;
+            .await?
         } else {
-            sqlx::query("UPDATE nodes SET state = $1 WHERE node_id = $2")
+            sqlx::query("UPDATE nodes SET state = $1 WHERE node_id = $2 AND state = $3")
                 .bind(to)
                 .bind(node_id)
+                .bind(&state)
                 .execute(&self.db)
-                .await?;
+                .await?
+        };
+        if changed.rows_affected() != 1 {
+            return Err(RegistryError::Precondition(format!(
+                "node {node_id} changed state meanwhile; try again"
+            )));
         }
         if to == "revoked" {
             self.revoked.insert(node_id);

@@ -15,7 +15,7 @@ use zkmesh_proto::scheduler_service_server::SchedulerService as SchedulerApi;
 use zkmesh_proto::*;
 use zkmesh_runtime::{Abi, ModuleError, Sandbox};
 
-use crate::dispatch::{Core, db_error};
+use crate::dispatch::{Core, call, db_error};
 use crate::store::{NewTask, TaskRow, is_terminal};
 
 /// The scheduler's gRPC handler.
@@ -175,7 +175,7 @@ impl SchedulerApi for SchedulerService {
         };
         if policy.kind() != PolicyKind::Receipt {
             // The verifier decides which policies it can judge.
-            self.core.verifier.clone().check_policy(policy).await?;
+            call(self.core.verifier.clone().check_policy(policy)).await?;
         }
         if policy.kind() == PolicyKind::Replicate {
             let operators = self.core.connected_operators().await;
@@ -190,15 +190,12 @@ impl SchedulerApi for SchedulerService {
         let hold = crate::cost(fuel, config.micro_credits_per_million_fuel).saturating_mul(replicas);
         let task_id = random_id("t-");
         let account = me.account();
-        self.core
-            .ledger
-            .clone()
-            .hold(HoldRequest {
-                task_id: task_id.clone(),
-                account: account.clone(),
-                amount: hold,
-            })
-            .await?;
+        call(self.core.ledger.clone().hold(HoldRequest {
+            task_id: task_id.clone(),
+            account: account.clone(),
+            amount: hold,
+        }))
+        .await?;
         let input_hash = sha256_hex(&req.input);
         let new = NewTask {
             task_id: &task_id,
@@ -214,15 +211,11 @@ impl SchedulerApi for SchedulerService {
         };
         if let Err(e) = self.core.store.insert_task(&new).await {
             // Give the credits back: the task never existed.
-            let _ = self
-                .core
-                .ledger
-                .clone()
-                .release(ReleaseRequest {
-                    task_id: task_id.clone(),
-                    reason: "task could not be stored".into(),
-                })
-                .await;
+            let _ = call(self.core.ledger.clone().release(ReleaseRequest {
+                task_id: task_id.clone(),
+                reason: "task could not be stored".into(),
+            }))
+            .await;
             return Err(db_error(e));
         }
         self.core
@@ -334,6 +327,11 @@ impl SchedulerApi for SchedulerService {
         let node = self.core.node(&node_id).await?;
         if matches!(node.status(), NodeStatus::Revoked | NodeStatus::Denied | NodeStatus::Pending) {
             return Err(Status::permission_denied(format!("node {node_id} is not approved")));
+        }
+        if node.status() == NodeStatus::Offline {
+            return Err(Status::unavailable(format!(
+                "node {node_id} is offline at the registry: send a heartbeat first"
+            )));
         }
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {

@@ -54,12 +54,26 @@ pub struct Core {
     nodes: RwLock<HashMap<String, Node>>,
     transitions: Mutex<()>,
     wake: Notify,
+    wake_sweep: Notify,
     next_conn: std::sync::atomic::AtomicU64,
     pub shutdown: CancellationToken,
     metrics: SchedMetrics,
 }
 
 type Result<T, E = Status> = std::result::Result<T, E>;
+
+/// Deadline for calls to the other services, so a hung one cannot hold a task forever.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A call to another service, with [`RPC_TIMEOUT`].
+pub async fn call<T>(
+    f: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(RPC_TIMEOUT, f).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::unavailable("a mesh service did not answer in time")),
+    }
+}
 
 pub fn db_error(e: sqlx::Error) -> Status {
     tracing::error!(error = %e, "scheduler database error");
@@ -90,6 +104,7 @@ impl Core {
             nodes: RwLock::new(HashMap::new()),
             transitions: Mutex::new(()),
             wake: Notify::new(),
+            wake_sweep: Notify::new(),
             next_conn: Default::default(),
             shutdown,
             metrics: SchedMetrics {
@@ -128,14 +143,10 @@ impl Core {
         if let Some(n) = self.nodes.read().unwrap().get(node_id) {
             return Ok(n.clone());
         }
-        let node = self
-            .registry
-            .clone()
-            .get_node(NodeRef {
-                node_id: node_id.to_string(),
-            })
-            .await?
-            .into_inner();
+        let node = call(self.registry.clone().get_node(NodeRef {
+            node_id: node_id.to_string(),
+        }))
+        .await?;
         self.nodes
             .write()
             .unwrap()
@@ -204,14 +215,14 @@ impl Core {
         self.wake();
     }
 
+    /// Best effort, never waiting: a node that does not read its stream must not stall the
+    /// scheduler (its leases run out instead).
     async fn send_to(&self, node_id: &str, message: scheduler_message::Kind) {
         let tx = self.workers.lock().await.get(node_id).map(|w| w.tx.clone());
         if let Some(tx) = tx {
-            let _ = tx
-                .send(Ok(SchedulerMessage {
-                    kind: Some(message),
-                }))
-                .await;
+            let _ = tx.try_send(Ok(SchedulerMessage {
+                kind: Some(message),
+            }));
         }
     }
 
@@ -329,7 +340,9 @@ impl Core {
         let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
             return Ok(());
         };
-        if matches!(task.task.state(), TaskState::Assigned | TaskState::Queued) {
+        // A task stays QUEUED while any replica still needs a node (dispatch looks only at
+        // QUEUED tasks); it runs once every replica is leased.
+        if task.task.state() == TaskState::Assigned {
             self.emit(&a.task_id, TaskState::Running, &format!("running on node {node_id}"), node_id)
                 .await?;
         }
@@ -344,72 +357,120 @@ impl Core {
             .map_err(db_error)
     }
 
+    /// Records a report; once every replica has reported, asks for a verdict and settles.
     pub async fn on_report(&self, node_id: &str, report: TaskReport) -> Result<()> {
-        let guard = self.transitions.lock().await;
-        let Some(a) = self.store.attempt(&report.attempt_id).await.map_err(db_error)? else {
-            tracing::warn!(node_id, attempt_id = %report.attempt_id, "report for an unknown attempt");
-            return Ok(());
+        let task_id = {
+            let _t = self.transitions.lock().await;
+            let Some(a) = self.store.attempt(&report.attempt_id).await.map_err(db_error)? else {
+                tracing::warn!(node_id, attempt_id = %report.attempt_id, "report for an unknown attempt");
+                return Ok(());
+            };
+            if a.node_id != node_id {
+                tracing::warn!(node_id, attempt_id = %a.attempt_id, "report for another node's attempt ignored");
+                return Ok(());
+            }
+            self.free_slot(node_id, &a.attempt_id).await;
+            if !matches!(a.state.as_str(), attempt_state::LEASED | attempt_state::RUNNING) {
+                tracing::info!(node_id, attempt_id = %a.attempt_id, state = %a.state, "late report ignored");
+                return Ok(());
+            }
+            let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
+                return Ok(());
+            };
+            let receipt = report.receipt.clone().unwrap_or_default();
+            self.store.record_report(&report, &receipt).await.map_err(db_error)?;
+            if is_terminal(task.task.state()) || task.task.state() == TaskState::Verified {
+                return Ok(());
+            }
+            // What is paid for is what the node signed: the unsigned fields must agree with the
+            // receipt, and nobody uses more fuel than the task allowed.
+            if report.fuel_used != receipt.fuel_used
+                || report.exit != receipt.exit
+                || receipt.fuel_used > task.task.fuel_limit
+            {
+                self.store
+                    .set_attempt_state(&a.attempt_id, attempt_state::REJECTED)
+                    .await
+                    .map_err(db_error)?;
+                self.metrics.rejected.inc();
+                let reason = format!("node {node_id} reported fuel or exit that its receipt does not sign");
+                return self.requeue(&task, TaskState::Rejected, &reason).await;
+            }
+            let attempts = self.store.attempts(&a.task_id).await.map_err(db_error)?;
+            let reported = attempts.iter().filter(|x| x.state == attempt_state::REPORTED).count();
+            let replicas = replicas(&task);
+            if reported < replicas {
+                let state = match task.task.state() {
+                    TaskState::Queued => TaskState::Queued,
+                    _ => TaskState::Running,
+                };
+                let msg = format!("{reported} of {replicas} replicas reported");
+                return self.emit(&a.task_id, state, &msg, node_id).await;
+            }
+            self.emit(&a.task_id, TaskState::Reported, &format!("result reported by node {node_id}"), node_id)
+                .await?;
+            a.task_id
         };
-        self.free_slot(node_id, &a.attempt_id).await;
-        if a.node_id != node_id {
-            tracing::warn!(node_id, attempt_id = %a.attempt_id, "report for another node's attempt ignored");
-            return Ok(());
-        }
-        if !matches!(a.state.as_str(), attempt_state::LEASED | attempt_state::RUNNING) {
-            tracing::info!(node_id, attempt_id = %a.attempt_id, state = %a.state, "late report ignored");
-            return Ok(());
-        }
-        let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
-            return Ok(());
+        self.verify_and_settle(&task_id).await
+    }
+
+    /// REPORTED -> verdict -> VERIFIED -> SETTLED (or back to the queue). The verifier and the
+    /// ledger are called without holding `transitions`; the state is re-checked after each call,
+    /// so a concurrent cancel or sweep is never overwritten.
+    async fn verify_and_settle(&self, task_id: &str) -> Result<()> {
+        let request = {
+            let _t = self.transitions.lock().await;
+            let Some(task) = self.store.task(task_id).await.map_err(db_error)? else {
+                return Ok(());
+            };
+            if task.task.state() != TaskState::Reported {
+                return Ok(());
+            }
+            let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
+            VerifyResultRequest {
+                task_id: task_id.to_string(),
+                module_hash: task.task.module_hash.clone(),
+                input_hash: task.task.input_hash.clone(),
+                policy: task.task.policy,
+                reports: attempts
+                    .iter()
+                    .filter(|x| x.state == attempt_state::REPORTED)
+                    .map(|r| ReportedResult {
+                        attempt_id: r.attempt_id.clone(),
+                        node_id: r.node_id.clone(),
+                        operator: r.operator.clone(),
+                        receipt: r.receipt.clone(),
+                        observed_output_hash: sha256_hex(&r.output),
+                    })
+                    .collect(),
+            }
         };
-        let receipt = report.receipt.clone().unwrap_or_default();
-        self.store.record_report(&report, &receipt).await.map_err(db_error)?;
-        if is_terminal(task.task.state()) || task.task.state() == TaskState::Verified {
-            return Ok(());
-        }
-        let attempts = self.store.attempts(&a.task_id).await.map_err(db_error)?;
-        let reported: Vec<&AttemptRow> = attempts
-            .iter()
-            .filter(|x| x.state == attempt_state::REPORTED)
-            .collect();
-        let replicas = replicas(&task);
-        if reported.len() < replicas {
-            let msg = format!("{} of {replicas} replicas reported", reported.len());
-            return self.emit(&a.task_id, TaskState::Running, &msg, node_id).await;
-        }
-        self.emit(&a.task_id, TaskState::Reported, &format!("result reported by node {node_id}"), node_id)
-            .await?;
-        let mut reports = Vec::new();
-        for r in &reported {
-            reports.push(ReportedResult {
-                attempt_id: r.attempt_id.clone(),
-                node_id: r.node_id.clone(),
-                operator: r.operator.clone(),
-                receipt: r.receipt.clone(),
-                observed_output_hash: sha256_hex(&r.output),
-            });
-        }
-        let request = VerifyResultRequest {
-            task_id: a.task_id.clone(),
-            module_hash: task.task.module_hash.clone(),
-            input_hash: task.task.input_hash.clone(),
-            policy: task.task.policy,
-            reports,
-        };
-        let verdict = match self.verifier.clone().verify_result(request).await {
-            Ok(v) => v.into_inner(),
+        let verdict = match call(self.verifier.clone().verify_result(request)).await {
+            Ok(v) => v,
             Err(e) => {
-                // The verifier is unreachable: the reports stay, and the sweeper asks again.
-                tracing::warn!(task_id = %a.task_id, error = %e.message(), "verifier unavailable");
+                // The reports stay; the sweep asks again.
+                tracing::warn!(task_id, error = %e.message(), "no verdict yet; will retry");
                 return Ok(());
             }
         };
-        self.apply_verdict(&task, &attempts, verdict).await?;
-        drop(guard);
-        Ok(())
+        {
+            let _t = self.transitions.lock().await;
+            let Some(task) = self.store.task(task_id).await.map_err(db_error)? else {
+                return Ok(());
+            };
+            if task.task.state() != TaskState::Reported {
+                return Ok(());
+            }
+            let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
+            if !self.apply_verdict(&task, &attempts, verdict).await? {
+                return Ok(());
+            }
+        }
+        self.settle(task_id).await
     }
 
-    async fn apply_verdict(&self, task: &TaskRow, attempts: &[AttemptRow], verdict: VerifyResultResponse) -> Result<()> {
+    /// Records a verdict; true when the task is now VERIFIED.
+    async fn apply_verdict(&self, task: &TaskRow, attempts: &[AttemptRow], verdict: VerifyResultResponse) -> Result<bool> {
         let task_id = &task.task.task_id;
         for id in &verdict.rejected_attempt_ids {
             self.store.set_attempt_state(id, attempt_state::REJECTED).await.map_err(db_error)?;
@@ -432,18 +493,20 @@ impl Core {
                 .await
                 .map_err(db_error)?;
             self.emit(task_id, TaskState::Verified, &verdict.reason, "").await?;
-            self.settle(task_id).await
+            Ok(true)
         } else {
             self.store
                 .set_verdict_only(task_id, verdict.verdict, &verdict.reason)
                 .await
                 .map_err(db_error)?;
             self.requeue(task, TaskState::Rejected, &format!("rejected: {}", verdict.reason))
-                .await
+                .await?;
+            Ok(false)
         }
     }
 
-    /// Pays the nodes whose results were accepted and refunds the rest of the hold.
+    /// Pays the nodes whose results were accepted (for the fuel their receipts sign) and refunds
+    /// the rest of the hold. Capture is idempotent at the ledger, so a retry is safe.
     async fn settle(&self, task_id: &str) -> Result<()> {
         let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
         let price = self.config.micro_credits_per_million_fuel;
@@ -452,26 +515,36 @@ impl Core {
             .filter(|a| a.state == attempt_state::ACCEPTED)
             .map(|a| Payout {
                 account: format!("operator/{}", a.operator),
-                amount: crate::cost(a.fuel_used, price),
+                amount: crate::cost(a.receipt.as_ref().map_or(a.fuel_used, |r| r.fuel_used), price),
             })
             .collect();
-        let charged: u64 = payouts.iter().map(|p| p.amount).sum();
-        let capture = self
-            .ledger
-            .clone()
-            .capture(CaptureRequest {
-                task_id: task_id.to_string(),
-                payouts,
-            })
-            .await;
-        let hold = match capture {
-            Ok(h) => h.into_inner(),
+        let charged = payouts
+            .iter()
+            .try_fold(0u64, |sum, p| sum.checked_add(p.amount))
+            .ok_or_else(|| Status::internal("payouts overflow"))?;
+        let capture = CaptureRequest {
+            task_id: task_id.to_string(),
+            payouts,
+        };
+        let hold = match call(self.ledger.clone().capture(capture)).await {
+            Ok(h) => h,
             Err(e) => {
                 tracing::warn!(task_id, error = %e.message(), "capture failed; will retry");
                 return Ok(());
             }
         };
+        let _t = self.transitions.lock().await;
+        let still_verified = self
+            .store
+            .task(task_id)
+            .await
+            .map_err(db_error)?
+            .is_some_and(|t| t.task.state() == TaskState::Verified);
+        if !still_verified {
+            return Ok(());
+        }
         self.store.set_charged(task_id, charged).await.map_err(db_error)?;
+        self.store.set_hold_closed(task_id).await.map_err(db_error)?;
         self.metrics.settled.inc();
         self.emit(
             task_id,
@@ -555,126 +628,122 @@ impl Core {
         Ok(())
     }
 
+    /// FAILED; the hold is released by the sweep (outside the lock, retried until it succeeds).
     async fn fail(&self, task: &TaskRow, reason: &str) -> Result<()> {
         let task_id = &task.task.task_id;
         self.stop_active(task_id, attempt_state::CANCELLED, reason).await?;
         self.emit(task_id, TaskState::Failed, reason, "").await?;
         self.metrics.failed.inc();
-        self.release(task_id, reason).await;
+        self.wake_sweep.notify_one();
         Ok(())
     }
 
-    async fn release(&self, task_id: &str, reason: &str) {
-        let result = self
-            .ledger
-            .clone()
-            .release(ReleaseRequest {
-                task_id: task_id.to_string(),
-                reason: reason.to_string(),
-            })
-            .await;
-        if let Err(e) = result {
-            tracing::error!(task_id, error = %e.message(), "releasing held credits failed");
+    /// Gives the hold of a failed or cancelled task back. Release is idempotent at the ledger.
+    async fn release(&self, task_id: &str, reason: &str) -> Result<()> {
+        let release = ReleaseRequest {
+            task_id: task_id.to_string(),
+            reason: reason.to_string(),
+        };
+        match call(self.ledger.clone().release(release)).await {
+            Ok(_) => self.store.set_hold_closed(task_id).await.map_err(db_error),
+            Err(e) => {
+                tracing::warn!(task_id, error = %e.message(), "releasing held credits failed; will retry");
+                Ok(())
+            }
         }
     }
 
     /// Cancels a task for its submitter.
     pub async fn cancel(&self, task_id: &str) -> Result<()> {
-        let _t = self.transitions.lock().await;
-        let task = self
-            .store
-            .task(task_id)
-            .await
-            .map_err(db_error)?
-            .ok_or_else(|| Status::not_found(format!("no task {task_id}")))?;
-        let state = task.task.state();
-        if is_terminal(state) || state == TaskState::Verified {
-            return Err(Status::failed_precondition(format!(
-                "task {task_id} is already {}",
-                state.as_str_name().trim_start_matches("TASK_STATE_").to_lowercase()
-            )));
+        {
+            let _t = self.transitions.lock().await;
+            let task = self
+                .store
+                .task(task_id)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| Status::not_found(format!("no task {task_id}")))?;
+            let state = task.task.state();
+            if is_terminal(state) || state == TaskState::Verified {
+                return Err(Status::failed_precondition(format!(
+                    "task {task_id} is already {}",
+                    state.as_str_name().trim_start_matches("TASK_STATE_").to_lowercase()
+                )));
+            }
+            self.stop_active(task_id, attempt_state::CANCELLED, "cancelled by the submitter")
+                .await?;
+            self.emit(task_id, TaskState::Cancelled, "cancelled by the submitter; held credits released", "")
+                .await?;
         }
-        self.stop_active(task_id, attempt_state::CANCELLED, "cancelled by the submitter")
-            .await?;
-        self.emit(task_id, TaskState::Cancelled, "cancelled by the submitter; held credits released", "")
-            .await?;
-        self.release(task_id, "cancelled").await;
-        Ok(())
+        self.release(task_id, "cancelled").await
     }
 
-    /// Expired leases, unsettled verified tasks, and reports the verifier has not judged yet.
+    /// Expired leases, reports not judged yet, verified tasks not settled, and holds of failed
+    /// or cancelled tasks not released yet. Each step re-checks the state under the lock.
     async fn sweep(&self) -> Result<()> {
         for a in self.store.lapsed_attempts(None).await.map_err(db_error)? {
             let reason = format!("lease on node {} expired (no heartbeat)", a.node_id);
             self.expire(&a, &reason).await?;
         }
+        let stale = |t: &TaskRow| now_ms() - t.task.updated_at_ms > 2000;
+        for task in self.store.tasks_in_state(TaskState::Reported).await.map_err(db_error)? {
+            if stale(&task) {
+                self.verify_and_settle(&task.task.task_id).await?;
+            }
+        }
         for task in self.store.tasks_in_state(TaskState::Verified).await.map_err(db_error)? {
-            if now_ms() - task.task.updated_at_ms > 1000 {
-                let _t = self.transitions.lock().await;
+            if stale(&task) {
                 self.settle(&task.task.task_id).await?;
             }
         }
-        for task in self.store.tasks_in_state(TaskState::Reported).await.map_err(db_error)? {
-            if now_ms() - task.task.updated_at_ms > 2000 {
-                let attempts = self.store.attempts(&task.task.task_id).await.map_err(db_error)?;
-                if let Some(a) = attempts.iter().find(|a| a.state == attempt_state::REPORTED) {
-                    // Re-run the verdict step as if the last report had just arrived.
-                    let _t = self.transitions.lock().await;
-                    let reports = attempts
-                        .iter()
-                        .filter(|x| x.state == attempt_state::REPORTED)
-                        .map(|r| ReportedResult {
-                            attempt_id: r.attempt_id.clone(),
-                            node_id: r.node_id.clone(),
-                            operator: r.operator.clone(),
-                            receipt: r.receipt.clone(),
-                            observed_output_hash: sha256_hex(&r.output),
-                        })
-                        .collect();
-                    let request = VerifyResultRequest {
-                        task_id: a.task_id.clone(),
-                        module_hash: task.task.module_hash.clone(),
-                        input_hash: task.task.input_hash.clone(),
-                        policy: task.task.policy,
-                        reports,
-                    };
-                    if let Ok(v) = self.verifier.clone().verify_result(request).await {
-                        self.apply_verdict(&task, &attempts, v.into_inner()).await?;
-                    }
-                }
-            }
+        for task_id in self.store.unreleased_holds().await.map_err(db_error)? {
+            self.release(&task_id, "task failed or was cancelled").await?;
         }
         Ok(())
     }
 
     /// Refreshes node facts from the registry and disconnects nodes that are no longer active.
     async fn refresh_nodes(&self) {
-        let Ok(list) = self.registry.clone().list_nodes(ListNodesRequest { status: 0 }).await else {
+        let Ok(list) = call(self.registry.clone().list_nodes(ListNodesRequest { status: 0 })).await else {
             return;
         };
-        let nodes = list.into_inner().nodes;
+        let nodes = list.nodes;
         self.revoked.replace(
             nodes
                 .iter()
                 .filter(|n| n.status() == NodeStatus::Revoked)
                 .map(|n| n.node_id.clone()),
         );
-        let gone: Vec<(String, Outbound)> = {
+        // Revoked nodes are cut off; nodes the registry considers offline (missed heartbeats)
+        // lose their leases and their stream, and may reconnect once they heartbeat again.
+        let gone: Vec<(String, Outbound, Status)> = {
             let workers = self.workers.lock().await;
             nodes
                 .iter()
-                .filter(|n| matches!(n.status(), NodeStatus::Revoked | NodeStatus::Denied))
-                .filter_map(|n| workers.get(&n.node_id).map(|w| (n.node_id.clone(), w.tx.clone())))
+                .filter_map(|n| {
+                    let status = match n.status() {
+                        NodeStatus::Revoked | NodeStatus::Denied => {
+                            Status::permission_denied(format!("node {} is revoked", n.node_id))
+                        }
+                        NodeStatus::Offline => Status::unavailable(format!(
+                            "node {} missed its registry heartbeats",
+                            n.node_id
+                        )),
+                        _ => return None,
+                    };
+                    workers
+                        .get(&n.node_id)
+                        .map(|w| (n.node_id.clone(), w.tx.clone(), status))
+                })
                 .collect()
         };
         *self.nodes.write().unwrap() = nodes.into_iter().map(|n| (n.node_id.clone(), n)).collect();
-        for (node_id, tx) in gone {
-            let _ = tx
-                .send(Err(Status::permission_denied(format!("node {node_id} is revoked"))))
-                .await;
+        for (node_id, tx, status) in gone {
+            let reason = status.message().to_string();
+            let _ = tx.try_send(Err(status));
             let conn = self.workers.lock().await.get(&node_id).map(|w| w.conn_id);
             if let Some(conn) = conn {
-                self.unregister(&node_id, conn, "node revoked").await;
+                self.unregister(&node_id, conn, &reason).await;
             }
         }
     }
@@ -707,6 +776,7 @@ pub fn spawn_background(core: Arc<Core>) {
         loop {
             tokio::select! {
                 _ = c.shutdown.cancelled() => return,
+                _ = c.wake_sweep.notified() => {}
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
             }
             if let Err(e) = c.sweep().await {

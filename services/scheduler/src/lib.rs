@@ -165,7 +165,8 @@ pub async fn start(config: SchedulerConfig, shutdown: CancellationToken) -> anyh
     };
     Ok(serve(
         SchedulerServiceServer::new(service)
-            .max_decoding_message_size(config.max_input_bytes + (1 << 20))
+            // Reports carry a whole output (workers cap it at 16 MiB by default).
+            .max_decoding_message_size(config.max_input_bytes.max(MAX_REPORT_OUTPUT) + (1 << 20))
             .max_encoding_message_size(config.max_input_bytes.max(config.max_module_bytes) + (1 << 20)),
         ServeSpec {
             name: "scheduler",
@@ -182,6 +183,9 @@ pub async fn start(config: SchedulerConfig, shutdown: CancellationToken) -> anyh
     )
     .await?)
 }
+
+/// The largest output a worker may report.
+pub const MAX_REPORT_OUTPUT: usize = 64 << 20;
 
 /// Micro-credits for `fuel` units at `price` micro-credits per million (rounded up).
 pub fn cost(fuel: u64, price: u64) -> u64 {

@@ -45,6 +45,7 @@ CREATE TABLE tasks (
     credits_charged BIGINT NOT NULL,
     run_time_us BIGINT NOT NULL,
     receipts BLOB,
+    hold_closed BIGINT NOT NULL,
     created_at_ms BIGINT NOT NULL,
     updated_at_ms BIGINT NOT NULL
 );
@@ -272,8 +273,8 @@ impl Store {
         sqlx::query(
             "INSERT INTO tasks (task_id, submitter, module_hash, input, input_hash, fuel_limit, memory_limit_mib, timeout_secs,
                 policy_kind, replicas, state, message, attempts, credits_held, exit, exit_message, output, output_hash,
-                fuel_used, verdict, verdict_reason, credits_charged, run_time_us, receipts, created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', 0, $12, 0, '', NULL, '', 0, 0, '', 0, 0, NULL, $13, $14)",
+                fuel_used, verdict, verdict_reason, credits_charged, run_time_us, receipts, hold_closed, created_at_ms, updated_at_ms)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', 0, $12, 0, '', NULL, '', 0, 0, '', 0, 0, NULL, 0, $13, $14)",
         )
         .bind(t.task_id)
         .bind(t.submitter)
@@ -515,6 +516,25 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// The ledger has closed this task's hold (captured or released).
+    pub async fn set_hold_closed(&self, task_id: &str) -> Result<()> {
+        sqlx::query("UPDATE tasks SET hold_closed = 1 WHERE task_id = $1")
+            .bind(task_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Failed or cancelled tasks whose hold the ledger has not released yet.
+    pub async fn unreleased_holds(&self) -> Result<Vec<String>> {
+        let rows = sqlx::query("SELECT task_id FROM tasks WHERE hold_closed = 0 AND state IN ($1, $2)")
+            .bind(TaskState::Failed as i64)
+            .bind(TaskState::Cancelled as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     pub async fn set_charged(&self, task_id: &str, charged: u64) -> Result<()> {

@@ -6,8 +6,7 @@
 //! Proof checking arrives with the prover; until then the `proof` policy is refused with a
 //! clear error at submission, never silently downgraded.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -45,6 +44,9 @@ fn default_listen() -> String {
 fn default_grace() -> u64 {
     10
 }
+
+/// Marks a check that could not be made (the registry is unreachable).
+const UNAVAILABLE: &str = "registry unavailable: ";
 
 /// The most replicas a task may ask for.
 pub const MAX_REPLICAS: u32 = 9;
@@ -86,7 +88,6 @@ CREATE INDEX verdicts_task ON verdicts (task_id, at_ms);
 pub struct VerifierService {
     db: Pool,
     registry: RegistryServiceClient<tonic::transport::Channel>,
-    keys: Mutex<HashMap<String, (Vec<u8>, String)>>,
     verdicts: prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>,
 }
 
@@ -108,7 +109,6 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
     let service = VerifierService {
         db,
         registry: RegistryServiceClient::new(registry_channel),
-        keys: Mutex::new(HashMap::new()),
         verdicts: metrics.counter_family("verdicts", "Verdicts by policy and outcome"),
     };
     let listener = bind(&config.listen).await?;
@@ -163,7 +163,8 @@ pub fn describe_policy(policy: &VerificationPolicy) -> String {
 }
 
 impl VerifierService {
-    /// The node's receipt key and operator, from the registry (cached: neither ever changes).
+    /// The node's receipt key, operator and status, from the registry (asked every time: the
+    /// status may have changed to revoked).
     async fn node_key(&self, node_id: &str) -> Result<(Vec<u8>, String, NodeStatus), Status> {
         let node = self
             .registry
@@ -174,10 +175,6 @@ impl VerifierService {
             .await?
             .into_inner();
         let status = node.status();
-        self.keys.lock().unwrap().insert(
-            node_id.to_string(),
-            (node.receipt_public_key.clone(), node.operator.clone()),
-        );
         Ok((node.receipt_public_key, node.operator, status))
     }
 
@@ -200,7 +197,11 @@ impl VerifierService {
         }
         let (key, _operator, status) = match self.node_key(&report.node_id).await {
             Ok(k) => k,
-            Err(e) => return Some(format!("node unknown to the registry: {}", e.message())),
+            Err(e) if e.code() == tonic::Code::NotFound => {
+                return Some(format!("node unknown to the registry: {}", e.message()));
+            }
+            // The registry is down: no verdict now, rather than a wrong one.
+            Err(e) => return Some(format!("{UNAVAILABLE}{}", e.message())),
         };
         if status == NodeStatus::Revoked || status == NodeStatus::Denied {
             return Some("node is revoked".into());
@@ -218,6 +219,9 @@ impl VerifierService {
         let mut reasons = Vec::new();
         for report in &req.reports {
             match self.check_report(req, report).await {
+                Some(why) if why.starts_with(UNAVAILABLE) => {
+                    return Err(Status::unavailable(why));
+                }
                 None => valid.push(report),
                 Some(why) => {
                     tracing::warn!(task_id = %req.task_id, node_id = %report.node_id, %why, "report rejected");

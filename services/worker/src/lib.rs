@@ -86,7 +86,6 @@ struct NodeFile {
 
 struct Keys {
     node_id: String,
-    tls: ClientTls,
     receipt: SigningKey,
 }
 
@@ -188,13 +187,6 @@ async fn ensure_identity(config: &WorkerConfig, shutdown: &CancellationToken) ->
     }
     Ok(Keys {
         node_id: node.node_id,
-        tls: ClientTls {
-            ca,
-            identity: Some((
-                read_file(&cert_path).map_err(setup_err)?,
-                read_file(&key_path).map_err(setup_err)?,
-            )),
-        },
         receipt,
     })
 }
@@ -259,24 +251,26 @@ async fn run(config: WorkerConfig, keys: Keys, shutdown: CancellationToken) -> R
         cancelled: Mutex::new(HashSet::new()),
         slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
     });
-    let registry = RegistryServiceClient::new(channel(&config.registry_endpoint, &keys.tls).map_err(setup_err)?);
-    let scheduler_channel = channel(&config.scheduler_endpoint, &keys.tls).map_err(setup_err)?;
-    let scheduler = SchedulerServiceClient::new(scheduler_channel)
-        .max_decoding_message_size(64 << 20)
-        .max_encoding_message_size(64 << 20);
 
     // Reports and heartbeats go through one outbox that outlives any single Work stream, so a
     // result finished during a reconnect is still delivered.
     let (outbox, inbox) = mpsc::channel::<WorkerMessage>(1024);
     let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
     let stop = shutdown.child_token();
-    spawn_heartbeats(registry, config.heartbeat_secs, shared.clone(), outbox.clone(), stop.clone());
+    let (renewed_tx, mut renewed) = tokio::sync::watch::channel(0u64);
+    spawn_heartbeats(config.clone(), shared.clone(), outbox.clone(), renewed_tx, stop.clone());
 
     let mut backoff = Duration::from_millis(200);
     loop {
         if stop.is_cancelled() {
             break;
         }
+        // Read the certificate afresh on every connection: it may have been renewed.
+        let tls = node_tls(&config)?;
+        let scheduler = SchedulerServiceClient::new(channel(&config.scheduler_endpoint, &tls).map_err(setup_err)?)
+            .max_decoding_message_size(64 << 20)
+            .max_encoding_message_size(64 << 20);
+        renewed.borrow_and_update();
         let hello = WorkerMessage {
             kind: Some(worker_message::Kind::Hello(WorkerHello {
                 slots: config.slots,
@@ -309,6 +303,11 @@ async fn run(config: WorkerConfig, keys: Keys, shutdown: CancellationToken) -> R
                 loop {
                     let msg = tokio::select! {
                         _ = stop.cancelled() => break,
+                        _ = renewed.changed() => {
+                            tracing::info!("certificate renewed; reconnecting with it");
+                            backoff = Duration::ZERO;
+                            break;
+                        }
                         m = downstream.message() => m,
                     };
                     match msg {
@@ -346,20 +345,73 @@ async fn run(config: WorkerConfig, keys: Keys, shutdown: CancellationToken) -> R
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(backoff) => {}
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
+        backoff = (backoff * 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
     }
     tracing::info!(node_id = %shared.node_id, "worker stopped");
     Ok(())
 }
 
+/// This node's mesh certificate and key, from its data directory.
+fn node_tls(config: &WorkerConfig) -> Result<ClientTls, WorkerError> {
+    let dir = &config.data_dir;
+    Ok(ClientTls {
+        ca: read_file(&config.ca_cert).map_err(setup_err)?,
+        identity: Some((
+            read_file(&dir.join("tls.crt")).map_err(setup_err)?,
+            read_file(&dir.join("tls.key")).map_err(setup_err)?,
+        )),
+    })
+}
+
+/// Whether a certificate is into the last third of its lifetime.
+fn due_for_renewal(cert_pem: &str) -> bool {
+    let Some((not_before, not_after)) = zkmesh_kit::identity::validity_ms(cert_pem) else {
+        return false;
+    };
+    let lifetime = not_after - not_before - zkmesh_kit::identity::BACKDATE_MS;
+    not_after - now_ms() < lifetime / 3
+}
+
+/// A new key and certificate from the registry, written over the old ones.
+async fn renew(config: &WorkerConfig, registry: &mut RegistryServiceClient<Channel>) -> Result<(), String> {
+    let (key, csr) = generate_csr(&config.name).map_err(|e| e.to_string())?;
+    let r = registry
+        .renew_certificate(RenewCertificateRequest { csr_pem: csr })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let dir = &config.data_dir;
+    // Write both beside the old ones, then swap them in.
+    write_file(&dir.join("tls.key.new"), key.as_bytes(), true).map_err(|e| e.to_string())?;
+    write_file(&dir.join("tls.crt.new"), r.certificate_pem.as_bytes(), false).map_err(|e| e.to_string())?;
+    std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).map_err(|e| e.to_string())?;
+    std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Heartbeats to the registry (and, through the outbox, to the scheduler to keep leases), and
+/// renews the certificate in the last third of its lifetime.
 fn spawn_heartbeats(
-    mut registry: RegistryServiceClient<Channel>,
-    every_secs: u64,
+    config: WorkerConfig,
     shared: Arc<Shared>,
     outbox: mpsc::Sender<WorkerMessage>,
+    renewed: tokio::sync::watch::Sender<u64>,
     stop: CancellationToken,
 ) {
     tokio::spawn(async move {
+        let connect = |config: &WorkerConfig| -> Result<RegistryServiceClient<Channel>, WorkerError> {
+            Ok(RegistryServiceClient::new(
+                channel(&config.registry_endpoint, &node_tls(config)?).map_err(setup_err)?,
+            ))
+        };
+        let mut registry = match connect(&config) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reach the registry; stopping");
+                stop.cancel();
+                return;
+            }
+        };
         loop {
             let running: Vec<String> = shared.running.lock().unwrap().iter().cloned().collect();
             match registry
@@ -373,7 +425,21 @@ fn spawn_heartbeats(
                     stop.cancel();
                     return;
                 }
-                Ok(_) => {}
+                Ok(_) => {
+                    let cert = read_file(&config.data_dir.join("tls.crt")).unwrap_or_default();
+                    if due_for_renewal(&cert) {
+                        match renew(&config, &mut registry).await {
+                            Ok(()) => {
+                                tracing::info!(node_id = %shared.node_id, "certificate renewed");
+                                if let Ok(r) = connect(&config) {
+                                    registry = r;
+                                }
+                                renewed.send_modify(|n| *n += 1);
+                            }
+                            Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
+                        }
+                    }
+                }
                 Err(e) if e.code() == tonic::Code::PermissionDenied => {
                     tracing::error!(error = %e.message(), "refused by the registry; stopping");
                     stop.cancel();
@@ -389,7 +455,7 @@ fn spawn_heartbeats(
             });
             tokio::select! {
                 _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_secs(every_secs.max(1))) => {}
+                _ = tokio::time::sleep(Duration::from_secs(config.heartbeat_secs.max(1))) => {}
             }
         }
     });

@@ -169,5 +169,6 @@ async fn refused_callers_change_nothing() {
     let work = node.scheduler.work(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap_err();
     assert_eq!(work.code(), Code::PermissionDenied);
     assert_eq!(snapshot(&sb).await, revoked_snapshot, "a revoked node changed a database");
+    assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;
 }

@@ -2,9 +2,12 @@
 
 use std::process::{Command, Output};
 
+/// Runs the binary; every `run` also audits its embedded ledger.
 fn zkmesh(home: &std::path::Path, args: &[&str]) -> Output {
+    let audit = if args.first() == Some(&"run") { vec!["--audit"] } else { vec![] };
     Command::new(env!("CARGO_BIN_EXE_zkmesh"))
         .args(args)
+        .args(audit)
         .env("ZKMESH_HOME", home)
         .env_remove("ZKMESH_CLIENT_CONFIG")
         .output()

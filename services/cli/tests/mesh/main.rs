@@ -10,5 +10,6 @@ mod guests;
 mod hostile;
 mod ledger;
 mod python;
+mod renewal;
 mod replication;
 mod services;

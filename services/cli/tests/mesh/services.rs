@@ -58,6 +58,7 @@ async fn health_reflection_metrics_and_shutdown() {
         assert!(metrics.contains("service=\""), "{name}");
     }
 
+    assert_audit_passes(&sb.api).await;
     let addr = sb.mesh.scheduler.addr;
     let started = std::time::Instant::now();
     sb.mesh.stop().await;
