@@ -72,16 +72,17 @@ async fn main() -> anyhow::Result<()> {
     let module = upload(&mut api.scheduler()?, "trivial", &wasm).await?;
     let policy = zkmesh_cli::commands::parse_policy(&args.policy)?;
 
+    // One channel (HTTP/2 connection) shared by every task, as a real client would.
+    let scheduler = api.scheduler()?;
     let started = Instant::now();
     let deadline = started + Duration::from_secs(args.max_secs);
     let results = futures::stream::iter(0..args.tasks)
         .map(|i| {
-            let (api, hash) = (api.clone(), module.module_hash.clone());
+            let (mut s, hash) = (scheduler.clone(), module.module_hash.clone());
             async move {
                 if Instant::now() > deadline {
                     return None;
                 }
-                let mut s = api.scheduler().ok()?;
                 let t0 = Instant::now();
                 let task = s
                     .submit_task(SubmitTaskRequest {

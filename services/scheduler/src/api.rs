@@ -359,7 +359,17 @@ impl SchedulerApi for SchedulerService {
                     worker_message::Kind::Hello(_) => Ok(()),
                     worker_message::Kind::Started(s) => core.on_started(&node_id, &s.attempt_id).await,
                     worker_message::Kind::Heartbeat(h) => core.on_heartbeat(&node_id, &h.running_attempt_ids).await,
-                    worker_message::Kind::Report(r) => core.on_report(&node_id, r).await,
+                    worker_message::Kind::Report(r) => {
+                        // Judging and settling take calls to the verifier and the ledger: do not
+                        // hold up this worker's next messages meanwhile.
+                        let (core, node_id) = (core.clone(), node_id.clone());
+                        tokio::spawn(async move {
+                            if let Err(e) = core.on_report(&node_id, r).await {
+                                tracing::warn!(%node_id, error = %e.message(), "report failed");
+                            }
+                        });
+                        Ok(())
+                    }
                 };
                 if let Err(e) = result {
                     tracing::warn!(%node_id, error = %e.message(), "worker message failed");

@@ -208,6 +208,11 @@ impl Core {
         }
     }
 
+    async fn has_free_slot(&self) -> bool {
+        let workers = self.workers.lock().await;
+        workers.values().any(|w| (w.running.len() as u32) < w.slots)
+    }
+
     async fn free_slot(&self, node_id: &str, attempt_id: &str) {
         if let Some(w) = self.workers.lock().await.get_mut(node_id) {
             w.running.remove(attempt_id);
@@ -228,9 +233,19 @@ impl Core {
 
     /// Leases queued tasks to workers with free slots.
     pub async fn dispatch_once(&self) -> Result<()> {
-        let _t = self.transitions.lock().await;
+        if !self.has_free_slot().await {
+            return Ok(());
+        }
         let queued = self.store.queued(128).await.map_err(db_error)?;
         for task in queued {
+            // The lock is taken per task, so reports and starts interleave with a long queue.
+            let _t = self.transitions.lock().await;
+            let Some(task) = self.store.task(&task.task.task_id).await.map_err(db_error)? else {
+                continue;
+            };
+            if task.task.state() != TaskState::Queued {
+                continue;
+            }
             let mut workers = self.workers.lock().await;
             if !workers.values().any(|w| (w.running.len() as u32) < w.slots) {
                 return Ok(());
