@@ -104,6 +104,9 @@ pub struct Limits {
     pub fuel: u64,
     pub memory_bytes: u64,
     pub timeout: Duration,
+    /// Set to stop the guest early (the task was cancelled or its lease lost); checked on every
+    /// epoch tick.
+    pub cancel: Option<Arc<AtomicBool>>,
 }
 
 impl Default for Limits {
@@ -112,6 +115,7 @@ impl Default for Limits {
             fuel: 1_000_000_000,
             memory_bytes: 256 << 20,
             timeout: Duration::from_secs(30),
+            cancel: None,
         }
     }
 }
@@ -341,9 +345,20 @@ impl Sandbox {
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
         let _ = store.set_fuel(limits.fuel);
-        let ticks = (limits.timeout.as_nanos() / self.config.epoch_tick.as_nanos().max(1)).max(1);
-        store.set_epoch_deadline(ticks as u64);
-        store.epoch_deadline_trap();
+        // Every epoch tick the guest is checked against its wall-clock deadline and its
+        // cancellation flag.
+        let deadline = started + limits.timeout;
+        let cancel = limits.cancel.clone();
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |_| {
+            if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
+                return Err(wasmtime::Error::new(Cancelled));
+            }
+            if Instant::now() >= deadline {
+                return Err(wasmtime::Error::new(Trap::Interrupt));
+            }
+            Ok(wasmtime::UpdateDeadline::Continue(1))
+        });
 
         let result = run_entry(&mut store, &compiled);
         let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
@@ -384,6 +399,9 @@ impl Sandbox {
         }
         if e.downcast_ref::<OutputLimit>().is_some() {
             return Exit::OutputTooLarge;
+        }
+        if e.downcast_ref::<Cancelled>().is_some() {
+            return Exit::Trap("cancelled".into());
         }
         if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
             return if exit.0 == 0 { Exit::Ok } else { Exit::ExitCode(exit.0) };
@@ -524,6 +542,18 @@ fn wasi_ctx(host: &mut Host) -> &mut WasiP1Ctx {
         .as_mut()
         .expect("WASI imports are only linked into modules classified as WASI")
 }
+
+/// Raised when a run is cancelled.
+#[derive(Debug)]
+struct Cancelled;
+
+impl std::fmt::Display for Cancelled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("cancelled")
+    }
+}
+
+impl std::error::Error for Cancelled {}
 
 /// Raised by `write_output` past the limit.
 #[derive(Debug)]

@@ -56,6 +56,23 @@ fn limits_end_in_their_own_states() {
     };
     assert_eq!(sb.run(&spin, b"", &timed, b"").exit, Exit::Timeout);
 
+    // A cancelled run stops at the next epoch tick.
+    let flag = Arc::new(AtomicBool::new(false));
+    let cancellable = Limits {
+        fuel: u64::MAX / 2,
+        timeout: Duration::from_secs(60),
+        cancel: Some(flag.clone()),
+        ..Limits::default()
+    };
+    let setter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(100));
+        flag.store(true, Ordering::Relaxed);
+    });
+    let started = Instant::now();
+    assert_eq!(sb.run(&spin, b"", &cancellable, b"").exit, Exit::Trap("cancelled".into()));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    setter.join().unwrap();
+
     let bomb = wat(r#"(module (memory (export "memory") 1)
         (func (export "run") (loop (drop (memory.grow (i32.const 1))) (br 0))))"#);
     let small = Limits {

@@ -5,7 +5,8 @@
 //! Its state lives in one data directory: `node.json` (node id and enrollment secret),
 //! `tls.key`/`tls.crt` (its mesh certificate) and `receipt.key` (its Ed25519 receipt key).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -217,8 +218,8 @@ struct Shared {
     receipt_key: SigningKey,
     sandbox: Sandbox,
     modules: Mutex<HashMap<String, Arc<Vec<u8>>>>,
-    running: Mutex<HashSet<String>>,
-    cancelled: Mutex<HashSet<String>>,
+    /// Attempts in flight here, with the flag that stops each.
+    running: Mutex<HashMap<String, Arc<AtomicBool>>>,
     slots: Arc<Semaphore>,
 }
 
@@ -247,8 +248,7 @@ async fn run(config: WorkerConfig, keys: Keys, shutdown: CancellationToken) -> R
         receipt_key: keys.receipt,
         sandbox,
         modules: Mutex::new(HashMap::new()),
-        running: Mutex::new(HashSet::new()),
-        cancelled: Mutex::new(HashSet::new()),
+        running: Mutex::new(HashMap::new()),
         slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
     });
 
@@ -341,6 +341,11 @@ async fn run(config: WorkerConfig, keys: Keys, shutdown: CancellationToken) -> R
         }
         forwarder.abort();
         let _ = forwarder.await;
+        // The scheduler expires the leases of a broken stream and runs them elsewhere: stop
+        // working on them here.
+        for flag in shared.running.lock().unwrap().values() {
+            flag.store(true, Ordering::Relaxed);
+        }
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tokio::time::sleep(backoff) => {}
@@ -413,13 +418,14 @@ fn spawn_heartbeats(
             }
         };
         loop {
-            let running: Vec<String> = shared.running.lock().unwrap().iter().cloned().collect();
-            match registry
-                .heartbeat(HeartbeatRequest {
-                    running_tasks: running.len() as u32,
-                })
+            let running: Vec<String> = shared.running.lock().unwrap().keys().cloned().collect();
+            let beat = registry.heartbeat(HeartbeatRequest {
+                running_tasks: running.len() as u32,
+            });
+            let answer = tokio::time::timeout(Duration::from_secs(5), beat)
                 .await
-            {
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("registry did not answer")));
+            match answer {
                 Ok(r) if r.get_ref().status() == NodeStatus::Revoked => {
                     tracing::error!("this node has been revoked; stopping");
                     stop.cancel();
@@ -470,10 +476,13 @@ fn handle(
     match kind {
         scheduler_message::Kind::Cancel(c) => {
             tracing::info!(attempt_id = %c.attempt_id, reason = %c.reason, "attempt cancelled");
-            shared.cancelled.lock().unwrap().insert(c.attempt_id);
+            if let Some(flag) = shared.running.lock().unwrap().get(&c.attempt_id) {
+                flag.store(true, Ordering::Relaxed);
+            }
         }
         scheduler_message::Kind::Assignment(a) => {
-            shared.running.lock().unwrap().insert(a.attempt_id.clone());
+            let flag = Arc::new(AtomicBool::new(false));
+            shared.running.lock().unwrap().insert(a.attempt_id.clone(), flag);
             let (shared, scheduler, outbox) = (shared.clone(), scheduler.clone(), outbox.clone());
             tokio::spawn(async move {
                 let attempt_id = a.attempt_id.clone();
@@ -522,7 +531,14 @@ async fn execute(
 ) -> Result<(), String> {
     let wasm = module(shared, scheduler, &a.module_hash).await?;
     let _permit = shared.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
-    if shared.cancelled.lock().unwrap().remove(&a.attempt_id) {
+    let cancel = shared
+        .running
+        .lock()
+        .unwrap()
+        .get(&a.attempt_id)
+        .cloned()
+        .unwrap_or_default();
+    if cancel.load(Ordering::Relaxed) {
         return Ok(());
     }
     let _ = outbox
@@ -536,6 +552,7 @@ async fn execute(
         fuel: a.fuel_limit,
         memory_bytes: (a.memory_limit_mib as u64) << 20,
         timeout: Duration::from_secs(a.timeout_secs.max(1) as u64),
+        cancel: Some(cancel.clone()),
     };
     let started = now_ms();
     let runner = shared.clone();
@@ -546,7 +563,7 @@ async fn execute(
     })
     .await
     .map_err(|e| format!("sandbox crashed: {e}"))?;
-    if shared.cancelled.lock().unwrap().remove(&a.attempt_id) {
+    if cancel.load(Ordering::Relaxed) {
         return Ok(());
     }
     tracing::info!(
