@@ -33,8 +33,12 @@ fn receipts(c: &mut Criterion) {
         node_id: "n-0123456789abcdef".into(),
         signature: vec![],
     };
-    c.bench_function("receipt/sign", |b| b.iter(|| zkmesh_kit::receipt::sign(&mut r, &key).unwrap()));
-    c.bench_function("receipt/verify", |b| b.iter(|| zkmesh_kit::receipt::verify(&r, &public).unwrap()));
+    c.bench_function("receipt/sign", |b| {
+        b.iter(|| zkmesh_kit::receipt::sign(&mut r, &key).unwrap())
+    });
+    c.bench_function("receipt/verify", |b| {
+        b.iter(|| zkmesh_kit::receipt::verify(&r, &public).unwrap())
+    });
 }
 
 criterion_group!(benches, sandbox, receipts);

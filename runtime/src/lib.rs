@@ -252,7 +252,8 @@ impl Sandbox {
             .map_err(|e| ModuleError::Invalid(e.to_string()))?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
-        let (engine_for_ticker, stop, tick) = (engine.clone(), stop_ticker.clone(), config.epoch_tick);
+        let (engine_for_ticker, stop, tick) =
+            (engine.clone(), stop_ticker.clone(), config.epoch_tick);
         std::thread::Builder::new()
             .name("zkmesh-epoch".into())
             .spawn(move || {
@@ -295,16 +296,17 @@ impl Sandbox {
         if let Some(hit) = self.cache.lock().unwrap().get(&key) {
             return Ok(hit.clone());
         }
-        let module = Module::new(&self.engine, wasm)
-            .map_err(|e| ModuleError::Invalid(format!("{e:#}").lines().next().unwrap_or("").to_string()))?;
+        let module = Module::new(&self.engine, wasm).map_err(|e| {
+            ModuleError::Invalid(format!("{e:#}").lines().next().unwrap_or("").to_string())
+        })?;
         let (abi, imports) = classify(&module)?;
-        let pre = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| ModuleError::ForbiddenImport {
-                import: "?".into(),
-                reason: e.to_string(),
-            })?;
+        let pre =
+            self.linker
+                .instantiate_pre(&module)
+                .map_err(|e| ModuleError::ForbiddenImport {
+                    import: "?".into(),
+                    reason: e.to_string(),
+                })?;
         let compiled = Arc::new(Compiled { abi, imports, pre });
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= self.config.cache_entries {
@@ -329,9 +331,8 @@ impl Sandbox {
         };
         let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(self.config.max_output_bytes);
         let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(self.config.max_stderr_bytes);
-        let wasi = (compiled.abi == Abi::Wasi).then(|| {
-            deterministic_wasi(input, seed, stdout.clone(), stderr.clone())
-        });
+        let wasi = (compiled.abi == Abi::Wasi)
+            .then(|| deterministic_wasi(input, seed, stdout.clone(), stderr.clone()));
         let host = Host {
             input: input.to_vec(),
             output: Vec::new(),
@@ -404,7 +405,11 @@ impl Sandbox {
             return Exit::Trap("cancelled".into());
         }
         if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
-            return if exit.0 == 0 { Exit::Ok } else { Exit::ExitCode(exit.0) };
+            return if exit.0 == 0 {
+                Exit::Ok
+            } else {
+                Exit::ExitCode(exit.0)
+            };
         }
         if let Some(trap) = e.downcast_ref::<Trap>() {
             return match trap {
@@ -454,8 +459,9 @@ fn classify(module: &Module) -> Result<(Abi, Vec<String>), ModuleError> {
                     _ => {
                         return Err(ModuleError::ForbiddenImport {
                             import: full,
-                            reason: "the zkmesh ABI has only input_len, read_input and write_output"
-                                .into(),
+                            reason:
+                                "the zkmesh ABI has only input_len, read_input and write_output"
+                                    .into(),
                         });
                     }
                 };
@@ -507,7 +513,12 @@ fn classify(module: &Module) -> Result<(Abi, Vec<String>), ModuleError> {
                 "a zkmesh ABI module must export run: () -> () (or _start for WASI)".into(),
             ));
         }
-        if uses_zkmesh && !matches!(module.get_export("memory"), Some(wasmtime::ExternType::Memory(_))) {
+        if uses_zkmesh
+            && !matches!(
+                module.get_export("memory"),
+                Some(wasmtime::ExternType::Memory(_))
+            )
+        {
             return Err(ModuleError::NoEntry(
                 "a zkmesh ABI module must export its memory as \"memory\"".into(),
             ));
@@ -613,7 +624,9 @@ impl ResourceLimiter for Limiter {
 fn memory_of(caller: &mut Caller<'_, Host>) -> wasmtime::Result<wasmtime::Memory> {
     match caller.get_export("memory") {
         Some(Extern::Memory(m)) => Ok(m),
-        _ => Err(wasmtime::Error::msg("the module does not export its memory")),
+        _ => Err(wasmtime::Error::msg(
+            "the module does not export its memory",
+        )),
     }
 }
 
@@ -627,7 +640,11 @@ fn define_zkmesh_abi(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         |mut caller: Caller<'_, Host>, dst: i32, offset: i32, len: i32| -> wasmtime::Result<i32> {
             let memory = memory_of(&mut caller)?;
             let (mem, host) = memory.data_and_store_mut(&mut caller);
-            let (dst, offset, len) = (dst as u32 as usize, offset as u32 as usize, len as u32 as usize);
+            let (dst, offset, len) = (
+                dst as u32 as usize,
+                offset as u32 as usize,
+                len as u32 as usize,
+            );
             let start = offset.min(host.input.len());
             let n = len.min(host.input.len() - start);
             let target = mem
@@ -695,18 +712,20 @@ fn deterministic_wasi(
     }
     let insecure_seed = u128::from_be_bytes(stream[..16].try_into().expect("16 bytes"));
     let mut b = wasmtime_wasi::WasiCtxBuilder::new();
-    b.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(input.to_vec()))
-        .stdout(stdout)
-        .stderr(stderr)
-        .arg("guest")
-        .wall_clock(FrozenClock)
-        .monotonic_clock(FrozenClock)
-        .secure_random(wasmtime_wasi::Deterministic::new(stream.clone()))
-        .insecure_random(wasmtime_wasi::Deterministic::new(stream))
-        .insecure_random_seed(insecure_seed)
-        .allow_tcp(false)
-        .allow_udp(false)
-        .allow_ip_name_lookup(false);
+    b.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(
+        input.to_vec(),
+    ))
+    .stdout(stdout)
+    .stderr(stderr)
+    .arg("guest")
+    .wall_clock(FrozenClock)
+    .monotonic_clock(FrozenClock)
+    .secure_random(wasmtime_wasi::Deterministic::new(stream.clone()))
+    .insecure_random(wasmtime_wasi::Deterministic::new(stream))
+    .insecure_random_seed(insecure_seed)
+    .allow_tcp(false)
+    .allow_udp(false)
+    .allow_ip_name_lookup(false);
     b.build_p1()
 }
 

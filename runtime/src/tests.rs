@@ -34,7 +34,10 @@ fn echo_and_fuel_are_deterministic() {
     assert!(a.fuel_used > 0);
     assert_eq!(a.fuel_used, b.fuel_used);
     let other = Sandbox::new(SandboxConfig::default()).unwrap();
-    assert_eq!(other.run(&wat(ECHO), b"hello", &limits, b"s").fuel_used, a.fuel_used);
+    assert_eq!(
+        other.run(&wat(ECHO), b"hello", &limits, b"s").fuel_used,
+        a.fuel_used
+    );
 }
 
 #[test]
@@ -69,7 +72,10 @@ fn limits_end_in_their_own_states() {
         flag.store(true, Ordering::Relaxed);
     });
     let started = Instant::now();
-    assert_eq!(sb.run(&spin, b"", &cancellable, b"").exit, Exit::Trap("cancelled".into()));
+    assert_eq!(
+        sb.run(&spin, b"", &cancellable, b"").exit,
+        Exit::Trap("cancelled".into())
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     setter.join().unwrap();
 
@@ -83,10 +89,15 @@ fn limits_end_in_their_own_states() {
 
     let recurse = wat(r#"(module (memory (export "memory") 1)
         (func $f (call $f)) (func (export "run") (call $f)))"#);
-    assert_eq!(sb.run(&recurse, b"", &Limits::default(), b"").exit, Exit::StackExhausted);
+    assert_eq!(
+        sb.run(&recurse, b"", &Limits::default(), b"").exit,
+        Exit::StackExhausted
+    );
 
     let trap = wat(r#"(module (memory (export "memory") 1) (func (export "run") unreachable))"#);
-    assert!(matches!(sb.run(&trap, b"", &Limits::default(), b"").exit, Exit::Trap(m) if m.contains("unreachable")));
+    assert!(
+        matches!(sb.run(&trap, b"", &Limits::default(), b"").exit, Exit::Trap(m) if m.contains("unreachable"))
+    );
 
     let flood = wat(r#"(module
         (import "zkmesh" "write_output" (func $out (param i32 i32)))
@@ -97,21 +108,37 @@ fn limits_end_in_their_own_states() {
     assert!(out.output.len() <= 1 << 16);
 
     // The sandbox still runs a normal task after all of that.
-    assert_eq!(sb.run(&wat(ECHO), b"ok", &Limits::default(), b"").output, b"ok");
+    assert_eq!(
+        sb.run(&wat(ECHO), b"ok", &Limits::default(), b"").output,
+        b"ok"
+    );
 }
 
 #[test]
 fn imports_outside_the_abis_are_refused() {
     let sb = sandbox();
-    let bad = wat(r#"(module (import "env" "launch" (func)) (memory (export "memory") 1)
-        (func (export "run") (call 0)))"#);
-    assert!(matches!(sb.inspect(&bad), Err(ModuleError::ForbiddenImport { import, .. }) if import == "env.launch"));
+    let bad = wat(
+        r#"(module (import "env" "launch" (func)) (memory (export "memory") 1)
+        (func (export "run") (call 0)))"#,
+    );
+    assert!(
+        matches!(sb.inspect(&bad), Err(ModuleError::ForbiddenImport { import, .. }) if import == "env.launch")
+    );
     let wrong_type = wat(r#"(module (import "zkmesh" "input_len" (func (param i32)))
         (memory (export "memory") 1) (func (export "run")))"#);
-    assert!(matches!(sb.inspect(&wrong_type), Err(ModuleError::ForbiddenImport { .. })));
+    assert!(matches!(
+        sb.inspect(&wrong_type),
+        Err(ModuleError::ForbiddenImport { .. })
+    ));
     let no_entry = wat(r#"(module (memory (export "memory") 1))"#);
-    assert!(matches!(sb.inspect(&no_entry), Err(ModuleError::NoEntry(_))));
-    assert!(matches!(sb.inspect(b"\0asm\x01\0\0\0\x01\xff"), Err(ModuleError::Invalid(_))));
+    assert!(matches!(
+        sb.inspect(&no_entry),
+        Err(ModuleError::NoEntry(_))
+    ));
+    assert!(matches!(
+        sb.inspect(b"\0asm\x01\0\0\0\x01\xff"),
+        Err(ModuleError::Invalid(_))
+    ));
     let out = sb.run(&bad, b"", &Limits::default(), b"");
     assert_eq!(out.exit.kind(), "forbidden_import");
 }

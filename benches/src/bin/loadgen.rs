@@ -62,7 +62,8 @@ async fn main() -> anyhow::Result<()> {
             options.workers = args.workers;
             options.worker_slots = args.slots;
             let mesh = LocalMesh::start(options).await?;
-            mesh.wait_for_workers(args.workers, Duration::from_secs(30)).await?;
+            mesh.wait_for_workers(args.workers, Duration::from_secs(30))
+                .await?;
             let config = mesh.client.clone();
             (Some(mesh), config)
         }
@@ -97,7 +98,10 @@ async fn main() -> anyhow::Result<()> {
                     .into_inner();
                 let mut events = Vec::new();
                 let waiting = wait(&mut s, &task.task_id, |e| events.push(e.clone()));
-                let result = tokio::time::timeout(Duration::from_secs(60), waiting).await.ok()?.ok()?;
+                let result = tokio::time::timeout(Duration::from_secs(60), waiting)
+                    .await
+                    .ok()?
+                    .ok()?;
                 let ok = result.state() == TaskState::Settled && result.output == b"ok";
                 Some((ok, t0.elapsed().as_secs_f64() * 1000.0, events))
             }
@@ -112,13 +116,19 @@ async fn main() -> anyhow::Result<()> {
     let mut latencies: Vec<f64> = done.iter().map(|(_, l, _)| *l).collect();
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     // Mean time from each state to the next, from the scheduler's event timestamps (ms).
-    let stages = ["QUEUED", "ASSIGNED", "RUNNING", "REPORTED", "VERIFIED", "SETTLED"];
+    let stages = [
+        "QUEUED", "ASSIGNED", "RUNNING", "REPORTED", "VERIFIED", "SETTLED",
+    ];
     let mut stage_ms = vec![0.0; stages.len() - 1];
     for (_, _, events) in &done {
         let at = |name: &str| {
             events
                 .iter()
-                .find(|e| TaskState::try_from(e.state).map(|s| s.as_str_name().ends_with(name)).unwrap_or(false))
+                .find(|e| {
+                    TaskState::try_from(e.state)
+                        .map(|s| s.as_str_name().ends_with(name))
+                        .unwrap_or(false)
+                })
                 .map(|e| e.at_ms)
         };
         for (i, w) in stages.windows(2).enumerate() {
@@ -154,6 +164,11 @@ async fn main() -> anyhow::Result<()> {
     if let Some(mesh) = mesh {
         mesh.stop().await;
     }
-    anyhow::ensure!(ok == args.tasks, "{} of {} tasks did not complete", args.tasks - ok, args.tasks);
+    anyhow::ensure!(
+        ok == args.tasks,
+        "{} of {} tasks did not complete",
+        args.tasks - ok,
+        args.tasks
+    );
     Ok(())
 }

@@ -47,7 +47,10 @@ impl ClientConfig {
                 *p = base.join(&*p);
             }
         }
-        for p in [&mut config.admin_cert, &mut config.admin_key].into_iter().flatten() {
+        for p in [&mut config.admin_cert, &mut config.admin_key]
+            .into_iter()
+            .flatten()
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -103,26 +106,39 @@ impl MeshClient {
     }
 
     pub fn scheduler(&self) -> anyhow::Result<SchedulerServiceClient<Channel>> {
-        Ok(SchedulerServiceClient::new(channel(&self.config.scheduler, &self.user)?)
-            .max_decoding_message_size(MAX_MESSAGE)
-            .max_encoding_message_size(MAX_MESSAGE))
+        Ok(
+            SchedulerServiceClient::new(channel(&self.config.scheduler, &self.user)?)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
     }
 
     pub fn admin_scheduler(&self) -> anyhow::Result<SchedulerServiceClient<Channel>> {
-        Ok(SchedulerServiceClient::new(channel(&self.config.scheduler, self.admin_tls()?)?)
-            .max_decoding_message_size(MAX_MESSAGE))
+        Ok(
+            SchedulerServiceClient::new(channel(&self.config.scheduler, self.admin_tls()?)?)
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
     }
 
     pub fn ledger(&self) -> anyhow::Result<LedgerServiceClient<Channel>> {
-        Ok(LedgerServiceClient::new(channel(&self.config.ledger, &self.user)?))
+        Ok(LedgerServiceClient::new(channel(
+            &self.config.ledger,
+            &self.user,
+        )?))
     }
 
     pub fn admin_ledger(&self) -> anyhow::Result<LedgerServiceClient<Channel>> {
-        Ok(LedgerServiceClient::new(channel(&self.config.ledger, self.admin_tls()?)?))
+        Ok(LedgerServiceClient::new(channel(
+            &self.config.ledger,
+            self.admin_tls()?,
+        )?))
     }
 
     pub fn admin_registry(&self) -> anyhow::Result<RegistryServiceClient<Channel>> {
-        Ok(RegistryServiceClient::new(channel(&self.config.registry, self.admin_tls()?)?))
+        Ok(RegistryServiceClient::new(channel(
+            &self.config.registry,
+            self.admin_tls()?,
+        )?))
     }
 }
 
@@ -152,7 +168,10 @@ pub async fn upload(
 }
 
 pub fn is_terminal(state: TaskState) -> bool {
-    matches!(state, TaskState::Settled | TaskState::Failed | TaskState::Cancelled)
+    matches!(
+        state,
+        TaskState::Settled | TaskState::Failed | TaskState::Cancelled
+    )
 }
 
 /// Follows a task to its end, calling `progress` for each event, and returns its result.
@@ -197,7 +216,11 @@ pub struct AuditReport {
 /// and that balances plus holds equal everything minted.
 pub async fn audit(api: &MeshClient) -> anyhow::Result<AuditReport> {
     let mut ledger = api.admin_ledger()?;
-    let served_key = ledger.get_ledger_key(Empty {}).await?.into_inner().public_key;
+    let served_key = ledger
+        .get_ledger_key(Empty {})
+        .await?
+        .into_inner()
+        .public_key;
     let key = match &api.config.ledger_public_key {
         Some(pinned) => {
             let pinned = hex::decode(pinned).context("ledger_public_key is not hex")?;
@@ -242,7 +265,10 @@ pub async fn audit(api: &MeshClient) -> anyhow::Result<AuditReport> {
         }
     }
     let holds = ledger.list_holds(Empty {}).await?.into_inner().holds;
-    let open: Vec<&HoldInfo> = holds.iter().filter(|h| h.state() == HoldState::Open).collect();
+    let open: Vec<&HoldInfo> = holds
+        .iter()
+        .filter(|h| h.state() == HoldState::Open)
+        .collect();
     for h in &open {
         let replayed = replay.holds.get(&h.task_id).copied().unwrap_or(0);
         anyhow::ensure!(
@@ -271,9 +297,14 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
     stream
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .await?;
     let mut text = String::new();
     stream.read_to_string(&mut text).await?;
-    Ok(text.split_once("\r\n\r\n").map(|(_, body)| body.to_string()).unwrap_or(text))
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or(text))
 }

@@ -18,7 +18,11 @@ use crate::mesh::{LocalMesh, MeshOptions};
 use crate::{EXIT_CONFIG, EXIT_TASK, EXIT_USAGE, exit};
 
 #[derive(Parser, Debug)]
-#[command(name = "zkmesh", version, about = "Run WebAssembly on a mesh of machines and get verified results")]
+#[command(
+    name = "zkmesh",
+    version,
+    about = "Run WebAssembly on a mesh of machines and get verified results"
+)]
 pub struct Cli {
     /// Client config of the mesh to talk to (default: $ZKMESH_CLIENT_CONFIG, then
     /// $ZKMESH_HOME/client.toml as written by `zkmesh dev`).
@@ -165,9 +169,15 @@ pub enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
-    Approve { node: String },
-    Deny { node: String },
-    Revoke { node: String },
+    Approve {
+        node: String,
+    },
+    Deny {
+        node: String,
+    },
+    Revoke {
+        node: String,
+    },
     /// Create a join token for new nodes.
     Token {
         #[arg(long)]
@@ -276,8 +286,12 @@ pub fn load_module(arg: &str) -> anyhow::Result<(String, Vec<u8>)> {
         let is_text = path.extension().is_some_and(|e| e == "wat" || e == "wast")
             || !bytes.starts_with(b"\0asm");
         if is_text {
-            let wasm = wat::parse_bytes(&bytes)
-                .map_err(|e| exit(EXIT_USAGE, format!("{arg} is neither a wasm binary nor valid WAT: {e}")))?;
+            let wasm = wat::parse_bytes(&bytes).map_err(|e| {
+                exit(
+                    EXIT_USAGE,
+                    format!("{arg} is neither a wasm binary nor valid WAT: {e}"),
+                )
+            })?;
             return Ok((name, wasm.into_owned()));
         }
         return Ok((name, bytes));
@@ -290,7 +304,11 @@ pub fn load_module(arg: &str) -> anyhow::Result<(String, Vec<u8>)> {
         EXIT_USAGE,
         format!(
             "{arg}: no such file, and no built-in guest of that name (built-in: {})",
-            zkmesh_guests::all().iter().map(|g| g.name).collect::<Vec<_>>().join(", ")
+            zkmesh_guests::all()
+                .iter()
+                .map(|g| g.name)
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     ))
 }
@@ -329,8 +347,12 @@ fn read_input(args: &RunArgs) -> anyhow::Result<Vec<u8>> {
             std::io::Read::read_to_end(&mut std::io::stdin(), &mut buf)?;
             Ok(buf)
         }
-        (None, Some(p)) => std::fs::read(p)
-            .map_err(|e| exit(EXIT_USAGE, format!("cannot read input file {}: {e}", p.display()))),
+        (None, Some(p)) => std::fs::read(p).map_err(|e| {
+            exit(
+                EXIT_USAGE,
+                format!("cannot read input file {}: {e}", p.display()),
+            )
+        }),
         (None, None) => Ok(Vec::new()),
     }
 }
@@ -418,7 +440,11 @@ fn print_result(task: &Task, result: &TaskResult, elapsed: Option<Duration>) {
         out,
         "exit     {}: {}",
         exit_name(result.exit),
-        if result.exit_message.is_empty() { &task.message } else { &result.exit_message }
+        if result.exit_message.is_empty() {
+            &task.message
+        } else {
+            &result.exit_message
+        }
     );
     let _ = writeln!(
         out,
@@ -431,9 +457,18 @@ fn print_result(task: &Task, result: &TaskResult, elapsed: Option<Duration>) {
         result.credits_charged, task.credits_held
     );
     if let Some(e) = elapsed {
-        let _ = writeln!(out, "time     {:.1} ms submit to result", e.as_secs_f64() * 1000.0);
+        let _ = writeln!(
+            out,
+            "time     {:.1} ms submit to result",
+            e.as_secs_f64() * 1000.0
+        );
     }
-    let _ = writeln!(out, "output   ({} bytes, sha256 {})", result.output.len(), result.output_hash);
+    let _ = writeln!(
+        out,
+        "output   ({} bytes, sha256 {})",
+        result.output.len(),
+        result.output_hash
+    );
     match std::str::from_utf8(&result.output) {
         Ok(text) => {
             let _ = writeln!(out, "{text}");
@@ -463,7 +498,11 @@ fn progress_printer(quiet: bool) -> impl FnMut(&TaskEvent) {
 }
 
 /// Uploads, submits and (unless `submit_only`) waits; returns the exit code.
-async fn submit_and_wait(api: &MeshClient, args: &RunArgs, submit_only: bool) -> anyhow::Result<i32> {
+async fn submit_and_wait(
+    api: &MeshClient,
+    args: &RunArgs,
+    submit_only: bool,
+) -> anyhow::Result<i32> {
     let (name, wasm) = load_module(&args.module)?;
     let input = read_input(args)?;
     let policy = parse_policy(&args.policy)?;
@@ -486,7 +525,10 @@ async fn submit_and_wait(api: &MeshClient, args: &RunArgs, submit_only: bool) ->
         .into_inner();
     if submit_only {
         if args.json {
-            println!("{}", json!({"task_id": task.task_id, "state": state_name(task.state), "module_hash": module.module_hash, "credits_held": task.credits_held}));
+            println!(
+                "{}",
+                json!({"task_id": task.task_id, "state": state_name(task.state), "module_hash": module.module_hash, "credits_held": task.credits_held})
+            );
         } else {
             println!("{}", task.task_id);
         }
@@ -516,7 +558,9 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
     load_module(&args.module)?;
     parse_policy(&args.policy)?;
     read_input(&args)?;
-    if !args.embedded && let Some(path) = configured(cli_mesh) {
+    if !args.embedded
+        && let Some(path) = configured(cli_mesh)
+    {
         let config = ClientConfig::load(&path).map_err(|e| exit(EXIT_CONFIG, format!("{e:#}")))?;
         let api = MeshClient::connect(&config)?;
         return submit_and_wait(&api, &args, false).await;
@@ -526,10 +570,14 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
     options.workers = args.workers.max(1);
     options.metrics = true;
     if !args.json {
-        eprintln!("starting an embedded mesh (4 services over mTLS, {} workers)...", options.workers);
+        eprintln!(
+            "starting an embedded mesh (4 services over mTLS, {} workers)...",
+            options.workers
+        );
     }
     let mesh = LocalMesh::start(options).await?;
-    mesh.wait_for_workers(args.workers.max(1), Duration::from_secs(30)).await?;
+    mesh.wait_for_workers(args.workers.max(1), Duration::from_secs(30))
+        .await?;
     let api = MeshClient::connect(&mesh.client)?;
     let mut result = submit_and_wait(&api, &args, false).await;
     if args.audit
@@ -549,7 +597,8 @@ async fn dev(args: DevArgs) -> anyhow::Result<i32> {
     let mut options = MeshOptions::new(&dir);
     options.workers = args.workers;
     if args.port_base != 0 {
-        options.listen = std::array::from_fn(|i| format!("127.0.0.1:{}", args.port_base as usize + i));
+        options.listen =
+            std::array::from_fn(|i| format!("127.0.0.1:{}", args.port_base as usize + i));
     }
     let mesh = LocalMesh::start(options).await?;
     let config_path = home.join("client.toml");
@@ -559,7 +608,12 @@ async fn dev(args: DevArgs) -> anyhow::Result<i32> {
     println!("  scheduler  {}", mesh.client.scheduler);
     println!("  ledger     {}", mesh.client.ledger);
     println!("  verifier   {}", mesh.client.verifier);
-    for (name, s) in [("registry", &mesh.registry), ("scheduler", &mesh.scheduler), ("ledger", &mesh.ledger), ("verifier", &mesh.verifier)] {
+    for (name, s) in [
+        ("registry", &mesh.registry),
+        ("scheduler", &mesh.scheduler),
+        ("ledger", &mesh.ledger),
+        ("verifier", &mesh.verifier),
+    ] {
         if let Some(m) = s.metrics_addr {
             println!("  metrics    http://{m}/metrics  ({name})");
         }
@@ -573,7 +627,10 @@ async fn dev(args: DevArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
-async fn serve_until_signal(serving: zkmesh_kit::server::Serving, shutdown: CancellationToken) -> anyhow::Result<i32> {
+async fn serve_until_signal(
+    serving: zkmesh_kit::server::Serving,
+    shutdown: CancellationToken,
+) -> anyhow::Result<i32> {
     let mut task = serving.task;
     tokio::select! {
         r = &mut task => { r??; return Ok(0); }
@@ -585,7 +642,10 @@ async fn serve_until_signal(serving: zkmesh_kit::server::Serving, shutdown: Canc
     Ok(0)
 }
 
-fn config<T: serde::de::DeserializeOwned>(file: &Option<PathBuf>, section: &str) -> anyhow::Result<T> {
+fn config<T: serde::de::DeserializeOwned>(
+    file: &Option<PathBuf>,
+    section: &str,
+) -> anyhow::Result<T> {
     load(file.as_deref(), section, &process_env()).map_err(|e| exit(EXIT_CONFIG, e.to_string()))
 }
 
@@ -601,12 +661,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             let api = client(&mesh)?;
             let info = upload(&mut api.scheduler()?, &name, &wasm).await?;
             if json {
-                println!("{}", json!({
-                    "module_hash": info.module_hash, "size": info.size,
-                    "abi": GuestAbi::try_from(info.abi).unwrap_or(GuestAbi::Unspecified).as_str_name().trim_start_matches("GUEST_ABI_").to_lowercase(),
-                    "imports": info.imports, "provable": info.provable, "provable_reason": info.provable_reason,
-                    "already_present": info.already_present,
-                }));
+                println!(
+                    "{}",
+                    json!({
+                        "module_hash": info.module_hash, "size": info.size,
+                        "abi": GuestAbi::try_from(info.abi).unwrap_or(GuestAbi::Unspecified).as_str_name().trim_start_matches("GUEST_ABI_").to_lowercase(),
+                        "imports": info.imports, "provable": info.provable, "provable_reason": info.provable_reason,
+                        "already_present": info.already_present,
+                    })
+                );
             } else {
                 println!("{}", info.module_hash);
                 eprintln!(
@@ -620,9 +683,16 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             Ok(0)
         }
         Command::Status { task, json } => {
-            let t = client(&mesh)?.scheduler()?.get_task(TaskRef { task_id: task }).await?.into_inner();
+            let t = client(&mesh)?
+                .scheduler()?
+                .get_task(TaskRef { task_id: task })
+                .await?
+                .into_inner();
             if json {
-                println!("{}", json!({"task_id": t.task_id, "state": state_name(t.state), "message": t.message, "attempts": t.attempts, "policy": policy_name(&t.policy), "module_hash": t.module_hash, "credits_held": t.credits_held}));
+                println!(
+                    "{}",
+                    json!({"task_id": t.task_id, "state": state_name(t.state), "message": t.message, "attempts": t.attempts, "policy": policy_name(&t.policy), "module_hash": t.module_hash, "credits_held": t.credits_held})
+                );
             } else {
                 println!("{}  {}  {}", t.task_id, state_name(t.state), t.message);
             }
@@ -644,10 +714,16 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Result { task, json, output } => {
             let api = client(&mesh)?;
             let mut s = api.scheduler()?;
-            let t = s.get_task(TaskRef { task_id: task.clone() }).await?.into_inner();
+            let t = s
+                .get_task(TaskRef {
+                    task_id: task.clone(),
+                })
+                .await?
+                .into_inner();
             let r = s.get_result(TaskRef { task_id: task }).await?.into_inner();
             if let Some(path) = output {
-                std::fs::write(&path, &r.output).with_context(|| format!("writing {}", path.display()))?;
+                std::fs::write(&path, &r.output)
+                    .with_context(|| format!("writing {}", path.display()))?;
             }
             if json {
                 println!("{}", result_json(&t, &r));
@@ -657,20 +733,40 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             Ok(task_exit_code(&r))
         }
         Command::Cancel { task } => {
-            let t = client(&mesh)?.scheduler()?.cancel_task(TaskRef { task_id: task }).await?.into_inner();
+            let t = client(&mesh)?
+                .scheduler()?
+                .cancel_task(TaskRef { task_id: task })
+                .await?
+                .into_inner();
             println!("{}  {}  {}", t.task_id, state_name(t.state), t.message);
             Ok(0)
         }
         Command::Tasks { limit } => {
-            let tasks = client(&mesh)?.scheduler()?.list_tasks(ListTasksRequest { limit }).await?.into_inner().tasks;
+            let tasks = client(&mesh)?
+                .scheduler()?
+                .list_tasks(ListTasksRequest { limit })
+                .await?
+                .into_inner()
+                .tasks;
             for t in tasks {
-                println!("{}  {:<9} {:<12} {}", t.task_id, state_name(t.state), policy_name(&t.policy), t.message);
+                println!(
+                    "{}  {:<9} {:<12} {}",
+                    t.task_id,
+                    state_name(t.state),
+                    policy_name(&t.policy),
+                    t.message
+                );
             }
             Ok(0)
         }
         Command::Guests => {
             for g in zkmesh_guests::all() {
-                println!("{:<10} {:<7} {}", g.name, format!("{:?}", g.abi).to_lowercase(), g.about);
+                println!(
+                    "{:<10} {:<7} {}",
+                    g.name,
+                    format!("{:?}", g.abi).to_lowercase(),
+                    g.about
+                );
             }
             Ok(0)
         }
@@ -686,19 +782,22 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Registry(ServeCommand::Serve { config: file }) => {
             zkmesh_kit::telemetry::init_tracing("info");
             let shutdown = CancellationToken::new();
-            let serving = zkmesh_registry::start(config(&file, "registry")?, shutdown.clone()).await?;
+            let serving =
+                zkmesh_registry::start(config(&file, "registry")?, shutdown.clone()).await?;
             serve_until_signal(serving, shutdown).await
         }
         Command::Scheduler(ServeCommand::Serve { config: file }) => {
             zkmesh_kit::telemetry::init_tracing("info");
             let shutdown = CancellationToken::new();
-            let serving = zkmesh_scheduler::start(config(&file, "scheduler")?, shutdown.clone()).await?;
+            let serving =
+                zkmesh_scheduler::start(config(&file, "scheduler")?, shutdown.clone()).await?;
             serve_until_signal(serving, shutdown).await
         }
         Command::Verifier(ServeCommand::Serve { config: file }) => {
             zkmesh_kit::telemetry::init_tracing("info");
             let shutdown = CancellationToken::new();
-            let serving = zkmesh_verifier::start(config(&file, "verifier")?, shutdown.clone()).await?;
+            let serving =
+                zkmesh_verifier::start(config(&file, "verifier")?, shutdown.clone()).await?;
             serve_until_signal(serving, shutdown).await
         }
         Command::Worker { config: file } => {
@@ -732,24 +831,56 @@ async fn node(mesh: &Option<PathBuf>, cmd: NodeCommand) -> anyhow::Result<i32> {
     };
     match cmd {
         NodeCommand::List { json } => {
-            let nodes = registry.list_nodes(ListNodesRequest { status: 0 }).await?.into_inner().nodes;
+            let nodes = registry
+                .list_nodes(ListNodesRequest { status: 0 })
+                .await?
+                .into_inner()
+                .nodes;
             if json {
-                let list: Vec<_> = nodes.iter().map(|n| json!({
-                    "node_id": n.node_id, "name": n.name, "operator": n.operator,
-                    "status": zkmesh_registry::describe_status(n.status), "slots": n.slots,
-                    "last_heartbeat_at_ms": n.last_heartbeat_at_ms,
-                })).collect();
+                let list: Vec<_> = nodes
+                    .iter()
+                    .map(|n| {
+                        json!({
+                            "node_id": n.node_id, "name": n.name, "operator": n.operator,
+                            "status": zkmesh_registry::describe_status(n.status), "slots": n.slots,
+                            "last_heartbeat_at_ms": n.last_heartbeat_at_ms,
+                        })
+                    })
+                    .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
                 nodes.iter().for_each(show);
             }
         }
-        NodeCommand::Approve { node } => show(&registry.approve_node(NodeRef { node_id: node }).await?.into_inner()),
-        NodeCommand::Deny { node } => show(&registry.deny_node(NodeRef { node_id: node }).await?.into_inner()),
-        NodeCommand::Revoke { node } => show(&registry.revoke_node(NodeRef { node_id: node }).await?.into_inner()),
-        NodeCommand::Token { pre_approved, uses, ttl_secs } => {
+        NodeCommand::Approve { node } => show(
+            &registry
+                .approve_node(NodeRef { node_id: node })
+                .await?
+                .into_inner(),
+        ),
+        NodeCommand::Deny { node } => show(
+            &registry
+                .deny_node(NodeRef { node_id: node })
+                .await?
+                .into_inner(),
+        ),
+        NodeCommand::Revoke { node } => show(
+            &registry
+                .revoke_node(NodeRef { node_id: node })
+                .await?
+                .into_inner(),
+        ),
+        NodeCommand::Token {
+            pre_approved,
+            uses,
+            ttl_secs,
+        } => {
             let t = registry
-                .create_join_token(CreateJoinTokenRequest { pre_approved, ttl_secs, max_uses: uses })
+                .create_join_token(CreateJoinTokenRequest {
+                    pre_approved,
+                    ttl_secs,
+                    max_uses: uses,
+                })
                 .await?
                 .into_inner();
             println!("{}", t.token);
@@ -762,29 +893,58 @@ async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow::Result<i3
     let api = client(mesh)?;
     match cmd {
         LedgerCommand::Balance { account } => {
-            let mut l = if account.is_some() { api.admin_ledger()? } else { api.ledger()? };
-            let a = l.get_balance(AccountRef { account: account.unwrap_or_default() }).await?.into_inner();
+            let mut l = if account.is_some() {
+                api.admin_ledger()?
+            } else {
+                api.ledger()?
+            };
+            let a = l
+                .get_balance(AccountRef {
+                    account: account.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
             println!("{}  {} micro-credits", a.account, a.balance);
         }
-        LedgerCommand::History { account, task, json } => {
-            let mut l = if account.is_some() || task.is_some() { api.admin_ledger()? } else { api.ledger()? };
+        LedgerCommand::History {
+            account,
+            task,
+            json,
+        } => {
+            let mut l = if account.is_some() || task.is_some() {
+                api.admin_ledger()?
+            } else {
+                api.ledger()?
+            };
             let entries = l
-                .history(HistoryRequest { account: account.unwrap_or_default(), task_id: task.unwrap_or_default() })
+                .history(HistoryRequest {
+                    account: account.unwrap_or_default(),
+                    task_id: task.unwrap_or_default(),
+                })
                 .await?
                 .into_inner()
                 .entries;
             for e in entries {
                 if json {
-                    println!("{}", json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "account": e.account, "task_id": e.task_id, "amount": e.amount, "hash": e.hash}));
+                    println!(
+                        "{}",
+                        json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "account": e.account, "task_id": e.task_id, "amount": e.amount, "hash": e.hash})
+                    );
                 } else {
-                    println!("{:>6}  {:<8} {:>14}  {:<24} {}", e.seq, e.kind, e.amount, e.account, e.task_id);
+                    println!(
+                        "{:>6}  {:<8} {:>14}  {:<24} {}",
+                        e.seq, e.kind, e.amount, e.account, e.task_id
+                    );
                 }
             }
         }
         LedgerCommand::Audit { json } => match audit(&api).await {
             Ok(r) => {
                 if json {
-                    println!("{}", json!({"ok": true, "entries": r.entries, "accounts": r.accounts, "open_holds": r.open_holds, "minted": r.minted}));
+                    println!(
+                        "{}",
+                        json!({"ok": true, "entries": r.entries, "accounts": r.accounts, "open_holds": r.open_holds, "minted": r.minted})
+                    );
                 } else {
                     println!(
                         "audit passed: {} journal entries, {} accounts, {} open holds, {} micro-credits minted and conserved",
@@ -805,7 +965,11 @@ async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow::Result<i3
             }
         },
         LedgerCommand::Mint { account, amount } => {
-            let a = api.admin_ledger()?.mint(MintRequest { account, amount }).await?.into_inner();
+            let a = api
+                .admin_ledger()?
+                .mint(MintRequest { account, amount })
+                .await?
+                .into_inner();
             println!("{}  {} micro-credits", a.account, a.balance);
         }
         LedgerCommand::Serve { .. } => unreachable!("handled in execute"),
@@ -820,12 +984,24 @@ fn ca(cmd: CaCommand) -> anyhow::Result<i32> {
             ca.save(&dir).map_err(|e| exit(EXIT_USAGE, e.to_string()))?;
             println!("created the CA of mesh {mesh_name:?} in {}", dir.display());
         }
-        CaCommand::Issue { dir, role, name, host, out, days } => {
+        CaCommand::Issue {
+            dir,
+            role,
+            name,
+            host,
+            out,
+            days,
+        } => {
             let ca = MeshCa::load(&dir)?;
-            let role = Role::parse(&role)
-                .ok_or_else(|| exit(EXIT_USAGE, format!("unknown role {role:?}: use admin, user, service or node")))?;
+            let role = Role::parse(&role).ok_or_else(|| {
+                exit(
+                    EXIT_USAGE,
+                    format!("unknown role {role:?}: use admin, user, service or node"),
+                )
+            })?;
             let id = Identity::new(&ca.mesh, role, &name);
-            ca.issue(&id, &host, Duration::from_secs(days * 86400))?.write(&out, &name)?;
+            ca.issue(&id, &host, Duration::from_secs(days * 86400))?
+                .write(&out, &name)?;
             println!("issued {} -> {}/{name}.crt", id.uri(), out.display());
         }
     }
@@ -847,7 +1023,14 @@ mod tests {
         assert_eq!(parse_policy("receipt").unwrap().kind(), PolicyKind::Receipt);
         assert_eq!(parse_policy("replicate:3").unwrap().replicas, 3);
         assert_eq!(parse_policy("proof").unwrap().kind(), PolicyKind::Proof);
-        for bad in ["", "replicate", "replicate:1", "replicate:x", "Receipt", "proof:2"] {
+        for bad in [
+            "",
+            "replicate",
+            "replicate:1",
+            "replicate:x",
+            "Receipt",
+            "proof:2",
+        ] {
             assert!(parse_policy(bad).is_err(), "{bad}");
         }
     }

@@ -52,7 +52,9 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
             _ => EXIT_UNAVAILABLE,
         };
     }
-    if e.downcast_ref::<zkmesh_kit::config::ConfigError>().is_some() {
+    if e.downcast_ref::<zkmesh_kit::config::ConfigError>()
+        .is_some()
+    {
         return EXIT_CONFIG;
     }
     EXIT_UNAVAILABLE

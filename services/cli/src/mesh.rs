@@ -90,7 +90,10 @@ pub fn ensure_pki(dir: &Path, user: &str) -> anyhow::Result<MeshCa> {
         .iter()
         .map(|s| (s.to_string(), Identity::new(&ca.mesh, Role::Service, s)))
         .collect();
-    wanted.push(("admin".into(), Identity::new(&ca.mesh, Role::Admin, "admin")));
+    wanted.push((
+        "admin".into(),
+        Identity::new(&ca.mesh, Role::Admin, "admin"),
+    ));
     wanted.push(("user".into(), Identity::new(&ca.mesh, Role::User, user)));
     for (stem, identity) in wanted {
         if !certs.join(format!("{stem}.crt")).exists() {
@@ -152,21 +155,40 @@ impl LocalMesh {
         )
         .await
         .context("starting the verifier")?;
-        let scheduler_config: zkmesh_scheduler::SchedulerConfig = toml::Value::Table(toml::Table::from_iter([
-            ("listen".to_string(), toml::Value::String(options.listen[1].clone())),
-            ("database_url".to_string(), toml::Value::String(db("scheduler"))),
-            ("registry_endpoint".to_string(), toml::Value::String(endpoint(&registry))),
-            ("ledger_endpoint".to_string(), toml::Value::String(endpoint(&ledger))),
-            ("verifier_endpoint".to_string(), toml::Value::String(endpoint(&verifier))),
-            ("lease_secs".to_string(), toml::Value::Integer(options.lease_secs as i64)),
-            ("grace_secs".to_string(), toml::Value::Integer(2)),
-            (
-                "tls".to_string(),
-                toml::Value::try_from(tls_files(&dir, "scheduler")).expect("paths serialise"),
-            ),
-        ]))
-        .try_into()
-        .context("scheduler defaults")?;
+        let scheduler_config: zkmesh_scheduler::SchedulerConfig =
+            toml::Value::Table(toml::Table::from_iter([
+                (
+                    "listen".to_string(),
+                    toml::Value::String(options.listen[1].clone()),
+                ),
+                (
+                    "database_url".to_string(),
+                    toml::Value::String(db("scheduler")),
+                ),
+                (
+                    "registry_endpoint".to_string(),
+                    toml::Value::String(endpoint(&registry)),
+                ),
+                (
+                    "ledger_endpoint".to_string(),
+                    toml::Value::String(endpoint(&ledger)),
+                ),
+                (
+                    "verifier_endpoint".to_string(),
+                    toml::Value::String(endpoint(&verifier)),
+                ),
+                (
+                    "lease_secs".to_string(),
+                    toml::Value::Integer(options.lease_secs as i64),
+                ),
+                ("grace_secs".to_string(), toml::Value::Integer(2)),
+                (
+                    "tls".to_string(),
+                    toml::Value::try_from(tls_files(&dir, "scheduler")).expect("paths serialise"),
+                ),
+            ]))
+            .try_into()
+            .context("scheduler defaults")?;
         let scheduler_config = zkmesh_scheduler::SchedulerConfig {
             metrics_listen: metrics(()),
             ..scheduler_config

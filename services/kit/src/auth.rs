@@ -39,9 +39,7 @@ impl Acl {
         let path = path.strip_prefix('/')?;
         let (service, method) = path.split_once('/')?;
         // Health and reflection are open to every caller that reached us over TLS.
-        if service == "grpc.health.v1.Health"
-            || service.starts_with("grpc.reflection.")
-        {
+        if service == "grpc.health.v1.Health" || service.starts_with("grpc.reflection.") {
             return Some(&[Allow::Anonymous]);
         }
         if service != self.service {
@@ -138,7 +136,12 @@ pub struct AuthLayer {
 }
 
 impl AuthLayer {
-    pub fn new(acl: &'static Acl, tls: MeshTls, revoked: RevocationList, metrics: RpcMetrics) -> Self {
+    pub fn new(
+        acl: &'static Acl,
+        tls: MeshTls,
+        revoked: RevocationList,
+        metrics: RpcMetrics,
+    ) -> Self {
         AuthLayer {
             acl,
             tls,
@@ -197,7 +200,9 @@ where
             Err(why) => (None, Err(tonic::Status::unauthenticated(why))),
             Ok(identity) => {
                 let verdict = match self.layer.acl.allowed(&path) {
-                    None => Err(tonic::Status::unimplemented(format!("unknown method {path}"))),
+                    None => Err(tonic::Status::unimplemented(format!(
+                        "unknown method {path}"
+                    ))),
                     Some(allow) => check(allow, identity.as_ref(), &self.layer.revoked),
                 };
                 (identity, verdict)
@@ -242,11 +247,13 @@ pub fn follow_revocations(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     tokio::spawn(async move {
-        let mut client =
-            zkmesh_proto::registry_service_client::RegistryServiceClient::new(channel);
+        let mut client = zkmesh_proto::registry_service_client::RegistryServiceClient::new(channel);
         let mut warned = false;
         loop {
-            match client.list_revoked(zkmesh_proto::ListRevokedRequest {}).await {
+            match client
+                .list_revoked(zkmesh_proto::ListRevokedRequest {})
+                .await
+            {
                 Ok(r) => {
                     revoked.replace(r.into_inner().node_ids);
                     warned = false;

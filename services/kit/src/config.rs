@@ -45,7 +45,10 @@ pub fn load<T: DeserializeOwned>(
     // Sorted so that the result does not depend on the map's order.
     let overrides: BTreeMap<_, _> = env
         .iter()
-        .filter_map(|(k, v)| k.strip_prefix(&prefix).map(|key| (key.to_ascii_lowercase(), v)))
+        .filter_map(|(k, v)| {
+            k.strip_prefix(&prefix)
+                .map(|key| (key.to_ascii_lowercase(), v))
+        })
         .collect();
     for (key, value) in overrides {
         let path: Vec<&str> = key.split("__").collect();

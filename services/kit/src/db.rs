@@ -60,10 +60,12 @@ pub async fn migrate(
     service: &'static str,
     migrations: &[Migration],
 ) -> Result<(), DbError> {
-    let err = |version| move |source| DbError::Migrate {
-        service,
-        version,
-        source,
+    let err = |version| {
+        move |source| DbError::Migrate {
+            service,
+            version,
+            source,
+        }
     };
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS zkmesh_migrations (
@@ -117,9 +119,11 @@ pub async fn snapshot(pool: &Pool, volatile: &[&str]) -> Result<Vec<String>, sql
     let mut out = Vec::new();
     for table in tables {
         // Table names come from sqlite_master, not from a caller.
-        for row in sqlx::query(sqlx::AssertSqlSafe(format!("SELECT * FROM {table} ORDER BY 1")))
-            .fetch_all(pool)
-            .await?
+        for row in sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT * FROM {table} ORDER BY 1"
+        )))
+        .fetch_all(pool)
+        .await?
         {
             let mut line = format!("{table}:");
             for (i, col) in row.columns().iter().enumerate() {

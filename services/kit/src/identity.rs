@@ -65,7 +65,12 @@ impl Identity {
     }
 
     pub fn uri(&self) -> String {
-        format!("spiffe://{}/{}/{}", self.mesh, self.role.as_str(), self.name)
+        format!(
+            "spiffe://{}/{}/{}",
+            self.mesh,
+            self.role.as_str(),
+            self.name
+        )
     }
 
     /// The ledger account this identity pays from or is paid into.
@@ -137,8 +142,16 @@ pub struct CertifiedKey {
 impl CertifiedKey {
     /// Writes `<stem>.crt` and `<stem>.key` (0600) into `dir`.
     pub fn write(&self, dir: &Path, stem: &str) -> Result<(), IdentityError> {
-        write_file(&dir.join(format!("{stem}.crt")), self.cert_pem.as_bytes(), false)?;
-        write_file(&dir.join(format!("{stem}.key")), self.key_pem.as_bytes(), true)
+        write_file(
+            &dir.join(format!("{stem}.crt")),
+            self.cert_pem.as_bytes(),
+            false,
+        )?;
+        write_file(
+            &dir.join(format!("{stem}.key")),
+            self.key_pem.as_bytes(),
+            true,
+        )
     }
 }
 
@@ -168,7 +181,9 @@ impl MeshCa {
             KeyUsagePurpose::DigitalSignature,
         ];
         params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://{mesh}").try_into().map_err(rcgen::Error::from)?,
+            format!("spiffe://{mesh}")
+                .try_into()
+                .map_err(rcgen::Error::from)?,
         )];
         set_validity(&mut params, CA_LIFETIME);
         let cert = params.self_signed(&key)?;
@@ -270,7 +285,9 @@ impl MeshCa {
             for host in hosts {
                 sans.push(match host.parse::<IpAddr>() {
                     Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => SanType::DnsName(host.clone().try_into().map_err(rcgen::Error::from)?),
+                    Err(_) => {
+                        SanType::DnsName(host.clone().try_into().map_err(rcgen::Error::from)?)
+                    }
                 });
             }
         }
@@ -303,7 +320,10 @@ pub fn validity_ms(cert_pem: &str) -> Option<(i64, i64)> {
     let (_, pem) = parse_x509_pem(cert_pem.as_bytes()).ok()?;
     let cert = pem.parse_x509().ok()?;
     let v = cert.validity();
-    Some((v.not_before.timestamp() * 1000, v.not_after.timestamp() * 1000))
+    Some((
+        v.not_before.timestamp() * 1000,
+        v.not_after.timestamp() * 1000,
+    ))
 }
 
 /// The mesh name a CA certificate was made for.

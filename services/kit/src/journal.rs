@@ -107,9 +107,12 @@ fn apply(r: &mut Replay, e: &JournalEntry) -> Result<(), String> {
         }
         "pay" | "refund" | "release" => {
             let held = r.holds.entry(e.task_id.clone()).or_default();
-            *held = held
-                .checked_sub(amount)
-                .ok_or_else(|| format!("{} of {amount} exceeds the hold of task {}", e.kind, e.task_id))?;
+            *held = held.checked_sub(amount).ok_or_else(|| {
+                format!(
+                    "{} of {amount} exceeds the hold of task {}",
+                    e.kind, e.task_id
+                )
+            })?;
             if *held == 0 {
                 r.holds.remove(&e.task_id);
             }

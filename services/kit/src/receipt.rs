@@ -54,8 +54,7 @@ pub fn sign(r: &mut Receipt, key: &SigningKey) -> Result<(), ReceiptError> {
 pub fn verify(r: &Receipt, public_key: &[u8]) -> Result<(), ReceiptError> {
     let key: [u8; 32] = public_key.try_into().map_err(|_| ReceiptError::BadKey)?;
     let key = VerifyingKey::from_bytes(&key).map_err(|_| ReceiptError::BadKey)?;
-    let signature =
-        Signature::from_slice(&r.signature).map_err(|_| ReceiptError::BadSignature)?;
+    let signature = Signature::from_slice(&r.signature).map_err(|_| ReceiptError::BadSignature)?;
     key.verify(&signed_message(r)?, &signature)
         .map_err(|_| ReceiptError::Forged)
 }
@@ -99,7 +98,9 @@ mod tests {
             t(&mut bad);
             assert!(verify(&bad, &public).is_err());
         }
-        let other = SigningKey::from_bytes(&[8u8; 32]).verifying_key().to_bytes();
+        let other = SigningKey::from_bytes(&[8u8; 32])
+            .verifying_key()
+            .to_bytes();
         assert_eq!(verify(&r, &other), Err(ReceiptError::Forged));
     }
 }

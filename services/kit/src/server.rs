@@ -53,10 +53,12 @@ impl TlsPem {
 
 /// Binds a TCP listener; `addr` like `127.0.0.1:0`.
 pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
-    TcpListener::bind(addr).await.map_err(|source| ServeError::Bind {
-        addr: addr.to_string(),
-        source,
-    })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Everything [`serve`] needs besides the service itself.
@@ -97,10 +99,13 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let addr = spec.listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: "listener".into(),
-        source,
-    })?;
+    let addr = spec
+        .listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            addr: "listener".into(),
+            source,
+        })?;
     let tls = MeshTls::new(&spec.tls, &spec.mesh)?;
 
     let (reporter, health) = tonic_health::server::health_reporter();
@@ -129,7 +134,12 @@ where
         None => None,
     };
 
-    let auth = AuthLayer::new(spec.acl, tls.clone(), spec.revoked.clone(), spec.metrics.rpc());
+    let auth = AuthLayer::new(
+        spec.acl,
+        tls.clone(),
+        spec.revoked.clone(),
+        spec.metrics.rpc(),
+    );
     let drain = CancellationToken::new();
     let incoming = crate::tls::incoming(spec.listener, &tls, drain.clone());
     let router = Server::builder()
@@ -140,10 +150,10 @@ where
         .add_service(reflection_v1alpha)
         .add_service(service);
     let drain_signal = drain.clone();
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(
-        incoming,
-        async move { drain_signal.cancelled().await },
-    ));
+    let mut server = tokio::spawn(
+        router
+            .serve_with_incoming_shutdown(incoming, async move { drain_signal.cancelled().await }),
+    );
     tracing::info!(service = spec.name, %addr, metrics = ?metrics_addr, "listening");
 
     let name = spec.name;

@@ -52,31 +52,44 @@ impl Metrics {
 
     pub fn counter(&self, name: &str, help: &str) -> Counter {
         let c = Counter::default();
-        self.registry.lock().unwrap().register(name, help, c.clone());
+        self.registry
+            .lock()
+            .unwrap()
+            .register(name, help, c.clone());
         c
     }
 
     pub fn gauge(&self, name: &str, help: &str) -> Gauge {
         let g = Gauge::default();
-        self.registry.lock().unwrap().register(name, help, g.clone());
+        self.registry
+            .lock()
+            .unwrap()
+            .register(name, help, g.clone());
         g
     }
 
     pub fn counter_family(&self, name: &str, help: &str) -> Family<Labels, Counter> {
         let f = Family::<Labels, Counter>::default();
-        self.registry.lock().unwrap().register(name, help, f.clone());
+        self.registry
+            .lock()
+            .unwrap()
+            .register(name, help, f.clone());
         f
     }
 
     pub fn histogram(&self, name: &str, help: &str) -> Histogram {
         let h = Histogram::new(exponential_buckets(0.0001, 2.0, 20));
-        self.registry.lock().unwrap().register(name, help, h.clone());
+        self.registry
+            .lock()
+            .unwrap()
+            .register(name, help, h.clone());
         h
     }
 
     /// Per-RPC request counts and latencies, filled by the auth layer.
     pub fn rpc(&self) -> RpcMetrics {
-        let requests = self.counter_family("rpc_requests", "gRPC requests by method and status code");
+        let requests =
+            self.counter_family("rpc_requests", "gRPC requests by method and status code");
         let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.0001, 2.0, 20))
         });

@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, RootCertStore, ServerConfig, SignatureScheme,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
@@ -49,13 +51,21 @@ impl tonic::transport::server::Connected for TlsConn {
 }
 
 impl AsyncRead for TlsConn {
-    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for TlsConn {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -179,7 +189,10 @@ impl MeshTls {
                     .map_err(|e| format!("client certificate rejected: {e}"))?;
                 match Identity::from_verified_der(&certs[0]) {
                     Some(id) if *id.mesh == *self.mesh => Ok(Some(id)),
-                    Some(id) => Err(format!("certificate is for mesh {:?}, not {:?}", id.mesh, self.mesh)),
+                    Some(id) => Err(format!(
+                        "certificate is for mesh {:?}, not {:?}",
+                        id.mesh, self.mesh
+                    )),
                     None => Err("certificate carries no zkmesh identity (URI SAN)".into()),
                 }
             })
@@ -214,11 +227,10 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let certs = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .map(|c| Arc::new(c.iter().map(|d| d.clone().into_owned()).collect()));
+                        let certs =
+                            stream.get_ref().1.peer_certificates().map(|c| {
+                                Arc::new(c.iter().map(|d| d.clone().into_owned()).collect())
+                            });
                         let info = PeerInfo {
                             remote: Some(remote),
                             certs,

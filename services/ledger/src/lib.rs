@@ -67,7 +67,10 @@ pub static ACL: Acl = Acl {
         ("Hold", &[Allow::Service("scheduler")]),
         ("Capture", &[Allow::Service("scheduler")]),
         ("Release", &[Allow::Service("scheduler")]),
-        ("History", &[Allow::Role(Role::Admin), Allow::Role(Role::User)]),
+        (
+            "History",
+            &[Allow::Role(Role::Admin), Allow::Role(Role::User)],
+        ),
         ("ReadJournal", &[Allow::Role(Role::Admin)]),
         ("ListHolds", &[Allow::Role(Role::Admin)]),
         ("GetLedgerKey", &[Allow::AnyRole]),
@@ -292,7 +295,8 @@ impl LedgerService {
     where
         F: for<'c> FnOnce(
             &'c mut sqlx::SqliteConnection,
-        ) -> Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'c>>,
+        )
+            -> Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'c>>,
     {
         let mut tip = self.tip.lock().await;
         let mut tx = self.db.begin().await?;
@@ -374,7 +378,11 @@ impl LedgerService {
         if hold.state() != HoldState::Open {
             return Err(LedgerError::Precondition(format!(
                 "the hold for task {task_id} is already {}",
-                if hold.state() == HoldState::Captured { "captured" } else { "released" }
+                if hold.state() == HoldState::Captured {
+                    "captured"
+                } else {
+                    "released"
+                }
             )));
         }
         Ok(hold)
@@ -386,11 +394,16 @@ impl LedgerApi for LedgerService {
     async fn mint(&self, req: Request<MintRequest>) -> Result<Response<Account>, Status> {
         let req = req.into_inner();
         if req.account.is_empty() || req.amount == 0 {
-            return Err(Status::invalid_argument("mint needs an account and a positive amount"));
+            return Err(Status::invalid_argument(
+                "mint needs an account and a positive amount",
+            ));
         }
         amount(req.amount, "amount")?;
         let current = self.balance(&req.account).await?;
-        if current.checked_add(req.amount).is_none_or(|b| b > i64::MAX as u64) {
+        if current
+            .checked_add(req.amount)
+            .is_none_or(|b| b > i64::MAX as u64)
+        {
             return Err(Status::invalid_argument("the balance would overflow"));
         }
         self.commit(
@@ -633,10 +646,12 @@ impl LedgerApi for LedgerService {
             // Pages, so a long journal never sits in memory at once.
             let mut next = from;
             loop {
-                let rows = match sqlx::query("SELECT * FROM journal WHERE seq >= $1 ORDER BY seq LIMIT 500")
-                    .bind(next)
-                    .fetch_all(&db)
-                    .await
+                let rows = match sqlx::query(
+                    "SELECT * FROM journal WHERE seq >= $1 ORDER BY seq LIMIT 500",
+                )
+                .bind(next)
+                .fetch_all(&db)
+                .await
                 {
                     Ok(rows) => rows,
                     Err(e) => {
@@ -656,10 +671,15 @@ impl LedgerApi for LedgerService {
                 }
             }
         });
-        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
-    async fn list_holds(&self, _req: Request<Empty>) -> Result<Response<ListHoldsResponse>, Status> {
+    async fn list_holds(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<ListHoldsResponse>, Status> {
         let rows = sqlx::query("SELECT * FROM holds ORDER BY task_id")
             .fetch_all(&self.db)
             .await

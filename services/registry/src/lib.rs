@@ -15,7 +15,9 @@ use zkmesh_kit::identity::{Identity, MeshCa, Role, valid_name};
 use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, bind, serve};
 use zkmesh_kit::telemetry::Metrics;
 use zkmesh_kit::{CancellationToken, now_ms, random_id, sha256_hex};
-use zkmesh_proto::registry_service_server::{RegistryService as RegistryApi, RegistryServiceServer};
+use zkmesh_proto::registry_service_server::{
+    RegistryService as RegistryApi, RegistryServiceServer,
+};
 use zkmesh_proto::*;
 
 /// The registry's configuration (`zkmesh registry serve --config FILE`, `ZKMESH_REGISTRY_*`).
@@ -65,9 +67,18 @@ pub static ACL: Acl = Acl {
         ("DenyNode", &[Allow::Role(Role::Admin)]),
         ("RevokeNode", &[Allow::Role(Role::Admin)]),
         ("Heartbeat", &[Allow::Role(Role::Node)]),
-        ("ListNodes", &[Allow::Role(Role::Admin), Allow::Role(Role::Service)]),
-        ("GetNode", &[Allow::Role(Role::Admin), Allow::Role(Role::Service)]),
-        ("ListRevoked", &[Allow::Role(Role::Service), Allow::Role(Role::Admin)]),
+        (
+            "ListNodes",
+            &[Allow::Role(Role::Admin), Allow::Role(Role::Service)],
+        ),
+        (
+            "GetNode",
+            &[Allow::Role(Role::Admin), Allow::Role(Role::Service)],
+        ),
+        (
+            "ListRevoked",
+            &[Allow::Role(Role::Service), Allow::Role(Role::Admin)],
+        ),
     ],
 };
 
@@ -142,10 +153,7 @@ pub struct RegistryService {
 }
 
 /// Starts the registry; it runs until `shutdown` is cancelled.
-pub async fn start(
-    config: RegistryConfig,
-    shutdown: CancellationToken,
-) -> anyhow::Result<Serving> {
+pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
     let tls = TlsPem::load(&config.tls)?;
     let ca = MeshCa::load(&config.ca_dir)?;
     let db = db::connect(&config.database_url).await?;
@@ -202,7 +210,8 @@ impl RegistryService {
         let rows = sqlx::query("SELECT node_id FROM nodes WHERE state = 'revoked'")
             .fetch_all(&self.db)
             .await?;
-        self.revoked.replace(rows.iter().map(|r| r.get::<String, _>(0)));
+        self.revoked
+            .replace(rows.iter().map(|r| r.get::<String, _>(0)));
         Ok(())
     }
 
@@ -297,9 +306,16 @@ impl RegistryService {
         self.node(node_id).await
     }
 
-    async fn create_join_token(&self, req: CreateJoinTokenRequest) -> Result<CreateJoinTokenResponse> {
+    async fn create_join_token(
+        &self,
+        req: CreateJoinTokenRequest,
+    ) -> Result<CreateJoinTokenResponse> {
         let token = random_id("zkj_") + &random_id("");
-        let ttl = if req.ttl_secs == 0 { 24 * 3600 } else { req.ttl_secs as i64 };
+        let ttl = if req.ttl_secs == 0 {
+            24 * 3600
+        } else {
+            req.ttl_secs as i64
+        };
         let expires = now_ms() + ttl * 1000;
         sqlx::query(
             "INSERT INTO join_tokens (token_hash, pre_approved, uses_left, expires_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
@@ -344,7 +360,9 @@ impl RegistryService {
         let (pre_approved, uses_left, expires): (i64, i64, i64) =
             (token.get(0), token.get(1), token.get(2));
         if uses_left <= 0 || expires < now_ms() {
-            return Err(RegistryError::Denied("join token is used up or expired".into()));
+            return Err(RegistryError::Denied(
+                "join token is used up or expired".into(),
+            ));
         }
         sqlx::query("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = $1")
             .bind(sha256_hex(req.join_token.as_bytes()))
@@ -379,13 +397,20 @@ impl RegistryService {
         })
     }
 
-    async fn fetch_certificate(&self, req: FetchCertificateRequest) -> Result<FetchCertificateResponse> {
-        let row = sqlx::query("SELECT secret_hash, certificate_pem, state FROM nodes WHERE node_id = $1")
-            .bind(&req.node_id)
-            .fetch_optional(&self.db)
-            .await?;
+    async fn fetch_certificate(
+        &self,
+        req: FetchCertificateRequest,
+    ) -> Result<FetchCertificateResponse> {
+        let row =
+            sqlx::query("SELECT secret_hash, certificate_pem, state FROM nodes WHERE node_id = $1")
+                .bind(&req.node_id)
+                .fetch_optional(&self.db)
+                .await?;
         let Some(row) = row else {
-            return Err(RegistryError::NotFound(format!("no node {:?}", req.node_id)));
+            return Err(RegistryError::NotFound(format!(
+                "no node {:?}",
+                req.node_id
+            )));
         };
         if row.get::<String, _>(0) != sha256_hex(&req.enrollment_secret) {
             return Err(RegistryError::Denied("wrong enrollment secret".into()));
@@ -412,11 +437,18 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<CreateJoinTokenRequest>,
     ) -> Result<Response<CreateJoinTokenResponse>, Status> {
-        Ok(Response::new(RegistryService::create_join_token(self, req.into_inner()).await?))
+        Ok(Response::new(
+            RegistryService::create_join_token(self, req.into_inner()).await?,
+        ))
     }
 
-    async fn enroll(&self, req: Request<EnrollRequest>) -> Result<Response<EnrollResponse>, Status> {
-        Ok(Response::new(RegistryService::enroll(self, req.into_inner()).await?))
+    async fn enroll(
+        &self,
+        req: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        Ok(Response::new(
+            RegistryService::enroll(self, req.into_inner()).await?,
+        ))
     }
 
     async fn fetch_certificate(
@@ -435,7 +467,9 @@ impl RegistryApi for RegistryService {
         let me = caller(&req)?;
         let req = req.into_inner();
         if rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem).is_err() {
-            return Err(Status::invalid_argument("csr_pem is not a valid PKCS#10 request"));
+            return Err(Status::invalid_argument(
+                "csr_pem is not a valid PKCS#10 request",
+            ));
         }
         let node = self.node(&me.name).await?;
         if node.status() == NodeStatus::Revoked || node.status() == NodeStatus::Denied {
@@ -462,18 +496,23 @@ impl RegistryApi for RegistryService {
 
     async fn approve_node(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
         let id = req.into_inner().node_id;
-        Ok(Response::new(self.transition(&id, &["pending"], "approved").await?))
+        Ok(Response::new(
+            self.transition(&id, &["pending"], "approved").await?,
+        ))
     }
 
     async fn deny_node(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
         let id = req.into_inner().node_id;
-        Ok(Response::new(self.transition(&id, &["pending"], "denied").await?))
+        Ok(Response::new(
+            self.transition(&id, &["pending"], "denied").await?,
+        ))
     }
 
     async fn revoke_node(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
         let id = req.into_inner().node_id;
         Ok(Response::new(
-            self.transition(&id, &["pending", "approved"], "revoked").await?,
+            self.transition(&id, &["pending", "approved"], "revoked")
+                .await?,
         ))
     }
 
@@ -483,12 +522,14 @@ impl RegistryApi for RegistryService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let me = caller(&req)?;
         let before = self.node(&me.name).await?;
-        sqlx::query("UPDATE nodes SET last_heartbeat_at_ms = $1 WHERE node_id = $2 AND state = 'approved'")
-            .bind(now_ms())
-            .bind(&me.name)
-            .execute(&self.db)
-            .await
-            .map_err(RegistryError::from)?;
+        sqlx::query(
+            "UPDATE nodes SET last_heartbeat_at_ms = $1 WHERE node_id = $2 AND state = 'approved'",
+        )
+        .bind(now_ms())
+        .bind(&me.name)
+        .execute(&self.db)
+        .await
+        .map_err(RegistryError::from)?;
         if before.status() == NodeStatus::Offline {
             tracing::info!(node_id = %me.name, "node is back online");
         }
@@ -524,10 +565,11 @@ impl RegistryApi for RegistryService {
         &self,
         _req: Request<ListRevokedRequest>,
     ) -> Result<Response<ListRevokedResponse>, Status> {
-        let rows = sqlx::query("SELECT node_id FROM nodes WHERE state = 'revoked' ORDER BY node_id")
-            .fetch_all(&self.db)
-            .await
-            .map_err(RegistryError::from)?;
+        let rows =
+            sqlx::query("SELECT node_id FROM nodes WHERE state = 'revoked' ORDER BY node_id")
+                .fetch_all(&self.db)
+                .await
+                .map_err(RegistryError::from)?;
         Ok(Response::new(ListRevokedResponse {
             node_ids: rows.iter().map(|r| r.get(0)).collect(),
         }))
@@ -538,4 +580,3 @@ impl RegistryApi for RegistryService {
 pub fn describe_status(status: i32) -> &'static str {
     status_name(NodeStatus::try_from(status).unwrap_or(NodeStatus::Unspecified))
 }
-

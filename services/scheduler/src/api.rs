@@ -153,17 +153,38 @@ impl SchedulerApi for SchedulerService {
                 config.max_input_bytes
             ));
         }
-        let fuel = if req.fuel_limit == 0 { config.default_fuel } else { req.fuel_limit };
+        let fuel = if req.fuel_limit == 0 {
+            config.default_fuel
+        } else {
+            req.fuel_limit
+        };
         if fuel > config.max_fuel {
-            return bad(format!("fuel limit {fuel} is above the maximum {}", config.max_fuel));
+            return bad(format!(
+                "fuel limit {fuel} is above the maximum {}",
+                config.max_fuel
+            ));
         }
-        let memory = if req.memory_limit_mib == 0 { config.default_memory_mib } else { req.memory_limit_mib };
+        let memory = if req.memory_limit_mib == 0 {
+            config.default_memory_mib
+        } else {
+            req.memory_limit_mib
+        };
         if memory > config.max_memory_mib {
-            return bad(format!("memory limit {memory} MiB is above the maximum {} MiB", config.max_memory_mib));
+            return bad(format!(
+                "memory limit {memory} MiB is above the maximum {} MiB",
+                config.max_memory_mib
+            ));
         }
-        let timeout = if req.timeout_secs == 0 { config.default_timeout_secs } else { req.timeout_secs };
+        let timeout = if req.timeout_secs == 0 {
+            config.default_timeout_secs
+        } else {
+            req.timeout_secs
+        };
         if timeout > config.max_timeout_secs {
-            return bad(format!("timeout {timeout}s is above the maximum {}s", config.max_timeout_secs));
+            return bad(format!(
+                "timeout {timeout}s is above the maximum {}s",
+                config.max_timeout_secs
+            ));
         }
         let policy = req.policy.unwrap_or(VerificationPolicy {
             kind: PolicyKind::Receipt as i32,
@@ -171,7 +192,10 @@ impl SchedulerApi for SchedulerService {
         });
         let policy = match policy.kind() {
             PolicyKind::Replicate => policy,
-            _ => VerificationPolicy { kind: policy.kind, replicas: 1 },
+            _ => VerificationPolicy {
+                kind: policy.kind,
+                replicas: 1,
+            },
         };
         if policy.kind() != PolicyKind::Receipt {
             // The verifier decides which policies it can judge.
@@ -187,7 +211,8 @@ impl SchedulerApi for SchedulerService {
             }
         }
         let replicas = policy.replicas.max(1) as u64;
-        let hold = crate::cost(fuel, config.micro_credits_per_million_fuel).saturating_mul(replicas);
+        let hold =
+            crate::cost(fuel, config.micro_credits_per_million_fuel).saturating_mul(replicas);
         let task_id = random_id("t-");
         let account = me.account();
         call(self.core.ledger.clone().hold(HoldRequest {
@@ -219,7 +244,12 @@ impl SchedulerApi for SchedulerService {
             return Err(db_error(e));
         }
         self.core
-            .emit(&task_id, TaskState::Queued, &format!("queued; {hold} micro-credits held"), "")
+            .emit(
+                &task_id,
+                TaskState::Queued,
+                &format!("queued; {hold} micro-credits held"),
+                "",
+            )
             .await?;
         self.core.submitted();
         self.core.wake();
@@ -235,7 +265,10 @@ impl SchedulerApi for SchedulerService {
 
     type WatchTaskStream = BoxStream<TaskEvent>;
 
-    async fn watch_task(&self, req: Request<TaskRef>) -> Result<Response<Self::WatchTaskStream>, Status> {
+    async fn watch_task(
+        &self,
+        req: Request<TaskRef>,
+    ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let me = caller(&req)?;
         let task_id = req.into_inner().task_id;
         // Subscribe before reading the history so no event falls between the two.
@@ -273,7 +306,9 @@ impl SchedulerApi for SchedulerService {
                     Ok(_) => {}
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
                         // Too slow to follow live: catch up from the table.
-                        let Ok(events) = core.store.events(&task_id).await else { return };
+                        let Ok(events) = core.store.events(&task_id).await else {
+                            return;
+                        };
                         let seen = last;
                         for e in events.into_iter().filter(|e| e.seq > seen) {
                             last = e.seq;
@@ -304,7 +339,10 @@ impl SchedulerApi for SchedulerService {
         Ok(Response::new(self.visible_task(&me, &task_id).await?.task))
     }
 
-    async fn list_tasks(&self, req: Request<ListTasksRequest>) -> Result<Response<ListTasksResponse>, Status> {
+    async fn list_tasks(
+        &self,
+        req: Request<ListTasksRequest>,
+    ) -> Result<Response<ListTasksResponse>, Status> {
         let me = caller(&req)?;
         let limit = match req.into_inner().limit {
             0 => 100,
@@ -312,7 +350,12 @@ impl SchedulerApi for SchedulerService {
         };
         let account = me.account();
         let filter = (me.role != Role::Admin).then_some(account.as_str());
-        let tasks = self.core.store.list_tasks(filter, limit).await.map_err(db_error)?;
+        let tasks = self
+            .core
+            .store
+            .list_tasks(filter, limit)
+            .await
+            .map_err(db_error)?;
         Ok(Response::new(ListTasksResponse { tasks }))
     }
 
@@ -325,8 +368,13 @@ impl SchedulerApi for SchedulerService {
         let me = caller(&req)?;
         let node_id = me.name.clone();
         let node = self.core.node(&node_id).await?;
-        if matches!(node.status(), NodeStatus::Revoked | NodeStatus::Denied | NodeStatus::Pending) {
-            return Err(Status::permission_denied(format!("node {node_id} is not approved")));
+        if matches!(
+            node.status(),
+            NodeStatus::Revoked | NodeStatus::Denied | NodeStatus::Pending
+        ) {
+            return Err(Status::permission_denied(format!(
+                "node {node_id} is not approved"
+            )));
         }
         if node.status() == NodeStatus::Offline {
             return Err(Status::unavailable(format!(
@@ -338,11 +386,17 @@ impl SchedulerApi for SchedulerService {
             Ok(Ok(Some(WorkerMessage {
                 kind: Some(worker_message::Kind::Hello(h)),
             }))) => h,
-            _ => return Err(Status::invalid_argument("the Work stream must open with a hello")),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "the Work stream must open with a hello",
+                ));
+            }
         };
         let (tx, rx) = mpsc::channel(256);
         let core = self.core.clone();
-        let conn = core.register(&node_id, &node.operator, hello.slots, tx).await;
+        let conn = core
+            .register(&node_id, &node.operator, hello.slots, tx)
+            .await;
         tokio::spawn(async move {
             let reason = loop {
                 let msg = tokio::select! {
@@ -357,8 +411,12 @@ impl SchedulerApi for SchedulerService {
                 };
                 let result = match kind {
                     worker_message::Kind::Hello(_) => Ok(()),
-                    worker_message::Kind::Started(s) => core.on_started(&node_id, &s.attempt_id).await,
-                    worker_message::Kind::Heartbeat(h) => core.on_heartbeat(&node_id, &h.running_attempt_ids).await,
+                    worker_message::Kind::Started(s) => {
+                        core.on_started(&node_id, &s.attempt_id).await
+                    }
+                    worker_message::Kind::Heartbeat(h) => {
+                        core.on_heartbeat(&node_id, &h.running_attempt_ids).await
+                    }
                     worker_message::Kind::Report(r) => {
                         // Judging and settling take calls to the verifier and the ledger: do not
                         // hold up this worker's next messages meanwhile.
@@ -382,7 +440,10 @@ impl SchedulerApi for SchedulerService {
 
     type FetchModuleStream = BoxStream<ModuleChunk>;
 
-    async fn fetch_module(&self, req: Request<ModuleRef>) -> Result<Response<Self::FetchModuleStream>, Status> {
+    async fn fetch_module(
+        &self,
+        req: Request<ModuleRef>,
+    ) -> Result<Response<Self::FetchModuleStream>, Status> {
         let hash = req.into_inner().module_hash;
         let bytes = self
             .core

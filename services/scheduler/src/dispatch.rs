@@ -127,7 +127,13 @@ impl Core {
     }
 
     /// Records an event, moves the task to `state` and tells the watchers.
-    pub async fn emit(&self, task_id: &str, state: TaskState, message: &str, node_id: &str) -> Result<()> {
+    pub async fn emit(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        message: &str,
+        node_id: &str,
+    ) -> Result<()> {
         let event = self
             .store
             .event(task_id, state, message, node_id)
@@ -157,11 +163,17 @@ impl Core {
     /// Distinct operators with a connected worker.
     pub async fn connected_operators(&self) -> usize {
         let workers = self.workers.lock().await;
-        workers.values().map(|w| w.operator.as_str()).collect::<BTreeSet<_>>().len()
+        workers
+            .values()
+            .map(|w| w.operator.as_str())
+            .collect::<BTreeSet<_>>()
+            .len()
     }
 
     pub async fn register(&self, node_id: &str, operator: &str, slots: u32, tx: Outbound) -> u64 {
-        let conn_id = self.next_conn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let conn_id = self
+            .next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut workers = self.workers.lock().await;
         workers.insert(
             node_id.to_string(),
@@ -240,7 +252,12 @@ impl Core {
         for task in queued {
             // The lock is taken per task, so reports and starts interleave with a long queue.
             let _t = self.transitions.lock().await;
-            let Some(task) = self.store.task(&task.task.task_id).await.map_err(db_error)? else {
+            let Some(task) = self
+                .store
+                .task(&task.task.task_id)
+                .await
+                .map_err(db_error)?
+            else {
                 continue;
             };
             if task.task.state() != TaskState::Queued {
@@ -250,7 +267,11 @@ impl Core {
             if !workers.values().any(|w| (w.running.len() as u32) < w.slots) {
                 return Ok(());
             }
-            let attempts = self.store.attempts(&task.task.task_id).await.map_err(db_error)?;
+            let attempts = self
+                .store
+                .attempts(&task.task.task_id)
+                .await
+                .map_err(db_error)?;
             let active: Vec<&AttemptRow> = attempts
                 .iter()
                 .filter(|a| {
@@ -261,8 +282,10 @@ impl Core {
                 })
                 .collect();
             let replicas = replicas(&task);
-            let mut busy_operators: BTreeSet<String> = active.iter().map(|a| a.operator.clone()).collect();
-            let mut busy_nodes: BTreeSet<String> = active.iter().map(|a| a.node_id.clone()).collect();
+            let mut busy_operators: BTreeSet<String> =
+                active.iter().map(|a| a.operator.clone()).collect();
+            let mut busy_nodes: BTreeSet<String> =
+                active.iter().map(|a| a.node_id.clone()).collect();
             // A node whose result was rejected for this task never gets it again.
             busy_nodes.extend(
                 attempts
@@ -273,8 +296,11 @@ impl Core {
             let eligible_exists = workers.keys().any(|n| !busy_nodes.contains(n));
             if !eligible_exists && active.is_empty() && !workers.is_empty() {
                 drop(workers);
-                self.fail(&task, "no connected node is left that has not been rejected for this task")
-                    .await?;
+                self.fail(
+                    &task,
+                    "no connected node is left that has not been rejected for this task",
+                )
+                .await?;
                 continue;
             }
             let mut leased = active.len();
@@ -290,14 +316,25 @@ impl Core {
                                 .get(*id)
                                 .is_none_or(|n| n.status() == NodeStatus::Active)
                     })
-                    .max_by_key(|(id, w)| (w.slots - w.running.len() as u32, std::cmp::Reverse((*id).clone())))
+                    .max_by_key(|(id, w)| {
+                        (
+                            w.slots - w.running.len() as u32,
+                            std::cmp::Reverse((*id).clone()),
+                        )
+                    })
                     .map(|(id, _)| id.clone());
                 let Some(node_id) = candidate else { break };
                 let attempt_id = random_id("a-");
                 let lease_ms = self.config.lease_secs as i64 * 1000;
                 let w = workers.get_mut(&node_id).expect("candidate is connected");
                 self.store
-                    .insert_attempt(&attempt_id, &task.task.task_id, &node_id, &w.operator, now_ms() + lease_ms)
+                    .insert_attempt(
+                        &attempt_id,
+                        &task.task.task_id,
+                        &node_id,
+                        &w.operator,
+                        now_ms() + lease_ms,
+                    )
                     .await
                     .map_err(db_error)?;
                 let assignment = Assignment {
@@ -358,8 +395,13 @@ impl Core {
         // A task stays QUEUED while any replica still needs a node (dispatch looks only at
         // QUEUED tasks); it runs once every replica is leased.
         if task.task.state() == TaskState::Assigned {
-            self.emit(&a.task_id, TaskState::Running, &format!("running on node {node_id}"), node_id)
-                .await?;
+            self.emit(
+                &a.task_id,
+                TaskState::Running,
+                &format!("running on node {node_id}"),
+                node_id,
+            )
+            .await?;
         }
         Ok(())
     }
@@ -376,7 +418,12 @@ impl Core {
     pub async fn on_report(&self, node_id: &str, report: TaskReport) -> Result<()> {
         let task_id = {
             let _t = self.transitions.lock().await;
-            let Some(a) = self.store.attempt(&report.attempt_id).await.map_err(db_error)? else {
+            let Some(a) = self
+                .store
+                .attempt(&report.attempt_id)
+                .await
+                .map_err(db_error)?
+            else {
                 tracing::warn!(node_id, attempt_id = %report.attempt_id, "report for an unknown attempt");
                 return Ok(());
             };
@@ -385,7 +432,10 @@ impl Core {
                 return Ok(());
             }
             self.free_slot(node_id, &a.attempt_id).await;
-            if !matches!(a.state.as_str(), attempt_state::LEASED | attempt_state::RUNNING) {
+            if !matches!(
+                a.state.as_str(),
+                attempt_state::LEASED | attempt_state::RUNNING
+            ) {
                 tracing::info!(node_id, attempt_id = %a.attempt_id, state = %a.state, "late report ignored");
                 return Ok(());
             }
@@ -393,7 +443,10 @@ impl Core {
                 return Ok(());
             };
             let receipt = report.receipt.clone().unwrap_or_default();
-            self.store.record_report(&report, &receipt).await.map_err(db_error)?;
+            self.store
+                .record_report(&report, &receipt)
+                .await
+                .map_err(db_error)?;
             if is_terminal(task.task.state()) || task.task.state() == TaskState::Verified {
                 return Ok(());
             }
@@ -408,11 +461,15 @@ impl Core {
                     .await
                     .map_err(db_error)?;
                 self.metrics.rejected.inc();
-                let reason = format!("node {node_id} reported fuel or exit that its receipt does not sign");
+                let reason =
+                    format!("node {node_id} reported fuel or exit that its receipt does not sign");
                 return self.requeue(&task, TaskState::Rejected, &reason).await;
             }
             let attempts = self.store.attempts(&a.task_id).await.map_err(db_error)?;
-            let reported = attempts.iter().filter(|x| x.state == attempt_state::REPORTED).count();
+            let reported = attempts
+                .iter()
+                .filter(|x| x.state == attempt_state::REPORTED)
+                .count();
             let replicas = replicas(&task);
             if reported < replicas {
                 let state = match task.task.state() {
@@ -422,8 +479,13 @@ impl Core {
                 let msg = format!("{reported} of {replicas} replicas reported");
                 return self.emit(&a.task_id, state, &msg, node_id).await;
             }
-            self.emit(&a.task_id, TaskState::Reported, &format!("result reported by node {node_id}"), node_id)
-                .await?;
+            self.emit(
+                &a.task_id,
+                TaskState::Reported,
+                &format!("result reported by node {node_id}"),
+                node_id,
+            )
+            .await?;
             a.task_id
         };
         self.verify_and_settle(&task_id).await
@@ -485,15 +547,26 @@ impl Core {
     }
 
     /// Records a verdict; true when the task is now VERIFIED.
-    async fn apply_verdict(&self, task: &TaskRow, attempts: &[AttemptRow], verdict: VerifyResultResponse) -> Result<bool> {
+    async fn apply_verdict(
+        &self,
+        task: &TaskRow,
+        attempts: &[AttemptRow],
+        verdict: VerifyResultResponse,
+    ) -> Result<bool> {
         let task_id = &task.task.task_id;
         for id in &verdict.rejected_attempt_ids {
-            self.store.set_attempt_state(id, attempt_state::REJECTED).await.map_err(db_error)?;
+            self.store
+                .set_attempt_state(id, attempt_state::REJECTED)
+                .await
+                .map_err(db_error)?;
             self.metrics.rejected.inc();
         }
         if verdict.verdict() == Verdict::Verified {
             for id in &verdict.accepted_attempt_ids {
-                self.store.set_attempt_state(id, attempt_state::ACCEPTED).await.map_err(db_error)?;
+                self.store
+                    .set_attempt_state(id, attempt_state::ACCEPTED)
+                    .await
+                    .map_err(db_error)?;
             }
             let accepted: Vec<&AttemptRow> = attempts
                 .iter()
@@ -507,15 +580,20 @@ impl Core {
                 .set_result(task_id, first, &verdict, receipts)
                 .await
                 .map_err(db_error)?;
-            self.emit(task_id, TaskState::Verified, &verdict.reason, "").await?;
+            self.emit(task_id, TaskState::Verified, &verdict.reason, "")
+                .await?;
             Ok(true)
         } else {
             self.store
                 .set_verdict_only(task_id, verdict.verdict, &verdict.reason)
                 .await
                 .map_err(db_error)?;
-            self.requeue(task, TaskState::Rejected, &format!("rejected: {}", verdict.reason))
-                .await?;
+            self.requeue(
+                task,
+                TaskState::Rejected,
+                &format!("rejected: {}", verdict.reason),
+            )
+            .await?;
             Ok(false)
         }
     }
@@ -530,7 +608,10 @@ impl Core {
             .filter(|a| a.state == attempt_state::ACCEPTED)
             .map(|a| Payout {
                 account: format!("operator/{}", a.operator),
-                amount: crate::cost(a.receipt.as_ref().map_or(a.fuel_used, |r| r.fuel_used), price),
+                amount: crate::cost(
+                    a.receipt.as_ref().map_or(a.fuel_used, |r| r.fuel_used),
+                    price,
+                ),
             })
             .collect();
         let charged = payouts
@@ -558,8 +639,14 @@ impl Core {
         if !still_verified {
             return Ok(());
         }
-        self.store.set_charged(task_id, charged).await.map_err(db_error)?;
-        self.store.set_hold_closed(task_id).await.map_err(db_error)?;
+        self.store
+            .set_charged(task_id, charged)
+            .await
+            .map_err(db_error)?;
+        self.store
+            .set_hold_closed(task_id)
+            .await
+            .map_err(db_error)?;
         self.metrics.settled.inc();
         self.emit(
             task_id,
@@ -578,7 +665,10 @@ impl Core {
         let Some(current) = self.store.attempt(&a.attempt_id).await.map_err(db_error)? else {
             return Ok(());
         };
-        if !matches!(current.state.as_str(), attempt_state::LEASED | attempt_state::RUNNING) {
+        if !matches!(
+            current.state.as_str(),
+            attempt_state::LEASED | attempt_state::RUNNING
+        ) {
             return Ok(());
         }
         self.store
@@ -612,23 +702,38 @@ impl Core {
         let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
         let spent = attempts
             .iter()
-            .filter(|a| matches!(a.state.as_str(), attempt_state::EXPIRED | attempt_state::REJECTED))
+            .filter(|a| {
+                matches!(
+                    a.state.as_str(),
+                    attempt_state::EXPIRED | attempt_state::REJECTED
+                )
+            })
             .count();
         let budget = self.config.max_attempts as usize * replicas(task);
         if spent >= budget {
             return self
-                .fail(task, &format!("gave up after {spent} failed attempts; last: {reason}"))
+                .fail(
+                    task,
+                    &format!("gave up after {spent} failed attempts; last: {reason}"),
+                )
                 .await;
         }
-        self.emit(task_id, TaskState::Queued, "back in the queue", "").await?;
+        self.emit(task_id, TaskState::Queued, "back in the queue", "")
+            .await?;
         self.wake();
         Ok(())
     }
 
     async fn stop_active(&self, task_id: &str, state: &str, reason: &str) -> Result<()> {
         for a in self.store.attempts(task_id).await.map_err(db_error)? {
-            if matches!(a.state.as_str(), attempt_state::LEASED | attempt_state::RUNNING) {
-                self.store.set_attempt_state(&a.attempt_id, state).await.map_err(db_error)?;
+            if matches!(
+                a.state.as_str(),
+                attempt_state::LEASED | attempt_state::RUNNING
+            ) {
+                self.store
+                    .set_attempt_state(&a.attempt_id, state)
+                    .await
+                    .map_err(db_error)?;
                 self.free_slot(&a.node_id, &a.attempt_id).await;
                 self.send_to(
                     &a.node_id,
@@ -646,7 +751,8 @@ impl Core {
     /// FAILED; the hold is released by the sweep (outside the lock, retried until it succeeds).
     async fn fail(&self, task: &TaskRow, reason: &str) -> Result<()> {
         let task_id = &task.task.task_id;
-        self.stop_active(task_id, attempt_state::CANCELLED, reason).await?;
+        self.stop_active(task_id, attempt_state::CANCELLED, reason)
+            .await?;
         self.emit(task_id, TaskState::Failed, reason, "").await?;
         self.metrics.failed.inc();
         self.wake_sweep.notify_one();
@@ -682,13 +788,25 @@ impl Core {
             if is_terminal(state) || state == TaskState::Verified {
                 return Err(Status::failed_precondition(format!(
                     "task {task_id} is already {}",
-                    state.as_str_name().trim_start_matches("TASK_STATE_").to_lowercase()
+                    state
+                        .as_str_name()
+                        .trim_start_matches("TASK_STATE_")
+                        .to_lowercase()
                 )));
             }
-            self.stop_active(task_id, attempt_state::CANCELLED, "cancelled by the submitter")
-                .await?;
-            self.emit(task_id, TaskState::Cancelled, "cancelled by the submitter; held credits released", "")
-                .await?;
+            self.stop_active(
+                task_id,
+                attempt_state::CANCELLED,
+                "cancelled by the submitter",
+            )
+            .await?;
+            self.emit(
+                task_id,
+                TaskState::Cancelled,
+                "cancelled by the submitter; held credits released",
+                "",
+            )
+            .await?;
         }
         self.release(task_id, "cancelled").await
     }
@@ -701,25 +819,42 @@ impl Core {
             self.expire(&a, &reason).await?;
         }
         let stale = |t: &TaskRow| now_ms() - t.task.updated_at_ms > 2000;
-        for task in self.store.tasks_in_state(TaskState::Reported).await.map_err(db_error)? {
+        for task in self
+            .store
+            .tasks_in_state(TaskState::Reported)
+            .await
+            .map_err(db_error)?
+        {
             if stale(&task) {
                 self.verify_and_settle(&task.task.task_id).await?;
             }
         }
-        for task in self.store.tasks_in_state(TaskState::Verified).await.map_err(db_error)? {
+        for task in self
+            .store
+            .tasks_in_state(TaskState::Verified)
+            .await
+            .map_err(db_error)?
+        {
             if stale(&task) {
                 self.settle(&task.task.task_id).await?;
             }
         }
         for task_id in self.store.unreleased_holds().await.map_err(db_error)? {
-            self.release(&task_id, "task failed or was cancelled").await?;
+            self.release(&task_id, "task failed or was cancelled")
+                .await?;
         }
         Ok(())
     }
 
     /// Refreshes node facts from the registry and disconnects nodes that are no longer active.
     async fn refresh_nodes(&self) {
-        let Ok(list) = call(self.registry.clone().list_nodes(ListNodesRequest { status: 0 })).await else {
+        let Ok(list) = call(
+            self.registry
+                .clone()
+                .list_nodes(ListNodesRequest { status: 0 }),
+        )
+        .await
+        else {
             return;
         };
         let nodes = list.nodes;

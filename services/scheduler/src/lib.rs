@@ -116,21 +116,51 @@ mod defaults {
 pub static ACL: Acl = Acl {
     service: "zkmesh.v1.SchedulerService",
     methods: &[
-        ("UploadModule", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
-        ("GetModule", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
-        ("SubmitTask", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
-        ("GetTask", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
-        ("WatchTask", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
-        ("GetResult", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
-        ("CancelTask", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
-        ("ListTasks", &[Allow::Role(Role::User), Allow::Role(Role::Admin)]),
+        (
+            "UploadModule",
+            &[Allow::Role(Role::User), Allow::Role(Role::Admin)],
+        ),
+        (
+            "GetModule",
+            &[Allow::Role(Role::User), Allow::Role(Role::Admin)],
+        ),
+        (
+            "SubmitTask",
+            &[Allow::Role(Role::User), Allow::Role(Role::Admin)],
+        ),
+        (
+            "GetTask",
+            &[Allow::Role(Role::User), Allow::Role(Role::Admin)],
+        ),
+        (
+            "WatchTask",
+            &[Allow::Role(Role::User), Allow::Role(Role::Admin)],
+        ),
+        (
+            "GetResult",
+            &[Allow::Role(Role::User), Allow::Role(Role::Admin)],
+        ),
+        (
+            "CancelTask",
+            &[Allow::Role(Role::User), Allow::Role(Role::Admin)],
+        ),
+        (
+            "ListTasks",
+            &[Allow::Role(Role::User), Allow::Role(Role::Admin)],
+        ),
         ("Work", &[Allow::Role(Role::Node)]),
-        ("FetchModule", &[Allow::Role(Role::Node), Allow::Role(Role::Admin)]),
+        (
+            "FetchModule",
+            &[Allow::Role(Role::Node), Allow::Role(Role::Admin)],
+        ),
     ],
 };
 
 /// Starts the scheduler; it runs until `shutdown` is cancelled.
-pub async fn start(config: SchedulerConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
+pub async fn start(
+    config: SchedulerConfig,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Serving> {
     let tls = TlsPem::load(&config.tls)?;
     let mesh = mesh_of_ca(&tls.ca).unwrap_or_else(|| "zkmesh".into());
     let pool = db::connect(&config.database_url).await?;
@@ -167,7 +197,9 @@ pub async fn start(config: SchedulerConfig, shutdown: CancellationToken) -> anyh
         SchedulerServiceServer::new(service)
             // Reports carry a whole output (workers cap it at 16 MiB by default).
             .max_decoding_message_size(config.max_input_bytes.max(MAX_REPORT_OUTPUT) + (1 << 20))
-            .max_encoding_message_size(config.max_input_bytes.max(config.max_module_bytes) + (1 << 20)),
+            .max_encoding_message_size(
+                config.max_input_bytes.max(config.max_module_bytes) + (1 << 20),
+            ),
         ServeSpec {
             name: "scheduler",
             mesh,

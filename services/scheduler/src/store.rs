@@ -221,10 +221,12 @@ impl Store {
     }
 
     pub async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>> {
-        let row = sqlx::query("SELECT module_hash, name, size, abi, imports FROM modules WHERE module_hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT module_hash, name, size, abi, imports FROM modules WHERE module_hash = $1",
+        )
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|r| ModuleInfo {
             module_hash: r.get(0),
             name: r.get(1),
@@ -237,7 +239,8 @@ impl Store {
                 .map(str::to_string)
                 .collect(),
             provable: false,
-            provable_reason: "the zkVM prover is not part of this mesh yet; use receipt or replicate".into(),
+            provable_reason:
+                "the zkVM prover is not part of this mesh yet; use receipt or replicate".into(),
             already_present: true,
         }))
     }
@@ -250,7 +253,12 @@ impl Store {
         Ok(row.map(|r| r.get(0)))
     }
 
-    pub async fn insert_module(&self, info: &ModuleInfo, bytes: &[u8], uploaded_by: &str) -> Result<()> {
+    pub async fn insert_module(
+        &self,
+        info: &ModuleInfo,
+        bytes: &[u8],
+        uploaded_by: &str,
+    ) -> Result<()> {
         sqlx::query(
             "INSERT INTO modules (module_hash, name, size, abi, imports, bytes, uploaded_by, created_at_ms)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (module_hash) DO NOTHING",
@@ -317,11 +325,13 @@ impl Store {
 
     /// Tasks waiting for nodes, oldest first.
     pub async fn queued(&self, limit: u32) -> Result<Vec<TaskRow>> {
-        let rows = sqlx::query("SELECT * FROM tasks WHERE state = $1 ORDER BY created_at_ms, task_id LIMIT $2")
-            .bind(TaskState::Queued as i64)
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM tasks WHERE state = $1 ORDER BY created_at_ms, task_id LIMIT $2",
+        )
+        .bind(TaskState::Queued as i64)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(task_from_row).collect())
     }
 
@@ -334,10 +344,12 @@ impl Store {
     }
 
     pub async fn attempts(&self, task_id: &str) -> Result<Vec<AttemptRow>> {
-        let rows = sqlx::query("SELECT * FROM attempts WHERE task_id = $1 ORDER BY created_at_ms, attempt_id")
-            .bind(task_id)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows = sqlx::query(
+            "SELECT * FROM attempts WHERE task_id = $1 ORDER BY created_at_ms, attempt_id",
+        )
+        .bind(task_id)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(attempt_from_row).collect())
     }
 
@@ -387,7 +399,12 @@ impl Store {
         Ok(())
     }
 
-    pub async fn renew_leases(&self, node_id: &str, attempt_ids: &[String], until_ms: i64) -> Result<()> {
+    pub async fn renew_leases(
+        &self,
+        node_id: &str,
+        attempt_ids: &[String],
+        until_ms: i64,
+    ) -> Result<()> {
         for id in attempt_ids {
             sqlx::query(
                 "UPDATE attempts SET lease_expires_at_ms = $1 WHERE attempt_id = $2 AND node_id = $3 AND state IN ('leased', 'running')",
@@ -434,14 +451,21 @@ impl Store {
     }
 
     /// Records an event and moves the task to `state`; returns the event.
-    pub async fn event(&self, task_id: &str, state: TaskState, message: &str, node_id: &str) -> Result<TaskEvent> {
+    pub async fn event(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        message: &str,
+        node_id: &str,
+    ) -> Result<TaskEvent> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
-        let seq: i64 = sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 FROM task_events WHERE task_id = $1")
-            .bind(task_id)
-            .fetch_one(&mut *tx)
-            .await?
-            .get(0);
+        let seq: i64 =
+            sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 FROM task_events WHERE task_id = $1")
+                .bind(task_id)
+                .fetch_one(&mut *tx)
+                .await?
+                .get(0);
         sqlx::query("INSERT INTO task_events (task_id, seq, state, message, node_id, at_ms) VALUES ($1, $2, $3, $4, $5, $6)")
             .bind(task_id)
             .bind(seq)
@@ -451,13 +475,15 @@ impl Store {
             .bind(now)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("UPDATE tasks SET state = $1, message = $2, updated_at_ms = $3 WHERE task_id = $4")
-            .bind(state as i64)
-            .bind(message)
-            .bind(now)
-            .bind(task_id)
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(
+            "UPDATE tasks SET state = $1, message = $2, updated_at_ms = $3 WHERE task_id = $4",
+        )
+        .bind(state as i64)
+        .bind(message)
+        .bind(now)
+        .bind(task_id)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
         Ok(TaskEvent {
             task_id: task_id.to_string(),
@@ -488,7 +514,13 @@ impl Store {
     }
 
     /// Stores the accepted result of a task.
-    pub async fn set_result(&self, task_id: &str, a: &AttemptRow, verdict: &VerifyResultResponse, receipts: Vec<Receipt>) -> Result<()> {
+    pub async fn set_result(
+        &self,
+        task_id: &str,
+        a: &AttemptRow,
+        verdict: &VerifyResultResponse,
+        receipts: Vec<Receipt>,
+    ) -> Result<()> {
         sqlx::query(
             "UPDATE tasks SET exit = $1, exit_message = $2, output = $3, output_hash = $4, fuel_used = $5, verdict = $6,
                 verdict_reason = $7, run_time_us = $8, receipts = $9 WHERE task_id = $10",
@@ -529,11 +561,12 @@ impl Store {
 
     /// Failed or cancelled tasks whose hold the ledger has not released yet.
     pub async fn unreleased_holds(&self) -> Result<Vec<String>> {
-        let rows = sqlx::query("SELECT task_id FROM tasks WHERE hold_closed = 0 AND state IN ($1, $2)")
-            .bind(TaskState::Failed as i64)
-            .bind(TaskState::Cancelled as i64)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT task_id FROM tasks WHERE hold_closed = 0 AND state IN ($1, $2)")
+                .bind(TaskState::Failed as i64)
+                .bind(TaskState::Cancelled as i64)
+                .fetch_all(&self.pool)
+                .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 

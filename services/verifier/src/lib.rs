@@ -20,7 +20,9 @@ use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, bind, serve};
 use zkmesh_kit::telemetry::Metrics;
 use zkmesh_kit::{CancellationToken, now_ms, random_id};
 use zkmesh_proto::registry_service_client::RegistryServiceClient;
-use zkmesh_proto::verifier_service_server::{VerifierService as VerifierApi, VerifierServiceServer};
+use zkmesh_proto::verifier_service_server::{
+    VerifierService as VerifierApi, VerifierServiceServer,
+};
 use zkmesh_proto::*;
 
 /// The verifier's configuration (`zkmesh verifier serve --config FILE`, `ZKMESH_VERIFIER_*`).
@@ -88,7 +90,10 @@ CREATE INDEX verdicts_task ON verdicts (task_id, at_ms);
 pub struct VerifierService {
     db: Pool,
     registry: RegistryServiceClient<tonic::transport::Channel>,
-    verdicts: prometheus_client::metrics::family::Family<Vec<(String, String)>, prometheus_client::metrics::counter::Counter>,
+    verdicts: prometheus_client::metrics::family::Family<
+        Vec<(String, String)>,
+        prometheus_client::metrics::counter::Counter,
+    >,
 }
 
 /// Starts the verifier; it runs until `shutdown` is cancelled.
@@ -179,7 +184,11 @@ impl VerifierService {
     }
 
     /// Why a report is not acceptable, if it is not.
-    async fn check_report(&self, task: &VerifyResultRequest, report: &ReportedResult) -> Option<String> {
+    async fn check_report(
+        &self,
+        task: &VerifyResultRequest,
+        report: &ReportedResult,
+    ) -> Option<String> {
         let Some(receipt) = &report.receipt else {
             return Some("no receipt".into());
         };
@@ -212,7 +221,11 @@ impl VerifierService {
     }
 
     async fn judge(&self, req: &VerifyResultRequest) -> Result<VerifyResultResponse, Status> {
-        check_policy(req.policy.as_ref().unwrap_or(&VerificationPolicy::default()))?;
+        check_policy(
+            req.policy
+                .as_ref()
+                .unwrap_or(&VerificationPolicy::default()),
+        )?;
         let policy = req.policy.clone().unwrap_or_default();
         let mut valid = Vec::new();
         let mut rejected = Vec::new();
@@ -245,7 +258,12 @@ impl VerifierService {
                 .push(r);
         }
         let winner = groups.iter().find(|(_, members)| {
-            members.iter().map(|m| m.operator.as_str()).collect::<BTreeSet<_>>().len() >= needed
+            members
+                .iter()
+                .map(|m| m.operator.as_str())
+                .collect::<BTreeSet<_>>()
+                .len()
+                >= needed
         });
         let response = match winner {
             Some(((output_hash, _, _), members)) => {
@@ -299,7 +317,10 @@ fn verdict_name(v: i32) -> &'static str {
 
 #[tonic::async_trait]
 impl VerifierApi for VerifierService {
-    async fn check_policy(&self, req: Request<VerificationPolicy>) -> Result<Response<Empty>, Status> {
+    async fn check_policy(
+        &self,
+        req: Request<VerificationPolicy>,
+    ) -> Result<Response<Empty>, Status> {
         check_policy(&req.into_inner())?;
         Ok(Response::new(Empty {}))
     }
@@ -331,7 +352,10 @@ impl VerifierApi for VerifierService {
         })?;
         self.verdicts
             .get_or_create(&vec![
-                ("policy".into(), policy.split(':').next().unwrap_or("").to_string()),
+                (
+                    "policy".into(),
+                    policy.split(':').next().unwrap_or("").to_string(),
+                ),
                 ("verdict".into(), verdict_name(response.verdict).into()),
             ])
             .inc();
@@ -344,16 +368,18 @@ impl VerifierApi for VerifierService {
         req: Request<TaskRef>,
     ) -> Result<Response<VerifyResultResponse>, Status> {
         let task_id = req.into_inner().task_id;
-        let row = sqlx::query(
-            "SELECT * FROM verdicts WHERE task_id = $1 ORDER BY at_ms DESC LIMIT 1",
-        )
-        .bind(&task_id)
-        .fetch_optional(&self.db)
-        .await
-        .map_err(|_| Status::internal("internal verifier error"))?
-        .ok_or_else(|| Status::not_found(format!("no verdict for task {task_id}")))?;
+        let row =
+            sqlx::query("SELECT * FROM verdicts WHERE task_id = $1 ORDER BY at_ms DESC LIMIT 1")
+                .bind(&task_id)
+                .fetch_optional(&self.db)
+                .await
+                .map_err(|_| Status::internal("internal verifier error"))?
+                .ok_or_else(|| Status::not_found(format!("no verdict for task {task_id}")))?;
         let list = |s: String| -> Vec<String> {
-            s.split(',').filter(|x| !x.is_empty()).map(str::to_string).collect()
+            s.split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect()
         };
         let verdict = match row.get::<String, _>("verdict").as_str() {
             "verified" => Verdict::Verified,

@@ -6,8 +6,8 @@
 //! `tls.key`/`tls.crt` (its mesh certificate) and `receipt.key` (its Ed25519 receipt key).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -106,7 +106,10 @@ fn load_or_create_receipt_key(path: &Path) -> Result<SigningKey, WorkerError> {
 }
 
 /// Enrolls if needed and waits until the registry hands out this node's certificate.
-async fn ensure_identity(config: &WorkerConfig, shutdown: &CancellationToken) -> Result<Keys, WorkerError> {
+async fn ensure_identity(
+    config: &WorkerConfig,
+    shutdown: &CancellationToken,
+) -> Result<Keys, WorkerError> {
     let dir = &config.data_dir;
     std::fs::create_dir_all(dir).map_err(setup_err)?;
     let ca = read_file(&config.ca_cert).map_err(setup_err)?;
@@ -146,8 +149,14 @@ async fn ensure_identity(config: &WorkerConfig, shutdown: &CancellationToken) ->
             node_id: response.node_id,
             enrollment_secret: hex::encode(secret),
         };
-        write_file(&node_path, serde_json::to_string_pretty(&node).map_err(setup_err)?.as_bytes(), true)
-            .map_err(setup_err)?;
+        write_file(
+            &node_path,
+            serde_json::to_string_pretty(&node)
+                .map_err(setup_err)?
+                .as_bytes(),
+            true,
+        )
+        .map_err(setup_err)?;
         tracing::info!(node_id = %node.node_id, "enrolled");
         node
     };
@@ -167,7 +176,8 @@ async fn ensure_identity(config: &WorkerConfig, shutdown: &CancellationToken) ->
                 NodeStatus::Denied => return Err(WorkerError::Denied(node.node_id)),
                 NodeStatus::Revoked => return Err(WorkerError::Revoked(node.node_id)),
                 _ if !r.certificate_pem.is_empty() => {
-                    write_file(&cert_path, r.certificate_pem.as_bytes(), false).map_err(setup_err)?;
+                    write_file(&cert_path, r.certificate_pem.as_bytes(), false)
+                        .map_err(setup_err)?;
                     tracing::info!(node_id = %node.node_id, "approved; certificate received");
                     break;
                 }
@@ -177,7 +187,9 @@ async fn ensure_identity(config: &WorkerConfig, shutdown: &CancellationToken) ->
                 tracing::info!(node_id = %node.node_id, "waiting for an admin to approve this node (zkmesh node approve {})", node.node_id);
                 said = true;
             }
-            if config.approval_timeout_secs > 0 && started.elapsed().as_secs() >= config.approval_timeout_secs {
+            if config.approval_timeout_secs > 0
+                && started.elapsed().as_secs() >= config.approval_timeout_secs
+            {
                 return Err(WorkerError::ApprovalTimeout(node.node_id));
             }
             tokio::select! {
@@ -230,14 +242,21 @@ pub struct WorkerHandle {
 }
 
 /// Enrolls (or loads) this node's identity, then serves tasks until `shutdown`.
-pub async fn start(config: WorkerConfig, shutdown: CancellationToken) -> Result<WorkerHandle, WorkerError> {
+pub async fn start(
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<WorkerHandle, WorkerError> {
     let keys = ensure_identity(&config, &shutdown).await?;
     let node_id = keys.node_id.clone();
     let task = tokio::spawn(run(config, keys, shutdown));
     Ok(WorkerHandle { node_id, task })
 }
 
-async fn run(config: WorkerConfig, keys: Keys, shutdown: CancellationToken) -> Result<(), WorkerError> {
+async fn run(
+    config: WorkerConfig,
+    keys: Keys,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     let sandbox = Sandbox::new(SandboxConfig {
         max_output_bytes: config.max_output_bytes,
         ..SandboxConfig::default()
@@ -258,7 +277,13 @@ async fn run(config: WorkerConfig, keys: Keys, shutdown: CancellationToken) -> R
     let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
     let stop = shutdown.child_token();
     let (renewed_tx, mut renewed) = tokio::sync::watch::channel(0u64);
-    spawn_heartbeats(config.clone(), shared.clone(), outbox.clone(), renewed_tx, stop.clone());
+    spawn_heartbeats(
+        config.clone(),
+        shared.clone(),
+        outbox.clone(),
+        renewed_tx,
+        stop.clone(),
+    );
 
     let mut backoff = Duration::from_millis(200);
     loop {
@@ -267,9 +292,11 @@ async fn run(config: WorkerConfig, keys: Keys, shutdown: CancellationToken) -> R
         }
         // Read the certificate afresh on every connection: it may have been renewed.
         let tls = node_tls(&config)?;
-        let scheduler = SchedulerServiceClient::new(channel(&config.scheduler_endpoint, &tls).map_err(setup_err)?)
-            .max_decoding_message_size(64 << 20)
-            .max_encoding_message_size(64 << 20);
+        let scheduler = SchedulerServiceClient::new(
+            channel(&config.scheduler_endpoint, &tls).map_err(setup_err)?,
+        )
+        .max_decoding_message_size(64 << 20)
+        .max_encoding_message_size(64 << 20);
         renewed.borrow_and_update();
         let hello = WorkerMessage {
             kind: Some(worker_message::Kind::Hello(WorkerHello {
@@ -378,7 +405,10 @@ fn due_for_renewal(cert_pem: &str) -> bool {
 }
 
 /// A new key and certificate from the registry, written over the old ones.
-async fn renew(config: &WorkerConfig, registry: &mut RegistryServiceClient<Channel>) -> Result<(), String> {
+async fn renew(
+    config: &WorkerConfig,
+    registry: &mut RegistryServiceClient<Channel>,
+) -> Result<(), String> {
     let (key, csr) = generate_csr(&config.name).map_err(|e| e.to_string())?;
     let r = registry
         .renew_certificate(RenewCertificateRequest { csr_pem: csr })
@@ -388,7 +418,12 @@ async fn renew(config: &WorkerConfig, registry: &mut RegistryServiceClient<Chann
     let dir = &config.data_dir;
     // Write both beside the old ones, then swap them in.
     write_file(&dir.join("tls.key.new"), key.as_bytes(), true).map_err(|e| e.to_string())?;
-    write_file(&dir.join("tls.crt.new"), r.certificate_pem.as_bytes(), false).map_err(|e| e.to_string())?;
+    write_file(
+        &dir.join("tls.crt.new"),
+        r.certificate_pem.as_bytes(),
+        false,
+    )
+    .map_err(|e| e.to_string())?;
     std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).map_err(|e| e.to_string())?;
     std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).map_err(|e| e.to_string())?;
     Ok(())
@@ -404,11 +439,12 @@ fn spawn_heartbeats(
     stop: CancellationToken,
 ) {
     tokio::spawn(async move {
-        let connect = |config: &WorkerConfig| -> Result<RegistryServiceClient<Channel>, WorkerError> {
-            Ok(RegistryServiceClient::new(
-                channel(&config.registry_endpoint, &node_tls(config)?).map_err(setup_err)?,
-            ))
-        };
+        let connect =
+            |config: &WorkerConfig| -> Result<RegistryServiceClient<Channel>, WorkerError> {
+                Ok(RegistryServiceClient::new(
+                    channel(&config.registry_endpoint, &node_tls(config)?).map_err(setup_err)?,
+                ))
+            };
         let mut registry = match connect(&config) {
             Ok(r) => r,
             Err(e) => {
@@ -424,7 +460,9 @@ fn spawn_heartbeats(
             });
             let answer = tokio::time::timeout(Duration::from_secs(5), beat)
                 .await
-                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("registry did not answer")));
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded("registry did not answer"))
+                });
             match answer {
                 Ok(r) if r.get_ref().status() == NodeStatus::Revoked => {
                     tracing::error!("this node has been revoked; stopping");
@@ -442,7 +480,9 @@ fn spawn_heartbeats(
                                 }
                                 renewed.send_modify(|n| *n += 1);
                             }
-                            Err(e) => tracing::warn!(error = %e, "certificate renewal failed; will retry"),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "certificate renewal failed; will retry")
+                            }
                         }
                     }
                 }
@@ -482,7 +522,11 @@ fn handle(
         }
         scheduler_message::Kind::Assignment(a) => {
             let flag = Arc::new(AtomicBool::new(false));
-            shared.running.lock().unwrap().insert(a.attempt_id.clone(), flag);
+            shared
+                .running
+                .lock()
+                .unwrap()
+                .insert(a.attempt_id.clone(), flag);
             let (shared, scheduler, outbox) = (shared.clone(), scheduler.clone(), outbox.clone());
             tokio::spawn(async move {
                 let attempt_id = a.attempt_id.clone();
@@ -511,7 +555,11 @@ async fn module(
         .map_err(|e| e.message().to_string())?
         .into_inner();
     let mut bytes = Vec::new();
-    while let Some(chunk) = stream.message().await.map_err(|e| e.message().to_string())? {
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|e| e.message().to_string())?
+    {
         bytes.extend_from_slice(&chunk.chunk);
     }
     // Content addressing: run exactly the module the task names, whatever the scheduler sent.
@@ -519,7 +567,11 @@ async fn module(
         return Err(format!("module download does not hash to {hash}"));
     }
     let bytes = Arc::new(bytes);
-    shared.modules.lock().unwrap().insert(hash.to_string(), bytes.clone());
+    shared
+        .modules
+        .lock()
+        .unwrap()
+        .insert(hash.to_string(), bytes.clone());
     Ok(bytes)
 }
 
@@ -530,7 +582,12 @@ async fn execute(
     outbox: &mpsc::Sender<WorkerMessage>,
 ) -> Result<(), String> {
     let wasm = module(shared, scheduler, &a.module_hash).await?;
-    let _permit = shared.slots.clone().acquire_owned().await.map_err(|e| e.to_string())?;
+    let _permit = shared
+        .slots
+        .clone()
+        .acquire_owned()
+        .await
+        .map_err(|e| e.to_string())?;
     let cancel = shared
         .running
         .lock()
@@ -559,7 +616,9 @@ async fn execute(
     let (task_id, input) = (a.task_id.clone(), a.input.clone());
     // Guests run on the blocking pool, never on the async runtime's threads.
     let outcome = tokio::task::spawn_blocking(move || {
-        runner.sandbox.run(&wasm, &input, &limits, task_id.as_bytes())
+        runner
+            .sandbox
+            .run(&wasm, &input, &limits, task_id.as_bytes())
     })
     .await
     .map_err(|e| format!("sandbox crashed: {e}"))?;

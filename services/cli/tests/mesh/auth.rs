@@ -34,9 +34,14 @@ fn as_caller(sb: &Sandbox, tls: &ClientTls) -> As {
 async fn snapshot(sb: &Sandbox) -> Vec<String> {
     let mut all = Vec::new();
     for name in ["registry", "scheduler", "ledger", "verifier"] {
-        let url = format!("sqlite://{}", sb.mesh.dir.join(format!("{name}.db")).display());
+        let url = format!(
+            "sqlite://{}",
+            sb.mesh.dir.join(format!("{name}.db")).display()
+        );
         let pool = zkmesh_kit::db::connect(&url).await.unwrap();
-        let rows = zkmesh_kit::db::snapshot(&pool, &["last_heartbeat_at_ms"]).await.unwrap();
+        let rows = zkmesh_kit::db::snapshot(&pool, &["last_heartbeat_at_ms"])
+            .await
+            .unwrap();
         all.extend(rows.into_iter().map(|r| format!("{name}.{r}")));
         pool.close().await;
     }
@@ -44,7 +49,11 @@ async fn snapshot(sb: &Sandbox) -> Vec<String> {
 }
 
 /// Each state-changing call a caller might try; returns the status codes it got.
-async fn attempt_everything(who: &mut As, node_id: &str, module_hash: &str) -> Vec<(&'static str, Code)> {
+async fn attempt_everything(
+    who: &mut As,
+    node_id: &str,
+    module_hash: &str,
+) -> Vec<(&'static str, Code)> {
     let mut codes = Vec::new();
     let submit = SubmitTaskRequest {
         module_hash: module_hash.to_string(),
@@ -52,31 +61,82 @@ async fn attempt_everything(who: &mut As, node_id: &str, module_hash: &str) -> V
         policy: Some(policy("receipt")),
         ..Default::default()
     };
-    let code = |r: Result<_, tonic::Status>| r.err().map(|e: tonic::Status| e.code()).unwrap_or(Code::Ok);
-    codes.push(("submit", code(who.scheduler.submit_task(submit).await.map(|_| ()))));
+    let code =
+        |r: Result<_, tonic::Status>| r.err().map(|e: tonic::Status| e.code()).unwrap_or(Code::Ok);
+    codes.push((
+        "submit",
+        code(who.scheduler.submit_task(submit).await.map(|_| ())),
+    ));
     codes.push((
         "upload",
-        code(zkmesh_cli::client::upload(&mut who.scheduler, "x", zkmesh_guests::get("sha256").unwrap().wasm).await.map(|_| ())),
+        code(
+            zkmesh_cli::client::upload(
+                &mut who.scheduler,
+                "x",
+                zkmesh_guests::get("sha256").unwrap().wasm,
+            )
+            .await
+            .map(|_| ()),
+        ),
     ));
     codes.push((
         "mint",
-        code(who.ledger.mint(MintRequest { account: "user/mallory".into(), amount: 5 }).await.map(|_| ())),
+        code(
+            who.ledger
+                .mint(MintRequest {
+                    account: "user/mallory".into(),
+                    amount: 5,
+                })
+                .await
+                .map(|_| ()),
+        ),
     ));
     codes.push((
         "capture",
-        code(who.ledger.capture(CaptureRequest { task_id: "t-x".into(), payouts: vec![] }).await.map(|_| ())),
+        code(
+            who.ledger
+                .capture(CaptureRequest {
+                    task_id: "t-x".into(),
+                    payouts: vec![],
+                })
+                .await
+                .map(|_| ()),
+        ),
     ));
     codes.push((
         "approve",
-        code(who.registry.approve_node(NodeRef { node_id: node_id.into() }).await.map(|_| ())),
+        code(
+            who.registry
+                .approve_node(NodeRef {
+                    node_id: node_id.into(),
+                })
+                .await
+                .map(|_| ()),
+        ),
     ));
     codes.push((
         "revoke",
-        code(who.registry.revoke_node(NodeRef { node_id: node_id.into() }).await.map(|_| ())),
+        code(
+            who.registry
+                .revoke_node(NodeRef {
+                    node_id: node_id.into(),
+                })
+                .await
+                .map(|_| ()),
+        ),
     ));
     codes.push((
         "token",
-        code(who.registry.create_join_token(CreateJoinTokenRequest { pre_approved: true, ttl_secs: 60, max_uses: 1 }).await.map(|_| ())),
+        code(
+            who.registry
+                .create_join_token(CreateJoinTokenRequest {
+                    pre_approved: true,
+                    ttl_secs: 60,
+                    max_uses: 1,
+                })
+                .await
+                .map(|_| ()),
+        ),
     ));
     codes
 }
@@ -87,22 +147,42 @@ async fn refused_callers_change_nothing() {
     let ca_pem = std::fs::read_to_string(&sb.mesh.client.ca).unwrap();
     let node_id = sb.mesh.workers[0].0.node_id.clone();
     let sha = zkmesh_guests::get("sha256").unwrap();
-    let module = zkmesh_cli::client::upload(&mut sb.api.scheduler().unwrap(), "sha", sha.wasm).await.unwrap();
+    let module = zkmesh_cli::client::upload(&mut sb.api.scheduler().unwrap(), "sha", sha.wasm)
+        .await
+        .unwrap();
     let before = snapshot(&sb).await;
 
     // No client certificate at all.
-    let anonymous = ClientTls { ca: ca_pem.clone(), identity: None };
-    for (call, code) in attempt_everything(&mut as_caller(&sb, &anonymous), &node_id, &module.module_hash).await {
+    let anonymous = ClientTls {
+        ca: ca_pem.clone(),
+        identity: None,
+    };
+    for (call, code) in attempt_everything(
+        &mut as_caller(&sb, &anonymous),
+        &node_id,
+        &module.module_hash,
+    )
+    .await
+    {
         assert_eq!(code, Code::Unauthenticated, "anonymous {call}");
     }
 
     // A certificate for the same mesh name, from another CA.
     let foreign_ca = MeshCa::generate("local").unwrap();
     let forged = foreign_ca
-        .issue(&Identity::new("local", Role::Admin, "admin"), &[], Duration::from_secs(600))
+        .issue(
+            &Identity::new("local", Role::Admin, "admin"),
+            &[],
+            Duration::from_secs(600),
+        )
         .unwrap();
-    let foreign = ClientTls { ca: ca_pem.clone(), identity: Some((forged.cert_pem, forged.key_pem)) };
-    for (call, code) in attempt_everything(&mut as_caller(&sb, &foreign), &node_id, &module.module_hash).await {
+    let foreign = ClientTls {
+        ca: ca_pem.clone(),
+        identity: Some((forged.cert_pem, forged.key_pem)),
+    };
+    for (call, code) in
+        attempt_everything(&mut as_caller(&sb, &foreign), &node_id, &module.module_hash).await
+    {
         assert_eq!(code, Code::Unauthenticated, "foreign CA {call}");
     }
 
@@ -115,7 +195,13 @@ async fn refused_callers_change_nothing() {
             std::fs::read_to_string(node_dir.join("tls.key")).unwrap(),
         )),
     };
-    for (call, code) in attempt_everything(&mut as_caller(&sb, &node_tls), &node_id, &module.module_hash).await {
+    for (call, code) in attempt_everything(
+        &mut as_caller(&sb, &node_tls),
+        &node_id,
+        &module.module_hash,
+    )
+    .await
+    {
         assert_eq!(code, Code::PermissionDenied, "node {call}");
     }
     let user_tls = ClientTls {
@@ -128,7 +214,8 @@ async fn refused_callers_change_nothing() {
     // (The user may upload and submit: an already-present module and a missing one leave
     // nothing to change.)
     let missing = "00".repeat(32);
-    for (call, code) in attempt_everything(&mut as_caller(&sb, &user_tls), &node_id, &missing).await {
+    for (call, code) in attempt_everything(&mut as_caller(&sb, &user_tls), &node_id, &missing).await
+    {
         let expected = match call {
             "upload" => Code::Ok,
             "submit" => Code::NotFound,
@@ -139,36 +226,66 @@ async fn refused_callers_change_nothing() {
     // A user cannot read another account either.
     let err = as_caller(&sb, &user_tls)
         .ledger
-        .get_balance(AccountRef { account: "operator/operator-1".into() })
+        .get_balance(AccountRef {
+            account: "operator/operator-1".into(),
+        })
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied);
-    assert_eq!(snapshot(&sb).await, before, "a refused call changed a database");
+    assert_eq!(
+        snapshot(&sb).await,
+        before,
+        "a refused call changed a database"
+    );
 
     // A revoked node is refused everywhere within seconds.
-    sb.api.admin_registry().unwrap().revoke_node(NodeRef { node_id: node_id.clone() }).await.unwrap();
+    sb.api
+        .admin_registry()
+        .unwrap()
+        .revoke_node(NodeRef {
+            node_id: node_id.clone(),
+        })
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let revoked_snapshot = snapshot(&sb).await;
     let mut node = as_caller(&sb, &node_tls);
-    let heartbeat = node.registry.heartbeat(HeartbeatRequest { running_tasks: 0 }).await.unwrap_err();
+    let heartbeat = node
+        .registry
+        .heartbeat(HeartbeatRequest { running_tasks: 0 })
+        .await
+        .unwrap_err();
     assert_eq!(heartbeat.code(), Code::PermissionDenied);
     let key = node.ledger.get_ledger_key(Empty {}).await.unwrap_err();
     assert_eq!(key.code(), Code::PermissionDenied);
     let fetch = node
         .scheduler
-        .fetch_module(ModuleRef { module_hash: module.module_hash.clone() })
+        .fetch_module(ModuleRef {
+            module_hash: module.module_hash.clone(),
+        })
         .await
         .unwrap_err();
     assert_eq!(fetch.code(), Code::PermissionDenied);
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tx.send(WorkerMessage {
-        kind: Some(worker_message::Kind::Hello(WorkerHello { slots: 1, version: "t".into() })),
+        kind: Some(worker_message::Kind::Hello(WorkerHello {
+            slots: 1,
+            version: "t".into(),
+        })),
     })
     .await
     .unwrap();
-    let work = node.scheduler.work(tokio_stream::wrappers::ReceiverStream::new(rx)).await.unwrap_err();
+    let work = node
+        .scheduler
+        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .unwrap_err();
     assert_eq!(work.code(), Code::PermissionDenied);
-    assert_eq!(snapshot(&sb).await, revoked_snapshot, "a revoked node changed a database");
+    assert_eq!(
+        snapshot(&sb).await,
+        revoked_snapshot,
+        "a revoked node changed a database"
+    );
     assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;
 }

@@ -4,7 +4,11 @@ use std::process::{Command, Output};
 
 /// Runs the binary; every `run` also audits its embedded ledger.
 fn zkmesh(home: &std::path::Path, args: &[&str]) -> Output {
-    let audit = if args.first() == Some(&"run") { vec!["--audit"] } else { vec![] };
+    let audit = if args.first() == Some(&"run") {
+        vec!["--audit"]
+    } else {
+        vec![]
+    };
     Command::new(env!("CARGO_BIN_EXE_zkmesh"))
         .args(args)
         .args(audit)
@@ -16,17 +20,29 @@ fn zkmesh(home: &std::path::Path, args: &[&str]) -> Output {
 
 fn json(out: &Output) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!("stdout is not one JSON object ({e}): {}", String::from_utf8_lossy(&out.stdout))
+        panic!(
+            "stdout is not one JSON object ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
     })
 }
 
 #[test]
 fn run_prints_a_verified_result_as_json() {
     let home = tempfile::tempdir().unwrap();
-    let out = zkmesh(home.path(), &["run", "sha256", "--input", "hello", "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = zkmesh(
+        home.path(),
+        &["run", "sha256", "--input", "hello", "--json"],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = json(&out);
-    let expected = String::from_utf8(zkmesh_guests::reference_output("sha256", b"hello").unwrap()).unwrap();
+    let expected =
+        String::from_utf8(zkmesh_guests::reference_output("sha256", b"hello").unwrap()).unwrap();
     assert_eq!(v["output_text"], expected);
     assert_eq!(v["state"], "settled");
     assert_eq!(v["exit"], "ok");
@@ -36,7 +52,9 @@ fn run_prints_a_verified_result_as_json() {
     assert!(v["fuel_used"].as_u64().unwrap() > 0);
     assert!(v["credits_charged"].as_u64().unwrap() > 0);
     use base64::Engine as _;
-    let raw = base64::engine::general_purpose::STANDARD.decode(v["output_base64"].as_str().unwrap()).unwrap();
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(v["output_base64"].as_str().unwrap())
+        .unwrap();
     assert_eq!(raw, expected.as_bytes());
 }
 
@@ -47,9 +65,22 @@ fn run_reads_files_and_replicates() {
     std::fs::write(&input, "5 3 -8 1").unwrap();
     let out = zkmesh(
         home.path(),
-        &["run", "sort", "--input-file", input.to_str().unwrap(), "--policy", "replicate:2", "--json"],
+        &[
+            "run",
+            "sort",
+            "--input-file",
+            input.to_str().unwrap(),
+            "--policy",
+            "replicate:2",
+            "--json",
+        ],
     );
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = json(&out);
     assert_eq!(v["output_text"], "-8 1 3 5");
     assert_eq!(v["policy"], "replicate:2");
@@ -61,14 +92,22 @@ fn exit_codes_distinguish_task_failure_from_bad_input() {
     let home = tempfile::tempdir().unwrap();
     let trap = concat!(env!("CARGO_MANIFEST_DIR"), "/../../guests/hostile/trap.wat");
     let out = zkmesh(home.path(), &["run", trap, "--json"]);
-    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v = json(&out);
     assert_eq!(v["exit"], "trap");
     assert_eq!(v["verdict"], "verified");
 
     for (args, needle) in [
         (vec!["run", "sha256", "--policy", "proof"], "proof"),
-        (vec!["run", "sha256", "--policy", "replicate:1"], "invalid policy"),
+        (
+            vec!["run", "sha256", "--policy", "replicate:1"],
+            "invalid policy",
+        ),
         (vec!["run", "no-such-guest"], "no such file"),
     ] {
         let out = zkmesh(home.path(), &args);

@@ -15,9 +15,15 @@ fn spawn_worker(config: &zkmesh_worker::WorkerConfig) -> Child {
         .env_clear()
         .env("ZKMESH_WORKER_DATA_DIR", path(&config.data_dir))
         .env("ZKMESH_WORKER_REGISTRY_ENDPOINT", &config.registry_endpoint)
-        .env("ZKMESH_WORKER_SCHEDULER_ENDPOINT", &config.scheduler_endpoint)
+        .env(
+            "ZKMESH_WORKER_SCHEDULER_ENDPOINT",
+            &config.scheduler_endpoint,
+        )
         .env("ZKMESH_WORKER_CA_CERT", path(&config.ca_cert))
-        .env("ZKMESH_WORKER_JOIN_TOKEN", config.join_token.clone().unwrap())
+        .env(
+            "ZKMESH_WORKER_JOIN_TOKEN",
+            config.join_token.clone().unwrap(),
+        )
         .env("ZKMESH_WORKER_NAME", &config.name)
         .env("ZKMESH_WORKER_OPERATOR", &config.operator)
         .env("ZKMESH_WORKER_SLOTS", "1")
@@ -32,9 +38,14 @@ fn spawn_worker(config: &zkmesh_worker::WorkerConfig) -> Child {
 async fn killed_worker_task_completes_elsewhere_with_one_capture() {
     let mut sb = start(0).await;
     let token = sb.mesh.join_token(1).await.unwrap();
-    let config = sb.mesh.worker_config("victim", "operator-victim", Some(token));
+    let config = sb
+        .mesh
+        .worker_config("victim", "operator-victim", Some(token));
     let mut victim = spawn_worker(&config);
-    sb.mesh.wait_for_workers(1, Duration::from_secs(30)).await.unwrap();
+    sb.mesh
+        .wait_for_workers(1, Duration::from_secs(30))
+        .await
+        .unwrap();
 
     // Long enough (seconds) that the kill lands mid-run.
     let collatz = zkmesh_guests::get("collatz").unwrap();
@@ -47,7 +58,9 @@ async fn killed_worker_task_completes_elsewhere_with_one_capture() {
     };
     let task = submit(&mut s, &job).await.unwrap();
     let mut events = s
-        .watch_task(TaskRef { task_id: task.task_id.clone() })
+        .watch_task(TaskRef {
+            task_id: task.task_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner();
@@ -63,7 +76,11 @@ async fn killed_worker_task_completes_elsewhere_with_one_capture() {
     };
     victim.kill().unwrap();
     victim.wait().unwrap();
-    let rescuer = sb.mesh.add_worker("rescuer", "operator-rescuer").await.unwrap();
+    let rescuer = sb
+        .mesh
+        .add_worker("rescuer", "operator-rescuer")
+        .await
+        .unwrap();
 
     let result = tokio::time::timeout(
         Duration::from_secs(90),
@@ -72,12 +89,20 @@ async fn killed_worker_task_completes_elsewhere_with_one_capture() {
     .await
     .expect("task finishes on the rescuer")
     .unwrap();
-    assert_verified(&result, &zkmesh_guests::reference_output("collatz", input).unwrap());
+    assert_verified(
+        &result,
+        &zkmesh_guests::reference_output("collatz", input).unwrap(),
+    );
     assert_eq!(result.receipts.len(), 1);
     assert_eq!(result.receipts[0].node_id, rescuer);
     assert_ne!(rescuer, victim_node);
 
-    let history = s.watch_task(TaskRef { task_id: task.task_id.clone() }).await.unwrap();
+    let history = s
+        .watch_task(TaskRef {
+            task_id: task.task_id.clone(),
+        })
+        .await
+        .unwrap();
     let mut stream = history.into_inner();
     let mut states = Vec::new();
     while let Some(e) = stream.message().await.unwrap() {
@@ -90,7 +115,10 @@ async fn killed_worker_task_completes_elsewhere_with_one_capture() {
         .api
         .admin_ledger()
         .unwrap()
-        .history(HistoryRequest { account: String::new(), task_id: task.task_id.clone() })
+        .history(HistoryRequest {
+            account: String::new(),
+            task_id: task.task_id.clone(),
+        })
         .await
         .unwrap()
         .into_inner()

@@ -18,7 +18,10 @@ async fn every_guest_on_every_policy() {
         for input in [guest.sample_input, extra] {
             let expected = zkmesh_guests::reference_output(guest.name, input).unwrap();
             for policy in ["receipt", "replicate:2"] {
-                let job = Job { policy, ..Job::new(guest.wasm, input) };
+                let job = Job {
+                    policy,
+                    ..Job::new(guest.wasm, input)
+                };
                 let (task, result) = run(&sb.api, &job).await.unwrap();
                 assert_verified(&result, &expected);
                 let receipts = if policy == "receipt" { 1 } else { 2 };
@@ -29,19 +32,43 @@ async fn every_guest_on_every_policy() {
         }
     }
     // proof is refused, clearly, until the prover exists; never silently downgraded.
-    let err = run(&sb.api, &Job { policy: "proof", ..Job::new(zkmesh_guests::get("sha256").unwrap().wasm, b"x") })
-        .await
-        .unwrap_err();
+    let err = run(
+        &sb.api,
+        &Job {
+            policy: "proof",
+            ..Job::new(zkmesh_guests::get("sha256").unwrap().wasm, b"x")
+        },
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("proof"), "{}", err.message());
     // replicate:3 cannot be placed on two operators: refused rather than left waiting.
-    let err = run(&sb.api, &Job { policy: "replicate:3", ..Job::new(zkmesh_guests::get("sha256").unwrap().wasm, b"x") })
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{}", err.message());
+    let err = run(
+        &sb.api,
+        &Job {
+            policy: "replicate:3",
+            ..Job::new(zkmesh_guests::get("sha256").unwrap().wasm, b"x")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::FailedPrecondition,
+        "{}",
+        err.message()
+    );
 
     // The submitter paid exactly what the results say; the nodes got it.
-    let balance = sb.api.ledger().unwrap().get_balance(AccountRef::default()).await.unwrap().into_inner();
+    let balance = sb
+        .api
+        .ledger()
+        .unwrap()
+        .get_balance(AccountRef::default())
+        .await
+        .unwrap()
+        .into_inner();
     assert_eq!(balance.balance, sb.mesh.options.mint - charged);
     assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;

@@ -20,7 +20,12 @@ async fn hostile_guests_end_cleanly_and_the_worker_keeps_serving() {
                 let err = run(&sb.api, &job).await.unwrap_err();
                 assert_eq!(err.code(), tonic::Code::InvalidArgument, "{}", h.name);
                 let wanted = h.expect.replace('_', " ");
-                assert!(err.message().contains(&wanted), "{}: {}", h.name, err.message());
+                assert!(
+                    err.message().contains(&wanted),
+                    "{}: {}",
+                    h.name,
+                    err.message()
+                );
             }
             expect => {
                 let (task, result) = run(&sb.api, &job).await.unwrap();
@@ -31,7 +36,11 @@ async fn hostile_guests_end_cleanly_and_the_worker_keeps_serving() {
                     "timeout_or_out_of_fuel" => exit == "timeout" || exit == "out_of_fuel",
                     other => exit == other,
                 };
-                assert!(ok, "{}: expected {expect}, got {exit}: {}", h.name, result.exit_message);
+                assert!(
+                    ok,
+                    "{}: expected {expect}, got {exit}: {}",
+                    h.name, result.exit_message
+                );
                 assert!(!result.exit_message.is_empty());
                 // Billed for the fuel it used, never more than was held. (wasmtime syncs the fuel
                 // counter at calls, so a trap inside a call-free loop reports the fuel as of
@@ -41,8 +50,13 @@ async fn hostile_guests_end_cleanly_and_the_worker_keeps_serving() {
             }
         }
         // The same (only) worker still serves normal work.
-        let (_, ok) = run(&sb.api, &Job::new(sha.wasm, b"still here")).await.unwrap();
-        assert_verified(&ok, &zkmesh_guests::reference_output("sha256", b"still here").unwrap());
+        let (_, ok) = run(&sb.api, &Job::new(sha.wasm, b"still here"))
+            .await
+            .unwrap();
+        assert_verified(
+            &ok,
+            &zkmesh_guests::reference_output("sha256", b"still here").unwrap(),
+        );
     }
 
     // Only the wall clock stops a loop with all the fuel in the world.

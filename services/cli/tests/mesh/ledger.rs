@@ -11,14 +11,19 @@ fn cli_audit(config: &std::path::Path) -> (i32, String) {
         .args(["--mesh", config.to_str().unwrap(), "ledger", "audit"])
         .output()
         .unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn audit_fails_on_one_altered_byte() {
     let sb = start(1).await;
     let sha = zkmesh_guests::get("sha256").unwrap();
-    run(&sb.api, &Job::new(sha.wasm, b"audit me")).await.unwrap();
+    run(&sb.api, &Job::new(sha.wasm, b"audit me"))
+        .await
+        .unwrap();
     assert_audit_passes(&sb.api).await;
     let config = sb.mesh.dir.join("client.toml");
     sb.mesh.client.save(&config).unwrap();
@@ -48,8 +53,14 @@ async fn audit_fails_on_one_altered_byte() {
         ),
         (
             "a byte of a signature",
-            format!("UPDATE journal SET signature = x'{}' WHERE seq = 2", hex::encode(&flipped)),
-            format!("UPDATE journal SET signature = x'{}' WHERE seq = 2", hex::encode(&signature)),
+            format!(
+                "UPDATE journal SET signature = x'{}' WHERE seq = 2",
+                hex::encode(&flipped)
+            ),
+            format!(
+                "UPDATE journal SET signature = x'{}' WHERE seq = 2",
+                hex::encode(&signature)
+            ),
         ),
         (
             "a balance",
@@ -58,14 +69,20 @@ async fn audit_fails_on_one_altered_byte() {
         ),
     ];
     for (what, alter, restore) in alterations {
-        let changed = sqlx::raw_sql(sqlx::AssertSqlSafe(alter)).execute(&db).await.unwrap();
+        let changed = sqlx::raw_sql(sqlx::AssertSqlSafe(alter))
+            .execute(&db)
+            .await
+            .unwrap();
         assert_eq!(changed.rows_affected(), 1, "{what}");
         let err = zkmesh_cli::client::audit(&sb.api).await;
         assert!(err.is_err(), "audit passed with {what} altered");
         let (code, out) = cli_audit(&config);
         assert_eq!(code, 1, "{what}: {out}");
         assert!(out.contains("audit FAILED"), "{what}: {out}");
-        sqlx::raw_sql(sqlx::AssertSqlSafe(restore)).execute(&db).await.unwrap();
+        sqlx::raw_sql(sqlx::AssertSqlSafe(restore))
+            .execute(&db)
+            .await
+            .unwrap();
         assert_audit_passes(&sb.api).await;
     }
     db.close().await;

@@ -24,8 +24,12 @@ enum Lie {
 async fn start_liar(sb: &Sandbox, lie: Lie) -> String {
     let token = sb.mesh.join_token(1).await.unwrap();
     let ca = std::fs::read_to_string(&sb.mesh.client.ca).unwrap();
-    let anonymous = ClientTls { ca: ca.clone(), identity: None };
-    let mut registry = RegistryServiceClient::new(channel(&sb.mesh.client.registry, &anonymous).unwrap());
+    let anonymous = ClientTls {
+        ca: ca.clone(),
+        identity: None,
+    };
+    let mut registry =
+        RegistryServiceClient::new(channel(&sb.mesh.client.registry, &anonymous).unwrap());
     let (key_pem, csr) = zkmesh_kit::identity::generate_csr("liar").unwrap();
     let receipt_key = SigningKey::from_bytes(&[9u8; 32]);
     let secret = [5u8; 32];
@@ -51,20 +55,36 @@ async fn start_liar(sb: &Sandbox, lie: Lie) -> String {
         .unwrap()
         .into_inner()
         .certificate_pem;
-    assert!(!cert.is_empty(), "pre-approved token gives a certificate at once");
-    let tls = ClientTls { ca, identity: Some((cert, key_pem)) };
-    let mut scheduler = SchedulerServiceClient::new(channel(&sb.mesh.client.scheduler, &tls).unwrap());
+    assert!(
+        !cert.is_empty(),
+        "pre-approved token gives a certificate at once"
+    );
+    let tls = ClientTls {
+        ca,
+        identity: Some((cert, key_pem)),
+    };
+    let mut scheduler =
+        SchedulerServiceClient::new(channel(&sb.mesh.client.scheduler, &tls).unwrap());
     let (tx, rx) = tokio::sync::mpsc::channel(16);
     tx.send(WorkerMessage {
-        kind: Some(worker_message::Kind::Hello(WorkerHello { slots: 1, version: "liar".into() })),
+        kind: Some(worker_message::Kind::Hello(WorkerHello {
+            slots: 1,
+            version: "liar".into(),
+        })),
     })
     .await
     .unwrap();
-    let mut down = scheduler.work(ReceiverStream::new(rx)).await.unwrap().into_inner();
+    let mut down = scheduler
+        .work(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
     let node_id = enrolled.node_id.clone();
     tokio::spawn(async move {
         while let Ok(Some(msg)) = down.message().await {
-            let Some(scheduler_message::Kind::Assignment(a)) = msg.kind else { continue };
+            let Some(scheduler_message::Kind::Assignment(a)) = msg.kind else {
+                continue;
+            };
             let honest = zkmesh_guests::reference_output("sha256", &a.input).unwrap();
             let (output, key) = match lie {
                 Lie::WrongOutput => (b"not the hash".to_vec(), receipt_key.clone()),
@@ -90,7 +110,11 @@ async fn start_liar(sb: &Sandbox, lie: Lie) -> String {
                 receipt: Some(receipt),
                 run_time_us: 1,
             };
-            let _ = tx.send(WorkerMessage { kind: Some(worker_message::Kind::Report(report)) }).await;
+            let _ = tx
+                .send(WorkerMessage {
+                    kind: Some(worker_message::Kind::Report(report)),
+                })
+                .await;
         }
     });
     enrolled.node_id
@@ -104,24 +128,45 @@ async fn majority_outvotes_a_lying_node() {
         let liar = start_liar(&sb, lie).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let input = format!("replicated {i}");
-        let job = Job { policy: "replicate:3", ..Job::new(sha.wasm, input.as_bytes()) };
+        let job = Job {
+            policy: "replicate:3",
+            ..Job::new(sha.wasm, input.as_bytes())
+        };
         let (_, result) = run(&sb.api, &job).await.unwrap();
-        assert_verified(&result, &zkmesh_guests::reference_output("sha256", input.as_bytes()).unwrap());
-        assert_eq!(result.receipts.len(), 2, "the liar's receipt is not part of the result");
+        assert_verified(
+            &result,
+            &zkmesh_guests::reference_output("sha256", input.as_bytes()).unwrap(),
+        );
+        assert_eq!(
+            result.receipts.len(),
+            2,
+            "the liar's receipt is not part of the result"
+        );
         assert!(result.receipts.iter().all(|r| r.node_id != liar));
-        assert!(result.verdict_reason.contains("2 of 3"), "{}", result.verdict_reason);
+        assert!(
+            result.verdict_reason.contains("2 of 3"),
+            "{}",
+            result.verdict_reason
+        );
         // The liar is not paid.
         let paid = sb
             .api
             .admin_ledger()
             .unwrap()
-            .get_balance(AccountRef { account: "operator/operator-liar".into() })
+            .get_balance(AccountRef {
+                account: "operator/operator-liar".into(),
+            })
             .await
             .unwrap()
             .into_inner()
             .balance;
         assert_eq!(paid, 0);
-        sb.api.admin_registry().unwrap().revoke_node(NodeRef { node_id: liar }).await.unwrap();
+        sb.api
+            .admin_registry()
+            .unwrap()
+            .revoke_node(NodeRef { node_id: liar })
+            .await
+            .unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;
     }
     assert_audit_passes(&sb.api).await;

@@ -6,10 +6,10 @@ use std::time::Duration;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
 use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
 use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
 use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-use tonic_reflection::pb::v1::ServerReflectionRequest;
 use zkmesh_kit::client::{ClientTls, channel};
 
 use crate::support::*;
@@ -20,18 +20,27 @@ async fn health_reflection_metrics_and_shutdown() {
     let c = sb.mesh.client.clone();
     let tls = ClientTls {
         ca: std::fs::read_to_string(&c.ca).unwrap(),
-        identity: Some((std::fs::read_to_string(&c.cert).unwrap(), std::fs::read_to_string(&c.key).unwrap())),
+        identity: Some((
+            std::fs::read_to_string(&c.cert).unwrap(),
+            std::fs::read_to_string(&c.key).unwrap(),
+        )),
     };
     let services = [
         (&c.registry, "zkmesh.v1.RegistryService", &sb.mesh.registry),
-        (&c.scheduler, "zkmesh.v1.SchedulerService", &sb.mesh.scheduler),
+        (
+            &c.scheduler,
+            "zkmesh.v1.SchedulerService",
+            &sb.mesh.scheduler,
+        ),
         (&c.ledger, "zkmesh.v1.LedgerService", &sb.mesh.ledger),
         (&c.verifier, "zkmesh.v1.VerifierService", &sb.mesh.verifier),
     ];
     for (endpoint, name, serving) in services {
         let ch = channel(endpoint, &tls).unwrap();
         let status = HealthClient::new(ch.clone())
-            .check(HealthCheckRequest { service: name.to_string() })
+            .check(HealthCheckRequest {
+                service: name.to_string(),
+            })
             .await
             .unwrap()
             .into_inner()
@@ -51,10 +60,18 @@ async fn health_reflection_metrics_and_shutdown() {
         let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
             panic!("{name}: unexpected reflection answer");
         };
-        assert!(list.service.iter().any(|s| s.name == name), "{name}: {list:?}");
+        assert!(
+            list.service.iter().any(|s| s.name == name),
+            "{name}: {list:?}"
+        );
 
-        let metrics = zkmesh_cli::client::http_get(serving.metrics_addr.unwrap(), "/metrics").await.unwrap();
-        assert!(metrics.contains("zkmesh_rpc_requests_total"), "{name}: {metrics}");
+        let metrics = zkmesh_cli::client::http_get(serving.metrics_addr.unwrap(), "/metrics")
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("zkmesh_rpc_requests_total"),
+            "{name}: {metrics}"
+        );
         assert!(metrics.contains("service=\""), "{name}");
     }
 
@@ -63,5 +80,8 @@ async fn health_reflection_metrics_and_shutdown() {
     let started = std::time::Instant::now();
     sb.mesh.stop().await;
     assert!(started.elapsed() < Duration::from_secs(15));
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "scheduler still listening");
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "scheduler still listening"
+    );
 }

@@ -23,9 +23,15 @@ pub async fn start(workers: usize) -> Sandbox {
     options.lease_secs = 3;
     options.heartbeat_secs = 1;
     let mesh = LocalMesh::start(options).await.expect("mesh starts");
-    mesh.wait_for_workers(workers, Duration::from_secs(20)).await.unwrap();
+    mesh.wait_for_workers(workers, Duration::from_secs(20))
+        .await
+        .unwrap();
     let api = MeshClient::connect(&mesh.client).unwrap();
-    Sandbox { mesh, api, _dir: dir }
+    Sandbox {
+        mesh,
+        api,
+        _dir: dir,
+    }
 }
 
 pub fn policy(s: &str) -> VerificationPolicy {
@@ -54,7 +60,10 @@ impl<'a> Job<'a> {
     }
 }
 
-pub async fn submit(s: &mut SchedulerServiceClient<Channel>, job: &Job<'_>) -> Result<Task, tonic::Status> {
+pub async fn submit(
+    s: &mut SchedulerServiceClient<Channel>,
+    job: &Job<'_>,
+) -> Result<Task, tonic::Status> {
     let module = upload(s, "test", job.wasm).await?;
     Ok(s.submit_task(SubmitTaskRequest {
         module_hash: module.module_hash,
@@ -75,14 +84,24 @@ pub async fn run(api: &MeshClient, job: &Job<'_>) -> Result<(Task, TaskResult), 
     let result = tokio::time::timeout(Duration::from_secs(60), wait(&mut s, &task.task_id, |_| {}))
         .await
         .expect("task ends within a minute")?;
-    let task = s.get_task(TaskRef { task_id: task.task_id }).await?.into_inner();
+    let task = s
+        .get_task(TaskRef {
+            task_id: task.task_id,
+        })
+        .await?
+        .into_inner();
     Ok((task, result))
 }
 
 pub fn assert_verified(result: &TaskResult, expected_output: &[u8]) {
     assert_eq!(result.state(), TaskState::Settled, "{result:?}");
     assert_eq!(result.exit(), ExitKind::Ok, "{}", result.exit_message);
-    assert_eq!(result.verdict(), Verdict::Verified, "{}", result.verdict_reason);
+    assert_eq!(
+        result.verdict(),
+        Verdict::Verified,
+        "{}",
+        result.verdict_reason
+    );
     assert_eq!(
         String::from_utf8_lossy(&result.output),
         String::from_utf8_lossy(expected_output)
