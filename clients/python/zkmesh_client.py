@@ -12,10 +12,12 @@ Prints one JSON object; exits 0 when the task settled with a verified, ok result
 """
 
 import argparse
+import atexit
 import hashlib
 import importlib
 import json
 import os
+import shutil
 import sys
 import tempfile
 import tomllib
@@ -37,6 +39,7 @@ def generate_stubs():
     import grpc_tools
 
     out = tempfile.mkdtemp(prefix="zkmesh-py-")
+    atexit.register(shutil.rmtree, out, ignore_errors=True)
     include = os.path.join(os.path.dirname(grpc_tools.__file__), "_proto")
     files = [os.path.join(PROTO_ROOT, "zkmesh", "v1", f"{p}.proto") for p in PROTOS]
     code = protoc.main(

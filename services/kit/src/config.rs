@@ -114,8 +114,8 @@ mod tests {
 
     #[test]
     fn env_overrides_file_and_unknown_keys_fail() {
-        let dir = tempfile_dir();
-        let file = dir.join("c.toml");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("c.toml");
         std::fs::write(&file, "listen = \"a\"\nslots = 1\n").unwrap();
         let mut env = HashMap::new();
         env.insert("ZKMESH_TEST_SLOTS".to_string(), "4".to_string());
@@ -130,11 +130,5 @@ mod tests {
         env.insert("ZKMESH_TEST_BOGUS".to_string(), "1".to_string());
         let err = load::<Sample>(Some(&file), "test", &env).unwrap_err();
         assert!(err.to_string().contains("bogus"), "{err}");
-    }
-
-    fn tempfile_dir() -> PathBuf {
-        let dir = std::env::temp_dir().join(crate::random_id("zkmesh-config-test-"));
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
     }
 }
