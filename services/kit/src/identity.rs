@@ -180,11 +180,7 @@ impl MeshCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        params.subject_alt_names = vec![SanType::URI(
-            format!("spiffe://{mesh}")
-                .try_into()
-                .map_err(rcgen::Error::from)?,
-        )];
+        params.subject_alt_names = vec![SanType::URI(format!("spiffe://{mesh}").try_into()?)];
         set_validity(&mut params, CA_LIFETIME);
         let cert = params.self_signed(&key)?;
         Ok(MeshCa {
@@ -270,24 +266,18 @@ impl MeshCa {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         params.use_authority_key_identifier_extension = true;
-        let mut sans = vec![SanType::URI(
-            identity.uri().try_into().map_err(rcgen::Error::from)?,
-        )];
+        let mut sans = vec![SanType::URI(identity.uri().try_into()?)];
         if identity.role == Role::Service {
             params
                 .extended_key_usages
                 .push(ExtendedKeyUsagePurpose::ServerAuth);
-            sans.push(SanType::DnsName(
-                "localhost".try_into().map_err(rcgen::Error::from)?,
-            ));
+            sans.push(SanType::DnsName("localhost".try_into()?));
             sans.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
             sans.push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
             for host in hosts {
                 sans.push(match host.parse::<IpAddr>() {
                     Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => {
-                        SanType::DnsName(host.clone().try_into().map_err(rcgen::Error::from)?)
-                    }
+                    Err(_) => SanType::DnsName(host.clone().try_into()?),
                 });
             }
         }

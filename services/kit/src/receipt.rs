@@ -83,7 +83,8 @@ mod tests {
         let mut r = sample();
         sign(&mut r, &key).unwrap();
         assert_eq!(verify(&r, &public), Ok(()));
-        let tampered: Vec<Box<dyn Fn(&mut Receipt)>> = vec![
+        type Tamper = Box<dyn Fn(&mut Receipt)>;
+        let tampered: Vec<Tamper> = vec![
             Box::new(|r| r.task_id.push('x')),
             Box::new(|r| r.output_hash = "44".repeat(32)),
             Box::new(|r| r.input_hash = "44".repeat(32)),

@@ -303,6 +303,12 @@ impl Core {
                 .await?;
                 continue;
             }
+            // Nodes whose lease on this task lapsed are tried again only when no other will do.
+            let lapsed: BTreeSet<String> = attempts
+                .iter()
+                .filter(|a| a.state == attempt_state::EXPIRED)
+                .map(|a| a.node_id.clone())
+                .collect();
             let mut leased = active.len();
             while leased < replicas {
                 let nodes = self.nodes.read().unwrap().clone();
@@ -318,6 +324,7 @@ impl Core {
                     })
                     .max_by_key(|(id, w)| {
                         (
+                            !lapsed.contains(*id),
                             w.slots - w.running.len() as u32,
                             std::cmp::Reverse((*id).clone()),
                         )

@@ -226,7 +226,7 @@ impl VerifierService {
                 .as_ref()
                 .unwrap_or(&VerificationPolicy::default()),
         )?;
-        let policy = req.policy.clone().unwrap_or_default();
+        let policy = req.policy.unwrap_or_default();
         let mut valid = Vec::new();
         let mut rejected = Vec::new();
         let mut reasons = Vec::new();
@@ -331,7 +331,7 @@ impl VerifierApi for VerifierService {
     ) -> Result<Response<VerifyResultResponse>, Status> {
         let req = req.into_inner();
         let response = self.judge(&req).await?;
-        let policy = describe_policy(&req.policy.clone().unwrap_or_default());
+        let policy = describe_policy(&req.policy.unwrap_or_default());
         sqlx::query(
             "INSERT INTO verdicts (verdict_id, task_id, policy, verdict, reason, output_hash, accepted, rejected, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )

@@ -4,10 +4,6 @@
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
-use tokio_stream::wrappers::ReceiverStream;
-use zkmesh_kit::client::{ClientTls, channel};
-use zkmesh_proto::registry_service_client::RegistryServiceClient;
-use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
 use zkmesh_proto::*;
 
 use crate::support::*;
@@ -22,64 +18,9 @@ enum Lie {
 
 /// A dishonest node: enrolls like a worker, then answers every assignment with a lie.
 async fn start_liar(sb: &Sandbox, lie: Lie) -> String {
-    let token = sb.mesh.join_token(1).await.unwrap();
-    let ca = std::fs::read_to_string(&sb.mesh.client.ca).unwrap();
-    let anonymous = ClientTls {
-        ca: ca.clone(),
-        identity: None,
-    };
-    let mut registry =
-        RegistryServiceClient::new(channel(&sb.mesh.client.registry, &anonymous).unwrap());
-    let (key_pem, csr) = zkmesh_kit::identity::generate_csr("liar").unwrap();
-    let receipt_key = SigningKey::from_bytes(&[9u8; 32]);
-    let secret = [5u8; 32];
-    let enrolled = registry
-        .enroll(EnrollRequest {
-            join_token: token,
-            csr_pem: csr,
-            receipt_public_key: receipt_key.verifying_key().to_bytes().to_vec(),
-            name: "liar".into(),
-            operator: "operator-liar".into(),
-            enrollment_secret_sha256: hex::decode(zkmesh_kit::sha256_hex(&secret)).unwrap(),
-            slots: 1,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let cert = registry
-        .fetch_certificate(FetchCertificateRequest {
-            node_id: enrolled.node_id.clone(),
-            enrollment_secret: secret.to_vec(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .certificate_pem;
-    assert!(
-        !cert.is_empty(),
-        "pre-approved token gives a certificate at once"
-    );
-    let tls = ClientTls {
-        ca,
-        identity: Some((cert, key_pem)),
-    };
-    let mut scheduler =
-        SchedulerServiceClient::new(channel(&sb.mesh.client.scheduler, &tls).unwrap());
-    let (tx, rx) = tokio::sync::mpsc::channel(16);
-    tx.send(WorkerMessage {
-        kind: Some(worker_message::Kind::Hello(WorkerHello {
-            slots: 1,
-            version: "liar".into(),
-        })),
-    })
-    .await
-    .unwrap();
-    let mut down = scheduler
-        .work(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
-    let node_id = enrolled.node_id.clone();
+    let fake = crate::fake_node::enroll(sb, "operator-liar", 1).await;
+    let (tx, mut down, receipt_key) = (fake.up, fake.down, fake.receipt_key);
+    let node_id = fake.node_id.clone();
     tokio::spawn(async move {
         while let Ok(Some(msg)) = down.message().await {
             let Some(scheduler_message::Kind::Assignment(a)) = msg.kind else {
@@ -117,7 +58,7 @@ async fn start_liar(sb: &Sandbox, lie: Lie) -> String {
                 .await;
         }
     });
-    enrolled.node_id
+    fake.node_id
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

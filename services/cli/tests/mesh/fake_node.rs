@@ -1,0 +1,92 @@
+//! A node that speaks the protocol by hand: enrolls like a worker, opens a Work stream, and
+//! then does whatever a test needs (lie, stay silent).
+
+use ed25519_dalek::SigningKey;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Streaming;
+use zkmesh_kit::client::{ClientTls, channel};
+use zkmesh_proto::registry_service_client::RegistryServiceClient;
+use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
+use zkmesh_proto::*;
+
+use crate::support::Sandbox;
+
+pub struct FakeNode {
+    pub node_id: String,
+    pub receipt_key: SigningKey,
+    pub up: mpsc::Sender<WorkerMessage>,
+    pub down: Streaming<SchedulerMessage>,
+}
+
+pub async fn enroll(sb: &Sandbox, operator: &str, slots: u32) -> FakeNode {
+    let token = sb.mesh.join_token(1).await.unwrap();
+    let ca = std::fs::read_to_string(&sb.mesh.client.ca).unwrap();
+    let anonymous = ClientTls {
+        ca: ca.clone(),
+        identity: None,
+    };
+    let mut registry =
+        RegistryServiceClient::new(channel(&sb.mesh.client.registry, &anonymous).unwrap());
+    let (key_pem, csr) = zkmesh_kit::identity::generate_csr(operator).unwrap();
+    let receipt_key = SigningKey::from_bytes(&[9u8; 32]);
+    let secret = [5u8; 32];
+    let enrolled = registry
+        .enroll(EnrollRequest {
+            join_token: token,
+            csr_pem: csr,
+            receipt_public_key: receipt_key.verifying_key().to_bytes().to_vec(),
+            name: operator.into(),
+            operator: operator.into(),
+            enrollment_secret_sha256: hex::decode(zkmesh_kit::sha256_hex(&secret)).unwrap(),
+            slots,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let cert = registry
+        .fetch_certificate(FetchCertificateRequest {
+            node_id: enrolled.node_id.clone(),
+            enrollment_secret: secret.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .certificate_pem;
+    assert!(
+        !cert.is_empty(),
+        "pre-approved token gives a certificate at once"
+    );
+    let tls = ClientTls {
+        ca,
+        identity: Some((cert, key_pem)),
+    };
+    let mut registry = RegistryServiceClient::new(channel(&sb.mesh.client.registry, &tls).unwrap());
+    // Be active at the registry before asking for work.
+    registry
+        .heartbeat(HeartbeatRequest { running_tasks: 0 })
+        .await
+        .unwrap();
+    let mut scheduler =
+        SchedulerServiceClient::new(channel(&sb.mesh.client.scheduler, &tls).unwrap());
+    let (up, rx) = mpsc::channel(16);
+    up.send(WorkerMessage {
+        kind: Some(worker_message::Kind::Hello(WorkerHello {
+            slots,
+            version: "fake".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let down = scheduler
+        .work(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    FakeNode {
+        node_id: enrolled.node_id,
+        receipt_key,
+        up,
+        down,
+    }
+}

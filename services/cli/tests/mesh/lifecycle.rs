@@ -1,0 +1,234 @@
+//! A task's other endings, and a node's life: cancellation releases the hold; a node that goes
+//! silent loses its lease and goes offline; an admin approves or denies a waiting node.
+
+use std::time::Duration;
+
+use zkmesh_proto::*;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_releases_the_hold_and_frees_the_worker() {
+    let sb = start(1).await;
+    let collatz = zkmesh_guests::get("collatz").unwrap();
+    let mut s = sb.api.scheduler().unwrap();
+    let job = Job {
+        fuel: 500_000_000_000,
+        timeout_secs: 120,
+        ..Job::new(collatz.wasm, b"50000000")
+    };
+    let task = submit(&mut s, &job).await.unwrap();
+    let task_ref = || TaskRef {
+        task_id: task.task_id.clone(),
+    };
+    let mut events = s.watch_task(task_ref()).await.unwrap().into_inner();
+    while let Some(e) = events.message().await.unwrap() {
+        if e.state() == TaskState::Running {
+            break;
+        }
+    }
+    let cancelled = s.cancel_task(task_ref()).await.unwrap().into_inner();
+    assert_eq!(cancelled.state(), TaskState::Cancelled);
+    let again = s.cancel_task(task_ref()).await.unwrap_err();
+    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+
+    // The whole hold comes back.
+    let entries = sb
+        .api
+        .ledger()
+        .unwrap()
+        .history(HistoryRequest {
+            account: String::new(),
+            task_id: task.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .entries;
+    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["hold", "release"], "{entries:?}");
+    assert_eq!(entries[0].amount, entries[1].amount);
+    let balance = sb
+        .api
+        .ledger()
+        .unwrap()
+        .get_balance(AccountRef::default())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(balance.balance, sb.mesh.options.mint);
+
+    // The worker stopped the cancelled guest and serves the next task promptly.
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let started = std::time::Instant::now();
+    let (_, result) = run(&sb.api, &Job::new(sha.wasm, b"next")).await.unwrap();
+    assert_verified(
+        &result,
+        &zkmesh_guests::reference_output("sha256", b"next").unwrap(),
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert_audit_passes(&sb.api).await;
+    sb.mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_node_loses_its_lease_and_goes_offline() {
+    let sb = start(1).await;
+    // More free slots than the real worker, so it is chosen first; then it never answers.
+    let silent = crate::fake_node::enroll(&sb, "operator-silent", 8).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let mut s = sb.api.scheduler().unwrap();
+    let task = submit(&mut s, &Job::new(sha.wasm, b"anyone there?"))
+        .await
+        .unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(60),
+        zkmesh_cli::client::wait(&mut s, &task.task_id, |_| {}),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_verified(
+        &result,
+        &zkmesh_guests::reference_output("sha256", b"anyone there?").unwrap(),
+    );
+    assert_ne!(result.receipts[0].node_id, silent.node_id);
+    let mut events = s
+        .watch_task(TaskRef {
+            task_id: task.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut expired = false;
+    while let Some(e) = events.message().await.unwrap() {
+        expired |= e.state() == TaskState::Expired && e.message.contains(&silent.node_id);
+    }
+    assert!(expired, "the silent node's lease expired");
+
+    // It sent no heartbeat since enrolling: the registry reports it offline.
+    let mut registry = sb.api.admin_registry().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let node = registry
+            .get_node(NodeRef {
+                node_id: silent.node_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if node.status() == NodeStatus::Offline {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "node never went offline"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    drop(silent);
+    assert_audit_passes(&sb.api).await;
+    sb.mesh.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_approves_or_denies_waiting_nodes() {
+    let sb = start(0).await;
+    let mut registry = sb.api.admin_registry().unwrap();
+    let enroll = |name: &str, token: String| {
+        let config = zkmesh_worker::WorkerConfig {
+            join_token: Some(token),
+            ..sb.mesh.worker_config(name, &format!("op-{name}"), None)
+        };
+        let shutdown = zkmesh_kit::CancellationToken::new();
+        tokio::spawn(zkmesh_worker::start(config, shutdown))
+    };
+    let pending =
+        |registry: &mut zkmesh_proto::registry_service_client::RegistryServiceClient<_>| {
+            let mut r = registry.clone();
+            async move {
+                for _ in 0..100 {
+                    let nodes = r
+                        .list_nodes(ListNodesRequest {
+                            status: NodeStatus::Pending as i32,
+                        })
+                        .await
+                        .unwrap()
+                        .into_inner()
+                        .nodes;
+                    if let Some(n) = nodes.first() {
+                        return n.node_id.clone();
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                panic!("no node became pending");
+            }
+        };
+    let waiting_token =
+        |registry: &mut zkmesh_proto::registry_service_client::RegistryServiceClient<
+            tonic::transport::Channel,
+        >| {
+            let mut r = registry.clone();
+            async move {
+                r.create_join_token(CreateJoinTokenRequest {
+                    pre_approved: false,
+                    ttl_secs: 600,
+                    max_uses: 1,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .token
+            }
+        };
+
+    // Denied: the worker gives up with a clear error.
+    let token = waiting_token(&mut registry).await;
+    let denied = enroll("denied", token);
+    let id = pending(&mut registry).await;
+    registry
+        .deny_node(NodeRef {
+            node_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let err = denied
+        .await
+        .unwrap()
+        .err()
+        .expect("a denied node does not start");
+    assert!(err.to_string().contains("denied"), "{err}");
+    // A used token cannot enroll another node.
+    let token = waiting_token(&mut registry).await;
+    let approved = enroll("approved", token.clone());
+    let id = pending(&mut registry).await;
+    let second = enroll("intruder", token);
+    assert!(
+        second.await.unwrap().is_err(),
+        "a one-use token enrolled two nodes"
+    );
+    registry
+        .approve_node(NodeRef {
+            node_id: id.clone(),
+        })
+        .await
+        .unwrap();
+    let handle = approved.await.unwrap().expect("approved node starts");
+    assert_eq!(handle.node_id, id);
+    sb.mesh
+        .wait_for_workers(1, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let (_, result) = run(&sb.api, &Job::new(sha.wasm, b"approved"))
+        .await
+        .unwrap();
+    assert_verified(
+        &result,
+        &zkmesh_guests::reference_output("sha256", b"approved").unwrap(),
+    );
+    assert_eq!(result.receipts[0].node_id, id);
+    handle.task.abort();
+    sb.mesh.stop().await;
+}
