@@ -13,7 +13,7 @@ use tonic::transport::Server;
 
 use crate::auth::{Acl, AuthLayer, RevocationList};
 use crate::config::TlsFiles;
-use crate::identity::read_file;
+use crate::identity::{mesh_of_ca, read_file};
 use crate::telemetry::{Metrics, serve_metrics};
 use crate::tls::MeshTls;
 
@@ -65,11 +65,13 @@ pub async fn bind(addr: &str) -> Result<TcpListener, ServeError> {
 pub struct ServeSpec {
     /// Short service name: `registry`, `scheduler`, `ledger`, `verifier`.
     pub name: &'static str,
-    pub mesh: String,
     pub acl: &'static Acl,
+    /// The service's certificate, key and the mesh CA; the mesh's name comes from the CA.
     pub tls: TlsPem,
-    pub listener: TcpListener,
-    pub metrics_listener: Option<TcpListener>,
+    /// `host:port` to serve gRPC on (`127.0.0.1:0` picks a port).
+    pub listen: String,
+    /// `host:port` for plain-HTTP Prometheus metrics, if any.
+    pub metrics_listen: Option<String>,
     pub metrics: Metrics,
     pub revoked: RevocationList,
     pub shutdown: CancellationToken,
@@ -99,14 +101,15 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
-    let addr = spec
-        .listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            addr: "listener".into(),
-            source,
-        })?;
-    let tls = MeshTls::new(&spec.tls, &spec.mesh)?;
+    let listener = bind(&spec.listen).await?;
+    let addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: spec.listen.clone(),
+        source,
+    })?;
+    let mesh = mesh_of_ca(&spec.tls.ca).ok_or_else(|| {
+        ServeError::Tls("the CA certificate carries no mesh name (spiffe://<mesh> URI)".into())
+    })?;
+    let tls = MeshTls::new(&spec.tls, &mesh)?;
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<S>().await;
@@ -121,7 +124,11 @@ where
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 
-    let metrics_addr = match spec.metrics_listener {
+    let metrics_listener = match &spec.metrics_listen {
+        Some(a) => Some(bind(a).await?),
+        None => None,
+    };
+    let metrics_addr = match metrics_listener {
         Some(listener) => {
             let a = listener.local_addr().ok();
             tokio::spawn(serve_metrics(
@@ -141,7 +148,7 @@ where
         spec.metrics.rpc(),
     );
     let drain = CancellationToken::new();
-    let incoming = crate::tls::incoming(spec.listener, &tls, drain.clone());
+    let incoming = crate::tls::incoming(listener, &tls, drain.clone());
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .layer(auth)

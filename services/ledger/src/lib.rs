@@ -19,9 +19,9 @@ use tonic::{Request, Response, Status};
 use zkmesh_kit::auth::{Acl, Allow, RevocationList, caller};
 use zkmesh_kit::config::TlsFiles;
 use zkmesh_kit::db::{self, Migration, Pool};
-use zkmesh_kit::identity::{Identity, Role, mesh_of_ca};
+use zkmesh_kit::identity::{Identity, Role};
 use zkmesh_kit::journal::{entry_hash, genesis_hash};
-use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, bind, serve};
+use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, serve};
 use zkmesh_kit::telemetry::Metrics;
 use zkmesh_kit::{CancellationToken, now_ms};
 use zkmesh_proto::ledger_service_server::{LedgerService as LedgerApi, LedgerServiceServer};
@@ -186,7 +186,6 @@ pub fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<SigningKey> 
 /// Starts the ledger; it runs until `shutdown` is cancelled.
 pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
     let tls = TlsPem::load(&config.tls)?;
-    let mesh = mesh_of_ca(&tls.ca).unwrap_or_else(|| "zkmesh".into());
     let key = load_or_create_key(&config.key_file)?;
     let db = db::connect(&config.database_url).await?;
     db::migrate(&db, "ledger", MIGRATIONS).await?;
@@ -218,20 +217,14 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
         tip: Mutex::new(tip),
         entries: metrics.counter("journal_entries", "Journal entries appended"),
     };
-    let listener = bind(&config.listen).await?;
-    let metrics_listener = match &config.metrics_listen {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
     Ok(serve(
         LedgerServiceServer::new(service),
         ServeSpec {
             name: "ledger",
-            mesh,
             acl: &ACL,
             tls,
-            listener,
-            metrics_listener,
+            listen: config.listen.clone(),
+            metrics_listen: config.metrics_listen.clone(),
             metrics,
             revoked,
             shutdown,

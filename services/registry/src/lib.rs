@@ -12,7 +12,7 @@ use zkmesh_kit::auth::{Acl, Allow, RevocationList, caller};
 use zkmesh_kit::config::TlsFiles;
 use zkmesh_kit::db::{self, Migration, Pool};
 use zkmesh_kit::identity::{Identity, MeshCa, Role, valid_name};
-use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, bind, serve};
+use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, serve};
 use zkmesh_kit::telemetry::Metrics;
 use zkmesh_kit::{CancellationToken, now_ms, random_id, sha256_hex};
 use zkmesh_proto::registry_service_server::{
@@ -169,21 +169,14 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyho
         ca,
     };
     service.load_revocations().await?;
-    let mesh = service.ca.mesh.clone();
-    let listener = bind(&config.listen).await?;
-    let metrics_listener = match &config.metrics_listen {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
     let serving = serve(
         RegistryServiceServer::new(service),
         ServeSpec {
             name: "registry",
-            mesh,
             acl: &ACL,
             tls,
-            listener,
-            metrics_listener,
+            listen: config.listen.clone(),
+            metrics_listen: config.metrics_listen.clone(),
             metrics,
             revoked,
             shutdown,

@@ -21,8 +21,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use zkmesh_kit::auth::{Acl, Allow, RevocationList};
 use zkmesh_kit::config::TlsFiles;
-use zkmesh_kit::identity::{Role, mesh_of_ca};
-use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, bind, serve};
+use zkmesh_kit::identity::Role;
+use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, serve};
 use zkmesh_kit::telemetry::Metrics;
 use zkmesh_kit::{CancellationToken, db};
 use zkmesh_proto::scheduler_service_server::SchedulerServiceServer;
@@ -162,7 +162,6 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> anyhow::Result<Serving> {
     let tls = TlsPem::load(&config.tls)?;
-    let mesh = mesh_of_ca(&tls.ca).unwrap_or_else(|| "zkmesh".into());
     let pool = db::connect(&config.database_url).await?;
     db::migrate(&pool, "scheduler", store::MIGRATIONS).await?;
     let client_tls = (&tls).into();
@@ -188,11 +187,6 @@ pub async fn start(
     let core = Arc::new(core);
     dispatch::spawn_background(core.clone());
     let service = SchedulerService::new(core, Arc::new(sandbox));
-    let listener = bind(&config.listen).await?;
-    let metrics_listener = match &config.metrics_listen {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
     Ok(serve(
         SchedulerServiceServer::new(service)
             // Reports carry a whole output (workers cap it at 16 MiB by default).
@@ -202,11 +196,10 @@ pub async fn start(
             ),
         ServeSpec {
             name: "scheduler",
-            mesh,
             acl: &ACL,
             tls,
-            listener,
-            metrics_listener,
+            listen: config.listen.clone(),
+            metrics_listen: config.metrics_listen.clone(),
             metrics,
             revoked,
             shutdown,

@@ -15,8 +15,8 @@ use tonic::{Request, Response, Status};
 use zkmesh_kit::auth::{Acl, Allow, RevocationList};
 use zkmesh_kit::config::TlsFiles;
 use zkmesh_kit::db::{self, Migration, Pool};
-use zkmesh_kit::identity::{Role, mesh_of_ca};
-use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, bind, serve};
+use zkmesh_kit::identity::Role;
+use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, serve};
 use zkmesh_kit::telemetry::Metrics;
 use zkmesh_kit::{CancellationToken, now_ms, random_id};
 use zkmesh_proto::registry_service_client::RegistryServiceClient;
@@ -99,7 +99,6 @@ pub struct VerifierService {
 /// Starts the verifier; it runs until `shutdown` is cancelled.
 pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
     let tls = TlsPem::load(&config.tls)?;
-    let mesh = mesh_of_ca(&tls.ca).unwrap_or_else(|| "zkmesh".into());
     let db = db::connect(&config.database_url).await?;
     db::migrate(&db, "verifier", MIGRATIONS).await?;
     let registry_channel = zkmesh_kit::client::channel(&config.registry_endpoint, &(&tls).into())?;
@@ -116,20 +115,14 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
         registry: RegistryServiceClient::new(registry_channel),
         verdicts: metrics.counter_family("verdicts", "Verdicts by policy and outcome"),
     };
-    let listener = bind(&config.listen).await?;
-    let metrics_listener = match &config.metrics_listen {
-        Some(a) => Some(bind(a).await?),
-        None => None,
-    };
     Ok(serve(
         VerifierServiceServer::new(service),
         ServeSpec {
             name: "verifier",
-            mesh,
             acl: &ACL,
             tls,
-            listener,
-            metrics_listener,
+            listen: config.listen.clone(),
+            metrics_listen: config.metrics_listen.clone(),
             metrics,
             revoked,
             shutdown,
