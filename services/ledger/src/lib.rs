@@ -102,7 +102,7 @@ CREATE TABLE journal (
     amount BIGINT NOT NULL,
     prev_hash TEXT NOT NULL,
     hash TEXT NOT NULL,
-    signature BLOB NOT NULL
+    signature BYTEA NOT NULL
 );
 CREATE INDEX journal_account ON journal (account);
 CREATE INDEX journal_task ON journal (task_id);

@@ -98,7 +98,7 @@ CREATE TABLE nodes (
     operator TEXT NOT NULL,
     state TEXT NOT NULL,
     csr_pem TEXT NOT NULL,
-    receipt_public_key BLOB NOT NULL,
+    receipt_public_key BYTEA NOT NULL,
     secret_hash TEXT NOT NULL,
     certificate_pem TEXT,
     certificate_expires_at_ms BIGINT NOT NULL,

@@ -16,7 +16,7 @@ CREATE TABLE modules (
     size BIGINT NOT NULL,
     abi BIGINT NOT NULL,
     imports TEXT NOT NULL,
-    bytes BLOB NOT NULL,
+    bytes BYTEA NOT NULL,
     uploaded_by TEXT NOT NULL,
     created_at_ms BIGINT NOT NULL
 );
@@ -24,7 +24,7 @@ CREATE TABLE tasks (
     task_id TEXT PRIMARY KEY,
     submitter TEXT NOT NULL,
     module_hash TEXT NOT NULL REFERENCES modules (module_hash),
-    input BLOB NOT NULL,
+    input BYTEA NOT NULL,
     input_hash TEXT NOT NULL,
     fuel_limit BIGINT NOT NULL,
     memory_limit_mib BIGINT NOT NULL,
@@ -37,14 +37,14 @@ CREATE TABLE tasks (
     credits_held BIGINT NOT NULL,
     exit BIGINT NOT NULL,
     exit_message TEXT NOT NULL,
-    output BLOB,
+    output BYTEA,
     output_hash TEXT NOT NULL,
     fuel_used BIGINT NOT NULL,
     verdict BIGINT NOT NULL,
     verdict_reason TEXT NOT NULL,
     credits_charged BIGINT NOT NULL,
     run_time_us BIGINT NOT NULL,
-    receipts BLOB,
+    receipts BYTEA,
     hold_closed BIGINT NOT NULL,
     created_at_ms BIGINT NOT NULL,
     updated_at_ms BIGINT NOT NULL
@@ -58,12 +58,12 @@ CREATE TABLE attempts (
     operator TEXT NOT NULL,
     state TEXT NOT NULL,
     lease_expires_at_ms BIGINT NOT NULL,
-    output BLOB,
+    output BYTEA,
     exit BIGINT NOT NULL,
     exit_message TEXT NOT NULL,
     fuel_used BIGINT NOT NULL,
     run_time_us BIGINT NOT NULL,
-    receipt BLOB,
+    receipt BYTEA,
     created_at_ms BIGINT NOT NULL
 );
 CREATE INDEX attempts_task ON attempts (task_id);
