@@ -563,7 +563,23 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
     {
         let config = ClientConfig::load(&path).map_err(|e| exit(EXIT_CONFIG, format!("{e:#}")))?;
         let api = MeshClient::connect(&config)?;
-        return submit_and_wait(&api, &args, false).await;
+        return submit_and_wait(&api, &args, false).await.map_err(|e| {
+            let unreachable = e
+                .downcast_ref::<tonic::Status>()
+                .is_some_and(|s| s.code() == tonic::Code::Unavailable);
+            if !unreachable {
+                return e;
+            }
+            exit(
+                crate::EXIT_UNAVAILABLE,
+                format!(
+                    "cannot reach the mesh configured in {} ({}); is `zkmesh dev` running? \
+                     `zkmesh run --embedded` runs on a throwaway mesh instead",
+                    path.display(),
+                    crate::describe(&e)
+                ),
+            )
+        });
     }
     let dir = tempfile::Builder::new().prefix("zkmesh-run-").tempdir()?;
     let mut options = MeshOptions::new(dir.path());
