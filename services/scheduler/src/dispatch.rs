@@ -249,15 +249,10 @@ impl Core {
             return Ok(());
         }
         let queued = self.store.queued(128).await.map_err(db_error)?;
-        for task in queued {
+        for task_id in queued {
             // The lock is taken per task, so reports and starts interleave with a long queue.
             let _t = self.transitions.lock().await;
-            let Some(task) = self
-                .store
-                .task(&task.task.task_id)
-                .await
-                .map_err(db_error)?
-            else {
+            let Some(task) = self.store.task(&task_id).await.map_err(db_error)? else {
                 continue;
             };
             if task.task.state() != TaskState::Queued {

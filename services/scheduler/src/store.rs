@@ -323,16 +323,16 @@ impl Store {
         Ok(rows.iter().map(|r| task_from_row(r).task).collect())
     }
 
-    /// Tasks waiting for nodes, oldest first.
-    pub async fn queued(&self, limit: u32) -> Result<Vec<TaskRow>> {
+    /// Ids of the tasks waiting for nodes, oldest first (ids only: inputs can be large).
+    pub async fn queued(&self, limit: u32) -> Result<Vec<String>> {
         let rows = sqlx::query(
-            "SELECT * FROM tasks WHERE state = $1 ORDER BY created_at_ms, task_id LIMIT $2",
+            "SELECT task_id FROM tasks WHERE state = $1 ORDER BY created_at_ms, task_id LIMIT $2",
         )
         .bind(TaskState::Queued as i64)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(task_from_row).collect())
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
     pub async fn tasks_in_state(&self, state: TaskState) -> Result<Vec<TaskRow>> {
