@@ -498,14 +498,39 @@ fn progress_printer(quiet: bool) -> impl FnMut(&TaskEvent) {
 }
 
 /// Uploads, submits and (unless `submit_only`) waits; returns the exit code.
+/// A task as the command line describes it, read and checked once (stdin can be read only
+/// once) before anything is started.
+struct Prepared {
+    name: String,
+    wasm: Vec<u8>,
+    input: Vec<u8>,
+    policy: VerificationPolicy,
+}
+
+fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
+    let (name, wasm) = load_module(&args.module)?;
+    let policy = parse_policy(&args.policy)?;
+    let input = read_input(args)?;
+    Ok(Prepared {
+        name,
+        wasm,
+        input,
+        policy,
+    })
+}
+
 async fn submit_and_wait(
     api: &MeshClient,
     args: &RunArgs,
+    task: Prepared,
     submit_only: bool,
 ) -> anyhow::Result<i32> {
-    let (name, wasm) = load_module(&args.module)?;
-    let input = read_input(args)?;
-    let policy = parse_policy(&args.policy)?;
+    let Prepared {
+        name,
+        wasm,
+        input,
+        policy,
+    } = task;
     let mut scheduler = api.scheduler()?;
     let module = upload(&mut scheduler, &name, &wasm)
         .await
@@ -555,31 +580,31 @@ async fn submit_and_wait(
 
 async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
     // Check what we can before starting anything.
-    load_module(&args.module)?;
-    parse_policy(&args.policy)?;
-    read_input(&args)?;
+    let task = prepare(&args)?;
     if !args.embedded
         && let Some(path) = configured(cli_mesh)
     {
         let config = ClientConfig::load(&path).map_err(|e| exit(EXIT_CONFIG, format!("{e:#}")))?;
         let api = MeshClient::connect(&config)?;
-        return submit_and_wait(&api, &args, false).await.map_err(|e| {
-            let unreachable = e
-                .downcast_ref::<tonic::Status>()
-                .is_some_and(|s| s.code() == tonic::Code::Unavailable);
-            if !unreachable {
-                return e;
-            }
-            exit(
-                crate::EXIT_UNAVAILABLE,
-                format!(
-                    "cannot reach the mesh configured in {} ({}); is `zkmesh dev` running? \
+        return submit_and_wait(&api, &args, task, false)
+            .await
+            .map_err(|e| {
+                let unreachable = e
+                    .downcast_ref::<tonic::Status>()
+                    .is_some_and(|s| s.code() == tonic::Code::Unavailable);
+                if !unreachable {
+                    return e;
+                }
+                exit(
+                    crate::EXIT_UNAVAILABLE,
+                    format!(
+                        "cannot reach the mesh configured in {} ({}); is `zkmesh dev` running? \
                      `zkmesh run --embedded` runs on a throwaway mesh instead",
-                    path.display(),
-                    crate::describe(&e)
-                ),
-            )
-        });
+                        path.display(),
+                        crate::describe(&e)
+                    ),
+                )
+            });
     }
     let dir = tempfile::Builder::new().prefix("zkmesh-run-").tempdir()?;
     let mut options = MeshOptions::new(dir.path());
@@ -595,7 +620,7 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
     mesh.wait_for_workers(args.workers.max(1), Duration::from_secs(30))
         .await?;
     let api = MeshClient::connect(&mesh.client)?;
-    let mut result = submit_and_wait(&api, &args, false).await;
+    let mut result = submit_and_wait(&api, &args, task, false).await;
     if args.audit
         && result.is_ok()
         && let Err(e) = audit(&api).await
@@ -671,7 +696,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Run(args) => run(&mesh, args).await,
         Command::Dev(args) => dev(args).await,
-        Command::Submit(args) => submit_and_wait(&client(&mesh)?, &args, true).await,
+        Command::Submit(args) => {
+            let task = prepare(&args)?;
+            submit_and_wait(&client(&mesh)?, &args, task, true).await
+        }
         Command::Upload { module, json } => {
             let (name, wasm) = load_module(&module)?;
             let api = client(&mesh)?;

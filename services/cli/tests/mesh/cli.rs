@@ -88,6 +88,35 @@ fn run_reads_files_and_replicates() {
 }
 
 #[test]
+fn run_reads_the_input_from_stdin() {
+    use std::io::Write;
+    let home = tempfile::tempdir().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_zkmesh"))
+        .args(["run", "wordcount", "--input-file", "-", "--json"])
+        .env("ZKMESH_HOME", home.path())
+        .env_remove("ZKMESH_CLIENT_CONFIG")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"one two\nthree\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json(&out)["output_text"], "2 3 14\n");
+}
+
+#[test]
 fn exit_codes_distinguish_task_failure_from_bad_input() {
     let home = tempfile::tempdir().unwrap();
     let trap = concat!(env!("CARGO_MANIFEST_DIR"), "/../../guests/hostile/trap.wat");
