@@ -129,7 +129,7 @@ pub enum ModuleError {
     Invalid(String),
     #[error("forbidden import {import}: {reason}")]
     ForbiddenImport { import: String, reason: String },
-    #[error("module has no entry point: {0}")]
+    #[error("module does not fit a guest ABI: {0}")]
     NoEntry(String),
 }
 
@@ -368,10 +368,14 @@ impl Sandbox {
             Ok(()) => Exit::Ok,
             Err(e) => self.classify_error(&e, host.limiter.denied),
         };
-        let (output, stderr) = match compiled.abi {
+        let (mut output, stderr) = match compiled.abi {
             Abi::Zkmesh => (host.output, Vec::new()),
             Abi::Wasi => (stdout.contents().to_vec(), stderr.contents().to_vec()),
         };
+        if exit == Exit::OutputTooLarge {
+            // A truncated output is no result: report none rather than up to the cap of bytes.
+            output.clear();
+        }
         self.outcome(exit, limits, output, stderr, fuel_used, started)
     }
 
@@ -423,7 +427,15 @@ impl Sandbox {
         if text.contains("beyond capacity of MemoryOutputPipe") {
             return Exit::OutputTooLarge;
         }
-        Exit::Trap(text.lines().next().unwrap_or("").to_string())
+        // The outermost message is wasmtime's "error while executing at wasm backtrace:"; the
+        // cause is the innermost one.
+        let cause = e.root_cause().to_string();
+        let cause = cause.lines().next().unwrap_or("").trim();
+        Exit::Trap(if cause.is_empty() {
+            text.lines().next().unwrap_or("").to_string()
+        } else {
+            cause.to_string()
+        })
     }
 }
 

@@ -143,9 +143,9 @@ pub struct RunArgs {
     /// Always start an embedded mesh, even when one is configured.
     #[arg(long)]
     pub embedded: bool,
-    /// Workers in the embedded mesh.
-    #[arg(long, default_value_t = 2)]
-    pub workers: usize,
+    /// Workers in the embedded mesh (1 to 64).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub workers: u16,
     /// After the task, audit the embedded mesh's ledger (exit 1 if the audit fails).
     #[arg(long)]
     pub audit: bool,
@@ -182,7 +182,7 @@ pub enum NodeCommand {
     Token {
         #[arg(long)]
         pre_approved: bool,
-        #[arg(long, default_value_t = 1)]
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
         uses: u32,
         #[arg(long, default_value_t = 86400)]
         ttl_secs: u32,
@@ -366,6 +366,9 @@ pub fn state_name(state: i32) -> String {
 }
 
 pub fn exit_name(exit: i32) -> String {
+    if exit == 0 {
+        return "none".into();
+    }
     ExitKind::try_from(exit)
         .unwrap_or(ExitKind::Unspecified)
         .as_str_name()
@@ -374,6 +377,9 @@ pub fn exit_name(exit: i32) -> String {
 }
 
 pub fn verdict_name(v: i32) -> String {
+    if v == 0 {
+        return "none".into();
+    }
     Verdict::try_from(v)
         .unwrap_or(Verdict::Unspecified)
         .as_str_name()
@@ -391,7 +397,7 @@ pub fn result_json(task: &Task, result: &TaskResult) -> serde_json::Value {
     json!({
         "task_id": result.task_id,
         "state": state_name(result.state),
-        "exit": exit_name(result.exit),
+        "exit": (result.exit != 0).then(|| exit_name(result.exit)),
         "exit_message": result.exit_message,
         "output_base64": base64::engine::general_purpose::STANDARD.encode(&result.output),
         "output_text": text,
@@ -399,7 +405,7 @@ pub fn result_json(task: &Task, result: &TaskResult) -> serde_json::Value {
         "fuel_used": result.fuel_used,
         "fuel_limit": task.fuel_limit,
         "policy": policy_name(&result.policy),
-        "verdict": verdict_name(result.verdict),
+        "verdict": (result.verdict != 0).then(|| verdict_name(result.verdict)),
         "verdict_reason": result.verdict_reason,
         "credits_charged": result.credits_charged,
         "credits_held": task.credits_held,
@@ -426,7 +432,7 @@ pub fn task_exit_code(result: &TaskResult) -> i32 {
     if ok { 0 } else { EXIT_TASK }
 }
 
-fn print_result(task: &Task, result: &TaskResult, elapsed: Option<Duration>) {
+fn print_result(task: &Task, result: &TaskResult, elapsed: Option<Duration>, body: bool) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(
         out,
@@ -469,11 +475,19 @@ fn print_result(task: &Task, result: &TaskResult, elapsed: Option<Duration>) {
         result.output.len(),
         result.output_hash
     );
+    if !body {
+        return;
+    }
+    // Text as text; anything with control characters (or not UTF-8) as base64.
     match std::str::from_utf8(&result.output) {
-        Ok(text) => {
+        Ok(text)
+            if !text
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) =>
+        {
             let _ = writeln!(out, "{text}");
         }
-        Err(_) => {
+        _ => {
             let _ = writeln!(
                 out,
                 "base64:{}",
@@ -559,7 +573,30 @@ async fn submit_and_wait(
         }
         return Ok(0);
     }
-    let result = wait(&mut scheduler, &task.task_id, progress_printer(args.json)).await?;
+    // A task nobody takes would otherwise wait silently (the timeout counts from the start).
+    let taken = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hint = tokio::spawn({
+        let taken = taken.clone();
+        async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            if !taken.load(std::sync::atomic::Ordering::Relaxed) {
+                eprintln!(
+                    "still queued after 10 s: no node has taken the task yet \
+                     (see `zkmesh node list`: nodes may be busy, pending approval or offline)"
+                );
+            }
+        }
+    });
+    let mut printer = progress_printer(args.json);
+    let result = wait(&mut scheduler, &task.task_id, |e| {
+        if e.state() != TaskState::Queued {
+            taken.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        printer(e)
+    })
+    .await;
+    hint.abort();
+    let result = result?;
     let elapsed = started.elapsed();
     let task = scheduler
         .get_task(TaskRef {
@@ -573,7 +610,7 @@ async fn submit_and_wait(
         value["module_name"] = json!(name);
         println!("{value}");
     } else {
-        print_result(&task, &result, Some(elapsed));
+        print_result(&task, &result, Some(elapsed), true);
     }
     Ok(task_exit_code(&result))
 }
@@ -608,7 +645,7 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
     }
     let dir = tempfile::Builder::new().prefix("zkmesh-run-").tempdir()?;
     let mut options = MeshOptions::new(dir.path());
-    options.workers = args.workers.max(1);
+    options.workers = args.workers as usize;
     options.metrics = true;
     if !args.json {
         eprintln!(
@@ -617,7 +654,7 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
         );
     }
     let mesh = LocalMesh::start(options).await?;
-    mesh.wait_for_workers(args.workers.max(1), Duration::from_secs(30))
+    mesh.wait_for_workers(args.workers as usize, Duration::from_secs(30))
         .await?;
     let api = MeshClient::connect(&mesh.client)?;
     let mut result = submit_and_wait(&api, &args, task, false).await;
@@ -635,6 +672,22 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
 async fn dev(args: DevArgs) -> anyhow::Result<i32> {
     let home = zkmesh_home();
     let dir = args.dir.unwrap_or_else(|| home.join("dev"));
+    // One dev mesh per data directory: two would share its databases.
+    let lock = dir.join("dev.pid");
+    if let Ok(pid) = std::fs::read_to_string(&lock)
+        && Path::new("/proc").join(pid.trim()).exists()
+    {
+        return Err(exit(
+            EXIT_USAGE,
+            format!(
+                "another `zkmesh dev` (pid {}) is running on {}; stop it first, or use --dir",
+                pid.trim(),
+                dir.display()
+            ),
+        ));
+    }
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(&lock, std::process::id().to_string())?;
     let mut options = MeshOptions::new(&dir);
     options.workers = args.workers;
     if args.port_base != 0 {
@@ -663,8 +716,13 @@ async fn dev(args: DevArgs) -> anyhow::Result<i32> {
     println!("try: zkmesh run sha256 --input hello      (Ctrl-C stops the mesh)");
     zkmesh_kit::server::shutdown_signal().await;
     eprintln!("stopping...");
+    let mesh_client = mesh.client.clone();
     mesh.stop().await;
-    let _ = std::fs::remove_file(&config_path);
+    // Remove the client config only if it is still ours.
+    if std::fs::read_to_string(&config_path).ok() == toml::to_string_pretty(&mesh_client).ok() {
+        let _ = std::fs::remove_file(&config_path);
+    }
+    let _ = std::fs::remove_file(&lock);
     Ok(0)
 }
 
@@ -765,14 +823,14 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 .await?
                 .into_inner();
             let r = s.get_result(TaskRef { task_id: task }).await?.into_inner();
-            if let Some(path) = output {
-                std::fs::write(&path, &r.output)
+            if let Some(path) = &output {
+                std::fs::write(path, &r.output)
                     .with_context(|| format!("writing {}", path.display()))?;
             }
             if json {
                 println!("{}", result_json(&t, &r));
             } else {
-                print_result(&t, &r, None);
+                print_result(&t, &r, None, output.is_none());
             }
             Ok(task_exit_code(&r))
         }

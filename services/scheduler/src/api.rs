@@ -368,12 +368,14 @@ impl SchedulerApi for SchedulerService {
         let me = caller(&req)?;
         let node_id = me.name.clone();
         let node = self.core.node(&node_id).await?;
-        if matches!(
-            node.status(),
-            NodeStatus::Revoked | NodeStatus::Denied | NodeStatus::Pending
-        ) {
+        if matches!(node.status(), NodeStatus::Revoked | NodeStatus::Denied) {
             return Err(Status::permission_denied(format!(
-                "node {node_id} is not approved"
+                "node {node_id} is revoked"
+            )));
+        }
+        if node.status() == NodeStatus::Pending {
+            return Err(Status::unavailable(format!(
+                "node {node_id} is not approved yet"
             )));
         }
         if node.status() == NodeStatus::Offline {

@@ -145,10 +145,9 @@ impl Core {
     }
 
     /// Node facts from the registry, with a direct look-up for nodes not yet in the cache.
+    /// The registry's current view of a node (never the cache: a node that was just approved
+    /// must not be refused because of a stale copy), remembered for placement.
     pub async fn node(&self, node_id: &str) -> Result<Node> {
-        if let Some(n) = self.nodes.read().unwrap().get(node_id) {
-            return Ok(n.clone());
-        }
         let node = call(self.registry.clone().get_node(NodeRef {
             node_id: node_id.to_string(),
         }))

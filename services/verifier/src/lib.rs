@@ -245,10 +245,14 @@ impl VerifierService {
         let mut groups: BTreeMap<(String, i32, u64), Vec<&ReportedResult>> = BTreeMap::new();
         for r in &valid {
             let receipt = r.receipt.as_ref().expect("checked above");
-            groups
-                .entry((receipt.output_hash.clone(), receipt.exit, receipt.fuel_used))
-                .or_default()
-                .push(r);
+            // A run stopped by the wall clock is not deterministic (how far it got depends on
+            // the machine), so timeouts agree on the exit alone.
+            let key = if receipt.exit == ExitKind::Timeout as i32 {
+                (String::new(), receipt.exit, 0)
+            } else {
+                (receipt.output_hash.clone(), receipt.exit, receipt.fuel_used)
+            };
+            groups.entry(key).or_default().push(r);
         }
         let winner = groups.iter().find(|(_, members)| {
             members
@@ -259,7 +263,12 @@ impl VerifierService {
                 >= needed
         });
         let response = match winner {
-            Some(((output_hash, _, _), members)) => {
+            Some((_, members)) => {
+                let output_hash = &members[0]
+                    .receipt
+                    .as_ref()
+                    .expect("checked above")
+                    .output_hash;
                 let accepted: Vec<String> = members.iter().map(|m| m.attempt_id.clone()).collect();
                 for r in &valid {
                     if !accepted.contains(&r.attempt_id) {

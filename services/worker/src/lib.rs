@@ -232,6 +232,8 @@ struct Shared {
     modules: Mutex<HashMap<String, Arc<Vec<u8>>>>,
     /// Attempts in flight here, with the flag that stops each.
     running: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    /// Set when the registry says this node is revoked.
+    revoked: AtomicBool,
     slots: Arc<Semaphore>,
 }
 
@@ -268,6 +270,7 @@ async fn run(
         sandbox,
         modules: Mutex::new(HashMap::new()),
         running: Mutex::new(HashMap::new()),
+        revoked: AtomicBool::new(false),
         slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
     });
 
@@ -347,11 +350,8 @@ async fn run(
                             break;
                         }
                         Err(e) => {
-                            if e.code() == tonic::Code::PermissionDenied {
-                                tracing::error!(error = %e.message(), "refused by the scheduler; stopping");
-                                stop.cancel();
-                                return Err(WorkerError::Revoked(shared.node_id.clone()));
-                            }
+                            // Even a refusal is not final here: the registry, asked by the
+                            // heartbeat loop, is the authority on whether this node is revoked.
                             tracing::warn!(error = %e.message(), "Work stream broken");
                             break;
                         }
@@ -359,10 +359,6 @@ async fn run(
                 }
             }
             Err(e) => {
-                if e.code() == tonic::Code::PermissionDenied {
-                    stop.cancel();
-                    return Err(WorkerError::Revoked(shared.node_id.clone()));
-                }
                 tracing::warn!(error = %e.message(), "cannot open the Work stream; retrying");
             }
         }
@@ -380,6 +376,9 @@ async fn run(
         backoff = (backoff * 2).clamp(Duration::from_millis(200), Duration::from_secs(5));
     }
     tracing::info!(node_id = %shared.node_id, "worker stopped");
+    if shared.revoked.load(Ordering::Relaxed) {
+        return Err(WorkerError::Revoked(shared.node_id.clone()));
+    }
     Ok(())
 }
 
@@ -466,6 +465,7 @@ fn spawn_heartbeats(
             match answer {
                 Ok(r) if r.get_ref().status() == NodeStatus::Revoked => {
                     tracing::error!("this node has been revoked; stopping");
+                    shared.revoked.store(true, Ordering::Relaxed);
                     stop.cancel();
                     return;
                 }
@@ -488,6 +488,7 @@ fn spawn_heartbeats(
                 }
                 Err(e) if e.code() == tonic::Code::PermissionDenied => {
                     tracing::error!(error = %e.message(), "refused by the registry; stopping");
+                    shared.revoked.store(true, Ordering::Relaxed);
                     stop.cancel();
                     return;
                 }

@@ -113,3 +113,34 @@ async fn majority_outvotes_a_lying_node() {
     assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_that_time_out_agree_on_the_timeout() {
+    let sb = start(2).await;
+    // How far a loop gets before the wall clock stops it differs between nodes; the verdict
+    // must still be a clear timeout, not a failure to agree.
+    let spin = zkmesh_guests::hostile_by_name("infinite_loop").unwrap();
+    let job = Job {
+        policy: "replicate:2",
+        fuel: 1_000_000_000_000,
+        timeout_secs: 1,
+        ..Job::new(spin.wasm, b"")
+    };
+    let (_, result) = run(&sb.api, &job).await.unwrap();
+    assert_eq!(
+        result.state(),
+        TaskState::Settled,
+        "{}",
+        result.verdict_reason
+    );
+    assert_eq!(
+        result.verdict(),
+        Verdict::Verified,
+        "{}",
+        result.verdict_reason
+    );
+    assert_eq!(result.exit(), ExitKind::Timeout);
+    assert_eq!(result.receipts.len(), 2);
+    assert_audit_passes(&sb.api).await;
+    sb.mesh.stop().await;
+}
