@@ -492,18 +492,21 @@ impl Core {
         self.verify_and_settle(&task_id).await
     }
 
+    /// The task, if it is (still) in `state`. Call with `transitions` held.
+    async fn task_in(&self, task_id: &str, state: TaskState) -> Result<Option<TaskRow>> {
+        let task = self.store.task(task_id).await.map_err(db_error)?;
+        Ok(task.filter(|t| t.task.state() == state))
+    }
+
     /// REPORTED -> verdict -> VERIFIED -> SETTLED (or back to the queue). The verifier and the
     /// ledger are called without holding `transitions`; the state is re-checked after each call,
     /// so a concurrent cancel or sweep is never overwritten.
     async fn verify_and_settle(&self, task_id: &str) -> Result<()> {
         let request = {
             let _t = self.transitions.lock().await;
-            let Some(task) = self.store.task(task_id).await.map_err(db_error)? else {
+            let Some(task) = self.task_in(task_id, TaskState::Reported).await? else {
                 return Ok(());
             };
-            if task.task.state() != TaskState::Reported {
-                return Ok(());
-            }
             let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
             VerifyResultRequest {
                 task_id: task_id.to_string(),
@@ -533,12 +536,9 @@ impl Core {
         };
         {
             let _t = self.transitions.lock().await;
-            let Some(task) = self.store.task(task_id).await.map_err(db_error)? else {
+            let Some(task) = self.task_in(task_id, TaskState::Reported).await? else {
                 return Ok(());
             };
-            if task.task.state() != TaskState::Reported {
-                return Ok(());
-            }
             let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
             if !self.apply_verdict(&task, &attempts, verdict).await? {
                 return Ok(());
@@ -631,13 +631,7 @@ impl Core {
             }
         };
         let _t = self.transitions.lock().await;
-        let still_verified = self
-            .store
-            .task(task_id)
-            .await
-            .map_err(db_error)?
-            .is_some_and(|t| t.task.state() == TaskState::Verified);
-        if !still_verified {
+        if self.task_in(task_id, TaskState::Verified).await?.is_none() {
             return Ok(());
         }
         self.store
