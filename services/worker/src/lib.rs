@@ -385,6 +385,14 @@ async fn run(
 /// This node's mesh certificate and key, from its data directory.
 fn node_tls(config: &WorkerConfig) -> Result<ClientTls, WorkerError> {
     let dir = &config.data_dir;
+    // A renewal interrupted between its two renames (key first, certificate last) is finished
+    // here, so the key and certificate on disk always belong together.
+    if dir.join("tls.crt.new").exists() {
+        if dir.join("tls.key.new").exists() {
+            std::fs::rename(dir.join("tls.key.new"), dir.join("tls.key")).map_err(setup_err)?;
+        }
+        std::fs::rename(dir.join("tls.crt.new"), dir.join("tls.crt")).map_err(setup_err)?;
+    }
     Ok(ClientTls {
         ca: read_file(&config.ca_cert).map_err(setup_err)?,
         identity: Some((
