@@ -40,6 +40,17 @@ impl SchedulerService {
     }
 }
 
+/// A requested limit (0: the default), refused above the maximum.
+fn limit(requested: u64, default: u64, max: u64, what: &str, unit: &str) -> Result<u64, Status> {
+    let value = if requested == 0 { default } else { requested };
+    if value > max {
+        return Err(Status::invalid_argument(format!(
+            "{what} {value}{unit} is above the maximum {max}{unit}"
+        )));
+    }
+    Ok(value)
+}
+
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -153,39 +164,27 @@ impl SchedulerApi for SchedulerService {
                 config.max_input_bytes
             ));
         }
-        let fuel = if req.fuel_limit == 0 {
-            config.default_fuel
-        } else {
-            req.fuel_limit
-        };
-        if fuel > config.max_fuel {
-            return bad(format!(
-                "fuel limit {fuel} is above the maximum {}",
-                config.max_fuel
-            ));
-        }
-        let memory = if req.memory_limit_mib == 0 {
-            config.default_memory_mib
-        } else {
-            req.memory_limit_mib
-        };
-        if memory > config.max_memory_mib {
-            return bad(format!(
-                "memory limit {memory} MiB is above the maximum {} MiB",
-                config.max_memory_mib
-            ));
-        }
-        let timeout = if req.timeout_secs == 0 {
-            config.default_timeout_secs
-        } else {
-            req.timeout_secs
-        };
-        if timeout > config.max_timeout_secs {
-            return bad(format!(
-                "timeout {timeout}s is above the maximum {}s",
-                config.max_timeout_secs
-            ));
-        }
+        let fuel = limit(
+            req.fuel_limit,
+            config.default_fuel,
+            config.max_fuel,
+            "fuel limit",
+            "",
+        )?;
+        let memory = limit(
+            req.memory_limit_mib.into(),
+            config.default_memory_mib.into(),
+            config.max_memory_mib.into(),
+            "memory limit",
+            " MiB",
+        )? as u32;
+        let timeout = limit(
+            req.timeout_secs.into(),
+            config.default_timeout_secs.into(),
+            config.max_timeout_secs.into(),
+            "timeout",
+            "s",
+        )? as u32;
         let policy = req.policy.unwrap_or(VerificationPolicy {
             kind: PolicyKind::Receipt as i32,
             replicas: 0,
