@@ -87,6 +87,11 @@ fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) {
     }
 }
 
+/// How long a service gives calls in flight to finish after shutdown begins, by default.
+pub fn default_grace_secs() -> u64 {
+    10
+}
+
 /// Paths of a service's TLS material.
 #[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]

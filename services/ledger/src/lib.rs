@@ -40,15 +40,12 @@ pub struct LedgerConfig {
     pub key_file: PathBuf,
     /// The registry, for the revocation list.
     pub registry_endpoint: String,
-    #[serde(default = "default_grace")]
+    #[serde(default = "zkmesh_kit::config::default_grace_secs")]
     pub grace_secs: u64,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:7003".into()
-}
-fn default_grace() -> u64 {
-    10
 }
 
 pub static ACL: Acl = Acl {
@@ -236,6 +233,33 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
 
 fn amount(v: u64, what: &str) -> Result<i64> {
     i64::try_from(v).map_err(|_| LedgerError::BadRequest(format!("{what} is too large")))
+}
+
+/// Closes an open hold inside the transaction that journals it. The state condition makes a
+/// second capture or release impossible even when two race.
+async fn close_hold(
+    tx: &mut sqlx::SqliteConnection,
+    task: &str,
+    state: &str,
+    paid: u64,
+    refunded: u64,
+) -> Result<()> {
+    let changed = sqlx::query(
+        "UPDATE holds SET state = $1, paid = $2, refunded = $3 WHERE task_id = $4 AND state = 'open'",
+    )
+    .bind(state)
+    .bind(paid as i64)
+    .bind(refunded as i64)
+    .bind(task)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if changed != 1 {
+        return Err(LedgerError::Precondition(format!(
+            "the hold for task {task} is no longer open"
+        )));
+    }
+    Ok(())
 }
 
 fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> JournalEntry {
@@ -536,23 +560,7 @@ impl LedgerApi for LedgerService {
         }
         let task = req.task_id.clone();
         self.commit(&movements, move |tx| {
-            Box::pin(async move {
-                // The state check inside the transaction makes a second capture impossible even
-                // when two race.
-                let changed = sqlx::query(
-                    "UPDATE holds SET state = 'captured', paid = $1, refunded = $2 WHERE task_id = $3 AND state = 'open'",
-                )
-                .bind(paid as i64)
-                .bind(refund as i64)
-                .bind(&task)
-                .execute(&mut *tx)
-                .await?
-                .rows_affected();
-                if changed != 1 {
-                    return Err(LedgerError::Precondition(format!("the hold for task {task} is no longer open")));
-                }
-                Ok(())
-            })
+            Box::pin(async move { close_hold(tx, &task, "captured", paid, refund).await })
         })
         .await?;
         tracing::info!(task_id = %req.task_id, paid, refund, "captured");
@@ -576,20 +584,7 @@ impl LedgerApi for LedgerService {
                 amount: hold.amount,
             }],
             move |tx| {
-                Box::pin(async move {
-                    let changed = sqlx::query(
-                        "UPDATE holds SET state = 'released', refunded = $1 WHERE task_id = $2 AND state = 'open'",
-                    )
-                    .bind(amount_held as i64)
-                    .bind(&task)
-                    .execute(&mut *tx)
-                    .await?
-                    .rows_affected();
-                    if changed != 1 {
-                        return Err(LedgerError::Precondition(format!("the hold for task {task} is no longer open")));
-                    }
-                    Ok(())
-                })
+                Box::pin(async move { close_hold(tx, &task, "released", 0, amount_held).await })
             },
         )
         .await?;

@@ -38,7 +38,7 @@ pub struct RegistryConfig {
     pub heartbeat_timeout_secs: u64,
     #[serde(default = "default_cert_lifetime")]
     pub node_certificate_lifetime_secs: u64,
-    #[serde(default = "default_grace")]
+    #[serde(default = "zkmesh_kit::config::default_grace_secs")]
     pub grace_secs: u64,
 }
 
@@ -50,9 +50,6 @@ fn default_heartbeat_timeout() -> u64 {
 }
 fn default_cert_lifetime() -> u64 {
     24 * 3600
-}
-fn default_grace() -> u64 {
-    10
 }
 
 /// Who may call each registry RPC.

@@ -66,7 +66,7 @@ pub struct SchedulerConfig {
     pub max_module_bytes: usize,
     #[serde(default = "defaults::max_input_bytes")]
     pub max_input_bytes: usize,
-    #[serde(default = "defaults::grace")]
+    #[serde(default = "zkmesh_kit::config::default_grace_secs")]
     pub grace_secs: u64,
 }
 
@@ -106,9 +106,6 @@ mod defaults {
     }
     pub fn max_input_bytes() -> usize {
         16 << 20
-    }
-    pub fn grace() -> u64 {
-        10
     }
 }
 

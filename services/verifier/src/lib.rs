@@ -36,15 +36,12 @@ pub struct VerifierConfig {
     pub tls: TlsFiles,
     /// The registry: node receipt keys and the revocation list.
     pub registry_endpoint: String,
-    #[serde(default = "default_grace")]
+    #[serde(default = "zkmesh_kit::config::default_grace_secs")]
     pub grace_secs: u64,
 }
 
 fn default_listen() -> String {
     "127.0.0.1:7004".into()
-}
-fn default_grace() -> u64 {
-    10
 }
 
 /// Marks a check that could not be made (the registry is unreachable).
