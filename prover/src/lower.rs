@@ -1,0 +1,1530 @@
+//! Lowering: a WebAssembly module becomes a [`Program`], deterministically.
+//!
+//! The prover and the verifier both call [`lower`] on the module bytes and must get the same
+//! program, so nothing here depends on anything but the bytes: no hash-map iteration order, no
+//! environment. A module outside the provable subset gets an [`LowerError::Unprovable`] that names
+//! the function, the byte offset and the instruction or feature that keeps it out.
+
+use wasmparser::{
+    BlockType, CompositeInnerType, DataKind, ElementItems, ElementKind, ExternalKind, FuncType,
+    Operator, Parser, Payload, TypeRef, ValType, Validator, WasmFeatures,
+};
+
+use crate::isa::{
+    GLOBAL_FIRST, GLOBAL_OUT_LEN, Instr, MAX_PAGES, MAX_SLOT, Op, PAGE, Program, Space, status,
+};
+
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum LowerError {
+    #[error("not a valid WebAssembly module: {0}")]
+    Invalid(String),
+    #[error("not provable: {what}{}", at.as_ref().map(|a| format!(" ({a})")).unwrap_or_default())]
+    Unprovable { what: String, at: Option<String> },
+}
+
+fn unprovable(what: impl Into<String>) -> LowerError {
+    LowerError::Unprovable {
+        what: what.into(),
+        at: None,
+    }
+}
+
+/// The features the zkVM accepts on top of WebAssembly 1.0. Anything else is refused by the
+/// validator with its own message.
+fn features() -> WasmFeatures {
+    WasmFeatures::MUTABLE_GLOBAL
+        | WasmFeatures::SIGN_EXTENSION
+        | WasmFeatures::MULTI_VALUE
+        | WasmFeatures::BULK_MEMORY
+        | WasmFeatures::REFERENCE_TYPES
+        | WasmFeatures::SATURATING_FLOAT_TO_INT
+        | WasmFeatures::FLOATS
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Host {
+    InputLen,
+    ReadInput,
+    WriteOutput,
+    /// Not imports: `memory.copy` and `memory.fill`, lowered as calls of byte loops.
+    MemCopy,
+    MemFill,
+}
+
+/// Callee of a `call`: a host import or a defined function.
+#[derive(Clone, Copy)]
+enum Callee {
+    Host(Host),
+    Defined(usize),
+}
+
+struct Module<'a> {
+    types: Vec<FuncType>,
+    funcs: Vec<Callee>,
+    /// Type index of every function, imports first.
+    func_types: Vec<u32>,
+    bodies: Vec<wasmparser::FunctionBody<'a>>,
+    globals: Vec<(ValType, u64)>,
+    mem: Option<(u64, u64)>,
+    table: Option<u64>,
+    elements: Vec<(u64, Vec<u32>)>,
+    data: Vec<(u64, &'a [u8])>,
+    entry: Option<u32>,
+    start: Option<u32>,
+}
+
+/// Lowers a module. Validation happens first, so every later error is about the subset.
+pub fn lower(wasm: &[u8]) -> Result<Program, LowerError> {
+    Validator::new_with_features(features())
+        .validate_all(wasm)
+        .map_err(|e| match e.message() {
+            m if m.contains("proposal not enabled") || m.contains("support is not enabled") => {
+                unprovable(format!(
+                    "uses a WebAssembly feature outside the subset: {m}"
+                ))
+            }
+            m => LowerError::Invalid(m.to_string()),
+        })?;
+    let m = parse(wasm)?;
+    Lowerer::new(&m)?.run(&m)
+}
+
+fn const_expr(expr: &wasmparser::ConstExpr<'_>) -> Result<u64, LowerError> {
+    let mut reader = expr.get_operators_reader();
+    let value = match reader
+        .read()
+        .map_err(|e| LowerError::Invalid(e.to_string()))?
+    {
+        Operator::I32Const { value } => value as u32 as u64,
+        Operator::I64Const { value } => value as u64,
+        other => return Err(unprovable(format!("constant expression {other:?}"))),
+    };
+    Ok(value)
+}
+
+fn parse(wasm: &[u8]) -> Result<Module<'_>, LowerError> {
+    let invalid = |e: wasmparser::BinaryReaderError| LowerError::Invalid(e.to_string());
+    let mut m = Module {
+        types: vec![],
+        funcs: vec![],
+        func_types: vec![],
+        bodies: vec![],
+        globals: vec![],
+        mem: None,
+        table: None,
+        elements: vec![],
+        data: vec![],
+        entry: None,
+        start: None,
+    };
+    let mut defined = 0;
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload.map_err(invalid)? {
+            Payload::TypeSection(r) => {
+                for group in r {
+                    for sub in group.map_err(invalid)?.into_types() {
+                        match sub.composite_type.inner {
+                            CompositeInnerType::Func(f) => m.types.push(f),
+                            _ => return Err(unprovable("non-function types")),
+                        }
+                    }
+                }
+            }
+            Payload::ImportSection(r) => {
+                for import in r.into_imports() {
+                    let import = import.map_err(invalid)?;
+                    let TypeRef::Func(ty) = import.ty else {
+                        return Err(unprovable(format!(
+                            "imports {}.{}: only the zkmesh ABI functions may be imported",
+                            import.module, import.name
+                        )));
+                    };
+                    let host = match (import.module, import.name) {
+                        ("zkmesh", "input_len") => Host::InputLen,
+                        ("zkmesh", "read_input") => Host::ReadInput,
+                        ("zkmesh", "write_output") => Host::WriteOutput,
+                        (module, name) => {
+                            return Err(unprovable(format!(
+                                "imports {module}.{name}: the provable ABI is zkmesh.input_len, \
+                                 zkmesh.read_input and zkmesh.write_output (WASI modules can run \
+                                 under replicate or receipt)"
+                            )));
+                        }
+                    };
+                    let want: (&[ValType], &[ValType]) = match host {
+                        Host::InputLen => (&[], &[ValType::I32]),
+                        Host::ReadInput => (&[ValType::I32; 3], &[ValType::I32]),
+                        Host::WriteOutput => (&[ValType::I32; 2], &[]),
+                        Host::MemCopy | Host::MemFill => unreachable!(),
+                    };
+                    let t = &m.types[ty as usize];
+                    if (t.params(), t.results()) != want {
+                        return Err(unprovable(format!(
+                            "imports zkmesh.{} with the wrong type",
+                            import.name
+                        )));
+                    }
+                    m.funcs.push(Callee::Host(host));
+                    m.func_types.push(ty);
+                }
+            }
+            Payload::FunctionSection(r) => {
+                for ty in r {
+                    m.funcs.push(Callee::Defined(defined));
+                    m.func_types.push(ty.map_err(invalid)?);
+                    defined += 1;
+                }
+            }
+            Payload::TableSection(r) => {
+                for t in r {
+                    let t = t.map_err(invalid)?;
+                    if m.table.is_some() {
+                        return Err(unprovable("more than one table"));
+                    }
+                    m.table = Some(t.ty.initial);
+                }
+            }
+            Payload::MemorySection(r) => {
+                for mem in r {
+                    let mem = mem.map_err(invalid)?;
+                    if m.mem.is_some() || mem.memory64 || mem.shared {
+                        return Err(unprovable(
+                            "more than one memory, or a 64-bit or shared one",
+                        ));
+                    }
+                    let max = mem.maximum.unwrap_or(MAX_PAGES).min(MAX_PAGES);
+                    if mem.initial > max {
+                        return Err(unprovable(format!(
+                            "an initial memory of {} pages (the zkVM allows {MAX_PAGES})",
+                            mem.initial
+                        )));
+                    }
+                    m.mem = Some((mem.initial, max));
+                }
+            }
+            Payload::GlobalSection(r) => {
+                for g in r {
+                    let g = g.map_err(invalid)?;
+                    if !matches!(g.ty.content_type, ValType::I32 | ValType::I64) {
+                        return Err(unprovable("a global that is not i32 or i64"));
+                    }
+                    m.globals
+                        .push((g.ty.content_type, const_expr(&g.init_expr)?));
+                }
+            }
+            Payload::ExportSection(r) => {
+                for e in r {
+                    let e = e.map_err(invalid)?;
+                    if e.kind == ExternalKind::Func && (e.name == "run" || e.name == "main") {
+                        // `run` wins over `main`, as in the runtime.
+                        if e.name == "run" || m.entry.is_none() {
+                            m.entry = Some(e.index);
+                        }
+                    }
+                }
+            }
+            Payload::StartSection { func, .. } => m.start = Some(func),
+            Payload::ElementSection(r) => {
+                for el in r {
+                    let el = el.map_err(invalid)?;
+                    let ElementKind::Active {
+                        table_index,
+                        offset_expr,
+                    } = el.kind
+                    else {
+                        continue;
+                    };
+                    if table_index.unwrap_or(0) != 0 {
+                        return Err(unprovable("element segments for a second table"));
+                    }
+                    let offset = const_expr(&offset_expr)?;
+                    let ElementItems::Functions(funcs) = el.items else {
+                        return Err(unprovable("element segments given as expressions"));
+                    };
+                    let funcs = funcs
+                        .into_iter()
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(invalid)?;
+                    m.elements.push((offset, funcs));
+                }
+            }
+            Payload::DataSection(r) => {
+                for d in r {
+                    let d = d.map_err(invalid)?;
+                    match d.kind {
+                        DataKind::Active { offset_expr, .. } => {
+                            m.data.push((const_expr(&offset_expr)?, d.data));
+                        }
+                        DataKind::Passive => {
+                            return Err(unprovable("passive data segments (memory.init)"));
+                        }
+                    }
+                }
+            }
+            Payload::CodeSectionEntry(body) => m.bodies.push(body),
+            _ => {}
+        }
+    }
+    if m.entry.is_none() {
+        return Err(unprovable("no exported `run` (or `main`) function"));
+    }
+    Ok(m)
+}
+
+/// A control frame during lowering.
+struct Ctl {
+    is_loop: bool,
+    /// Operand-stack height under the block's parameters.
+    height: usize,
+    params: usize,
+    results: usize,
+    /// Loops: the pc of the first instruction.
+    start: usize,
+    /// Jumps to patch with the pc after the block's end.
+    patches: Vec<usize>,
+    /// `if` without `else` yet: the BrZ to patch with the else (or end) pc.
+    else_patch: Option<usize>,
+    /// The rest of the block is unreachable (after br, return, unreachable).
+    dead: bool,
+}
+
+impl Ctl {
+    fn arity(&self) -> usize {
+        if self.is_loop {
+            self.params
+        } else {
+            self.results
+        }
+    }
+}
+
+/// Where a jump target still has to be filled in.
+enum Fixup {
+    /// `code[at].imm = entry of function`
+    Entry { at: usize, func: u32 },
+    /// `code[at].imm |= dispatch base of type`
+    Dispatch { at: usize, ty: u32 },
+    /// `code[at].imm = pc of a helper`
+    Helper { at: usize, host: Host },
+}
+
+struct Lowerer {
+    code: Vec<Instr>,
+    fixups: Vec<Fixup>,
+    entries: Vec<usize>,
+    helpers: Vec<(Host, usize)>,
+    /// Function (as numbered by the module) → signature (params, results).
+    sigs: Vec<(usize, usize)>,
+    /// Type index → (params, results).
+    type_sigs: Vec<(usize, usize)>,
+    /// Parameters of the function being lowered (its link slot).
+    params: usize,
+}
+
+fn sig_of(t: &FuncType) -> (usize, usize) {
+    (t.params().len(), t.results().len())
+}
+
+fn block_sig(types: &[FuncType], ty: BlockType) -> (usize, usize) {
+    match ty {
+        BlockType::Empty => (0, 0),
+        BlockType::Type(_) => (0, 1),
+        BlockType::FuncType(i) => sig_of(&types[i as usize]),
+    }
+}
+
+fn slot(x: usize) -> Result<u32, LowerError> {
+    u32::try_from(x)
+        .ok()
+        .filter(|&s| s < MAX_SLOT)
+        .ok_or_else(|| unprovable(format!("a function frame of more than {MAX_SLOT} slots")))
+}
+
+impl Lowerer {
+    fn new(m: &Module<'_>) -> Result<Self, LowerError> {
+        let type_sigs: Vec<_> = m.types.iter().map(sig_of).collect();
+        let sigs = m
+            .func_types
+            .iter()
+            .map(|&t| type_sigs[t as usize])
+            .collect();
+        Ok(Lowerer {
+            code: vec![],
+            fixups: vec![],
+            entries: vec![0; m.bodies.len()],
+            helpers: vec![],
+            sigs,
+            type_sigs,
+            params: 0,
+        })
+    }
+
+    fn emit(&mut self, i: Instr) -> usize {
+        self.code.push(i);
+        self.code.len() - 1
+    }
+
+    fn run(mut self, m: &Module<'_>) -> Result<Program, LowerError> {
+        // Prologue: frame 0 has no locals; slot 0 is a dummy link, the operand stack starts at 1.
+        for f in m.start.into_iter().chain(m.entry) {
+            let (p, _) = self.sigs[f as usize];
+            if p != 0 {
+                return Err(unprovable(
+                    "an entry or start function that takes parameters",
+                ));
+            }
+            self.emit_call(f, 1, 0)?;
+        }
+        self.emit(Instr {
+            imm: status::OK,
+            ..Instr::new(Op::Halt)
+        });
+
+        for (i, body) in m.bodies.iter().enumerate() {
+            self.entries[i] = self.code.len();
+            let func = m
+                .funcs
+                .iter()
+                .position(|c| matches!(c, Callee::Defined(d) if *d == i));
+            let func = func.expect("every body has a function");
+            self.function(m, func, body).map_err(|e| match e {
+                LowerError::Unprovable { what, at: None } => LowerError::Unprovable {
+                    what,
+                    at: Some(format!("function {func}")),
+                },
+                e => e,
+            })?;
+        }
+
+        // Dispatch tables for call_indirect, one per type that is called indirectly.
+        let mut dispatch: Vec<(u32, usize)> = vec![];
+        let table_len = m.table.unwrap_or(0);
+        let mut table = vec![None; table_len as usize];
+        for (offset, funcs) in &m.elements {
+            for (k, f) in funcs.iter().enumerate() {
+                let at = *offset as usize + k;
+                if at >= table.len() {
+                    return Err(LowerError::Invalid("element segment out of bounds".into()));
+                }
+                table[at] = Some(*f);
+            }
+        }
+        let mut wanted: Vec<u32> = self
+            .fixups
+            .iter()
+            .filter_map(|f| match f {
+                Fixup::Dispatch { ty, .. } => Some(*ty),
+                _ => None,
+            })
+            .collect();
+        wanted.sort_unstable();
+        wanted.dedup();
+        for ty in wanted {
+            let base = self.code.len();
+            dispatch.push((ty, base));
+            for entry in &table {
+                let instr = match entry {
+                    Some(f)
+                        if m.types[m.func_types[*f as usize] as usize] == m.types[ty as usize] =>
+                    {
+                        match m.funcs[*f as usize] {
+                            Callee::Defined(_) => {
+                                let at = self.emit(Instr::new(Op::Jump));
+                                self.fixups.push(Fixup::Entry { at, func: *f });
+                                continue;
+                            }
+                            Callee::Host(_) => {
+                                return Err(unprovable("a host function in the call table"));
+                            }
+                        }
+                    }
+                    _ => Instr {
+                        imm: status::INDIRECT_CALL,
+                        ..Instr::new(Op::Halt)
+                    },
+                };
+                self.emit(instr);
+            }
+            self.emit(Instr {
+                imm: status::INDIRECT_CALL,
+                ..Instr::new(Op::Halt)
+            });
+        }
+
+        for host in [
+            Host::ReadInput,
+            Host::WriteOutput,
+            Host::MemCopy,
+            Host::MemFill,
+        ] {
+            if self
+                .fixups
+                .iter()
+                .any(|f| matches!(f, Fixup::Helper { host: h, .. } if *h == host))
+            {
+                let pc = self.code.len();
+                self.helpers.push((host, pc));
+                match host {
+                    Host::ReadInput => self.read_input_helper(),
+                    Host::WriteOutput => self.write_output_helper(),
+                    Host::MemCopy => self.mem_copy_helper(),
+                    Host::MemFill => self.mem_fill_helper(),
+                    Host::InputLen => unreachable!(),
+                }
+            }
+        }
+
+        for fixup in std::mem::take(&mut self.fixups) {
+            match fixup {
+                Fixup::Entry { at, func } => {
+                    let Callee::Defined(d) = m.funcs[func as usize] else {
+                        unreachable!("host calls use helpers")
+                    };
+                    self.code[at].imm = self.entries[d] as u64;
+                }
+                Fixup::Dispatch { at, ty } => {
+                    let base = dispatch.iter().find(|(t, _)| *t == ty).expect("built").1;
+                    self.code[at].imm |= base as u64;
+                }
+                Fixup::Helper { at, host } => {
+                    let pc = self
+                        .helpers
+                        .iter()
+                        .find(|(h, _)| *h == host)
+                        .expect("built")
+                        .1;
+                    self.code[at].imm = pc as u64;
+                }
+            }
+        }
+
+        let mut globals = vec![0u64; GLOBAL_FIRST as usize];
+        globals[GLOBAL_OUT_LEN as usize] = 0;
+        globals.extend(m.globals.iter().map(|(_, v)| *v));
+
+        let (mem_pages, mem_max_pages) = m.mem.unwrap_or((0, 0));
+        let (data_base, data) = data_words(&m.data, mem_pages)?;
+        Ok(Program {
+            code: self.code,
+            globals,
+            data_base,
+            data,
+            mem_pages,
+            mem_max_pages,
+        })
+    }
+
+    /// A call of function `f` whose frame starts at slot `frame` of the caller.
+    fn emit_call(&mut self, f: u32, frame: usize, params: usize) -> Result<(), LowerError> {
+        let at = self.emit(Instr {
+            a: slot(frame)?,
+            b: slot(params)?,
+            ..Instr::new(Op::Call)
+        });
+        self.fixups.push(Fixup::Entry { at, func: f });
+        Ok(())
+    }
+
+    fn function(
+        &mut self,
+        m: &Module<'_>,
+        func: usize,
+        body: &wasmparser::FunctionBody<'_>,
+    ) -> Result<(), LowerError> {
+        let invalid = |e: wasmparser::BinaryReaderError| LowerError::Invalid(e.to_string());
+        let ty = &m.types[m.func_types[func] as usize];
+        let (p, r) = sig_of(ty);
+        self.params = p;
+        for t in ty.params().iter().chain(ty.results()) {
+            if !matches!(t, ValType::I32 | ValType::I64) {
+                return Err(unprovable(format!("a function signature with {t}")));
+            }
+        }
+        let mut locals = p;
+        for local in body.get_locals_reader().map_err(invalid)? {
+            let (n, t) = local.map_err(invalid)?;
+            if !matches!(t, ValType::I32 | ValType::I64) {
+                return Err(unprovable(format!("a local of type {t}")));
+            }
+            locals += n as usize;
+        }
+        let local_slot = |i: u32| -> Result<u32, LowerError> {
+            let i = i as usize;
+            slot(if i < p { i } else { i + 1 })
+        };
+        let base = locals + 1;
+        let st = |h: usize| slot(base + h);
+
+        // Locals that are not parameters start at zero.
+        for l in p..locals {
+            self.emit(Instr {
+                c: slot(l + 1)?,
+                ..Instr::new(Op::Const)
+            });
+        }
+
+        let mut ctl = vec![Ctl {
+            is_loop: false,
+            height: 0,
+            params: 0,
+            results: r,
+            start: 0,
+            patches: vec![],
+            else_patch: None,
+            dead: false,
+        }];
+        let mut h: usize = 0;
+        // Blocks opened inside dead code, skipped until their `end`.
+        let mut dead_depth = 0usize;
+
+        let mut reader = body.get_operators_reader().map_err(invalid)?;
+        while !reader.eof() {
+            let offset = reader.original_position();
+            let op = reader.read().map_err(invalid)?;
+            let at = |what: String| LowerError::Unprovable {
+                what,
+                at: Some(format!("function {func}, offset {offset:#x}")),
+            };
+            if ctl.last().is_some_and(|c| c.dead) {
+                match op {
+                    Operator::Block { .. } | Operator::Loop { .. } | Operator::If { .. } => {
+                        dead_depth += 1;
+                        continue;
+                    }
+                    Operator::End if dead_depth > 0 => {
+                        dead_depth -= 1;
+                        continue;
+                    }
+                    Operator::Else if dead_depth > 0 => continue,
+                    Operator::End | Operator::Else => {}
+                    _ => continue,
+                }
+            }
+            use Operator as O;
+            let bin = |op: Op, wide: bool, h: usize, swap: bool| -> Result<Instr, LowerError> {
+                let (x, y) = (st(h - 2)?, st(h - 1)?);
+                let (a, b) = if swap { (y, x) } else { (x, y) };
+                Ok(Instr {
+                    wide,
+                    a,
+                    b,
+                    c: st(h - 2)?,
+                    ..Instr::new(op)
+                })
+            };
+            let un = |op: Op, wide: bool, h: usize| -> Result<Instr, LowerError> {
+                Ok(Instr {
+                    wide,
+                    a: st(h - 1)?,
+                    c: st(h - 1)?,
+                    ..Instr::new(op)
+                })
+            };
+            macro_rules! binop {
+                ($op:expr, $wide:expr) => {{
+                    let i = bin($op, $wide, h, false)?;
+                    self.emit(i);
+                    h -= 1;
+                }};
+                ($op:expr, $wide:expr, swap) => {{
+                    let i = bin($op, $wide, h, true)?;
+                    self.emit(i);
+                    h -= 1;
+                }};
+            }
+            macro_rules! unop {
+                ($op:expr, $wide:expr) => {{
+                    let i = un($op, $wide, h)?;
+                    self.emit(i);
+                }};
+            }
+            macro_rules! load {
+                ($memarg:expr, $width:expr, $signed:expr, $wide:expr) => {{
+                    self.emit(Instr {
+                        space: Space::Memory,
+                        a: st(h - 1)?,
+                        c: st(h - 1)?,
+                        imm: $memarg.offset,
+                        width: $width,
+                        signed: $signed,
+                        wide: $wide,
+                        ..Instr::new(Op::Load)
+                    });
+                }};
+            }
+            macro_rules! store {
+                ($memarg:expr, $width:expr) => {{
+                    self.emit(Instr {
+                        space: Space::Memory,
+                        a: st(h - 2)?,
+                        b: st(h - 1)?,
+                        imm: $memarg.offset,
+                        width: $width,
+                        ..Instr::new(Op::Store)
+                    });
+                    h -= 2;
+                }};
+            }
+            match op {
+                O::Nop => {}
+                O::Unreachable => {
+                    self.emit(Instr {
+                        imm: status::UNREACHABLE,
+                        ..Instr::new(Op::Halt)
+                    });
+                    ctl.last_mut().unwrap().dead = true;
+                }
+                O::Block { blockty } | O::Loop { blockty } => {
+                    let (bp, br) = block_sig(&m.types, blockty);
+                    ctl.push(Ctl {
+                        is_loop: matches!(op, O::Loop { .. }),
+                        height: h - bp,
+                        params: bp,
+                        results: br,
+                        start: self.code.len(),
+                        patches: vec![],
+                        else_patch: None,
+                        dead: false,
+                    });
+                }
+                O::If { blockty } => {
+                    let (bp, br) = block_sig(&m.types, blockty);
+                    h -= 1;
+                    let at = self.emit(Instr {
+                        a: st(h)?,
+                        ..Instr::new(Op::BrZ)
+                    });
+                    ctl.push(Ctl {
+                        is_loop: false,
+                        height: h - bp,
+                        params: bp,
+                        results: br,
+                        start: 0,
+                        patches: vec![],
+                        else_patch: Some(at),
+                        dead: false,
+                    });
+                }
+                O::Else => {
+                    let jump = self.emit(Instr::new(Op::Jump));
+                    let c = ctl.last_mut().unwrap();
+                    c.patches.push(jump);
+                    let brz = c.else_patch.take().expect("validated: else after if");
+                    self.code[brz].imm = self.code.len() as u64;
+                    c.dead = false;
+                    h = c.height + c.params;
+                }
+                O::End => {
+                    let c = ctl.pop().expect("validated");
+                    let end = self.code.len() as u64;
+                    if let Some(brz) = c.else_patch {
+                        // `if` without `else`: its parameters are its results.
+                        self.code[brz].imm = end;
+                    }
+                    for p in &c.patches {
+                        self.code[*p].imm = end;
+                    }
+                    h = c.height + c.results;
+                    if ctl.is_empty() {
+                        if !c.dead {
+                            self.emit_return(p, r, h, base)?;
+                        }
+                        break;
+                    }
+                }
+                O::Br { relative_depth } => {
+                    self.emit_br(&mut ctl, relative_depth, h, base)?;
+                    ctl.last_mut().unwrap().dead = true;
+                }
+                O::BrIf { relative_depth } => {
+                    h -= 1;
+                    let cond = st(h)?;
+                    let target = &ctl[ctl.len() - 1 - relative_depth as usize];
+                    if target.arity() == 0 || target.height == h - target.arity() {
+                        let at = self.emit(Instr {
+                            a: cond,
+                            ..Instr::new(Op::BrNz)
+                        });
+                        self.patch_target(&mut ctl, relative_depth, at);
+                    } else {
+                        let skip = self.emit(Instr {
+                            a: cond,
+                            ..Instr::new(Op::BrZ)
+                        });
+                        self.emit_br(&mut ctl, relative_depth, h, base)?;
+                        self.code[skip].imm = self.code.len() as u64;
+                    }
+                }
+                O::BrTable { targets } => {
+                    h -= 1;
+                    let index = st(h)?;
+                    let depths: Vec<u32> = targets
+                        .targets()
+                        .chain(std::iter::once(Ok(targets.default())))
+                        .collect::<Result<_, _>>()
+                        .map_err(invalid)?;
+                    let len = depths.len() - 1;
+                    let table = self.emit(Instr {
+                        a: index,
+                        b: slot(len)
+                            .map_err(|_| at("a br_table of more than 65535 targets".into()))?,
+                        ..Instr::new(Op::BrTable)
+                    });
+                    self.code[table].imm = self.code.len() as u64;
+                    // One jump per entry: straight to the target when no values move, else to a
+                    // stub after the table that moves them first.
+                    let first = self.code.len();
+                    for _ in &depths {
+                        self.emit(Instr::new(Op::Jump));
+                    }
+                    for (k, depth) in depths.iter().enumerate() {
+                        let target = &ctl[ctl.len() - 1 - *depth as usize];
+                        if target.arity() == 0 || target.height == h - target.arity() {
+                            self.patch_target(&mut ctl, *depth, first + k);
+                        } else {
+                            self.code[first + k].imm = self.code.len() as u64;
+                            self.emit_br(&mut ctl, *depth, h, base)?;
+                        }
+                    }
+                    ctl.last_mut().unwrap().dead = true;
+                }
+                O::Return => {
+                    self.emit_return(p, r, h, base)?;
+                    ctl.last_mut().unwrap().dead = true;
+                }
+                O::Call { function_index } => {
+                    let (cp, cr) = self.sigs[function_index as usize];
+                    match m.funcs[function_index as usize] {
+                        Callee::Host(Host::InputLen) => {
+                            self.emit(Instr {
+                                space: Space::Input,
+                                imm: 0,
+                                c: st(h)?,
+                                ..Instr::new(Op::GetM)
+                            });
+                        }
+                        Callee::Host(host) => {
+                            let at = self.emit(Instr {
+                                a: st(h - cp)?,
+                                b: slot(cp)?,
+                                ..Instr::new(Op::Call)
+                            });
+                            self.fixups.push(Fixup::Helper { at, host });
+                        }
+                        Callee::Defined(_) => {
+                            if cr > 1 {
+                                return Err(at("a call of a function with several results".into()));
+                            }
+                            self.emit_call(function_index, base + h - cp, cp)?;
+                        }
+                    }
+                    h = h - cp + cr;
+                }
+                O::CallIndirect {
+                    type_index,
+                    table_index,
+                } => {
+                    if table_index != 0 {
+                        return Err(at("call_indirect through a second table".into()));
+                    }
+                    let (cp, cr) = self.type_sigs[type_index as usize];
+                    if cr > 1 {
+                        return Err(at("a call of a function with several results".into()));
+                    }
+                    h -= 1;
+                    let len = m.table.unwrap_or(0);
+                    let at_ = self.emit(Instr {
+                        a: st(h)?,
+                        b: st(h - cp)?,
+                        c: slot(cp)?,
+                        imm: len << 32,
+                        ..Instr::new(Op::CallIndirect)
+                    });
+                    self.fixups.push(Fixup::Dispatch {
+                        at: at_,
+                        ty: type_index,
+                    });
+                    h = h - cp + cr;
+                }
+                O::Drop => h -= 1,
+                O::Select | O::TypedSelect { .. } => {
+                    self.emit(Instr {
+                        a: st(h - 3)?,
+                        b: st(h - 2)?,
+                        imm: st(h - 1)? as u64,
+                        c: st(h - 3)?,
+                        ..Instr::new(Op::Select)
+                    });
+                    h -= 2;
+                }
+                O::LocalGet { local_index } => {
+                    self.emit(Instr {
+                        a: local_slot(local_index)?,
+                        c: st(h)?,
+                        ..Instr::new(Op::Copy)
+                    });
+                    h += 1;
+                }
+                O::LocalSet { local_index } | O::LocalTee { local_index } => {
+                    self.emit(Instr {
+                        a: st(h - 1)?,
+                        c: local_slot(local_index)?,
+                        ..Instr::new(Op::Copy)
+                    });
+                    if matches!(op, O::LocalSet { .. }) {
+                        h -= 1;
+                    }
+                }
+                O::GlobalGet { global_index } => {
+                    self.emit(Instr {
+                        space: Space::Globals,
+                        imm: GLOBAL_FIRST + global_index as u64,
+                        c: st(h)?,
+                        ..Instr::new(Op::GetM)
+                    });
+                    h += 1;
+                }
+                O::GlobalSet { global_index } => {
+                    self.emit(Instr {
+                        space: Space::Globals,
+                        imm: GLOBAL_FIRST + global_index as u64,
+                        a: st(h - 1)?,
+                        ..Instr::new(Op::SetM)
+                    });
+                    h -= 1;
+                }
+                O::I32Load { memarg } => load!(memarg, 2, false, false),
+                O::I64Load { memarg } => load!(memarg, 3, false, true),
+                O::I32Load8S { memarg } => load!(memarg, 0, true, false),
+                O::I32Load8U { memarg } => load!(memarg, 0, false, false),
+                O::I32Load16S { memarg } => load!(memarg, 1, true, false),
+                O::I32Load16U { memarg } => load!(memarg, 1, false, false),
+                O::I64Load8S { memarg } => load!(memarg, 0, true, true),
+                O::I64Load8U { memarg } => load!(memarg, 0, false, true),
+                O::I64Load16S { memarg } => load!(memarg, 1, true, true),
+                O::I64Load16U { memarg } => load!(memarg, 1, false, true),
+                O::I64Load32S { memarg } => load!(memarg, 2, true, true),
+                O::I64Load32U { memarg } => load!(memarg, 2, false, true),
+                O::I32Store { memarg } => store!(memarg, 2),
+                O::I64Store { memarg } => store!(memarg, 3),
+                O::I32Store8 { memarg } | O::I64Store8 { memarg } => store!(memarg, 0),
+                O::I32Store16 { memarg } | O::I64Store16 { memarg } => store!(memarg, 1),
+                O::I64Store32 { memarg } => store!(memarg, 2),
+                O::MemoryCopy { .. } | O::MemoryFill { .. } => {
+                    let host = if matches!(op, O::MemoryCopy { .. }) {
+                        Host::MemCopy
+                    } else {
+                        Host::MemFill
+                    };
+                    let at = self.emit(Instr {
+                        a: st(h - 3)?,
+                        b: 3,
+                        ..Instr::new(Op::Call)
+                    });
+                    self.fixups.push(Fixup::Helper { at, host });
+                    h -= 3;
+                }
+                O::MemorySize { .. } => {
+                    self.emit(Instr {
+                        c: st(h)?,
+                        ..Instr::new(Op::MemSize)
+                    });
+                    h += 1;
+                }
+                O::MemoryGrow { .. } => unop!(Op::MemGrow, false),
+                O::I32Const { value } => {
+                    self.emit(Instr {
+                        imm: value as u32 as u64,
+                        c: st(h)?,
+                        ..Instr::new(Op::Const)
+                    });
+                    h += 1;
+                }
+                O::I64Const { value } => {
+                    self.emit(Instr {
+                        imm: value as u64,
+                        c: st(h)?,
+                        wide: true,
+                        ..Instr::new(Op::Const)
+                    });
+                    h += 1;
+                }
+                O::I32Eqz => unop!(Op::Eqz, false),
+                O::I64Eqz => unop!(Op::Eqz, true),
+                O::I32Eq => binop!(Op::Eq, false),
+                O::I64Eq => binop!(Op::Eq, true),
+                O::I32Ne => binop!(Op::Ne, false),
+                O::I64Ne => binop!(Op::Ne, true),
+                O::I32LtU => binop!(Op::LtU, false),
+                O::I64LtU => binop!(Op::LtU, true),
+                O::I32LtS => binop!(Op::LtS, false),
+                O::I64LtS => binop!(Op::LtS, true),
+                O::I32GtU => binop!(Op::LtU, false, swap),
+                O::I64GtU => binop!(Op::LtU, true, swap),
+                O::I32GtS => binop!(Op::LtS, false, swap),
+                O::I64GtS => binop!(Op::LtS, true, swap),
+                O::I32GeU => binop!(Op::GeU, false),
+                O::I64GeU => binop!(Op::GeU, true),
+                O::I32GeS => binop!(Op::GeS, false),
+                O::I64GeS => binop!(Op::GeS, true),
+                O::I32LeU => binop!(Op::GeU, false, swap),
+                O::I64LeU => binop!(Op::GeU, true, swap),
+                O::I32LeS => binop!(Op::GeS, false, swap),
+                O::I64LeS => binop!(Op::GeS, true, swap),
+                O::I32Clz => unop!(Op::Clz, false),
+                O::I64Clz => unop!(Op::Clz, true),
+                O::I32Ctz => unop!(Op::Ctz, false),
+                O::I64Ctz => unop!(Op::Ctz, true),
+                O::I32Popcnt => unop!(Op::Popcnt, false),
+                O::I64Popcnt => unop!(Op::Popcnt, true),
+                O::I32Add => binop!(Op::Add, false),
+                O::I64Add => binop!(Op::Add, true),
+                O::I32Sub => binop!(Op::Sub, false),
+                O::I64Sub => binop!(Op::Sub, true),
+                O::I32Mul => binop!(Op::Mul, false),
+                O::I64Mul => binop!(Op::Mul, true),
+                O::I32DivS => binop!(Op::DivS, false),
+                O::I64DivS => binop!(Op::DivS, true),
+                O::I32DivU => binop!(Op::DivU, false),
+                O::I64DivU => binop!(Op::DivU, true),
+                O::I32RemS => binop!(Op::RemS, false),
+                O::I64RemS => binop!(Op::RemS, true),
+                O::I32RemU => binop!(Op::RemU, false),
+                O::I64RemU => binop!(Op::RemU, true),
+                O::I32And => binop!(Op::And, false),
+                O::I64And => binop!(Op::And, true),
+                O::I32Or => binop!(Op::Or, false),
+                O::I64Or => binop!(Op::Or, true),
+                O::I32Xor => binop!(Op::Xor, false),
+                O::I64Xor => binop!(Op::Xor, true),
+                O::I32Shl => binop!(Op::Shl, false),
+                O::I64Shl => binop!(Op::Shl, true),
+                O::I32ShrS => binop!(Op::ShrS, false),
+                O::I64ShrS => binop!(Op::ShrS, true),
+                O::I32ShrU => binop!(Op::ShrU, false),
+                O::I64ShrU => binop!(Op::ShrU, true),
+                O::I32Rotl => binop!(Op::Rotl, false),
+                O::I64Rotl => binop!(Op::Rotl, true),
+                O::I32Rotr => binop!(Op::Rotr, false),
+                O::I64Rotr => binop!(Op::Rotr, true),
+                O::I32WrapI64 => unop!(Op::Wrap, false),
+                // An i32 is kept zero-extended, so it already is its own i64 extension.
+                O::I64ExtendI32U => {}
+                O::I64ExtendI32S => {
+                    let mut i = un(Op::ExtendS, true, h)?;
+                    i.width = 2;
+                    self.emit(i);
+                }
+                O::I32Extend8S
+                | O::I32Extend16S
+                | O::I64Extend8S
+                | O::I64Extend16S
+                | O::I64Extend32S => {
+                    let wide = !matches!(op, O::I32Extend8S | O::I32Extend16S);
+                    let mut i = un(Op::ExtendS, wide, h)?;
+                    i.width = match op {
+                        O::I32Extend8S | O::I64Extend8S => 0,
+                        O::I32Extend16S | O::I64Extend16S => 1,
+                        _ => 2,
+                    };
+                    self.emit(i);
+                }
+                other => {
+                    let name = format!("{other:?}");
+                    let name = name.split([' ', '{']).next().unwrap_or("").to_string();
+                    let why = if name.starts_with("F32") || name.starts_with("F64") {
+                        "floating point is outside the provable subset"
+                    } else {
+                        "outside the provable subset"
+                    };
+                    return Err(at(format!("instruction {name} ({why})")));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Records that the jump at `at` goes to the label `depth` levels out.
+    fn patch_target(&mut self, ctl: &mut [Ctl], depth: u32, at: usize) {
+        let n = ctl.len();
+        let target = &mut ctl[n - 1 - depth as usize];
+        if target.is_loop {
+            self.code[at].imm = target.start as u64;
+        } else {
+            target.patches.push(at);
+        }
+    }
+
+    /// An unconditional branch: move the label's values to their place, then jump.
+    fn emit_br(
+        &mut self,
+        ctl: &mut [Ctl],
+        depth: u32,
+        h: usize,
+        base: usize,
+    ) -> Result<(), LowerError> {
+        let n = ctl.len();
+        if depth as usize == n - 1 {
+            // A branch to the function's own label is a return.
+            return self.emit_return_from(ctl[0].results, h, base);
+        }
+        let target = &ctl[n - 1 - depth as usize];
+        let (arity, th) = (target.arity(), target.height);
+        for k in 0..arity {
+            let (src, dst) = (h - arity + k, th + k);
+            if src != dst {
+                self.emit(Instr {
+                    a: slot(base + src)?,
+                    c: slot(base + dst)?,
+                    ..Instr::new(Op::Copy)
+                });
+            }
+        }
+        let at = self.emit(Instr::new(Op::Jump));
+        self.patch_target(ctl, depth, at);
+        Ok(())
+    }
+
+    fn emit_return(
+        &mut self,
+        _p: usize,
+        r: usize,
+        h: usize,
+        base: usize,
+    ) -> Result<(), LowerError> {
+        self.emit_return_from(r, h, base)
+    }
+
+    /// Return from the current function with its `r` results on top of a stack of height `h`.
+    fn emit_return_from(&mut self, r: usize, h: usize, base: usize) -> Result<(), LowerError> {
+        if r > 1 {
+            return Err(unprovable("a function with several results"));
+        }
+        self.emit(Instr {
+            a: if r == 1 { slot(base + h - 1)? } else { 0 },
+            b: slot(self.params)?,
+            c: r as u32,
+            ..Instr::new(Op::Return)
+        });
+        Ok(())
+    }
+
+    /// `read_input(dst, offset, len) -> n`, in lowered code. Frame: 0 dst, 1 offset, 2 len,
+    /// 3 link, then 4 total, 5 n, 6 i, 7 t, 8 u, 9 one.
+    fn read_input_helper(&mut self) {
+        let i = |op: Op| Instr::new(op);
+        let ins = |op: Op, a: u32, b: u32, c: u32| Instr {
+            a,
+            b,
+            c,
+            ..Instr::new(op)
+        };
+        let top = self.code.len() as u64;
+        let code = vec![
+            /* 0 */
+            Instr {
+                space: Space::Input,
+                imm: 0,
+                c: 4,
+                ..i(Op::GetM)
+            },
+            /* 1 */
+            Instr {
+                imm: 1,
+                c: 9,
+                ..i(Op::Const)
+            },
+            /* 2 */ Instr {
+                c: 5,
+                ..i(Op::Const)
+            },
+            /* 3 */ ins(Op::GeU, 1, 4, 7),
+            /* 4 */
+            Instr {
+                a: 7,
+                imm: top + 18,
+                ..i(Op::BrNz)
+            },
+            /* 5 */ ins(Op::Sub, 4, 1, 5),
+            /* 6 */ ins(Op::LtU, 2, 5, 7),
+            /* 7 */
+            Instr {
+                a: 7,
+                imm: top + 9,
+                ..i(Op::BrZ)
+            },
+            /* 8 */ ins(Op::Copy, 2, 0, 5),
+            /* 9 */ Instr {
+                c: 6,
+                ..i(Op::Const)
+            },
+            /* 10 loop */ ins(Op::LtU, 6, 5, 7),
+            /* 11 */
+            Instr {
+                a: 7,
+                imm: top + 18,
+                ..i(Op::BrZ)
+            },
+            /* 12: input byte index (offset + i < total < 2^31) */ ins(Op::Add, 1, 6, 7),
+            /* 13 */
+            Instr {
+                space: Space::Input,
+                a: 7,
+                imm: 8,
+                c: 7,
+                ..i(Op::Load)
+            },
+            /* 14: destination as a 64-bit sum, so it cannot wrap */
+            Instr {
+                wide: true,
+                ..ins(Op::Add, 0, 6, 8)
+            },
+            /* 15 */
+            Instr {
+                space: Space::Memory,
+                a: 8,
+                b: 7,
+                ..i(Op::Store)
+            },
+            /* 16 */ ins(Op::Add, 6, 9, 6),
+            /* 17 */
+            Instr {
+                imm: top + 10,
+                ..i(Op::Jump)
+            },
+            /* 18 done */
+            Instr {
+                a: 5,
+                b: 3,
+                c: 1,
+                ..i(Op::Return)
+            },
+        ];
+        self.code.extend(code);
+    }
+
+    /// `write_output(src, len)`, in lowered code. Frame: 0 src, 1 len, 2 link, then 3 position,
+    /// 4 i, 5 t, 6 u, 7 one.
+    fn write_output_helper(&mut self) {
+        let i = |op: Op| Instr::new(op);
+        let ins = |op: Op, a: u32, b: u32, c: u32| Instr {
+            a,
+            b,
+            c,
+            ..Instr::new(op)
+        };
+        let top = self.code.len() as u64;
+        let code = vec![
+            /* 0 */
+            Instr {
+                space: Space::Globals,
+                imm: GLOBAL_OUT_LEN,
+                c: 3,
+                ..i(Op::GetM)
+            },
+            /* 1 */
+            Instr {
+                imm: 1,
+                c: 7,
+                ..i(Op::Const)
+            },
+            /* 2 */ Instr {
+                c: 4,
+                ..i(Op::Const)
+            },
+            /* 3 loop */ ins(Op::LtU, 4, 1, 5),
+            /* 4 */
+            Instr {
+                a: 5,
+                imm: top + 11,
+                ..i(Op::BrZ)
+            },
+            /* 5 */
+            Instr {
+                wide: true,
+                ..ins(Op::Add, 0, 4, 5)
+            },
+            /* 6 */
+            Instr {
+                space: Space::Memory,
+                a: 5,
+                c: 5,
+                ..i(Op::Load)
+            },
+            /* 7 */
+            Instr {
+                wide: true,
+                ..ins(Op::Add, 3, 4, 6)
+            },
+            /* 8 */
+            Instr {
+                space: Space::Output,
+                a: 6,
+                b: 5,
+                ..i(Op::Store)
+            },
+            /* 9 */ ins(Op::Add, 4, 7, 4),
+            /* 10 */
+            Instr {
+                imm: top + 3,
+                ..i(Op::Jump)
+            },
+            /* 11 done */
+            Instr {
+                wide: true,
+                ..ins(Op::Add, 3, 1, 5)
+            },
+            /* 12 */
+            Instr {
+                space: Space::Globals,
+                imm: GLOBAL_OUT_LEN,
+                a: 5,
+                ..i(Op::SetM)
+            },
+            /* 13 */
+            Instr {
+                b: 2,
+                ..i(Op::Return)
+            },
+        ];
+        self.code.extend(code);
+    }
+}
+
+impl Lowerer {
+    /// The first steps of `memory.copy` and `memory.fill`: `size = memory.size * 65536` in slot 5,
+    /// then a trap unless `slot 0 + slot 2 <= size` (and, with `second`, `slot 1 + slot 2 <= size`).
+    /// `trap` is the helper-relative pc of its `Halt`.
+    fn bounds_prelude(&self, top: u64, second: bool, trap: u64) -> Vec<Instr> {
+        let i = |op: Op| Instr::new(op);
+        let ins = |op: Op, a: u32, b: u32, c: u32| Instr {
+            a,
+            b,
+            c,
+            ..Instr::new(op)
+        };
+        let wide = |x: Instr| Instr { wide: true, ..x };
+        let mut code = vec![
+            Instr {
+                c: 5,
+                ..i(Op::MemSize)
+            },
+            wide(Instr {
+                imm: PAGE,
+                c: 6,
+                ..i(Op::Const)
+            }),
+            wide(ins(Op::Mul, 5, 6, 5)),
+            wide(ins(Op::Add, 0, 2, 6)),
+            wide(ins(Op::LtU, 5, 6, 6)),
+            Instr {
+                a: 6,
+                imm: top + trap,
+                ..i(Op::BrNz)
+            },
+        ];
+        if second {
+            code.extend([
+                wide(ins(Op::Add, 1, 2, 6)),
+                wide(ins(Op::LtU, 5, 6, 6)),
+                Instr {
+                    a: 6,
+                    imm: top + trap,
+                    ..i(Op::BrNz)
+                },
+            ]);
+        }
+        code
+    }
+
+    /// `memory.copy(dst, src, n)` as a byte loop, forwards or backwards as the overlap needs,
+    /// after the bounds checks WebAssembly makes before copying anything. Frame: 0 dst, 1 src,
+    /// 2 n, 3 link, 4 i, 5 t, 6 u, 7 one.
+    fn mem_copy_helper(&mut self) {
+        let i = |op: Op| Instr::new(op);
+        let ins = |op: Op, a: u32, b: u32, c: u32| Instr {
+            a,
+            b,
+            c,
+            ..Instr::new(op)
+        };
+        let wide = |x: Instr| Instr { wide: true, ..x };
+        let top = self.code.len() as u64;
+        let mut code = self.bounds_prelude(top, true, 30);
+        code.extend([
+            /* 9 */
+            Instr {
+                imm: 1,
+                c: 7,
+                ..i(Op::Const)
+            },
+            /* 10 */ ins(Op::LtU, 1, 0, 6),
+            /* 11 */
+            Instr {
+                a: 6,
+                imm: top + 21,
+                ..i(Op::BrNz)
+            },
+            /* 12 */ Instr {
+                c: 4,
+                ..i(Op::Const)
+            },
+            /* 13 fwd */ ins(Op::LtU, 4, 2, 6),
+            /* 14 */
+            Instr {
+                a: 6,
+                imm: top + 29,
+                ..i(Op::BrZ)
+            },
+            /* 15 */ wide(ins(Op::Add, 1, 4, 6)),
+            /* 16 */
+            Instr {
+                space: Space::Memory,
+                a: 6,
+                c: 5,
+                ..i(Op::Load)
+            },
+            /* 17 */ wide(ins(Op::Add, 0, 4, 6)),
+            /* 18 */
+            Instr {
+                space: Space::Memory,
+                a: 6,
+                b: 5,
+                ..i(Op::Store)
+            },
+            /* 19 */ ins(Op::Add, 4, 7, 4),
+            /* 20 */
+            Instr {
+                imm: top + 13,
+                ..i(Op::Jump)
+            },
+            /* 21 back */ ins(Op::Copy, 2, 0, 4),
+            /* 22 */
+            Instr {
+                a: 4,
+                imm: top + 29,
+                ..i(Op::BrZ)
+            },
+            /* 23 */ ins(Op::Sub, 4, 7, 4),
+            /* 24 */ wide(ins(Op::Add, 1, 4, 6)),
+            /* 25 */
+            Instr {
+                space: Space::Memory,
+                a: 6,
+                c: 5,
+                ..i(Op::Load)
+            },
+            /* 26 */ wide(ins(Op::Add, 0, 4, 6)),
+            /* 27 */
+            Instr {
+                space: Space::Memory,
+                a: 6,
+                b: 5,
+                ..i(Op::Store)
+            },
+            /* 28 */
+            Instr {
+                imm: top + 22,
+                ..i(Op::Jump)
+            },
+            /* 29 done */
+            Instr {
+                b: 3,
+                ..i(Op::Return)
+            },
+            /* 30 */
+            Instr {
+                imm: status::OUT_OF_BOUNDS,
+                ..i(Op::Halt)
+            },
+        ]);
+        debug_assert_eq!(code.len(), 31);
+        self.code.extend(code);
+    }
+
+    /// `memory.fill(dst, value, n)` as a byte loop after the bounds check. Frame: 0 dst,
+    /// 1 value, 2 n, 3 link, 4 i, 5 t, 6 u, 7 one.
+    fn mem_fill_helper(&mut self) {
+        let i = |op: Op| Instr::new(op);
+        let ins = |op: Op, a: u32, b: u32, c: u32| Instr {
+            a,
+            b,
+            c,
+            ..Instr::new(op)
+        };
+        let wide = |x: Instr| Instr { wide: true, ..x };
+        let top = self.code.len() as u64;
+        let mut code = self.bounds_prelude(top, false, 15);
+        code.extend([
+            /* 6 */
+            Instr {
+                imm: 1,
+                c: 7,
+                ..i(Op::Const)
+            },
+            /* 7 */ Instr {
+                c: 4,
+                ..i(Op::Const)
+            },
+            /* 8 loop */ ins(Op::LtU, 4, 2, 6),
+            /* 9 */
+            Instr {
+                a: 6,
+                imm: top + 14,
+                ..i(Op::BrZ)
+            },
+            /* 10 */ wide(ins(Op::Add, 0, 4, 6)),
+            /* 11 */
+            Instr {
+                space: Space::Memory,
+                a: 6,
+                b: 1,
+                ..i(Op::Store)
+            },
+            /* 12 */ ins(Op::Add, 4, 7, 4),
+            /* 13 */
+            Instr {
+                imm: top + 8,
+                ..i(Op::Jump)
+            },
+            /* 14 done */
+            Instr {
+                b: 3,
+                ..i(Op::Return)
+            },
+            /* 15 */
+            Instr {
+                imm: status::OUT_OF_BOUNDS,
+                ..i(Op::Halt)
+            },
+        ]);
+        debug_assert_eq!(code.len(), 16);
+        self.code.extend(code);
+    }
+}
+
+/// The initial memory as one window of words: every byte of every active data segment, with
+/// zeros in the gaps. Later segments overwrite earlier ones, as instantiation does.
+fn data_words(data: &[(u64, &[u8])], pages: u64) -> Result<(u64, Vec<u64>), LowerError> {
+    let nonempty = data.iter().filter(|(_, d)| !d.is_empty());
+    let (Some(lo), Some(hi)) = (
+        nonempty.clone().map(|(o, _)| *o).min(),
+        nonempty.map(|(o, d)| o + d.len() as u64).max(),
+    ) else {
+        return Ok((0, vec![]));
+    };
+    if hi > pages * PAGE {
+        return Err(LowerError::Invalid("data segment out of bounds".into()));
+    }
+    let (first, last) = (lo / 8, hi.div_ceil(8));
+    let mut bytes = vec![0u8; ((last - first) * 8) as usize];
+    for (offset, d) in data {
+        let at = (offset - first * 8) as usize;
+        bytes[at..at + d.len()].copy_from_slice(d);
+    }
+    let words = bytes
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    Ok((first, words))
+}
