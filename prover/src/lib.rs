@@ -10,8 +10,11 @@
 //! - The circuit checks a trace step by step, and checks all memory accesses offline (sorted by
 //!   address and time, tied to the execution order by a routing network).
 
+pub mod benes;
+pub mod circuit;
 pub mod isa;
 pub mod lower;
+pub mod r1cs;
 pub mod trace;
 
 #[cfg(test)]

@@ -476,9 +476,7 @@ impl<'p> Machine<'p> {
                 self.regs.fp = fp;
             }
             Op::Return => {
-                if i.c == 1 {
-                    acc[0] = self.read_slot(i.a);
-                }
+                acc[0] = self.read_slot(i.a);
                 acc[2] = self.read_slot(i.b);
                 let link = acc[2].value;
                 if i.c == 1 {

@@ -1,0 +1,804 @@
+//! The universal circuit: one per size class, proving that a lowered program ran on an input,
+//! halted, and wrote an output.
+//!
+//! # Shape
+//!
+//! - **Public inputs** ([`Statement`]): step start and count, exit status, register state in and
+//!   out, the memory bounds, the whole program (fixed capacity per class, so one setup serves
+//!   every module), the initial globals and data window, the input and the output. The verifier
+//!   computes every one of them itself from the module, the input and the claimed output.
+//! - **Steps**: each step fetches `(packed, imm)` at `pc`, decodes it into a one-hot opcode and
+//!   range-checked fields, reads two slots, makes one more access, writes one result, and
+//!   computes the next `pc`, `fp` and memory size. Operations are checked by gated constraints
+//!   over shared bit decompositions (units X, Y, Z of the operands and result, H and D of
+//!   auxiliary values).
+//! - **Fetch check**: the step fetches and the program (as initial entries) are routed through
+//!   a Beneš network into `pc` order; consecutive entries either repeat the `pc` with the same
+//!   contents or move to the next `pc`, which must be the program's own entry.
+//! - **Memory check**: every data access (initial values, four per step, final reads of the
+//!   output) is routed into `(address, time)` order; the sorted side checks strict order with a
+//!   range check, and that every read returns the previous access's value at that address, or
+//!   zero at its first access.
+
+use ark_bn254::Fr;
+use ark_ff::{BigInteger, One, PrimeField, Zero};
+use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef};
+
+use crate::benes;
+use crate::isa::{
+    ADDR_BITS, FLAG_BITS, GLOBAL_OUT_LEN, Instr, OP_COUNT, Op, SLOT_BITS, Space,
+};
+use crate::r1cs::{Cs, L, R, bits_of, f, pow2, sum};
+use crate::isa::Program;
+use crate::trace::{Exit, Step, Trace};
+
+/// Largest stack slot index plus one (a call deeper than this does not fit); the interpreter
+/// traps at the same bound.
+pub const MAX_STACK: u64 = 1 << 20;
+
+/// A size class: capacities of everything that varies between runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Class {
+    pub name: &'static str,
+    pub steps: usize,
+    pub program: usize,
+    pub globals: usize,
+    pub data: usize,
+    /// Input capacity in 8-byte words.
+    pub input: usize,
+    /// Output capacity in 8-byte words.
+    pub output: usize,
+}
+
+/// Operations the circuit checks today. The rest are executed by the interpreter but refused by
+/// the circuit (their selector is forced to zero), so a program using them is not provable yet.
+pub fn supported(op: Op) -> bool {
+    use Op::*;
+    matches!(
+        op,
+        Const | Copy | Add | Sub | Mul | And | Or | Xor | Popcnt | Eqz | Eq | Ne | LtU | LtS | GeU
+            | GeS | Wrap | Select | GetM | SetM | Jump | BrNz | BrZ | Call | Return | MemSize
+            | Halt
+    )
+}
+
+/// The public inputs, as integers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Statement {
+    pub step_start: u64,
+    pub steps: u64,
+    pub status: u64,
+    pub mem_pages: u64,
+    pub mem_max_pages: u64,
+    pub data_base: u64,
+    /// Register state after the last step: `pc + fp * 2^32 + ms * 2^64`.
+    pub state_out: u128,
+    /// `(packed, imm)` of every program slot, zero-padded to the class.
+    pub program: Vec<(u64, u64)>,
+    pub globals: Vec<u64>,
+    pub data: Vec<u64>,
+    /// Input length, then its words.
+    pub input: Vec<u64>,
+    /// Output length, then its words.
+    pub output: Vec<u64>,
+}
+
+pub fn pack_state(pc: u64, fp: u64, ms: u64) -> u128 {
+    pc as u128 | (fp as u128) << 32 | (ms as u128) << 64
+}
+
+fn fr128(v: u128) -> Fr {
+    Fr::from(v)
+}
+
+impl Statement {
+    /// Register state before the first step.
+    pub fn state_in(&self) -> u128 {
+        pack_state(0, 0, self.mem_pages)
+    }
+
+    /// The public inputs in the circuit's order.
+    pub fn to_field(&self) -> Vec<Fr> {
+        let mut v = vec![
+            f(self.step_start),
+            f(self.steps),
+            f(self.status),
+            fr128(self.state_in()),
+            fr128(self.state_out),
+            f(self.mem_pages),
+            f(self.mem_max_pages),
+            f(self.data_base),
+        ];
+        for (p, i) in &self.program {
+            v.push(f(*p));
+            v.push(f(*i));
+        }
+        for x in self
+            .globals
+            .iter()
+            .chain(&self.data)
+            .chain(&self.input)
+            .chain(&self.output)
+        {
+            v.push(f(*x));
+        }
+        v
+    }
+}
+
+/// Ways to corrupt a witness, for tests that prove the constraints catch each one.
+#[derive(Default)]
+pub struct Tamper {
+    /// Change the auxiliary values of step `.0`.
+    pub aux: Option<(usize, Box<dyn Fn(&mut Aux)>)>,
+    /// Flip this switch of the memory network.
+    pub memory_switch: Option<usize>,
+    /// Flip this switch of the fetch network.
+    pub fetch_switch: Option<usize>,
+}
+
+/// The auxiliary witness of a step: everything the constraints need beyond the trace.
+#[derive(Clone, Debug)]
+pub struct Aux {
+    /// Decompositions: X of the `a` value, Y of the `b` value, Z of the result, H and D of the
+    /// operation's helper values. 64 bits each, D 66.
+    pub x: Vec<Fr>,
+    pub y: Vec<Fr>,
+    pub z: Vec<Fr>,
+    pub h: Vec<Fr>,
+    pub d: Vec<Fr>,
+    /// Selector of each opcode.
+    pub sel: Vec<Fr>,
+}
+
+pub struct ZkvmCircuit {
+    pub class: Class,
+    pub statement: Statement,
+    /// Exactly `class.steps` steps (the halting step repeated to fill).
+    pub steps: Vec<Step>,
+    pub tamper: Tamper,
+}
+
+fn to_u128(x: Fr) -> u128 {
+    let b = x.into_bigint();
+    let l = b.as_ref();
+    l[0] as u128 | (l[1] as u128) << 64
+}
+
+/// The native auxiliary values of a step.
+fn aux_of(step: &Step) -> Aux {
+    let i = &step.instr;
+    let [a, b, m, z] = step.acc;
+    let (x, y, zv) = (a.value, b.value, z.value);
+    let wide = i.wide;
+    let w: u128 = if wide { 1 << 64 } else { 1 << 32 };
+    let (h, d): (u128, u128) = match i.op {
+        Op::Add => (0, 0),
+        Op::Sub => (0, 0),
+        Op::Mul => (0, 0),
+        Op::LtU | Op::GeU => (0, x as u128 + w - y as u128),
+        Op::LtS | Op::GeS => {
+            let half = w / 2;
+            let flip = |v: u64| (v as u128 + half) % w;
+            (0, flip(x) + w - flip(y))
+        }
+        Op::Return => (0, m.value as u128),
+        Op::Call => (0, (MAX_STACK - (1 << SLOT_BITS) - (step.regs.fp + i.a as u64)) as u128),
+        _ => (0, 0),
+    };
+    let h = match i.op {
+        Op::Add => (x as u128 + y as u128) / w,
+        Op::Sub => (x as u128 + w - y as u128) / w,
+        Op::Mul => (x as u128 * y as u128) / w,
+        _ => h,
+    };
+    let mut sel = vec![Fr::zero(); OP_COUNT];
+    sel[i.op as usize - 1] = Fr::one();
+    Aux {
+        x: bits_of(x as u128, 64),
+        y: bits_of(y as u128, 64),
+        z: bits_of(zv as u128, 64),
+        h: bits_of(h, 64),
+        d: bits_of(d, 66),
+        sel,
+    }
+}
+
+/// One entry of a list that is routed and checked.
+#[derive(Clone)]
+struct Entry {
+    fields: [L; 3],
+    /// Native sort key.
+    key: (u64, u64),
+}
+
+impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
+    fn generate_constraints(self, cs: ConstraintSystemRef<Fr>) -> R<()> {
+        let cs = Cs { cs };
+        let st = &self.statement;
+        let class = self.class;
+        assert_eq!(self.steps.len(), class.steps);
+        assert_eq!(st.program.len(), class.program);
+
+        // Public inputs, in `Statement::to_field` order.
+        let step_start = cs.input(f(st.step_start))?;
+        let n_steps = cs.input(f(st.steps))?;
+        let status = cs.input(f(st.status))?;
+        let state_in = cs.input(fr128(st.state_in()))?;
+        let state_out = cs.input(fr128(st.state_out))?;
+        let mem_pages = cs.input(f(st.mem_pages))?;
+        let _mem_max = cs.input(f(st.mem_max_pages))?;
+        let data_base = cs.input(f(st.data_base))?;
+        let mut program = vec![];
+        for (p, i) in &st.program {
+            program.push((cs.input(f(*p))?, cs.input(f(*i))?));
+        }
+        let mut publics = |xs: &[u64]| -> R<Vec<L>> { xs.iter().map(|x| cs.input(f(*x))).collect() };
+        let globals = publics(&st.globals)?;
+        let data = publics(&st.data)?;
+        let input = publics(&st.input)?;
+        let output = publics(&st.output)?;
+        assert_eq!(globals.len(), class.globals);
+        assert_eq!(data.len(), class.data);
+        assert_eq!(input.len(), class.input + 1);
+        assert_eq!(output.len(), class.output + 1);
+
+        // A single segment starts at step 0 from the canonical state.
+        cs.equal(&step_start, &L::zero())?;
+        cs.equal(&state_in, &mem_pages.scale(pow2(64)))?;
+
+        let one = L::konst(Fr::one());
+        let base = |s: Space| Fr::from(s.base());
+
+        let mut mem: Vec<Entry> = vec![];
+        let mut fetch: Vec<Entry> = vec![];
+        let mut time = 0u64;
+        let mut push_mem = |mem: &mut Vec<Entry>, addr: L, w: L, value: L, native: u64| {
+            let tw = w.add(&L::konst(f(2 * time)));
+            mem.push(Entry {
+                fields: [addr, tw, value],
+                key: (native, time),
+            });
+            time += 1;
+        };
+        // Initial values.
+        for (k, g) in globals.iter().enumerate() {
+            let a = Space::Globals.base() + k as u64;
+            push_mem(&mut mem, L::konst(f(a)), one.clone(), g.clone(), a);
+        }
+        for (k, d) in data.iter().enumerate() {
+            let a = Space::Memory.base() + st.data_base + k as u64;
+            let addr = data_base.add_c(f(Space::Memory.base() + k as u64));
+            push_mem(&mut mem, addr, one.clone(), d.clone(), a);
+        }
+        for (k, x) in input.iter().enumerate() {
+            let a = Space::Input.base() + k as u64;
+            push_mem(&mut mem, L::konst(f(a)), one.clone(), x.clone(), a);
+        }
+
+        for (k, (p, i)) in program.iter().enumerate() {
+            fetch.push(Entry {
+                fields: [L::konst(f(2 * k as u64 + 1)), p.clone(), i.clone()],
+                key: (k as u64, 0),
+            });
+        }
+
+        // The steps.
+        let mut pc = L::zero();
+        let mut fp = L::zero();
+        let mut ms = mem_pages.clone();
+        let mut executed = L::zero();
+        let mut last_halt = L::zero();
+        let mut last_imm = L::zero();
+        for (n, step) in self.steps.iter().enumerate() {
+            let mut aux = aux_of(step);
+            if let Some((at, t)) = &self.tamper.aux
+                && *at == n
+            {
+                t(&mut aux);
+            }
+            let s = self.step(&cs, step, &aux, &pc, &fp, &ms)?;
+            for (k, acc) in s.acc.iter().enumerate() {
+                let native = step.acc[k].addr();
+                push_mem(&mut mem, acc.0.clone(), acc.1.clone(), acc.2.clone(), native);
+            }
+            fetch.push(Entry {
+                fields: [pc.scale(f(2)), s.packed.clone(), s.imm.clone()],
+                key: (step.regs.pc, 1 + n as u64),
+            });
+            executed = executed.add(&one.sub(&s.halt));
+            last_halt = s.halt.clone();
+            last_imm = s.imm.clone();
+            (pc, fp, ms) = (s.pc, s.fp, s.ms);
+        }
+        // The run halted, with the public status, after the public number of steps, in the
+        // public final state.
+        cs.equal(&last_halt, &one)?;
+        cs.equal(&last_imm, &status)?;
+        cs.equal(&executed, &n_steps)?;
+        let end = pc.add(&fp.scale(pow2(32))).add(&ms.scale(pow2(64)));
+        cs.equal(&end, &state_out)?;
+
+        // Final reads: the output length and the output words.
+        let out_len_addr = Space::Globals.base() + GLOBAL_OUT_LEN;
+        push_mem(&mut mem, L::konst(f(out_len_addr)), L::zero(), output[0].clone(), out_len_addr);
+        for (k, o) in output[1..].iter().enumerate() {
+            let a = Space::Output.base() + k as u64;
+            push_mem(&mut mem, L::konst(f(a)), L::zero(), o.clone(), a);
+        }
+
+        // Padding: reads of the zero space, and fetches of pc 0.
+        let n_mem = mem.len().next_power_of_two();
+        while mem.len() < n_mem {
+            push_mem(&mut mem, L::zero(), L::zero(), cs.witness(Fr::zero())?, 0);
+        }
+        let n_fetch = fetch.len().next_power_of_two().max(2);
+        let mut pad = class.steps as u64 + 1;
+        while fetch.len() < n_fetch {
+            let p0 = cs.witness(program[0].0.v)?;
+            let i0 = cs.witness(program[0].1.v)?;
+            fetch.push(Entry {
+                fields: [L::zero(), p0, i0],
+                key: (0, pad),
+            });
+            pad += 1;
+        }
+
+        let sorted_mem = route(&cs, &mem, self.tamper.memory_switch)?;
+        check_memory(&cs, &sorted_mem, n_mem.trailing_zeros())?;
+        let sorted_fetch = route(&cs, &fetch, self.tamper.fetch_switch)?;
+        check_fetch(&cs, &sorted_fetch)?;
+        Ok(())
+    }
+}
+
+/// What a step hands back: its accesses `(address, write flag, value)`, its fetch and its next
+/// registers.
+struct StepOut {
+    acc: [(L, L, L); 4],
+    packed: L,
+    imm: L,
+    halt: L,
+    pc: L,
+    fp: L,
+    ms: L,
+}
+
+impl ZkvmCircuit {
+    #[allow(clippy::too_many_arguments)]
+    fn step(&self, cs: &Cs, step: &Step, aux: &Aux, pc: &L, fp: &L, ms: &L) -> R<StepOut> {
+        let i: &Instr = &step.instr;
+        let one = L::konst(Fr::one());
+
+        // Fetch and decode.
+        let packed = cs.witness(f(i.packed()))?;
+        let imm = cs.witness(f(i.imm))?;
+        let mut sel = vec![];
+        for (k, v) in aux.sel.iter().enumerate() {
+            let s = cs.bit(*v)?;
+            if !supported(Op::from_code(k as u8 + 1).expect("opcode")) {
+                cs.equal(&s, &L::zero())?;
+            }
+            sel.push(s);
+        }
+        cs.equal(&sum(&sel), &one)?;
+        let s = |op: Op| sel[op as usize - 1].clone();
+        let any = |ops: &[Op]| sum(&ops.iter().map(|o| s(*o)).collect::<Vec<_>>());
+        let opcode = sel
+            .iter()
+            .enumerate()
+            .fold(L::zero(), |acc, (k, b)| acc.add_scaled(b, f(k as u64 + 1)));
+        let wide = cs.bit(f(i.wide as u64))?;
+        let w0 = cs.bit(f((i.width & 1) as u64))?;
+        let w1 = cs.bit(f((i.width >> 1) as u64))?;
+        let signed = cs.bit(f(i.signed as u64))?;
+        let sp: Vec<L> = (0..3)
+            .map(|k| cs.bit(f(((i.space as u64) >> k) & 1)))
+            .collect::<R<_>>()?;
+        let flags = opcode
+            .add_scaled(&wide, f(64))
+            .add_scaled(&w0, f(128))
+            .add_scaled(&w1, f(256))
+            .add_scaled(&signed, f(512))
+            .add_scaled(&sp[0], f(1024))
+            .add_scaled(&sp[1], f(2048))
+            .add_scaled(&sp[2], f(4096));
+        let (_, a) = cs.bits(&bits_of(i.a as u128, SLOT_BITS as usize))?;
+        let (_, b) = cs.bits(&bits_of(i.b as u128, SLOT_BITS as usize))?;
+        let c = packed
+            .sub(&flags)
+            .sub(&a.scale(pow2(FLAG_BITS)))
+            .sub(&b.scale(pow2(FLAG_BITS + SLOT_BITS)))
+            .scale(pow2(FLAG_BITS + 2 * SLOT_BITS).inverse_or_zero());
+        let space_base = sp
+            .iter()
+            .enumerate()
+            .fold(L::zero(), |acc, (k, b)| acc.add_scaled(b, pow2(27 + k as u32)));
+
+        // Access values.
+        let [ra, rb, rm, rz] = step.acc;
+        let x = cs.witness(f(ra.value))?;
+        let y = cs.witness(f(rb.value))?;
+        let m = cs.witness(f(rm.value))?;
+        let z = cs.witness(f(rz.value))?;
+
+        // Units.
+        let (xb, xs) = cs.bits(&aux.x)?;
+        let (yb, ys) = cs.bits(&aux.y)?;
+        let (zb, zs) = cs.bits(&aux.z)?;
+        let (hb, h) = cs.bits(&aux.h)?;
+        let (db, d) = cs.bits(&aux.d)?;
+        cs.equal(&x, &xs)?;
+        cs.equal(&y, &ys)?;
+        cs.equal(&z, &zs)?;
+        let hi = |bits: &[L], from: usize, to: usize| {
+            bits[from..to]
+                .iter()
+                .enumerate()
+                .fold(L::zero(), |acc, (k, b)| acc.add_scaled(b, pow2((from + k) as u32)))
+        };
+
+        // Width-dependent constants: W = 2^32 or 2^64, and products with `wide`.
+        let w = L::konst(pow2(32)).add_scaled(&wide, pow2(64) - pow2(32));
+        let wide_h = cs.mul(&wide, &h)?;
+        let w_h = h.scale(pow2(32)).add_scaled(&wide_h, pow2(64) - pow2(32));
+
+        // Addresses: slots are `Stack + fp + offset`.
+        let stack = |off: &L| fp.add(off).add_c(base_of(Space::Stack));
+        let uses_a = any(&[
+            Op::Copy, Op::Add, Op::Sub, Op::Mul, Op::And, Op::Or, Op::Xor, Op::Popcnt, Op::Eqz,
+            Op::Eq, Op::Ne, Op::LtU, Op::LtS, Op::GeU, Op::GeS, Op::Wrap, Op::Select, Op::SetM,
+            Op::BrNz, Op::BrZ, Op::Return,
+        ]);
+        let uses_b = any(&[
+            Op::Add, Op::Sub, Op::Mul, Op::And, Op::Or, Op::Xor, Op::Eq, Op::Ne, Op::LtU, Op::LtS,
+            Op::GeU, Op::GeS, Op::Select,
+        ]);
+        let writes_c = any(&[
+            Op::Const, Op::Copy, Op::Add, Op::Sub, Op::Mul, Op::And, Op::Or, Op::Xor, Op::Popcnt,
+            Op::Eqz, Op::Eq, Op::Ne, Op::LtU, Op::LtS, Op::GeU, Op::GeS, Op::Wrap, Op::Select,
+            Op::GetM, Op::MemSize,
+        ]);
+        let addr_a = cs.mul(&uses_a, &stack(&a))?;
+        let addr_b = cs.mul(&uses_b, &stack(&b))?;
+        let addr_m = cs
+            .mul(&s(Op::Select), &stack(&imm))?
+            .add(&cs.mul(&any(&[Op::GetM, Op::SetM]), &space_base.add(&imm))?)
+            .add(&cs.mul(&s(Op::Return), &stack(&b))?);
+        let scratch = L::konst(base_of(Space::Scratch));
+        let ret_c = cs.mul(&s(Op::Return), &c)?;
+        let addr_z = scratch
+            .add(&cs.mul(&writes_c, &stack(&c).sub(&scratch))?)
+            .add(&cs.mul(&s(Op::Call), &stack(&a.add(&b)).sub(&scratch))?)
+            .add(&cs.mul(&ret_c, &stack(&L::zero()).sub(&scratch))?);
+        let m_write = s(Op::SetM);
+
+        // Shared helpers.
+        let e_in = x.sub(&y).add(&cs.mul(&s(Op::Select), &m.sub(&x).add(&y))?);
+        let isz = cs.is_zero(&e_in)?;
+        let bit_at = |bits: &[L], lo: usize, hi_: usize| -> R<L> {
+            // bits[lo] when narrow, bits[hi_] when wide
+            Ok(bits[lo].add(&cs.mul(&wide, &bits[hi_].sub(&bits[lo]))?))
+        };
+
+        // Operations.
+        let g = |op: Op, e: &L| cs.gate(&s(op), e);
+        g(Op::Const, &z.sub(&imm))?;
+        g(Op::Copy, &z.sub(&x))?;
+        g(Op::GetM, &z.sub(&m))?;
+        g(Op::SetM, &m.sub(&x))?;
+        g(Op::MemSize, &z.sub(ms))?;
+        // Select: z = m != 0 ? x : y
+        let picked = y.add(&cs.mul(&one.sub(&isz), &x.sub(&y))?);
+        g(Op::Select, &z.sub(&picked))?;
+        // x + y = z + W h ; x + W - y = z + W h ; x y = z + W h
+        g(Op::Add, &x.add(&y).sub(&z).sub(&w_h))?;
+        g(Op::Sub, &x.add(&w).sub(&y).sub(&z).sub(&w_h))?;
+        let xy = cs.mul(&x, &y)?;
+        g(Op::Mul, &xy.sub(&z).sub(&w_h))?;
+        // Bitwise, from the shared decompositions.
+        let mut and = L::zero();
+        for k in 0..64 {
+            and = and.add_scaled(&cs.mul(&xb[k], &yb[k])?, pow2(k as u32));
+        }
+        g(Op::And, &z.sub(&and))?;
+        g(Op::Or, &z.sub(&x.add(&y).sub(&and)))?;
+        g(Op::Xor, &z.sub(&x.add(&y).sub(&and.scale(f(2)))))?;
+        g(Op::Popcnt, &z.sub(&sum(&xb)))?;
+        g(Op::Wrap, &z.sub(&hi(&xb, 0, 32)))?;
+        // Equality.
+        g(Op::Eqz, &z.sub(&isz))?;
+        g(Op::Eq, &z.sub(&isz))?;
+        g(Op::Ne, &z.sub(&one.sub(&isz)))?;
+        // Comparisons: D = x' - y' + W, and bit n of D says x' >= y'.
+        let sx = bit_at(&xb, 31, 63)?;
+        let sy = bit_at(&yb, 31, 63)?;
+        let half = |sgn: &L| -> R<L> {
+            // Half * (1 - 2 sgn), Half = 2^31 or 2^63
+            let ws = cs.mul(&wide, sgn)?;
+            let half = L::konst(pow2(31)).add_scaled(&wide, pow2(63) - pow2(31));
+            let half_s = sgn.scale(pow2(31)).add_scaled(&ws, pow2(63) - pow2(31));
+            Ok(half.sub(&half_s.scale(f(2))))
+        };
+        let xf = x.add(&half(&sx)?);
+        let yf = y.add(&half(&sy)?);
+        cs.gate(&any(&[Op::LtU, Op::GeU]), &d.sub(&x.sub(&y).add(&w)))?;
+        cs.gate(&any(&[Op::LtS, Op::GeS]), &d.sub(&xf.sub(&yf).add(&w)))?;
+        let ge = bit_at(&db, 32, 64)?;
+        g(Op::LtU, &z.sub(&one.sub(&ge)))?;
+        g(Op::LtS, &z.sub(&one.sub(&ge)))?;
+        g(Op::GeU, &z.sub(&ge))?;
+        g(Op::GeS, &z.sub(&ge))?;
+        // Narrow arithmetic keeps results and carries below 2^32.
+        let alu = any(&[Op::Add, Op::Sub, Op::Mul, Op::And, Op::Or, Op::Xor, Op::Popcnt]);
+        let narrow = cs.mul(&alu, &one.sub(&wide))?;
+        cs.gate(&narrow, &hi(&zb, 32, 64))?;
+        cs.gate(&narrow, &hi(&hb, 32, 64))?;
+        cs.gate(&narrow, &hi(&xb, 32, 64))?;
+        cs.gate(&narrow, &hi(&yb, 32, 64))?;
+
+        // Calls: the link is `pc + 1 + fp 2^32`, the new frame must leave room below MAX_STACK.
+        g(Op::Call, &z.sub(&pc.add_c(Fr::one()).add(&fp.scale(pow2(32)))))?;
+        g(
+            Op::Call,
+            &d.sub(&L::konst(f(MAX_STACK - (1 << SLOT_BITS))).sub(fp).sub(&a)),
+        )?;
+        g(Op::Call, &hi(&db, 27, 66))?;
+        // Returns: the link (read through m) splits into return pc and caller fp; a result moves
+        // from slot a to slot 0.
+        g(Op::Return, &m.sub(&d))?;
+        let ret_pc = hi(&db, 0, 32);
+        let ret_fp = hi(&db, 32, 66).scale(pow2(32).inverse_or_zero());
+        cs.gate(&ret_c, &z.sub(&x))?;
+
+        // Next registers.
+        let halt = s(Op::Halt);
+        let jump = imm.sub(pc).sub(&one);
+        let brnz_t = cs.mul(&s(Op::BrNz), &one.sub(&isz))?;
+        let brz_t = cs.mul(&s(Op::BrZ), &isz)?;
+        let taken = any(&[Op::Jump, Op::Call]).add(&brnz_t).add(&brz_t);
+        let next_pc = pc
+            .add(&one)
+            .add(&cs.mul(&taken, &jump)?)
+            .add(&cs.mul(&s(Op::Return), &ret_pc.sub(pc).sub(&one))?)
+            .sub(&halt);
+        let next_fp = fp
+            .add(&cs.mul(&s(Op::Call), &a)?)
+            .add(&cs.mul(&s(Op::Return), &ret_fp.sub(fp))?);
+        let next_ms = ms.clone();
+
+        Ok(StepOut {
+            acc: [
+                (addr_a, L::zero(), x),
+                (addr_b, L::zero(), y),
+                (addr_m, m_write, m),
+                (addr_z, one.clone(), z),
+            ],
+            packed,
+            imm,
+            halt,
+            pc: next_pc,
+            fp: next_fp,
+            ms: next_ms,
+        })
+    }
+}
+
+fn base_of(s: Space) -> Fr {
+    Fr::from(s.base())
+}
+
+trait InverseOrZero {
+    fn inverse_or_zero(&self) -> Fr;
+}
+
+impl InverseOrZero for Fr {
+    fn inverse_or_zero(&self) -> Fr {
+        ark_ff::Field::inverse(self).unwrap_or(Fr::zero())
+    }
+}
+
+/// Routes `entries` into key order through a Beneš network; returns the sorted side.
+fn route(cs: &Cs, entries: &[Entry], flip: Option<usize>) -> R<Vec<[L; 3]>> {
+    let mut order: Vec<usize> = (0..entries.len()).collect();
+    order.sort_by_key(|&k| entries[k].key);
+    let mut perm = vec![0; entries.len()];
+    for (pos, &k) in order.iter().enumerate() {
+        perm[k] = pos;
+    }
+    let mut settings = benes::route(&perm);
+    if let Some(k) = flip {
+        settings[k] = !settings[k];
+    }
+    let inputs: Vec<[L; 3]> = entries.iter().map(|e| e.fields.clone()).collect();
+    let mut switch = |a: &[L; 3], b: &[L; 3], crossed: bool| -> R<([L; 3], [L; 3])> {
+        let s = cs.bit(if crossed { Fr::one() } else { Fr::zero() })?;
+        let mut first: Vec<L> = vec![];
+        let mut second: Vec<L> = vec![];
+        for k in 0..3 {
+            let o = a[k].add(&cs.mul(&s, &b[k].sub(&a[k]))?);
+            second.push(a[k].add(&b[k]).sub(&o));
+            first.push(o);
+        }
+        let arr = |v: Vec<L>| -> [L; 3] { v.try_into().map_err(|_| ()).expect("three fields") };
+        Ok((arr(first), arr(second)))
+    };
+    benes::apply(&inputs, &mut settings.into_iter(), &mut switch)
+}
+
+/// The sorted side of the memory check: strictly increasing `(address, time)`, and every read
+/// sees the previous value at its address (zero if it is the first access there).
+fn check_memory(cs: &Cs, sorted: &[[L; 3]], time_bits: u32) -> R<()> {
+    let one = L::konst(Fr::one());
+    let split = |e: &[L; 3]| -> R<(L, L, L, L)> {
+        // tw = 2 time + write
+        let wv = to_u128(e[1].v) & 1;
+        let w = cs.bit(f(wv as u64))?;
+        let t = e[1].sub(&w).scale(f(2).inverse_or_zero());
+        Ok((e[0].clone(), t, w, e[2].clone()))
+    };
+    let (mut pa, mut pt, w0, mut pv) = split(&sorted[0])?;
+    cs.gate(&one.sub(&w0), &pv)?;
+    for e in &sorted[1..] {
+        let (a, t, w, v) = split(e)?;
+        let da = a.sub(&pa);
+        let gap = da.scale(pow2(time_bits)).add(&t).sub(&pt).sub(&one);
+        let bits = bits_of(to_u128(gap.v), (ADDR_BITS + time_bits) as usize);
+        let (_, g) = cs.bits(&bits)?;
+        cs.equal(&g, &gap)?;
+        let same = cs.is_zero(&da)?;
+        let prev = cs.mul(&same, &pv)?;
+        cs.gate(&one.sub(&w), &v.sub(&prev))?;
+        (pa, pt, pv) = (a, t, v);
+    }
+    Ok(())
+}
+
+/// The sorted side of the fetch check: `pc` starts at 0 and steps by 0 or 1; a step by 1 lands on
+/// the program's own entry for that `pc`; a repeat carries the same contents.
+fn check_fetch(cs: &Cs, sorted: &[[L; 3]]) -> R<()> {
+    let one = L::konst(Fr::one());
+    // First: the entry of pc 0 (pcf = 2 * 0 + 1).
+    cs.equal(&sorted[0][0], &one)?;
+    let mut prev_delta = one.clone();
+    for k in 1..sorted.len() {
+        let (p, e) = (&sorted[k - 1], &sorted[k]);
+        let dv = (to_u128(e[0].v) & 1) as u64;
+        let delta = cs.bit(f(dv))?;
+        // pcf = pcf_prev - delta_prev + 3 delta
+        cs.equal(&e[0], &p[0].sub(&prev_delta).add(&delta.scale(f(3))))?;
+        let same = one.sub(&delta);
+        cs.gate(&same, &e[1].sub(&p[1]))?;
+        cs.gate(&same, &e[2].sub(&p[2]))?;
+        prev_delta = delta;
+    }
+    Ok(())
+}
+
+
+/// Why a run cannot be proved in a class.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FitError {
+    #[error("the run did not halt ({0:?})")]
+    NotHalted(Exit),
+    #[error("{0}")]
+    Unprovable(String),
+    #[error("instruction {0:?} at pc {1} is not yet supported by the circuit")]
+    Unsupported(Op, u64),
+    #[error("{what} needs {need}, the class {class} holds {cap}")]
+    TooBig {
+        what: &'static str,
+        need: usize,
+        cap: usize,
+        class: &'static str,
+    },
+}
+
+/// Packs bytes into little-endian words.
+pub fn words(bytes: &[u8]) -> Vec<u64> {
+    bytes
+        .chunks(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(w)
+        })
+        .collect()
+}
+
+fn fit(what: &'static str, need: usize, cap: usize, class: &Class) -> Result<(), FitError> {
+    if need > cap {
+        return Err(FitError::TooBig {
+            what,
+            need,
+            cap,
+            class: class.name,
+        });
+    }
+    Ok(())
+}
+
+impl Statement {
+    /// The statement a verifier expects for `program` run on `input` with the claimed
+    /// `output`, `steps` and `status`, ending in `state_out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        class: &Class,
+        program: &Program,
+        input: &[u8],
+        output: &[u8],
+        steps: u64,
+        status: u64,
+        state_out: u128,
+    ) -> Result<Statement, FitError> {
+        fit("the program", program.code.len(), class.program, class)?;
+        fit("the globals", program.globals.len(), class.globals, class)?;
+        fit("the initial data", program.data.len(), class.data, class)?;
+        fit("the input (words)", input.len().div_ceil(8), class.input, class)?;
+        fit("the output (words)", output.len().div_ceil(8), class.output, class)?;
+        let mut code: Vec<(u64, u64)> = program.code.iter().map(|i| (i.packed(), i.imm)).collect();
+        code.resize(class.program, (0, 0));
+        let pad = |mut v: Vec<u64>, n: usize| {
+            v.resize(n, 0);
+            v
+        };
+        let mut inp = vec![input.len() as u64];
+        inp.extend(pad(words(input), class.input));
+        let mut out = vec![output.len() as u64];
+        out.extend(pad(words(output), class.output));
+        Ok(Statement {
+            step_start: 0,
+            steps,
+            status,
+            mem_pages: program.mem_pages,
+            mem_max_pages: program.mem_max_pages,
+            data_base: program.data_base,
+            state_out,
+            program: code,
+            globals: pad(program.globals.clone(), class.globals),
+            data: pad(program.data.clone(), class.data),
+            input: inp,
+            output: out,
+        })
+    }
+}
+
+impl ZkvmCircuit {
+    /// The circuit for an honest trace, or why it does not fit `class`.
+    pub fn new(
+        class: Class,
+        program: &Program,
+        input: &[u8],
+        trace: &Trace,
+    ) -> Result<ZkvmCircuit, FitError> {
+        let Exit::Halted(status) = trace.exit else {
+            return Err(FitError::NotHalted(trace.exit.clone()));
+        };
+        if let Some(why) = &trace.unprovable {
+            return Err(FitError::Unprovable(why.clone()));
+        }
+        if let Some(s) = trace.steps.iter().find(|s| !supported(s.instr.op)) {
+            return Err(FitError::Unsupported(s.instr.op, s.regs.pc));
+        }
+        fit("the run (steps)", trace.steps.len(), class.steps, &class)?;
+        let last = *trace.steps.last().expect("a halted run has a step");
+        let mut steps = trace.steps.clone();
+        steps.resize(class.steps, last);
+        let state_out = pack_state(last.regs.pc, last.regs.fp, last.regs.ms);
+        let statement = Statement::new(
+            &class,
+            program,
+            input,
+            &trace.output,
+            trace.executed() as u64,
+            status,
+            state_out,
+        )?;
+        Ok(ZkvmCircuit {
+            class,
+            statement,
+            steps,
+            tamper: Tamper::default(),
+        })
+    }
+}
