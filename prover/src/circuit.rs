@@ -21,7 +21,7 @@
 //!   zero at its first access.
 
 use ark_bn254::Fr;
-use ark_ff::{BigInteger, One, PrimeField, Zero};
+use ark_ff::{One, PrimeField, Zero};
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef};
 
 use crate::benes;
@@ -233,7 +233,7 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
         for (p, i) in &st.program {
             program.push((cs.input(f(*p))?, cs.input(f(*i))?));
         }
-        let mut publics = |xs: &[u64]| -> R<Vec<L>> { xs.iter().map(|x| cs.input(f(*x))).collect() };
+        let publics = |xs: &[u64]| -> R<Vec<L>> { xs.iter().map(|x| cs.input(f(*x))).collect() };
         let globals = publics(&st.globals)?;
         let data = publics(&st.data)?;
         let input = publics(&st.input)?;
@@ -248,7 +248,6 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
         cs.equal(&state_in, &mem_pages.scale(pow2(64)))?;
 
         let one = L::konst(Fr::one());
-        let base = |s: Space| Fr::from(s.base());
 
         let mut mem: Vec<Entry> = vec![];
         let mut fetch: Vec<Entry> = vec![];

@@ -113,6 +113,144 @@ mod circuit {
         satisfied(c).unwrap();
     }
 
+    use crate::isa::Op;
+    use crate::trace::Step;
+
+    /// Index of the first step running `op`.
+    fn find(c: &ZkvmCircuit, op: Op) -> usize {
+        c.steps.iter().position(|s| s.instr.op == op).unwrap_or_else(|| panic!("no {op:?}"))
+    }
+
+    /// Changes what step `at` writes to `v`, and what every later read of that address sees
+    /// until it is written again: memory stays consistent, so only the operation's own
+    /// constraints can notice.
+    fn rewrite(steps: &mut [Step], at: usize, v: u64) {
+        let addr = steps[at].acc[3].addr();
+        steps[at].acc[3].value = v;
+        for s in &mut steps[at + 1..] {
+            for k in 0..4 {
+                if s.acc[k].addr() == addr {
+                    if s.acc[k].write {
+                        return;
+                    }
+                    s.acc[k].value = v;
+                }
+            }
+        }
+    }
+
+    fn tampered(f: impl FnOnce(&mut ZkvmCircuit)) -> Result<(), String> {
+        let mut c = circuit(ARITH, b"");
+        f(&mut c);
+        satisfied(c)
+    }
+
+    #[test]
+    fn a_wrong_result_fails() {
+        for op in [Op::Add, Op::Mul, Op::Xor, Op::Sub, Op::LtS, Op::GeU, Op::Select, Op::Copy] {
+            let r = tampered(|c| {
+                let at = find(c, op);
+                let v = c.steps[at].acc[3].value ^ 1;
+                rewrite(&mut c.steps, at, v);
+            });
+            assert!(r.is_err(), "{op:?} with a wrong result was accepted");
+        }
+    }
+
+    #[test]
+    fn a_wrong_carry_fails() {
+        let r = tampered(|c| {
+            let at = find(c, Op::Add);
+            c.tamper.aux = Some((at, Box::new(|a| a.h[0] = Fr::from(1u64))));
+        });
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn a_non_canonical_bit_decomposition_fails() {
+        // Same weighted sum, but one "bit" is 2.
+        let r = tampered(|c| {
+            let at = find(c, Op::Mul);
+            let y = c.steps[at].acc[1].value;
+            let k = (0..63).find(|&k| (y >> k) & 3 == 2).expect("a 10 pattern");
+            c.tamper.aux = Some((
+                at,
+                Box::new(move |a| {
+                    a.y[k] = Fr::from(2u64);
+                    a.y[k + 1] = Fr::from(0u64);
+                }),
+            ));
+        });
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn a_read_that_differs_from_the_last_write_fails() {
+        let r = tampered(|c| {
+            let at = find(c, Op::Copy);
+            c.steps[at].acc[0].value += 1;
+            let v = c.steps[at].acc[0].value;
+            rewrite(&mut c.steps, at, v);
+        });
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn a_forged_routing_fails() {
+        for k in [0, 5, 100] {
+            assert!(tampered(|c| c.tamper.memory_switch = Some(k)).is_err());
+            assert!(tampered(|c| c.tamper.fetch_switch = Some(k)).is_err());
+        }
+    }
+
+    #[test]
+    fn a_skipped_or_repeated_step_fails() {
+        let r = tampered(|c| {
+            let at = find(c, Op::Mul);
+            c.steps.remove(at);
+            let last = *c.steps.last().unwrap();
+            c.steps.push(last);
+        });
+        assert!(r.is_err(), "skipped");
+        let r = tampered(|c| {
+            let at = find(c, Op::Mul);
+            let s = c.steps[at];
+            c.steps.insert(at, s);
+            c.steps.pop();
+        });
+        assert!(r.is_err(), "repeated");
+    }
+
+    #[test]
+    fn a_wrong_branch_target_fails() {
+        let r = tampered(|c| {
+            let at = find(c, Op::BrZ);
+            c.steps[at].instr.imm += 1;
+        });
+        assert!(r.is_err());
+    }
+
+    #[test]
+    fn changed_public_inputs_fail() {
+        type Edit = Box<dyn Fn(&mut crate::circuit::Statement)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            ("steps", Box::new(|s| s.steps += 1)),
+            ("status", Box::new(|s| s.status = 1)),
+            ("output", Box::new(|s| s.output[1] ^= 1)),
+            ("output length", Box::new(|s| s.output[0] += 1)),
+            ("program", Box::new(|s| s.program[0].1 ^= 1)),
+            ("program code", Box::new(|s| s.program[0].0 ^= 1 << 13)),
+            ("globals", Box::new(|s| s.globals[1] ^= 1)),
+            ("state out", Box::new(|s| s.state_out ^= 1)),
+            ("memory size", Box::new(|s| s.mem_pages += 1)),
+            ("step start", Box::new(|s| s.step_start = 1)),
+        ];
+        for (what, edit) in edits {
+            let r = tampered(|c| edit(&mut c.statement));
+            assert!(r.is_err(), "a changed {what} was accepted");
+        }
+    }
+
     #[test]
     fn constraints_per_step() {
         let c = circuit(ARITH, b"");
