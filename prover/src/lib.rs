@@ -12,6 +12,7 @@
 
 pub mod benes;
 pub mod circuit;
+pub mod groth;
 pub mod isa;
 pub mod lower;
 pub mod r1cs;

@@ -251,6 +251,46 @@ mod circuit {
         }
     }
 
+    const OTHER: &str = r#"(module
+      (memory (export "memory") 1)
+      (func (export "run") (drop (i64.add (i64.const 1) (i64.const 2)))))"#;
+
+    #[test]
+    fn groth16_round_trip_binds_every_public_input_and_the_module() {
+        use crate::groth;
+        let (pk, vk) = groth::setup(TINY).unwrap();
+        let pvk = groth::prepare(&vk);
+        let c = circuit(ARITH, b"");
+        let statement = c.statement.clone();
+        let proof = groth::prove(&pk, c).unwrap();
+        assert!(groth::verify(&pvk, &statement, &proof));
+
+        type Edit = Box<dyn Fn(&mut crate::circuit::Statement)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            ("steps", Box::new(|s| s.steps += 1)),
+            ("status", Box::new(|s| s.status = 1)),
+            ("output", Box::new(|s| s.output[1] ^= 1)),
+            ("input hash", Box::new(|s| s.input[1] ^= 1)),
+            ("input length", Box::new(|s| s.input[0] += 1)),
+            ("program", Box::new(|s| s.program[5].1 ^= 1)),
+            ("state out", Box::new(|s| s.state_out += 1)),
+        ];
+        for (what, edit) in edits {
+            let mut s = statement.clone();
+            edit(&mut s);
+            assert!(!groth::verify(&pvk, &s, &proof), "a changed {what} verified");
+        }
+
+        // A proof for one module is not a proof for another.
+        let other = circuit(OTHER, b"");
+        let mut s = other.statement.clone();
+        assert!(!groth::verify(&pvk, &s, &proof));
+        let other_proof = groth::prove(&pk, other).unwrap();
+        assert!(groth::verify(&pvk, &s, &other_proof));
+        s.program = statement.program.clone();
+        assert!(!groth::verify(&pvk, &s, &other_proof));
+    }
+
     #[test]
     fn constraints_per_step() {
         let c = circuit(ARITH, b"");

@@ -1,0 +1,88 @@
+//! Groth16 over BN254: setup per size class, proving a traced run, and verification against a
+//! [`Statement`] the verifier computed itself.
+
+use ark_bn254::{Bn254, Fr, G1Affine, G1Projective};
+use ark_ec::VariableBaseMSM;
+use ark_ff::Zero;
+use ark_groth16::{Groth16, PreparedVerifyingKey, Proof, ProvingKey, VerifyingKey};
+use ark_snark::SNARK;
+use rand::rngs::OsRng;
+
+use crate::circuit::{Class, Statement, ZkvmCircuit};
+use crate::isa::{Instr, Op, Program};
+use crate::trace::{Access, Regs, Step};
+
+pub type Pk = ProvingKey<Bn254>;
+pub type Vk = VerifyingKey<Bn254>;
+pub type Pvk = PreparedVerifyingKey<Bn254>;
+pub type Zk = Proof<Bn254>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProofError {
+    #[error("synthesis failed: {0}")]
+    Synthesis(#[from] ark_relations::gr1cs::SynthesisError),
+}
+
+/// A circuit of the class's shape with a trivial witness, for setup: the constraint system's
+/// shape depends only on the class.
+pub fn blank(class: Class) -> ZkvmCircuit {
+    let program = Program {
+        code: vec![Instr::new(Op::Halt)],
+        globals: vec![0],
+        data_base: 0,
+        data: vec![],
+        mem_pages: 0,
+        mem_max_pages: 0,
+    };
+    let halt = Step {
+        regs: Regs::default(),
+        instr: program.code[0],
+        acc: [Access::NONE_READ, Access::NONE_READ, Access::NONE_READ, Access::NONE_WRITE],
+    };
+    let statement = Statement::new(&class, &program, b"", b"", 0, 0, 0).expect("fits");
+    ZkvmCircuit {
+        class,
+        statement,
+        steps: vec![halt; class.steps],
+        tamper: Default::default(),
+    }
+}
+
+/// Generates the proving and verifying keys of a class from fresh operating-system randomness.
+/// The randomness (the "toxic waste") lives only inside this call.
+pub fn setup(class: Class) -> Result<(Pk, Vk), ProofError> {
+    Ok(Groth16::<Bn254>::circuit_specific_setup(blank(class), &mut OsRng)?)
+}
+
+pub fn prove(pk: &Pk, circuit: ZkvmCircuit) -> Result<Zk, ProofError> {
+    Ok(Groth16::<Bn254>::prove(pk, circuit, &mut OsRng)?)
+}
+
+pub fn prepare(vk: &Vk) -> Pvk {
+    ark_groth16::prepare_verifying_key(vk)
+}
+
+/// `γ_abc[0] + Σ x_i γ_abc[i+1]` over the non-zero inputs only (most of a statement is
+/// padding).
+pub fn prepare_inputs(pvk: &Pvk, inputs: &[Fr]) -> Option<G1Projective> {
+    if inputs.len() + 1 != pvk.vk.gamma_abc_g1.len() {
+        return None;
+    }
+    let (bases, scalars): (Vec<G1Affine>, Vec<Fr>) = inputs
+        .iter()
+        .zip(&pvk.vk.gamma_abc_g1[1..])
+        .filter(|(x, _)| !x.is_zero())
+        .map(|(x, g)| (*g, *x))
+        .unzip();
+    let sum = G1Projective::msm(&bases, &scalars).ok()?;
+    Some(sum + pvk.vk.gamma_abc_g1[0])
+}
+
+/// True when `proof` proves `statement`.
+pub fn verify(pvk: &Pvk, statement: &Statement, proof: &Zk) -> bool {
+    let Some(prepared) = prepare_inputs(pvk, &statement.to_field()) else {
+        return false;
+    };
+    Groth16::<Bn254>::verify_proof_with_prepared_inputs(pvk, proof, &prepared)
+        .unwrap_or(false)
+}
