@@ -16,7 +16,10 @@
 
 /// Number of switches in a network on `n` wires.
 pub fn switches(n: usize) -> usize {
-    assert!(n.is_power_of_two() && n >= 2, "Beneš networks need 2^k >= 2 wires, not {n}");
+    assert!(
+        n.is_power_of_two() && n >= 2,
+        "Beneš networks need 2^k >= 2 wires, not {n}"
+    );
     if n == 2 { 1 } else { n + 2 * switches(n / 2) }
 }
 
@@ -68,7 +71,11 @@ fn route_into(perm: &[usize], out: &mut Vec<bool>) {
     let half = n / 2;
     let (mut up, mut down) = (vec![0; half], vec![0; half]);
     for j in 0..half {
-        let (u, d) = if lower(2 * j) { (2 * j + 1, 2 * j) } else { (2 * j, 2 * j + 1) };
+        let (u, d) = if lower(2 * j) {
+            (2 * j + 1, 2 * j)
+        } else {
+            (2 * j, 2 * j + 1)
+        };
         out.push(lower(2 * j));
         up[j] = perm[u] / 2;
         down[j] = perm[d] / 2;
@@ -115,7 +122,11 @@ pub fn apply<T: Clone, S, E>(
 
 /// The native switch: crossed swaps the pair.
 pub fn swap<T: Clone>(a: &T, b: &T, crossed: bool) -> Result<(T, T), std::convert::Infallible> {
-    Ok(if crossed { (b.clone(), a.clone()) } else { (a.clone(), b.clone()) })
+    Ok(if crossed {
+        (b.clone(), a.clone())
+    } else {
+        (a.clone(), b.clone())
+    })
 }
 
 #[cfg(test)]

@@ -25,11 +25,9 @@ use ark_ff::{One, PrimeField, Zero};
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef};
 
 use crate::benes;
-use crate::isa::{
-    ADDR_BITS, FLAG_BITS, GLOBAL_OUT_LEN, Instr, OP_COUNT, Op, SLOT_BITS, Space,
-};
-use crate::r1cs::{Cs, L, R, bits_of, f, pow2, sum};
 use crate::isa::Program;
+use crate::isa::{ADDR_BITS, FLAG_BITS, GLOBAL_OUT_LEN, Instr, OP_COUNT, Op, SLOT_BITS, Space};
+use crate::r1cs::{Cs, L, R, bits_of, f, pow2, sum};
 use crate::trace::{Exit, Step, Trace};
 
 /// Largest stack slot index plus one (a call deeper than this does not fit); the interpreter
@@ -56,8 +54,32 @@ pub fn supported(op: Op) -> bool {
     use Op::*;
     matches!(
         op,
-        Const | Copy | Add | Sub | Mul | And | Or | Xor | Popcnt | Eqz | Eq | Ne | LtU | LtS | GeU
-            | GeS | Wrap | Select | GetM | SetM | Jump | BrNz | BrZ | Call | Return | MemSize
+        Const
+            | Copy
+            | Add
+            | Sub
+            | Mul
+            | And
+            | Or
+            | Xor
+            | Popcnt
+            | Eqz
+            | Eq
+            | Ne
+            | LtU
+            | LtS
+            | GeU
+            | GeS
+            | Wrap
+            | Select
+            | GetM
+            | SetM
+            | Jump
+            | BrNz
+            | BrZ
+            | Call
+            | Return
+            | MemSize
             | Halt
     )
 }
@@ -126,11 +148,14 @@ impl Statement {
     }
 }
 
+/// A change to the auxiliary witness of one step.
+pub type AuxTamper = (usize, Box<dyn Fn(&mut Aux)>);
+
 /// Ways to corrupt a witness, for tests that prove the constraints catch each one.
 #[derive(Default)]
 pub struct Tamper {
     /// Change the auxiliary values of step `.0`.
-    pub aux: Option<(usize, Box<dyn Fn(&mut Aux)>)>,
+    pub aux: Option<AuxTamper>,
     /// Flip this switch of the memory network.
     pub memory_switch: Option<usize>,
     /// Flip this switch of the fetch network.
@@ -183,7 +208,10 @@ fn aux_of(step: &Step) -> Aux {
             (0, flip(x) + w - flip(y))
         }
         Op::Return => (0, m.value as u128),
-        Op::Call => (0, (MAX_STACK - (1 << SLOT_BITS) - (step.regs.fp + i.a as u64)) as u128),
+        Op::Call => (
+            0,
+            (MAX_STACK - (1 << SLOT_BITS) - (step.regs.fp + i.a as u64)) as u128,
+        ),
         _ => (0, 0),
     };
     let h = match i.op {
@@ -299,7 +327,13 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
             let s = self.step(&cs, step, &aux, &pc, &fp, &ms)?;
             for (k, acc) in s.acc.iter().enumerate() {
                 let native = step.acc[k].addr();
-                push_mem(&mut mem, acc.0.clone(), acc.1.clone(), acc.2.clone(), native);
+                push_mem(
+                    &mut mem,
+                    acc.0.clone(),
+                    acc.1.clone(),
+                    acc.2.clone(),
+                    native,
+                );
             }
             fetch.push(Entry {
                 fields: [pc.scale(f(2)), s.packed.clone(), s.imm.clone()],
@@ -320,7 +354,13 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
 
         // Final reads: the output length and the output words.
         let out_len_addr = Space::Globals.base() + GLOBAL_OUT_LEN;
-        push_mem(&mut mem, L::konst(f(out_len_addr)), L::zero(), output[0].clone(), out_len_addr);
+        push_mem(
+            &mut mem,
+            L::konst(f(out_len_addr)),
+            L::zero(),
+            output[0].clone(),
+            out_len_addr,
+        );
         for (k, o) in output[1..].iter().enumerate() {
             let a = Space::Output.base() + k as u64;
             push_mem(&mut mem, L::konst(f(a)), L::zero(), o.clone(), a);
@@ -409,10 +449,9 @@ impl ZkvmCircuit {
             .sub(&a.scale(pow2(FLAG_BITS)))
             .sub(&b.scale(pow2(FLAG_BITS + SLOT_BITS)))
             .scale(pow2(FLAG_BITS + 2 * SLOT_BITS).inverse_or_zero());
-        let space_base = sp
-            .iter()
-            .enumerate()
-            .fold(L::zero(), |acc, (k, b)| acc.add_scaled(b, pow2(27 + k as u32)));
+        let space_base = sp.iter().enumerate().fold(L::zero(), |acc, (k, b)| {
+            acc.add_scaled(b, pow2(27 + k as u32))
+        });
 
         // Access values.
         let [ra, rb, rm, rz] = step.acc;
@@ -434,7 +473,9 @@ impl ZkvmCircuit {
             bits[from..to]
                 .iter()
                 .enumerate()
-                .fold(L::zero(), |acc, (k, b)| acc.add_scaled(b, pow2((from + k) as u32)))
+                .fold(L::zero(), |acc, (k, b)| {
+                    acc.add_scaled(b, pow2((from + k) as u32))
+                })
         };
 
         // Width-dependent constants: W = 2^32 or 2^64, and products with `wide`.
@@ -445,18 +486,64 @@ impl ZkvmCircuit {
         // Addresses: slots are `Stack + fp + offset`.
         let stack = |off: &L| fp.add(off).add_c(base_of(Space::Stack));
         let uses_a = any(&[
-            Op::Copy, Op::Add, Op::Sub, Op::Mul, Op::And, Op::Or, Op::Xor, Op::Popcnt, Op::Eqz,
-            Op::Eq, Op::Ne, Op::LtU, Op::LtS, Op::GeU, Op::GeS, Op::Wrap, Op::Select, Op::SetM,
-            Op::BrNz, Op::BrZ, Op::Return,
+            Op::Copy,
+            Op::Add,
+            Op::Sub,
+            Op::Mul,
+            Op::And,
+            Op::Or,
+            Op::Xor,
+            Op::Popcnt,
+            Op::Eqz,
+            Op::Eq,
+            Op::Ne,
+            Op::LtU,
+            Op::LtS,
+            Op::GeU,
+            Op::GeS,
+            Op::Wrap,
+            Op::Select,
+            Op::SetM,
+            Op::BrNz,
+            Op::BrZ,
+            Op::Return,
         ]);
         let uses_b = any(&[
-            Op::Add, Op::Sub, Op::Mul, Op::And, Op::Or, Op::Xor, Op::Eq, Op::Ne, Op::LtU, Op::LtS,
-            Op::GeU, Op::GeS, Op::Select,
+            Op::Add,
+            Op::Sub,
+            Op::Mul,
+            Op::And,
+            Op::Or,
+            Op::Xor,
+            Op::Eq,
+            Op::Ne,
+            Op::LtU,
+            Op::LtS,
+            Op::GeU,
+            Op::GeS,
+            Op::Select,
         ]);
         let writes_c = any(&[
-            Op::Const, Op::Copy, Op::Add, Op::Sub, Op::Mul, Op::And, Op::Or, Op::Xor, Op::Popcnt,
-            Op::Eqz, Op::Eq, Op::Ne, Op::LtU, Op::LtS, Op::GeU, Op::GeS, Op::Wrap, Op::Select,
-            Op::GetM, Op::MemSize,
+            Op::Const,
+            Op::Copy,
+            Op::Add,
+            Op::Sub,
+            Op::Mul,
+            Op::And,
+            Op::Or,
+            Op::Xor,
+            Op::Popcnt,
+            Op::Eqz,
+            Op::Eq,
+            Op::Ne,
+            Op::LtU,
+            Op::LtS,
+            Op::GeU,
+            Op::GeS,
+            Op::Wrap,
+            Op::Select,
+            Op::GetM,
+            Op::MemSize,
         ]);
         let addr_a = cs.mul(&uses_a, &stack(&a))?;
         let addr_b = cs.mul(&uses_b, &stack(&b))?;
@@ -529,7 +616,15 @@ impl ZkvmCircuit {
         g(Op::GeU, &z.sub(&ge))?;
         g(Op::GeS, &z.sub(&ge))?;
         // Narrow arithmetic keeps results and carries below 2^32.
-        let alu = any(&[Op::Add, Op::Sub, Op::Mul, Op::And, Op::Or, Op::Xor, Op::Popcnt]);
+        let alu = any(&[
+            Op::Add,
+            Op::Sub,
+            Op::Mul,
+            Op::And,
+            Op::Or,
+            Op::Xor,
+            Op::Popcnt,
+        ]);
         let narrow = cs.mul(&alu, &one.sub(&wide))?;
         cs.gate(&narrow, &hi(&zb, 32, 64))?;
         cs.gate(&narrow, &hi(&hb, 32, 64))?;
@@ -537,7 +632,10 @@ impl ZkvmCircuit {
         cs.gate(&narrow, &hi(&yb, 32, 64))?;
 
         // Calls: the link is `pc + 1 + fp 2^32`, the new frame must leave room below MAX_STACK.
-        g(Op::Call, &z.sub(&pc.add_c(Fr::one()).add(&fp.scale(pow2(32)))))?;
+        g(
+            Op::Call,
+            &z.sub(&pc.add_c(Fr::one()).add(&fp.scale(pow2(32)))),
+        )?;
         g(
             Op::Call,
             &d.sub(&L::konst(f(MAX_STACK - (1 << SLOT_BITS))).sub(fp).sub(&a)),
@@ -674,7 +772,6 @@ fn check_fetch(cs: &Cs, sorted: &[[L; 3]]) -> R<()> {
     Ok(())
 }
 
-
 /// Why a run cannot be proved in a class.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum FitError {
@@ -733,8 +830,18 @@ impl Statement {
         fit("the program", program.code.len(), class.program, class)?;
         fit("the globals", program.globals.len(), class.globals, class)?;
         fit("the initial data", program.data.len(), class.data, class)?;
-        fit("the input (words)", input.len().div_ceil(8), class.input, class)?;
-        fit("the output (words)", output.len().div_ceil(8), class.output, class)?;
+        fit(
+            "the input (words)",
+            input.len().div_ceil(8),
+            class.input,
+            class,
+        )?;
+        fit(
+            "the output (words)",
+            output.len().div_ceil(8),
+            class.output,
+            class,
+        )?;
         let mut code: Vec<(u64, u64)> = program.code.iter().map(|i| (i.packed(), i.imm)).collect();
         code.resize(class.program, (0, 0));
         let pad = |mut v: Vec<u64>, n: usize| {

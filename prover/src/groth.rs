@@ -37,7 +37,12 @@ pub fn blank(class: Class) -> ZkvmCircuit {
     let halt = Step {
         regs: Regs::default(),
         instr: program.code[0],
-        acc: [Access::NONE_READ, Access::NONE_READ, Access::NONE_READ, Access::NONE_WRITE],
+        acc: [
+            Access::NONE_READ,
+            Access::NONE_READ,
+            Access::NONE_READ,
+            Access::NONE_WRITE,
+        ],
     };
     let statement = Statement::new(&class, &program, b"", b"", 0, 0, 0).expect("fits");
     ZkvmCircuit {
@@ -51,7 +56,10 @@ pub fn blank(class: Class) -> ZkvmCircuit {
 /// Generates the proving and verifying keys of a class from fresh operating-system randomness.
 /// The randomness (the "toxic waste") lives only inside this call.
 pub fn setup(class: Class) -> Result<(Pk, Vk), ProofError> {
-    Ok(Groth16::<Bn254>::circuit_specific_setup(blank(class), &mut OsRng)?)
+    Ok(Groth16::<Bn254>::circuit_specific_setup(
+        blank(class),
+        &mut OsRng,
+    )?)
 }
 
 pub fn prove(pk: &Pk, circuit: ZkvmCircuit) -> Result<Zk, ProofError> {
@@ -83,6 +91,5 @@ pub fn verify(pvk: &Pvk, statement: &Statement, proof: &Zk) -> bool {
     let Some(prepared) = prepare_inputs(pvk, &statement.to_field()) else {
         return false;
     };
-    Groth16::<Bn254>::verify_proof_with_prepared_inputs(pvk, proof, &prepared)
-        .unwrap_or(false)
+    Groth16::<Bn254>::verify_proof_with_prepared_inputs(pvk, proof, &prepared).unwrap_or(false)
 }

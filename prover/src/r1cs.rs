@@ -4,9 +4,7 @@
 
 use ark_bn254::Fr;
 use ark_ff::{Field, One, Zero};
-use ark_relations::gr1cs::{
-    ConstraintSystemRef, LinearCombination, SynthesisError, Variable,
-};
+use ark_relations::gr1cs::{ConstraintSystemRef, LinearCombination, SynthesisError, Variable};
 
 pub type R<T> = Result<T, SynthesisError>;
 

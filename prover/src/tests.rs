@@ -53,7 +53,7 @@ fn guests_match_wasmtime() {
 }
 
 mod circuit {
-    use crate::circuit::{Class, Tamper, ZkvmCircuit};
+    use crate::circuit::{Class, ZkvmCircuit};
     use crate::lower::lower;
     use crate::trace::{RunLimits, run};
     use ark_bn254::Fr;
@@ -87,12 +87,6 @@ mod circuit {
         }
     }
 
-    const ADD: &str = r#"(module
-      (import "zkmesh" "write_output" (func $out (param i32 i32)))
-      (memory (export "memory") 1)
-      (func (export "run")
-        (i32.store8 (i32.const 0) (i32.add (i32.const 40) (i32.const 2)))))"#;
-
     const ARITH: &str = r#"(module
       (memory (export "memory") 1)
       (global $g (mut i64) (i64.const 5))
@@ -118,7 +112,10 @@ mod circuit {
 
     /// Index of the first step running `op`.
     fn find(c: &ZkvmCircuit, op: Op) -> usize {
-        c.steps.iter().position(|s| s.instr.op == op).unwrap_or_else(|| panic!("no {op:?}"))
+        c.steps
+            .iter()
+            .position(|s| s.instr.op == op)
+            .unwrap_or_else(|| panic!("no {op:?}"))
     }
 
     /// Changes what step `at` writes to `v`, and what every later read of that address sees
@@ -147,7 +144,16 @@ mod circuit {
 
     #[test]
     fn a_wrong_result_fails() {
-        for op in [Op::Add, Op::Mul, Op::Xor, Op::Sub, Op::LtS, Op::GeU, Op::Select, Op::Copy] {
+        for op in [
+            Op::Add,
+            Op::Mul,
+            Op::Xor,
+            Op::Sub,
+            Op::LtS,
+            Op::GeU,
+            Op::Select,
+            Op::Copy,
+        ] {
             let r = tampered(|c| {
                 let at = find(c, op);
                 let v = c.steps[at].acc[3].value ^ 1;
@@ -278,7 +284,10 @@ mod circuit {
         for (what, edit) in edits {
             let mut s = statement.clone();
             edit(&mut s);
-            assert!(!groth::verify(&pvk, &s, &proof), "a changed {what} verified");
+            assert!(
+                !groth::verify(&pvk, &s, &proof),
+                "a changed {what} verified"
+            );
         }
 
         // A proof for one module is not a proof for another.
@@ -291,13 +300,27 @@ mod circuit {
         assert!(!groth::verify(&pvk, &s, &other_proof));
     }
 
+    /// The marginal cost of a step: the same run in classes of 64 and 128 steps (everything else
+    /// equal), so the difference is 64 steps' worth of constraints (step logic, four memory
+    /// accesses and a fetch, and their share of both networks).
     #[test]
     fn constraints_per_step() {
-        let c = circuit(ARITH, b"");
-        let cs = ConstraintSystem::<Fr>::new_ref();
-        c.generate_constraints(cs.clone()).unwrap();
-        eprintln!("tiny class: {} constraints", cs.num_constraints());
-        let _ = ADD;
-        let _ = Tamper::default();
+        let count = |steps: usize| {
+            let wasm = wat::parse_str(ARITH).unwrap();
+            let program = lower(&wasm).unwrap();
+            let trace = run(&program, b"", RunLimits::default());
+            let class = Class { steps, ..TINY };
+            let c = ZkvmCircuit::new(class, &program, b"", &trace).unwrap();
+            let cs = ConstraintSystem::<Fr>::new_ref();
+            c.generate_constraints(cs.clone()).unwrap();
+            assert!(cs.is_satisfied().unwrap());
+            cs.num_constraints()
+        };
+        let (small, large) = (count(64), count(128));
+        eprintln!(
+            "64 steps: {small} constraints; 128 steps: {large}; per step: {}",
+            (large - small) / 64
+        );
+        assert!(large > small);
     }
 }
