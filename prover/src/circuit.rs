@@ -25,7 +25,7 @@ use ark_ff::{One, PrimeField, Zero};
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef};
 
 use crate::benes;
-use crate::isa::Program;
+use crate::isa::{Program, SPACE_SHIFT, WORD};
 use crate::isa::{ADDR_BITS, FLAG_BITS, GLOBAL_OUT_LEN, Instr, OP_COUNT, Op, SLOT_BITS, Space};
 use crate::r1cs::{Cs, L, R, bits_of, f, pow2, sum};
 use crate::trace::{Exit, Step, Trace};
@@ -42,46 +42,10 @@ pub struct Class {
     pub program: usize,
     pub globals: usize,
     pub data: usize,
-    /// Input capacity in 8-byte words.
+    /// Input capacity in 4-byte words.
     pub input: usize,
-    /// Output capacity in 8-byte words.
+    /// Output capacity in 4-byte words.
     pub output: usize,
-}
-
-/// Operations the circuit checks today. The rest are executed by the interpreter but refused by
-/// the circuit (their selector is forced to zero), so a program using them is not provable yet.
-pub fn supported(op: Op) -> bool {
-    use Op::*;
-    matches!(
-        op,
-        Const
-            | Copy
-            | Add
-            | Sub
-            | Mul
-            | And
-            | Or
-            | Xor
-            | Popcnt
-            | Eqz
-            | Eq
-            | Ne
-            | LtU
-            | LtS
-            | GeU
-            | GeS
-            | Wrap
-            | Select
-            | GetM
-            | SetM
-            | Jump
-            | BrNz
-            | BrZ
-            | Call
-            | Return
-            | MemSize
-            | Halt
-    )
 }
 
 /// The public inputs, as integers.
@@ -172,6 +136,8 @@ pub struct Aux {
     pub z: Vec<Fr>,
     pub h: Vec<Fr>,
     pub d: Vec<Fr>,
+    /// 34 bits: bounds (memory accesses, call depth).
+    pub e: Vec<Fr>,
     /// Selector of each opcode.
     pub sel: Vec<Fr>,
 }
@@ -182,6 +148,8 @@ pub struct ZkvmCircuit {
     /// Exactly `class.steps` steps (the halting step repeated to fill).
     pub steps: Vec<Step>,
     pub tamper: Tamper,
+    /// Panic at the first violated constraint (see [`Cs::strict`]).
+    pub strict: bool,
 }
 
 fn to_u128(x: Fr) -> u128 {
@@ -190,36 +158,80 @@ fn to_u128(x: Fr) -> u128 {
     l[0] as u128 | (l[1] as u128) << 64
 }
 
+/// Bytes a load or store of this width touches.
+fn size_of(i: &Instr) -> u64 {
+    1 << i.width
+}
+
+/// The bound a load or store must stay under, in bytes of its space.
+fn limit_of(class: &Class, space: Space, ms: u64) -> u64 {
+    match space {
+        Space::Memory => ms * crate::isa::PAGE,
+        Space::Input => (class.input as u64 + 1) * WORD,
+        Space::Output => class.output as u64 * WORD,
+        _ => 0,
+    }
+}
+
 /// The native auxiliary values of a step.
-fn aux_of(step: &Step) -> Aux {
+fn aux_of(class: &Class, step: &Step) -> Aux {
     let i = &step.instr;
     let [a, b, m, z] = step.acc;
     let (x, y, zv) = (a.value, b.value, z.value);
     let wide = i.wide;
-    let w: u128 = if wide { 1 << 64 } else { 1 << 32 };
-    let (h, d): (u128, u128) = match i.op {
-        Op::Add => (0, 0),
-        Op::Sub => (0, 0),
-        Op::Mul => (0, 0),
-        Op::LtU | Op::GeU => (0, x as u128 + w - y as u128),
-        Op::LtS | Op::GeS => {
-            let half = w / 2;
-            let flip = |v: u64| (v as u128 + half) % w;
-            (0, flip(x) + w - flip(y))
+    let n: u32 = if wide { 64 } else { 32 };
+    let w: u128 = 1 << n;
+    let k = (y % n as u64) as u32;
+    let fp = step.regs.fp;
+    let sx = (x >> (n - 1)) & 1;
+    let xs = x as i128 - ((sx as i128) << n);
+    let stack_room = |frame: u64| (MAX_STACK - (1 << SLOT_BITS) - (fp + frame)) as u128;
+    let (mut h, mut d, mut e): (u128, u128, u128) = (0, 0, 0);
+    match i.op {
+        Op::Add => h = (x as u128 + y as u128) / w,
+        Op::Sub => h = (x as u128 + w - y as u128) / w,
+        Op::Mul => h = (x as u128 * y as u128) / w,
+        Op::DivU if y != 0 => {
+            h = (x % y) as u128;
+            d = (y - x % y - 1) as u128;
         }
-        Op::Return => (0, m.value as u128),
-        Op::Call => (
-            0,
-            (MAX_STACK - (1 << SLOT_BITS) - (step.regs.fp + i.a as u64)) as u128,
-        ),
-        _ => (0, 0),
-    };
-    let h = match i.op {
-        Op::Add => (x as u128 + y as u128) / w,
-        Op::Sub => (x as u128 + w - y as u128) / w,
-        Op::Mul => (x as u128 * y as u128) / w,
-        _ => h,
-    };
+        Op::RemU if y != 0 => {
+            h = (x / y) as u128;
+            d = (y - x % y - 1) as u128;
+        }
+        Op::Shl => h = ((x as u128) << k) >> n,
+        Op::ShrU => h = ((x as u128) << (n - k)) % w,
+        Op::ShrS => h = ((xs << (n - k)).rem_euclid(w as i128)) as u128,
+        Op::Rotl | Op::Rotr => {
+            let k = if i.op == Op::Rotl { k } else { n - k };
+            let v = (x as u128) << k;
+            h = v >> n;
+            d = v % w;
+        }
+        Op::Clz if x != 0 => h = (x as u128) << zv,
+        Op::Ctz if x != 0 => h = (x >> zv) as u128,
+        Op::LtU | Op::GeU => d = x as u128 + w - y as u128,
+        Op::LtS | Op::GeS => {
+            let flip = |v: u64| (v as u128 + w / 2) % w;
+            d = flip(x) + w - flip(y);
+        }
+        Op::Load | Op::Store => {
+            h = m.value as u128;
+            let ea = x as u128 + i.imm as u128;
+            d = ea;
+            e = (limit_of(class, i.space, step.regs.ms) as u128).wrapping_sub(ea + size_of(i) as u128);
+        }
+        Op::Return => d = m.value as u128,
+        Op::Call => e = stack_room(i.a as u64),
+        Op::CallIndirect => {
+            h = i.imm as u128;
+            d = x as u128 + (1 << 32) - (i.imm >> 32) as u128;
+            e = stack_room(i.b as u64);
+        }
+        Op::BrTable => d = x as u128 + (1 << 32) - i.b as u128,
+        Op::MemGrow => d = (step.regs.ms + x) as u128 + (1 << 33) - i.imm as u128 - 1,
+        _ => {}
+    }
     let mut sel = vec![Fr::zero(); OP_COUNT];
     sel[i.op as usize - 1] = Fr::one();
     Aux {
@@ -228,6 +240,7 @@ fn aux_of(step: &Step) -> Aux {
         z: bits_of(zv as u128, 64),
         h: bits_of(h, 64),
         d: bits_of(d, 66),
+        e: bits_of(e, 34),
         sel,
     }
 }
@@ -242,7 +255,10 @@ struct Entry {
 
 impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
     fn generate_constraints(self, cs: ConstraintSystemRef<Fr>) -> R<()> {
-        let cs = Cs { cs };
+        let cs = Cs {
+            cs,
+            strict: self.strict,
+        };
         let st = &self.statement;
         let class = self.class;
         assert_eq!(self.steps.len(), class.steps);
@@ -318,7 +334,7 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
         let mut last_halt = L::zero();
         let mut last_imm = L::zero();
         for (n, step) in self.steps.iter().enumerate() {
-            let mut aux = aux_of(step);
+            let mut aux = aux_of(&class, step);
             if let Some((at, t)) = &self.tamper.aux
                 && *at == n
             {
@@ -414,11 +430,8 @@ impl ZkvmCircuit {
         let imm = cs.witness(f(i.imm))?;
         let mut sel = vec![];
         for (k, v) in aux.sel.iter().enumerate() {
-            let s = cs.bit(*v)?;
-            if !supported(Op::from_code(k as u8 + 1).expect("opcode")) {
-                cs.equal(&s, &L::zero())?;
-            }
-            sel.push(s);
+            let _ = k;
+            sel.push(cs.bit(*v)?);
         }
         cs.equal(&sum(&sel), &one)?;
         let s = |op: Op| sel[op as usize - 1].clone();
@@ -431,6 +444,7 @@ impl ZkvmCircuit {
         let w0 = cs.bit(f((i.width & 1) as u64))?;
         let w1 = cs.bit(f((i.width >> 1) as u64))?;
         let signed = cs.bit(f(i.signed as u64))?;
+        let w01 = cs.mul(&w0, &w1)?;
         let sp: Vec<L> = (0..3)
             .map(|k| cs.bit(f(((i.space as u64) >> k) & 1)))
             .collect::<R<_>>()?;
@@ -450,7 +464,7 @@ impl ZkvmCircuit {
             .sub(&b.scale(pow2(FLAG_BITS + SLOT_BITS)))
             .scale(pow2(FLAG_BITS + 2 * SLOT_BITS).inverse_or_zero());
         let space_base = sp.iter().enumerate().fold(L::zero(), |acc, (k, b)| {
-            acc.add_scaled(b, pow2(27 + k as u32))
+            acc.add_scaled(b, pow2(SPACE_SHIFT + k as u32))
         });
 
         // Access values.
@@ -466,6 +480,7 @@ impl ZkvmCircuit {
         let (zb, zs) = cs.bits(&aux.z)?;
         let (hb, h) = cs.bits(&aux.h)?;
         let (db, d) = cs.bits(&aux.d)?;
+        let (_, e) = cs.bits(&aux.e)?;
         cs.equal(&x, &xs)?;
         cs.equal(&y, &ys)?;
         cs.equal(&z, &zs)?;
@@ -485,79 +500,42 @@ impl ZkvmCircuit {
 
         // Addresses: slots are `Stack + fp + offset`.
         let stack = |off: &L| fp.add(off).add_c(base_of(Space::Stack));
-        let uses_a = any(&[
-            Op::Copy,
-            Op::Add,
-            Op::Sub,
-            Op::Mul,
-            Op::And,
-            Op::Or,
-            Op::Xor,
-            Op::Popcnt,
-            Op::Eqz,
-            Op::Eq,
-            Op::Ne,
-            Op::LtU,
-            Op::LtS,
-            Op::GeU,
-            Op::GeS,
-            Op::Wrap,
-            Op::Select,
-            Op::SetM,
-            Op::BrNz,
-            Op::BrZ,
-            Op::Return,
-        ]);
-        let uses_b = any(&[
-            Op::Add,
-            Op::Sub,
-            Op::Mul,
-            Op::And,
-            Op::Or,
-            Op::Xor,
-            Op::Eq,
-            Op::Ne,
-            Op::LtU,
-            Op::LtS,
-            Op::GeU,
-            Op::GeS,
-            Op::Select,
-        ]);
-        let writes_c = any(&[
-            Op::Const,
-            Op::Copy,
-            Op::Add,
-            Op::Sub,
-            Op::Mul,
-            Op::And,
-            Op::Or,
-            Op::Xor,
-            Op::Popcnt,
-            Op::Eqz,
-            Op::Eq,
-            Op::Ne,
-            Op::LtU,
-            Op::LtS,
-            Op::GeU,
-            Op::GeS,
-            Op::Wrap,
-            Op::Select,
-            Op::GetM,
-            Op::MemSize,
-        ]);
+        const BINARY: [Op; 18] = [
+            Op::Add, Op::Sub, Op::Mul, Op::DivU, Op::RemU, Op::And, Op::Or, Op::Xor, Op::Shl,
+            Op::ShrU, Op::ShrS, Op::Rotl, Op::Rotr, Op::Eq, Op::Ne, Op::LtU, Op::LtS, Op::GeU,
+        ];
+        const UNARY: [Op; 6] = [Op::Clz, Op::Ctz, Op::Popcnt, Op::Eqz, Op::Wrap, Op::ExtendS];
+        let uses_a = any(&BINARY).add(&any(&UNARY)).add(&any(&[
+            Op::GeS, Op::Copy, Op::Select, Op::SetM, Op::BrNz, Op::BrZ, Op::BrTable,
+            Op::CallIndirect, Op::Return, Op::Load, Op::Store, Op::MemGrow,
+        ]));
+        let uses_b = any(&BINARY).add(&any(&[Op::GeS, Op::Select, Op::Store]));
+        let writes_c = any(&BINARY).add(&any(&UNARY)).add(&any(&[
+            Op::GeS, Op::Const, Op::Copy, Op::Select, Op::GetM, Op::MemSize, Op::Load, Op::MemGrow,
+        ]));
+        let ldst = any(&[Op::Load, Op::Store]);
+        // Loads and stores: ea = a + imm = 8 word + off, inside the space's bound.
+        let word = hi(&db, 2, 66).scale(f(WORD).inverse_or_zero());
+        let mem_addr = space_base.add(&word);
         let addr_a = cs.mul(&uses_a, &stack(&a))?;
-        let addr_b = cs.mul(&uses_b, &stack(&b))?;
+        let addr_b = cs
+            .mul(&uses_b, &stack(&b))?
+            .add(&cs.mul(&s(Op::Load), &mem_addr)?);
         let addr_m = cs
             .mul(&s(Op::Select), &stack(&imm))?
             .add(&cs.mul(&any(&[Op::GetM, Op::SetM]), &space_base.add(&imm))?)
-            .add(&cs.mul(&s(Op::Return), &stack(&b))?);
+            .add(&cs.mul(&s(Op::Return), &stack(&b))?)
+            .add(&cs.mul(&ldst, &mem_addr)?)
+            .add(&s(Op::Load));
         let scratch = L::konst(base_of(Space::Scratch));
         let ret_c = cs.mul(&s(Op::Return), &c)?;
         let addr_z = scratch
             .add(&cs.mul(&writes_c, &stack(&c).sub(&scratch))?)
             .add(&cs.mul(&s(Op::Call), &stack(&a.add(&b)).sub(&scratch))?)
+            .add(&cs.mul(&s(Op::CallIndirect), &stack(&b.add(&c)).sub(&scratch))?)
+            .add(&cs.mul(&s(Op::Store), &mem_addr.add(&w01).sub(&scratch))?)
             .add(&cs.mul(&ret_c, &stack(&L::zero()).sub(&scratch))?);
-        let m_write = s(Op::SetM);
+        let m_write = s(Op::SetM).add(&cs.mul(&s(Op::Store), &w01)?);
 
         // Shared helpers.
         let e_in = x.sub(&y).add(&cs.mul(&s(Op::Select), &m.sub(&x).add(&y))?);
@@ -617,13 +595,8 @@ impl ZkvmCircuit {
         g(Op::GeS, &z.sub(&ge))?;
         // Narrow arithmetic keeps results and carries below 2^32.
         let alu = any(&[
-            Op::Add,
-            Op::Sub,
-            Op::Mul,
-            Op::And,
-            Op::Or,
-            Op::Xor,
-            Op::Popcnt,
+            Op::Add, Op::Sub, Op::Mul, Op::DivU, Op::RemU, Op::And, Op::Or, Op::Xor, Op::Popcnt,
+            Op::Shl, Op::ShrU, Op::ShrS, Op::Rotl, Op::Rotr, Op::Clz, Op::Ctz,
         ]);
         let narrow = cs.mul(&alu, &one.sub(&wide))?;
         cs.gate(&narrow, &hi(&zb, 32, 64))?;
@@ -631,16 +604,201 @@ impl ZkvmCircuit {
         cs.gate(&narrow, &hi(&xb, 32, 64))?;
         cs.gate(&narrow, &hi(&yb, 32, 64))?;
 
+        // Division by a non-zero divisor: x = q y + r, r < y.
+        let zy = cs.mul(&z, &y)?;
+        let hy = cs.mul(&h, &y)?;
+        g(Op::DivU, &x.sub(&zy).sub(&h))?;
+        g(Op::RemU, &x.sub(&hy).sub(&z))?;
+        g(Op::DivU, &d.sub(&y.sub(&h).sub(&one)))?;
+        g(Op::RemU, &d.sub(&y.sub(&z).sub(&one)))?;
+        cs.gate(&any(&[Op::DivU, Op::RemU]), &hi(&db, 64, 66))?;
+
+        // Shifts and rotations by k = y mod n: P = 2^k from y's low bits, Q = 2^(n-k) = W / P.
+        let wy5 = cs.mul(&wide, &yb[5])?;
+        let mut pk = one.clone();
+        for j in 0..5 {
+            let factor = one.add_scaled(&yb[j], pow2(1 << j) - Fr::one());
+            pk = cs.mul(&pk, &factor)?;
+        }
+        let pk = cs.mul(&pk, &one.add_scaled(&wy5, pow2(32) - Fr::one()))?;
+        let q = cs.witness(w.v * pk.v.inverse_or_zero())?;
+        cs.enforce(&pk, &q, &w)?;
+        let xp = cs.mul(&x, &pk)?;
+        let xq = cs.mul(&x, &q)?;
+        let wide_z = cs.mul(&wide, &z)?;
+        let z_w = z.scale(pow2(32)).add_scaled(&wide_z, pow2(64) - pow2(32));
+        g(Op::Shl, &xp.sub(&z).sub(&w_h))?;
+        g(Op::ShrU, &xq.sub(&z_w).sub(&h))?;
+        // Arithmetic: (x - W sx) Q = (z - W sx) W + h
+        let wsx = cs.mul(&wide, &sx)?;
+        let w_sx = sx.scale(pow2(32)).add_scaled(&wsx, pow2(64) - pow2(32));
+        let ww_sx = sx.scale(pow2(64)).add_scaled(&wsx, pow2(128) - pow2(64));
+        let xsq = cs.mul(&x.sub(&w_sx), &q)?;
+        g(Op::ShrS, &xsq.sub(&z_w.sub(&ww_sx)).sub(&h))?;
+        // Rotations: x P = h W + d (rotl) or x Q = h W + d (rotr), z = h + d, d < W.
+        g(Op::Rotl, &xp.sub(&w_h).sub(&d))?;
+        g(Op::Rotr, &xq.sub(&w_h).sub(&d))?;
+        let rot = any(&[Op::Rotl, Op::Rotr]);
+        cs.gate(&rot, &z.sub(&h).sub(&d))?;
+        cs.gate(&rot, &hi(&db, 64, 66))?;
+        let rot_narrow = cs.mul(&rot, &one.sub(&wide))?;
+        cs.gate(&rot_narrow, &hi(&db, 32, 64))?;
+
+        // Leading and trailing zeros: 2^z from z's low bits; x = 0 gives z = n.
+        let mut pz = one.clone();
+        for j in 0..7 {
+            let factor = one.add_scaled(&zb[j], pow2(1 << j) - Fr::one());
+            pz = cs.mul(&pz, &factor)?;
+        }
+        let n_bits = L::konst(f(32)).add_scaled(&wide, f(32));
+        let nonzero = one.sub(&isz);
+        let zero_n = cs.mul(&isz, &z.sub(&n_bits))?;
+        g(Op::Clz, &zero_n)?;
+        g(Op::Ctz, &zero_n)?;
+        let xpz = cs.mul(&x, &pz)?;
+        g(Op::Clz, &xpz.sub(&h))?;
+        let htop = bit_at(&hb, 31, 63)?;
+        g(Op::Clz, &cs.mul(&nonzero, &one.sub(&htop))?)?;
+        let hpz = cs.mul(&h, &pz)?;
+        g(Op::Ctz, &x.sub(&hpz))?;
+        g(Op::Ctz, &cs.mul(&nonzero, &one.sub(&hb[0]))?)?;
+
+        // Sign extension from 8, 16 or 32 bits (width 0, 1, 2).
+        let m8 = one.sub(&w0).sub(&w1).add(&w01);
+        let m16 = w0.sub(&w01);
+        let m32 = w1.sub(&w01);
+        let low = cs
+            .mul(&m8, &hi(&xb, 0, 8))?
+            .add(&cs.mul(&m16, &hi(&xb, 0, 16))?)
+            .add(&cs.mul(&m32, &hi(&xb, 0, 32))?);
+        let sign = cs
+            .mul(&m8, &xb[7])?
+            .add(&cs.mul(&m16, &xb[15])?)
+            .add(&cs.mul(&m32, &xb[31])?);
+        let top = L::konst(pow2(8))
+            .add_scaled(&m16, pow2(16) - pow2(8))
+            .add_scaled(&m32, pow2(32) - pow2(8));
+        let ext = cs.mul(&sign, &w.sub(&top))?;
+        g(Op::ExtendS, &z.sub(&low).sub(&ext))?;
+
+        // Loads and stores at ea = a + imm = 4 word + off, below the space's bound. A load reads
+        // the window of two words (y from S2 and h from S3) and takes `size` bytes from `off`.
+        // A store of up to 4 bytes rewrites them inside one word (old word h from S3); an 8-byte
+        // store writes two whole words at a 4-aligned address.
+        g(Op::Load, &h.sub(&m))?;
+        cs.gate(&ldst, &d.sub(&x).sub(&imm))?;
+        let sp01 = cs.mul(&sp[0], &sp[1])?;
+        let in_sp = sp[2].sub(&cs.mul(&sp[2], &sp[0])?);
+        let out_sp = sp[2].sub(&in_sp);
+        let size = one.add(&w0).add_scaled(&w1, f(3)).add_scaled(&w01, f(3));
+        let limit = cs
+            .mul(&sp01, &ms.scale(f(crate::isa::PAGE)))?
+            .add(&in_sp.scale(f((self.class.input as u64 + 1) * WORD)))
+            .add(&out_sp.scale(f(self.class.output as u64 * WORD)));
+        cs.gate(&ldst, &e.sub(&limit.sub(&d).sub(&size)))?;
+        let d01 = cs.mul(&db[0], &db[1])?;
+        let oh = [
+            one.sub(&db[0]).sub(&db[1]).add(&d01),
+            db[0].sub(&d01),
+            db[1].sub(&d01),
+            d01.clone(),
+        ];
+        let sz = [one.sub(&w0).sub(&w1).add(&w01), w0.sub(&w01), w1.sub(&w01), w01.clone()];
+        let mut mask = vec![];
+        for k in 0..8usize {
+            let mut mk = L::zero();
+            for (si, s_) in sz.iter().enumerate() {
+                let lo = (k + 1).saturating_sub(1 << si);
+                if lo > 3 {
+                    continue;
+                }
+                let run = sum(&oh[lo..=k.min(3)].to_vec());
+                mk = mk.add(&cs.mul(s_, &run)?);
+            }
+            mask.push(mk);
+        }
+        let p4 = oh
+            .iter()
+            .enumerate()
+            .fold(L::zero(), |acc, (j, o)| acc.add_scaled(o, pow2(8 * j as u32)));
+        let byte = |bits: &[L], k: usize| hi(bits, 8 * k, 8 * k + 8).scale(pow2(8 * k as u32).inverse_or_zero());
+        let window: Vec<L> = (0..8)
+            .map(|k| if k < 4 { byte(&yb, k) } else { byte(&hb, k - 4) })
+            .collect();
+        let mut masked = L::zero();
+        for k in 0..8 {
+            masked = masked.add_scaled(&cs.mul(&mask[k], &window[k])?, pow2(8 * k as u32));
+        }
+        g(Op::Load, &sum(&mask).sub(&size))?;
+        let val = cs.witness(if i.op == Op::Load {
+            masked.v * p4.v.inverse_or_zero()
+        } else {
+            Fr::zero()
+        })?;
+        let vp = cs.mul(&val, &p4)?;
+        g(Op::Load, &vp.sub(&masked))?;
+        let mut sbit = L::zero();
+        for k in 0..8 {
+            let next = if k < 7 { mask[k + 1].clone() } else { L::zero() };
+            let end = cs.mul(&mask[k], &one.sub(&next))?;
+            let top = if k < 4 { &yb[8 * k + 7] } else { &hb[8 * (k - 4) + 7] };
+            sbit = sbit.add(&cs.mul(&end, top)?);
+        }
+        let sb = cs.mul(&signed, &sbit)?;
+        let span = sz
+            .iter()
+            .enumerate()
+            .fold(L::zero(), |acc, (si, s_)| acc.add_scaled(s_, pow2(8 << si)));
+        let fill = cs.mul(&sb, &w.sub(&span))?;
+        g(Op::Load, &z.sub(&val).sub(&fill))?;
+
+        let store8 = cs.mul(&s(Op::Store), &w01)?;
+        let store_small = s(Op::Store).sub(&store8);
+        cs.gate(&store_small, &h.sub(&m))?;
+        cs.gate(&store_small, &sum(&mask[..4].to_vec()).sub(&size))?;
+        let mut old = L::zero();
+        for k in 0..4 {
+            old = old.add_scaled(&cs.mul(&mask[k], &byte(&hb, k))?, pow2(8 * k as u32));
+        }
+        let mut ylow = L::zero();
+        for (si, s_) in sz[..3].iter().enumerate() {
+            ylow = ylow.add(&cs.mul(s_, &hi(&yb, 0, 8 << si))?);
+        }
+        let yp = cs.mul(&ylow, &p4)?;
+        cs.gate(&store_small, &z.sub(&m.sub(&old).add(&yp)))?;
+        cs.gate(&store8, &m.sub(&hi(&yb, 0, 32)))?;
+        cs.gate(&store8, &z.sub(&hi(&yb, 32, 64).scale(pow2(32).inverse_or_zero())))?;
+        cs.gate(&store8, &db[0].add_scaled(&db[1], f(2)))?;
+
+        // br_table and call_indirect: index = min(a, len); a >= len when bit 32 of
+        // D = a - len + 2^32 is set.
+        let table_len = b.add(&cs.mul(&s(Op::CallIndirect), &hi(&hb, 32, 64).scale(pow2(32).inverse_or_zero()).sub(&b))?);
+        let tables = any(&[Op::BrTable, Op::CallIndirect]);
+        cs.gate(&tables, &d.sub(&x.sub(&table_len).add_c(pow2(32))))?;
+        g(Op::CallIndirect, &h.sub(&imm))?;
+        let past = db[32].clone();
+        let index = x.add(&cs.mul(&past, &table_len.sub(&x))?);
+        let table_base = imm.add(&cs.mul(&s(Op::CallIndirect), &hi(&hb, 0, 32).sub(&imm))?);
+        let table_target = table_base.add(&index);
+
+        // memory.grow: fails (z = 2^32 - 1, size kept) when ms + a > max, i.e. bit 33 of
+        // D = ms + a - max - 1 + 2^33 is set.
+        g(Op::MemGrow, &d.sub(&ms.add(&x).sub(&imm).sub(&one).add_c(pow2(33))))?;
+        let fail = db[33].clone();
+        let grown = cs.mul(&fail, &L::konst(f(0xffff_ffff)).sub(ms))?;
+        g(Op::MemGrow, &z.sub(ms).sub(&grown))?;
+        g(Op::MemGrow, &hi(&db, 34, 66))?;
+        let grow_by = cs.mul(&s(Op::MemGrow), &cs.mul(&one.sub(&fail), &x)?)?;
+
         // Calls: the link is `pc + 1 + fp 2^32`, the new frame must leave room below MAX_STACK.
         g(
             Op::Call,
             &z.sub(&pc.add_c(Fr::one()).add(&fp.scale(pow2(32)))),
         )?;
-        g(
-            Op::Call,
-            &d.sub(&L::konst(f(MAX_STACK - (1 << SLOT_BITS))).sub(fp).sub(&a)),
-        )?;
-        g(Op::Call, &hi(&db, 27, 66))?;
+        let room = L::konst(f(MAX_STACK - (1 << SLOT_BITS))).sub(fp);
+        g(Op::Call, &e.sub(&room.sub(&a)))?;
+        g(Op::CallIndirect, &e.sub(&room.sub(&b)))?;
+        g(Op::CallIndirect, &z.sub(&pc.add_c(Fr::one()).add(&fp.scale(pow2(32)))))?;
         // Returns: the link (read through m) splits into return pc and caller fp; a result moves
         // from slot a to slot 0.
         g(Op::Return, &m.sub(&d))?;
@@ -658,11 +816,13 @@ impl ZkvmCircuit {
             .add(&one)
             .add(&cs.mul(&taken, &jump)?)
             .add(&cs.mul(&s(Op::Return), &ret_pc.sub(pc).sub(&one))?)
+            .add(&cs.mul(&tables, &table_target.sub(pc).sub(&one))?)
             .sub(&halt);
         let next_fp = fp
             .add(&cs.mul(&s(Op::Call), &a)?)
+            .add(&cs.mul(&s(Op::CallIndirect), &b)?)
             .add(&cs.mul(&s(Op::Return), &ret_fp.sub(fp))?);
-        let next_ms = ms.clone();
+        let next_ms = ms.add(&grow_by);
 
         Ok(StepOut {
             acc: [
@@ -779,8 +939,6 @@ pub enum FitError {
     NotHalted(Exit),
     #[error("{0}")]
     Unprovable(String),
-    #[error("instruction {0:?} at pc {1} is not yet supported by the circuit")]
-    Unsupported(Op, u64),
     #[error("{what} needs {need}, the class {class} holds {cap}")]
     TooBig {
         what: &'static str,
@@ -790,14 +948,14 @@ pub enum FitError {
     },
 }
 
-/// Packs bytes into little-endian words.
+/// Packs bytes into little-endian 4-byte words.
 pub fn words(bytes: &[u8]) -> Vec<u64> {
     bytes
-        .chunks(8)
+        .chunks(WORD as usize)
         .map(|c| {
-            let mut w = [0u8; 8];
+            let mut w = [0u8; 4];
             w[..c.len()].copy_from_slice(c);
-            u64::from_le_bytes(w)
+            u32::from_le_bytes(w) as u64
         })
         .collect()
 }
@@ -832,13 +990,13 @@ impl Statement {
         fit("the initial data", program.data.len(), class.data, class)?;
         fit(
             "the input (words)",
-            input.len().div_ceil(8),
+            input.len().div_ceil(WORD as usize),
             class.input,
             class,
         )?;
         fit(
             "the output (words)",
-            output.len().div_ceil(8),
+            output.len().div_ceil(WORD as usize),
             class.output,
             class,
         )?;
@@ -883,9 +1041,6 @@ impl ZkvmCircuit {
         if let Some(why) = &trace.unprovable {
             return Err(FitError::Unprovable(why.clone()));
         }
-        if let Some(s) = trace.steps.iter().find(|s| !supported(s.instr.op)) {
-            return Err(FitError::Unsupported(s.instr.op, s.regs.pc));
-        }
         fit("the run (steps)", trace.steps.len(), class.steps, &class)?;
         let last = *trace.steps.last().expect("a halted run has a step");
         let mut steps = trace.steps.clone();
@@ -905,6 +1060,7 @@ impl ZkvmCircuit {
             statement,
             steps,
             tamper: Tamper::default(),
+            strict: false,
         })
     }
 }

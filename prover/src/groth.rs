@@ -50,6 +50,7 @@ pub fn blank(class: Class) -> ZkvmCircuit {
         statement,
         steps: vec![halt; class.steps],
         tamper: Default::default(),
+        strict: false,
     }
 }
 

@@ -20,8 +20,9 @@
 //! Addresses of every space share one numbering: `space << SPACE_SHIFT | index`.
 
 /// Bits of an address below its space tag.
-pub const SPACE_SHIFT: u32 = 27;
-/// Largest index inside one space (exclusive).
+pub const SPACE_SHIFT: u32 = 28;
+/// Largest index inside one space (exclusive). A memory of [`MAX_PAGES`] pages leaves room for
+/// the word after its last one, which loads read as the second half of their window.
 pub const SPACE_SIZE: u64 = 1 << SPACE_SHIFT;
 /// Bits of a full address (space tag included).
 pub const ADDR_BITS: u32 = SPACE_SHIFT + 3;
@@ -36,11 +37,11 @@ pub enum Space {
     Stack = 1,
     /// Global variables; index 0 holds the output length.
     Globals = 2,
-    /// Linear memory, one 8-byte little-endian word per index.
+    /// Linear memory, one 4-byte little-endian word per index.
     Memory = 3,
-    /// The input: index 0 holds its length in bytes, index 1 + i its i-th 8-byte word.
+    /// The input: index 0 holds its length in bytes, index 1 + i its i-th 4-byte word.
     Input = 4,
-    /// The output, one 8-byte word per index.
+    /// The output, one 4-byte word per index.
     Output = 5,
     /// Written by steps that must write somewhere but have no result; never read.
     Scratch = 6,
@@ -82,10 +83,10 @@ pub enum Op {
     Add,
     Sub,
     Mul,
+    /// Unsigned division; the lowering makes sure the divisor is not zero, and builds signed
+    /// division from it.
     DivU,
-    DivS,
     RemU,
-    RemS,
     And,
     Or,
     Xor,
@@ -140,7 +141,7 @@ pub enum Op {
     Return,
     /// `z = memory.size`
     MemSize,
-    /// `z = memory.grow(a)`
+    /// `z = memory.grow(a)`, up to `imm` pages (the module's declared maximum)
     MemGrow,
     /// Stop with exit status `imm` (0: returned normally). The machine stays here.
     Halt,
@@ -158,9 +159,7 @@ impl Op {
             Sub,
             Mul,
             DivU,
-            DivS,
             RemU,
-            RemS,
             And,
             Or,
             Xor,
@@ -211,6 +210,9 @@ pub mod status {
     pub const INDIRECT_CALL: u64 = 2;
     /// `memory.copy` or `memory.fill` out of bounds (checked before any byte moves).
     pub const OUT_OF_BOUNDS: u64 = 3;
+    pub const DIVIDE_BY_ZERO: u64 = 4;
+    /// `div_s` of the most negative value by -1.
+    pub const INTEGER_OVERFLOW: u64 = 5;
 }
 
 /// One lowered instruction.
@@ -289,4 +291,8 @@ pub struct Program {
 
 pub const PAGE: u64 = 65536;
 /// A zkVM memory is at most this many pages (the word index must fit in a space).
-pub const MAX_PAGES: u64 = SPACE_SIZE * 8 / PAGE;
+pub const MAX_PAGES: u64 = SPACE_SIZE * WORD / PAGE - 1;
+
+/// Bytes per word of linear memory, input and output. Four, so that an `i64` access at a
+/// 4-aligned address (which rustc emits freely) spans exactly two words.
+pub const WORD: u64 = 4;

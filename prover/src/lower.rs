@@ -11,7 +11,7 @@ use wasmparser::{
 };
 
 use crate::isa::{
-    GLOBAL_FIRST, GLOBAL_OUT_LEN, Instr, MAX_PAGES, MAX_SLOT, Op, PAGE, Program, Space, status,
+    GLOBAL_FIRST, GLOBAL_OUT_LEN, Instr, MAX_PAGES, MAX_SLOT, Op, PAGE, Program, Space, WORD, status,
 };
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -931,7 +931,11 @@ impl Lowerer {
                     });
                     h += 1;
                 }
-                O::MemoryGrow { .. } => unop!(Op::MemGrow, false),
+                O::MemoryGrow { .. } => {
+                    let mut i = un(Op::MemGrow, false, h)?;
+                    i.imm = m.mem.map(|(_, max)| max).unwrap_or(0);
+                    self.emit(i);
+                }
                 O::I32Const { value } => {
                     self.emit(Instr {
                         imm: value as u32 as u64,
@@ -983,14 +987,14 @@ impl Lowerer {
                 O::I64Sub => binop!(Op::Sub, true),
                 O::I32Mul => binop!(Op::Mul, false),
                 O::I64Mul => binop!(Op::Mul, true),
-                O::I32DivS => binop!(Op::DivS, false),
-                O::I64DivS => binop!(Op::DivS, true),
-                O::I32DivU => binop!(Op::DivU, false),
-                O::I64DivU => binop!(Op::DivU, true),
-                O::I32RemS => binop!(Op::RemS, false),
-                O::I64RemS => binop!(Op::RemS, true),
-                O::I32RemU => binop!(Op::RemU, false),
-                O::I64RemU => binop!(Op::RemU, true),
+                O::I32DivS | O::I64DivS | O::I32RemS | O::I64RemS | O::I32DivU | O::I64DivU
+                | O::I32RemU | O::I64RemU => {
+                    let wide = matches!(op, O::I64DivS | O::I64RemS | O::I64DivU | O::I64RemU);
+                    let signed = matches!(op, O::I32DivS | O::I64DivS | O::I32RemS | O::I64RemS);
+                    let rem = matches!(op, O::I32RemS | O::I64RemS | O::I32RemU | O::I64RemU);
+                    self.division(wide, signed, rem, st(h - 2)?, st(h - 1)?, st(h)?)?;
+                    h -= 1;
+                }
                 O::I32And => binop!(Op::And, false),
                 O::I64And => binop!(Op::And, true),
                 O::I32Or => binop!(Op::Or, false),
@@ -1170,7 +1174,7 @@ impl Lowerer {
             Instr {
                 space: Space::Input,
                 a: 7,
-                imm: 8,
+                imm: WORD,
                 c: 7,
                 ..i(Op::Load)
             },
@@ -1292,6 +1296,89 @@ impl Lowerer {
 }
 
 impl Lowerer {
+    /// Division and remainder. The circuit knows only unsigned division by a non-zero divisor,
+    /// so the traps WebAssembly defines become explicit halts first (divide by zero; signed
+    /// overflow for `div_s` of the most negative value by -1), and signed division works on
+    /// magnitudes with the signs fixed up after. `x` and `y` are the operand slots (the result
+    /// goes to `x`); slots from `t` on are free.
+    fn division(
+        &mut self,
+        wide: bool,
+        signed: bool,
+        rem: bool,
+        x: u32,
+        y: u32,
+        t: u32,
+    ) -> Result<(), LowerError> {
+        let _ = slot(t as usize + 5)?;
+        let op = |op: Op, a: u32, b: u32, c: u32| Instr {
+            a,
+            b,
+            c,
+            wide,
+            ..Instr::new(op)
+        };
+        let konst = |v: u64, c: u32| Instr {
+            imm: v,
+            c,
+            wide,
+            ..Instr::new(Op::Const)
+        };
+        let mask = if wide { u64::MAX } else { 0xffff_ffff };
+        let bits = if wide { 64 } else { 32 };
+        // if y != 0 skip the halt
+        let pc = self.code.len() as u64;
+        self.emit(Instr {
+            a: y,
+            imm: pc + 2,
+            ..Instr::new(Op::BrNz)
+        });
+        self.emit(Instr {
+            imm: status::DIVIDE_BY_ZERO,
+            ..Instr::new(Op::Halt)
+        });
+        let (q, r) = if rem { (Op::RemU, true) } else { (Op::DivU, false) };
+        if !signed {
+            self.emit(op(q, x, y, x));
+            return Ok(());
+        }
+        let [t1, t2, t3, t4, t5] = [t, t + 1, t + 2, t + 3, t + 4];
+        if !r {
+            // x == MIN && y == -1 overflows
+            self.emit(konst(1 << (bits - 1), t1));
+            self.emit(op(Op::Eq, x, t1, t2));
+            self.emit(konst(mask, t3));
+            self.emit(op(Op::Eq, y, t3, t4));
+            self.emit(op(Op::And, t2, t4, t2));
+            let pc = self.code.len() as u64;
+            self.emit(Instr {
+                a: t2,
+                imm: pc + 2,
+                ..Instr::new(Op::BrZ)
+            });
+            self.emit(Instr {
+                imm: status::INTEGER_OVERFLOW,
+                ..Instr::new(Op::Halt)
+            });
+        }
+        // sx, sy: 0 or all ones; |v| = (v ^ s) - s
+        self.emit(konst(bits - 1, t1));
+        self.emit(op(Op::ShrS, x, t1, t2));
+        self.emit(op(Op::ShrS, y, t1, t3));
+        self.emit(op(Op::Xor, x, t2, t4));
+        self.emit(op(Op::Sub, t4, t2, t4));
+        self.emit(op(Op::Xor, y, t3, t5));
+        self.emit(op(Op::Sub, t5, t3, t5));
+        self.emit(op(q, t4, t5, t4));
+        // the quotient is negative when the signs differ; the remainder takes the dividend's
+        if !r {
+            self.emit(op(Op::Xor, t2, t3, t2));
+        }
+        self.emit(op(Op::Xor, t4, t2, t4));
+        self.emit(op(Op::Sub, t4, t2, x));
+        Ok(())
+    }
+
     /// The first steps of `memory.copy` and `memory.fill`: `size = memory.size * 65536` in slot 5,
     /// then a trap unless `slot 0 + slot 2 <= size` (and, with `second`, `slot 1 + slot 2 <= size`).
     /// `trap` is the helper-relative pc of its `Halt`.
@@ -1516,15 +1603,15 @@ fn data_words(data: &[(u64, &[u8])], pages: u64) -> Result<(u64, Vec<u64>), Lowe
     if hi > pages * PAGE {
         return Err(LowerError::Invalid("data segment out of bounds".into()));
     }
-    let (first, last) = (lo / 8, hi.div_ceil(8));
-    let mut bytes = vec![0u8; ((last - first) * 8) as usize];
+    let (first, last) = (lo / WORD, hi.div_ceil(WORD));
+    let mut bytes = vec![0u8; ((last - first) * WORD) as usize];
     for (offset, d) in data {
-        let at = (offset - first * 8) as usize;
+        let at = (offset - first * WORD) as usize;
         bytes[at..at + d.len()].copy_from_slice(d);
     }
     let words = bytes
-        .chunks_exact(8)
-        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .chunks_exact(WORD as usize)
+        .map(|c| u32::from_le_bytes(c.try_into().expect("a word")) as u64)
         .collect();
     Ok((first, words))
 }

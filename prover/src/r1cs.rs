@@ -81,9 +81,12 @@ pub fn sum<'a>(items: impl IntoIterator<Item = &'a L>) -> L {
     items.into_iter().fold(L::zero(), |acc, x| acc.add(x))
 }
 
-/// The constraint system together with its mode.
+/// The constraint system.
 pub struct Cs {
     pub cs: ConstraintSystemRef<Fr>,
+    /// Panic at the first constraint the assignment violates, naming the line that made it
+    /// (debugging aid; the constraint system itself only knows constraint numbers).
+    pub strict: bool,
 }
 
 impl Cs {
@@ -98,22 +101,29 @@ impl Cs {
     }
 
     /// Enforces `a * b = c`.
+    #[track_caller]
     pub fn enforce(&self, a: &L, b: &L, c: &L) -> R<()> {
+        if self.strict && a.v * b.v != c.v {
+            panic!("constraint violated at {}", std::panic::Location::caller());
+        }
         let (a, b, c) = (a.lc.clone(), b.lc.clone(), c.lc.clone());
         self.cs.enforce_r1cs_constraint(|| a, || b, || c)
     }
 
     /// Enforces `a = b` (one constraint).
+    #[track_caller]
     pub fn equal(&self, a: &L, b: &L) -> R<()> {
         self.enforce(&a.sub(b), &L::konst(Fr::one()), &L::zero())
     }
 
     /// Enforces `s * e = 0`: `e` must vanish whenever the selector `s` is on.
+    #[track_caller]
     pub fn gate(&self, s: &L, e: &L) -> R<()> {
         self.enforce(s, e, &L::zero())
     }
 
     /// A new variable equal to `a * b`.
+    #[track_caller]
     pub fn mul(&self, a: &L, b: &L) -> R<L> {
         let c = self.witness(a.v * b.v)?;
         self.enforce(a, b, &c)?;
@@ -121,6 +131,7 @@ impl Cs {
     }
 
     /// A boolean witness with value `v` (which need not be 0 or 1: the constraint decides).
+    #[track_caller]
     pub fn bit(&self, v: Fr) -> R<L> {
         let b = self.witness(v)?;
         self.enforce(&b, &L::konst(Fr::one()).sub(&b), &L::zero())?;
@@ -140,6 +151,7 @@ impl Cs {
     }
 
     /// `(is_zero(x), inverse witness)`: two constraints, `x * inv = 1 - z` and `x * z = 0`.
+    #[track_caller]
     pub fn is_zero(&self, x: &L) -> R<L> {
         let inv = x.v.inverse().unwrap_or(Fr::zero());
         let z = if x.v.is_zero() { Fr::one() } else { Fr::zero() };

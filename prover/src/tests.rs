@@ -10,7 +10,7 @@ fn wasmtime_run(wasm: &[u8], input: &[u8]) -> (bool, Vec<u8>) {
     (out.exit == WExit::Ok, out.output)
 }
 
-fn check(wasm: &[u8], input: &[u8]) -> crate::trace::Trace {
+pub fn check(wasm: &[u8], input: &[u8]) -> crate::trace::Trace {
     let program = lower(wasm).unwrap_or_else(|e| panic!("lowering: {e}"));
     let trace = run(&program, input, RunLimits::default());
     let (ok, output) = wasmtime_run(wasm, input);
@@ -69,11 +69,25 @@ mod circuit {
         output: 2,
     };
 
+    pub const MID: Class = Class {
+        name: "mid",
+        steps: 512,
+        program: 512,
+        globals: 4,
+        data: 8,
+        input: 4,
+        output: 8,
+    };
+
     pub fn circuit(wat: &str, input: &[u8]) -> ZkvmCircuit {
+        circuit_in(wat, input, TINY)
+    }
+
+    pub fn circuit_in(wat: &str, input: &[u8], class: Class) -> ZkvmCircuit {
         let wasm = wat::parse_str(wat).unwrap();
         let program = lower(&wasm).unwrap();
         let trace = run(&program, input, RunLimits::default());
-        ZkvmCircuit::new(TINY, &program, input, &trace).unwrap_or_else(|e| panic!("{e}"))
+        ZkvmCircuit::new(class, &program, input, &trace).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// `Ok(())` when satisfied, else the name of the first unsatisfied constraint.
@@ -103,7 +117,8 @@ mod circuit {
 
     #[test]
     fn honest_traces_satisfy_the_circuit() {
-        let c = circuit(ARITH, b"");
+        let mut c = circuit(ARITH, b"");
+        c.strict = true;
         satisfied(c).unwrap();
     }
 
@@ -254,6 +269,98 @@ mod circuit {
         for (what, edit) in edits {
             let r = tampered(|c| edit(&mut c.statement));
             assert!(r.is_err(), "a changed {what} was accepted");
+        }
+    }
+
+    /// Every other instruction family: memory of every width and signedness (an 8-byte access
+    /// at a 4-aligned address, a 4-byte load across a word boundary), shifts, rotations, bit
+    /// counts, sign extension, division and remainder (the signed ones lowered to unsigned),
+    /// br_table, call_indirect, memory.size and memory.grow, and the input and output calls.
+    pub const MEMOPS: &str = r#"(module
+      (import "zkmesh" "read_input" (func $read (param i32 i32 i32) (result i32)))
+      (import "zkmesh" "write_output" (func $out (param i32 i32)))
+      (import "zkmesh" "input_len" (func $len (result i32)))
+      (type $t (func (param i32) (result i32)))
+      (memory (export "memory") 1 3)
+      (data (i32.const 16) "\01\82\03\84\05\86\07\88")
+      (table 2 funcref)
+      (elem (i32.const 0) $double $neg)
+      (func $double (param i32) (result i32) (i32.shl (local.get 0) (i32.const 1)))
+      (func $neg (param i32) (result i32) (i32.sub (i32.const 0) (local.get 0)))
+      (func (export "run") (local i32 i64)
+        (drop (call $read (i32.const 64) (i32.const 0) (call $len)))
+        (i64.store (i32.const 36) (i64.load (i32.const 16)))
+        (local.set 0 (i32.load (i32.const 18)))
+        (local.set 0 (i32.add (local.get 0) (i32.load8_s (i32.const 17))))
+        (local.set 0 (i32.add (local.get 0) (i32.load16_u offset=2 (i32.const 17))))
+        (local.set 1 (i64.load32_s (i32.const 36)))
+        (local.set 1 (i64.add (local.get 1) (i64.load16_s (i32.const 38))))
+        (local.set 1 (i64.add (local.get 1) (i64.load8_u (i32.const 65))))
+        (i32.store16 (i32.const 50) (local.get 0))
+        (i32.store8 (i32.const 53) (i32.const 0xab))
+        (i64.store32 (i32.const 56) (local.get 1))
+        (i64.store16 (i32.const 60) (i64.const -2))
+        (i64.store8 (i32.const 63) (i64.const 7))
+        (local.set 0 (i32.xor (local.get 0) (i32.rotl (local.get 0) (i32.const 13))))
+        (local.set 0 (i32.add (local.get 0) (i32.shr_s (i32.const -1000) (i32.const 3))))
+        (local.set 0 (i32.add (local.get 0) (i32.shr_u (i32.const -1000) (i32.const 35))))
+        (local.set 1 (i64.add (local.get 1) (i64.rotr (i64.const 0x0123456789abcdef) (i64.const 12))))
+        (local.set 1 (i64.add (local.get 1) (i64.shl (local.get 1) (i64.const 60))))
+        (local.set 0 (i32.add (local.get 0) (i32.clz (i32.const 0x00f0))))
+        (local.set 0 (i32.add (local.get 0) (i32.ctz (i32.const 0x0100))))
+        (local.set 0 (i32.add (local.get 0) (i32.clz (i32.const 0))))
+        (local.set 1 (i64.add (local.get 1) (i64.ctz (i64.const 0))))
+        (local.set 1 (i64.add (local.get 1) (i64.extend_i32_s (i32.const -5))))
+        (local.set 1 (i64.add (local.get 1) (i64.extend8_s (i64.const 0x80))))
+        (local.set 0 (i32.add (local.get 0) (i32.extend16_s (i32.const 0x8001))))
+        (local.set 0 (i32.add (local.get 0) (i32.div_s (i32.const -7) (i32.const 2))))
+        (local.set 0 (i32.add (local.get 0) (i32.rem_s (i32.const -7) (i32.const 2))))
+        (local.set 1 (i64.add (local.get 1) (i64.div_u (i64.const -1) (i64.const 10))))
+        (local.set 1 (i64.add (local.get 1) (i64.rem_u (i64.const -1) (i64.const 10))))
+        (local.set 0 (i32.add (local.get 0)
+          (call_indirect (type $t) (i32.const 21) (i32.and (local.get 0) (i32.const 1)))))
+        (block $b2 (block $b1 (block $b0
+          (br_table $b0 $b1 $b2 (i32.and (local.get 0) (i32.const 3))))
+          (local.set 0 (i32.add (local.get 0) (i32.const 100))))
+          (local.set 0 (i32.add (local.get 0) (i32.const 1000))))
+        (local.set 0 (i32.add (local.get 0) (memory.grow (i32.const 1))))
+        (local.set 0 (i32.add (local.get 0) (memory.grow (i32.const 5))))
+        (local.set 0 (i32.add (local.get 0) (memory.size)))
+        (i32.store (i32.const 0) (local.get 0))
+        (i64.store (i32.const 4) (local.get 1))
+        (call $out (i32.const 0) (i32.const 12))
+        (call $out (i32.const 36) (i32.const 8))))"#;
+
+    #[test]
+    fn every_instruction_family_satisfies_the_circuit_and_matches_wasmtime() {
+        let wasm = wat::parse_str(MEMOPS).unwrap();
+        let trace = crate::tests::check(&wasm, b"xyz");
+        assert_eq!(trace.unprovable, None);
+        let mut c = circuit_in(MEMOPS, b"xyz", MID);
+        c.strict = true;
+        satisfied(c).unwrap();
+    }
+
+    #[test]
+    fn a_wrong_result_fails_for_every_operation() {
+        let class = MID;
+        let base = circuit_in(MEMOPS, b"xyz", class);
+        let mut seen = std::collections::BTreeSet::new();
+        let targets: Vec<usize> = base
+            .steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.acc[3].write && s.acc[3].space != crate::isa::Space::Scratch)
+            .filter(|(_, s)| seen.insert(format!("{:?}{}{}", s.instr.op, s.instr.wide, s.instr.width)))
+            .map(|(k, _)| k)
+            .collect();
+        assert!(targets.len() > 30, "{}", targets.len());
+        for at in targets {
+            let mut c = circuit_in(MEMOPS, b"xyz", class);
+            let op = c.steps[at].instr;
+            let v = c.steps[at].acc[3].value ^ 4;
+            rewrite(&mut c.steps, at, v);
+            assert!(satisfied(c).is_err(), "a wrong result of {op:?} was accepted");
         }
     }
 

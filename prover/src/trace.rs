@@ -5,7 +5,7 @@
 //! Semantics follow WebAssembly exactly for everything in the subset; the differential tests
 //! compare output and exit with wasmtime on every guest and on generated modules.
 
-use crate::isa::{GLOBAL_OUT_LEN, Instr, Op, PAGE, Program, SPACE_SIZE, Space, status};
+use crate::isa::{GLOBAL_OUT_LEN, Instr, Op, PAGE, Program, SPACE_SIZE, Space, WORD, status};
 
 /// One memory access of a step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,7 +123,6 @@ impl Default for RunLimits {
 }
 
 struct Machine<'p> {
-    p: &'p Program,
     regs: Regs,
     stack: Vec<u64>,
     globals: Vec<u64>,
@@ -189,79 +188,77 @@ impl<'p> Machine<'p> {
         }
     }
 
+    /// The byte at `addr` of a byte-addressed space (zero past its end). The input space starts
+    /// with its length as a word.
+    fn byte(&self, space: Space, addr: u64) -> u64 {
+        let a = addr as usize;
+        let b = match space {
+            Space::Memory => self.mem.get(a).copied(),
+            Space::Output => self.output.get(a).copied(),
+            Space::Input if addr < WORD => Some((self.input.len() as u64 >> (8 * addr)) as u8),
+            Space::Input => self.input.get(a - WORD as usize).copied(),
+            _ => unreachable!("not byte-addressed"),
+        };
+        b.unwrap_or(0) as u64
+    }
+
+    fn set_byte(&mut self, space: Space, addr: u64, b: u64) {
+        let a = addr as usize;
+        match space {
+            Space::Memory => self.mem[a] = b as u8,
+            Space::Output => {
+                if self.output.len() <= a {
+                    self.output.resize(a + 1, 0);
+                }
+                self.output[a] = b as u8;
+            }
+            _ => unreachable!("not writable byte by byte"),
+        }
+    }
+
     fn word(&self, space: Space, index: u64) -> u64 {
         match space {
-            Space::Memory => {
-                let at = index as usize * 8;
-                self.mem
-                    .get(at..at + 8)
-                    .map(|b| u64::from_le_bytes(b.try_into().expect("8 bytes")))
-                    .unwrap_or(0)
-            }
-            Space::Input => {
-                if index == 0 {
-                    self.input.len() as u64
-                } else {
-                    let at = (index as usize - 1) * 8;
-                    let mut w = [0u8; 8];
-                    for (k, b) in w.iter_mut().enumerate() {
-                        *b = self.input.get(at + k).copied().unwrap_or(0);
-                    }
-                    u64::from_le_bytes(w)
-                }
-            }
-            Space::Output => {
-                let at = index as usize * 8;
-                let mut w = [0u8; 8];
-                for (k, b) in w.iter_mut().enumerate() {
-                    *b = self.output.get(at + k).copied().unwrap_or(0);
-                }
-                u64::from_le_bytes(w)
-            }
             Space::Globals => self.globals.get(index as usize).copied().unwrap_or(0),
+            Space::Memory | Space::Input | Space::Output => (0..WORD)
+                .map(|k| self.byte(space, index * WORD + k) << (8 * k))
+                .sum(),
             _ => 0,
         }
     }
 
     fn set_word(&mut self, space: Space, index: u64, value: u64) {
-        let bytes = value.to_le_bytes();
         match space {
-            Space::Memory => {
-                let at = index as usize * 8;
-                self.mem[at..at + 8].copy_from_slice(&bytes);
-            }
-            Space::Output => {
-                let at = index as usize * 8;
-                if self.output.len() < at + 8 {
-                    self.output.resize(at + 8, 0);
-                }
-                self.output[at..at + 8].copy_from_slice(&bytes);
-            }
             Space::Globals => self.globals[index as usize] = value,
-            _ => unreachable!("not writable"),
+            _ => unreachable!("globals only"),
         }
     }
 
-    /// Checks an access of `size` bytes at byte address `ea` of `space`, returning the word
-    /// index and the byte offset inside it.
-    fn locate(&mut self, space: Space, ea: u64, size: u64) -> Result<(u64, u64), String> {
+    fn access(&self, space: Space, index: u64, write: bool) -> Access {
+        Access {
+            space,
+            index,
+            value: self.word(space, index),
+            write,
+        }
+    }
+
+    /// Checks an access of `size` bytes at byte address `ea` of `space`.
+    fn check(&mut self, space: Space, ea: u64, size: u64) -> Result<(), String> {
         match space {
             Space::Memory if ea + size > self.regs.ms * PAGE => {
-                return Err("out of bounds memory access".into());
+                Err("out of bounds memory access".into())
             }
             Space::Output if ea + size > self.limits.max_output as u64 => {
-                return Err("output limit exceeded".into());
+                Err("output limit exceeded".into())
             }
-            _ => {}
+            _ => Ok(()),
         }
-        let (word, off) = (ea / 8, ea % 8);
-        if off + size > 8 && self.unprovable.is_none() {
-            self.unprovable = Some(format!(
-                "a {size}-byte access at address {ea:#x} crosses an 8-byte boundary; the zkVM \
-                 proves only accesses within one aligned 8-byte word"
-            ));
+    }
+
+    fn cannot_prove(&mut self, why: String) {
+        if self.unprovable.is_none() {
+            self.unprovable = Some(why);
         }
-        Ok((word, off))
     }
 
     fn step(&mut self, i: &Instr, acc: &mut [Access; 4]) -> Flow {
@@ -285,9 +282,7 @@ impl<'p> Machine<'p> {
             | Op::Sub
             | Op::Mul
             | Op::DivU
-            | Op::DivS
             | Op::RemU
-            | Op::RemS
             | Op::And
             | Op::Or
             | Op::Xor
@@ -314,12 +309,6 @@ impl<'p> Machine<'p> {
                     Op::DivU | Op::RemU if y == 0 => trap!("integer divide by zero"),
                     Op::DivU => x / y,
                     Op::RemU => x % y,
-                    Op::DivS | Op::RemS if y == 0 => trap!("integer divide by zero"),
-                    Op::DivS if ys == -1 && xs == sext(1 << (n - 1), n) as i64 => {
-                        trap!("integer overflow")
-                    }
-                    Op::DivS => (xs.wrapping_div(ys) as u64) & m,
-                    Op::RemS => (xs.wrapping_rem(ys) as u64) & m,
                     Op::And => x & y,
                     Op::Or => x | y,
                     Op::Xor => x ^ y,
@@ -390,29 +379,21 @@ impl<'p> Machine<'p> {
                 acc[0] = self.read_slot(i.a);
                 let size = 1u64 << i.width;
                 let ea = acc[0].value + i.imm;
-                let (word, off) = match self.locate(i.space, ea, size) {
-                    Ok(x) => x,
-                    Err(e) => trap!(e),
-                };
-                let w0 = self.word(i.space, word);
-                acc[2] = Access {
-                    space: i.space,
-                    index: word,
-                    value: w0,
-                    write: false,
-                };
-                // Read byte by byte so that an access across words still executes right.
-                let mut v = 0u64;
-                for k in 0..size {
-                    let b = (self.word(i.space, (ea + k) / 8) >> (8 * ((ea + k) % 8))) & 0xff;
-                    v |= b << (8 * k);
+                if let Err(e) = self.check(i.space, ea, size) {
+                    trap!(e)
                 }
-                let _ = off;
-                let z = if i.signed {
-                    sext(v, 8 * size as u32) & m
-                } else {
-                    v
-                };
+                // The window is the word holding the first byte and the one after it.
+                let (word, off) = (ea / WORD, ea % WORD);
+                acc[1] = self.access(i.space, word, false);
+                acc[2] = self.access(i.space, word + 1, false);
+                if off + size > 2 * WORD {
+                    self.cannot_prove(format!(
+                        "an 8-byte load at address {ea:#x}, which is not 4-aligned; the zkVM \
+                         proves 8-byte accesses at 4-aligned addresses only"
+                    ));
+                }
+                let v = (0..size).fold(0, |v, k| v | self.byte(i.space, ea + k) << (8 * k));
+                let z = if i.signed { sext(v, 8 * size as u32) & m } else { v };
                 acc[3] = self.write_slot(i.c, z);
             }
             Op::Store => {
@@ -420,30 +401,33 @@ impl<'p> Machine<'p> {
                 acc[1] = self.read_slot(i.b);
                 let size = 1u64 << i.width;
                 let ea = acc[0].value + i.imm;
-                let (word, _) = match self.locate(i.space, ea, size) {
-                    Ok(x) => x,
-                    Err(e) => trap!(e),
-                };
-                let old = self.word(i.space, word);
-                acc[2] = Access {
-                    space: i.space,
-                    index: word,
-                    value: old,
-                    write: false,
-                };
-                for k in 0..size {
-                    let (wi, bo) = ((ea + k) / 8, (ea + k) % 8);
-                    let cur = self.word(i.space, wi);
-                    let b = (acc[1].value >> (8 * k)) & 0xff;
-                    let new = (cur & !(0xff << (8 * bo))) | (b << (8 * bo));
-                    self.set_word(i.space, wi, new);
+                if let Err(e) = self.check(i.space, ea, size) {
+                    trap!(e)
                 }
-                acc[3] = Access {
-                    space: i.space,
-                    index: word,
-                    value: self.word(i.space, word),
-                    write: true,
-                };
+                let (word, off) = (ea / WORD, ea % WORD);
+                if size == 8 && off != 0 {
+                    self.cannot_prove(format!(
+                        "an 8-byte store at address {ea:#x}, which is not 4-aligned; the zkVM \
+                         proves 8-byte accesses at 4-aligned addresses only"
+                    ));
+                } else if size < 8 && off + size > WORD {
+                    self.cannot_prove(format!(
+                        "a {size}-byte store at address {ea:#x} across a 4-byte boundary; the \
+                         zkVM proves stores of up to 4 bytes inside one aligned 4-byte word"
+                    ));
+                }
+                if size < 8 {
+                    acc[2] = self.access(i.space, word, false);
+                }
+                for k in 0..size {
+                    self.set_byte(i.space, ea + k, (acc[1].value >> (8 * k)) & 0xff);
+                }
+                if size == 8 {
+                    acc[2] = self.access(i.space, word, true);
+                    acc[3] = self.access(i.space, word + 1, true);
+                } else {
+                    acc[3] = self.access(i.space, word, true);
+                }
             }
             Op::Jump => next = i.imm,
             Op::BrNz | Op::BrZ => {
@@ -489,7 +473,7 @@ impl<'p> Machine<'p> {
             Op::MemGrow => {
                 acc[0] = self.read_slot(i.a);
                 let old = self.regs.ms;
-                let z = if old + acc[0].value <= self.p.mem_max_pages {
+                let z = if old + acc[0].value <= i.imm {
                     self.regs.ms = old + acc[0].value;
                     self.mem.resize((self.regs.ms * PAGE) as usize, 0);
                     old
@@ -511,11 +495,10 @@ pub fn run(program: &Program, input: &[u8], limits: RunLimits) -> Trace {
     globals[GLOBAL_OUT_LEN as usize] = 0;
     let mut mem = vec![0u8; (program.mem_pages * PAGE) as usize];
     for (k, w) in program.data.iter().enumerate() {
-        let at = ((program.data_base + k as u64) * 8) as usize;
-        mem[at..at + 8].copy_from_slice(&w.to_le_bytes());
+        let at = ((program.data_base + k as u64) * WORD) as usize;
+        mem[at..at + WORD as usize].copy_from_slice(&(*w as u32).to_le_bytes());
     }
     let mut m = Machine {
-        p: program,
         regs: Regs {
             pc: 0,
             fp: 0,
