@@ -25,8 +25,8 @@ use ark_ff::{One, PrimeField, Zero};
 use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef};
 
 use crate::benes;
-use crate::isa::{Program, SPACE_SHIFT, WORD};
 use crate::isa::{ADDR_BITS, FLAG_BITS, GLOBAL_OUT_LEN, Instr, OP_COUNT, Op, SLOT_BITS, Space};
+use crate::isa::{Program, SPACE_SHIFT, WORD};
 use crate::r1cs::{Cs, L, R, bits_of, f, pow2, sum};
 use crate::trace::{Exit, Step, Trace};
 
@@ -150,6 +150,8 @@ pub struct ZkvmCircuit {
     pub tamper: Tamper,
     /// Panic at the first violated constraint (see [`Cs::strict`]).
     pub strict: bool,
+    /// Receives where the first violated constraint was made (see [`Cs::violation`]).
+    pub violation: Option<std::rc::Rc<std::cell::RefCell<Option<String>>>>,
 }
 
 fn to_u128(x: Fr) -> u128 {
@@ -219,7 +221,8 @@ fn aux_of(class: &Class, step: &Step) -> Aux {
             h = m.value as u128;
             let ea = x as u128 + i.imm as u128;
             d = ea;
-            e = (limit_of(class, i.space, step.regs.ms) as u128).wrapping_sub(ea + size_of(i) as u128);
+            e = (limit_of(class, i.space, step.regs.ms) as u128)
+                .wrapping_sub(ea + size_of(i) as u128);
         }
         Op::Return => d = m.value as u128,
         Op::Call => e = stack_room(i.a as u64),
@@ -258,7 +261,21 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
         let cs = Cs {
             cs,
             strict: self.strict,
+            violation: Default::default(),
+            region: Default::default(),
+            terms: Default::default(),
         };
+        let result = self.synthesize(&cs);
+        if let Some(out) = &self.violation {
+            *out.borrow_mut() = cs.violation.borrow().clone();
+        }
+        result
+    }
+}
+
+impl ZkvmCircuit {
+    fn synthesize(&self, cs: &Cs) -> R<()> {
+        let cs = cs;
         let st = &self.statement;
         let class = self.class;
         assert_eq!(self.steps.len(), class.steps);
@@ -287,6 +304,7 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
         assert_eq!(input.len(), class.input + 1);
         assert_eq!(output.len(), class.output + 1);
 
+        cs.region("public inputs");
         // A single segment starts at step 0 from the canonical state.
         cs.equal(&step_start, &L::zero())?;
         cs.equal(&state_in, &mem_pages.scale(pow2(64)))?;
@@ -340,6 +358,7 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
             {
                 t(&mut aux);
             }
+            cs.region(format!("step {n} ({:?})", step.instr.op));
             let s = self.step(&cs, step, &aux, &pc, &fp, &ms)?;
             for (k, acc) in s.acc.iter().enumerate() {
                 let native = step.acc[k].addr();
@@ -360,6 +379,7 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
             last_imm = s.imm.clone();
             (pc, fp, ms) = (s.pc, s.fp, s.ms);
         }
+        cs.region("end state");
         // The run halted, with the public status, after the public number of steps, in the
         // public final state.
         cs.equal(&last_halt, &one)?;
@@ -399,10 +419,28 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
             pad += 1;
         }
 
+        if std::env::var_os("ZKMESH_SYNTH_STATS").is_some() {
+            eprintln!(
+                "steps: {} constraints, {} terms",
+                cs.cs.num_constraints(),
+                cs.terms.get()
+            );
+        }
+        cs.region("memory routing");
         let sorted_mem = route(&cs, &mem, self.tamper.memory_switch)?;
+        cs.region("memory check");
         check_memory(&cs, &sorted_mem, n_mem.trailing_zeros())?;
+        cs.region("fetch routing");
         let sorted_fetch = route(&cs, &fetch, self.tamper.fetch_switch)?;
+        cs.region("fetch check");
         check_fetch(&cs, &sorted_fetch)?;
+        if std::env::var_os("ZKMESH_SYNTH_STATS").is_some() {
+            eprintln!(
+                "all: {} constraints, {} terms",
+                cs.cs.num_constraints(),
+                cs.terms.get()
+            );
+        }
         Ok(())
     }
 }
@@ -501,17 +539,50 @@ impl ZkvmCircuit {
         // Addresses: slots are `Stack + fp + offset`.
         let stack = |off: &L| fp.add(off).add_c(base_of(Space::Stack));
         const BINARY: [Op; 18] = [
-            Op::Add, Op::Sub, Op::Mul, Op::DivU, Op::RemU, Op::And, Op::Or, Op::Xor, Op::Shl,
-            Op::ShrU, Op::ShrS, Op::Rotl, Op::Rotr, Op::Eq, Op::Ne, Op::LtU, Op::LtS, Op::GeU,
+            Op::Add,
+            Op::Sub,
+            Op::Mul,
+            Op::DivU,
+            Op::RemU,
+            Op::And,
+            Op::Or,
+            Op::Xor,
+            Op::Shl,
+            Op::ShrU,
+            Op::ShrS,
+            Op::Rotl,
+            Op::Rotr,
+            Op::Eq,
+            Op::Ne,
+            Op::LtU,
+            Op::LtS,
+            Op::GeU,
         ];
         const UNARY: [Op; 6] = [Op::Clz, Op::Ctz, Op::Popcnt, Op::Eqz, Op::Wrap, Op::ExtendS];
         let uses_a = any(&BINARY).add(&any(&UNARY)).add(&any(&[
-            Op::GeS, Op::Copy, Op::Select, Op::SetM, Op::BrNz, Op::BrZ, Op::BrTable,
-            Op::CallIndirect, Op::Return, Op::Load, Op::Store, Op::MemGrow,
+            Op::GeS,
+            Op::Copy,
+            Op::Select,
+            Op::SetM,
+            Op::BrNz,
+            Op::BrZ,
+            Op::BrTable,
+            Op::CallIndirect,
+            Op::Return,
+            Op::Load,
+            Op::Store,
+            Op::MemGrow,
         ]));
         let uses_b = any(&BINARY).add(&any(&[Op::GeS, Op::Select, Op::Store]));
         let writes_c = any(&BINARY).add(&any(&UNARY)).add(&any(&[
-            Op::GeS, Op::Const, Op::Copy, Op::Select, Op::GetM, Op::MemSize, Op::Load, Op::MemGrow,
+            Op::GeS,
+            Op::Const,
+            Op::Copy,
+            Op::Select,
+            Op::GetM,
+            Op::MemSize,
+            Op::Load,
+            Op::MemGrow,
         ]));
         let ldst = any(&[Op::Load, Op::Store]);
         // Loads and stores: ea = a + imm = 8 word + off, inside the space's bound.
@@ -595,8 +666,22 @@ impl ZkvmCircuit {
         g(Op::GeS, &z.sub(&ge))?;
         // Narrow arithmetic keeps results and carries below 2^32.
         let alu = any(&[
-            Op::Add, Op::Sub, Op::Mul, Op::DivU, Op::RemU, Op::And, Op::Or, Op::Xor, Op::Popcnt,
-            Op::Shl, Op::ShrU, Op::ShrS, Op::Rotl, Op::Rotr, Op::Clz, Op::Ctz,
+            Op::Add,
+            Op::Sub,
+            Op::Mul,
+            Op::DivU,
+            Op::RemU,
+            Op::And,
+            Op::Or,
+            Op::Xor,
+            Op::Popcnt,
+            Op::Shl,
+            Op::ShrU,
+            Op::ShrS,
+            Op::Rotl,
+            Op::Rotr,
+            Op::Clz,
+            Op::Ctz,
         ]);
         let narrow = cs.mul(&alu, &one.sub(&wide))?;
         cs.gate(&narrow, &hi(&zb, 32, 64))?;
@@ -703,7 +788,12 @@ impl ZkvmCircuit {
             db[1].sub(&d01),
             d01.clone(),
         ];
-        let sz = [one.sub(&w0).sub(&w1).add(&w01), w0.sub(&w01), w1.sub(&w01), w01.clone()];
+        let sz = [
+            one.sub(&w0).sub(&w1).add(&w01),
+            w0.sub(&w01),
+            w1.sub(&w01),
+            w01.clone(),
+        ];
         let mut mask = vec![];
         for k in 0..8usize {
             let mut mk = L::zero();
@@ -717,13 +807,20 @@ impl ZkvmCircuit {
             }
             mask.push(mk);
         }
-        let p4 = oh
-            .iter()
-            .enumerate()
-            .fold(L::zero(), |acc, (j, o)| acc.add_scaled(o, pow2(8 * j as u32)));
-        let byte = |bits: &[L], k: usize| hi(bits, 8 * k, 8 * k + 8).scale(pow2(8 * k as u32).inverse_or_zero());
+        let p4 = oh.iter().enumerate().fold(L::zero(), |acc, (j, o)| {
+            acc.add_scaled(o, pow2(8 * j as u32))
+        });
+        let byte = |bits: &[L], k: usize| {
+            hi(bits, 8 * k, 8 * k + 8).scale(pow2(8 * k as u32).inverse_or_zero())
+        };
         let window: Vec<L> = (0..8)
-            .map(|k| if k < 4 { byte(&yb, k) } else { byte(&hb, k - 4) })
+            .map(|k| {
+                if k < 4 {
+                    byte(&yb, k)
+                } else {
+                    byte(&hb, k - 4)
+                }
+            })
             .collect();
         let mut masked = L::zero();
         for k in 0..8 {
@@ -739,9 +836,17 @@ impl ZkvmCircuit {
         g(Op::Load, &vp.sub(&masked))?;
         let mut sbit = L::zero();
         for k in 0..8 {
-            let next = if k < 7 { mask[k + 1].clone() } else { L::zero() };
+            let next = if k < 7 {
+                mask[k + 1].clone()
+            } else {
+                L::zero()
+            };
             let end = cs.mul(&mask[k], &one.sub(&next))?;
-            let top = if k < 4 { &yb[8 * k + 7] } else { &hb[8 * (k - 4) + 7] };
+            let top = if k < 4 {
+                &yb[8 * k + 7]
+            } else {
+                &hb[8 * (k - 4) + 7]
+            };
             sbit = sbit.add(&cs.mul(&end, top)?);
         }
         let sb = cs.mul(&signed, &sbit)?;
@@ -767,12 +872,18 @@ impl ZkvmCircuit {
         let yp = cs.mul(&ylow, &p4)?;
         cs.gate(&store_small, &z.sub(&m.sub(&old).add(&yp)))?;
         cs.gate(&store8, &m.sub(&hi(&yb, 0, 32)))?;
-        cs.gate(&store8, &z.sub(&hi(&yb, 32, 64).scale(pow2(32).inverse_or_zero())))?;
+        cs.gate(
+            &store8,
+            &z.sub(&hi(&yb, 32, 64).scale(pow2(32).inverse_or_zero())),
+        )?;
         cs.gate(&store8, &db[0].add_scaled(&db[1], f(2)))?;
 
         // br_table and call_indirect: index = min(a, len); a >= len when bit 32 of
         // D = a - len + 2^32 is set.
-        let table_len = b.add(&cs.mul(&s(Op::CallIndirect), &hi(&hb, 32, 64).scale(pow2(32).inverse_or_zero()).sub(&b))?);
+        let table_len = b.add(&cs.mul(
+            &s(Op::CallIndirect),
+            &hi(&hb, 32, 64).scale(pow2(32).inverse_or_zero()).sub(&b),
+        )?);
         let tables = any(&[Op::BrTable, Op::CallIndirect]);
         cs.gate(&tables, &d.sub(&x.sub(&table_len).add_c(pow2(32))))?;
         g(Op::CallIndirect, &h.sub(&imm))?;
@@ -783,7 +894,10 @@ impl ZkvmCircuit {
 
         // memory.grow: fails (z = 2^32 - 1, size kept) when ms + a > max, i.e. bit 33 of
         // D = ms + a - max - 1 + 2^33 is set.
-        g(Op::MemGrow, &d.sub(&ms.add(&x).sub(&imm).sub(&one).add_c(pow2(33))))?;
+        g(
+            Op::MemGrow,
+            &d.sub(&ms.add(&x).sub(&imm).sub(&one).add_c(pow2(33))),
+        )?;
         let fail = db[33].clone();
         let grown = cs.mul(&fail, &L::konst(f(0xffff_ffff)).sub(ms))?;
         g(Op::MemGrow, &z.sub(ms).sub(&grown))?;
@@ -798,7 +912,10 @@ impl ZkvmCircuit {
         let room = L::konst(f(MAX_STACK - (1 << SLOT_BITS))).sub(fp);
         g(Op::Call, &e.sub(&room.sub(&a)))?;
         g(Op::CallIndirect, &e.sub(&room.sub(&b)))?;
-        g(Op::CallIndirect, &z.sub(&pc.add_c(Fr::one()).add(&fp.scale(pow2(32)))))?;
+        g(
+            Op::CallIndirect,
+            &z.sub(&pc.add_c(Fr::one()).add(&fp.scale(pow2(32)))),
+        )?;
         // Returns: the link (read through m) splits into return pc and caller fp; a result moves
         // from slot a to slot 0.
         g(Op::Return, &m.sub(&d))?;
@@ -834,9 +951,9 @@ impl ZkvmCircuit {
             packed,
             imm,
             halt,
-            pc: next_pc,
-            fp: next_fp,
-            ms: next_ms,
+            pc: cs.fresh(&next_pc)?,
+            fp: cs.fresh(&next_fp)?,
+            ms: cs.fresh(&next_ms)?,
         })
     }
 }
@@ -872,10 +989,14 @@ fn route(cs: &Cs, entries: &[Entry], flip: Option<usize>) -> R<Vec<[L; 3]>> {
         let s = cs.bit(if crossed { Fr::one() } else { Fr::zero() })?;
         let mut first: Vec<L> = vec![];
         let mut second: Vec<L> = vec![];
+        // Both outputs are fresh variables: as expressions of their inputs they would double in
+        // size at every column of the network.
         for k in 0..3 {
-            let o = a[k].add(&cs.mul(&s, &b[k].sub(&a[k]))?);
-            second.push(a[k].add(&b[k]).sub(&o));
+            let o = cs.witness(if crossed { b[k].v } else { a[k].v })?;
+            cs.enforce(&s, &b[k].sub(&a[k]), &o.sub(&a[k]))?;
+            let p = cs.fresh(&a[k].add(&b[k]).sub(&o))?;
             first.push(o);
+            second.push(p);
         }
         let arr = |v: Vec<L>| -> [L; 3] { v.try_into().map_err(|_| ()).expect("three fields") };
         Ok((arr(first), arr(second)))
@@ -1061,6 +1182,7 @@ impl ZkvmCircuit {
             steps,
             tamper: Tamper::default(),
             strict: false,
+            violation: None,
         })
     }
 }

@@ -51,6 +51,7 @@ pub fn blank(class: Class) -> ZkvmCircuit {
         steps: vec![halt; class.steps],
         tamper: Default::default(),
         strict: false,
+        violation: None,
     }
 }
 

@@ -11,7 +11,8 @@ use wasmparser::{
 };
 
 use crate::isa::{
-    GLOBAL_FIRST, GLOBAL_OUT_LEN, Instr, MAX_PAGES, MAX_SLOT, Op, PAGE, Program, Space, WORD, status,
+    GLOBAL_FIRST, GLOBAL_OUT_LEN, Instr, MAX_PAGES, MAX_SLOT, Op, PAGE, Program, Space, WORD,
+    status,
 };
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -987,8 +988,14 @@ impl Lowerer {
                 O::I64Sub => binop!(Op::Sub, true),
                 O::I32Mul => binop!(Op::Mul, false),
                 O::I64Mul => binop!(Op::Mul, true),
-                O::I32DivS | O::I64DivS | O::I32RemS | O::I64RemS | O::I32DivU | O::I64DivU
-                | O::I32RemU | O::I64RemU => {
+                O::I32DivS
+                | O::I64DivS
+                | O::I32RemS
+                | O::I64RemS
+                | O::I32DivU
+                | O::I64DivU
+                | O::I32RemU
+                | O::I64RemU => {
                     let wide = matches!(op, O::I64DivS | O::I64RemS | O::I64DivU | O::I64RemU);
                     let signed = matches!(op, O::I32DivS | O::I64DivS | O::I32RemS | O::I64RemS);
                     let rem = matches!(op, O::I32RemS | O::I64RemS | O::I32RemU | O::I64RemU);
@@ -1337,7 +1344,11 @@ impl Lowerer {
             imm: status::DIVIDE_BY_ZERO,
             ..Instr::new(Op::Halt)
         });
-        let (q, r) = if rem { (Op::RemU, true) } else { (Op::DivU, false) };
+        let (q, r) = if rem {
+            (Op::RemU, true)
+        } else {
+            (Op::DivU, false)
+        };
         if !signed {
             self.emit(op(q, x, y, x));
             return Ok(());

@@ -87,6 +87,13 @@ pub struct Cs {
     /// Panic at the first constraint the assignment violates, naming the line that made it
     /// (debugging aid; the constraint system itself only knows constraint numbers).
     pub strict: bool,
+    /// Where the first violated constraint was made, if any (checked natively as constraints
+    /// are added, from the values every expression carries).
+    pub violation: std::cell::RefCell<Option<String>>,
+    /// What the constraints being added check, for [`Cs::violation`].
+    pub region: std::cell::RefCell<String>,
+    /// Terms passed to the constraint system so far (a cost measure for synthesis).
+    pub terms: std::cell::Cell<usize>,
 }
 
 impl Cs {
@@ -103,9 +110,17 @@ impl Cs {
     /// Enforces `a * b = c`.
     #[track_caller]
     pub fn enforce(&self, a: &L, b: &L, c: &L) -> R<()> {
-        if self.strict && a.v * b.v != c.v {
-            panic!("constraint violated at {}", std::panic::Location::caller());
+        if a.v * b.v != c.v {
+            let at = std::panic::Location::caller();
+            if self.strict {
+                panic!("constraint violated in {} at {at}", self.region.borrow());
+            }
+            self.violation.borrow_mut().get_or_insert_with(|| {
+                format!("{} ({}:{})", self.region.borrow(), at.file(), at.line())
+            });
         }
+        self.terms
+            .set(self.terms.get() + a.lc.len() + b.lc.len() + c.lc.len());
         let (a, b, c) = (a.lc.clone(), b.lc.clone(), c.lc.clone());
         self.cs.enforce_r1cs_constraint(|| a, || b, || c)
     }
@@ -120,6 +135,20 @@ impl Cs {
     #[track_caller]
     pub fn gate(&self, s: &L, e: &L) -> R<()> {
         self.enforce(s, e, &L::zero())
+    }
+
+    /// Names what the following constraints check.
+    pub fn region(&self, name: impl Into<String>) {
+        *self.region.borrow_mut() = name.into();
+    }
+
+    /// A new variable equal to `e`: one constraint that keeps expressions carried from step to
+    /// step (registers) from growing with the number of steps.
+    #[track_caller]
+    pub fn fresh(&self, e: &L) -> R<L> {
+        let v = self.witness(e.v)?;
+        self.equal(&v, e)?;
+        Ok(v)
     }
 
     /// A new variable equal to `a * b`.

@@ -393,7 +393,11 @@ impl<'p> Machine<'p> {
                     ));
                 }
                 let v = (0..size).fold(0, |v, k| v | self.byte(i.space, ea + k) << (8 * k));
-                let z = if i.signed { sext(v, 8 * size as u32) & m } else { v };
+                let z = if i.signed {
+                    sext(v, 8 * size as u32) & m
+                } else {
+                    v
+                };
                 acc[3] = self.write_slot(i.c, z);
             }
             Op::Store => {
