@@ -275,7 +275,6 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
 
 impl ZkvmCircuit {
     fn synthesize(&self, cs: &Cs) -> R<()> {
-        let cs = cs;
         let st = &self.statement;
         let class = self.class;
         assert_eq!(self.steps.len(), class.steps);
@@ -359,7 +358,7 @@ impl ZkvmCircuit {
                 t(&mut aux);
             }
             cs.region(format!("step {n} ({:?})", step.instr.op));
-            let s = self.step(&cs, step, &aux, &pc, &fp, &ms)?;
+            let s = self.step(cs, step, &aux, &pc, &fp, &ms)?;
             for (k, acc) in s.acc.iter().enumerate() {
                 let native = step.acc[k].addr();
                 push_mem(
@@ -427,13 +426,13 @@ impl ZkvmCircuit {
             );
         }
         cs.region("memory routing");
-        let sorted_mem = route(&cs, &mem, self.tamper.memory_switch)?;
+        let sorted_mem = route(cs, &mem, self.tamper.memory_switch)?;
         cs.region("memory check");
-        check_memory(&cs, &sorted_mem, n_mem.trailing_zeros())?;
+        check_memory(cs, &sorted_mem, n_mem.trailing_zeros())?;
         cs.region("fetch routing");
-        let sorted_fetch = route(&cs, &fetch, self.tamper.fetch_switch)?;
+        let sorted_fetch = route(cs, &fetch, self.tamper.fetch_switch)?;
         cs.region("fetch check");
-        check_fetch(&cs, &sorted_fetch)?;
+        check_fetch(cs, &sorted_fetch)?;
         if std::env::var_os("ZKMESH_SYNTH_STATS").is_some() {
             eprintln!(
                 "all: {} constraints, {} terms",
@@ -701,8 +700,8 @@ impl ZkvmCircuit {
         // Shifts and rotations by k = y mod n: P = 2^k from y's low bits, Q = 2^(n-k) = W / P.
         let wy5 = cs.mul(&wide, &yb[5])?;
         let mut pk = one.clone();
-        for j in 0..5 {
-            let factor = one.add_scaled(&yb[j], pow2(1 << j) - Fr::one());
+        for (j, bit) in yb.iter().enumerate().take(5) {
+            let factor = one.add_scaled(bit, pow2(1 << j) - Fr::one());
             pk = cs.mul(&pk, &factor)?;
         }
         let pk = cs.mul(&pk, &one.add_scaled(&wy5, pow2(32) - Fr::one()))?;
@@ -731,8 +730,8 @@ impl ZkvmCircuit {
 
         // Leading and trailing zeros: 2^z from z's low bits; x = 0 gives z = n.
         let mut pz = one.clone();
-        for j in 0..7 {
-            let factor = one.add_scaled(&zb[j], pow2(1 << j) - Fr::one());
+        for (j, bit) in zb.iter().enumerate().take(7) {
+            let factor = one.add_scaled(bit, pow2(1 << j) - Fr::one());
             pz = cs.mul(&pz, &factor)?;
         }
         let n_bits = L::konst(f(32)).add_scaled(&wide, f(32));
@@ -862,8 +861,8 @@ impl ZkvmCircuit {
         cs.gate(&store_small, &h.sub(&m))?;
         cs.gate(&store_small, &sum(&mask[..4].to_vec()).sub(&size))?;
         let mut old = L::zero();
-        for k in 0..4 {
-            old = old.add_scaled(&cs.mul(&mask[k], &byte(&hb, k))?, pow2(8 * k as u32));
+        for (k, mk) in mask.iter().enumerate().take(4) {
+            old = old.add_scaled(&cs.mul(mk, &byte(&hb, k))?, pow2(8 * k as u32));
         }
         let mut ylow = L::zero();
         for (si, s_) in sz[..3].iter().enumerate() {
