@@ -29,6 +29,23 @@ fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     build_programs(&manifest_dir.join("programs"), &out_dir);
     build_hostile(&manifest_dir.join("hostile"), &out_dir.join("hostile"));
+    build_wat(&manifest_dir.join("wat"), &out_dir.join("wat"));
+}
+
+/// Well-behaved guests written by hand in the text format.
+fn build_wat(dir: &Path, out_dir: &Path) {
+    println!("cargo:rerun-if-changed={}", dir.display());
+    fs::create_dir_all(out_dir).expect("create OUT_DIR/wat");
+    for entry in fs::read_dir(dir).expect("read guests/wat") {
+        let path = entry.expect("read guests/wat entry").path();
+        if path.extension() != Some(OsStr::new("wat")) {
+            continue;
+        }
+        let wasm =
+            wat::parse_file(&path).unwrap_or_else(|e| panic!("compiling {}: {e}", path.display()));
+        let dest = out_dir.join(path.with_extension("wasm").file_name().expect("file name"));
+        fs::write(&dest, wasm).unwrap_or_else(|e| panic!("writing {}: {e}", dest.display()));
+    }
 }
 
 fn build_programs(programs: &Path, out_dir: &Path) {

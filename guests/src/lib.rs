@@ -68,7 +68,7 @@ macro_rules! hostile_wasm {
     };
 }
 
-static GUESTS: [Guest; 5] = [
+static GUESTS: [Guest; 6] = [
     Guest {
         name: "sha256",
         abi: GuestAbi::Zkmesh,
@@ -83,6 +83,14 @@ static GUESTS: [Guest; 5] = [
         about: "sorts whitespace-separated i64s ascending, joined by single spaces; \
                 traps on a token that is not -?[0-9]+ within i64",
         sample_input: b"42 -7 0 19\n-7 3 1000000 -12",
+    },
+    Guest {
+        name: "bytesum",
+        abi: GuestAbi::Zkmesh,
+        wasm: include_bytes!(concat!(env!("OUT_DIR"), "/wat/bytesum.wasm")),
+        about: "the sum of the input's bytes (mod 2^32) in decimal; written in WAT, small \
+                enough to prove in the smallest zkVM class",
+        sample_input: b"hi",
     },
     Guest {
         name: "collatz",
@@ -181,6 +189,13 @@ pub fn reference_output(name: &str, input: &[u8]) -> Option<Vec<u8>> {
     match name {
         "sha256" => Some(hex(&Sha256::digest(input)).into_bytes()),
         "sort" => sort(input),
+        "bytesum" => Some(
+            input
+                .iter()
+                .fold(0u32, |s, b| s.wrapping_add(u32::from(*b)))
+                .to_string()
+                .into_bytes(),
+        ),
         "collatz" => collatz(parse_u32(input)?),
         "primes" => Some(primes(parse_u32(input)?)),
         "wordcount" => Some(wordcount(input)),

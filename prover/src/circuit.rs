@@ -113,7 +113,7 @@ impl Statement {
 }
 
 /// A change to the auxiliary witness of one step.
-pub type AuxTamper = (usize, Box<dyn Fn(&mut Aux)>);
+pub type AuxTamper = (usize, Box<dyn Fn(&mut Aux) + Send + Sync>);
 
 /// Ways to corrupt a witness, for tests that prove the constraints catch each one.
 #[derive(Default)]
@@ -151,7 +151,7 @@ pub struct ZkvmCircuit {
     /// Panic at the first violated constraint (see [`Cs::strict`]).
     pub strict: bool,
     /// Receives where the first violated constraint was made (see [`Cs::violation`]).
-    pub violation: Option<std::rc::Rc<std::cell::RefCell<Option<String>>>>,
+    pub violation: Option<std::sync::Arc<std::sync::Mutex<Option<String>>>>,
 }
 
 fn to_u128(x: Fr) -> u128 {
@@ -267,7 +267,7 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
         };
         let result = self.synthesize(&cs);
         if let Some(out) = &self.violation {
-            *out.borrow_mut() = cs.violation.borrow().clone();
+            *out.lock().unwrap() = cs.violation.borrow().clone();
         }
         result
     }

@@ -55,6 +55,15 @@ pub fn blank(class: Class) -> ZkvmCircuit {
     }
 }
 
+/// The number of constraints of a class.
+pub fn count_constraints(class: Class) -> Result<u64, ProofError> {
+    use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystem, SynthesisMode};
+    let cs = ConstraintSystem::<Fr>::new_ref();
+    cs.set_mode(SynthesisMode::Setup);
+    blank(class).generate_constraints(cs.clone())?;
+    Ok(cs.num_constraints() as u64)
+}
+
 /// Generates the proving and verifying keys of a class from fresh operating-system randomness.
 /// The randomness (the "toxic waste") lives only inside this call.
 pub fn setup(class: Class) -> Result<(Pk, Vk), ProofError> {

@@ -17,6 +17,7 @@ pub mod isa;
 pub mod lower;
 pub mod r1cs;
 pub mod trace;
+pub mod zkvm;
 
 #[cfg(test)]
 mod tests;

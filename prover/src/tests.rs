@@ -93,11 +93,11 @@ mod circuit {
     /// Where the first violated constraint is (region and line), found natively while the
     /// constraints are generated: fast enough to run for every tampered witness.
     pub fn violation(mut c: ZkvmCircuit) -> Option<String> {
-        let out = std::rc::Rc::new(std::cell::RefCell::new(None));
+        let out = std::sync::Arc::new(std::sync::Mutex::new(None));
         c.violation = Some(out.clone());
         let cs = ConstraintSystem::<Fr>::new_ref();
         c.generate_constraints(cs).unwrap();
-        out.borrow().clone()
+        out.lock().unwrap().clone()
     }
 
     /// `Ok(())` when satisfied, else the name of the first unsatisfied constraint.

@@ -13,6 +13,7 @@ use zkmesh_proto::ledger_service_client::LedgerServiceClient;
 use zkmesh_proto::registry_service_client::RegistryServiceClient;
 use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
 use zkmesh_proto::*;
+use zkmesh_proto::{Empty, ModuleRef};
 
 /// Where the services are and which certificates this client presents.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -118,6 +119,76 @@ impl MeshClient {
             SchedulerServiceClient::new(channel(&self.config.scheduler, self.admin_tls()?)?)
                 .max_decoding_message_size(MAX_MESSAGE),
         )
+    }
+
+    pub fn verifier(
+        &self,
+    ) -> anyhow::Result<zkmesh_proto::verifier_service_client::VerifierServiceClient<Channel>> {
+        Ok(
+            zkmesh_proto::verifier_service_client::VerifierServiceClient::new(channel(
+                &self.config.verifier,
+                &self.user,
+            )?)
+            .max_decoding_message_size(MAX_MESSAGE),
+        )
+    }
+
+    pub fn admin_verifier(
+        &self,
+    ) -> anyhow::Result<zkmesh_proto::verifier_service_client::VerifierServiceClient<Channel>> {
+        Ok(
+            zkmesh_proto::verifier_service_client::VerifierServiceClient::new(channel(
+                &self.config.verifier,
+                self.admin_tls()?,
+            )?)
+            .max_decoding_message_size(MAX_MESSAGE),
+        )
+    }
+
+    /// The module's bytes, by hash.
+    pub async fn module_bytes(&self, hash: &str) -> anyhow::Result<Vec<u8>> {
+        let mut stream = self
+            .scheduler()?
+            .fetch_module(ModuleRef {
+                module_hash: hash.to_string(),
+            })
+            .await?
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            bytes.extend_from_slice(&chunk.chunk);
+        }
+        Ok(bytes)
+    }
+
+    /// Waits until a circuit class is ready on the verifier, showing progress on stderr.
+    pub async fn wait_for_circuit(&self, class: &str, quiet: bool) -> anyhow::Result<()> {
+        let mut verifier = self.verifier()?;
+        let mut last = String::new();
+        let started = std::time::Instant::now();
+        loop {
+            let circuits = verifier
+                .list_circuits(Empty {})
+                .await?
+                .into_inner()
+                .circuits;
+            let Some(c) = circuits.iter().find(|c| c.circuit_class == class) else {
+                anyhow::bail!("the verifier has no circuit class {class}");
+            };
+            if c.state == "ready" {
+                return Ok(());
+            }
+            // A setup asked for at start may not have begun yet.
+            let stalled = c.state == "not set up" && started.elapsed() > Duration::from_secs(10);
+            if c.state.starts_with("failed") || stalled {
+                anyhow::bail!("circuit class {class} is {}", c.state);
+            }
+            if !quiet && c.state != last {
+                eprintln!("circuit {class}: {}", c.state);
+                last = c.state.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
     }
 
     pub fn ledger(&self) -> anyhow::Result<LedgerServiceClient<Channel>> {

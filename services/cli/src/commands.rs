@@ -36,6 +36,23 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum CircuitsCommand {
+    /// The size classes, their capacities and the state of their keys.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a class's setup on the verifier now (admin); shows progress.
+    Setup { class: String },
+    /// Save a class's verifying key.
+    Vk {
+        class: String,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a module once and print its verified output. Starts an embedded mesh when none is
     /// configured.
@@ -71,7 +88,28 @@ pub enum Command {
         /// Write the raw output bytes to this file.
         #[arg(long, value_name = "FILE")]
         output: Option<PathBuf>,
+        /// Write a self-contained result bundle (module, input, output, receipt, proof and the
+        /// verifying key's id) for `zkmesh verify` (proof policy only).
+        #[arg(long, value_name = "FILE")]
+        bundle: Option<PathBuf>,
     },
+    /// Check a result bundle offline: exit 0 when its proof is valid, 1 (with the reason) when
+    /// it is not.
+    Verify {
+        bundle: PathBuf,
+        /// The module, to check against the bundle's hash instead of the bundle's own copy.
+        #[arg(long, value_name = "WASM")]
+        module: Option<PathBuf>,
+        /// The verifying key (`zkmesh circuits vk CLASS --out FILE`); without it, the configured
+        /// mesh's verifier is asked for it.
+        #[arg(long, value_name = "FILE")]
+        vk: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// zkVM circuit classes: list them, set one up (admin), save a verifying key.
+    #[command(subcommand)]
+    Circuits(CircuitsCommand),
     /// Cancel a task; its held credits are released.
     Cancel { task: String },
     /// Your recent tasks.
@@ -421,6 +459,14 @@ pub fn result_json(task: &Task, result: &TaskResult) -> serde_json::Value {
             "signature": hex::encode(&r.signature),
         })).collect::<Vec<_>>(),
         "message": task.message,
+        "proof": result.proof.as_ref().map(|p| json!({
+            "circuit_class": p.circuit_class,
+            "steps": p.steps,
+            "status": p.status,
+            "prove_time_ms": p.prove_time_ms,
+            "verifying_key_sha256": p.verifying_key_sha256,
+            "proof_base64": base64::engine::general_purpose::STANDARD.encode(&p.proof),
+        })),
     })
 }
 
@@ -519,6 +565,15 @@ struct Prepared {
     wasm: Vec<u8>,
     input: Vec<u8>,
     policy: VerificationPolicy,
+}
+
+/// The smallest circuit class that holds a run of `wasm` on `input`, found by tracing it.
+pub fn proof_class(wasm: &[u8], input: &[u8]) -> anyhow::Result<String> {
+    use zkmesh_prover::zkvm;
+    let program = zkvm::program(wasm)?;
+    let trace = zkvm::trace(&program, input);
+    let circuit = zkvm::fit(&program, input, &trace, &zkvm::CLASSES)?;
+    Ok(circuit.class.name.to_string())
 }
 
 fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
@@ -647,6 +702,27 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
     let mut options = MeshOptions::new(dir.path());
     options.workers = args.workers as usize;
     options.metrics = true;
+    // Under the proof policy, trace the run here first: it says at once whether the module can
+    // be proved and which circuit class it needs, so only that class is set up (once; the keys
+    // are kept in the keys directory).
+    let class = if task.policy.kind() == PolicyKind::Proof {
+        let class = proof_class(&task.wasm, &task.input).map_err(|e| {
+            exit(
+                EXIT_USAGE,
+                format!("cannot run this under --policy proof: {e}"),
+            )
+        })?;
+        options.setup_classes = vec![class.clone()];
+        if !args.json {
+            eprintln!(
+                "circuit class {class} (keys in {}; set up once, then reused)",
+                options.keys_dir.display()
+            );
+        }
+        Some(class)
+    } else {
+        None
+    };
     if !args.json {
         eprintln!(
             "starting an embedded mesh (4 services over mTLS, {} workers)...",
@@ -657,6 +733,9 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
     mesh.wait_for_workers(args.workers as usize, Duration::from_secs(30))
         .await?;
     let api = MeshClient::connect(&mesh.client)?;
+    if let Some(class) = &class {
+        api.wait_for_circuit(class, args.json).await?;
+    }
     let mut result = submit_and_wait(&api, &args, task, false).await;
     if args.audit
         && result.is_ok()
@@ -667,6 +746,162 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
     }
     mesh.stop().await;
     result
+}
+
+async fn verify(
+    mesh: &Option<PathBuf>,
+    path: &Path,
+    module: Option<&Path>,
+    vk: Option<&Path>,
+    json: bool,
+) -> anyhow::Result<i32> {
+    let text = std::fs::read(path)
+        .map_err(|e| exit(EXIT_USAGE, format!("cannot read {}: {e}", path.display())))?;
+    let invalid = |why: String| -> anyhow::Result<i32> {
+        if json {
+            println!("{}", json!({"valid": false, "reason": why}));
+        } else {
+            println!("INVALID: {why}");
+        }
+        Ok(EXIT_TASK)
+    };
+    let bundle: crate::bundle::Bundle = match serde_json::from_slice(&text) {
+        Ok(b) => b,
+        Err(e) => return invalid(format!("not a result bundle: {e}")),
+    };
+    let module = match module {
+        Some(p) => Some(
+            std::fs::read(p)
+                .map_err(|e| exit(EXIT_USAGE, format!("cannot read {}: {e}", p.display())))?,
+        ),
+        None => None,
+    };
+    let vk = match vk {
+        Some(p) => std::fs::read(p)
+            .map_err(|e| exit(EXIT_USAGE, format!("cannot read {}: {e}", p.display())))?,
+        None => {
+            let api = client(mesh).map_err(|e| {
+                exit(
+                    EXIT_USAGE,
+                    format!("no --vk given and no mesh to ask for it ({e:#}); save one with `zkmesh circuits vk CLASS --out FILE`"),
+                )
+            })?;
+            api.verifier()?
+                .get_verifying_key(CircuitRef {
+                    circuit_class: bundle.proof.circuit_class.clone(),
+                })
+                .await?
+                .into_inner()
+                .verifying_key
+        }
+    };
+    match crate::bundle::check(&bundle, &vk, module.as_deref()) {
+        Ok(c) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"valid": true, "task_id": bundle.task_id, "circuit_class": c.class,
+                           "steps": c.steps, "output_bytes": c.output_len, "verify_us": c.verify_us,
+                           "module_hash": bundle.module_hash, "input_hash": bundle.input_hash,
+                           "output_hash": bundle.output_hash})
+                );
+            } else {
+                println!(
+                    "VALID: task {} ran module {} on input {} for {} zkVM steps and wrote {} bytes (sha256 {}); Groth16 proof checked in {} µs (class {})",
+                    bundle.task_id,
+                    bundle.module_hash,
+                    bundle.input_hash,
+                    c.steps,
+                    c.output_len,
+                    bundle.output_hash,
+                    c.verify_us,
+                    c.class
+                );
+            }
+            Ok(0)
+        }
+        Err(why) => invalid(why),
+    }
+}
+
+async fn circuits(mesh: &Option<PathBuf>, c: CircuitsCommand) -> anyhow::Result<i32> {
+    let api = client(mesh)?;
+    match c {
+        CircuitsCommand::List { json } => {
+            let list = api
+                .verifier()?
+                .list_circuits(Empty {})
+                .await?
+                .into_inner()
+                .circuits;
+            if json {
+                let v: Vec<_> = list
+                    .iter()
+                    .map(|c| {
+                        json!({"class": c.circuit_class, "steps": c.steps, "program": c.program,
+                        "data_words": c.data_words, "input_words": c.input_words,
+                        "output_words": c.output_words, "state": c.state,
+                        "constraints": c.constraints, "proving_key_size": c.proving_key_size,
+                        "proving_key_sha256": c.proving_key_sha256,
+                        "verifying_key_sha256": c.verifying_key_sha256, "setup_ms": c.setup_ms})
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(v));
+            } else {
+                println!("class   steps   program  state");
+                for c in list {
+                    println!(
+                        "{:<7} {:>6}  {:>7}  {}",
+                        c.circuit_class, c.steps, c.program, c.state
+                    );
+                }
+            }
+            Ok(0)
+        }
+        CircuitsCommand::Setup { class } => {
+            let mut stream = api
+                .admin_verifier()?
+                .setup_circuit(CircuitRef {
+                    circuit_class: class.clone(),
+                })
+                .await?
+                .into_inner();
+            while let Some(p) = stream.message().await? {
+                if p.done {
+                    let info = p.info.unwrap_or_default();
+                    println!(
+                        "{class} ready: {} constraints, proving key {} bytes (sha256 {}), verifying key sha256 {}",
+                        info.constraints,
+                        info.proving_key_size,
+                        info.proving_key_sha256,
+                        info.verifying_key_sha256
+                    );
+                } else {
+                    eprintln!("{class}: {} ({} s)", p.phase, p.elapsed_ms / 1000);
+                }
+            }
+            Ok(0)
+        }
+        CircuitsCommand::Vk { class, out } => {
+            let data = api
+                .verifier()?
+                .get_verifying_key(CircuitRef {
+                    circuit_class: class.clone(),
+                })
+                .await?
+                .into_inner();
+            std::fs::write(&out, &data.verifying_key)
+                .with_context(|| format!("writing {}", out.display()))?;
+            println!(
+                "verifying key of {class} written to {} (sha256 {})",
+                out.display(),
+                data.info
+                    .map(|i| i.verifying_key_sha256)
+                    .unwrap_or_default()
+            );
+            Ok(0)
+        }
+    }
 }
 
 async fn dev(args: DevArgs) -> anyhow::Result<i32> {
@@ -813,7 +1048,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             .await?;
             Ok(task_exit_code(&result))
         }
-        Command::Result { task, json, output } => {
+        Command::Result {
+            task,
+            json,
+            output,
+            bundle,
+        } => {
             let api = client(&mesh)?;
             let mut s = api.scheduler()?;
             let t = s
@@ -823,6 +1063,20 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 .await?
                 .into_inner();
             let r = s.get_result(TaskRef { task_id: task }).await?.into_inner();
+            if let Some(path) = &bundle {
+                if r.verdict() != Verdict::Verified {
+                    return Err(exit(
+                        EXIT_TASK,
+                        format!("task {} is not verified; no bundle written", t.task_id),
+                    ));
+                }
+                let module = api.module_bytes(&t.module_hash).await?;
+                let b = crate::bundle::Bundle::new(&t, &r, &module)
+                    .map_err(|e| exit(EXIT_TASK, e.to_string()))?;
+                std::fs::write(path, serde_json::to_vec_pretty(&b)?)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                eprintln!("bundle written to {}", path.display());
+            }
             if let Some(path) = &output {
                 std::fs::write(path, &r.output)
                     .with_context(|| format!("writing {}", path.display()))?;
@@ -834,6 +1088,13 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             }
             Ok(task_exit_code(&r))
         }
+        Command::Verify {
+            bundle,
+            module,
+            vk,
+            json,
+        } => verify(&mesh, &bundle, module.as_deref(), vk.as_deref(), json).await,
+        Command::Circuits(c) => circuits(&mesh, c).await,
         Command::Cancel { task } => {
             let t = client(&mesh)?
                 .scheduler()?

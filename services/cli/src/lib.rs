@@ -6,6 +6,7 @@
 //! check failed; 2 bad input (arguments, a module the mesh refuses, a policy it cannot serve);
 //! 3 the mesh could not be reached or failed; 64 bad configuration.
 
+pub mod bundle;
 pub mod client;
 pub mod commands;
 pub mod mesh;

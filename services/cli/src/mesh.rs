@@ -34,6 +34,23 @@ pub struct MeshOptions {
     pub mint: u64,
     /// Lifetime of the node certificates the registry signs.
     pub node_certificate_lifetime_secs: u64,
+    /// Circuit keys, shared by the verifier and the workers (content-addressed, so meshes may
+    /// share one directory and set each class up once).
+    pub keys_dir: PathBuf,
+    /// Circuit classes the verifier sets up at start (none: the proof policy is refused).
+    pub setup_classes: Vec<String>,
+}
+
+/// Where embedded meshes keep circuit keys: `$ZKMESH_KEYS_DIR`, else the user's cache.
+pub fn default_keys_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("ZKMESH_KEYS_DIR") {
+        return d.into();
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    cache.join("zkmesh").join("keys")
 }
 
 impl MeshOptions {
@@ -49,6 +66,8 @@ impl MeshOptions {
             user: "alice".into(),
             mint: DEFAULT_MINT,
             node_certificate_lifetime_secs: 24 * 3600,
+            keys_dir: default_keys_dir(),
+            setup_classes: vec![],
         }
     }
 }
@@ -150,6 +169,8 @@ impl LocalMesh {
                 tls: tls_files(&dir, "verifier"),
                 registry_endpoint: endpoint(&registry),
                 grace_secs: 2,
+                keys_dir: options.keys_dir.clone(),
+                setup_classes: options.setup_classes.clone(),
             },
             shutdown.clone(),
         )
@@ -281,6 +302,8 @@ impl LocalMesh {
             heartbeat_secs: self.options.heartbeat_secs,
             approval_timeout_secs: 60,
             max_output_bytes: 16 << 20,
+            verifier_endpoint: Some(self.client.verifier.clone()),
+            keys_dir: Some(self.options.keys_dir.clone()),
         }
     }
 

@@ -104,6 +104,7 @@ impl SchedulerApi for SchedulerService {
                 Status::invalid_argument(format!("module rejected: {e}"))
             }
         })?;
+        let (provable, provable_reason) = crate::provability(&bytes);
         let mut info = ModuleInfo {
             module_hash: hash.clone(),
             size: bytes.len() as u64,
@@ -112,9 +113,8 @@ impl SchedulerApi for SchedulerService {
                 Abi::Wasi => GuestAbi::Wasi,
             } as i32,
             imports: inspection.imports,
-            provable: false,
-            provable_reason:
-                "the zkVM prover is not part of this mesh yet; use receipt or replicate".into(),
+            provable,
+            provable_reason,
             already_present: false,
             name,
         };
@@ -144,17 +144,26 @@ impl SchedulerApi for SchedulerService {
         let req = req.into_inner();
         let config = &self.core.config;
         let bad = |m: String| Err(Status::invalid_argument(m));
-        if self
+        let Some(module) = self
             .core
             .store
             .module_info(&req.module_hash)
             .await
             .map_err(db_error)?
-            .is_none()
-        {
+        else {
             return Err(Status::not_found(format!(
                 "no module {:?}; upload it first",
                 req.module_hash
+            )));
+        };
+        if req.policy.unwrap_or_default().kind() == PolicyKind::Proof && !module.provable {
+            return Err(Status::failed_precondition(format!(
+                "policy proof needs a module the zkVM can prove, and this one is {}; use \
+                 --policy replicate:K or --policy receipt",
+                format!(
+                    "not: {}",
+                    module.provable_reason.trim_start_matches("not provable: ")
+                )
             )));
         }
         if req.input.len() > config.max_input_bytes {

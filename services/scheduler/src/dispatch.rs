@@ -347,6 +347,7 @@ impl Core {
                     memory_limit_mib: task.task.memory_limit_mib,
                     timeout_secs: task.task.timeout_secs,
                     lease_secs: self.config.lease_secs,
+                    policy: task.task.policy,
                 };
                 let message = SchedulerMessage {
                     kind: Some(scheduler_message::Kind::Assignment(assignment)),
@@ -508,6 +509,17 @@ impl Core {
                 return Ok(());
             };
             let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
+            // A proof is checked against the module, the input and the output themselves.
+            let proof = task.task.policy.unwrap_or_default().kind() == PolicyKind::Proof;
+            let module = if proof {
+                self.store
+                    .module_bytes(&task.task.module_hash)
+                    .await
+                    .map_err(db_error)?
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
             VerifyResultRequest {
                 task_id: task_id.to_string(),
                 module_hash: task.task.module_hash.clone(),
@@ -522,8 +534,16 @@ impl Core {
                         operator: r.operator.clone(),
                         receipt: r.receipt.clone(),
                         observed_output_hash: sha256_hex(&r.output),
+                        output: if proof { r.output.clone() } else { Vec::new() },
+                        proof: r.proof.clone(),
                     })
                     .collect(),
+                module,
+                input: if proof {
+                    task.input.clone()
+                } else {
+                    Vec::new()
+                },
             }
         };
         let verdict = match call(self.verifier.clone().verify_result(request)).await {

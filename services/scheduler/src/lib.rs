@@ -148,7 +148,11 @@ pub static ACL: Acl = Acl {
         ("Work", &[Allow::Role(Role::Node)]),
         (
             "FetchModule",
-            &[Allow::Role(Role::Node), Allow::Role(Role::Admin)],
+            &[
+                Allow::Role(Role::Node),
+                Allow::Role(Role::Admin),
+                Allow::Role(Role::User),
+            ],
         ),
     ],
 };
@@ -224,5 +228,14 @@ mod tests {
         assert_eq!(super::cost(1, 1000), 1);
         assert_eq!(super::cost(1_000_000_000, 1000), 1_000_000);
         assert_eq!(super::cost(u64::MAX, u64::MAX), u64::MAX);
+    }
+}
+
+/// Whether the zkVM can prove runs of a module (policy `proof`), and if not, why: the
+/// instruction or feature that keeps it out.
+pub fn provability(wasm: &[u8]) -> (bool, String) {
+    match zkmesh_prover::lower::lower(wasm) {
+        Ok(_) => (true, String::new()),
+        Err(e) => (false, e.to_string()),
     }
 }

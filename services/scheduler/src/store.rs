@@ -7,9 +7,10 @@ use zkmesh_kit::db::{Migration, Pool};
 use zkmesh_kit::now_ms;
 use zkmesh_proto::*;
 
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: r#"
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: r#"
 CREATE TABLE modules (
     module_hash TEXT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -78,7 +79,15 @@ CREATE TABLE task_events (
     PRIMARY KEY (task_id, seq)
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        sql: r#"
+ALTER TABLE attempts ADD COLUMN proof BYTEA;
+ALTER TABLE tasks ADD COLUMN proof BYTEA;
+"#,
+    },
+];
 
 /// Attempt states (text in the table, for readable SQL).
 pub mod attempt_state {
@@ -119,6 +128,7 @@ pub struct AttemptRow {
     pub fuel_used: u64,
     pub run_time_us: u64,
     pub receipt: Option<Receipt>,
+    pub proof: Option<ZkProof>,
 }
 
 #[derive(Clone)]
@@ -169,9 +179,23 @@ fn task_from_row(row: &SqliteRow) -> TaskRow {
         receipts,
         run_time_us: row.get::<i64, _>("run_time_us") as u64,
         policy: task.policy,
+        proof: row
+            .get::<Option<Vec<u8>>, _>("proof")
+            .and_then(|b| ZkProof::decode(b.as_slice()).ok()),
+        input: Vec::new(),
+    };
+    let input: Vec<u8> = row.get("input");
+    // Under the proof policy the input is part of what a result bundle must carry.
+    let result = if policy.kind() == PolicyKind::Proof {
+        TaskResult {
+            input: input.clone(),
+            ..result
+        }
+    } else {
+        result
     };
     TaskRow {
-        input: row.get("input"),
+        input,
         task,
         result,
     }
@@ -192,6 +216,9 @@ fn attempt_from_row(row: &SqliteRow) -> AttemptRow {
         receipt: row
             .get::<Option<Vec<u8>>, _>("receipt")
             .and_then(|b| Receipt::decode(b.as_slice()).ok()),
+        proof: row
+            .get::<Option<Vec<u8>>, _>("proof")
+            .and_then(|b| ZkProof::decode(b.as_slice()).ok()),
     }
 }
 
@@ -222,26 +249,28 @@ impl Store {
 
     pub async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>> {
         let row = sqlx::query(
-            "SELECT module_hash, name, size, abi, imports FROM modules WHERE module_hash = $1",
+            "SELECT module_hash, name, size, abi, imports, bytes FROM modules WHERE module_hash = $1",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| ModuleInfo {
-            module_hash: r.get(0),
-            name: r.get(1),
-            size: r.get::<i64, _>(2) as u64,
-            abi: r.get::<i64, _>(3) as i32,
-            imports: r
-                .get::<String, _>(4)
-                .split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_string)
-                .collect(),
-            provable: false,
-            provable_reason:
-                "the zkVM prover is not part of this mesh yet; use receipt or replicate".into(),
-            already_present: true,
+        Ok(row.map(|r| {
+            let (provable, provable_reason) = crate::provability(&r.get::<Vec<u8>, _>(5));
+            ModuleInfo {
+                module_hash: r.get(0),
+                name: r.get(1),
+                size: r.get::<i64, _>(2) as u64,
+                abi: r.get::<i64, _>(3) as i32,
+                imports: r
+                    .get::<String, _>(4)
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect(),
+                provable,
+                provable_reason,
+                already_present: true,
+            }
         }))
     }
 
@@ -420,7 +449,7 @@ impl Store {
 
     pub async fn record_report(&self, r: &TaskReport, receipt: &Receipt) -> Result<()> {
         sqlx::query(
-            "UPDATE attempts SET state = $1, output = $2, exit = $3, exit_message = $4, fuel_used = $5, run_time_us = $6, receipt = $7 WHERE attempt_id = $8",
+            "UPDATE attempts SET state = $1, output = $2, exit = $3, exit_message = $4, fuel_used = $5, run_time_us = $6, receipt = $7, proof = $8 WHERE attempt_id = $9",
         )
         .bind(attempt_state::REPORTED)
         .bind(&r.output)
@@ -429,6 +458,7 @@ impl Store {
         .bind(r.fuel_used as i64)
         .bind(r.run_time_us as i64)
         .bind(receipt.encode_to_vec())
+        .bind(r.proof.as_ref().map(|p| p.encode_to_vec()))
         .bind(&r.attempt_id)
         .execute(&self.pool)
         .await?;
@@ -523,7 +553,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "UPDATE tasks SET exit = $1, exit_message = $2, output = $3, output_hash = $4, fuel_used = $5, verdict = $6,
-                verdict_reason = $7, run_time_us = $8, receipts = $9 WHERE task_id = $10",
+                verdict_reason = $7, run_time_us = $8, receipts = $9, proof = $10 WHERE task_id = $11",
         )
         .bind(a.exit as i64)
         .bind(&a.exit_message)
@@ -534,6 +564,7 @@ impl Store {
         .bind(&verdict.reason)
         .bind(a.run_time_us as i64)
         .bind(ReceiptList { receipts }.encode_to_vec())
+        .bind(a.proof.as_ref().map(|p| p.encode_to_vec()))
         .bind(task_id)
         .execute(&self.pool)
         .await?;

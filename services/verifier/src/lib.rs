@@ -3,10 +3,15 @@
 //! module and input and about the output the scheduler actually received, and decides
 //! `replicate:k` by a majority of distinct operators.
 //!
-//! Proof checking arrives with the prover; until then the `proof` policy is refused with a
-//! clear error at submission, never silently downgraded.
+//! Under the `proof` policy it also checks the Groth16 proof against a statement it builds
+//! itself: its own lowering of the module, the task's input, the reported output and the
+//! claimed steps and exit. It runs the setup of each circuit class itself and serves the keys
+//! ([`circuits`]).
 
-use std::collections::{BTreeMap, BTreeSet};
+pub mod circuits;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -38,6 +43,20 @@ pub struct VerifierConfig {
     pub registry_endpoint: String,
     #[serde(default = "zkmesh_kit::config::default_grace_secs")]
     pub grace_secs: u64,
+    /// Where circuit keys are kept (content-addressed; reused across restarts).
+    #[serde(default = "default_keys_dir")]
+    pub keys_dir: std::path::PathBuf,
+    /// Classes to set up at start if their keys are not there yet (in the background).
+    #[serde(default = "default_setup_classes")]
+    pub setup_classes: Vec<String>,
+}
+
+fn default_keys_dir() -> std::path::PathBuf {
+    "zkmesh-verifier-keys".into()
+}
+
+fn default_setup_classes() -> Vec<String> {
+    vec!["c9".into(), "c10".into()]
 }
 
 fn default_listen() -> String {
@@ -63,6 +82,29 @@ pub static ACL: Acl = Acl {
                 Allow::Role(Role::Service),
             ],
         ),
+        (
+            "ListCircuits",
+            &[
+                Allow::Role(Role::Admin),
+                Allow::Role(Role::User),
+                Allow::Role(Role::Service),
+                Allow::Role(Role::Node),
+            ],
+        ),
+        (
+            "GetVerifyingKey",
+            &[
+                Allow::Role(Role::Admin),
+                Allow::Role(Role::User),
+                Allow::Role(Role::Service),
+                Allow::Role(Role::Node),
+            ],
+        ),
+        (
+            "FetchProvingKey",
+            &[Allow::Role(Role::Node), Allow::Role(Role::Admin)],
+        ),
+        ("SetupCircuit", &[Allow::Role(Role::Admin)]),
     ],
 };
 
@@ -86,6 +128,9 @@ CREATE INDEX verdicts_task ON verdicts (task_id, at_ms);
 
 pub struct VerifierService {
     db: Pool,
+    circuits: Arc<circuits::Circuits>,
+    /// Lowered programs by module hash (the verifier's own lowering).
+    programs: Mutex<HashMap<String, Arc<zkmesh_prover::isa::Program>>>,
     registry: RegistryServiceClient<tonic::transport::Channel>,
     verdicts: prometheus_client::metrics::family::Family<
         Vec<(String, String)>,
@@ -107,7 +152,26 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
         shutdown.clone(),
     );
     let metrics = Metrics::new("verifier");
+    let circuits = circuits::Circuits::open(&config.keys_dir)?;
+    for name in &config.setup_classes {
+        anyhow::ensure!(
+            zkmesh_prover::zkvm::class_named(name).is_some(),
+            "setup_classes: unknown circuit class {name:?}"
+        );
+    }
+    {
+        // Set up missing classes one after the other, in the background: the service answers
+        // meanwhile, and `ListCircuits` shows the progress.
+        let (circuits, names) = (circuits.clone(), config.setup_classes.clone());
+        tokio::task::spawn_blocking(move || {
+            for name in names {
+                let _ = circuits.setup(&name);
+            }
+        });
+    }
     let service = VerifierService {
+        circuits,
+        programs: Mutex::new(HashMap::new()),
         db,
         registry: RegistryServiceClient::new(registry_channel),
         verdicts: metrics.counter_family("verdicts", "Verdicts by policy and outcome"),
@@ -138,10 +202,7 @@ pub fn check_policy(policy: &VerificationPolicy) -> Result<(), Status> {
             "replicate:k needs 2 <= k <= {MAX_REPLICAS}, got {}",
             policy.replicas
         ))),
-        PolicyKind::Proof => Err(Status::failed_precondition(
-            "policy proof is not available on this mesh yet: the verifier has no zkVM circuit keys; \
-             use --policy receipt or --policy replicate:K",
-        )),
+        PolicyKind::Proof => Ok(()),
         PolicyKind::Unspecified => Err(Status::invalid_argument(
             "a policy is required: receipt, replicate:K or proof",
         )),
@@ -210,6 +271,81 @@ impl VerifierService {
             .map(|e| e.to_string())
     }
 
+    /// Why a report's proof does not prove its result, if it does not. The statement is built
+    /// here, from this verifier's own lowering of the module, the task's input and the output
+    /// the scheduler received.
+    async fn check_proof(
+        &self,
+        task: &VerifyResultRequest,
+        report: &ReportedResult,
+    ) -> Option<String> {
+        let Some(proof) = report.proof.clone() else {
+            return Some("no proof attached".into());
+        };
+        if sha256_hex(&task.module) != task.module_hash
+            || sha256_hex(&task.input) != task.input_hash
+        {
+            return Some(format!(
+                "{UNAVAILABLE}the scheduler sent a module or input that does not match the task"
+            ));
+        }
+        let Some(keys) = self.circuits.ready(&proof.circuit_class) else {
+            let state = self.circuits.state(&proof.circuit_class);
+            if state.starts_with("setting up") {
+                return Some(format!(
+                    "{UNAVAILABLE}circuit {} is {state}",
+                    proof.circuit_class
+                ));
+            }
+            return Some(format!(
+                "proof is for circuit class {:?}, which is {state} here",
+                proof.circuit_class
+            ));
+        };
+        let receipt = report.receipt.as_ref().expect("checked before");
+        if (receipt.exit == ExitKind::Ok as i32) != (proof.status == 0) {
+            return Some(format!(
+                "the receipt's exit ({}) contradicts the proof's halt status {}",
+                receipt.exit, proof.status
+            ));
+        }
+        let program = match self.program(&task.module_hash, &task.module) {
+            Ok(p) => p,
+            Err(e) => return Some(format!("module is not provable: {e}")),
+        };
+        let (input, output) = (task.input.clone(), report.output.clone());
+        let state_out = match proof.state_out.parse::<u128>() {
+            Ok(v) => v,
+            Err(_) => return Some("malformed final state in the proof".into()),
+        };
+        let claim = zkmesh_prover::zkvm::Claim {
+            class: proof.circuit_class.clone(),
+            steps: proof.steps,
+            status: proof.status,
+            state_out,
+        };
+        let started = std::time::Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            zkmesh_prover::zkvm::verify(&keys.pvk, &program, &input, &output, &claim, &proof.proof)
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
+        tracing::info!(task_id = %task.task_id, us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "proof checked");
+        result.err()
+    }
+
+    fn program(&self, hash: &str, wasm: &[u8]) -> Result<Arc<zkmesh_prover::isa::Program>, String> {
+        if let Some(p) = self.programs.lock().unwrap().get(hash) {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(zkmesh_prover::lower::lower(wasm).map_err(|e| e.to_string())?);
+        self.programs
+            .lock()
+            .unwrap()
+            .insert(hash.to_string(), p.clone());
+        Ok(p)
+    }
+
     async fn judge(&self, req: &VerifyResultRequest) -> Result<VerifyResultResponse, Status> {
         check_policy(
             req.policy
@@ -221,7 +357,11 @@ impl VerifierService {
         let mut rejected = Vec::new();
         let mut reasons = Vec::new();
         for report in &req.reports {
-            match self.check_report(req, report).await {
+            let mut verdict = self.check_report(req, report).await;
+            if verdict.is_none() && policy.kind() == PolicyKind::Proof {
+                verdict = self.check_proof(req, report).await;
+            }
+            match verdict {
                 Some(why) if why.starts_with(UNAVAILABLE) => {
                     return Err(Status::unavailable(why));
                 }
@@ -276,10 +416,18 @@ impl VerifierService {
                 VerifyResultResponse {
                     task_id: req.task_id.clone(),
                     verdict: Verdict::Verified as i32,
-                    reason: if policy.kind() == PolicyKind::Replicate {
-                        format!("{} of {} operators agree", members.len(), policy.replicas)
-                    } else {
-                        "receipt signature valid".into()
+                    reason: match policy.kind() {
+                        PolicyKind::Replicate => {
+                            format!("{} of {} operators agree", members.len(), policy.replicas)
+                        }
+                        PolicyKind::Proof => {
+                            let p = members[0].proof.as_ref().expect("checked above");
+                            format!(
+                                "Groth16 proof valid ({} steps, class {})",
+                                p.steps, p.circuit_class
+                            )
+                        }
+                        _ => "receipt signature valid".into(),
                     },
                     accepted_attempt_ids: accepted,
                     rejected_attempt_ids: rejected,
@@ -314,13 +462,177 @@ fn verdict_name(v: i32) -> &'static str {
     }
 }
 
+fn sha256_hex(bytes: &[u8]) -> String {
+    zkmesh_prover::zkvm::sha256_hex(bytes)
+}
+
+type KeyStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<KeyChunk, Status>> + Send>>;
+type SetupStream =
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SetupProgress, Status>> + Send>>;
+
 #[tonic::async_trait]
 impl VerifierApi for VerifierService {
+    type FetchProvingKeyStream = KeyStream;
+    type SetupCircuitStream = SetupStream;
+
+    async fn list_circuits(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<ListCircuitsResponse>, Status> {
+        Ok(Response::new(ListCircuitsResponse {
+            circuits: self.circuits.list(),
+        }))
+    }
+
+    async fn get_verifying_key(
+        &self,
+        req: Request<CircuitRef>,
+    ) -> Result<Response<VerifyingKeyData>, Status> {
+        let name = req.into_inner().circuit_class;
+        let ready = self.circuits.ready(&name).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "circuit class {name:?} is {}",
+                self.circuits.state(&name)
+            ))
+        })?;
+        Ok(Response::new(VerifyingKeyData {
+            info: Some(ready.info.clone()),
+            verifying_key: ready.vk_bytes.clone(),
+        }))
+    }
+
+    async fn fetch_proving_key(
+        &self,
+        req: Request<CircuitRef>,
+    ) -> Result<Response<KeyStream>, Status> {
+        let name = req.into_inner().circuit_class;
+        let ready = self.circuits.ready(&name).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "circuit class {name:?} is {}",
+                self.circuits.state(&name)
+            ))
+        })?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut file = match tokio::fs::File::open(&ready.pk_path).await {
+                Ok(f) => f,
+                Err(e) => {
+                    let _ = tx
+                        .send(Err(Status::internal(format!("proving key: {e}"))))
+                        .await;
+                    return;
+                }
+            };
+            let mut first = true;
+            loop {
+                let mut buf = vec![0u8; 1 << 20];
+                let n = match file.read(&mut buf).await {
+                    Ok(0) => return,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx
+                            .send(Err(Status::internal(format!("proving key: {e}"))))
+                            .await;
+                        return;
+                    }
+                };
+                buf.truncate(n);
+                let chunk = KeyChunk {
+                    chunk: buf,
+                    total_size: if first {
+                        ready.info.proving_key_size
+                    } else {
+                        0
+                    },
+                    sha256: if first {
+                        ready.info.proving_key_sha256.clone()
+                    } else {
+                        String::new()
+                    },
+                };
+                first = false;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn setup_circuit(
+        &self,
+        req: Request<CircuitRef>,
+    ) -> Result<Response<SetupStream>, Status> {
+        let name = req.into_inner().circuit_class;
+        if zkmesh_prover::zkvm::class_named(&name).is_none() {
+            return Err(Status::invalid_argument(format!(
+                "unknown circuit class {name:?}"
+            )));
+        }
+        let circuits = self.circuits.clone();
+        let started = std::time::Instant::now();
+        let job = {
+            let (circuits, name) = (circuits.clone(), name.clone());
+            tokio::task::spawn_blocking(move || circuits.setup(&name))
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut job = job;
+            loop {
+                tokio::select! {
+                    done = &mut job => {
+                        let msg = match done {
+                            Ok(Ok(ready)) => Ok(SetupProgress {
+                                circuit_class: name.clone(),
+                                phase: "ready".into(),
+                                elapsed_ms: started.elapsed().as_millis() as u64,
+                                done: true,
+                                info: Some(ready.info.clone()),
+                            }),
+                            Ok(Err(e)) => Err(Status::failed_precondition(e)),
+                            Err(e) => Err(Status::internal(e.to_string())),
+                        };
+                        let _ = tx.send(msg).await;
+                        return;
+                    }
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                        let phase = circuits.state(&name);
+                        let progress = SetupProgress {
+                            circuit_class: name.clone(),
+                            phase,
+                            elapsed_ms: started.elapsed().as_millis() as u64,
+                            done: false,
+                            info: None,
+                        };
+                        if tx.send(Ok(progress)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
     async fn check_policy(
         &self,
         req: Request<VerificationPolicy>,
     ) -> Result<Response<Empty>, Status> {
-        check_policy(&req.into_inner())?;
+        let policy = req.into_inner();
+        check_policy(&policy)?;
+        if policy.kind() == PolicyKind::Proof && !self.circuits.any_available() {
+            return Err(Status::failed_precondition(
+                "policy proof needs zkVM circuit keys, and this verifier has none set up \
+                 (list classes in its setup_classes, or run `zkmesh circuits setup CLASS`); \
+                 use --policy receipt or --policy replicate:K meanwhile",
+            ));
+        }
         Ok(Response::new(Empty {}))
     }
 

@@ -48,6 +48,12 @@ pub struct WorkerConfig {
     pub approval_timeout_secs: u64,
     #[serde(default = "defaults::max_output")]
     pub max_output_bytes: usize,
+    /// The verifier, for proving keys (needed only to take tasks under the proof policy).
+    #[serde(default)]
+    pub verifier_endpoint: Option<String>,
+    /// Where proving keys are cached, by hash (default: `data_dir/keys`; nodes may share one).
+    #[serde(default)]
+    pub keys_dir: Option<PathBuf>,
 }
 
 mod defaults {
@@ -235,6 +241,9 @@ struct Shared {
     /// Set when the registry says this node is revoked.
     revoked: AtomicBool,
     slots: Arc<Semaphore>,
+    config: WorkerConfig,
+    /// Proving keys in memory, by hash.
+    keys: tokio::sync::Mutex<HashMap<String, Arc<zkmesh_prover::groth::Pk>>>,
 }
 
 /// A running worker, as started by [`start`].
@@ -272,6 +281,8 @@ async fn run(
         running: Mutex::new(HashMap::new()),
         revoked: AtomicBool::new(false),
         slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
+        config: config.clone(),
+        keys: tokio::sync::Mutex::new(HashMap::new()),
     });
 
     // Reports and heartbeats go through one outbox that outlives any single Work stream, so a
@@ -622,6 +633,7 @@ async fn execute(
     };
     let started = now_ms();
     let runner = shared.clone();
+    let wasm_for_proof = wasm.clone();
     let (task_id, input) = (a.task_id.clone(), a.input.clone());
     // Guests run on the blocking pool, never on the async runtime's threads.
     let outcome = tokio::task::spawn_blocking(move || {
@@ -655,6 +667,31 @@ async fn execute(
         let log = String::from_utf8_lossy(&outcome.stderr);
         message = format!("{message}; stderr: {}", log.trim_end());
     }
+    let (mut proof, mut proof_error) = (None, String::new());
+    if a.policy.unwrap_or_default().kind() == PolicyKind::Proof {
+        match prove(
+            shared,
+            wasm_for_proof,
+            a.input.clone(),
+            &outcome.output,
+            exit,
+        )
+        .await
+        {
+            Ok(p) => {
+                tracing::info!(attempt_id = %a.attempt_id, class = %p.circuit_class, steps = p.steps, ms = p.prove_time_ms, "proved");
+                proof = Some(p);
+            }
+            Err(e) => {
+                tracing::warn!(attempt_id = %a.attempt_id, error = %e, "no proof");
+                message = format!("{message}; no proof: {e}");
+                proof_error = e;
+            }
+        }
+        if cancel.load(Ordering::Relaxed) {
+            return Ok(());
+        }
+    }
     outbox
         .send(WorkerMessage {
             kind: Some(worker_message::Kind::Report(TaskReport {
@@ -665,8 +702,154 @@ async fn execute(
                 fuel_used: outcome.fuel_used,
                 receipt: Some(receipt),
                 run_time_us: outcome.run_time.as_micros() as u64,
+                proof,
+                proof_error,
             })),
         })
         .await
         .map_err(|_| "worker is shutting down".to_string())
+}
+
+/// Traces the run in the zkVM, checks it agrees with wasmtime, and proves it in the smallest
+/// ready class that holds it.
+async fn prove(
+    shared: &Arc<Shared>,
+    wasm: Arc<Vec<u8>>,
+    input: Vec<u8>,
+    output: &[u8],
+    exit: ExitKind,
+) -> Result<ZkProof, String> {
+    use zkmesh_prover::zkvm;
+    let endpoint = shared.config.verifier_endpoint.clone().ok_or(
+        "this node has no verifier_endpoint in its configuration, so it has no proving keys",
+    )?;
+    let tls = node_tls(&shared.config).map_err(|e| e.to_string())?;
+    let mut verifier = zkmesh_proto::verifier_service_client::VerifierServiceClient::new(
+        channel(&endpoint, &tls).map_err(|e| e.to_string())?,
+    )
+    .max_decoding_message_size(64 << 20);
+    let circuits = verifier
+        .list_circuits(Empty {})
+        .await
+        .map_err(|e| format!("verifier: {}", e.message()))?
+        .into_inner()
+        .circuits;
+    let ready: Vec<_> = zkvm::CLASSES
+        .iter()
+        .filter(|c| {
+            circuits
+                .iter()
+                .any(|i| i.circuit_class == c.name && i.state == "ready")
+        })
+        .copied()
+        .collect();
+    if ready.is_empty() {
+        return Err("the verifier has no circuit class ready yet".into());
+    }
+    let (circuit, traced) = tokio::task::spawn_blocking(move || {
+        let program = zkvm::program(&wasm).map_err(|e| e.to_string())?;
+        let trace = zkvm::trace(&program, &input);
+        let traced = (trace.output.clone(), trace.exit.clone());
+        zkvm::fit(&program, &input, &trace, &ready)
+            .map(|c| (c, traced))
+            .map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| format!("tracing crashed: {e}"))??;
+    // The zkVM must have computed what wasmtime did; a difference is a bug to report, not a
+    // result to prove.
+    let zk_ok = traced.1 == zkmesh_prover::trace::Exit::Halted(0);
+    if traced.0 != output || zk_ok != (exit == ExitKind::Ok) {
+        return Err(format!(
+            "the zkVM and wasmtime disagree on this run (zkVM: {:?}, {} output bytes; wasmtime: \
+             {exit:?}, {} output bytes)",
+            traced.1,
+            traced.0.len(),
+            output.len()
+        ));
+    }
+    let class = circuit.class.name;
+    let info = circuits
+        .iter()
+        .find(|i| i.circuit_class == class)
+        .cloned()
+        .expect("ready classes come from the list");
+    let pk = proving_key(shared, &mut verifier, &info).await?;
+    let started = std::time::Instant::now();
+    let (proof, claim) = tokio::task::spawn_blocking(move || zkvm::prove(&pk, circuit))
+        .await
+        .map_err(|e| format!("prover crashed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    Ok(ZkProof {
+        circuit_class: claim.class,
+        proof,
+        steps: claim.steps,
+        status: claim.status,
+        state_out: claim.state_out.to_string(),
+        verifying_key_sha256: info.verifying_key_sha256,
+        prove_time_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// The proving key of a class: from memory, from the keys directory (checked against its
+/// hash), or downloaded from the verifier (checked, then kept).
+async fn proving_key(
+    shared: &Arc<Shared>,
+    verifier: &mut zkmesh_proto::verifier_service_client::VerifierServiceClient<Channel>,
+    info: &CircuitInfo,
+) -> Result<Arc<zkmesh_prover::groth::Pk>, String> {
+    use zkmesh_prover::zkvm;
+    let hash = info.proving_key_sha256.clone();
+    let mut keys = shared.keys.lock().await;
+    if let Some(pk) = keys.get(&hash) {
+        return Ok(pk.clone());
+    }
+    let dir = shared
+        .config
+        .keys_dir
+        .clone()
+        .unwrap_or_else(|| shared.config.data_dir.join("keys"));
+    let path = dir.join(format!("{hash}.pk"));
+    let bytes = match tokio::fs::read(&path).await {
+        Ok(b) if zkvm::sha256_hex(&b) == hash => b,
+        _ => {
+            tracing::info!(class = %info.circuit_class, size = info.proving_key_size, "downloading proving key");
+            let mut stream = verifier
+                .fetch_proving_key(CircuitRef {
+                    circuit_class: info.circuit_class.clone(),
+                })
+                .await
+                .map_err(|e| format!("proving key: {}", e.message()))?
+                .into_inner();
+            let mut bytes = Vec::with_capacity(info.proving_key_size as usize);
+            while let Some(chunk) = stream
+                .message()
+                .await
+                .map_err(|e| format!("proving key: {}", e.message()))?
+            {
+                bytes.extend_from_slice(&chunk.chunk);
+            }
+            if zkvm::sha256_hex(&bytes) != hash {
+                return Err("the proving key downloaded does not match its hash".into());
+            }
+            tokio::fs::create_dir_all(&dir)
+                .await
+                .map_err(|e| format!("{}: {e}", dir.display()))?;
+            let tmp = dir.join(format!("{hash}.{}.tmp", shared.node_id));
+            tokio::fs::write(&tmp, &bytes)
+                .await
+                .map_err(|e| format!("{}: {e}", tmp.display()))?;
+            tokio::fs::rename(&tmp, &path)
+                .await
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+            bytes
+        }
+    };
+    let pk = tokio::task::spawn_blocking(move || zkvm::pk_from_checked(&bytes))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?;
+    let pk = Arc::new(pk);
+    keys.insert(hash, pk.clone());
+    Ok(pk)
 }

@@ -1,0 +1,273 @@
+//! Circuit keys: the verifier runs the Groth16 setup of each size class itself (so no prover
+//! ever knows the setup randomness), stores the keys content-addressed in its keys directory,
+//! and serves them: verifying keys to anyone, proving keys to nodes.
+//!
+//! Layout of the keys directory: `<sha256>.pk` and `<sha256>.vk` hold the keys; `<class>.json`
+//! names them, with the figures of the setup. A class whose files exist and hash right is
+//! loaded, never set up again.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+use zkmesh_proto::CircuitInfo;
+use zkmesh_prover::circuit::Class;
+use zkmesh_prover::groth::{self, Pvk};
+use zkmesh_prover::zkvm::{self, CLASSES, class_named, sha256_hex};
+
+/// What `<class>.json` records.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Manifest {
+    class: String,
+    proving_key_sha256: String,
+    proving_key_size: u64,
+    verifying_key_sha256: String,
+    constraints: u64,
+    setup_ms: u64,
+}
+
+pub struct Ready {
+    pub info: CircuitInfo,
+    pub pvk: Pvk,
+    pub vk_bytes: Vec<u8>,
+    pub pk_path: PathBuf,
+}
+
+enum State {
+    NotSetUp,
+    SettingUp { phase: &'static str, since: Instant },
+    Ready(Arc<Ready>),
+    Failed(String),
+}
+
+pub struct Circuits {
+    dir: PathBuf,
+    states: Mutex<HashMap<&'static str, State>>,
+}
+
+fn info_of(class: &Class) -> CircuitInfo {
+    CircuitInfo {
+        circuit_class: class.name.to_string(),
+        steps: class.steps as u64,
+        program: class.program as u64,
+        data_words: class.data as u64,
+        input_words: class.input as u64,
+        output_words: class.output as u64,
+        state: "not set up".into(),
+        ..Default::default()
+    }
+}
+
+impl Circuits {
+    /// Loads every class whose keys are already in `dir`.
+    pub fn open(dir: &Path) -> anyhow::Result<Arc<Circuits>> {
+        std::fs::create_dir_all(dir)?;
+        let circuits = Arc::new(Circuits {
+            dir: dir.to_path_buf(),
+            states: Mutex::new(CLASSES.iter().map(|c| (c.name, State::NotSetUp)).collect()),
+        });
+        for class in CLASSES {
+            match circuits.load(&class) {
+                Ok(Some(ready)) => {
+                    tracing::info!(class = class.name, pk = %ready.info.proving_key_sha256, "circuit keys loaded");
+                    circuits.set(class.name, State::Ready(Arc::new(ready)));
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(class = class.name, error = %e, "stored circuit keys unusable; the class must be set up again");
+                }
+            }
+        }
+        Ok(circuits)
+    }
+
+    fn set(&self, name: &'static str, state: State) {
+        self.states.lock().unwrap().insert(name, state);
+    }
+
+    fn load(&self, class: &Class) -> anyhow::Result<Option<Ready>> {
+        let manifest = self.dir.join(format!("{}.json", class.name));
+        if !manifest.exists() {
+            return Ok(None);
+        }
+        let m: Manifest = serde_json::from_slice(&std::fs::read(&manifest)?)?;
+        let vk_bytes = std::fs::read(self.dir.join(format!("{}.vk", m.verifying_key_sha256)))?;
+        anyhow::ensure!(
+            sha256_hex(&vk_bytes) == m.verifying_key_sha256,
+            "verifying key does not match its hash"
+        );
+        let pk_path = self.dir.join(format!("{}.pk", m.proving_key_sha256));
+        let pk_bytes = std::fs::read(&pk_path)?;
+        anyhow::ensure!(
+            sha256_hex(&pk_bytes) == m.proving_key_sha256,
+            "proving key does not match its hash"
+        );
+        let vk = zkvm::vk_from(&vk_bytes)?;
+        Ok(Some(Ready {
+            info: CircuitInfo {
+                state: "ready".into(),
+                proving_key_sha256: m.proving_key_sha256,
+                proving_key_size: m.proving_key_size,
+                verifying_key_sha256: m.verifying_key_sha256,
+                constraints: m.constraints,
+                setup_ms: m.setup_ms,
+                ..info_of(class)
+            },
+            pvk: groth::prepare(&vk),
+            vk_bytes,
+            pk_path,
+        }))
+    }
+
+    pub fn list(&self) -> Vec<CircuitInfo> {
+        let states = self.states.lock().unwrap();
+        CLASSES
+            .iter()
+            .map(|c| match states.get(c.name) {
+                Some(State::Ready(r)) => r.info.clone(),
+                Some(State::SettingUp { phase, since }) => CircuitInfo {
+                    state: format!("setting up ({phase}, {} s)", since.elapsed().as_secs()),
+                    ..info_of(c)
+                },
+                Some(State::Failed(e)) => CircuitInfo {
+                    state: format!("failed: {e}"),
+                    ..info_of(c)
+                },
+                _ => info_of(c),
+            })
+            .collect()
+    }
+
+    pub fn ready(&self, name: &str) -> Option<Arc<Ready>> {
+        match self.states.lock().unwrap().get(name) {
+            Some(State::Ready(r)) => Some(r.clone()),
+            _ => None,
+        }
+    }
+
+    /// True when some class is ready or on its way.
+    pub fn any_available(&self) -> bool {
+        self.states
+            .lock()
+            .unwrap()
+            .values()
+            .any(|s| matches!(s, State::Ready(_) | State::SettingUp { .. }))
+    }
+
+    /// The state line of a class.
+    pub fn state(&self, name: &str) -> String {
+        self.list()
+            .into_iter()
+            .find(|c| c.circuit_class == name)
+            .map(|c| c.state)
+            .unwrap_or_else(|| "unknown class".into())
+    }
+
+    /// Sets up `name` unless it is ready or already being set up; blocks (run it on the
+    /// blocking pool). Progress is visible through [`Circuits::list`].
+    pub fn setup(&self, name: &str) -> Result<Arc<Ready>, String> {
+        let class = class_named(name).ok_or_else(|| {
+            format!(
+                "unknown circuit class {name:?}; the classes are {}",
+                CLASSES
+                    .iter()
+                    .map(|c| c.name)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+        {
+            let mut states = self.states.lock().unwrap();
+            match states.get(class.name) {
+                Some(State::Ready(r)) => return Ok(r.clone()),
+                Some(State::SettingUp { .. }) => {
+                    return Err(format!("class {name} is already being set up"));
+                }
+                _ => {}
+            }
+            states.insert(
+                class.name,
+                State::SettingUp {
+                    phase: "generating keys",
+                    since: Instant::now(),
+                },
+            );
+        }
+        let result = self.run_setup(&class);
+        match &result {
+            Ok(r) => {
+                tracing::info!(
+                    class = name,
+                    ms = r.info.setup_ms,
+                    constraints = r.info.constraints,
+                    "circuit setup done"
+                );
+                self.set(class.name, State::Ready(r.clone()));
+            }
+            Err(e) => {
+                tracing::error!(class = name, error = %e, "circuit setup failed");
+                self.set(class.name, State::Failed(e.clone()));
+            }
+        }
+        result
+    }
+
+    fn phase(&self, class: &Class, phase: &'static str) {
+        if let Some(State::SettingUp { phase: p, .. }) =
+            self.states.lock().unwrap().get_mut(class.name)
+        {
+            *p = phase;
+        }
+        tracing::info!(class = class.name, phase, "circuit setup");
+    }
+
+    fn run_setup(&self, class: &Class) -> Result<Arc<Ready>, String> {
+        let started = Instant::now();
+        self.phase(class, "counting constraints");
+        let constraints = groth::count_constraints(*class).map_err(|e| e.to_string())?;
+        self.phase(class, "generating keys");
+        let (pk, vk) = groth::setup(*class).map_err(|e| e.to_string())?;
+        self.phase(class, "writing keys");
+        let pk_bytes = zkvm::pk_bytes(&pk);
+        drop(pk);
+        let vk_bytes = zkvm::vk_bytes(&vk);
+        let (pk_hash, vk_hash) = (sha256_hex(&pk_bytes), sha256_hex(&vk_bytes));
+        let write = |path: PathBuf, bytes: &[u8]| -> Result<(), String> {
+            let tmp = path.with_extension("tmp");
+            std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
+            std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
+        };
+        let pk_path = self.dir.join(format!("{pk_hash}.pk"));
+        write(pk_path.clone(), &pk_bytes)?;
+        write(self.dir.join(format!("{vk_hash}.vk")), &vk_bytes)?;
+        let manifest = Manifest {
+            class: class.name.to_string(),
+            proving_key_sha256: pk_hash.clone(),
+            proving_key_size: pk_bytes.len() as u64,
+            verifying_key_sha256: vk_hash.clone(),
+            constraints,
+            setup_ms: started.elapsed().as_millis() as u64,
+        };
+        // The manifest goes last: a crash before it leaves no half-set-up class behind.
+        write(
+            self.dir.join(format!("{}.json", class.name)),
+            &serde_json::to_vec_pretty(&manifest).expect("json"),
+        )?;
+        Ok(Arc::new(Ready {
+            info: CircuitInfo {
+                state: "ready".into(),
+                proving_key_sha256: pk_hash,
+                proving_key_size: manifest.proving_key_size,
+                verifying_key_sha256: vk_hash,
+                constraints,
+                setup_ms: manifest.setup_ms,
+                ..info_of(class)
+            },
+            pvk: groth::prepare(&vk),
+            vk_bytes,
+            pk_path,
+        }))
+    }
+}
