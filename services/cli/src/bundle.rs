@@ -8,7 +8,7 @@
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use zkmesh_proto::{Task, TaskResult, ZkProof};
+use zkmesh_proto::{ExitKind, Task, TaskResult, ZkProof};
 use zkmesh_prover::zkvm;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -143,7 +143,7 @@ pub fn check(bundle: &Bundle, vk: &[u8], module: Option<&[u8]>) -> Result<Checke
     {
         return Err("the receipt is about another task, module, input or output".into());
     }
-    if (r.exit == 0) != (bundle.proof.status == 0) {
+    if (r.exit == ExitKind::Ok as i32) != (bundle.proof.status == 0) {
         return Err("the receipt's exit contradicts the proof's halt status".into());
     }
     if hash(vk) != bundle.proof.verifying_key_sha256 {

@@ -11,6 +11,7 @@ mod guests;
 mod hostile;
 mod ledger;
 mod lifecycle;
+mod proofs;
 mod python;
 mod renewal;
 mod replication;

@@ -50,6 +50,7 @@ async fn start_liar(sb: &Sandbox, lie: Lie) -> String {
                 fuel_used: 1,
                 receipt: Some(receipt),
                 run_time_us: 1,
+                ..Default::default()
             };
             let _ = tx
                 .send(WorkerMessage {

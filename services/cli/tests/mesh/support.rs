@@ -17,9 +17,37 @@ pub struct Sandbox {
 }
 
 pub async fn start(workers: usize) -> Sandbox {
+    start_with(workers, |_| {}).await
+}
+
+/// Circuit keys for every test (content-addressed, so tests share them, and a class is set up
+/// once per machine rather than once per test).
+pub fn test_keys_dir() -> std::path::PathBuf {
+    std::env::temp_dir().join("zkmesh-test-keys")
+}
+
+/// A mesh whose verifier has circuit class `class` ready.
+pub async fn start_proving(workers: usize, class: &str) -> Sandbox {
+    let sb = start_with(workers, |o| {
+        o.keys_dir = test_keys_dir();
+        o.setup_classes = vec![class.to_string()];
+    })
+    .await;
+    tokio::time::timeout(
+        Duration::from_secs(600),
+        sb.api.wait_for_circuit(class, true),
+    )
+    .await
+    .expect("circuit setup within 10 minutes")
+    .unwrap();
+    sb
+}
+
+pub async fn start_with(workers: usize, tune: impl FnOnce(&mut MeshOptions)) -> Sandbox {
     let dir = tempfile::tempdir().unwrap();
     let mut options = MeshOptions::new(dir.path());
     options.workers = workers;
+    tune(&mut options);
     options.lease_secs = 3;
     options.heartbeat_secs = 1;
     let mesh = LocalMesh::start(options).await.expect("mesh starts");

@@ -1,0 +1,347 @@
+//! The proof policy end to end: a worker traces and proves, the verifier checks the Groth16
+//! proof against its own statement, a node that lies about the output is rejected and the task
+//! runs elsewhere, and a result bundle verifies offline until any byte of it changes.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use base64::Engine as _;
+use zkmesh_proto::*;
+
+use crate::support::*;
+
+const CLASS: &str = "c10";
+
+fn zkmesh(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_zkmesh"))
+        .args(args)
+        .env("ZKMESH_KEYS_DIR", test_keys_dir())
+        .env_remove("ZKMESH_CLIENT_CONFIG")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn run_with_policy_proof_reports_a_verified_proof() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zkmesh"))
+        .args([
+            "run", "bytesum", "--input", "hi", "--policy", "proof", "--json",
+        ])
+        .env("ZKMESH_HOME", home.path())
+        .env("ZKMESH_KEYS_DIR", test_keys_dir())
+        .env_remove("ZKMESH_CLIENT_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["verdict"], "verified", "{v}");
+    assert_eq!(v["output_text"], "209");
+    assert_eq!(v["policy"], "proof");
+    assert!(
+        v["verdict_reason"]
+            .as_str()
+            .unwrap()
+            .contains("Groth16 proof valid"),
+        "{v}"
+    );
+    assert_eq!(v["proof"]["circuit_class"], CLASS);
+    assert!(v["proof"]["steps"].as_u64().unwrap() > 100);
+}
+
+#[test]
+fn run_with_policy_proof_refuses_an_unprovable_module_with_the_reason() {
+    let home = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zkmesh"))
+        .args(["run", "primes", "--input", "10", "--policy", "proof"])
+        .env("ZKMESH_HOME", home.path())
+        .env_remove("ZKMESH_CLIENT_CONFIG")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("wasi_snapshot_preview1"), "{err}");
+    assert!(err.contains("replicate"), "{err}");
+}
+
+/// A node that answers its first assignment with a made-up output, a receipt it signs
+/// correctly, and a proof that is well-formed but proves something else; then it disconnects.
+/// It says when it has an assignment, and reports only when `go` is notified.
+async fn start_liar(
+    sb: &Sandbox,
+    assigned: tokio::sync::mpsc::Sender<()>,
+    go: std::sync::Arc<tokio::sync::Notify>,
+) -> String {
+    let fake = crate::fake_node::enroll(sb, "operator-liar", 1).await;
+    let (tx, mut down, key) = (fake.up, fake.down, fake.receipt_key);
+    let node_id = fake.node_id.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(msg)) = down.message().await {
+            let Some(scheduler_message::Kind::Assignment(a)) = msg.kind else {
+                continue;
+            };
+            let output = b"1000".to_vec();
+            let _ = assigned.send(()).await;
+            go.notified().await;
+            let mut receipt = Receipt {
+                task_id: a.task_id.clone(),
+                module_hash: a.module_hash.clone(),
+                input_hash: zkmesh_kit::sha256_hex(&a.input),
+                output_hash: zkmesh_kit::sha256_hex(&output),
+                fuel_used: 1,
+                exit: ExitKind::Ok as i32,
+                node_id: node_id.clone(),
+                signature: vec![],
+            };
+            zkmesh_kit::receipt::sign(&mut receipt, &key).unwrap();
+            // 128 bytes that decode as a proof: a valid curve point repeated.
+            let proof = zkmesh_prover::zkvm::proof_bytes(&Default::default());
+            let report = TaskReport {
+                attempt_id: a.attempt_id,
+                output,
+                exit: ExitKind::Ok as i32,
+                exit_message: "completed".into(),
+                fuel_used: 1,
+                receipt: Some(receipt),
+                run_time_us: 1,
+                proof: Some(ZkProof {
+                    circuit_class: CLASS.into(),
+                    proof,
+                    steps: 167,
+                    status: 0,
+                    state_out: "0".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            let _ = tx
+                .send(WorkerMessage {
+                    kind: Some(worker_message::Kind::Report(report)),
+                })
+                .await;
+            // Stay until the report is delivered, then leave.
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
+    });
+    fake.node_id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lying_prover_is_rejected_and_the_bundle_verifies_offline_until_tampered() {
+    let mut sb = start_proving(0, CLASS).await;
+    let bytesum = zkmesh_guests::get("bytesum").unwrap();
+
+    // Only the liar is connected when the task is submitted, so it gets the first attempt; an
+    // honest worker joins before the liar reports.
+    let (assigned_tx, mut assigned) = tokio::sync::mpsc::channel(1);
+    let go = std::sync::Arc::new(tokio::sync::Notify::new());
+    let liar = start_liar(&sb, assigned_tx, go.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = sb.api.scheduler().unwrap();
+    let job = Job {
+        policy: "proof",
+        ..Job::new(bytesum.wasm, b"hi")
+    };
+    let task = submit(&mut s, &job).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), assigned.recv())
+        .await
+        .expect("the liar gets the task");
+    sb.mesh
+        .add_worker("honest", "operator-honest")
+        .await
+        .unwrap();
+    sb.mesh
+        .wait_for_workers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    go.notify_one();
+    // Its report is rejected (the proof does not prove that output), and the task goes to the
+    // honest worker, which proves it.
+    let mut rejected = false;
+    let mut last = None;
+    for _ in 0..200 {
+        let t = s
+            .get_task(TaskRef {
+                task_id: task.task_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if t.attempts >= 2 || t.message.contains("rejected") {
+            rejected = true;
+            break;
+        }
+        last = Some(t);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(rejected, "the liar's result was not rejected: {last:?}");
+    let result = tokio::time::timeout(
+        Duration::from_secs(300),
+        zkmesh_cli::client::wait(&mut s, &task.task_id, |_| {}),
+    )
+    .await
+    .expect("the honest worker proves within 5 minutes")
+    .unwrap();
+    assert_verified(&result, b"209");
+    assert!(
+        result.verdict_reason.contains("Groth16"),
+        "{}",
+        result.verdict_reason
+    );
+    assert!(result.receipts.iter().all(|r| r.node_id != liar));
+    let proof = result.proof.clone().expect("the verified proof is kept");
+    assert_eq!(proof.circuit_class, CLASS);
+
+    // The bundle, through the binary, against this mesh.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("client.toml");
+    sb.mesh.client.save(&config).unwrap();
+    let bundle = dir.path().join("bundle.json");
+    let vk = dir.path().join("c10.vk");
+    let c = config.to_str().unwrap();
+    let out = zkmesh(&[
+        "--mesh",
+        c,
+        "result",
+        &task.task_id,
+        "--bundle",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = zkmesh(&[
+        "--mesh",
+        c,
+        "circuits",
+        "vk",
+        CLASS,
+        "--out",
+        vk.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = |path: &std::path::Path| {
+        zkmesh(&[
+            "verify",
+            path.to_str().unwrap(),
+            "--vk",
+            vk.to_str().unwrap(),
+        ])
+    };
+    let out = verify(&bundle);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("VALID"));
+    // Without --vk the mesh's verifier supplies the key.
+    let out = zkmesh(&["--mesh", c, "verify", bundle.to_str().unwrap()]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // Flip one byte of the output, each hash, and the proof: each bundle is invalid.
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "output",
+            Box::new(|v| {
+                v["output_base64"] = flip_b64(v["output_base64"].as_str().unwrap(), 0).into()
+            }),
+        ),
+        (
+            "output hash",
+            Box::new(|v| v["output_hash"] = flip_hex(v["output_hash"].as_str().unwrap()).into()),
+        ),
+        (
+            "input hash",
+            Box::new(|v| v["input_hash"] = flip_hex(v["input_hash"].as_str().unwrap()).into()),
+        ),
+        (
+            "module hash",
+            Box::new(|v| v["module_hash"] = flip_hex(v["module_hash"].as_str().unwrap()).into()),
+        ),
+        (
+            "input",
+            Box::new(|v| {
+                v["input_base64"] = flip_b64(v["input_base64"].as_str().unwrap(), 1).into()
+            }),
+        ),
+        (
+            "proof byte 3",
+            Box::new(|v| {
+                v["proof"]["proof_base64"] =
+                    flip_b64(v["proof"]["proof_base64"].as_str().unwrap(), 3).into()
+            }),
+        ),
+        (
+            "proof byte 70",
+            Box::new(|v| {
+                v["proof"]["proof_base64"] =
+                    flip_b64(v["proof"]["proof_base64"].as_str().unwrap(), 70).into()
+            }),
+        ),
+        (
+            "proof byte 127",
+            Box::new(|v| {
+                v["proof"]["proof_base64"] =
+                    flip_b64(v["proof"]["proof_base64"].as_str().unwrap(), 127).into()
+            }),
+        ),
+        (
+            "steps",
+            Box::new(|v| v["proof"]["steps"] = (v["proof"]["steps"].as_u64().unwrap() + 1).into()),
+        ),
+    ];
+    for (what, edit) in edits {
+        let mut v = original.clone();
+        edit(&mut v);
+        let path = dir.path().join("tampered.json");
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let out = verify(&path);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a bundle with a changed {what} was accepted: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("INVALID"));
+    }
+    assert_audit_passes(&sb.api).await;
+}
+
+fn flip_b64(s: &str, at: usize) -> String {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut bytes = b64.decode(s).unwrap();
+    let at = at % bytes.len();
+    bytes[at] ^= 1;
+    b64.encode(bytes)
+}
+
+fn flip_hex(s: &str) -> String {
+    let mut c: Vec<char> = s.chars().collect();
+    c[5] = if c[5] == '0' { '1' } else { '0' };
+    c.into_iter().collect()
+}
