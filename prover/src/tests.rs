@@ -443,6 +443,21 @@ mod circuit {
         assert!(groth::verify(&pvk, &s, &other_proof));
         s.program = statement.program.clone();
         assert!(!groth::verify(&pvk, &s, &other_proof));
+
+        // Batched: both proofs at once; any wrong statement spoils the batch.
+        let other_statement = {
+            let mut t = s.clone();
+            t.program = circuit(OTHER, b"").statement.program;
+            t
+        };
+        assert!(groth::verify_batch(
+            &pvk,
+            &[(&statement, &proof), (&other_statement, &other_proof)]
+        ));
+        assert!(!groth::verify_batch(
+            &pvk,
+            &[(&statement, &proof), (&s, &other_proof)]
+        ));
     }
 
     /// The marginal cost of a step: the same run in classes of 64 and 128 steps (everything else

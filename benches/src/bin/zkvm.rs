@@ -1,0 +1,193 @@
+//! zkVM figures: constraints per WebAssembly instruction on every guest, and per size class the
+//! constraints, setup time, proving-key size, proving time, peak memory while proving, and
+//! verification time for one proof and per proof in a batch.
+//!
+//! ```text
+//! cargo run --release -p zkmesh-benches --bin zkvm -- --classes c9,c10 --keys-dir /tmp/zkkeys
+//! ```
+//!
+//! Keys found in `--keys-dir` (as the verifier service writes them) are reused; missing ones
+//! are set up here and written there.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::Parser;
+use zkmesh_prover::circuit::Class;
+use zkmesh_prover::groth;
+use zkmesh_prover::zkvm::{self, CLASSES, class_named};
+use zkmesh_runtime::{Limits, Sandbox, SandboxConfig};
+
+#[derive(Parser)]
+struct Args {
+    /// Classes to set up (or load), prove and verify in.
+    #[arg(long, default_value = "c9,c10", value_delimiter = ',')]
+    classes: Vec<String>,
+    #[arg(long, default_value = "/tmp/zkmesh-bench-keys")]
+    keys_dir: PathBuf,
+    /// Proofs in the batch-verification figure.
+    #[arg(long, default_value_t = 32)]
+    batch: usize,
+}
+
+/// Peak resident memory of this process so far, in MiB.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map(|kb| kb / 1024.0)
+        .unwrap_or(0.0)
+}
+
+/// Loads the class's keys from `dir` (the verifier's layout) or sets the class up.
+fn keys(dir: &std::path::Path, class: Class) -> anyhow::Result<(groth::Pk, groth::Vk, u64, f64)> {
+    std::fs::create_dir_all(dir)?;
+    let manifest = dir.join(format!("{}.json", class.name));
+    if let Ok(text) = std::fs::read(&manifest) {
+        let m: serde_json::Value = serde_json::from_slice(&text)?;
+        let pk_hash = m["proving_key_sha256"].as_str().unwrap_or_default();
+        let vk_hash = m["verifying_key_sha256"].as_str().unwrap_or_default();
+        let pk_bytes = std::fs::read(dir.join(format!("{pk_hash}.pk")))?;
+        let vk_bytes = std::fs::read(dir.join(format!("{vk_hash}.vk")))?;
+        anyhow::ensure!(zkvm::sha256_hex(&pk_bytes) == pk_hash, "proving key hash");
+        let setup_s = m["setup_ms"].as_f64().unwrap_or(0.0) / 1000.0;
+        return Ok((
+            zkvm::pk_from_checked(&pk_bytes)?,
+            zkvm::vk_from(&vk_bytes)?,
+            pk_bytes.len() as u64,
+            setup_s,
+        ));
+    }
+    let started = Instant::now();
+    let (pk, vk) = groth::setup(class)?;
+    let setup_s = started.elapsed().as_secs_f64();
+    let pk_bytes = zkvm::pk_bytes(&pk);
+    let vk_bytes = zkvm::vk_bytes(&vk);
+    let (ph, vh) = (zkvm::sha256_hex(&pk_bytes), zkvm::sha256_hex(&vk_bytes));
+    std::fs::write(dir.join(format!("{ph}.pk")), &pk_bytes)?;
+    std::fs::write(dir.join(format!("{vh}.vk")), &vk_bytes)?;
+    let constraints = groth::count_constraints(class)?;
+    std::fs::write(
+        &manifest,
+        serde_json::to_vec_pretty(&serde_json::json!({
+            "class": class.name, "proving_key_sha256": ph, "proving_key_size": pk_bytes.len(),
+            "verifying_key_sha256": vh, "constraints": constraints,
+            "setup_ms": (setup_s * 1000.0) as u64,
+        }))?,
+    )?;
+    Ok((pk, vk, pk_bytes.len() as u64, setup_s))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+
+    // Constraints per step, from the smallest class (the networks grow as n log n, so larger
+    // classes pay a little more per step; the per-class figures below are exact).
+    let c10 = class_named("c10").expect("c10");
+    let per_step = groth::count_constraints(c10)? as f64 / c10.steps as f64;
+
+    println!("## Guests\n");
+    println!(
+        "| guest | input | wasm instructions | zkVM steps | steps per instruction | constraints per wasm instruction | smallest class |"
+    );
+    println!("|---|---|---|---|---|---|---|");
+    let sandbox = Sandbox::new(SandboxConfig::default())?;
+    let mut ratios = vec![];
+    for guest in zkmesh_guests::all() {
+        let Ok(program) = zkvm::program(guest.wasm) else {
+            continue;
+        };
+        let input = guest.sample_input;
+        let trace = zkvm::trace(&program, input);
+        let fuel = sandbox
+            .run(guest.wasm, input, &Limits::default(), b"bench")
+            .fuel_used;
+        let steps = trace.steps.len();
+        let class = zkvm::fit(&program, input, &trace, &CLASSES)
+            .map(|c| c.class.name.to_string())
+            .unwrap_or_else(|e| {
+                format!(
+                    "none ({})",
+                    e.to_string().chars().take(60).collect::<String>()
+                )
+            });
+        let ratio = steps as f64 / fuel as f64;
+        ratios.push(ratio * per_step);
+        println!(
+            "| {} | {:?} | {} | {} | {:.2} | {:.0} | {} |",
+            guest.name,
+            String::from_utf8_lossy(input),
+            fuel,
+            steps,
+            ratio,
+            ratio * per_step,
+            class
+        );
+    }
+    println!(
+        "\nconstraints per zkVM step (c10): {per_step:.0}; mean constraints per wasm instruction over the guests: {:.0}\n",
+        ratios.iter().sum::<f64>() / ratios.len() as f64
+    );
+
+    println!("## Classes\n");
+    println!(
+        "| class | steps | constraints | constraints per step | setup | proving key | prove (bytesum) | prove per step | peak RSS | verify one | verify in a batch of {} |",
+        args.batch
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    let bytesum = zkmesh_guests::get("bytesum").expect("bytesum");
+    let program = zkvm::program(bytesum.wasm)?;
+    for name in &args.classes {
+        let class = class_named(name).ok_or_else(|| anyhow::anyhow!("unknown class {name}"))?;
+        let constraints = groth::count_constraints(class)?;
+        let (pk, vk, pk_size, setup_s) = keys(&args.keys_dir, class)?;
+        let pvk = groth::prepare(&vk);
+        // The longest input of bytesum whose run fits this class.
+        let fits =
+            |inp: &[u8]| zkvm::fit(&program, inp, &zkvm::trace(&program, inp), &[class]).is_ok();
+        let mut input = Vec::new();
+        while fits(&[&input[..], b"x"].concat()) {
+            input.push(b'x');
+        }
+        let trace = zkvm::trace(&program, &input);
+        let circuit = zkvm::fit(&program, &input, &trace, &[class])?;
+        let statement = circuit.statement.clone();
+        let steps = trace.steps.len();
+        let started = Instant::now();
+        let (proof_bytes, _) = zkvm::prove(&pk, circuit)?;
+        let prove_s = started.elapsed().as_secs_f64();
+        let rss = peak_rss_mib();
+        let proof = zkvm::proof_from(&proof_bytes)?;
+        let n = 50;
+        let started = Instant::now();
+        for _ in 0..n {
+            assert!(groth::verify(&pvk, &statement, &proof));
+        }
+        let one_ms = started.elapsed().as_secs_f64() * 1000.0 / n as f64;
+        let items: Vec<_> = (0..args.batch).map(|_| (&statement, &proof)).collect();
+        let started = Instant::now();
+        assert!(groth::verify_batch(&pvk, &items));
+        let batch_ms = started.elapsed().as_secs_f64() * 1000.0 / args.batch as f64;
+        println!(
+            "| {} | {} | {} | {:.0} | {:.1} s | {:.0} MiB | {:.1} s ({} steps) | {:.1} ms | {:.0} MiB | {:.2} ms | {:.2} ms |",
+            class.name,
+            class.steps,
+            constraints,
+            constraints as f64 / class.steps as f64,
+            setup_s,
+            pk_size as f64 / (1 << 20) as f64,
+            prove_s,
+            steps,
+            prove_s * 1000.0 / steps as f64,
+            rss,
+            one_ms,
+            batch_ms
+        );
+    }
+    Ok(())
+}
