@@ -157,13 +157,10 @@ impl SchedulerApi for SchedulerService {
             )));
         };
         if req.policy.unwrap_or_default().kind() == PolicyKind::Proof && !module.provable {
+            let why = module.provable_reason.trim_start_matches("not provable: ");
             return Err(Status::failed_precondition(format!(
-                "policy proof needs a module the zkVM can prove, and this one is {}; use \
-                 --policy replicate:K or --policy receipt",
-                format!(
-                    "not: {}",
-                    module.provable_reason.trim_start_matches("not provable: ")
-                )
+                "policy proof needs a module the zkVM can prove, and this one is not: {why}; \
+                 use --policy replicate:K or --policy receipt"
             )));
         }
         if req.input.len() > config.max_input_bytes {

@@ -220,6 +220,15 @@ pub fn cost(fuel: u64, price: u64) -> u64 {
         .min(u64::MAX as u128) as u64
 }
 
+/// Whether the zkVM can prove runs of a module (policy `proof`), and if not, why: the
+/// instruction or feature that keeps it out.
+pub fn provability(wasm: &[u8]) -> (bool, String) {
+    match zkmesh_prover::lower::lower(wasm) {
+        Ok(_) => (true, String::new()),
+        Err(e) => (false, e.to_string()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -228,14 +237,5 @@ mod tests {
         assert_eq!(super::cost(1, 1000), 1);
         assert_eq!(super::cost(1_000_000_000, 1000), 1_000_000);
         assert_eq!(super::cost(u64::MAX, u64::MAX), u64::MAX);
-    }
-}
-
-/// Whether the zkVM can prove runs of a module (policy `proof`), and if not, why: the
-/// instruction or feature that keeps it out.
-pub fn provability(wasm: &[u8]) -> (bool, String) {
-    match zkmesh_prover::lower::lower(wasm) {
-        Ok(_) => (true, String::new()),
-        Err(e) => (false, e.to_string()),
     }
 }
