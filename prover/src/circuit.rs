@@ -210,8 +210,8 @@ fn aux_of(class: &Class, step: &Step) -> Aux {
             h = v >> n;
             d = v % w;
         }
-        Op::Clz if x != 0 => h = (x as u128) << zv,
-        Op::Ctz if x != 0 => h = (x >> zv) as u128,
+        Op::Clz if x != 0 => h = (x as u128).checked_shl(zv as u32).unwrap_or(0),
+        Op::Ctz if x != 0 => h = x.checked_shr(zv as u32).unwrap_or(0) as u128,
         Op::LtU | Op::GeU => d = x as u128 + w - y as u128,
         Op::LtS | Op::GeS => {
             let flip = |v: u64| (v as u128 + w / 2) % w;
@@ -735,6 +735,8 @@ impl ZkvmCircuit {
             pz = cs.mul(&pz, &factor)?;
         }
         let n_bits = L::konst(f(32)).add_scaled(&wide, f(32));
+        // 2^z above uses z's low 7 bits only, so the count itself must stay below 128.
+        cs.gate(&any(&[Op::Clz, Op::Ctz]), &hi(&zb, 7, 64))?;
         let nonzero = one.sub(&isz);
         let zero_n = cs.mul(&isz, &z.sub(&n_bits))?;
         g(Op::Clz, &zero_n)?;

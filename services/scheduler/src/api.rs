@@ -424,6 +424,9 @@ impl SchedulerApi for SchedulerService {
                     worker_message::Kind::Heartbeat(h) => {
                         core.on_heartbeat(&node_id, &h.running_attempt_ids).await
                     }
+                    worker_message::Kind::Progress(p) => {
+                        core.on_progress(&node_id, &p.attempt_id, &p.message).await
+                    }
                     worker_message::Kind::Report(r) => {
                         // Judging and settling take calls to the verifier and the ledger: do not
                         // hold up this worker's next messages meanwhile.

@@ -408,6 +408,26 @@ impl Core {
         Ok(())
     }
 
+    /// A running attempt's progress, as an event of its task (state unchanged).
+    pub async fn on_progress(&self, node_id: &str, attempt_id: &str, message: &str) -> Result<()> {
+        let _t = self.transitions.lock().await;
+        let Some(a) = self.store.attempt(attempt_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if a.node_id != node_id || a.state != attempt_state::RUNNING {
+            return Ok(());
+        }
+        let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if task.task.state() == TaskState::Running {
+            let message: String = message.chars().take(300).collect();
+            self.emit(&a.task_id, TaskState::Running, &message, node_id)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub async fn on_heartbeat(&self, node_id: &str, running: &[String]) -> Result<()> {
         let until = now_ms() + self.config.lease_secs as i64 * 1000;
         self.store

@@ -669,12 +669,25 @@ async fn execute(
     }
     let (mut proof, mut proof_error) = (None, String::new());
     if a.policy.unwrap_or_default().kind() == PolicyKind::Proof {
+        let progress = |message: String| WorkerMessage {
+            kind: Some(worker_message::Kind::Progress(TaskProgress {
+                attempt_id: a.attempt_id.clone(),
+                message,
+            })),
+        };
+        let _ = outbox
+            .send(progress("ran in wasmtime; tracing in the zkVM".into()))
+            .await;
+        let report = |m: String| {
+            let _ = outbox.try_send(progress(m));
+        };
         match prove(
             shared,
             wasm_for_proof,
             a.input.clone(),
             &outcome.output,
             exit,
+            report,
         )
         .await
         {
@@ -718,6 +731,7 @@ async fn prove(
     input: Vec<u8>,
     output: &[u8],
     exit: ExitKind,
+    progress: impl Fn(String),
 ) -> Result<ZkProof, String> {
     use zkmesh_prover::zkvm;
     let endpoint = shared.config.verifier_endpoint.clone().ok_or(
@@ -774,6 +788,11 @@ async fn prove(
         .find(|i| i.circuit_class == class)
         .cloned()
         .expect("ready classes come from the list");
+    let steps = circuit.statement.steps;
+    progress(format!(
+        "traced: {steps} zkVM steps; proving in circuit class {class} ({} constraints)",
+        info.constraints
+    ));
     let pk = proving_key(shared, &mut verifier, &info).await?;
     let started = std::time::Instant::now();
     let (proof, claim) = tokio::task::spawn_blocking(move || zkvm::prove(&pk, circuit))
