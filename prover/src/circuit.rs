@@ -152,6 +152,8 @@ pub struct ZkvmCircuit {
     pub strict: bool,
     /// Receives where the first violated constraint was made (see [`Cs::violation`]).
     pub violation: Option<std::sync::Arc<std::sync::Mutex<Option<String>>>>,
+    /// Receives the hash of the constraint system's shape (see [`crate::groth::fingerprint`]).
+    pub shape: Option<std::sync::Arc<std::sync::Mutex<String>>>,
 }
 
 fn to_u128(x: Fr) -> u128 {
@@ -264,10 +266,18 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
             violation: Default::default(),
             region: Default::default(),
             terms: Default::default(),
+            shape: std::cell::RefCell::new(self.shape.as_ref().map(|_| {
+                use sha2::Digest;
+                sha2::Sha256::new()
+            })),
         };
         let result = self.synthesize(&cs);
         if let Some(out) = &self.violation {
             *out.lock().unwrap() = cs.violation.borrow().clone();
+        }
+        if let (Some(out), Some(h)) = (&self.shape, cs.shape.borrow_mut().take()) {
+            use sha2::Digest;
+            *out.lock().unwrap() = hex::encode(h.finalize());
         }
         result
     }
@@ -1184,6 +1194,7 @@ impl ZkvmCircuit {
             tamper: Tamper::default(),
             strict: false,
             violation: None,
+            shape: None,
         })
     }
 }

@@ -94,6 +94,31 @@ pub struct Cs {
     pub region: std::cell::RefCell<String>,
     /// Terms passed to the constraint system so far (a cost measure for synthesis).
     pub terms: std::cell::Cell<usize>,
+    /// When set, every constraint's shape (variables and coefficients) is hashed into it.
+    pub shape: std::cell::RefCell<Option<sha2::Sha256>>,
+}
+
+/// Feeds a linear combination's shape into a hash.
+fn hash_lc(h: &mut sha2::Sha256, lc: &LinearCombination<Fr>) {
+    use ark_ff::{BigInteger, PrimeField};
+    use sha2::Digest;
+    h.update((lc.len() as u64).to_le_bytes());
+    for (coeff, var) in lc.iter() {
+        let (tag, index) = if var.is_zero() {
+            (0u8, 0)
+        } else if var.is_one() {
+            (1, 0)
+        } else if var.is_instance() {
+            (2, var.get_variable_index(0).unwrap_or(0))
+        } else if var.is_witness() {
+            (3, var.get_variable_index(0).unwrap_or(0))
+        } else {
+            (4, var.get_lc_index().unwrap_or(0))
+        };
+        h.update([tag]);
+        h.update((index as u64).to_le_bytes());
+        h.update(coeff.into_bigint().to_bytes_le());
+    }
 }
 
 impl Cs {
@@ -121,6 +146,11 @@ impl Cs {
         }
         self.terms
             .set(self.terms.get() + a.lc.len() + b.lc.len() + c.lc.len());
+        if let Some(h) = self.shape.borrow_mut().as_mut() {
+            hash_lc(h, &a.lc);
+            hash_lc(h, &b.lc);
+            hash_lc(h, &c.lc);
+        }
         let (a, b, c) = (a.lc.clone(), b.lc.clone(), c.lc.clone());
         self.cs.enforce_r1cs_constraint(|| a, || b, || c)
     }

@@ -48,8 +48,12 @@ fn peak_rss_mib() -> f64 {
 fn keys(dir: &std::path::Path, class: Class) -> anyhow::Result<(groth::Pk, groth::Vk, u64, f64)> {
     std::fs::create_dir_all(dir)?;
     let manifest = dir.join(format!("{}.json", class.name));
-    if let Ok(text) = std::fs::read(&manifest) {
-        let m: serde_json::Value = serde_json::from_slice(&text)?;
+    let current = |m: &serde_json::Value| m["circuit_fingerprint"] == groth::fingerprint().as_str();
+    if let Some(m) = std::fs::read(&manifest)
+        .ok()
+        .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
+        .filter(current)
+    {
         let pk_hash = m["proving_key_sha256"].as_str().unwrap_or_default();
         let vk_hash = m["verifying_key_sha256"].as_str().unwrap_or_default();
         let pk_bytes = std::fs::read(dir.join(format!("{pk_hash}.pk")))?;
@@ -77,7 +81,7 @@ fn keys(dir: &std::path::Path, class: Class) -> anyhow::Result<(groth::Pk, groth
         serde_json::to_vec_pretty(&serde_json::json!({
             "class": class.name, "proving_key_sha256": ph, "proving_key_size": pk_bytes.len(),
             "verifying_key_sha256": vh, "constraints": constraints,
-            "setup_ms": (setup_s * 1000.0) as u64,
+            "setup_ms": (setup_s * 1000.0) as u64, "circuit_fingerprint": groth::fingerprint(),
         }))?,
     )?;
     Ok((pk, vk, pk_bytes.len() as u64, setup_s))

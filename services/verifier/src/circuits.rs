@@ -26,6 +26,9 @@ struct Manifest {
     verifying_key_sha256: String,
     constraints: u64,
     setup_ms: u64,
+    /// The circuit's shape hash when the keys were made ([`groth::fingerprint`]).
+    #[serde(default)]
+    circuit_fingerprint: String,
 }
 
 pub struct Ready {
@@ -93,6 +96,13 @@ impl Circuits {
             return Ok(None);
         }
         let m: Manifest = serde_json::from_slice(&std::fs::read(&manifest)?)?;
+        if m.circuit_fingerprint != groth::fingerprint() {
+            tracing::warn!(
+                class = class.name,
+                "stored keys were made for another version of the circuit; setting the class up again"
+            );
+            return Ok(None);
+        }
         let vk_bytes = std::fs::read(self.dir.join(format!("{}.vk", m.verifying_key_sha256)))?;
         anyhow::ensure!(
             sha256_hex(&vk_bytes) == m.verifying_key_sha256,
@@ -235,7 +245,8 @@ impl Circuits {
         let vk_bytes = zkvm::vk_bytes(&vk);
         let (pk_hash, vk_hash) = (sha256_hex(&pk_bytes), sha256_hex(&vk_bytes));
         let write = |path: PathBuf, bytes: &[u8]| -> Result<(), String> {
-            let tmp = path.with_extension("tmp");
+            // Unique, so that two verifiers sharing a keys directory never write one file.
+            let tmp = path.with_extension(format!("{}.tmp", zkmesh_kit::random_id("")));
             std::fs::write(&tmp, bytes).map_err(|e| format!("{}: {e}", tmp.display()))?;
             std::fs::rename(&tmp, &path).map_err(|e| format!("{}: {e}", path.display()))
         };
@@ -249,6 +260,7 @@ impl Circuits {
             verifying_key_sha256: vk_hash.clone(),
             constraints,
             setup_ms: started.elapsed().as_millis() as u64,
+            circuit_fingerprint: groth::fingerprint(),
         };
         // The manifest goes last: a crash before it leaves no half-set-up class behind.
         write(

@@ -280,7 +280,10 @@ impl VerifierService {
         report: &ReportedResult,
     ) -> Option<String> {
         let Some(proof) = report.proof.clone() else {
-            return Some("no proof attached".into());
+            if report.proof_error.is_empty() {
+                return Some("no proof attached".into());
+            }
+            return Some(format!("no proof: {}", report.proof_error));
         };
         if sha256_hex(&task.module) != task.module_hash
             || sha256_hex(&task.input) != task.input_hash
