@@ -79,8 +79,7 @@ pub fn fingerprint() -> String {
         let cs = ConstraintSystem::<Fr>::new_ref();
         cs.set_mode(SynthesisMode::Setup);
         c.generate_constraints(cs).expect("reference circuit");
-        let hash = out.lock().unwrap().clone();
-        hash
+        out.lock().unwrap().clone()
     })
     .clone()
 }
