@@ -31,7 +31,8 @@ async fn every_guest_on_every_policy() {
             }
         }
     }
-    // proof is refused, clearly, until the prover exists; never silently downgraded.
+    // proof is refused, clearly, by a verifier with no circuit keys set up; never silently
+    // downgraded.
     let err = run(
         &sb.api,
         &Job {
