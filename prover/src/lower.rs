@@ -641,28 +641,87 @@ impl Lowerer {
             }
             macro_rules! load {
                 ($memarg:expr, $width:expr, $signed:expr, $wide:expr) => {{
-                    self.emit(Instr {
+                    let (addr, t) = (st(h - 1)?, st(h)?);
+                    let load = |width: u8, imm: u64, c: u32, signed: bool, wide: bool| Instr {
                         space: Space::Memory,
-                        a: st(h - 1)?,
-                        c: st(h - 1)?,
-                        imm: $memarg.offset,
-                        width: $width,
-                        signed: $signed,
-                        wide: $wide,
+                        a: addr,
+                        c,
+                        imm,
+                        width,
+                        signed,
+                        wide,
                         ..Instr::new(Op::Load)
-                    });
+                    };
+                    if $width == 3 && $memarg.align < 2 {
+                        // Not promised 4-aligned: two 4-byte loads, which the circuit takes at any
+                        // alignment, joined.
+                        self.emit(load(2, $memarg.offset, t, false, true));
+                        self.emit(load(2, $memarg.offset + 4, t + 1, false, true));
+                        self.emit(Instr {
+                            imm: 32,
+                            c: t + 2,
+                            wide: true,
+                            ..Instr::new(Op::Const)
+                        });
+                        self.emit(Instr {
+                            a: t + 1,
+                            b: t + 2,
+                            c: t + 1,
+                            wide: true,
+                            ..Instr::new(Op::Shl)
+                        });
+                        self.emit(Instr {
+                            a: t,
+                            b: t + 1,
+                            c: addr,
+                            wide: true,
+                            ..Instr::new(Op::Or)
+                        });
+                    } else {
+                        self.emit(load($width, $memarg.offset, addr, $signed, $wide));
+                    }
                 }};
             }
             macro_rules! store {
                 ($memarg:expr, $width:expr) => {{
-                    self.emit(Instr {
+                    let (addr, value, t) = (st(h - 2)?, st(h - 1)?, st(h)?);
+                    let store = |width: u8, imm: u64, b: u32| Instr {
                         space: Space::Memory,
-                        a: st(h - 2)?,
-                        b: st(h - 1)?,
-                        imm: $memarg.offset,
-                        width: $width,
+                        a: addr,
+                        b,
+                        imm,
+                        width,
                         ..Instr::new(Op::Store)
-                    });
+                    };
+                    // The circuit stores up to 4 bytes inside one 4-byte word, or 8 bytes at a
+                    // 4-aligned address. A store not promised that alignment is split into
+                    // pieces of its promised alignment, which never cross a word.
+                    let piece = ($memarg.align as u8).min($width);
+                    let aligned = piece == $width || ($width == 3 && $memarg.align >= 2);
+                    if aligned {
+                        self.emit(store($width, $memarg.offset, value));
+                    } else {
+                        let bytes = 1u64 << piece;
+                        self.emit(Instr {
+                            imm: 8 * bytes,
+                            c: t,
+                            wide: true,
+                            ..Instr::new(Op::Const)
+                        });
+                        self.emit(store(piece, $memarg.offset, value));
+                        let mut from = value;
+                        for k in 1..(1u64 << ($width - piece)) {
+                            self.emit(Instr {
+                                a: from,
+                                b: t,
+                                c: t + 1,
+                                wide: true,
+                                ..Instr::new(Op::ShrU)
+                            });
+                            self.emit(store(piece, $memarg.offset + k * bytes, t + 1));
+                            from = t + 1;
+                        }
+                    }
                     h -= 2;
                 }};
             }
