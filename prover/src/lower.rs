@@ -1599,8 +1599,10 @@ impl Lowerer {
         self.code.extend(code);
     }
 
-    /// `memory.fill(dst, value, n)` as a byte loop after the bounds check. Frame: 0 dst,
-    /// 1 value, 2 n, 3 link, 4 i, 5 t, 6 u, 7 one.
+    /// `memory.fill(dst, value, n)` after the bounds check: bytes up to the first 4-aligned
+    /// address, then whole 4-byte words, then the remaining bytes. Frame: 0 dst, 1 value, 2 n,
+    /// 3 link, 4 p, 5 and 6 scratch, 7 end, 8 the word, 10 three, 11 one, 12 four, 13 255,
+    /// 14 0x01010101.
     fn mem_fill_helper(&mut self) {
         let i = |op: Op| Instr::new(op);
         let ins = |op: Op, a: u32, b: u32, c: u32| Instr {
@@ -1610,52 +1612,70 @@ impl Lowerer {
             ..Instr::new(op)
         };
         let wide = |x: Instr| Instr { wide: true, ..x };
+        let konst = |imm: u64, c: u32| Instr {
+            imm,
+            c,
+            ..i(Op::Const)
+        };
         let top = self.code.len() as u64;
-        let mut code = self.bounds_prelude(top, false, 15);
+        let (head, words, tail, done, trap) = (15, 22, 28, 33, 34);
+        let br = |op: Op, a: u32, to: u64| Instr {
+            a,
+            imm: top + to,
+            ..i(op)
+        };
+        let jump = |to: u64| Instr {
+            imm: top + to,
+            ..i(Op::Jump)
+        };
+        let store = |width: u8, b: u32| Instr {
+            space: Space::Memory,
+            a: 4,
+            b,
+            width,
+            ..i(Op::Store)
+        };
+        let mut code = self.bounds_prelude(top, false, trap);
         code.extend([
-            /* 6 */
-            Instr {
-                imm: 1,
-                c: 7,
-                ..i(Op::Const)
-            },
-            /* 7 */ Instr {
-                c: 4,
-                ..i(Op::Const)
-            },
-            /* 8 loop */ ins(Op::LtU, 4, 2, 6),
-            /* 9 */
-            Instr {
-                a: 6,
-                imm: top + 14,
-                ..i(Op::BrZ)
-            },
-            /* 10 */ wide(ins(Op::Add, 0, 4, 6)),
-            /* 11 */
-            Instr {
-                space: Space::Memory,
-                a: 6,
-                b: 1,
-                ..i(Op::Store)
-            },
-            /* 12 */ ins(Op::Add, 4, 7, 4),
-            /* 13 */
-            Instr {
-                imm: top + 8,
-                ..i(Op::Jump)
-            },
-            /* 14 done */
+            /* 6 */ ins(Op::Copy, 0, 0, 4),
+            /* 7 */ wide(ins(Op::Add, 0, 2, 7)),
+            /* 8 */ konst(255, 13),
+            /* 9 */ ins(Op::And, 1, 13, 8),
+            /* 10 */ konst(0x0101_0101, 14),
+            /* 11 */ ins(Op::Mul, 8, 14, 8),
+            /* 12 */ konst(3, 10),
+            /* 13 */ konst(1, 11),
+            /* 14 */ konst(4, 12),
+            /* 15 head: bytes until p is 4-aligned */ wide(ins(Op::LtU, 4, 7, 6)),
+            /* 16 */ br(Op::BrZ, 6, done),
+            /* 17 */ wide(ins(Op::And, 4, 10, 6)),
+            /* 18 */ br(Op::BrZ, 6, words),
+            /* 19 */ store(0, 1),
+            /* 20 */ wide(ins(Op::Add, 4, 11, 4)),
+            /* 21 */ jump(head),
+            /* 22 words: while p + 4 <= end */ wide(ins(Op::Add, 4, 12, 6)),
+            /* 23 */ wide(ins(Op::LtU, 7, 6, 6)),
+            /* 24 */ br(Op::BrNz, 6, tail),
+            /* 25 */ store(2, 8),
+            /* 26 */ wide(ins(Op::Add, 4, 12, 4)),
+            /* 27 */ jump(words),
+            /* 28 tail */ wide(ins(Op::LtU, 4, 7, 6)),
+            /* 29 */ br(Op::BrZ, 6, done),
+            /* 30 */ store(0, 1),
+            /* 31 */ wide(ins(Op::Add, 4, 11, 4)),
+            /* 32 */ jump(tail),
+            /* 33 done */
             Instr {
                 b: 3,
                 ..i(Op::Return)
             },
-            /* 15 */
+            /* 34 */
             Instr {
                 imm: status::OUT_OF_BOUNDS,
                 ..i(Op::Halt)
             },
         ]);
-        debug_assert_eq!(code.len(), 16);
+        debug_assert_eq!(code.len(), 35);
         self.code.extend(code);
     }
 }
