@@ -568,13 +568,24 @@ struct Prepared {
 }
 
 /// The smallest circuit class that holds a run of `wasm` on `input`, found by tracing it.
+///
+/// An embedded mesh sets up its class on the spot, so it stops at [`EMBEDDED_MAX_CLASS`]
+/// (c12: about a minute of setup and 2 GiB while proving on two cores); larger runs need a
+/// verifier that has set up a larger class, or another policy.
 pub fn proof_class(wasm: &[u8], input: &[u8]) -> anyhow::Result<String> {
     use zkmesh_prover::zkvm;
     let program = zkvm::program(wasm)?;
     let trace = zkvm::trace(&program, input);
-    let circuit = zkvm::fit(&program, input, &trace, &zkvm::CLASSES)?;
+    let last = zkvm::CLASSES
+        .iter()
+        .position(|c| c.name == EMBEDDED_MAX_CLASS)
+        .expect("a class");
+    let circuit = zkvm::fit(&program, input, &trace, &zkvm::CLASSES[..=last])?;
     Ok(circuit.class.name.to_string())
 }
+
+/// The largest circuit class an embedded mesh sets up for `zkmesh run --policy proof`.
+pub const EMBEDDED_MAX_CLASS: &str = "c12";
 
 fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     let (name, wasm) = load_module(&args.module)?;
