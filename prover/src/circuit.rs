@@ -265,7 +265,6 @@ impl ConstraintSynthesizer<Fr> for ZkvmCircuit {
             strict: self.strict,
             violation: Default::default(),
             region: Default::default(),
-            terms: Default::default(),
             shape: std::cell::RefCell::new(self.shape.as_ref().map(|_| {
                 use sha2::Digest;
                 sha2::Sha256::new()
@@ -428,13 +427,6 @@ impl ZkvmCircuit {
             pad += 1;
         }
 
-        if std::env::var_os("ZKMESH_SYNTH_STATS").is_some() {
-            eprintln!(
-                "steps: {} constraints, {} terms",
-                cs.cs.num_constraints(),
-                cs.terms.get()
-            );
-        }
         cs.region("memory routing");
         let sorted_mem = route(cs, &mem, self.tamper.memory_switch)?;
         cs.region("memory check");
@@ -443,13 +435,6 @@ impl ZkvmCircuit {
         let sorted_fetch = route(cs, &fetch, self.tamper.fetch_switch)?;
         cs.region("fetch check");
         check_fetch(cs, &sorted_fetch)?;
-        if std::env::var_os("ZKMESH_SYNTH_STATS").is_some() {
-            eprintln!(
-                "all: {} constraints, {} terms",
-                cs.cs.num_constraints(),
-                cs.terms.get()
-            );
-        }
         Ok(())
     }
 }

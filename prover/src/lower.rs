@@ -787,7 +787,7 @@ impl Lowerer {
                     h = c.height + c.results;
                     if ctl.is_empty() {
                         if !c.dead {
-                            self.emit_return(p, r, h, base)?;
+                            self.emit_return_from(r, h, base)?;
                         }
                         break;
                     }
@@ -849,7 +849,7 @@ impl Lowerer {
                     ctl.last_mut().unwrap().dead = true;
                 }
                 O::Return => {
-                    self.emit_return(p, r, h, base)?;
+                    self.emit_return_from(r, h, base)?;
                     ctl.last_mut().unwrap().dead = true;
                 }
                 O::Call { function_index } => {
@@ -1155,16 +1155,6 @@ impl Lowerer {
         Ok(())
     }
 
-    fn emit_return(
-        &mut self,
-        _p: usize,
-        r: usize,
-        h: usize,
-        base: usize,
-    ) -> Result<(), LowerError> {
-        self.emit_return_from(r, h, base)
-    }
-
     /// Return from the current function with its `r` results on top of a stack of height `h`.
     fn emit_return_from(&mut self, r: usize, h: usize, base: usize) -> Result<(), LowerError> {
         if r > 1 {
@@ -1182,13 +1172,6 @@ impl Lowerer {
     /// `read_input(dst, offset, len) -> n`, in lowered code. Frame: 0 dst, 1 offset, 2 len,
     /// 3 link, then 4 total, 5 n, 6 i, 7 t, 8 u, 9 one.
     fn read_input_helper(&mut self) {
-        let i = |op: Op| Instr::new(op);
-        let ins = |op: Op, a: u32, b: u32, c: u32| Instr {
-            a,
-            b,
-            c,
-            ..Instr::new(op)
-        };
         let top = self.code.len() as u64;
         let code = vec![
             /* 0 */
@@ -1196,24 +1179,25 @@ impl Lowerer {
                 space: Space::Input,
                 imm: 0,
                 c: 4,
-                ..i(Op::GetM)
+                ..Instr::new(Op::GetM)
             },
             /* 1 */
             Instr {
                 imm: 1,
                 c: 9,
-                ..i(Op::Const)
+                ..Instr::new(Op::Const)
             },
-            /* 2 */ Instr {
+            /* 2 */
+            Instr {
                 c: 5,
-                ..i(Op::Const)
+                ..Instr::new(Op::Const)
             },
             /* 3 */ ins(Op::GeU, 1, 4, 7),
             /* 4 */
             Instr {
                 a: 7,
                 imm: top + 18,
-                ..i(Op::BrNz)
+                ..Instr::new(Op::BrNz)
             },
             /* 5 */ ins(Op::Sub, 4, 1, 5),
             /* 6 */ ins(Op::LtU, 2, 5, 7),
@@ -1221,19 +1205,20 @@ impl Lowerer {
             Instr {
                 a: 7,
                 imm: top + 9,
-                ..i(Op::BrZ)
+                ..Instr::new(Op::BrZ)
             },
             /* 8 */ ins(Op::Copy, 2, 0, 5),
-            /* 9 */ Instr {
+            /* 9 */
+            Instr {
                 c: 6,
-                ..i(Op::Const)
+                ..Instr::new(Op::Const)
             },
             /* 10 loop */ ins(Op::LtU, 6, 5, 7),
             /* 11 */
             Instr {
                 a: 7,
                 imm: top + 18,
-                ..i(Op::BrZ)
+                ..Instr::new(Op::BrZ)
             },
             /* 12: input byte index (offset + i < total < 2^31) */ ins(Op::Add, 1, 6, 7),
             /* 13 */
@@ -1242,7 +1227,7 @@ impl Lowerer {
                 a: 7,
                 imm: WORD,
                 c: 7,
-                ..i(Op::Load)
+                ..Instr::new(Op::Load)
             },
             /* 14: destination as a 64-bit sum, so it cannot wrap */
             Instr {
@@ -1254,20 +1239,20 @@ impl Lowerer {
                 space: Space::Memory,
                 a: 8,
                 b: 7,
-                ..i(Op::Store)
+                ..Instr::new(Op::Store)
             },
             /* 16 */ ins(Op::Add, 6, 9, 6),
             /* 17 */
             Instr {
                 imm: top + 10,
-                ..i(Op::Jump)
+                ..Instr::new(Op::Jump)
             },
             /* 18 done */
             Instr {
                 a: 5,
                 b: 3,
                 c: 1,
-                ..i(Op::Return)
+                ..Instr::new(Op::Return)
             },
         ];
         self.code.extend(code);
@@ -1276,13 +1261,6 @@ impl Lowerer {
     /// `write_output(src, len)`, in lowered code. Frame: 0 src, 1 len, 2 link, then 3 position,
     /// 4 i, 5 t, 6 u, 7 one.
     fn write_output_helper(&mut self) {
-        let i = |op: Op| Instr::new(op);
-        let ins = |op: Op, a: u32, b: u32, c: u32| Instr {
-            a,
-            b,
-            c,
-            ..Instr::new(op)
-        };
         let top = self.code.len() as u64;
         let code = vec![
             /* 0 */
@@ -1290,24 +1268,25 @@ impl Lowerer {
                 space: Space::Globals,
                 imm: GLOBAL_OUT_LEN,
                 c: 3,
-                ..i(Op::GetM)
+                ..Instr::new(Op::GetM)
             },
             /* 1 */
             Instr {
                 imm: 1,
                 c: 7,
-                ..i(Op::Const)
+                ..Instr::new(Op::Const)
             },
-            /* 2 */ Instr {
+            /* 2 */
+            Instr {
                 c: 4,
-                ..i(Op::Const)
+                ..Instr::new(Op::Const)
             },
             /* 3 loop */ ins(Op::LtU, 4, 1, 5),
             /* 4 */
             Instr {
                 a: 5,
                 imm: top + 11,
-                ..i(Op::BrZ)
+                ..Instr::new(Op::BrZ)
             },
             /* 5 */
             Instr {
@@ -1319,7 +1298,7 @@ impl Lowerer {
                 space: Space::Memory,
                 a: 5,
                 c: 5,
-                ..i(Op::Load)
+                ..Instr::new(Op::Load)
             },
             /* 7 */
             Instr {
@@ -1331,13 +1310,13 @@ impl Lowerer {
                 space: Space::Output,
                 a: 6,
                 b: 5,
-                ..i(Op::Store)
+                ..Instr::new(Op::Store)
             },
             /* 9 */ ins(Op::Add, 4, 7, 4),
             /* 10 */
             Instr {
                 imm: top + 3,
-                ..i(Op::Jump)
+                ..Instr::new(Op::Jump)
             },
             /* 11 done */
             Instr {
@@ -1349,12 +1328,12 @@ impl Lowerer {
                 space: Space::Globals,
                 imm: GLOBAL_OUT_LEN,
                 a: 5,
-                ..i(Op::SetM)
+                ..Instr::new(Op::SetM)
             },
             /* 13 */
             Instr {
                 b: 2,
-                ..i(Op::Return)
+                ..Instr::new(Op::Return)
             },
         ];
         self.code.extend(code);
@@ -1453,23 +1432,15 @@ impl Lowerer {
     /// then a trap unless `slot 0 + slot 2 <= size` (and, with `second`, `slot 1 + slot 2 <= size`).
     /// `trap` is the helper-relative pc of its `Halt`.
     fn bounds_prelude(&self, top: u64, second: bool, trap: u64) -> Vec<Instr> {
-        let i = |op: Op| Instr::new(op);
-        let ins = |op: Op, a: u32, b: u32, c: u32| Instr {
-            a,
-            b,
-            c,
-            ..Instr::new(op)
-        };
-        let wide = |x: Instr| Instr { wide: true, ..x };
         let mut code = vec![
             Instr {
                 c: 5,
-                ..i(Op::MemSize)
+                ..Instr::new(Op::MemSize)
             },
             wide(Instr {
                 imm: PAGE,
                 c: 6,
-                ..i(Op::Const)
+                ..Instr::new(Op::Const)
             }),
             wide(ins(Op::Mul, 5, 6, 5)),
             wide(ins(Op::Add, 0, 2, 6)),
@@ -1477,7 +1448,7 @@ impl Lowerer {
             Instr {
                 a: 6,
                 imm: top + trap,
-                ..i(Op::BrNz)
+                ..Instr::new(Op::BrNz)
             },
         ];
         if second {
@@ -1487,7 +1458,7 @@ impl Lowerer {
                 Instr {
                     a: 6,
                     imm: top + trap,
-                    ..i(Op::BrNz)
+                    ..Instr::new(Op::BrNz)
                 },
             ]);
         }
@@ -1498,14 +1469,6 @@ impl Lowerer {
     /// after the bounds checks WebAssembly makes before copying anything. Frame: 0 dst, 1 src,
     /// 2 n, 3 link, 4 i, 5 t, 6 u, 7 one.
     fn mem_copy_helper(&mut self) {
-        let i = |op: Op| Instr::new(op);
-        let ins = |op: Op, a: u32, b: u32, c: u32| Instr {
-            a,
-            b,
-            c,
-            ..Instr::new(op)
-        };
-        let wide = |x: Instr| Instr { wide: true, ..x };
         let top = self.code.len() as u64;
         let mut code = self.bounds_prelude(top, true, 30);
         code.extend([
@@ -1513,25 +1476,26 @@ impl Lowerer {
             Instr {
                 imm: 1,
                 c: 7,
-                ..i(Op::Const)
+                ..Instr::new(Op::Const)
             },
             /* 10 */ ins(Op::LtU, 1, 0, 6),
             /* 11 */
             Instr {
                 a: 6,
                 imm: top + 21,
-                ..i(Op::BrNz)
+                ..Instr::new(Op::BrNz)
             },
-            /* 12 */ Instr {
+            /* 12 */
+            Instr {
                 c: 4,
-                ..i(Op::Const)
+                ..Instr::new(Op::Const)
             },
             /* 13 fwd */ ins(Op::LtU, 4, 2, 6),
             /* 14 */
             Instr {
                 a: 6,
                 imm: top + 29,
-                ..i(Op::BrZ)
+                ..Instr::new(Op::BrZ)
             },
             /* 15 */ wide(ins(Op::Add, 1, 4, 6)),
             /* 16 */
@@ -1539,7 +1503,7 @@ impl Lowerer {
                 space: Space::Memory,
                 a: 6,
                 c: 5,
-                ..i(Op::Load)
+                ..Instr::new(Op::Load)
             },
             /* 17 */ wide(ins(Op::Add, 0, 4, 6)),
             /* 18 */
@@ -1547,20 +1511,20 @@ impl Lowerer {
                 space: Space::Memory,
                 a: 6,
                 b: 5,
-                ..i(Op::Store)
+                ..Instr::new(Op::Store)
             },
             /* 19 */ ins(Op::Add, 4, 7, 4),
             /* 20 */
             Instr {
                 imm: top + 13,
-                ..i(Op::Jump)
+                ..Instr::new(Op::Jump)
             },
             /* 21 back */ ins(Op::Copy, 2, 0, 4),
             /* 22 */
             Instr {
                 a: 4,
                 imm: top + 29,
-                ..i(Op::BrZ)
+                ..Instr::new(Op::BrZ)
             },
             /* 23 */ ins(Op::Sub, 4, 7, 4),
             /* 24 */ wide(ins(Op::Add, 1, 4, 6)),
@@ -1569,7 +1533,7 @@ impl Lowerer {
                 space: Space::Memory,
                 a: 6,
                 c: 5,
-                ..i(Op::Load)
+                ..Instr::new(Op::Load)
             },
             /* 26 */ wide(ins(Op::Add, 0, 4, 6)),
             /* 27 */
@@ -1577,22 +1541,22 @@ impl Lowerer {
                 space: Space::Memory,
                 a: 6,
                 b: 5,
-                ..i(Op::Store)
+                ..Instr::new(Op::Store)
             },
             /* 28 */
             Instr {
                 imm: top + 22,
-                ..i(Op::Jump)
+                ..Instr::new(Op::Jump)
             },
             /* 29 done */
             Instr {
                 b: 3,
-                ..i(Op::Return)
+                ..Instr::new(Op::Return)
             },
             /* 30 */
             Instr {
                 imm: status::OUT_OF_BOUNDS,
-                ..i(Op::Halt)
+                ..Instr::new(Op::Halt)
             },
         ]);
         debug_assert_eq!(code.len(), 31);
@@ -1604,36 +1568,28 @@ impl Lowerer {
     /// 3 link, 4 p, 5 and 6 scratch, 7 end, 8 the word, 10 three, 11 one, 12 four, 13 255,
     /// 14 0x01010101.
     fn mem_fill_helper(&mut self) {
-        let i = |op: Op| Instr::new(op);
-        let ins = |op: Op, a: u32, b: u32, c: u32| Instr {
-            a,
-            b,
-            c,
-            ..Instr::new(op)
-        };
-        let wide = |x: Instr| Instr { wide: true, ..x };
         let konst = |imm: u64, c: u32| Instr {
             imm,
             c,
-            ..i(Op::Const)
+            ..Instr::new(Op::Const)
         };
         let top = self.code.len() as u64;
         let (head, words, tail, done, trap) = (15, 22, 28, 33, 34);
         let br = |op: Op, a: u32, to: u64| Instr {
             a,
             imm: top + to,
-            ..i(op)
+            ..Instr::new(op)
         };
         let jump = |to: u64| Instr {
             imm: top + to,
-            ..i(Op::Jump)
+            ..Instr::new(Op::Jump)
         };
         let store = |width: u8, b: u32| Instr {
             space: Space::Memory,
             a: 4,
             b,
             width,
-            ..i(Op::Store)
+            ..Instr::new(Op::Store)
         };
         let mut code = self.bounds_prelude(top, false, trap);
         code.extend([
@@ -1667,17 +1623,32 @@ impl Lowerer {
             /* 33 done */
             Instr {
                 b: 3,
-                ..i(Op::Return)
+                ..Instr::new(Op::Return)
             },
             /* 34 */
             Instr {
                 imm: status::OUT_OF_BOUNDS,
-                ..i(Op::Halt)
+                ..Instr::new(Op::Halt)
             },
         ]);
         debug_assert_eq!(code.len(), 35);
         self.code.extend(code);
     }
+}
+
+/// `op` with operand slots `a`, `b` and result slot `c` (for the hand-written helpers).
+fn ins(op: Op, a: u32, b: u32, c: u32) -> Instr {
+    Instr {
+        a,
+        b,
+        c,
+        ..Instr::new(op)
+    }
+}
+
+/// The same instruction on 64-bit values.
+fn wide(x: Instr) -> Instr {
+    Instr { wide: true, ..x }
 }
 
 /// The initial memory as one window of words: every byte of every active data segment, with

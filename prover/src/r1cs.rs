@@ -92,8 +92,6 @@ pub struct Cs {
     pub violation: std::cell::RefCell<Option<String>>,
     /// What the constraints being added check, for [`Cs::violation`].
     pub region: std::cell::RefCell<String>,
-    /// Terms passed to the constraint system so far (a cost measure for synthesis).
-    pub terms: std::cell::Cell<usize>,
     /// When set, every constraint's shape (variables and coefficients) is hashed into it.
     pub shape: std::cell::RefCell<Option<sha2::Sha256>>,
 }
@@ -144,8 +142,6 @@ impl Cs {
                 format!("{} ({}:{})", self.region.borrow(), at.file(), at.line())
             });
         }
-        self.terms
-            .set(self.terms.get() + a.lc.len() + b.lc.len() + c.lc.len());
         if let Some(h) = self.shape.borrow_mut().as_mut() {
             hash_lc(h, &a.lc);
             hash_lc(h, &b.lc);

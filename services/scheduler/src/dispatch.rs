@@ -556,12 +556,7 @@ impl Core {
                         observed_output_hash: sha256_hex(&r.output),
                         output: if proof { r.output.clone() } else { Vec::new() },
                         proof: r.proof.clone(),
-                        // The worker says why it made no proof at the end of its message.
-                        proof_error: r
-                            .exit_message
-                            .split_once("no proof: ")
-                            .map(|(_, why)| why.to_string())
-                            .unwrap_or_default(),
+                        proof_error: r.proof_error.clone(),
                     })
                     .collect(),
                 module,

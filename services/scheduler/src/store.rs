@@ -84,6 +84,7 @@ CREATE TABLE task_events (
         version: 2,
         sql: r#"
 ALTER TABLE attempts ADD COLUMN proof BYTEA;
+ALTER TABLE attempts ADD COLUMN proof_error TEXT NOT NULL DEFAULT '';
 ALTER TABLE tasks ADD COLUMN proof BYTEA;
 "#,
     },
@@ -129,6 +130,8 @@ pub struct AttemptRow {
     pub run_time_us: u64,
     pub receipt: Option<Receipt>,
     pub proof: Option<ZkProof>,
+    /// Why the node made no proof (proof policy), as it reported.
+    pub proof_error: String,
 }
 
 #[derive(Clone)]
@@ -219,6 +222,7 @@ fn attempt_from_row(row: &SqliteRow) -> AttemptRow {
         proof: row
             .get::<Option<Vec<u8>>, _>("proof")
             .and_then(|b| ZkProof::decode(b.as_slice()).ok()),
+        proof_error: row.get("proof_error"),
     }
 }
 
@@ -449,7 +453,7 @@ impl Store {
 
     pub async fn record_report(&self, r: &TaskReport, receipt: &Receipt) -> Result<()> {
         sqlx::query(
-            "UPDATE attempts SET state = $1, output = $2, exit = $3, exit_message = $4, fuel_used = $5, run_time_us = $6, receipt = $7, proof = $8 WHERE attempt_id = $9",
+            "UPDATE attempts SET state = $1, output = $2, exit = $3, exit_message = $4, fuel_used = $5, run_time_us = $6, receipt = $7, proof = $8, proof_error = $9 WHERE attempt_id = $10",
         )
         .bind(attempt_state::REPORTED)
         .bind(&r.output)
@@ -459,6 +463,7 @@ impl Store {
         .bind(r.run_time_us as i64)
         .bind(receipt.encode_to_vec())
         .bind(r.proof.as_ref().map(|p| p.encode_to_vec()))
+        .bind(&r.proof_error)
         .bind(&r.attempt_id)
         .execute(&self.pool)
         .await?;

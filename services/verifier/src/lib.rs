@@ -337,6 +337,16 @@ impl VerifierService {
         result.err()
     }
 
+    /// A class's keys, or FAILED_PRECONDITION saying what state the class is in.
+    fn ready(&self, name: &str) -> Result<Arc<circuits::Ready>, Status> {
+        self.circuits.ready(name).ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "circuit class {name:?} is {}",
+                self.circuits.state(name)
+            ))
+        })
+    }
+
     fn program(&self, hash: &str, wasm: &[u8]) -> Result<Arc<zkmesh_prover::isa::Program>, String> {
         if let Some(p) = self.programs.lock().unwrap().get(hash) {
             return Ok(p.clone());
@@ -493,12 +503,7 @@ impl VerifierApi for VerifierService {
         req: Request<CircuitRef>,
     ) -> Result<Response<VerifyingKeyData>, Status> {
         let name = req.into_inner().circuit_class;
-        let ready = self.circuits.ready(&name).ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "circuit class {name:?} is {}",
-                self.circuits.state(&name)
-            ))
-        })?;
+        let ready = self.ready(&name)?;
         Ok(Response::new(VerifyingKeyData {
             info: Some(ready.info.clone()),
             verifying_key: ready.vk_bytes.clone(),
@@ -510,12 +515,7 @@ impl VerifierApi for VerifierService {
         req: Request<CircuitRef>,
     ) -> Result<Response<KeyStream>, Status> {
         let name = req.into_inner().circuit_class;
-        let ready = self.circuits.ready(&name).ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "circuit class {name:?} is {}",
-                self.circuits.state(&name)
-            ))
-        })?;
+        let ready = self.ready(&name)?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
