@@ -180,8 +180,8 @@ fn limit_of(class: &Class, space: Space, ms: u64) -> u64 {
 /// The native auxiliary values of a step.
 fn aux_of(class: &Class, step: &Step) -> Aux {
     let i = &step.instr;
-    let [a, b, m, z] = step.acc;
-    let (x, y, zv) = (a.value, b.value, z.value);
+    let [a, _, m, z] = step.acc;
+    let (x, y, zv) = (a.value, step.y(), z.value);
     let wide = i.wide;
     let n: u32 = if wide { 64 } else { 32 };
     let w: u128 = 1 << n;
@@ -476,6 +476,7 @@ impl ZkvmCircuit {
         let w0 = cs.bit(f((i.width & 1) as u64))?;
         let w1 = cs.bit(f((i.width >> 1) as u64))?;
         let signed = cs.bit(f(i.signed as u64))?;
+        let immb = cs.bit(f(i.imm_b as u64))?;
         let w01 = cs.mul(&w0, &w1)?;
         let sp: Vec<L> = (0..3)
             .map(|k| cs.bit(f(((i.space as u64) >> k) & 1)))
@@ -487,7 +488,8 @@ impl ZkvmCircuit {
             .add_scaled(&signed, f(512))
             .add_scaled(&sp[0], f(1024))
             .add_scaled(&sp[1], f(2048))
-            .add_scaled(&sp[2], f(4096));
+            .add_scaled(&sp[2], f(4096))
+            .add_scaled(&immb, f(8192));
         let (_, a) = cs.bits(&bits_of(i.a as u128, SLOT_BITS as usize))?;
         let (_, b) = cs.bits(&bits_of(i.b as u128, SLOT_BITS as usize))?;
         let c = packed
@@ -502,7 +504,9 @@ impl ZkvmCircuit {
         // Access values.
         let [ra, rb, rm, rz] = step.acc;
         let x = cs.witness(f(ra.value))?;
-        let y = cs.witness(f(rb.value))?;
+        // The second operand: what `b` read, or the immediate (then `b` reads address 0).
+        let vb = cs.witness(f(rb.value))?;
+        let y = vb.add(&cs.mul(&immb, &imm.sub(&vb))?);
         let m = cs.witness(f(rm.value))?;
         let z = cs.witness(f(rz.value))?;
 
@@ -568,6 +572,8 @@ impl ZkvmCircuit {
             Op::MemGrow,
         ]));
         let uses_b = any(&BINARY).add(&any(&[Op::GeS, Op::Select, Op::Store]));
+        // Only binary operations take an immediate second operand.
+        cs.gate(&immb, &one.sub(&any(&BINARY)).sub(&s(Op::GeS)))?;
         let writes_c = any(&BINARY).add(&any(&UNARY)).add(&any(&[
             Op::GeS,
             Op::Const,
@@ -584,7 +590,7 @@ impl ZkvmCircuit {
         let mem_addr = space_base.add(&word);
         let addr_a = cs.mul(&uses_a, &stack(&a))?;
         let addr_b = cs
-            .mul(&uses_b, &stack(&b))?
+            .mul(&uses_b.sub(&immb), &stack(&b))?
             .add(&cs.mul(&s(Op::Load), &mem_addr)?);
         let addr_m = cs
             .mul(&s(Op::Select), &stack(&imm))?
@@ -940,7 +946,7 @@ impl ZkvmCircuit {
         Ok(StepOut {
             acc: [
                 (addr_a, L::zero(), x),
-                (addr_b, L::zero(), y),
+                (addr_b, L::zero(), vb),
                 (addr_m, m_write, m),
                 (addr_z, one.clone(), z),
             ],

@@ -228,6 +228,9 @@ pub struct Instr {
     pub width: u8,
     pub signed: bool,
     pub space: Space,
+    /// A binary operation's second operand is `imm` instead of slot `b` (a constant folded
+    /// into its use).
+    pub imm_b: bool,
     pub a: u32,
     pub b: u32,
     pub c: u32,
@@ -238,8 +241,9 @@ pub struct Instr {
 pub const SLOT_BITS: u32 = 16;
 /// Largest slot offset a lowered instruction can name (exclusive).
 pub const MAX_SLOT: u32 = 1 << SLOT_BITS;
-/// Bits of the packed flags: opcode (6), wide (1), width (2), signed (1), space (3).
-pub const FLAG_BITS: u32 = 13;
+/// Bits of the packed flags: opcode (6), wide (1), width (2), signed (1), space (3),
+/// immediate second operand (1).
+pub const FLAG_BITS: u32 = 14;
 
 impl Instr {
     pub fn new(op: Op) -> Instr {
@@ -249,6 +253,7 @@ impl Instr {
             width: 0,
             signed: false,
             space: Space::Zero,
+            imm_b: false,
             a: 0,
             b: 0,
             c: 0,
@@ -257,7 +262,7 @@ impl Instr {
     }
 
     /// The small fields packed into one integer below 2^(FLAG_BITS + 3 * SLOT_BITS):
-    /// `flags | a << 13 | b << 29 | c << 45`.
+    /// `flags | a << 14 | b << 30 | c << 46`.
     pub fn packed(&self) -> u64 {
         debug_assert!(self.a < MAX_SLOT && self.b < MAX_SLOT && self.c < MAX_SLOT);
         self.flags()
@@ -272,6 +277,7 @@ impl Instr {
             | (self.width as u64) << 7
             | (self.signed as u64) << 9
             | (self.space as u64) << 10
+            | (self.imm_b as u64) << 13
     }
 }
 

@@ -5,6 +5,8 @@
 //! environment. A module outside the provable subset gets an [`LowerError::Unprovable`] that names
 //! the function, the byte offset and the instruction or feature that keeps it out.
 
+use std::collections::BTreeMap;
+
 use wasmparser::{
     BlockType, CompositeInnerType, DataKind, ElementItems, ElementKind, ExternalKind, FuncType,
     Operator, Parser, Payload, TypeRef, ValType, Validator, WasmFeatures,
@@ -299,6 +301,15 @@ impl Ctl {
     }
 }
 
+/// Where an operand the lowering has not yet put in its stack slot is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Src {
+    /// In this local's slot (`local.get`).
+    Local(u32),
+    /// A constant (`i32.const`, `i64.const`; wide).
+    Const(u64, bool),
+}
+
 /// Where a jump target still has to be filled in.
 enum Fixup {
     /// `code[at].imm = entry of function`
@@ -577,6 +588,15 @@ impl Lowerer {
         let mut h: usize = 0;
         // Blocks opened inside dead code, skipped until their `end`.
         let mut dead_depth = 0usize;
+        // Operands not yet in their stack slot: stack height → where the value is. Instructions
+        // that only read their operands take them from the local, or a constant as an
+        // immediate, without a step of their own; control flow, calls and a write to that
+        // local put them in place first, so every label is reached with the whole stack in its
+        // slots.
+        let mut pending: BTreeMap<usize, Src> = BTreeMap::new();
+        // The previous instruction, when its only effect is writing the top stack slot: a
+        // `local.set` right after it makes it write the local instead.
+        let mut last_def: Option<usize> = None;
 
         let mut reader = body.get_operators_reader().map_err(invalid)?;
         while !reader.eof() {
@@ -602,49 +622,71 @@ impl Lowerer {
                 }
             }
             use Operator as O;
-            let bin = |op: Op, wide: bool, h: usize, swap: bool| -> Result<Instr, LowerError> {
-                let (x, y) = (st(h - 2)?, st(h - 1)?);
-                let (a, b) = if swap { (y, x) } else { (x, y) };
-                Ok(Instr {
-                    wide,
-                    a,
-                    b,
-                    c: st(h - 2)?,
-                    ..Instr::new(op)
-                })
+            let prev_def = last_def.take();
+            if matches!(
+                op,
+                O::Block { .. }
+                    | O::Loop { .. }
+                    | O::Else
+                    | O::End
+                    | O::Br { .. }
+                    | O::BrTable { .. }
+                    | O::Return
+                    | O::Call { .. }
+                    | O::CallIndirect { .. }
+                    | O::Select
+                    | O::TypedSelect { .. }
+                    | O::MemoryCopy { .. }
+                    | O::MemoryFill { .. }
+                    | O::Unreachable
+                    | O::I32DivS
+                    | O::I64DivS
+                    | O::I32RemS
+                    | O::I64RemS
+                    | O::I32DivU
+                    | O::I64DivU
+                    | O::I32RemU
+                    | O::I64RemU
+            ) {
+                self.flush(&mut pending, h, base)?;
+            } else if matches!(op, O::BrIf { .. } | O::If { .. }) {
+                // Everything but the condition: both ways lead to labels.
+                self.flush(&mut pending, h - 1, base)?;
+            }
+            let take = |this: &mut Self, pending: &mut BTreeMap<usize, Src>, k: usize| {
+                this.take(pending, k, base)
             };
-            let un = |op: Op, wide: bool, h: usize| -> Result<Instr, LowerError> {
-                Ok(Instr {
-                    wide,
-                    a: st(h - 1)?,
-                    c: st(h - 1)?,
-                    ..Instr::new(op)
-                })
+            let un = |op: Op, wide: bool, a: u32, c: u32| Instr {
+                wide,
+                a,
+                c,
+                ..Instr::new(op)
             };
             macro_rules! binop {
                 ($op:expr, $wide:expr) => {{
-                    let i = bin($op, $wide, h, false)?;
-                    self.emit(i);
+                    self.binop(&mut pending, h, base, $op, $wide, false)?;
+                    last_def = Some(self.code.len() - 1);
                     h -= 1;
                 }};
                 ($op:expr, $wide:expr, swap) => {{
-                    let i = bin($op, $wide, h, true)?;
-                    self.emit(i);
+                    self.binop(&mut pending, h, base, $op, $wide, true)?;
+                    last_def = Some(self.code.len() - 1);
                     h -= 1;
                 }};
             }
             macro_rules! unop {
                 ($op:expr, $wide:expr) => {{
-                    let i = un($op, $wide, h)?;
-                    self.emit(i);
+                    let a = take(self, &mut pending, h - 1)?;
+                    last_def = Some(self.emit(un($op, $wide, a, st(h - 1)?)));
                 }};
             }
             macro_rules! load {
                 ($memarg:expr, $width:expr, $signed:expr, $wide:expr) => {{
+                    let from = take(self, &mut pending, h - 1)?;
                     let (addr, t) = (st(h - 1)?, st(h)?);
                     let load = |width: u8, imm: u64, c: u32, signed: bool, wide: bool| Instr {
                         space: Space::Memory,
-                        a: addr,
+                        a: from,
                         c,
                         imm,
                         width,
@@ -678,13 +720,16 @@ impl Lowerer {
                             ..Instr::new(Op::Or)
                         });
                     } else {
-                        self.emit(load($width, $memarg.offset, addr, $signed, $wide));
+                        last_def =
+                            Some(self.emit(load($width, $memarg.offset, addr, $signed, $wide)));
                     }
                 }};
             }
             macro_rules! store {
                 ($memarg:expr, $width:expr) => {{
-                    let (addr, value, t) = (st(h - 2)?, st(h - 1)?, st(h)?);
+                    let addr = take(self, &mut pending, h - 2)?;
+                    let value = take(self, &mut pending, h - 1)?;
+                    let t = st(h)?;
                     let store = |width: u8, imm: u64, b: u32| Instr {
                         space: Space::Memory,
                         a: addr,
@@ -726,7 +771,7 @@ impl Lowerer {
                 }};
             }
             match op {
-                O::Nop => {}
+                O::Nop => last_def = prev_def,
                 O::Unreachable => {
                     self.emit(Instr {
                         imm: status::UNREACHABLE,
@@ -750,8 +795,9 @@ impl Lowerer {
                 O::If { blockty } => {
                     let (bp, br) = block_sig(&m.types, blockty);
                     h -= 1;
+                    let cond = take(self, &mut pending, h)?;
                     let at = self.emit(Instr {
-                        a: st(h)?,
+                        a: cond,
                         ..Instr::new(Op::BrZ)
                     });
                     ctl.push(Ctl {
@@ -798,7 +844,7 @@ impl Lowerer {
                 }
                 O::BrIf { relative_depth } => {
                     h -= 1;
-                    let cond = st(h)?;
+                    let cond = take(self, &mut pending, h)?;
                     let target = &ctl[ctl.len() - 1 - relative_depth as usize];
                     if target.arity() == 0 || target.height == h - target.arity() {
                         let at = self.emit(Instr {
@@ -906,7 +952,10 @@ impl Lowerer {
                     });
                     h = h - cp + cr;
                 }
-                O::Drop => h -= 1,
+                O::Drop => {
+                    h -= 1;
+                    pending.remove(&h);
+                }
                 O::Select | O::TypedSelect { .. } => {
                     self.emit(Instr {
                         a: st(h - 3)?,
@@ -918,37 +967,71 @@ impl Lowerer {
                     h -= 2;
                 }
                 O::LocalGet { local_index } => {
-                    self.emit(Instr {
-                        a: local_slot(local_index)?,
-                        c: st(h)?,
-                        ..Instr::new(Op::Copy)
-                    });
+                    pending.insert(h, Src::Local(local_slot(local_index)?));
                     h += 1;
                 }
                 O::LocalSet { local_index } | O::LocalTee { local_index } => {
-                    self.emit(Instr {
-                        a: st(h - 1)?,
-                        c: local_slot(local_index)?,
-                        ..Instr::new(Op::Copy)
+                    let local = local_slot(local_index)?;
+                    let top = h - 1;
+                    let from = pending.get(&top).copied();
+                    // Operands below that still read this local must be copied out first.
+                    let stale: Vec<usize> = pending
+                        .range(..top)
+                        .filter(|(_, l)| **l == Src::Local(local))
+                        .map(|(k, _)| *k)
+                        .collect();
+                    let fuse = prev_def.filter(|&d| {
+                        d + 1 == self.code.len() && from.is_none() && stale.is_empty()
                     });
+                    if from == Some(Src::Local(local)) {
+                        // The local's own value: nothing changes.
+                    } else if let Some(d) = fuse
+                        && self.code[d].c == st(top)?
+                    {
+                        // The value was just computed into the top slot: compute it into the
+                        // local instead.
+                        self.code[d].c = local;
+                        pending.insert(top, Src::Local(local));
+                    } else {
+                        for k in stale {
+                            pending.remove(&k);
+                            self.emit(Instr {
+                                a: local,
+                                c: st(k)?,
+                                ..Instr::new(Op::Copy)
+                            });
+                        }
+                        self.emit(match from {
+                            Some(Src::Const(imm, wide)) => Instr {
+                                imm,
+                                wide,
+                                c: local,
+                                ..Instr::new(Op::Const)
+                            },
+                            Some(Src::Local(l)) => ins(Op::Copy, l, 0, local),
+                            None => ins(Op::Copy, st(top)?, 0, local),
+                        });
+                    }
                     if matches!(op, O::LocalSet { .. }) {
+                        pending.remove(&top);
                         h -= 1;
                     }
                 }
                 O::GlobalGet { global_index } => {
-                    self.emit(Instr {
+                    last_def = Some(self.emit(Instr {
                         space: Space::Globals,
                         imm: GLOBAL_FIRST + global_index as u64,
                         c: st(h)?,
                         ..Instr::new(Op::GetM)
-                    });
+                    }));
                     h += 1;
                 }
                 O::GlobalSet { global_index } => {
+                    let a = take(self, &mut pending, h - 1)?;
                     self.emit(Instr {
                         space: Space::Globals,
                         imm: GLOBAL_FIRST + global_index as u64,
-                        a: st(h - 1)?,
+                        a,
                         ..Instr::new(Op::SetM)
                     });
                     h -= 1;
@@ -985,32 +1068,24 @@ impl Lowerer {
                     h -= 3;
                 }
                 O::MemorySize { .. } => {
-                    self.emit(Instr {
+                    last_def = Some(self.emit(Instr {
                         c: st(h)?,
                         ..Instr::new(Op::MemSize)
-                    });
+                    }));
                     h += 1;
                 }
                 O::MemoryGrow { .. } => {
-                    let mut i = un(Op::MemGrow, false, h)?;
+                    let a = take(self, &mut pending, h - 1)?;
+                    let mut i = un(Op::MemGrow, false, a, st(h - 1)?);
                     i.imm = m.mem.map(|(_, max)| max).unwrap_or(0);
                     self.emit(i);
                 }
                 O::I32Const { value } => {
-                    self.emit(Instr {
-                        imm: value as u32 as u64,
-                        c: st(h)?,
-                        ..Instr::new(Op::Const)
-                    });
+                    pending.insert(h, Src::Const(value as u32 as u64, false));
                     h += 1;
                 }
                 O::I64Const { value } => {
-                    self.emit(Instr {
-                        imm: value as u64,
-                        c: st(h)?,
-                        wide: true,
-                        ..Instr::new(Op::Const)
-                    });
+                    pending.insert(h, Src::Const(value as u64, true));
                     h += 1;
                 }
                 O::I32Eqz => unop!(Op::Eqz, false),
@@ -1079,11 +1154,12 @@ impl Lowerer {
                 O::I64Rotr => binop!(Op::Rotr, true),
                 O::I32WrapI64 => unop!(Op::Wrap, false),
                 // An i32 is kept zero-extended, so it already is its own i64 extension.
-                O::I64ExtendI32U => {}
+                O::I64ExtendI32U => last_def = prev_def,
                 O::I64ExtendI32S => {
-                    let mut i = un(Op::ExtendS, true, h)?;
+                    let a = take(self, &mut pending, h - 1)?;
+                    let mut i = un(Op::ExtendS, true, a, st(h - 1)?);
                     i.width = 2;
-                    self.emit(i);
+                    last_def = Some(self.emit(i));
                 }
                 O::I32Extend8S
                 | O::I32Extend16S
@@ -1091,13 +1167,14 @@ impl Lowerer {
                 | O::I64Extend16S
                 | O::I64Extend32S => {
                     let wide = !matches!(op, O::I32Extend8S | O::I32Extend16S);
-                    let mut i = un(Op::ExtendS, wide, h)?;
+                    let a = take(self, &mut pending, h - 1)?;
+                    let mut i = un(Op::ExtendS, wide, a, st(h - 1)?);
                     i.width = match op {
                         O::I32Extend8S | O::I64Extend8S => 0,
                         O::I32Extend16S | O::I64Extend16S => 1,
                         _ => 2,
                     };
-                    self.emit(i);
+                    last_def = Some(self.emit(i));
                 }
                 other => {
                     let name = format!("{other:?}");
@@ -1110,7 +1187,106 @@ impl Lowerer {
                     return Err(at(format!("instruction {name} ({why})")));
                 }
             }
+            pending.retain(|&k, _| k < h);
         }
+        Ok(())
+    }
+
+    /// Puts the pending operands below height `below` into their stack slots.
+    fn flush(
+        &mut self,
+        pending: &mut BTreeMap<usize, Src>,
+        below: usize,
+        base: usize,
+    ) -> Result<(), LowerError> {
+        while let Some((&k, _)) = pending.range(..below).next() {
+            self.place(pending, k, base, true)?;
+        }
+        Ok(())
+    }
+
+    /// The slot the operand at height `k` is read from, consuming its pending entry: its local,
+    /// or its stack slot (a pending constant is written there first).
+    fn take(
+        &mut self,
+        pending: &mut BTreeMap<usize, Src>,
+        k: usize,
+        base: usize,
+    ) -> Result<u32, LowerError> {
+        self.place(pending, k, base, false)
+    }
+
+    /// [`Lowerer::take`], or with `materialize` the operand always in its stack slot.
+    fn place(
+        &mut self,
+        pending: &mut BTreeMap<usize, Src>,
+        k: usize,
+        base: usize,
+        materialize: bool,
+    ) -> Result<u32, LowerError> {
+        let at = slot(base + k)?;
+        match pending.remove(&k) {
+            Some(Src::Local(local)) if !materialize => Ok(local),
+            Some(Src::Local(local)) => {
+                self.emit(ins(Op::Copy, local, 0, at));
+                Ok(at)
+            }
+            Some(Src::Const(imm, wide)) => {
+                self.emit(Instr {
+                    imm,
+                    wide,
+                    c: at,
+                    ..Instr::new(Op::Const)
+                });
+                Ok(at)
+            }
+            None => Ok(at),
+        }
+    }
+
+    /// A binary operation on the two operands on top of a stack of height `h` (`swap`: the
+    /// top is the first operand), its result in the lower one's slot. A constant second
+    /// operand (or first, when the operation commutes) becomes the immediate.
+    #[allow(clippy::too_many_arguments)]
+    fn binop(
+        &mut self,
+        pending: &mut BTreeMap<usize, Src>,
+        h: usize,
+        base: usize,
+        op: Op,
+        wide: bool,
+        swap: bool,
+    ) -> Result<(), LowerError> {
+        let (mut ka, mut kb) = if swap { (h - 1, h - 2) } else { (h - 2, h - 1) };
+        let konst = |k: usize| match pending.get(&k) {
+            Some(Src::Const(v, _)) => Some(*v),
+            _ => None,
+        };
+        let commutes = matches!(
+            op,
+            Op::Add | Op::Mul | Op::And | Op::Or | Op::Xor | Op::Eq | Op::Ne
+        );
+        if commutes && konst(ka).is_some() && konst(kb).is_none() {
+            (ka, kb) = (kb, ka);
+        }
+        let imm = konst(kb);
+        if imm.is_some() {
+            pending.remove(&kb);
+        }
+        let a = self.take(pending, ka, base)?;
+        let b = match imm {
+            Some(_) => 0,
+            None => self.take(pending, kb, base)?,
+        };
+        self.emit(Instr {
+            wide,
+            a,
+            b,
+            c: slot(base + h - 2)?,
+            imm: imm.unwrap_or(0),
+            imm_b: imm.is_some(),
+            ..Instr::new(op)
+        });
         Ok(())
     }
 
@@ -1564,9 +1740,10 @@ impl Lowerer {
     }
 
     /// `memory.fill(dst, value, n)` after the bounds check: bytes up to the first 4-aligned
-    /// address, then whole 4-byte words, then the remaining bytes. Frame: 0 dst, 1 value, 2 n,
-    /// 3 link, 4 p, 5 and 6 scratch, 7 end, 8 the word, 10 three, 11 one, 12 four, 13 255,
-    /// 14 0x01010101.
+    /// address, then blocks of 32 bytes (four 8-byte stores), then whole 4-byte words, then the
+    /// remaining bytes. Frame: 0 dst, 1 value, 2 n, 3 link, 4 p, 5 and 6 scratch, 7 end, 8 the
+    /// word, 10 three, 11 one, 12 four, 13 255, 14 0x01010101, 15 thirty-two, 16 the 8-byte
+    /// pattern.
     fn mem_fill_helper(&mut self) {
         let konst = |imm: u64, c: u32| Instr {
             imm,
@@ -1574,7 +1751,7 @@ impl Lowerer {
             ..Instr::new(Op::Const)
         };
         let top = self.code.len() as u64;
-        let (head, words, tail, done, trap) = (15, 22, 28, 33, 34);
+        let (head, block, words, tail, done, trap) = (18, 25, 34, 40, 45, 46);
         let br = |op: Op, a: u32, to: u64| Instr {
             a,
             imm: top + to,
@@ -1584,11 +1761,12 @@ impl Lowerer {
             imm: top + to,
             ..Instr::new(Op::Jump)
         };
-        let store = |width: u8, b: u32| Instr {
+        let store = |width: u8, b: u32, imm: u64| Instr {
             space: Space::Memory,
             a: 4,
             b,
             width,
+            imm,
             ..Instr::new(Op::Store)
         };
         let mut code = self.bounds_prelude(top, false, trap);
@@ -1602,36 +1780,49 @@ impl Lowerer {
             /* 12 */ konst(3, 10),
             /* 13 */ konst(1, 11),
             /* 14 */ konst(4, 12),
-            /* 15 head: bytes until p is 4-aligned */ wide(ins(Op::LtU, 4, 7, 6)),
-            /* 16 */ br(Op::BrZ, 6, done),
-            /* 17 */ wide(ins(Op::And, 4, 10, 6)),
-            /* 18 */ br(Op::BrZ, 6, words),
-            /* 19 */ store(0, 1),
-            /* 20 */ wide(ins(Op::Add, 4, 11, 4)),
-            /* 21 */ jump(head),
-            /* 22 words: while p + 4 <= end */ wide(ins(Op::Add, 4, 12, 6)),
-            /* 23 */ wide(ins(Op::LtU, 7, 6, 6)),
-            /* 24 */ br(Op::BrNz, 6, tail),
-            /* 25 */ store(2, 8),
-            /* 26 */ wide(ins(Op::Add, 4, 12, 4)),
-            /* 27 */ jump(words),
-            /* 28 tail */ wide(ins(Op::LtU, 4, 7, 6)),
-            /* 29 */ br(Op::BrZ, 6, done),
-            /* 30 */ store(0, 1),
-            /* 31 */ wide(ins(Op::Add, 4, 11, 4)),
-            /* 32 */ jump(tail),
-            /* 33 done */
+            /* 15 */ konst(32, 15),
+            /* 16 the byte in all eight bytes */ wide(ins(Op::Shl, 8, 15, 16)),
+            /* 17 */ wide(ins(Op::Or, 16, 8, 16)),
+            /* 18 head: bytes until p is 4-aligned */ wide(ins(Op::LtU, 4, 7, 6)),
+            /* 19 */ br(Op::BrZ, 6, done),
+            /* 20 */ wide(ins(Op::And, 4, 10, 6)),
+            /* 21 */ br(Op::BrZ, 6, block),
+            /* 22 */ store(0, 1, 0),
+            /* 23 */ wide(ins(Op::Add, 4, 11, 4)),
+            /* 24 */ jump(head),
+            /* 25 block: while p + 32 <= end, four 8-byte stores */
+            wide(ins(Op::Add, 4, 15, 6)),
+            /* 26 */ wide(ins(Op::LtU, 7, 6, 6)),
+            /* 27 */ br(Op::BrNz, 6, words),
+            /* 28 */ store(3, 16, 0),
+            /* 29 */ store(3, 16, 8),
+            /* 30 */ store(3, 16, 16),
+            /* 31 */ store(3, 16, 24),
+            /* 32 */ wide(ins(Op::Add, 4, 15, 4)),
+            /* 33 */ jump(block),
+            /* 34 words: while p + 4 <= end */ wide(ins(Op::Add, 4, 12, 6)),
+            /* 35 */ wide(ins(Op::LtU, 7, 6, 6)),
+            /* 36 */ br(Op::BrNz, 6, tail),
+            /* 37 */ store(2, 8, 0),
+            /* 38 */ wide(ins(Op::Add, 4, 12, 4)),
+            /* 39 */ jump(words),
+            /* 40 tail */ wide(ins(Op::LtU, 4, 7, 6)),
+            /* 41 */ br(Op::BrZ, 6, done),
+            /* 42 */ store(0, 1, 0),
+            /* 43 */ wide(ins(Op::Add, 4, 11, 4)),
+            /* 44 */ jump(tail),
+            /* 45 done */
             Instr {
                 b: 3,
                 ..Instr::new(Op::Return)
             },
-            /* 34 */
+            /* 46 */
             Instr {
                 imm: status::OUT_OF_BOUNDS,
                 ..Instr::new(Op::Halt)
             },
         ]);
-        debug_assert_eq!(code.len(), 35);
+        debug_assert_eq!(code.len(), 47);
         self.code.extend(code);
     }
 }

@@ -124,7 +124,8 @@ mod circuit {
         (drop (select (i32.const 1) (i32.const 2) (i64.ge_u (global.get $g) (i64.const 3))))
         (drop (i32.wrap_i64 (i64.const 0x1234567890)))
         (drop (i32.eq (i32.popcnt (local.get 0)) (i32.const 3)))
-        (drop (i32.eqz (local.get 0)))))"#;
+        (drop (i32.eqz (local.get 0)))
+        (drop (i32.add (local.get 0) (i32.const 1000)))))"#;
 
     #[test]
     fn honest_traces_satisfy_the_circuit() {
@@ -187,7 +188,6 @@ mod circuit {
             Op::LtS,
             Op::GeU,
             Op::Select,
-            Op::Copy,
         ] {
             let r = tampered(|c| {
                 let at = find(c, op);
@@ -212,7 +212,7 @@ mod circuit {
         // Same weighted sum, but one "bit" is 2.
         let r = tampered(|c| {
             let at = find(c, Op::Mul);
-            let y = c.steps[at].acc[1].value;
+            let y = c.steps[at].y();
             let k = (0..63).find(|&k| (y >> k) & 3 == 2).expect("a 10 pattern");
             c.tamper.aux = Some((
                 at,
@@ -277,6 +277,44 @@ mod circuit {
             c.steps.pop();
         });
         assert!(r.is_some(), "repeated");
+    }
+
+    /// A constant folded into its use as the immediate second operand: changing the immediate
+    /// or the flag is a different instruction than the program's, and the `b` access it no
+    /// longer needs still reads the never-written address 0.
+    #[test]
+    fn a_wrong_immediate_operand_fails() {
+        let with_imm = |c: &ZkvmCircuit| {
+            c.steps
+                .iter()
+                .position(|s| s.instr.imm_b && s.instr.op == Op::Add)
+                .expect("an add of a constant")
+        };
+        let r = tampered(|c| {
+            let at = with_imm(c);
+            // A consistent step for another immediate: only the fetch can tell.
+            c.steps[at].instr.imm += 1;
+            let v = c.steps[at].acc[3].value + 1;
+            rewrite(&mut c.steps, at, v);
+        });
+        caught(r, "fetch check");
+        let r = tampered(|c| {
+            let at = with_imm(c);
+            c.steps[at].instr.imm_b = false;
+        });
+        assert!(r.is_some(), "the flag cleared");
+        let r = tampered(|c| {
+            let at = with_imm(c);
+            c.steps[at].acc[1].value = 5;
+        });
+        caught(r, "memory check");
+        // The result must be the sum with the immediate, not with what `b` would name.
+        let r = tampered(|c| {
+            let at = with_imm(c);
+            let v = c.steps[at].acc[3].value ^ 4;
+            rewrite(&mut c.steps, at, v);
+        });
+        caught(r, "(Add)");
     }
 
     #[test]
@@ -455,23 +493,33 @@ mod circuit {
     /// circuit.
     #[test]
     fn memory_fill_at_every_alignment_and_length() {
+        // Lengths that end in the head, the words and the tail, and (from 32) that also fill
+        // whole 32-byte blocks.
         for start in 0..4 {
-            for len in 0..12 {
+            for len in (0..12).chain(30..46).chain([69, 72]) {
                 let wat = format!(
                     r#"(module
                       (import "zkmesh" "write_output" (func $out (param i32 i32)))
                       (memory (export "memory") 1)
                       (func (export "run")
-                        (memory.fill (i32.const 0) (i32.const 0x11) (i32.const 24))
+                        (memory.fill (i32.const 0) (i32.const 0x11) (i32.const 88))
                         (memory.fill (i32.const {a}) (i32.const 0x1ab) (i32.const {len}))
-                        (call $out (i32.const 0) (i32.const 24))))"#,
+                        (call $out (i32.const 0) (i32.const 88))))"#,
                     a = 4 + start
                 );
                 let wasm = wat::parse_str(&wat).unwrap();
                 let t = crate::tests::check(&wasm, b"");
                 assert_eq!(t.unprovable, None);
-                if start == 3 && len == 11 {
-                    let mut c = circuit_in(&wat, b"", MID);
+                if start == 3 && len == 43 {
+                    let mut c = circuit_in(
+                        &wat,
+                        b"",
+                        Class {
+                            steps: 1024,
+                            output: 24,
+                            ..MID
+                        },
+                    );
                     c.strict = true;
                     satisfied(c).unwrap();
                 }

@@ -55,6 +55,17 @@ pub struct Step {
     pub acc: [Access; 4],
 }
 
+impl Step {
+    /// The second operand: the immediate when the instruction has one, else what `b` read.
+    pub fn y(&self) -> u64 {
+        if self.instr.imm_b {
+            self.instr.imm
+        } else {
+            self.acc[1].value
+        }
+    }
+}
+
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Exit {
@@ -298,8 +309,13 @@ impl<'p> Machine<'p> {
             | Op::GeU
             | Op::GeS => {
                 acc[0] = self.read_slot(i.a);
-                acc[1] = self.read_slot(i.b);
-                let (x, y) = (acc[0].value, acc[1].value);
+                let y = if i.imm_b {
+                    i.imm
+                } else {
+                    acc[1] = self.read_slot(i.b);
+                    acc[1].value
+                };
+                let x = acc[0].value;
                 let (xs, ys) = (sext(x, n) as i64, sext(y, n) as i64);
                 let k = (y % n as u64) as u32;
                 let z = match i.op {

@@ -11,7 +11,9 @@ use crate::lower::{LowerError, lower};
 use crate::trace::{Exit, RunLimits, Trace, run};
 
 /// A class whose data-memory network has `2^k` entries: capacities scale with it, and the step
-/// capacity is whatever fills the network exactly.
+/// capacity is whatever fills the network exactly. The program holds `2^(k-2)` instructions, so
+/// program and step fetches together fill a fetch network of `2^(k-1)` entries (the step
+/// capacity is a little under `2^(k-2)`); the guests' programs are far smaller than their runs.
 const fn class(name: &'static str, k: u32) -> Class {
     let entries = 1usize << k;
     let globals = 16;
@@ -21,7 +23,7 @@ const fn class(name: &'static str, k: u32) -> Class {
     Class {
         name,
         steps: (entries - fixed) / 4,
-        program: 1 << (k - 1),
+        program: 1 << (k - 2),
         globals,
         data,
         input: io,
