@@ -974,6 +974,9 @@ impl InverseOrZero for Fr {
     }
 }
 
+/// Longest expression a routed value is carried as before it becomes a variable.
+const ROUTE_TERMS: usize = 8;
+
 /// Routes `entries` into key order through a Beneš network; returns the sorted side.
 fn route(cs: &Cs, entries: &[Entry], flip: Option<usize>) -> R<Vec<[L; 3]>> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
@@ -991,14 +994,20 @@ fn route(cs: &Cs, entries: &[Entry], flip: Option<usize>) -> R<Vec<[L; 3]>> {
         let s = cs.bit(if crossed { Fr::one() } else { Fr::zero() })?;
         let mut first: Vec<L> = vec![];
         let mut second: Vec<L> = vec![];
-        // Both outputs are fresh variables: as expressions of their inputs they would double in
-        // size at every column of the network.
+        // t = s (b - a): the outputs a + t and b - t are expressions, one term longer than
+        // their inputs per column; an output longer than ROUTE_TERMS becomes a fresh variable,
+        // which keeps the constraint matrices small at a fraction of a constraint per switch.
         for k in 0..3 {
-            let o = cs.witness(if crossed { b[k].v } else { a[k].v })?;
-            cs.enforce(&s, &b[k].sub(&a[k]), &o.sub(&a[k]))?;
-            let p = cs.fresh(&a[k].add(&b[k]).sub(&o))?;
-            first.push(o);
-            second.push(p);
+            let t = cs.mul(&s, &b[k].sub(&a[k]))?;
+            let short = |e: L| -> R<L> {
+                if e.lc.len() > ROUTE_TERMS {
+                    cs.fresh(&e)
+                } else {
+                    Ok(e)
+                }
+            };
+            first.push(short(a[k].add(&t))?);
+            second.push(short(b[k].sub(&t))?);
         }
         let arr = |v: Vec<L>| -> [L; 3] { v.try_into().map_err(|_| ()).expect("three fields") };
         Ok((arr(first), arr(second)))
