@@ -129,11 +129,11 @@ pub struct Tamper {
 /// The auxiliary witness of a step: everything the constraints need beyond the trace.
 #[derive(Clone, Debug)]
 pub struct Aux {
-    /// Decompositions: X of the `a` value, Y of the `b` value, Z of the result, H and D of the
-    /// operation's helper values. 64 bits each, D 66.
-    pub x: Vec<Fr>,
+    /// Decompositions: U of the result for the operations in [`Z_UNIT`] and of the `a` value
+    /// for all others, Y of the second operand, H and D of the operation's helper values. 64
+    /// bits each, D 66.
+    pub u: Vec<Fr>,
     pub y: Vec<Fr>,
-    pub z: Vec<Fr>,
     pub h: Vec<Fr>,
     pub d: Vec<Fr>,
     /// 34 bits: bounds (memory accesses, call depth).
@@ -205,7 +205,10 @@ fn aux_of(class: &Class, step: &Step) -> Aux {
         }
         Op::Shl => h = ((x as u128) << k) >> n,
         Op::ShrU => h = ((x as u128) << (n - k)) % w,
-        Op::ShrS => h = ((xs << (n - k)).rem_euclid(w as i128)) as u128,
+        Op::ShrS => {
+            h = ((xs << (n - k)).rem_euclid(w as i128)) as u128;
+            d = x as u128;
+        }
         Op::Rotl | Op::Rotr => {
             let k = if i.op == Op::Rotl { k } else { n - k };
             let v = (x as u128) << k;
@@ -240,15 +243,29 @@ fn aux_of(class: &Class, step: &Step) -> Aux {
     let mut sel = vec![Fr::zero(); OP_COUNT];
     sel[i.op as usize - 1] = Fr::one();
     Aux {
-        x: bits_of(x as u128, 64),
+        u: bits_of(if Z_UNIT.contains(&i.op) { zv } else { x } as u128, 64),
         y: bits_of(y as u128, 64),
-        z: bits_of(zv as u128, 64),
         h: bits_of(h, 64),
         d: bits_of(d, 66),
         e: bits_of(e, 34),
         sel,
     }
 }
+
+/// Operations whose result needs its bits or a range check: unit U decomposes their result
+/// (for all others, their first operand).
+pub const Z_UNIT: [Op; 10] = [
+    Op::Add,
+    Op::Sub,
+    Op::Mul,
+    Op::DivU,
+    Op::RemU,
+    Op::Shl,
+    Op::ShrU,
+    Op::ShrS,
+    Op::Clz,
+    Op::Ctz,
+];
 
 /// One entry of a list that is routed and checked.
 #[derive(Clone)]
@@ -510,16 +527,20 @@ impl ZkvmCircuit {
         let m = cs.witness(f(rm.value))?;
         let z = cs.witness(f(rz.value))?;
 
-        // Units.
-        let (xb, xs) = cs.bits(&aux.x)?;
+        // Units. U decomposes the result of the operations whose result needs its bits or a
+        // range check, and the first operand of all others (whose results are expressions of
+        // bits, or copies, or small): every value written is in range either way.
+        let zsel = any(&Z_UNIT);
+        let u = x.add(&cs.mul(&zsel, &z.sub(&x))?);
+        let (ub, us) = cs.bits(&aux.u)?;
         let (yb, ys) = cs.bits(&aux.y)?;
-        let (zb, zs) = cs.bits(&aux.z)?;
         let (hb, h) = cs.bits(&aux.h)?;
         let (db, d) = cs.bits(&aux.d)?;
         let (_, e) = cs.bits(&aux.e)?;
-        cs.equal(&x, &xs)?;
+        cs.equal(&u, &us)?;
         cs.equal(&y, &ys)?;
-        cs.equal(&z, &zs)?;
+        // The bits of x for operations outside Z_UNIT, of z for those in it.
+        let (xb, zb) = (&ub, &ub);
         let hi = |bits: &[L], from: usize, to: usize| {
             bits[from..to]
                 .iter()
@@ -639,7 +660,7 @@ impl ZkvmCircuit {
         g(Op::And, &z.sub(&and))?;
         g(Op::Or, &z.sub(&x.add(&y).sub(&and)))?;
         g(Op::Xor, &z.sub(&x.add(&y).sub(&and.scale(f(2)))))?;
-        g(Op::Popcnt, &z.sub(&sum(&xb)))?;
+        g(Op::Popcnt, &z.sub(&sum(xb.iter())))?;
         g(Op::Wrap, &z.sub(&hi(&xb, 0, 32)))?;
         // Equality.
         g(Op::Eqz, &z.sub(&isz))?;
@@ -684,9 +705,8 @@ impl ZkvmCircuit {
             Op::Ctz,
         ]);
         let narrow = cs.mul(&alu, &one.sub(&wide))?;
-        cs.gate(&narrow, &hi(&zb, 32, 64))?;
+        cs.gate(&narrow, &hi(&ub, 32, 64))?;
         cs.gate(&narrow, &hi(&hb, 32, 64))?;
-        cs.gate(&narrow, &hi(&xb, 32, 64))?;
         cs.gate(&narrow, &hi(&yb, 32, 64))?;
 
         // Division by a non-zero divisor: x = q y + r, r < y.
@@ -714,10 +734,12 @@ impl ZkvmCircuit {
         let z_w = z.scale(pow2(32)).add_scaled(&wide_z, pow2(64) - pow2(32));
         g(Op::Shl, &xp.sub(&z).sub(&w_h))?;
         g(Op::ShrU, &xq.sub(&z_w).sub(&h))?;
-        // Arithmetic: (x - W sx) Q = (z - W sx) W + h
-        let wsx = cs.mul(&wide, &sx)?;
-        let w_sx = sx.scale(pow2(32)).add_scaled(&wsx, pow2(64) - pow2(32));
-        let ww_sx = sx.scale(pow2(64)).add_scaled(&wsx, pow2(128) - pow2(64));
+        // Arithmetic: (x - W sx) Q = (z - W sx) W + h, the sign of x from D = x.
+        g(Op::ShrS, &d.sub(&x))?;
+        let sxd = bit_at(&db, 31, 63)?;
+        let wsx = cs.mul(&wide, &sxd)?;
+        let w_sx = sxd.scale(pow2(32)).add_scaled(&wsx, pow2(64) - pow2(32));
+        let ww_sx = sxd.scale(pow2(64)).add_scaled(&wsx, pow2(128) - pow2(64));
         let xsq = cs.mul(&x.sub(&w_sx), &q)?;
         g(Op::ShrS, &xsq.sub(&z_w.sub(&ww_sx)).sub(&h))?;
         // Rotations: x P = h W + d (rotl) or x Q = h W + d (rotr), z = h + d, d < W.

@@ -464,6 +464,37 @@ mod circuit {
         }
     }
 
+    /// Unit U decomposes the result of an operation like `add` and the first operand of one like
+    /// `xor`; `shr_s` takes the sign from D, which must be its operand. A decomposition of the
+    /// other value, or a D with the sign flipped, fails.
+    #[test]
+    fn the_shared_units_decompose_the_right_values() {
+        for op in [Op::Add, Op::Xor] {
+            let mut c = circuit_in(MEMOPS, b"xyz", MID);
+            let at = c
+                .steps
+                .iter()
+                .position(|s| s.instr.op == op && s.acc[0].value != s.acc[3].value)
+                .expect("an operation whose result differs from its operand");
+            let (x, z) = (c.steps[at].acc[0].value, c.steps[at].acc[3].value);
+            let other = if op == Op::Add { x } else { z };
+            c.tamper.aux = Some((
+                at,
+                Box::new(move |a| a.u = crate::r1cs::bits_of(other as u128, 64)),
+            ));
+            caught(violation(c), &format!("({op:?})"));
+        }
+        let mut c = circuit_in(MEMOPS, b"xyz", MID);
+        let at = find(&c, Op::ShrS);
+        let x = c.steps[at].acc[0].value;
+        assert_eq!(x >> 31, 1, "a negative operand");
+        c.tamper.aux = Some((
+            at,
+            Box::new(move |a| a.d = crate::r1cs::bits_of((x ^ 1 << 31) as u128, 66)),
+        ));
+        caught(violation(c), "(ShrS)");
+    }
+
     /// Accesses whose alignment hint promises less than the circuit needs are split by the
     /// lowering into pieces that never cross a word: an 8-byte store at a 2-aligned address
     /// (what the sort guest does), a 4-byte and a 2-byte store across word boundaries, and
