@@ -271,6 +271,11 @@ fn parse(wasm: &[u8]) -> Result<Module<'_>, LowerError> {
     if m.entry.is_none() {
         return Err(unprovable("no exported `run` (or `main`) function"));
     }
+    // Instantiation checks every element segment against the table, empty ones included.
+    let table = m.table.unwrap_or(0);
+    if m.elements.iter().any(|(o, f)| o + f.len() as u64 > table) {
+        return Err(LowerError::Invalid("element segment out of bounds".into()));
+    }
     Ok(m)
 }
 
@@ -832,7 +837,9 @@ impl Lowerer {
                     }
                     h = c.height + c.results;
                     if ctl.is_empty() {
-                        if !c.dead {
+                        // Reached by falling off the end, or by a branch to the function's own
+                        // label (`br_if 0`, `br_table` at the outermost level).
+                        if !c.dead || !c.patches.is_empty() {
                             self.emit_return_from(r, h, base)?;
                         }
                         break;
@@ -1845,6 +1852,10 @@ fn wide(x: Instr) -> Instr {
 /// The initial memory as one window of words: every byte of every active data segment, with
 /// zeros in the gaps. Later segments overwrite earlier ones, as instantiation does.
 fn data_words(data: &[(u64, &[u8])], pages: u64) -> Result<(u64, Vec<u64>), LowerError> {
+    // Instantiation checks every segment, empty ones included.
+    if data.iter().any(|(o, d)| o + d.len() as u64 > pages * PAGE) {
+        return Err(LowerError::Invalid("data segment out of bounds".into()));
+    }
     let nonempty = data.iter().filter(|(_, d)| !d.is_empty());
     let (Some(lo), Some(hi)) = (
         nonempty.clone().map(|(o, _)| *o).min(),
@@ -1852,12 +1863,9 @@ fn data_words(data: &[(u64, &[u8])], pages: u64) -> Result<(u64, Vec<u64>), Lowe
     ) else {
         return Ok((0, vec![]));
     };
-    if hi > pages * PAGE {
-        return Err(LowerError::Invalid("data segment out of bounds".into()));
-    }
     let (first, last) = (lo / WORD, hi.div_ceil(WORD));
     let mut bytes = vec![0u8; ((last - first) * WORD) as usize];
-    for (offset, d) in data {
+    for (offset, d) in data.iter().filter(|(_, d)| !d.is_empty()) {
         let at = (offset - first * WORD) as usize;
         bytes[at..at + d.len()].copy_from_slice(d);
     }

@@ -890,3 +890,182 @@ mod generated {
         assert_eq!(checked, 4, "too few generated programs fit the test class");
     }
 }
+
+/// Modules from wasm-smith, restricted to the integer subset (no floats, vectors, references,
+/// tables instructions, bulk memory or later proposals) and given the zkmesh ABI as imports and
+/// an exported `run`: lowered and run by the tracing interpreter and by wasmtime, they must
+/// agree on whether the run succeeds and on its output. Runs wasmtime stops for fuel, stack or
+/// output limits are not compared.
+mod smith {
+    use crate::lower::{LowerError, lower};
+    use crate::trace::{Exit, RunLimits, run};
+    use wasm_smith::{InstructionKind, InstructionKinds};
+    use zkmesh_runtime::{Exit as WExit, Limits, Sandbox, SandboxConfig};
+
+    fn config() -> wasm_smith::Config {
+        let module = |wat: &str| Some(wat::parse_str(wat).expect("valid wat"));
+        wasm_smith::Config {
+            available_imports: module(
+                r#"(module
+                  (import "zkmesh" "input_len" (func (result i32)))
+                  (import "zkmesh" "read_input" (func (param i32 i32 i32) (result i32)))
+                  (import "zkmesh" "write_output" (func (param i32 i32))))"#,
+            ),
+            exports: module(r#"(module (func (export "run")) (memory (export "memory") 1 2))"#),
+            allowed_instructions: InstructionKinds::new(&[
+                InstructionKind::NumericInt,
+                InstructionKind::Parametric,
+                InstructionKind::Variable,
+                InstructionKind::MemoryInt,
+                InstructionKind::Control,
+            ]),
+            allow_floats: false,
+            allow_start_export: false,
+            bulk_memory_enabled: false,
+            exceptions_enabled: false,
+            gc_enabled: false,
+            memory64_enabled: false,
+            multi_value_enabled: false,
+            reference_types_enabled: false,
+            relaxed_simd_enabled: false,
+            saturating_float_to_int_enabled: false,
+            simd_enabled: false,
+            tail_call_enabled: false,
+            threads_enabled: false,
+            wide_arithmetic_enabled: false,
+            extended_const_enabled: false,
+            compact_imports_enabled: false,
+            // The exported memory is made anyway; no second one.
+            max_memories: 0,
+            max_memory32_bytes: 2 << 16,
+            max_tables: 1,
+            max_funcs: 12,
+            max_instructions: 200,
+            ..wasm_smith::Config::default()
+        }
+    }
+
+    /// Deterministic bytes for wasm-smith to shape a module from.
+    fn entropy(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 32) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn wasm_smith_modules_match_wasmtime() {
+        let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+        let limits = Limits {
+            fuel: 100_000,
+            ..Limits::default()
+        };
+        let (mut compared, mut succeeded, mut refused) = (0, 0, 0);
+        // SMITH_SEEDS=N tries more modules (the suite runs 500).
+        let seeds = std::env::var("SMITH_SEEDS").map_or(500, |n| n.parse().expect("a number"));
+        for seed in 0..seeds {
+            let bytes = entropy(seed, 8192);
+            let mut u = arbitrary::Unstructured::new(&bytes);
+            let Ok(module) = wasm_smith::Module::new(config(), &mut u) else {
+                continue;
+            };
+            let wasm = module.to_bytes();
+            let program = match lower(&wasm) {
+                Ok(p) => p,
+                Err(LowerError::Unprovable { .. }) => {
+                    refused += 1;
+                    continue;
+                }
+                Err(e) => {
+                    // Only a module that cannot be instantiated may be refused as invalid.
+                    let out = sandbox.run(&wasm, b"", &limits, b"seed");
+                    assert_ne!(out.exit, WExit::Ok, "seed {seed}: {e}");
+                    refused += 1;
+                    continue;
+                }
+            };
+            let input = b"wasm-smith input";
+            let out = sandbox.run(&wasm, input, &limits, b"seed");
+            if !matches!(out.exit, WExit::Ok | WExit::Trap(_)) {
+                continue;
+            }
+            let trace = run(
+                &program,
+                input,
+                RunLimits {
+                    max_steps: 5_000_000,
+                    record: false,
+                    ..RunLimits::default()
+                },
+            );
+            let ok = out.exit == WExit::Ok;
+            assert_eq!(
+                trace.exit == Exit::Halted(0),
+                ok,
+                "seed {seed}: wasmtime {:?}, zkvm {:?}",
+                out.exit,
+                trace.exit
+            );
+            if ok {
+                assert_eq!(trace.output, out.output, "seed {seed}");
+                succeeded += 1;
+            }
+            compared += 1;
+        }
+        eprintln!("{compared} compared ({succeeded} ran to the end), {refused} refused");
+        assert!(
+            compared >= seeds / 2 && succeeded >= seeds / 5,
+            "too few comparable modules"
+        );
+    }
+
+    /// Traces of wasm-smith modules (runs that end, normally or in a trap the zkVM proves)
+    /// satisfy the circuit.
+    #[test]
+    fn wasm_smith_traces_satisfy_the_circuit() {
+        use crate::circuit::{Class, ZkvmCircuit};
+        let class = Class {
+            name: "smith",
+            steps: 1024,
+            program: 4096,
+            globals: 128,
+            data: 256,
+            input: 8,
+            output: 64,
+        };
+        let input = b"wasm-smith input";
+        let mut checked = 0;
+        for seed in 0..200u64 {
+            let bytes = entropy(seed, 8192);
+            let mut u = arbitrary::Unstructured::new(&bytes);
+            let Ok(module) = wasm_smith::Module::new(config(), &mut u) else {
+                continue;
+            };
+            let Ok(program) = lower(&module.to_bytes()) else {
+                continue;
+            };
+            let trace = run(
+                &program,
+                input,
+                RunLimits {
+                    max_steps: 2000,
+                    ..RunLimits::default()
+                },
+            );
+            let Ok(c) = ZkvmCircuit::new(class, &program, input, &trace) else {
+                continue;
+            };
+            assert_eq!(super::circuit::violation(c), None, "seed {seed}");
+            checked += 1;
+            if checked == 6 {
+                break;
+            }
+        }
+        assert_eq!(checked, 6, "too few wasm-smith runs fit the test class");
+    }
+}
