@@ -1352,11 +1352,36 @@ impl Lowerer {
         Ok(())
     }
 
+    /// Checks that bytes `[slot a, slot a + slot n)` lie inside linear memory (even when empty,
+    /// as the host functions do), else halts out of bounds at `trap`; temporaries `t`, `t + 1`.
+    fn memory_range_check(top: u64, a: u32, n: u32, t: u32, trap: u64) -> [Instr; 6] {
+        [
+            Instr {
+                c: t,
+                ..Instr::new(Op::MemSize)
+            },
+            wide(Instr {
+                imm: PAGE,
+                c: t + 1,
+                ..Instr::new(Op::Const)
+            }),
+            wide(ins(Op::Mul, t, t + 1, t)),
+            wide(ins(Op::Add, a, n, t + 1)),
+            wide(ins(Op::LtU, t, t + 1, t)),
+            Instr {
+                a: t,
+                imm: top + trap,
+                ..Instr::new(Op::BrNz)
+            },
+        ]
+    }
+
     /// `read_input(dst, offset, len) -> n`, in lowered code. Frame: 0 dst, 1 offset, 2 len,
     /// 3 link, then 4 total, 5 n, 6 i, 7 t, 8 u, 9 one.
     fn read_input_helper(&mut self) {
         let top = self.code.len() as u64;
-        let code = vec![
+        let (check, lp, done, trap) = (9, 16, 24, 25);
+        let mut code = vec![
             /* 0 */
             Instr {
                 space: Space::Input,
@@ -1376,10 +1401,10 @@ impl Lowerer {
                 ..Instr::new(Op::Const)
             },
             /* 3 */ ins(Op::GeU, 1, 4, 7),
-            /* 4 */
+            /* 4: offset past the input, n = 0 */
             Instr {
                 a: 7,
-                imm: top + 18,
+                imm: top + check,
                 ..Instr::new(Op::BrNz)
             },
             /* 5 */ ins(Op::Sub, 4, 1, 5),
@@ -1387,24 +1412,28 @@ impl Lowerer {
             /* 7 */
             Instr {
                 a: 7,
-                imm: top + 9,
+                imm: top + check,
                 ..Instr::new(Op::BrZ)
             },
             /* 8 */ ins(Op::Copy, 2, 0, 5),
-            /* 9 */
+        ];
+        /* 9-14: the destination dst..dst+n inside memory */
+        code.extend(Self::memory_range_check(top, 0, 5, 7, trap));
+        code.extend([
+            /* 15 */
             Instr {
                 c: 6,
                 ..Instr::new(Op::Const)
             },
-            /* 10 loop */ ins(Op::LtU, 6, 5, 7),
-            /* 11 */
+            /* 16 loop */ ins(Op::LtU, 6, 5, 7),
+            /* 17 */
             Instr {
                 a: 7,
-                imm: top + 18,
+                imm: top + done,
                 ..Instr::new(Op::BrZ)
             },
-            /* 12: input byte index (offset + i < total < 2^31) */ ins(Op::Add, 1, 6, 7),
-            /* 13 */
+            /* 18: input byte index (offset + i < total < 2^31) */ ins(Op::Add, 1, 6, 7),
+            /* 19 */
             Instr {
                 space: Space::Input,
                 a: 7,
@@ -1412,32 +1441,38 @@ impl Lowerer {
                 c: 7,
                 ..Instr::new(Op::Load)
             },
-            /* 14: destination as a 64-bit sum, so it cannot wrap */
+            /* 20: destination as a 64-bit sum, so it cannot wrap */
             Instr {
                 wide: true,
                 ..ins(Op::Add, 0, 6, 8)
             },
-            /* 15 */
+            /* 21 */
             Instr {
                 space: Space::Memory,
                 a: 8,
                 b: 7,
                 ..Instr::new(Op::Store)
             },
-            /* 16 */ ins(Op::Add, 6, 9, 6),
-            /* 17 */
+            /* 22 */ ins(Op::Add, 6, 9, 6),
+            /* 23 */
             Instr {
-                imm: top + 10,
+                imm: top + lp,
                 ..Instr::new(Op::Jump)
             },
-            /* 18 done */
+            /* 24 done */
             Instr {
                 a: 5,
                 b: 3,
                 c: 1,
                 ..Instr::new(Op::Return)
             },
-        ];
+            /* 25 */
+            Instr {
+                imm: status::OUT_OF_BOUNDS,
+                ..Instr::new(Op::Halt)
+            },
+        ]);
+        debug_assert_eq!(code.len(), 26);
         self.code.extend(code);
     }
 
@@ -1445,80 +1480,89 @@ impl Lowerer {
     /// 4 i, 5 t, 6 u, 7 one.
     fn write_output_helper(&mut self) {
         let top = self.code.len() as u64;
-        let code = vec![
-            /* 0 */
+        let (lp, done, trap) = (9, 17, 20);
+        /* 0-5: the source src..src+len inside memory */
+        let mut code = Self::memory_range_check(top, 0, 1, 5, trap).to_vec();
+        code.extend([
+            /* 6 */
             Instr {
                 space: Space::Globals,
                 imm: GLOBAL_OUT_LEN,
                 c: 3,
                 ..Instr::new(Op::GetM)
             },
-            /* 1 */
+            /* 7 */
             Instr {
                 imm: 1,
                 c: 7,
                 ..Instr::new(Op::Const)
             },
-            /* 2 */
+            /* 8 */
             Instr {
                 c: 4,
                 ..Instr::new(Op::Const)
             },
-            /* 3 loop */ ins(Op::LtU, 4, 1, 5),
-            /* 4 */
+            /* 9 loop */ ins(Op::LtU, 4, 1, 5),
+            /* 10 */
             Instr {
                 a: 5,
-                imm: top + 11,
+                imm: top + done,
                 ..Instr::new(Op::BrZ)
             },
-            /* 5 */
+            /* 11 */
             Instr {
                 wide: true,
                 ..ins(Op::Add, 0, 4, 5)
             },
-            /* 6 */
+            /* 12 */
             Instr {
                 space: Space::Memory,
                 a: 5,
                 c: 5,
                 ..Instr::new(Op::Load)
             },
-            /* 7 */
+            /* 13 */
             Instr {
                 wide: true,
                 ..ins(Op::Add, 3, 4, 6)
             },
-            /* 8 */
+            /* 14 */
             Instr {
                 space: Space::Output,
                 a: 6,
                 b: 5,
                 ..Instr::new(Op::Store)
             },
-            /* 9 */ ins(Op::Add, 4, 7, 4),
-            /* 10 */
+            /* 15 */ ins(Op::Add, 4, 7, 4),
+            /* 16 */
             Instr {
-                imm: top + 3,
+                imm: top + lp,
                 ..Instr::new(Op::Jump)
             },
-            /* 11 done */
+            /* 17 done */
             Instr {
                 wide: true,
                 ..ins(Op::Add, 3, 1, 5)
             },
-            /* 12 */
+            /* 18 */
             Instr {
                 space: Space::Globals,
                 imm: GLOBAL_OUT_LEN,
                 a: 5,
                 ..Instr::new(Op::SetM)
             },
-            /* 13 */
+            /* 19 */
             Instr {
                 b: 2,
                 ..Instr::new(Op::Return)
             },
-        ];
+            /* 20 */
+            Instr {
+                imm: status::OUT_OF_BOUNDS,
+                ..Instr::new(Op::Halt)
+            },
+        ]);
+        debug_assert_eq!(code.len(), 21);
         self.code.extend(code);
     }
 }

@@ -902,7 +902,9 @@ mod smith {
     use wasm_smith::{InstructionKind, InstructionKinds};
     use zkmesh_runtime::{Exit as WExit, Limits, Sandbox, SandboxConfig};
 
-    fn config() -> wasm_smith::Config {
+    /// `bulk`: also `memory.copy` and `memory.fill` (and the passive data segments and table
+    /// instructions that come with them, which the lowering refuses).
+    fn config(bulk: bool) -> wasm_smith::Config {
         let module = |wat: &str| Some(wat::parse_str(wat).expect("valid wat"));
         wasm_smith::Config {
             available_imports: module(
@@ -921,7 +923,7 @@ mod smith {
             ]),
             allow_floats: false,
             allow_start_export: false,
-            bulk_memory_enabled: false,
+            bulk_memory_enabled: bulk,
             exceptions_enabled: false,
             gc_enabled: false,
             memory64_enabled: false,
@@ -971,7 +973,7 @@ mod smith {
         for seed in 0..seeds {
             let bytes = entropy(seed, 8192);
             let mut u = arbitrary::Unstructured::new(&bytes);
-            let Ok(module) = wasm_smith::Module::new(config(), &mut u) else {
+            let Ok(module) = wasm_smith::Module::new(config(seed % 3 == 0), &mut u) else {
                 continue;
             };
             let wasm = module.to_bytes();
@@ -1043,7 +1045,7 @@ mod smith {
         for seed in 0..200u64 {
             let bytes = entropy(seed, 8192);
             let mut u = arbitrary::Unstructured::new(&bytes);
-            let Ok(module) = wasm_smith::Module::new(config(), &mut u) else {
+            let Ok(module) = wasm_smith::Module::new(config(seed % 3 == 0), &mut u) else {
                 continue;
             };
             let Ok(program) = lower(&module.to_bytes()) else {
