@@ -668,13 +668,14 @@ impl Lowerer {
                 ..Instr::new(op)
             };
             macro_rules! binop {
-                ($op:expr, $wide:expr) => {{
-                    self.binop(&mut pending, h, base, $op, $wide, false)?;
-                    last_def = Some(self.code.len() - 1);
-                    h -= 1;
-                }};
-                ($op:expr, $wide:expr, swap) => {{
-                    self.binop(&mut pending, h, base, $op, $wide, true)?;
+                ($op:expr, $wide:expr) => {
+                    binop!(@ $op, $wide, false)
+                };
+                ($op:expr, $wide:expr, swap) => {
+                    binop!(@ $op, $wide, true)
+                };
+                (@ $op:expr, $wide:expr, $swap:expr) => {{
+                    self.binop(&mut pending, h, base, $op, $wide, $swap)?;
                     last_def = Some(self.code.len() - 1);
                     h -= 1;
                 }};
@@ -1353,7 +1354,8 @@ impl Lowerer {
     }
 
     /// Checks that bytes `[slot a, slot a + slot n)` lie inside linear memory (even when empty,
-    /// as the host functions do), else halts out of bounds at `trap`; temporaries `t`, `t + 1`.
+    /// as the host functions do), else jumps to the helper-relative `trap`. Leaves the memory
+    /// size in bytes in slot `t`; slot `t + 1` is scratch.
     fn memory_range_check(top: u64, a: u32, n: u32, t: u32, trap: u64) -> [Instr; 6] {
         [
             Instr {
@@ -1367,9 +1369,9 @@ impl Lowerer {
             }),
             wide(ins(Op::Mul, t, t + 1, t)),
             wide(ins(Op::Add, a, n, t + 1)),
-            wide(ins(Op::LtU, t, t + 1, t)),
+            wide(ins(Op::LtU, t, t + 1, t + 1)),
             Instr {
-                a: t,
+                a: t + 1,
                 imm: top + trap,
                 ..Instr::new(Op::BrNz)
             },
@@ -1568,6 +1570,21 @@ impl Lowerer {
 }
 
 impl Lowerer {
+    /// Halts with `status` unless the branch `skip` (`BrNz` or `BrZ`) on slot `cond` jumps over
+    /// the halt.
+    fn halt_unless(&mut self, skip: Op, cond: u32, status: u64) {
+        let pc = self.code.len() as u64;
+        self.emit(Instr {
+            a: cond,
+            imm: pc + 2,
+            ..Instr::new(skip)
+        });
+        self.emit(Instr {
+            imm: status,
+            ..Instr::new(Op::Halt)
+        });
+    }
+
     /// Division and remainder. The circuit knows only unsigned division by a non-zero divisor,
     /// so the traps WebAssembly defines become explicit halts first (divide by zero; signed
     /// overflow for `div_s` of the most negative value by -1), and signed division works on
@@ -1598,17 +1615,7 @@ impl Lowerer {
         };
         let mask = if wide { u64::MAX } else { 0xffff_ffff };
         let bits = if wide { 64 } else { 32 };
-        // if y != 0 skip the halt
-        let pc = self.code.len() as u64;
-        self.emit(Instr {
-            a: y,
-            imm: pc + 2,
-            ..Instr::new(Op::BrNz)
-        });
-        self.emit(Instr {
-            imm: status::DIVIDE_BY_ZERO,
-            ..Instr::new(Op::Halt)
-        });
+        self.halt_unless(Op::BrNz, y, status::DIVIDE_BY_ZERO);
         let (q, r) = if rem {
             (Op::RemU, true)
         } else {
@@ -1626,16 +1633,7 @@ impl Lowerer {
             self.emit(konst(mask, t3));
             self.emit(op(Op::Eq, y, t3, t4));
             self.emit(op(Op::And, t2, t4, t2));
-            let pc = self.code.len() as u64;
-            self.emit(Instr {
-                a: t2,
-                imm: pc + 2,
-                ..Instr::new(Op::BrZ)
-            });
-            self.emit(Instr {
-                imm: status::INTEGER_OVERFLOW,
-                ..Instr::new(Op::Halt)
-            });
+            self.halt_unless(Op::BrZ, t2, status::INTEGER_OVERFLOW);
         }
         // sx, sy: 0 or all ones; |v| = (v ^ s) - s
         self.emit(konst(bits - 1, t1));
@@ -1659,25 +1657,7 @@ impl Lowerer {
     /// then a trap unless `slot 0 + slot 2 <= size` (and, with `second`, `slot 1 + slot 2 <= size`).
     /// `trap` is the helper-relative pc of its `Halt`.
     fn bounds_prelude(&self, top: u64, second: bool, trap: u64) -> Vec<Instr> {
-        let mut code = vec![
-            Instr {
-                c: 5,
-                ..Instr::new(Op::MemSize)
-            },
-            wide(Instr {
-                imm: PAGE,
-                c: 6,
-                ..Instr::new(Op::Const)
-            }),
-            wide(ins(Op::Mul, 5, 6, 5)),
-            wide(ins(Op::Add, 0, 2, 6)),
-            wide(ins(Op::LtU, 5, 6, 6)),
-            Instr {
-                a: 6,
-                imm: top + trap,
-                ..Instr::new(Op::BrNz)
-            },
-        ];
+        let mut code = Self::memory_range_check(top, 0, 2, 5, trap).to_vec();
         if second {
             code.extend([
                 wide(ins(Op::Add, 1, 2, 6)),

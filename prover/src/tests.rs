@@ -947,17 +947,21 @@ mod smith {
         }
     }
 
-    /// Deterministic bytes for wasm-smith to shape a module from.
-    fn entropy(seed: u64, n: usize) -> Vec<u8> {
+    /// The module wasm-smith shapes from deterministic bytes for `seed` (bulk memory on every
+    /// third seed), if it makes one.
+    fn module(seed: u64) -> Option<Vec<u8>> {
         let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-        (0..n)
+        let bytes: Vec<u8> = (0..8192)
             .map(|_| {
                 x ^= x << 13;
                 x ^= x >> 7;
                 x ^= x << 17;
                 (x >> 32) as u8
             })
-            .collect()
+            .collect();
+        let mut u = arbitrary::Unstructured::new(&bytes);
+        let module = wasm_smith::Module::new(config(seed % 3 == 0), &mut u).ok()?;
+        Some(module.to_bytes())
     }
 
     #[test]
@@ -971,12 +975,9 @@ mod smith {
         // SMITH_SEEDS=N tries more modules (the suite runs 500).
         let seeds = std::env::var("SMITH_SEEDS").map_or(500, |n| n.parse().expect("a number"));
         for seed in 0..seeds {
-            let bytes = entropy(seed, 8192);
-            let mut u = arbitrary::Unstructured::new(&bytes);
-            let Ok(module) = wasm_smith::Module::new(config(seed % 3 == 0), &mut u) else {
+            let Some(wasm) = module(seed) else {
                 continue;
             };
-            let wasm = module.to_bytes();
             let program = match lower(&wasm) {
                 Ok(p) => p,
                 Err(LowerError::Unprovable { .. }) => {
@@ -1043,12 +1044,10 @@ mod smith {
         let input = b"wasm-smith input";
         let mut checked = 0;
         for seed in 0..200u64 {
-            let bytes = entropy(seed, 8192);
-            let mut u = arbitrary::Unstructured::new(&bytes);
-            let Ok(module) = wasm_smith::Module::new(config(seed % 3 == 0), &mut u) else {
+            let Some(wasm) = module(seed) else {
                 continue;
             };
-            let Ok(program) = lower(&module.to_bytes()) else {
+            let Ok(program) = lower(&wasm) else {
                 continue;
             };
             let trace = run(
