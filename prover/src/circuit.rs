@@ -1,24 +1,29 @@
-//! The universal circuit: one per size class, proving that a lowered program ran on an input,
-//! halted, and wrote an output.
+//! The universal circuit: one per size class, proving that a lowered program ran one segment of
+//! a run on an input: from a register and memory state to the next, or to a halt with an output.
 //!
 //! # Shape
 //!
-//! - **Public inputs** ([`Statement`]): step start and count, exit status, register state in and
-//!   out, the memory bounds, the whole program (fixed capacity per class, so one setup serves
-//!   every module), the initial globals and data window, the input and the output. The verifier
-//!   computes every one of them itself from the module, the input and the claimed output.
+//! - **Public inputs** ([`Statement`]): step start and count, whether the segment halts and
+//!   with what status, register state in and out, Poseidon commitments to the memory state in
+//!   and out, the whole program (fixed capacity per class, so one setup serves every module),
+//!   the initial globals and data window and the input (zero after the first segment), and the
+//!   output (zero unless the segment halts). The verifier computes every one of them itself
+//!   from the module, the input, the claimed output and the previous segment's claim.
 //! - **Steps**: each step fetches `(packed, imm)` at `pc`, decodes it into a one-hot opcode and
 //!   range-checked fields, reads two slots, makes one more access, writes one result, and
 //!   computes the next `pc`, `fp` and memory size. Operations are checked by gated constraints
-//!   over shared bit decompositions (units X, Y, Z of the operands and result, H and D of
-//!   auxiliary values).
+//!   over shared bit decompositions (unit U of the result or first operand, Y of the second
+//!   operand, H, D and E of auxiliary values).
 //! - **Fetch check**: the step fetches and the program (as initial entries) are routed through
 //!   a Beneš network into `pc` order; consecutive entries either repeat the `pc` with the same
 //!   contents or move to the next `pc`, which must be the program's own entry.
-//! - **Memory check**: every data access (initial values, four per step, final reads of the
-//!   output) is routed into `(address, time)` order; the sorted side checks strict order with a
-//!   range check, and that every read returns the previous access's value at that address, or
-//!   zero at its first access.
+//! - **Memory check**: every data access (initial values, the state in as writes, four per
+//!   step, final reads of the output, the state out as final reads) is routed into
+//!   `(address, time)` order; the sorted side checks strict order with a range check, that
+//!   every read returns the previous access's value at that address (or zero at its first
+//!   access), and, in a segment that does not halt, that the last access of every address
+//!   holding a value other than zero is a final read: the state out is complete, so the next
+//!   segment, which starts from it and reads zero everywhere else, sees the same memory.
 
 use ark_bn254::Fr;
 use ark_ff::{One, PrimeField, Zero};
@@ -27,6 +32,7 @@ use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystemRef};
 use crate::benes;
 use crate::isa::{ADDR_BITS, FLAG_BITS, GLOBAL_OUT_LEN, Instr, OP_COUNT, Op, SLOT_BITS, Space};
 use crate::isa::{Program, SPACE_SHIFT, WORD};
+use crate::poseidon;
 use crate::r1cs::{Cs, L, R, bits_of, f, pow2, sum};
 use crate::trace::{Exit, Step, Trace};
 
@@ -46,19 +52,31 @@ pub struct Class {
     pub input: usize,
     /// Output capacity in 4-byte words.
     pub output: usize,
+    /// Capacity of the memory state carried between segments, in (address, value) entries.
+    pub state: usize,
 }
 
 /// The public inputs, as integers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Statement {
+    /// Steps executed before this segment (0 for the first).
     pub step_start: u64,
+    /// Steps this segment executes (all of them unless it halts).
     pub steps: u64,
+    /// Whether the segment ends in a halt: the last segment of a run.
+    pub halted: bool,
+    /// Halt status (0 unless halted).
     pub status: u64,
-    pub mem_pages: u64,
-    pub mem_max_pages: u64,
     pub data_base: u64,
-    /// Register state after the last step: `pc + fp * 2^32 + ms * 2^64`.
+    /// Register state before the first step: `pc + fp * 2^32 + ms * 2^64`.
+    pub state_in: u128,
+    /// Register state after the last step.
     pub state_out: u128,
+    /// Poseidon commitments to the memory state before and after the segment: the list of
+    /// `(address, value)` of every non-zero word (empty for the first segment's state in and
+    /// the last one's state out).
+    pub memory_in: Fr,
+    pub memory_out: Fr,
     /// `(packed, imm)` of every program slot, zero-padded to the class.
     pub program: Vec<(u64, u64)>,
     pub globals: Vec<u64>,
@@ -73,26 +91,55 @@ pub fn pack_state(pc: u64, fp: u64, ms: u64) -> u128 {
     pc as u128 | (fp as u128) << 32 | (ms as u128) << 64
 }
 
+/// `(pc, fp, ms)` of a packed state (each 32 bits; a state that is not is refused by the
+/// circuit).
+pub fn unpack_state(s: u128) -> (u64, u64, u64) {
+    let m = 0xffff_ffff;
+    (
+        (s & m) as u64,
+        ((s >> 32) & m) as u64,
+        (s >> 64).min(u64::MAX as u128) as u64,
+    )
+}
+
+/// The commitment to a memory state of `class`: the Poseidon hash of its `(address, value)`
+/// list, zero-padded to the class's capacity.
+pub fn memory_digest(class: &Class, list: &[(u64, u64)]) -> Fr {
+    let mut items: Vec<Fr> = list.iter().flat_map(|(a, v)| [f(*a), f(*v)]).collect();
+    items.resize(2 * class.state, Fr::zero());
+    poseidon::hash(&items)
+}
+
+/// The commitment to the empty memory state of `class` (cached: every statement needs it).
+pub fn empty_memory(class: &Class) -> Fr {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    static CACHE: OnceLock<Mutex<HashMap<usize, Fr>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(d) = cache.lock().unwrap().get(&class.state) {
+        return *d;
+    }
+    let d = memory_digest(class, &[]);
+    cache.lock().unwrap().insert(class.state, d);
+    d
+}
+
 fn fr128(v: u128) -> Fr {
     Fr::from(v)
 }
 
 impl Statement {
-    /// Register state before the first step.
-    pub fn state_in(&self) -> u128 {
-        pack_state(0, 0, self.mem_pages)
-    }
-
     /// The public inputs in the circuit's order.
     pub fn to_field(&self) -> Vec<Fr> {
         let mut v = vec![
             f(self.step_start),
             f(self.steps),
+            f(self.halted as u64),
             f(self.status),
-            fr128(self.state_in()),
+            fr128(self.state_in),
             fr128(self.state_out),
-            f(self.mem_pages),
-            f(self.mem_max_pages),
+            self.memory_in,
+            self.memory_out,
             f(self.data_base),
         ];
         for (p, i) in &self.program {
@@ -154,6 +201,10 @@ pub struct ZkvmCircuit {
     pub violation: Option<std::sync::Arc<std::sync::Mutex<Option<String>>>>,
     /// Receives the hash of the constraint system's shape (see [`crate::groth::fingerprint`]).
     pub shape: Option<std::sync::Arc<std::sync::Mutex<String>>>,
+    /// The memory state in and out as `(address, value)` lists (the witnesses behind the
+    /// statement's commitments).
+    pub memory_in: Vec<(u64, u64)>,
+    pub memory_out: Vec<(u64, u64)>,
 }
 
 fn to_u128(x: Fr) -> u128 {
@@ -305,15 +356,17 @@ impl ZkvmCircuit {
         let class = self.class;
         assert_eq!(self.steps.len(), class.steps);
         assert_eq!(st.program.len(), class.program);
+        assert!(self.memory_in.len() <= class.state && self.memory_out.len() <= class.state);
 
         // Public inputs, in `Statement::to_field` order.
-        let step_start = cs.input(f(st.step_start))?;
+        let _step_start = cs.input(f(st.step_start))?;
         let n_steps = cs.input(f(st.steps))?;
+        let halted = cs.input(f(st.halted as u64))?;
         let status = cs.input(f(st.status))?;
-        let state_in = cs.input(fr128(st.state_in()))?;
+        let state_in = cs.input(fr128(st.state_in))?;
         let state_out = cs.input(fr128(st.state_out))?;
-        let mem_pages = cs.input(f(st.mem_pages))?;
-        let _mem_max = cs.input(f(st.mem_max_pages))?;
+        let memory_in = cs.input(st.memory_in)?;
+        let memory_out = cs.input(st.memory_out)?;
         let data_base = cs.input(f(st.data_base))?;
         let mut program = vec![];
         for (p, i) in &st.program {
@@ -329,37 +382,70 @@ impl ZkvmCircuit {
         assert_eq!(input.len(), class.input + 1);
         assert_eq!(output.len(), class.output + 1);
 
-        cs.region("public inputs");
-        // A single segment starts at step 0 from the canonical state.
-        cs.equal(&step_start, &L::zero())?;
-        cs.equal(&state_in, &mem_pages.scale(pow2(64)))?;
-
         let one = L::konst(Fr::one());
+        cs.region("public inputs");
+        // The segment either halts (the last one, with its status) or does not (status 0).
+        cs.gate(&halted, &one.sub(&halted))?;
+        cs.gate(&one.sub(&halted), &status)?;
+        // The registers in: pc, fp and memory size of 32 bits each, packed as in `pack_state`.
+        let (pc_in, fp_in, ms_in) = unpack_state(st.state_in);
+        let (_, pc0) = cs.bits(&bits_of(pc_in as u128, 32))?;
+        let (_, fp0) = cs.bits(&bits_of(fp_in as u128, 32))?;
+        let (_, ms0) = cs.bits(&bits_of(ms_in as u128, 32))?;
+        cs.equal(
+            &pc0.add(&fp0.scale(pow2(32))).add(&ms0.scale(pow2(64))),
+            &state_in,
+        )?;
 
         let mut mem: Vec<Entry> = vec![];
         let mut fetch: Vec<Entry> = vec![];
         let mut time = 0u64;
-        let mut push_mem = |mem: &mut Vec<Entry>, addr: L, w: L, value: L, native: u64| {
-            let tw = w.add(&L::konst(f(2 * time)));
-            mem.push(Entry {
-                fields: [addr, tw, value],
-                key: (native, time),
-            });
-            time += 1;
-        };
-        // Initial values.
+        // tw = 4 time + 2 final + write: final entries are the reads that report the memory
+        // state at the end of the segment.
+        let mut push_mem =
+            |mem: &mut Vec<Entry>, addr: L, w: L, fin: bool, value: L, native: u64| {
+                let tw = w.add(&L::konst(f(4 * time + 2 * fin as u64)));
+                mem.push(Entry {
+                    fields: [addr, tw, value],
+                    key: (native, time),
+                });
+                time += 1;
+            };
+        // Initial values: the module's globals and data and the input (a segment after the
+        // first has them all zero, and gets its memory from the state in).
         for (k, g) in globals.iter().enumerate() {
             let a = Space::Globals.base() + k as u64;
-            push_mem(&mut mem, L::konst(f(a)), one.clone(), g.clone(), a);
+            push_mem(&mut mem, L::konst(f(a)), one.clone(), false, g.clone(), a);
         }
         for (k, d) in data.iter().enumerate() {
             let a = Space::Memory.base() + st.data_base + k as u64;
             let addr = data_base.add_c(f(Space::Memory.base() + k as u64));
-            push_mem(&mut mem, addr, one.clone(), d.clone(), a);
+            push_mem(&mut mem, addr, one.clone(), false, d.clone(), a);
         }
         for (k, x) in input.iter().enumerate() {
             let a = Space::Input.base() + k as u64;
-            push_mem(&mut mem, L::konst(f(a)), one.clone(), x.clone(), a);
+            push_mem(&mut mem, L::konst(f(a)), one.clone(), false, x.clone(), a);
+        }
+        // The memory state in: writes of every (address, value) it lists, bound to the public
+        // commitment.
+        cs.region("memory in");
+        let state_list = |list: &[(u64, u64)]| -> R<Vec<(L, L, u64)>> {
+            let mut out = vec![];
+            for k in 0..class.state {
+                let (a, v) = list.get(k).copied().unwrap_or((0, 0));
+                out.push((cs.witness(f(a))?, cs.witness(f(v))?, a));
+            }
+            Ok(out)
+        };
+        let m_in = state_list(&self.memory_in)?;
+        let flat = |l: &[(L, L, u64)]| -> Vec<L> {
+            l.iter()
+                .flat_map(|(a, v, _)| [a.clone(), v.clone()])
+                .collect()
+        };
+        cs.equal(&poseidon::hash_gadget(cs, &flat(&m_in))?, &memory_in)?;
+        for (a, v, native) in &m_in {
+            push_mem(&mut mem, a.clone(), one.clone(), false, v.clone(), *native);
         }
 
         for (k, (p, i)) in program.iter().enumerate() {
@@ -370,9 +456,9 @@ impl ZkvmCircuit {
         }
 
         // The steps.
-        let mut pc = L::zero();
-        let mut fp = L::zero();
-        let mut ms = mem_pages.clone();
+        let mut pc = pc0;
+        let mut fp = fp0;
+        let mut ms = ms0;
         let mut executed = L::zero();
         let mut last_halt = L::zero();
         let mut last_imm = L::zero();
@@ -391,6 +477,7 @@ impl ZkvmCircuit {
                     &mut mem,
                     acc.0.clone(),
                     acc.1.clone(),
+                    false,
                     acc.2.clone(),
                     native,
                 );
@@ -405,32 +492,51 @@ impl ZkvmCircuit {
             (pc, fp, ms) = (s.pc, s.fp, s.ms);
         }
         cs.region("end state");
-        // The run halted, with the public status, after the public number of steps, in the
-        // public final state.
-        cs.equal(&last_halt, &one)?;
-        cs.equal(&last_imm, &status)?;
+        // The segment halted or not, as public, with the public status, after the public number
+        // of steps, in the public final state.
+        cs.equal(&last_halt, &halted)?;
+        cs.gate(&halted, &last_imm.sub(&status))?;
         cs.equal(&executed, &n_steps)?;
         let end = pc.add(&fp.scale(pow2(32))).add(&ms.scale(pow2(64)));
         cs.equal(&end, &state_out)?;
 
-        // Final reads: the output length and the output words.
+        // Final reads of the output length and words, in the segment that halts (elsewhere
+        // reads of the zero space, so the public output must be zero there).
         let out_len_addr = Space::Globals.base() + GLOBAL_OUT_LEN;
+        let gated = |a: u64| -> u64 { if st.halted { a } else { 0 } };
         push_mem(
             &mut mem,
-            L::konst(f(out_len_addr)),
+            halted.scale(f(out_len_addr)),
             L::zero(),
+            false,
             output[0].clone(),
-            out_len_addr,
+            gated(out_len_addr),
         );
         for (k, o) in output[1..].iter().enumerate() {
             let a = Space::Output.base() + k as u64;
-            push_mem(&mut mem, L::konst(f(a)), L::zero(), o.clone(), a);
+            push_mem(
+                &mut mem,
+                halted.scale(f(a)),
+                L::zero(),
+                false,
+                o.clone(),
+                gated(a),
+            );
+        }
+        // The memory state out: final reads of every (address, value) it lists, bound to the
+        // public commitment. The memory check makes the list complete unless the segment halts.
+        cs.region("memory out");
+        let m_out = state_list(&self.memory_out)?;
+        cs.equal(&poseidon::hash_gadget(cs, &flat(&m_out))?, &memory_out)?;
+        for (a, v, native) in &m_out {
+            push_mem(&mut mem, a.clone(), L::zero(), true, v.clone(), *native);
         }
 
         // Padding: reads of the zero space, and fetches of pc 0.
         let n_mem = mem.len().next_power_of_two();
         while mem.len() < n_mem {
-            push_mem(&mut mem, L::zero(), L::zero(), cs.witness(Fr::zero())?, 0);
+            let zero = cs.witness(Fr::zero())?;
+            push_mem(&mut mem, L::zero(), L::zero(), false, zero, 0);
         }
         let n_fetch = fetch.len().next_power_of_two().max(2);
         let mut pad = class.steps as u64 + 1;
@@ -447,7 +553,7 @@ impl ZkvmCircuit {
         cs.region("memory routing");
         let sorted_mem = route(cs, &mem, self.tamper.memory_switch)?;
         cs.region("memory check");
-        check_memory(cs, &sorted_mem, n_mem.trailing_zeros())?;
+        check_memory(cs, &sorted_mem, n_mem.trailing_zeros(), &halted)?;
         cs.region("fetch routing");
         let sorted_fetch = route(cs, &fetch, self.tamper.fetch_switch)?;
         cs.region("fetch check");
@@ -1037,21 +1143,38 @@ fn route(cs: &Cs, entries: &[Entry], flip: Option<usize>) -> R<Vec<[L; 3]>> {
     benes::apply(&inputs, &mut settings.into_iter(), &mut switch)
 }
 
-/// The sorted side of the memory check: strictly increasing `(address, time)`, and every read
-/// sees the previous value at its address (zero if it is the first access there).
-fn check_memory(cs: &Cs, sorted: &[[L; 3]], time_bits: u32) -> R<()> {
+/// The sorted side of the memory check: strictly increasing `(address, time)`, every read sees
+/// the previous value at its address (zero if it is the first access there), and, unless the
+/// segment `halted`, the last access of every address whose value is not zero is a final read,
+/// so the state out lists every such address.
+fn check_memory(cs: &Cs, sorted: &[[L; 3]], time_bits: u32, halted: &L) -> R<()> {
     let one = L::konst(Fr::one());
-    let split = |e: &[L; 3]| -> R<(L, L, L, L)> {
-        // tw = 2 time + write
-        let wv = to_u128(e[1].v) & 1;
-        let w = cs.bit(f(wv as u64))?;
-        let t = e[1].sub(&w).scale(f(2).inverse_or_zero());
-        Ok((e[0].clone(), t, w, e[2].clone()))
+    let running = one.sub(halted);
+    // tw = 4 time + 2 final + write.
+    let split = |e: &[L; 3]| -> R<(L, L, L, L, L)> {
+        let low = to_u128(e[1].v) & 3;
+        let w = cs.bit(f((low & 1) as u64))?;
+        let fin = cs.bit(f((low >> 1) as u64))?;
+        let t = e[1]
+            .sub(&w)
+            .sub(&fin.scale(f(2)))
+            .scale(f(4).inverse_or_zero());
+        Ok((e[0].clone(), t, w, fin, e[2].clone()))
     };
-    let (mut pa, mut pt, w0, mut pv) = split(&sorted[0])?;
+    // An address's last access that is not a final read must leave zero there (while running).
+    let complete = |fin: &L, left: &L| -> R<()> {
+        let open = cs.mul(&one.sub(fin), &running)?;
+        cs.gate(&open, left)
+    };
+    let (mut pa, mut pt, w0, mut pfin, mut pv) = split(&sorted[0])?;
     cs.gate(&one.sub(&w0), &pv)?;
+    // The first time is a small integer: with it, every entry's (time, final, write) split is
+    // the one its packing meant (a shift of all times by a quarter would turn reads into
+    // writes, and the gaps alone do not see a common shift).
+    let (_, t0) = cs.bits(&bits_of(to_u128(pt.v), time_bits as usize))?;
+    cs.equal(&t0, &pt)?;
     for e in &sorted[1..] {
-        let (a, t, w, v) = split(e)?;
+        let (a, t, w, fin, v) = split(e)?;
         let da = a.sub(&pa);
         let gap = da.scale(pow2(time_bits)).add(&t).sub(&pt).sub(&one);
         let bits = bits_of(to_u128(gap.v), (ADDR_BITS + time_bits) as usize);
@@ -1060,8 +1183,12 @@ fn check_memory(cs: &Cs, sorted: &[[L; 3]], time_bits: u32) -> R<()> {
         let same = cs.is_zero(&da)?;
         let prev = cs.mul(&same, &pv)?;
         cs.gate(&one.sub(&w), &v.sub(&prev))?;
-        (pa, pt, pv) = (a, t, v);
+        // The previous entry was its address's last when the address changes here: what it
+        // left is pv - prev.
+        complete(&pfin, &pv.sub(&prev))?;
+        (pa, pt, pfin, pv) = (a, t, fin, v);
     }
+    complete(&pfin, &pv)?;
     Ok(())
 }
 
@@ -1126,9 +1253,26 @@ fn fit(what: &'static str, need: usize, cap: usize, class: &Class) -> Result<(),
     Ok(())
 }
 
+/// Where a segment sits in its run: everything in its statement besides the module, the input
+/// and the output. A chain verifier derives all of it from the previous segment's claim.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Boundary {
+    /// The first segment: it starts from the module's globals and data and the input, the
+    /// others from their memory state in.
+    pub first: bool,
+    pub step_start: u64,
+    pub steps: u64,
+    pub halted: bool,
+    pub status: u64,
+    pub state_in: u128,
+    pub state_out: u128,
+    pub memory_in: Fr,
+    pub memory_out: Fr,
+}
+
 impl Statement {
     /// The statement a verifier expects for `program` run on `input` with the claimed
-    /// `output`, `steps` and `status`, ending in `state_out`.
+    /// `output`, `steps` and `status`, ending in `state_out`, in one segment.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         class: &Class,
@@ -1138,6 +1282,34 @@ impl Statement {
         steps: u64,
         status: u64,
         state_out: u128,
+    ) -> Result<Statement, FitError> {
+        let empty = empty_memory(class);
+        Statement::segment(
+            class,
+            program,
+            input,
+            output,
+            &Boundary {
+                first: true,
+                step_start: 0,
+                steps,
+                halted: true,
+                status,
+                state_in: pack_state(0, 0, program.mem_pages),
+                state_out,
+                memory_in: empty,
+                memory_out: empty,
+            },
+        )
+    }
+
+    /// The statement of one segment of a run of `program` on `input` that wrote `output`.
+    pub fn segment(
+        class: &Class,
+        program: &Program,
+        input: &[u8],
+        output: &[u8],
+        b: &Boundary,
     ) -> Result<Statement, FitError> {
         fit("the program", program.code.len(), class.program, class)?;
         fit("the globals", program.globals.len(), class.globals, class)?;
@@ -1164,59 +1336,151 @@ impl Statement {
         inp.extend(pad(words(input), class.input));
         let mut out = vec![output.len() as u64];
         out.extend(pad(words(output), class.output));
+        let mut globals = pad(program.globals.clone(), class.globals);
+        let mut data = pad(program.data.clone(), class.data);
+        if !b.first {
+            for v in [&mut globals, &mut data, &mut inp] {
+                v.iter_mut().for_each(|x| *x = 0);
+            }
+        }
+        if !b.halted {
+            out.iter_mut().for_each(|x| *x = 0);
+        }
         Ok(Statement {
-            step_start: 0,
-            steps,
-            status,
-            mem_pages: program.mem_pages,
-            mem_max_pages: program.mem_max_pages,
+            step_start: b.step_start,
+            steps: b.steps,
+            halted: b.halted,
+            status: b.status,
             data_base: program.data_base,
-            state_out,
+            state_in: b.state_in,
+            state_out: b.state_out,
+            memory_in: b.memory_in,
+            memory_out: b.memory_out,
             program: code,
-            globals: pad(program.globals.clone(), class.globals),
-            data: pad(program.data.clone(), class.data),
+            globals,
+            data,
             input: inp,
             output: out,
         })
     }
 }
 
+/// The memory state as the memory check sees it: every address whose last write left a value
+/// other than zero.
+#[derive(Clone, Default)]
+struct MemoryState(std::collections::BTreeMap<u64, u64>);
+
+impl MemoryState {
+    fn set(&mut self, addr: u64, value: u64) {
+        if value == 0 {
+            self.0.remove(&addr);
+        } else {
+            self.0.insert(addr, value);
+        }
+    }
+
+    fn list(&self) -> Vec<(u64, u64)> {
+        self.0.iter().map(|(a, v)| (*a, *v)).collect()
+    }
+}
+
 impl ZkvmCircuit {
-    /// The circuit for an honest trace, or why it does not fit `class`.
+    /// The circuit for an honest trace in one segment, or why it does not fit `class`.
     pub fn new(
         class: Class,
         program: &Program,
         input: &[u8],
         trace: &Trace,
     ) -> Result<ZkvmCircuit, FitError> {
+        fit("the run (steps)", trace.steps.len(), class.steps, &class)?;
+        let mut all = ZkvmCircuit::segments(class, program, input, trace)?;
+        Ok(all.remove(0))
+    }
+
+    /// The circuits of an honest trace split into segments of `class.steps` steps, chained by
+    /// their register states and memory commitments; or why it does not fit `class`.
+    pub fn segments(
+        class: Class,
+        program: &Program,
+        input: &[u8],
+        trace: &Trace,
+    ) -> Result<Vec<ZkvmCircuit>, FitError> {
         let Exit::Halted(status) = trace.exit else {
             return Err(FitError::NotHalted(trace.exit.clone()));
         };
         if let Some(why) = &trace.unprovable {
             return Err(FitError::Unprovable(why.clone()));
         }
-        fit("the run (steps)", trace.steps.len(), class.steps, &class)?;
-        let last = *trace.steps.last().expect("a halted run has a step");
-        let mut steps = trace.steps.clone();
-        steps.resize(class.steps, last);
-        let state_out = pack_state(last.regs.pc, last.regs.fp, last.regs.ms);
-        let statement = Statement::new(
-            &class,
-            program,
-            input,
-            &trace.output,
-            trace.executed() as u64,
-            status,
-            state_out,
-        )?;
-        Ok(ZkvmCircuit {
-            class,
-            statement,
-            steps,
-            tamper: Tamper::default(),
-            strict: false,
-            violation: None,
-            shape: None,
-        })
+        let mut memory = MemoryState::default();
+        for (k, g) in program.globals.iter().enumerate() {
+            memory.set(Space::Globals.base() + k as u64, *g);
+        }
+        for (k, d) in program.data.iter().enumerate() {
+            memory.set(Space::Memory.base() + program.data_base + k as u64, *d);
+        }
+        memory.set(Space::Input.base(), input.len() as u64);
+        for (k, w) in words(input).iter().enumerate() {
+            memory.set(Space::Input.base() + 1 + k as u64, *w);
+        }
+        let chunks: Vec<&[Step]> = trace.steps.chunks(class.steps).collect();
+        let mut out = vec![];
+        let mut step_start = 0u64;
+        for (n, chunk) in chunks.iter().enumerate() {
+            let last = n + 1 == chunks.len();
+            let memory_in = if n == 0 { vec![] } else { memory.list() };
+            for s in chunk.iter() {
+                for a in s.acc.iter().filter(|a| a.write) {
+                    memory.set(a.addr(), a.value);
+                }
+            }
+            let memory_out = if last { vec![] } else { memory.list() };
+            for list in [&memory_in, &memory_out] {
+                fit("the memory state (words)", list.len(), class.state, &class)?;
+            }
+            let regs = |s: &Step| pack_state(s.regs.pc, s.regs.fp, s.regs.ms);
+            let end = if last {
+                chunk[chunk.len() - 1]
+            } else {
+                chunks[n + 1][0]
+            };
+            let steps = if last {
+                chunk.iter().filter(|s| s.instr.op != Op::Halt).count() as u64
+            } else {
+                chunk.len() as u64
+            };
+            let output: &[u8] = if last { &trace.output } else { &[] };
+            let statement = Statement::segment(
+                &class,
+                program,
+                input,
+                output,
+                &Boundary {
+                    first: n == 0,
+                    step_start,
+                    steps,
+                    halted: last,
+                    status: if last { status } else { 0 },
+                    state_in: regs(&chunk[0]),
+                    state_out: regs(&end),
+                    memory_in: memory_digest(&class, &memory_in),
+                    memory_out: memory_digest(&class, &memory_out),
+                },
+            )?;
+            let mut steps_vec = chunk.to_vec();
+            steps_vec.resize(class.steps, chunk[chunk.len() - 1]);
+            out.push(ZkvmCircuit {
+                class,
+                statement,
+                steps: steps_vec,
+                tamper: Tamper::default(),
+                strict: false,
+                violation: None,
+                shape: None,
+                memory_in,
+                memory_out,
+            });
+            step_start += steps;
+        }
+        Ok(out)
     }
 }

@@ -53,6 +53,8 @@ pub fn blank(class: Class) -> ZkvmCircuit {
         strict: false,
         violation: None,
         shape: None,
+        memory_in: vec![],
+        memory_out: vec![],
     }
 }
 
@@ -72,6 +74,7 @@ pub fn fingerprint() -> String {
             data: 2,
             input: 1,
             output: 1,
+            state: 2,
         };
         let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let mut c = blank(class);

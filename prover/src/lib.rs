@@ -15,6 +15,7 @@ pub mod circuit;
 pub mod groth;
 pub mod isa;
 pub mod lower;
+pub mod poseidon;
 pub mod r1cs;
 pub mod trace;
 pub mod zkvm;

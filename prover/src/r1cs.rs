@@ -120,6 +120,17 @@ fn hash_lc(h: &mut sha2::Sha256, lc: &LinearCombination<Fr>) {
 }
 
 impl Cs {
+    /// A plain wrapper, without strict mode, violation capture or shape hashing.
+    pub fn new(cs: ConstraintSystemRef<Fr>) -> Cs {
+        Cs {
+            cs,
+            strict: false,
+            violation: Default::default(),
+            region: Default::default(),
+            shape: Default::default(),
+        }
+    }
+
     pub fn witness(&self, v: Fr) -> R<L> {
         let var = self.cs.new_witness_variable(|| Ok(v))?;
         Ok(L::var(var, v))

@@ -68,6 +68,7 @@ mod circuit {
         data: 4,
         input: 2,
         output: 2,
+        state: 16,
     };
 
     pub const MID: Class = Class {
@@ -78,6 +79,7 @@ mod circuit {
         data: 8,
         input: 4,
         output: 8,
+        state: 16,
     };
 
     pub fn circuit(wat: &str, input: &[u8]) -> ZkvmCircuit {
@@ -338,9 +340,13 @@ mod circuit {
             ("program code", Box::new(|s| s.program[0].0 ^= 1 << 13)),
             ("globals", Box::new(|s| s.globals[1] ^= 1)),
             ("state out", Box::new(|s| s.state_out ^= 1)),
-            ("memory size", Box::new(|s| s.mem_pages += 1)),
-            ("step start", Box::new(|s| s.step_start = 1)),
+            ("state in", Box::new(|s| s.state_in += 1)),
+            ("memory in", Box::new(|s| s.memory_in += Fr::from(1u64))),
+            ("memory out", Box::new(|s| s.memory_out += Fr::from(1u64))),
+            ("halted", Box::new(|s| s.halted = false)),
         ];
+        // (The step start is a label the chain verifier computes: no constraint involves it,
+        // and the Groth16 round trip shows a proof does not verify with another one.)
         for (what, edit) in edits {
             let r = tampered(|c| edit(&mut c.statement));
             assert!(r.is_some(), "a changed {what} was accepted");
@@ -581,6 +587,8 @@ mod circuit {
             ("input length", Box::new(|s| s.input[0] += 1)),
             ("program", Box::new(|s| s.program[5].1 ^= 1)),
             ("state out", Box::new(|s| s.state_out += 1)),
+            ("step start", Box::new(|s| s.step_start = 1)),
+            ("memory in", Box::new(|s| s.memory_in += Fr::from(1u64))),
         ];
         for (what, edit) in edits {
             let mut s = statement.clone();
@@ -614,6 +622,159 @@ mod circuit {
             &pvk,
             &[(&statement, &proof), (&s, &other_proof)]
         ));
+    }
+
+    /// A loop of 40 rounds: longer than a TINY class, so it runs in segments.
+    const LONG: &str = r#"(module
+      (import "zkmesh" "write_output" (func $out (param i32 i32)))
+      (memory (export "memory") 1)
+      (func (export "run") (local i32 i32)
+        (loop $l
+          (local.set 1 (i32.add (local.get 1) (i32.mul (local.get 0) (local.get 0))))
+          (i32.store (i32.const 32) (local.get 0))
+          (local.set 0 (i32.add (local.get 0) (i32.const 1)))
+          (br_if $l (i32.lt_u (local.get 0) (i32.const 40))))
+        (i32.store (i32.const 16) (local.get 1))
+        (call $out (i32.const 16) (i32.const 4))))"#;
+
+    fn long_run() -> (crate::isa::Program, crate::trace::Trace, Vec<ZkvmCircuit>) {
+        let program = lower(&wat::parse_str(LONG).unwrap()).unwrap();
+        let trace = run(&program, b"", RunLimits::default());
+        let segments = ZkvmCircuit::segments(TINY, &program, b"", &trace).unwrap();
+        (program, trace, segments)
+    }
+
+    #[test]
+    fn a_long_run_splits_into_chained_segments_that_each_satisfy_the_circuit() {
+        let (_, trace, segments) = long_run();
+        assert_eq!(
+            trace.output,
+            (0..40u32).map(|i| i * i).sum::<u32>().to_le_bytes()
+        );
+        assert!(segments.len() >= 3, "{} segments", segments.len());
+        let mut steps = 0;
+        for (k, pair) in segments.windows(2).enumerate() {
+            let (a, b) = (&pair[0].statement, &pair[1].statement);
+            assert!(!a.halted && a.steps == TINY.steps as u64, "segment {k}");
+            assert_eq!(a.state_out, b.state_in);
+            assert_eq!(a.memory_out, b.memory_in);
+            assert_eq!(a.step_start + a.steps, b.step_start);
+            assert!(!pair[0].memory_out.is_empty());
+        }
+        for (k, mut c) in segments.into_iter().enumerate() {
+            steps += c.statement.steps;
+            c.strict = true;
+            satisfied(c).unwrap_or_else(|e| panic!("segment {k}: {e}"));
+        }
+        assert_eq!(steps, trace.executed() as u64);
+    }
+
+    /// A middle segment, and the commitment of an edited state list (as a prover that lies
+    /// about the state would publish it).
+    fn middle(edit: impl FnOnce(&mut ZkvmCircuit)) -> Option<String> {
+        let (_, _, mut segments) = long_run();
+        let mut c = segments.remove(1);
+        edit(&mut c);
+        violation(c)
+    }
+
+    #[test]
+    fn a_lie_about_the_memory_state_fails() {
+        use crate::circuit::memory_digest;
+        // The state in differs from its commitment.
+        caught(middle(|c| c.memory_in[0].1 ^= 1), "memory in");
+        // The state out differs from its commitment.
+        caught(middle(|c| c.memory_out[0].1 ^= 1), "memory out");
+        // A state out that matches its (edited) commitment but not the memory: a wrong value.
+        caught(
+            middle(|c| {
+                c.memory_out[0].1 ^= 1;
+                c.statement.memory_out = memory_digest(&c.class, &c.memory_out);
+            }),
+            "memory check",
+        );
+        // A state out that leaves out a word that is not zero: the next segment would read
+        // zero there.
+        caught(
+            middle(|c| {
+                c.memory_out.remove(0);
+                c.statement.memory_out = memory_digest(&c.class, &c.memory_out);
+            }),
+            "memory check",
+        );
+        // A state in with a word the previous segment did not leave: as a statement it
+        // differs from the chain, and the circuit only accepts the list its commitment names.
+        caught(
+            middle(|c| {
+                c.memory_in.push((crate::isa::Space::Memory.base() + 8, 5));
+            }),
+            "memory in",
+        );
+        // A segment that claims to halt, or that stops early.
+        caught(middle(|c| c.statement.halted = true), "end state");
+        caught(middle(|c| c.statement.steps -= 1), "end state");
+        // A segment that starts elsewhere than the previous one ended.
+        caught(middle(|c| c.statement.state_in += 1), "");
+    }
+
+    #[test]
+    fn a_segment_chain_proves_and_verifies_and_every_link_is_bound() {
+        use crate::groth;
+        use crate::zkvm::{self, Link};
+        let (program, trace, segments) = long_run();
+        let (pk, vk) = groth::setup(TINY).unwrap();
+        let pvk = groth::prepare(&vk);
+        let n = segments.len();
+        let mut seen = 0;
+        let (proofs, claim) = zkvm::prove(&pk, segments, |done, of| {
+            assert_eq!((done, of), (seen + 1, n));
+            seen = done;
+        })
+        .unwrap();
+        assert_eq!(claim.links.len(), n - 1);
+        assert_eq!(claim.steps, trace.executed() as u64);
+        let check = |claim: &zkvm::Claim, proofs: &[Vec<u8>]| {
+            zkvm::verify_in(&TINY, &pvk, &program, b"", &trace.output, claim, proofs)
+        };
+        check(&claim, &proofs).unwrap();
+
+        // Every part of the claim is bound.
+        type Edit = Box<dyn Fn(&mut zkvm::Claim)>;
+        let edits: Vec<(&str, Edit)> = vec![
+            ("total steps", Box::new(|c| c.steps += 1)),
+            ("status", Box::new(|c| c.status = 1)),
+            ("final state", Box::new(|c| c.state_out += 1)),
+            ("a link's state", Box::new(|c| c.links[0].state_out += 1)),
+            (
+                "a link's memory",
+                Box::new(|c| c.links[1].memory_out += Fr::from(1u64)),
+            ),
+            ("a link's steps", Box::new(|c| c.links[0].steps -= 1)),
+            ("a dropped link", Box::new(|c| drop(c.links.remove(1)))),
+            (
+                "an extra link",
+                Box::new(|c| {
+                    let l: Link = c.links[0].clone();
+                    c.links.push(l)
+                }),
+            ),
+        ];
+        for (what, edit) in edits {
+            let mut c = claim.clone();
+            edit(&mut c);
+            let mut p = proofs.clone();
+            p.truncate(c.links.len() + 1);
+            while p.len() < c.links.len() + 1 {
+                p.insert(0, proofs[0].clone());
+            }
+            assert!(check(&c, &p).is_err(), "a changed {what} verified");
+        }
+        // Proofs swapped between segments, one missing, or another output.
+        let mut swapped = proofs.clone();
+        swapped.swap(0, 1);
+        assert!(check(&claim, &swapped).is_err());
+        assert!(check(&claim, &proofs[1..]).is_err());
+        assert!(zkvm::verify_in(&TINY, &pvk, &program, b"", b"\0\0\0\0", &claim, &proofs).is_err());
     }
 
     /// The marginal cost of a step: the same run in classes of 64 and 128 steps (everything else
@@ -872,6 +1033,7 @@ mod generated {
             data: 8,
             input: 2,
             output: 32,
+            state: 4,
         };
         let mut checked = 0;
         for seed in 1..=40u64 {
@@ -1040,6 +1202,7 @@ mod smith {
             data: 256,
             input: 8,
             output: 64,
+            state: 4,
         };
         let input = b"wasm-smith input";
         let mut checked = 0;

@@ -4,7 +4,9 @@
 use ark_serialize::{CanonicalDeserialize, CanonicalSerialize, Compress, Validate};
 use sha2::{Digest, Sha256};
 
-use crate::circuit::{Class, FitError, Statement, ZkvmCircuit};
+use ark_bn254::Fr;
+
+use crate::circuit::{Boundary, Class, FitError, Statement, ZkvmCircuit, empty_memory, pack_state};
 use crate::groth::{self, Pk, Pvk, Vk, Zk};
 use crate::isa::Program;
 use crate::lower::{LowerError, lower};
@@ -19,7 +21,8 @@ const fn class(name: &'static str, k: u32) -> Class {
     let globals = 16;
     let data = 1 << (k - 4);
     let io = 1 << (k - 6);
-    let fixed = globals + data + 2 * (io + 1);
+    let state = 1 << (k - 4);
+    let fixed = globals + data + 2 * (io + 1) + 2 * state;
     Class {
         name,
         steps: (entries - fixed) / 4,
@@ -28,6 +31,7 @@ const fn class(name: &'static str, k: u32) -> Class {
         data,
         input: io,
         output: io,
+        state,
     }
 }
 
@@ -46,13 +50,80 @@ pub fn class_named(name: &str) -> Option<Class> {
     CLASSES.iter().find(|c| c.name == name).copied()
 }
 
-/// What a proof claims besides the module, input and output.
+/// Most segments one run is split into.
+pub const MAX_SEGMENTS: usize = 64;
+
+/// What a proof claims besides the module, input and output: the whole run's steps, halt
+/// status and final register state, and where the run was cut into segments (empty for a run
+/// proved in one).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Claim {
     pub class: String,
     pub steps: u64,
     pub status: u64,
     pub state_out: u128,
+    /// One per segment before the last, in order.
+    pub links: Vec<Link>,
+}
+
+/// The end of a segment that does not halt: its steps (all of the class's), the register state
+/// and the commitment to the memory state it hands to the next segment.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Link {
+    pub steps: u64,
+    pub state_out: u128,
+    pub memory_out: Fr,
+}
+
+impl Claim {
+    /// A claim from its text form (as proofs travel in messages and bundles): register states
+    /// in decimal, memory commitments in hex, `links` as `(steps, state_out, memory_out)`.
+    pub fn parse(
+        class: &str,
+        steps: u64,
+        status: u64,
+        state_out: &str,
+        links: &[(u64, &str, &str)],
+    ) -> Result<Claim, String> {
+        let state = |s: &str| {
+            s.parse::<u128>()
+                .map_err(|_| format!("malformed register state {s:?}"))
+        };
+        Ok(Claim {
+            class: class.to_string(),
+            steps,
+            status,
+            state_out: state(state_out)?,
+            links: links
+                .iter()
+                .map(|(steps, state_out, memory_out)| {
+                    Ok(Link {
+                        steps: *steps,
+                        state_out: state(state_out)?,
+                        memory_out: digest_from_hex(memory_out).map_err(|e| e.to_string())?,
+                    })
+                })
+                .collect::<Result<_, String>>()?,
+        })
+    }
+}
+
+/// A memory commitment as text: 64 hex digits (its 32 little-endian bytes), for claims that
+/// travel.
+pub fn digest_to_hex(d: &Fr) -> String {
+    let mut out = vec![];
+    d.serialize_compressed(&mut out).expect("in-memory");
+    hex::encode(out)
+}
+
+/// Reads a memory commitment written by [`digest_to_hex`] (a value outside the field is
+/// refused).
+pub fn digest_from_hex(s: &str) -> Result<Fr, ZkvmError> {
+    let bytes = hex::decode(s).map_err(|_| ZkvmError::Malformed("memory commitment"))?;
+    if bytes.len() != 32 {
+        return Err(ZkvmError::Malformed("memory commitment"));
+    }
+    Fr::deserialize_compressed(&bytes[..]).map_err(|_| ZkvmError::Malformed("memory commitment"))
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,13 +133,16 @@ pub enum ZkvmError {
     #[error("{0}")]
     Fit(#[from] FitError),
     #[error(
-        "the run needs more than the largest size class ({largest}: {steps} steps, a program of \
-         {program} instructions, {data} words of data, {io} words of input and of output): {why}; \
-         use --policy replicate:K for it"
+        "the run needs more than the largest size class ({largest}: {segments} segments of \
+         {steps} steps, a program of {program} instructions, {data} words of data, {io} words of \
+         input and of output, {state} words of memory state between segments): {why}; use \
+         --policy replicate:K for it"
     )]
     TooLong {
         largest: &'static str,
         steps: usize,
+        segments: usize,
+        state: usize,
         program: usize,
         data: usize,
         io: usize,
@@ -90,32 +164,48 @@ pub fn trace(program: &Program, input: &[u8]) -> Trace {
         program,
         input,
         RunLimits {
-            max_steps: largest + 1,
+            max_steps: MAX_SEGMENTS as u64 * largest + 1,
             ..RunLimits::default()
         },
     )
 }
 
-/// The smallest class among `available` that holds the run, with its circuit.
+/// The circuits that prove the run: one in the smallest class among `available` that holds it
+/// whole, or else its segments in the largest available class (at most [`MAX_SEGMENTS`]).
 pub fn fit(
     program: &Program,
     input: &[u8],
     trace: &Trace,
     available: &[Class],
-) -> Result<ZkvmCircuit, ZkvmError> {
+) -> Result<Vec<ZkvmCircuit>, ZkvmError> {
+    let largest = available.last().copied().unwrap_or(CLASSES[0]);
     if trace.exit == Exit::StepLimit {
         let last = CLASSES[CLASSES.len() - 1];
-        return Err(too_long(last, format!("it ran past {} steps", last.steps)));
+        return Err(too_long(
+            last,
+            format!("it ran past {} steps", MAX_SEGMENTS * last.steps),
+        ));
     }
     let mut last_err = None;
     for class in available {
         match ZkvmCircuit::new(*class, program, input, trace) {
-            Ok(c) => return Ok(c),
+            Ok(c) => return Ok(vec![c]),
             Err(e @ FitError::TooBig { .. }) => last_err = Some(e),
             Err(e) => return Err(e.into()),
         }
     }
-    let largest = available.last().copied().unwrap_or(CLASSES[0]);
+    // Too long for one proof: segments, if everything but the step count fits.
+    let too_big_apart_from_steps = matches!(
+        &last_err,
+        Some(FitError::TooBig { what, .. }) if *what == "the run (steps)"
+    );
+    if too_big_apart_from_steps && trace.steps.len() <= MAX_SEGMENTS * largest.steps {
+        match ZkvmCircuit::segments(largest, program, input, trace) {
+            Ok(all) => return Ok(all),
+            Err(e @ FitError::TooBig { .. }) => last_err = Some(e),
+            Err(e) => return Err(e.into()),
+        }
+    }
     Err(too_long(
         largest,
         last_err.map(|e| e.to_string()).unwrap_or_default(),
@@ -126,52 +216,174 @@ fn too_long(c: Class, why: String) -> ZkvmError {
     ZkvmError::TooLong {
         largest: c.name,
         steps: c.steps,
+        segments: MAX_SEGMENTS,
         program: c.program,
         data: c.data,
         io: c.input,
+        state: c.state,
         why,
     }
 }
 
-/// Proves a circuit; returns the proof bytes and the claim.
-pub fn prove(pk: &Pk, circuit: ZkvmCircuit) -> Result<(Vec<u8>, Claim), ZkvmError> {
+/// Proves the circuits of one run (one, or its segments in order); returns one proof per
+/// segment and the claim. `progress(done, of)` is called after each segment.
+pub fn prove(
+    pk: &Pk,
+    circuits: Vec<ZkvmCircuit>,
+    mut progress: impl FnMut(usize, usize),
+) -> Result<(Vec<Vec<u8>>, Claim), ZkvmError> {
+    let n = circuits.len();
+    let last = circuits.last().ok_or(ZkvmError::Malformed("empty run"))?;
     let claim = Claim {
-        class: circuit.class.name.to_string(),
-        steps: circuit.statement.steps,
-        status: circuit.statement.status,
-        state_out: circuit.statement.state_out,
+        class: last.class.name.to_string(),
+        steps: last.statement.step_start + last.statement.steps,
+        status: last.statement.status,
+        state_out: last.statement.state_out,
+        links: circuits[..n - 1]
+            .iter()
+            .map(|c| Link {
+                steps: c.statement.steps,
+                state_out: c.statement.state_out,
+                memory_out: c.statement.memory_out,
+            })
+            .collect(),
     };
-    let proof = groth::prove(pk, circuit).map_err(|e| ZkvmError::Prove(e.to_string()))?;
-    Ok((proof_bytes(&proof), claim))
+    let mut proofs = vec![];
+    for (k, circuit) in circuits.into_iter().enumerate() {
+        if circuit.class.name != claim.class {
+            return Err(ZkvmError::Malformed(
+                "run with segments of different classes",
+            ));
+        }
+        let proof = groth::prove(pk, circuit).map_err(|e| ZkvmError::Prove(e.to_string()))?;
+        proofs.push(proof_bytes(&proof));
+        progress(k + 1, n);
+    }
+    Ok((proofs, claim))
 }
 
-/// Checks that `proof` proves `program` (lowered from the module) ran on `input` and wrote
-/// `output` as `claim` says. The error is the reason.
+/// The statements a claim makes about `program` run on `input` with `output`, one per segment,
+/// each derived from the one before: segment k+1 starts where segment k ended (steps, register
+/// state, memory commitment), the first from the module's initial state, and the last halts.
+pub fn statements(
+    class: &Class,
+    program: &Program,
+    input: &[u8],
+    output: &[u8],
+    claim: &Claim,
+) -> Result<Vec<Statement>, String> {
+    if claim.links.len() >= MAX_SEGMENTS {
+        return Err(format!(
+            "{} segments, more than {MAX_SEGMENTS}",
+            claim.links.len() + 1
+        ));
+    }
+    let empty = empty_memory(class);
+    let mut out = vec![];
+    let mut step_start = 0u64;
+    let mut state_in = pack_state(0, 0, program.mem_pages);
+    let mut memory_in = empty;
+    let n = claim.links.len() + 1;
+    for k in 0..n {
+        let b = if let Some(link) = claim.links.get(k) {
+            if link.steps != class.steps as u64 {
+                return Err(format!(
+                    "segment {} claims {} steps; a segment that does not halt runs all {} of its class",
+                    k + 1,
+                    link.steps,
+                    class.steps
+                ));
+            }
+            Boundary {
+                first: k == 0,
+                step_start,
+                steps: link.steps,
+                halted: false,
+                status: 0,
+                state_in,
+                state_out: link.state_out,
+                memory_in,
+                memory_out: link.memory_out,
+            }
+        } else {
+            let steps = claim
+                .steps
+                .checked_sub(step_start)
+                .ok_or("the segments claim more steps than the run")?;
+            Boundary {
+                first: k == 0,
+                step_start,
+                steps,
+                halted: true,
+                status: claim.status,
+                state_in,
+                state_out: claim.state_out,
+                memory_in,
+                memory_out: empty,
+            }
+        };
+        (step_start, state_in, memory_in) = (b.step_start + b.steps, b.state_out, b.memory_out);
+        out.push(
+            Statement::segment(class, program, input, output, &b)
+                .map_err(|e| format!("the claim does not fit its class: {e}"))?,
+        );
+    }
+    Ok(out)
+}
+
+/// Checks that `proofs` (one per segment) prove `program` (lowered from the module) ran on
+/// `input` and wrote `output` as `claim` says. The error is the reason.
 pub fn verify(
     pvk: &Pvk,
     program: &Program,
     input: &[u8],
     output: &[u8],
     claim: &Claim,
-    proof: &[u8],
+    proofs: &[Vec<u8>],
 ) -> Result<(), String> {
     let class =
         class_named(&claim.class).ok_or_else(|| format!("unknown class {}", claim.class))?;
-    let statement = Statement::new(
-        &class,
-        program,
-        input,
-        output,
-        claim.steps,
-        claim.status,
-        claim.state_out,
-    )
-    .map_err(|e| format!("the claim does not fit its class: {e}"))?;
-    let proof = proof_from(proof).map_err(|e| e.to_string())?;
-    if groth::verify(pvk, &statement, &proof) {
-        Ok(())
+    verify_in(&class, pvk, program, input, output, claim, proofs)
+}
+
+/// [`verify`] for a class given by value (tests use classes outside [`CLASSES`]).
+pub fn verify_in(
+    class: &Class,
+    pvk: &Pvk,
+    program: &Program,
+    input: &[u8],
+    output: &[u8],
+    claim: &Claim,
+    proofs: &[Vec<u8>],
+) -> Result<(), String> {
+    let statements = statements(class, program, input, output, claim)?;
+    if proofs.len() != statements.len() {
+        return Err(format!(
+            "{} proofs for a claim of {} segments",
+            proofs.len(),
+            statements.len()
+        ));
+    }
+    let proofs: Vec<Zk> = proofs
+        .iter()
+        .map(|p| proof_from(p))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let ok = if proofs.len() == 1 {
+        groth::verify(pvk, &statements[0], &proofs[0])
     } else {
+        let items: Vec<(&Statement, &Zk)> = statements.iter().zip(&proofs).collect();
+        groth::verify_batch(pvk, &items)
+    };
+    if ok {
+        Ok(())
+    } else if proofs.len() == 1 {
         Err("the proof does not verify for this module, input, output and claim".into())
+    } else {
+        Err(format!(
+            "the {} segment proofs do not all verify for this module, input, output and claim",
+            proofs.len()
+        ))
     }
 }
 

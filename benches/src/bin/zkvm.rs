@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use clap::Parser;
-use zkmesh_prover::circuit::Class;
+use zkmesh_prover::circuit::{Class, ZkvmCircuit};
 use zkmesh_prover::groth;
 use zkmesh_prover::zkvm::{self, CLASSES, class_named};
 use zkmesh_runtime::{Limits, Sandbox, SandboxConfig};
@@ -28,6 +28,9 @@ struct Args {
     /// Proofs in the batch-verification figure.
     #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Guests to prove whole, in segments of a class: `GUEST:CLASS`, e.g. `sha256:c12`.
+    #[arg(long, value_delimiter = ',')]
+    segments: Vec<String>,
 }
 
 /// Peak resident memory of this process so far, in MiB.
@@ -117,8 +120,14 @@ fn main() -> anyhow::Result<()> {
             .run(guest.wasm, input, &Limits::default(), b"bench")
             .fuel_used;
         let steps = trace.steps.len();
-        let class = zkvm::fit(&program, input, &zkvm::trace(&program, input), &CLASSES)
-            .map(|c| c.class.name.to_string())
+        let traced = zkvm::trace(&program, input);
+        let c12 = CLASSES.iter().position(|c| c.name == "c12").expect("c12");
+        let in_c12 = match zkvm::fit(&program, input, &traced, &CLASSES[..=c12]) {
+            Ok(all) if all.len() > 1 => format!(", or {} segments of c12", all.len()),
+            _ => String::new(),
+        };
+        let class = zkvm::fit(&program, input, &traced, &CLASSES)
+            .map(|c| format!("{}{in_c12}", c[0].class.name))
             .unwrap_or_else(|e| {
                 format!(
                     "none ({})",
@@ -157,21 +166,22 @@ fn main() -> anyhow::Result<()> {
         let (pk, vk, pk_size, setup_s) = keys(&args.keys_dir, class)?;
         let pvk = groth::prepare(&vk);
         // The longest input of bytesum whose run fits this class.
-        let fits =
-            |inp: &[u8]| zkvm::fit(&program, inp, &zkvm::trace(&program, inp), &[class]).is_ok();
+        let fits = |inp: &[u8]| {
+            ZkvmCircuit::new(class, &program, inp, &zkvm::trace(&program, inp)).is_ok()
+        };
         let mut input = Vec::new();
         while fits(&[&input[..], b"x"].concat()) {
             input.push(b'x');
         }
         let trace = zkvm::trace(&program, &input);
-        let circuit = zkvm::fit(&program, &input, &trace, &[class])?;
+        let circuit = ZkvmCircuit::new(class, &program, &input, &trace)?;
         let statement = circuit.statement.clone();
         let steps = trace.steps.len();
         let started = Instant::now();
-        let (proof_bytes, _) = zkvm::prove(&pk, circuit)?;
+        let (proof_bytes, _) = zkvm::prove(&pk, vec![circuit], |_, _| {})?;
         let prove_s = started.elapsed().as_secs_f64();
         let rss = peak_rss_mib();
-        let proof = zkvm::proof_from(&proof_bytes)?;
+        let proof = zkvm::proof_from(&proof_bytes[0])?;
         let n = 50;
         let started = Instant::now();
         for _ in 0..n {
@@ -208,6 +218,62 @@ fn main() -> anyhow::Result<()> {
             rss,
             one_ms,
             batch_ms
+        );
+    }
+
+    if !args.segments.is_empty() {
+        println!("\n## Runs proved in segments\n");
+        println!(
+            "| guest | input | class | zkVM steps | segments | largest memory state | prove | prove per step | peak RSS | verify the chain |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+    }
+    for spec in &args.segments {
+        let (guest, class) = spec
+            .split_once(':')
+            .ok_or_else(|| anyhow::anyhow!("--segments takes GUEST:CLASS, not {spec}"))?;
+        let class = class_named(class).ok_or_else(|| anyhow::anyhow!("unknown class {class}"))?;
+        let guest = zkmesh_guests::get(guest).ok_or_else(|| anyhow::anyhow!("no guest {guest}"))?;
+        let input: &[u8] = if guest.name == "collatz" {
+            b"17"
+        } else {
+            guest.sample_input
+        };
+        let program = zkvm::program(guest.wasm)?;
+        let trace = zkvm::trace(&program, input);
+        let circuits = ZkvmCircuit::segments(class, &program, input, &trace)?;
+        let state = circuits
+            .iter()
+            .map(|c| c.memory_out.len())
+            .max()
+            .unwrap_or(0);
+        let (pk, vk, _, _) = keys(&args.keys_dir, class)?;
+        let pvk = groth::prepare(&vk);
+        let n = circuits.len();
+        let started = Instant::now();
+        let (proofs, claim) = zkvm::prove(&pk, circuits, |done, of| {
+            eprintln!(
+                "{}: segment {done} of {of} proved ({:.0} s)",
+                guest.name,
+                started.elapsed().as_secs_f64()
+            )
+        })?;
+        let prove_s = started.elapsed().as_secs_f64();
+        let rss = peak_rss_mib();
+        let started = Instant::now();
+        zkvm::verify(&pvk, &program, input, &trace.output, &claim, &proofs)
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let verify_ms = started.elapsed().as_secs_f64() * 1000.0;
+        println!(
+            "| {} | {:?} | {} | {} | {n} | {state} words | {:.0} s | {:.1} ms | {:.0} MiB | {:.1} ms |",
+            guest.name,
+            String::from_utf8_lossy(input),
+            class.name,
+            claim.steps,
+            prove_s,
+            prove_s * 1000.0 / trace.steps.len() as f64,
+            rss,
+            verify_ms
         );
     }
     Ok(())

@@ -51,6 +51,19 @@ pub struct BundleProof {
     pub steps: u64,
     pub status: u64,
     pub state_out: String,
+    /// Proof of the last segment (the whole run when `links` is empty).
+    pub proof_base64: String,
+    /// The segments before the last, in order, for a run proved in segments.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub links: Vec<BundleLink>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BundleLink {
+    pub steps: u64,
+    pub state_out: String,
+    pub memory_out: String,
     pub proof_base64: String,
 }
 
@@ -99,6 +112,16 @@ impl From<&ZkProof> for BundleProof {
             status: p.status,
             state_out: p.state_out.clone(),
             proof_base64: B64.encode(&p.proof),
+            links: p
+                .links
+                .iter()
+                .map(|l| BundleLink {
+                    steps: l.steps,
+                    state_out: l.state_out.clone(),
+                    memory_out: l.memory_out.clone(),
+                    proof_base64: B64.encode(&l.proof),
+                })
+                .collect(),
         }
     }
 }
@@ -156,20 +179,23 @@ pub fn check(bundle: &Bundle, vk: &[u8], module: Option<&[u8]>) -> Result<Checke
     let vk = zkvm::vk_from(vk).map_err(|e| e.to_string())?;
     let pvk = zkmesh_prover::groth::prepare(&vk);
     let program = zkvm::program(module).map_err(|e| e.to_string())?;
-    let state_out = bundle
-        .proof
-        .state_out
-        .parse::<u128>()
-        .map_err(|_| "malformed final state".to_string())?;
-    let proof = decode("proof", &bundle.proof.proof_base64)?;
-    let claim = zkvm::Claim {
-        class: bundle.proof.circuit_class.clone(),
-        steps: bundle.proof.steps,
-        status: bundle.proof.status,
-        state_out,
-    };
+    let p = &bundle.proof;
+    let links: Vec<(u64, &str, &str)> = p
+        .links
+        .iter()
+        .map(|l| (l.steps, l.state_out.as_str(), l.memory_out.as_str()))
+        .collect();
+    let claim = zkvm::Claim::parse(&p.circuit_class, p.steps, p.status, &p.state_out, &links)?;
+    let mut proofs = vec![];
+    for (k, l) in p.links.iter().enumerate() {
+        proofs.push(decode(
+            &format!("segment {}'s proof", k + 1),
+            &l.proof_base64,
+        )?);
+    }
+    proofs.push(decode("proof", &p.proof_base64)?);
     let started = std::time::Instant::now();
-    zkvm::verify(&pvk, &program, &input, &output, &claim, &proof)?;
+    zkvm::verify(&pvk, &program, &input, &output, &claim, &proofs)?;
     Ok(Checked {
         class: claim.class,
         steps: claim.steps,

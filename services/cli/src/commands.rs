@@ -567,11 +567,12 @@ struct Prepared {
     policy: VerificationPolicy,
 }
 
-/// The smallest circuit class that holds a run of `wasm` on `input`, found by tracing it.
+/// The smallest circuit class that holds a run of `wasm` on `input`, found by tracing it; a run
+/// longer than every class is proved in segments of the largest.
 ///
 /// An embedded mesh sets up its class on the spot, so it stops at [`EMBEDDED_MAX_CLASS`]
-/// (c12: about a minute of setup and 2 GiB while proving on two cores); larger runs need a
-/// verifier that has set up a larger class, or another policy.
+/// (c12: about a minute of setup and 2 GiB while proving on two cores); longer runs are proved
+/// in segments of it.
 pub fn proof_class(wasm: &[u8], input: &[u8]) -> anyhow::Result<String> {
     use zkmesh_prover::zkvm;
     let program = zkvm::program(wasm)?;
@@ -580,8 +581,8 @@ pub fn proof_class(wasm: &[u8], input: &[u8]) -> anyhow::Result<String> {
         .iter()
         .position(|c| c.name == EMBEDDED_MAX_CLASS)
         .expect("a class");
-    let circuit = zkvm::fit(&program, input, &trace, &zkvm::CLASSES[..=last])?;
-    Ok(circuit.class.name.to_string())
+    let circuits = zkvm::fit(&program, input, &trace, &zkvm::CLASSES[..=last])?;
+    Ok(circuits[0].class.name.to_string())
 }
 
 /// The largest circuit class an embedded mesh sets up for `zkmesh run --policy proof`.

@@ -317,19 +317,26 @@ impl VerifierService {
             Err(e) => return Some(format!("module is not provable: {e}")),
         };
         let (input, output) = (task.input.clone(), report.output.clone());
-        let state_out = match proof.state_out.parse::<u128>() {
-            Ok(v) => v,
-            Err(_) => return Some("malformed final state in the proof".into()),
+        let links: Vec<(u64, &str, &str)> = proof
+            .links
+            .iter()
+            .map(|l| (l.steps, l.state_out.as_str(), l.memory_out.as_str()))
+            .collect();
+        let claim = match zkmesh_prover::zkvm::Claim::parse(
+            &proof.circuit_class,
+            proof.steps,
+            proof.status,
+            &proof.state_out,
+            &links,
+        ) {
+            Ok(c) => c,
+            Err(e) => return Some(format!("malformed proof claim: {e}")),
         };
-        let claim = zkmesh_prover::zkvm::Claim {
-            class: proof.circuit_class.clone(),
-            steps: proof.steps,
-            status: proof.status,
-            state_out,
-        };
+        let mut proofs: Vec<Vec<u8>> = proof.links.iter().map(|l| l.proof.clone()).collect();
+        proofs.push(proof.proof.clone());
         let started = std::time::Instant::now();
         let result = tokio::task::spawn_blocking(move || {
-            zkmesh_prover::zkvm::verify(&keys.pvk, &program, &input, &output, &claim, &proof.proof)
+            zkmesh_prover::zkvm::verify(&keys.pvk, &program, &input, &output, &claim, &proofs)
         })
         .await
         .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));

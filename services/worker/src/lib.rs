@@ -669,17 +669,19 @@ async fn execute(
     }
     let (mut proof, mut proof_error) = (None, String::new());
     if a.policy.unwrap_or_default().kind() == PolicyKind::Proof {
-        let progress = |message: String| WorkerMessage {
+        let attempt_id = a.attempt_id.clone();
+        let progress = move |message: String| WorkerMessage {
             kind: Some(worker_message::Kind::Progress(TaskProgress {
-                attempt_id: a.attempt_id.clone(),
+                attempt_id: attempt_id.clone(),
                 message,
             })),
         };
         let _ = outbox
             .send(progress("ran in wasmtime; tracing in the zkVM".into()))
             .await;
-        let report = |m: String| {
-            let _ = outbox.try_send(progress(m));
+        let sender = outbox.clone();
+        let report = move |m: String| {
+            let _ = sender.try_send(progress(m));
         };
         match prove(
             shared,
@@ -731,7 +733,7 @@ async fn prove(
     input: Vec<u8>,
     output: &[u8],
     exit: ExitKind,
-    progress: impl Fn(String),
+    progress: impl Fn(String) + Send + Sync + 'static,
 ) -> Result<ZkProof, String> {
     use zkmesh_prover::zkvm;
     let endpoint = shared.config.verifier_endpoint.clone().ok_or(
@@ -742,7 +744,7 @@ async fn prove(
         channel(&endpoint, &tls).map_err(|e| e.to_string())?,
     )
     .max_decoding_message_size(64 << 20);
-    let circuits = verifier
+    let circuits_info = verifier
         .list_circuits(Empty {})
         .await
         .map_err(|e| format!("verifier: {}", e.message()))?
@@ -751,7 +753,7 @@ async fn prove(
     let ready: Vec<_> = zkvm::CLASSES
         .iter()
         .filter(|c| {
-            circuits
+            circuits_info
                 .iter()
                 .any(|i| i.circuit_class == c.name && i.state == "ready")
         })
@@ -760,7 +762,7 @@ async fn prove(
     if ready.is_empty() {
         return Err("the verifier has no circuit class ready yet".into());
     }
-    let (circuit, traced) = tokio::task::spawn_blocking(move || {
+    let (circuits, traced) = tokio::task::spawn_blocking(move || {
         let program = zkvm::program(&wasm).map_err(|e| e.to_string())?;
         let trace = zkvm::trace(&program, &input);
         let traced = (trace.output.clone(), trace.exit.clone());
@@ -782,31 +784,65 @@ async fn prove(
             output.len()
         ));
     }
-    let class = circuit.class.name;
-    let info = circuits
+    let class = circuits[0].class.name;
+    let info = circuits_info
         .iter()
         .find(|i| i.circuit_class == class)
         .cloned()
         .expect("ready classes come from the list");
-    let steps = circuit.statement.steps;
-    progress(format!(
-        "traced: {steps} zkVM steps; proving in circuit class {class} ({} constraints)",
-        info.constraints
-    ));
+    let steps = circuits
+        .last()
+        .map_or(0, |c| c.statement.step_start + c.statement.steps);
+    let segments = circuits.len();
+    if segments == 1 {
+        progress(format!(
+            "traced: {steps} zkVM steps; proving in circuit class {class} ({} constraints)",
+            info.constraints
+        ));
+    } else {
+        progress(format!(
+            "traced: {steps} zkVM steps, more than class {class} holds: proving {segments} \
+             segments of {} steps ({} constraints each)",
+            circuits[0].class.steps, info.constraints
+        ));
+    }
     let pk = proving_key(shared, &mut verifier, &info).await?;
     let started = std::time::Instant::now();
-    let (proof, claim) = tokio::task::spawn_blocking(move || zkvm::prove(&pk, circuit))
-        .await
-        .map_err(|e| format!("prover crashed: {e}"))?
-        .map_err(|e| e.to_string())?;
+    let progress = Arc::new(progress);
+    let report = progress.clone();
+    let (mut proofs, claim) = tokio::task::spawn_blocking(move || {
+        zkvm::prove(&pk, circuits, |done, of| {
+            if of > 1 {
+                report(format!(
+                    "proved segment {done} of {of} ({} s)",
+                    started.elapsed().as_secs()
+                ))
+            }
+        })
+    })
+    .await
+    .map_err(|e| format!("prover crashed: {e}"))?
+    .map_err(|e| e.to_string())?;
+    let last = proofs.pop().expect("one proof per segment");
     Ok(ZkProof {
         circuit_class: claim.class,
-        proof,
+        proof: last,
         steps: claim.steps,
         status: claim.status,
         state_out: claim.state_out.to_string(),
         verifying_key_sha256: info.verifying_key_sha256,
         prove_time_ms: started.elapsed().as_millis() as u64,
+        links: claim
+            .links
+            .iter()
+            .zip(proofs)
+            .map(|(l, proof)| ZkLink {
+                steps: l.steps,
+                state_out: l.state_out.to_string(),
+                memory_out: zkvm::digest_to_hex(&l.memory_out),
+                proof,
+            })
+            .collect(),
     })
 }
 
