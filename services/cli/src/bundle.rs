@@ -130,6 +130,7 @@ impl From<&ZkProof> for BundleProof {
 pub struct Checked {
     pub class: String,
     pub steps: u64,
+    pub segments: usize,
     pub output_len: usize,
     pub verify_us: u128,
 }
@@ -199,6 +200,7 @@ pub fn check(bundle: &Bundle, vk: &[u8], module: Option<&[u8]>) -> Result<Checke
     Ok(Checked {
         class: claim.class,
         steps: claim.steps,
+        segments: claim.links.len() + 1,
         output_len: output.len(),
         verify_us: started.elapsed().as_micros(),
     })

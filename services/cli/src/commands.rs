@@ -462,6 +462,7 @@ pub fn result_json(task: &Task, result: &TaskResult) -> serde_json::Value {
         "proof": result.proof.as_ref().map(|p| json!({
             "circuit_class": p.circuit_class,
             "steps": p.steps,
+            "segments": p.links.len() + 1,
             "status": p.status,
             "prove_time_ms": p.prove_time_ms,
             "verifying_key_sha256": p.verifying_key_sha256,
@@ -813,13 +814,13 @@ async fn verify(
                 println!(
                     "{}",
                     json!({"valid": true, "task_id": bundle.task_id, "circuit_class": c.class,
-                           "steps": c.steps, "output_bytes": c.output_len, "verify_us": c.verify_us,
+                           "steps": c.steps, "segments": c.segments, "output_bytes": c.output_len, "verify_us": c.verify_us,
                            "module_hash": bundle.module_hash, "input_hash": bundle.input_hash,
                            "output_hash": bundle.output_hash})
                 );
             } else {
                 println!(
-                    "VALID: task {} ran module {} on input {} for {} zkVM steps and wrote {} bytes (sha256 {}); Groth16 proof checked in {} µs (class {})",
+                    "VALID: task {} ran module {} on input {} for {} zkVM steps and wrote {} bytes (sha256 {}); Groth16 proof checked in {} µs (class {}{})",
                     bundle.task_id,
                     bundle.module_hash,
                     bundle.input_hash,
@@ -827,7 +828,12 @@ async fn verify(
                     c.output_len,
                     bundle.output_hash,
                     c.verify_us,
-                    c.class
+                    c.class,
+                    if c.segments > 1 {
+                        format!(", {} chained segments", c.segments)
+                    } else {
+                        String::new()
+                    }
                 );
             }
             Ok(0)

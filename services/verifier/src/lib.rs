@@ -442,10 +442,19 @@ impl VerifierService {
                         }
                         PolicyKind::Proof => {
                             let p = members[0].proof.as_ref().expect("checked above");
-                            format!(
-                                "Groth16 proof valid ({} steps, class {})",
-                                p.steps, p.circuit_class
-                            )
+                            if p.links.is_empty() {
+                                format!(
+                                    "Groth16 proof valid ({} steps, class {})",
+                                    p.steps, p.circuit_class
+                                )
+                            } else {
+                                format!(
+                                    "Groth16 proofs valid ({} steps in {} chained segments, class {})",
+                                    p.steps,
+                                    p.links.len() + 1,
+                                    p.circuit_class
+                                )
+                            }
                         }
                         _ => "receipt signature valid".into(),
                     },

@@ -332,6 +332,142 @@ async fn a_lying_prover_is_rejected_and_the_bundle_verifies_offline_until_tamper
     assert_audit_passes(&sb.api).await;
 }
 
+/// A run longer than the class: the worker proves it in segments, the verifier checks the
+/// chain, and the bundle carries every segment; a changed link makes it invalid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_longer_than_the_class_is_proved_in_segments_and_its_bundle_verifies() {
+    let sb = start_proving(1, CLASS).await;
+    let bytesum = zkmesh_guests::get("bytesum").unwrap();
+    let input = [b'x'; 48];
+    let mut s = sb.api.scheduler().unwrap();
+    let job = Job {
+        policy: "proof",
+        ..Job::new(bytesum.wasm, &input)
+    };
+    let task = submit(&mut s, &job).await.unwrap();
+    let mut messages = vec![];
+    let result = tokio::time::timeout(
+        Duration::from_secs(300),
+        zkmesh_cli::client::wait(&mut s, &task.task_id, |e| messages.push(e.message.clone())),
+    )
+    .await
+    .expect("proved within 5 minutes")
+    .unwrap();
+    assert_verified(&result, b"5760");
+    let proof = result.proof.clone().expect("the verified proof is kept");
+    assert_eq!(proof.circuit_class, CLASS);
+    assert!(proof.links.len() >= 2, "{} links", proof.links.len());
+    assert!(
+        messages.iter().any(|m| m.contains("proved segment 2 of")),
+        "{messages:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("client.toml");
+    sb.mesh.client.save(&config).unwrap();
+    let c = config.to_str().unwrap();
+    let bundle = dir.path().join("bundle.json");
+    let vk = dir.path().join("c10.vk");
+    let out = zkmesh(&[
+        "--mesh",
+        c,
+        "result",
+        &task.task_id,
+        "--bundle",
+        bundle.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = zkmesh(&[
+        "--mesh",
+        c,
+        "circuits",
+        "vk",
+        CLASS,
+        "--out",
+        vk.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verify = |path: &std::path::Path| {
+        zkmesh(&[
+            "verify",
+            path.to_str().unwrap(),
+            "--vk",
+            vk.to_str().unwrap(),
+        ])
+    };
+    let out = verify(&bundle);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let original: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
+    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+    let edits: Vec<(&str, Edit)> = vec![
+        (
+            "a link's memory commitment",
+            Box::new(|v| {
+                let m = &mut v["proof"]["links"][0]["memory_out"];
+                *m = flip_hex(m.as_str().unwrap()).into()
+            }),
+        ),
+        (
+            "a link's register state",
+            Box::new(|v| {
+                let m = &mut v["proof"]["links"][1]["state_out"];
+                *m = (m.as_str().unwrap().parse::<u128>().unwrap() + 1)
+                    .to_string()
+                    .into()
+            }),
+        ),
+        (
+            "a link's proof",
+            Box::new(|v| {
+                let m = &mut v["proof"]["links"][0]["proof_base64"];
+                *m = flip_b64(m.as_str().unwrap(), 40).into()
+            }),
+        ),
+        (
+            "a dropped link",
+            Box::new(|v| {
+                v["proof"]["links"].as_array_mut().unwrap().remove(0);
+            }),
+        ),
+        (
+            "the output",
+            Box::new(|v| {
+                v["output_base64"] = flip_b64(v["output_base64"].as_str().unwrap(), 0).into()
+            }),
+        ),
+    ];
+    for (what, edit) in edits {
+        let mut v = original.clone();
+        edit(&mut v);
+        let path = dir.path().join("tampered.json");
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let out = verify(&path);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "a bundle with a changed {what} was accepted: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
+
 fn flip_b64(s: &str, at: usize) -> String {
     let b64 = base64::engine::general_purpose::STANDARD;
     let mut bytes = b64.decode(s).unwrap();
