@@ -129,6 +129,11 @@ fn fr128(v: u128) -> Fr {
 }
 
 impl Statement {
+    /// Where the program's `(packed, imm)` pairs sit in [`Statement::to_field`].
+    pub fn program_range(&self) -> std::ops::Range<usize> {
+        9..9 + 2 * self.program.len()
+    }
+
     /// The public inputs in the circuit's order.
     pub fn to_field(&self) -> Vec<Fr> {
         let mut v = vec![

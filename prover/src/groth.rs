@@ -116,22 +116,74 @@ pub fn prepare(vk: &Vk) -> Pvk {
 /// `γ_abc[0] + Σ x_i γ_abc[i+1]` over the non-zero inputs only (most of a statement is
 /// padding).
 pub fn prepare_inputs(pvk: &Pvk, inputs: &[Fr]) -> Option<G1Projective> {
+    prepare_inputs_with(pvk, inputs, None)
+}
+
+/// The program's share of the input sum: the same for every proof about one module in one
+/// class, so a verifier computes it once per module and adds it to each proof's own inputs.
+/// It keeps the program's inputs, and is used only for statements with exactly those.
+#[derive(Clone)]
+pub struct ProgramTerm {
+    inputs: Vec<Fr>,
+    sum: G1Projective,
+}
+
+impl ProgramTerm {
+    pub fn new(pvk: &Pvk, statement: &Statement) -> Option<ProgramTerm> {
+        let range = statement.program_range();
+        let all = statement.to_field();
+        let inputs = all.get(range.clone())?.to_vec();
+        let bases = pvk.vk.gamma_abc_g1.get(range.start + 1..range.end + 1)?;
+        let (bases, scalars): (Vec<G1Affine>, Vec<Fr>) = inputs
+            .iter()
+            .zip(bases)
+            .filter(|(x, _)| !x.is_zero())
+            .map(|(x, g)| (*g, *x))
+            .unzip();
+        let sum = G1Projective::msm(&bases, &scalars).ok()?;
+        Some(ProgramTerm { inputs, sum })
+    }
+}
+
+/// [`prepare_inputs`], with the program's share taken from `term` when its program is the
+/// statement's (else computed).
+fn prepare_inputs_with(
+    pvk: &Pvk,
+    inputs: &[Fr],
+    term: Option<(&ProgramTerm, std::ops::Range<usize>)>,
+) -> Option<G1Projective> {
     if inputs.len() + 1 != pvk.vk.gamma_abc_g1.len() {
         return None;
     }
+    let skip = term
+        .filter(|(t, r)| inputs.get(r.clone()) == Some(&t.inputs[..]))
+        .map(|(t, r)| (t.sum, r));
     let (bases, scalars): (Vec<G1Affine>, Vec<Fr>) = inputs
         .iter()
         .zip(&pvk.vk.gamma_abc_g1[1..])
-        .filter(|(x, _)| !x.is_zero())
-        .map(|(x, g)| (*g, *x))
+        .enumerate()
+        .filter(|(k, (x, _))| !x.is_zero() && !skip.as_ref().is_some_and(|(_, r)| r.contains(k)))
+        .map(|(_, (x, g))| (*g, *x))
         .unzip();
     let sum = G1Projective::msm(&bases, &scalars).ok()?;
-    Some(sum + pvk.vk.gamma_abc_g1[0])
+    let program = skip.map(|(s, _)| s).unwrap_or_default();
+    Some(sum + program + pvk.vk.gamma_abc_g1[0])
 }
 
 /// True when `proof` proves `statement`.
 pub fn verify(pvk: &Pvk, statement: &Statement, proof: &Zk) -> bool {
-    let Some(prepared) = prepare_inputs(pvk, &statement.to_field()) else {
+    verify_with(pvk, statement, None, proof)
+}
+
+/// [`verify`] with the program's share of the inputs precomputed.
+pub fn verify_with(
+    pvk: &Pvk,
+    statement: &Statement,
+    term: Option<&ProgramTerm>,
+    proof: &Zk,
+) -> bool {
+    let term = term.map(|t| (t, statement.program_range()));
+    let Some(prepared) = prepare_inputs_with(pvk, &statement.to_field(), term) else {
         return false;
     };
     Groth16::<Bn254>::verify_proof_with_prepared_inputs(pvk, proof, &prepared).unwrap_or(false)
@@ -143,6 +195,15 @@ pub fn verify(pvk: &Pvk, statement: &Statement, proof: &Zk) -> bool {
 /// loops and a final exponentiation per proof. False if any proof is invalid (except with
 /// negligible probability).
 pub fn verify_batch(pvk: &Pvk, items: &[(&Statement, &Zk)]) -> bool {
+    verify_batch_with(pvk, items, None)
+}
+
+/// [`verify_batch`] with the program's share of the inputs precomputed.
+pub fn verify_batch_with(
+    pvk: &Pvk,
+    items: &[(&Statement, &Zk)],
+    term: Option<&ProgramTerm>,
+) -> bool {
     use ark_ec::pairing::Pairing;
     use ark_ec::{AffineRepr, CurveGroup};
     use ark_ff::{Field, PrimeField, UniformRand};
@@ -159,7 +220,8 @@ pub fn verify_batch(pvk: &Pvk, items: &[(&Statement, &Zk)]) -> bool {
     );
     for (statement, proof) in items {
         let r = Fr::rand(&mut rng);
-        let Some(pi) = prepare_inputs(pvk, &statement.to_field()) else {
+        let t = term.map(|t| (t, statement.program_range()));
+        let Some(pi) = prepare_inputs_with(pvk, &statement.to_field(), t) else {
             return false;
         };
         sum_r += r;

@@ -733,8 +733,36 @@ mod circuit {
         .unwrap();
         assert_eq!(claim.links.len(), n - 1);
         assert_eq!(claim.steps, trace.executed() as u64);
+        // The program's share of the inputs, computed once; a term made for another program
+        // is not used (the inputs are computed instead), so it cannot make a proof verify.
+        let own = zkvm::program_term(&pvk, &TINY, &program).unwrap();
+        let other = lower(&wat::parse_str(OTHER).unwrap()).unwrap();
+        let foreign = zkvm::program_term(&pvk, &TINY, &other).unwrap();
+        for t in [None, Some(&foreign)] {
+            zkvm::verify_in(
+                &TINY,
+                &pvk,
+                t,
+                &program,
+                b"",
+                &trace.output,
+                &claim,
+                &proofs,
+            )
+            .unwrap();
+        }
+        let term = Some(&own);
         let check = |claim: &zkvm::Claim, proofs: &[Vec<u8>]| {
-            zkvm::verify_in(&TINY, &pvk, &program, b"", &trace.output, claim, proofs)
+            zkvm::verify_in(
+                &TINY,
+                &pvk,
+                term,
+                &program,
+                b"",
+                &trace.output,
+                claim,
+                proofs,
+            )
         };
         check(&claim, &proofs).unwrap();
 
@@ -774,7 +802,19 @@ mod circuit {
         swapped.swap(0, 1);
         assert!(check(&claim, &swapped).is_err());
         assert!(check(&claim, &proofs[1..]).is_err());
-        assert!(zkvm::verify_in(&TINY, &pvk, &program, b"", b"\0\0\0\0", &claim, &proofs).is_err());
+        assert!(
+            zkvm::verify_in(
+                &TINY,
+                &pvk,
+                term,
+                &program,
+                b"",
+                b"\0\0\0\0",
+                &claim,
+                &proofs
+            )
+            .is_err()
+        );
     }
 
     /// The marginal cost of a step: the same run in classes of 64 and 128 steps (everything else

@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 use ark_bn254::Fr;
 
 use crate::circuit::{Boundary, Class, FitError, Statement, ZkvmCircuit, empty_memory, pack_state};
-use crate::groth::{self, Pk, Pvk, Vk, Zk};
+use crate::groth::{self, Pk, ProgramTerm, Pvk, Vk, Zk};
 use crate::isa::Program;
 use crate::lower::{LowerError, lower};
 use crate::trace::{Exit, RunLimits, Trace, run};
@@ -16,12 +16,14 @@ use crate::trace::{Exit, RunLimits, Trace, run};
 /// capacity is whatever fills the network exactly. The program holds `2^(k-2)` instructions, so
 /// program and step fetches together fill a fetch network of `2^(k-1)` entries (the step
 /// capacity is a little under `2^(k-2)`); the guests' programs are far smaller than their runs.
+/// A run longer than a class carries up to `2^(k-5)` words of memory state from one segment to
+/// the next (the Rust guests carry 30-260).
 const fn class(name: &'static str, k: u32) -> Class {
     let entries = 1usize << k;
     let globals = 16;
     let data = 1 << (k - 4);
     let io = 1 << (k - 6);
-    let state = 1 << (k - 4);
+    let state = 1 << (k - 5);
     let fixed = globals + data + 2 * (io + 1) + 2 * state;
     Class {
         name,
@@ -35,8 +37,8 @@ const fn class(name: &'static str, k: u32) -> Class {
     }
 }
 
-/// The size classes, smallest first. About 1,150-1,250 constraints per step: c9 is about
-/// 127,000 constraints (tests), c12 about 1.1 million, c16 about 20 million.
+/// The size classes, smallest first. About 1,250-1,400 constraints per step: c9 is about
+/// 125,000 constraints (tests), c12 about 1.1 million, c16 about 20 million.
 pub const CLASSES: [Class; 6] = [
     class("c9", 9),
     class("c10", 10),
@@ -343,13 +345,24 @@ pub fn verify(
 ) -> Result<(), String> {
     let class =
         class_named(&claim.class).ok_or_else(|| format!("unknown class {}", claim.class))?;
-    verify_in(&class, pvk, program, input, output, claim, proofs)
+    verify_in(&class, pvk, None, program, input, output, claim, proofs)
 }
 
-/// [`verify`] for a class given by value (tests use classes outside [`CLASSES`]).
+/// The program's share of the public inputs in `class`, to compute once per module and pass
+/// to [`verify_in`] for every proof about it.
+pub fn program_term(pvk: &Pvk, class: &Class, program: &Program) -> Result<ProgramTerm, String> {
+    let statement = Statement::new(class, program, &[], &[], 0, 0, 0)
+        .map_err(|e| format!("the program does not fit its class: {e}"))?;
+    ProgramTerm::new(pvk, &statement).ok_or_else(|| "a verifying key of another class".into())
+}
+
+/// [`verify`] for a class given by value (tests use classes outside [`CLASSES`]), with the
+/// program's share of the inputs precomputed when `term` is given.
+#[allow(clippy::too_many_arguments)]
 pub fn verify_in(
     class: &Class,
     pvk: &Pvk,
+    term: Option<&ProgramTerm>,
     program: &Program,
     input: &[u8],
     output: &[u8],
@@ -370,10 +383,10 @@ pub fn verify_in(
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let ok = if proofs.len() == 1 {
-        groth::verify(pvk, &statements[0], &proofs[0])
+        groth::verify_with(pvk, &statements[0], term, &proofs[0])
     } else {
         let items: Vec<(&Statement, &Zk)> = statements.iter().zip(&proofs).collect();
-        groth::verify_batch(pvk, &items)
+        groth::verify_batch_with(pvk, &items, term)
     };
     if ok {
         Ok(())

@@ -568,26 +568,37 @@ struct Prepared {
     policy: VerificationPolicy,
 }
 
-/// The smallest circuit class that holds a run of `wasm` on `input`, found by tracing it; a run
-/// longer than every class is proved in segments of the largest.
-///
-/// An embedded mesh sets up its class on the spot, so it stops at [`EMBEDDED_MAX_CLASS`]
-/// (c12: about a minute of setup and 2 GiB while proving on two cores); longer runs are proved
-/// in segments of it.
+/// The circuit class an embedded mesh proves a run of `wasm` on `input` in, found by tracing
+/// it: the smallest that holds the run whole, up to c12 (about a minute of setup and 2 GiB while
+/// proving on two cores); else segments of c12; else, for a program or memory state too large
+/// for c12 (the Rust guests' programs are), segments of [`EMBEDDED_MAX_CLASS`] (c14: about three
+/// minutes of setup, a minute and 6 GiB per segment).
 pub fn proof_class(wasm: &[u8], input: &[u8]) -> anyhow::Result<String> {
     use zkmesh_prover::zkvm;
     let program = zkvm::program(wasm)?;
     let trace = zkvm::trace(&program, input);
-    let last = zkvm::CLASSES
-        .iter()
-        .position(|c| c.name == EMBEDDED_MAX_CLASS)
-        .expect("a class");
-    let circuits = zkvm::fit(&program, input, &trace, &zkvm::CLASSES[..=last])?;
+    let upto = |name: &str| {
+        let last = zkvm::CLASSES
+            .iter()
+            .position(|c| c.name == name)
+            .expect("a class");
+        &zkvm::CLASSES[..=last]
+    };
+    let circuits = match zkvm::fit(&program, input, &trace, upto("c12")) {
+        Ok(c) => c,
+        Err(zkvm::ZkvmError::TooLong { .. }) => zkvm::fit(
+            &program,
+            input,
+            &trace,
+            &[*upto(EMBEDDED_MAX_CLASS).last().unwrap()],
+        )?,
+        Err(e) => return Err(e.into()),
+    };
     Ok(circuits[0].class.name.to_string())
 }
 
 /// The largest circuit class an embedded mesh sets up for `zkmesh run --policy proof`.
-pub const EMBEDDED_MAX_CLASS: &str = "c12";
+pub const EMBEDDED_MAX_CLASS: &str = "c14";
 
 fn prepare(args: &RunArgs) -> anyhow::Result<Prepared> {
     let (name, wasm) = load_module(&args.module)?;

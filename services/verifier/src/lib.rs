@@ -131,6 +131,9 @@ pub struct VerifierService {
     circuits: Arc<circuits::Circuits>,
     /// Lowered programs by module hash (the verifier's own lowering).
     programs: Mutex<HashMap<String, Arc<zkmesh_prover::isa::Program>>>,
+    /// The program's share of the public inputs, by module hash and verifying key: computed once
+    /// per module, it takes most of the multi-scalar product out of each verification.
+    terms: Mutex<HashMap<(String, String), Arc<zkmesh_prover::groth::ProgramTerm>>>,
     registry: RegistryServiceClient<tonic::transport::Channel>,
     verdicts: prometheus_client::metrics::family::Family<
         Vec<(String, String)>,
@@ -172,6 +175,7 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
     let service = VerifierService {
         circuits,
         programs: Mutex::new(HashMap::new()),
+        terms: Mutex::new(HashMap::new()),
         db,
         registry: RegistryServiceClient::new(registry_channel),
         verdicts: metrics.counter_family("verdicts", "Verdicts by policy and outcome"),
@@ -335,11 +339,40 @@ impl VerifierService {
         let mut proofs: Vec<Vec<u8>> = proof.links.iter().map(|l| l.proof.clone()).collect();
         proofs.push(proof.proof.clone());
         let started = std::time::Instant::now();
+        let term_key = (
+            task.module_hash.clone(),
+            keys.info.verifying_key_sha256.clone(),
+        );
+        let cached = self.terms.lock().unwrap().get(&term_key).cloned();
         let result = tokio::task::spawn_blocking(move || {
-            zkmesh_prover::zkvm::verify(&keys.pvk, &program, &input, &output, &claim, &proofs)
+            use zkmesh_prover::zkvm;
+            let class = zkvm::class_named(&claim.class)
+                .ok_or_else(|| format!("unknown class {}", claim.class))?;
+            let term = match cached {
+                Some(t) => t,
+                None => Arc::new(zkvm::program_term(&keys.pvk, &class, &program)?),
+            };
+            zkvm::verify_in(
+                &class,
+                &keys.pvk,
+                Some(&term),
+                &program,
+                &input,
+                &output,
+                &claim,
+                &proofs,
+            )
+            .map(|()| term)
         })
         .await
         .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
+        let result = result.map(|term| {
+            let mut terms = self.terms.lock().unwrap();
+            if terms.len() >= 256 {
+                terms.clear();
+            }
+            terms.insert(term_key, term);
+        });
         tracing::info!(task_id = %task.task_id, us = started.elapsed().as_micros() as u64, ok = result.is_ok(), "proof checked");
         result.err()
     }
