@@ -58,11 +58,18 @@ pub fn blank(class: Class) -> ZkvmCircuit {
     }
 }
 
+/// The fingerprint of `class`'s circuit: its capacities and the [`shape`] of the circuit. Keys
+/// are stored with it, and keys made for another circuit, or for other capacities of the same
+/// class, are never used (they would give proofs that do not verify).
+pub fn fingerprint(class: &Class) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("{} {class:?}", shape())))
+}
+
 /// A hash of the circuit's shape (every constraint's variables and coefficients) for a small
 /// reference class. Every class is built from the same step and network gadgets, so any change
-/// to the circuit changes it: keys are stored with it, and keys made for another circuit are
-/// never used (they would give proofs that do not verify).
-pub fn fingerprint() -> String {
+/// to the circuit changes it.
+pub fn shape() -> String {
     use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystem, SynthesisMode};
     static ONCE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ONCE.get_or_init(|| {

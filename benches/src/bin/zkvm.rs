@@ -51,7 +51,8 @@ fn peak_rss_mib() -> f64 {
 fn keys(dir: &std::path::Path, class: Class) -> anyhow::Result<(groth::Pk, groth::Vk, u64, f64)> {
     std::fs::create_dir_all(dir)?;
     let manifest = dir.join(format!("{}.json", class.name));
-    let current = |m: &serde_json::Value| m["circuit_fingerprint"] == groth::fingerprint().as_str();
+    let current =
+        |m: &serde_json::Value| m["circuit_fingerprint"] == groth::fingerprint(&class).as_str();
     if let Some(m) = std::fs::read(&manifest)
         .ok()
         .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
@@ -84,7 +85,7 @@ fn keys(dir: &std::path::Path, class: Class) -> anyhow::Result<(groth::Pk, groth
         serde_json::to_vec_pretty(&serde_json::json!({
             "class": class.name, "proving_key_sha256": ph, "proving_key_size": pk_bytes.len(),
             "verifying_key_sha256": vh, "constraints": constraints,
-            "setup_ms": (setup_s * 1000.0) as u64, "circuit_fingerprint": groth::fingerprint(),
+            "setup_ms": (setup_s * 1000.0) as u64, "circuit_fingerprint": groth::fingerprint(&class),
         }))?,
     )?;
     Ok((pk, vk, pk_bytes.len() as u64, setup_s))

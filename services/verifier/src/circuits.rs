@@ -26,7 +26,8 @@ struct Manifest {
     verifying_key_sha256: String,
     constraints: u64,
     setup_ms: u64,
-    /// The circuit's shape hash when the keys were made ([`groth::fingerprint`]).
+    /// The circuit's fingerprint (shape and capacities) when the keys were made
+    /// ([`groth::fingerprint`]).
     #[serde(default)]
     circuit_fingerprint: String,
 }
@@ -96,7 +97,7 @@ impl Circuits {
             return Ok(None);
         }
         let m: Manifest = serde_json::from_slice(&std::fs::read(&manifest)?)?;
-        if m.circuit_fingerprint != groth::fingerprint() {
+        if m.circuit_fingerprint != groth::fingerprint(class) {
             tracing::warn!(
                 class = class.name,
                 "stored keys were made for another version of the circuit; setting the class up again"
@@ -260,7 +261,7 @@ impl Circuits {
             verifying_key_sha256: vk_hash.clone(),
             constraints,
             setup_ms: started.elapsed().as_millis() as u64,
-            circuit_fingerprint: groth::fingerprint(),
+            circuit_fingerprint: groth::fingerprint(&class),
         };
         // The manifest goes last: a crash before it leaves no half-set-up class behind.
         write(
