@@ -129,9 +129,16 @@ fn fr128(v: u128) -> Fr {
 }
 
 impl Statement {
+    /// Where the register state in, the memory commitments and the data base sit in
+    /// [`Statement::to_field`].
+    pub const STATE_IN_AT: usize = 4;
+    pub const MEMORY_IN_AT: usize = 6;
+    pub const MEMORY_OUT_AT: usize = 7;
+    pub const DATA_BASE_AT: usize = 8;
+
     /// Where the program's `(packed, imm)` pairs sit in [`Statement::to_field`].
     pub fn program_range(&self) -> std::ops::Range<usize> {
-        9..9 + 2 * self.program.len()
+        Self::DATA_BASE_AT + 1..Self::DATA_BASE_AT + 1 + 2 * self.program.len()
     }
 
     /// The public inputs in the circuit's order.

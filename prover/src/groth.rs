@@ -126,55 +126,84 @@ pub fn prepare_inputs(pvk: &Pvk, inputs: &[Fr]) -> Option<G1Projective> {
     prepare_inputs_with(pvk, inputs, None)
 }
 
-/// The program's share of the input sum: the same for every proof about one module in one
-/// class, so a verifier computes it once per module and adds it to each proof's own inputs.
-/// It keeps the program's inputs, and is used only for statements with exactly those.
+/// The shares of the input sum that are the same for every proof about one module in one class,
+/// so a verifier computes them once per module and adds them to each proof's own inputs: the
+/// program (with its data base), the initial globals and data and register state (the first
+/// segment's), and the empty memory commitments (the first segment's state in, the last one's
+/// state out). Each keeps its inputs and is used only for a statement that has exactly those.
 #[derive(Clone)]
 pub struct ProgramTerm {
+    groups: Vec<Group>,
+}
+
+#[derive(Clone)]
+struct Group {
+    range: std::ops::Range<usize>,
     inputs: Vec<Fr>,
     sum: G1Projective,
 }
 
 impl ProgramTerm {
+    /// The shares of `statement` (that of a single-segment run of the module).
     pub fn new(pvk: &Pvk, statement: &Statement) -> Option<ProgramTerm> {
-        let range = statement.program_range();
         let all = statement.to_field();
-        let inputs = all.get(range.clone())?.to_vec();
-        let bases = pvk.vk.gamma_abc_g1.get(range.start + 1..range.end + 1)?;
-        let (bases, scalars): (Vec<G1Affine>, Vec<Fr>) = inputs
-            .iter()
-            .zip(bases)
-            .filter(|(x, _)| !x.is_zero())
-            .map(|(x, g)| (*g, *x))
-            .unzip();
-        let sum = G1Projective::msm(&bases, &scalars).ok()?;
-        Some(ProgramTerm { inputs, sum })
+        let (s_in, m_in, m_out, base) = (
+            Statement::STATE_IN_AT,
+            Statement::MEMORY_IN_AT,
+            Statement::MEMORY_OUT_AT,
+            Statement::DATA_BASE_AT,
+        );
+        assert!(all[s_in] == Fr::from(statement.state_in));
+        assert!(all[m_in] == statement.memory_in && all[m_out] == statement.memory_out);
+        assert!(all[base] == Fr::from(statement.data_base));
+        let program = statement.program_range();
+        let initial = program.end..program.end + statement.globals.len() + statement.data.len();
+        let mut groups = vec![];
+        let one = |k: usize| k..k + 1;
+        for range in [base..program.end, initial, one(s_in), one(m_in), one(m_out)] {
+            let inputs = all.get(range.clone())?.to_vec();
+            let bases = pvk.vk.gamma_abc_g1.get(range.start + 1..range.end + 1)?;
+            let (bases, scalars): (Vec<G1Affine>, Vec<Fr>) = inputs
+                .iter()
+                .zip(bases)
+                .filter(|(x, _)| !x.is_zero())
+                .map(|(x, g)| (*g, *x))
+                .unzip();
+            let sum = G1Projective::msm(&bases, &scalars).ok()?;
+            groups.push(Group { range, inputs, sum });
+        }
+        Some(ProgramTerm { groups })
     }
 }
 
-/// [`prepare_inputs`], with the program's share taken from `term` when its program is the
-/// statement's (else computed).
+/// [`prepare_inputs`], with the shares in `term` that match the inputs taken from it.
 fn prepare_inputs_with(
     pvk: &Pvk,
     inputs: &[Fr],
-    term: Option<(&ProgramTerm, std::ops::Range<usize>)>,
+    term: Option<&ProgramTerm>,
 ) -> Option<G1Projective> {
     if inputs.len() + 1 != pvk.vk.gamma_abc_g1.len() {
         return None;
     }
-    let skip = term
-        .filter(|(t, r)| inputs.get(r.clone()) == Some(&t.inputs[..]))
-        .map(|(t, r)| (t.sum, r));
+    let used: Vec<&Group> = term
+        .map(|t| {
+            t.groups
+                .iter()
+                .filter(|g| inputs.get(g.range.clone()) == Some(&g.inputs[..]))
+                .collect()
+        })
+        .unwrap_or_default();
+    let skipped = |k: usize| used.iter().any(|g| g.range.contains(&k));
     let (bases, scalars): (Vec<G1Affine>, Vec<Fr>) = inputs
         .iter()
         .zip(&pvk.vk.gamma_abc_g1[1..])
         .enumerate()
-        .filter(|(k, (x, _))| !x.is_zero() && !skip.as_ref().is_some_and(|(_, r)| r.contains(k)))
+        .filter(|(k, (x, _))| !x.is_zero() && !skipped(*k))
         .map(|(_, (x, g))| (*g, *x))
         .unzip();
     let sum = G1Projective::msm(&bases, &scalars).ok()?;
-    let program = skip.map(|(s, _)| s).unwrap_or_default();
-    Some(sum + program + pvk.vk.gamma_abc_g1[0])
+    let shares: G1Projective = used.iter().map(|g| g.sum).sum();
+    Some(sum + shares + pvk.vk.gamma_abc_g1[0])
 }
 
 /// True when `proof` proves `statement`.
@@ -189,7 +218,6 @@ pub fn verify_with(
     term: Option<&ProgramTerm>,
     proof: &Zk,
 ) -> bool {
-    let term = term.map(|t| (t, statement.program_range()));
     let Some(prepared) = prepare_inputs_with(pvk, &statement.to_field(), term) else {
         return false;
     };
@@ -227,8 +255,7 @@ pub fn verify_batch_with(
     );
     for (statement, proof) in items {
         let r = Fr::rand(&mut rng);
-        let t = term.map(|t| (t, statement.program_range()));
-        let Some(pi) = prepare_inputs_with(pvk, &statement.to_field(), t) else {
+        let Some(pi) = prepare_inputs_with(pvk, &statement.to_field(), term) else {
             return false;
         };
         sum_r += r;
