@@ -159,14 +159,14 @@ pub enum ZkvmError {
 }
 
 /// Runs `wasm` on `input` in the tracing interpreter, with a step limit that stops runs too long
-/// for any class early.
-pub fn trace(program: &Program, input: &[u8]) -> Trace {
-    let largest = CLASSES[CLASSES.len() - 1].steps as u64;
+/// for [`MAX_SEGMENTS`] segments of `largest` early (the trace of a run that long takes about
+/// 200 bytes a step).
+pub fn trace(program: &Program, input: &[u8], largest: &Class) -> Trace {
     run(
         program,
         input,
         RunLimits {
-            max_steps: MAX_SEGMENTS as u64 * largest + 1,
+            max_steps: (MAX_SEGMENTS * largest.steps) as u64 + 1,
             ..RunLimits::default()
         },
     )
@@ -182,10 +182,9 @@ pub fn fit(
 ) -> Result<Vec<ZkvmCircuit>, ZkvmError> {
     let largest = available.last().copied().unwrap_or(CLASSES[0]);
     if trace.exit == Exit::StepLimit {
-        let last = CLASSES[CLASSES.len() - 1];
         return Err(too_long(
-            last,
-            format!("it ran past {} steps", MAX_SEGMENTS * last.steps),
+            largest,
+            format!("it ran past {} steps", trace.steps.len().saturating_sub(1)),
         ));
     }
     let mut last_err = None;

@@ -121,7 +121,7 @@ fn main() -> anyhow::Result<()> {
             .run(guest.wasm, input, &Limits::default(), b"bench")
             .fuel_used;
         let steps = trace.steps.len();
-        let traced = zkvm::trace(&program, input);
+        let traced = zkvm::trace(&program, input, &CLASSES[CLASSES.len() - 1]);
         let c12 = CLASSES.iter().position(|c| c.name == "c12").expect("c12");
         let in_c12 = match zkvm::fit(&program, input, &traced, &CLASSES[..=c12]) {
             Ok(all) if all.len() > 1 => format!(", or {} segments of c12", all.len()),
@@ -168,13 +168,13 @@ fn main() -> anyhow::Result<()> {
         let pvk = groth::prepare(&vk);
         // The longest input of bytesum whose run fits this class.
         let fits = |inp: &[u8]| {
-            ZkvmCircuit::new(class, &program, inp, &zkvm::trace(&program, inp)).is_ok()
+            ZkvmCircuit::new(class, &program, inp, &zkvm::trace(&program, inp, &class)).is_ok()
         };
         let mut input = Vec::new();
         while fits(&[&input[..], b"x"].concat()) {
             input.push(b'x');
         }
-        let trace = zkvm::trace(&program, &input);
+        let trace = zkvm::trace(&program, &input, &class);
         let circuit = ZkvmCircuit::new(class, &program, &input, &trace)?;
         let statement = circuit.statement.clone();
         let steps = trace.steps.len();
@@ -250,7 +250,7 @@ fn main() -> anyhow::Result<()> {
             guest.sample_input
         };
         let program = zkvm::program(guest.wasm)?;
-        let trace = zkvm::trace(&program, input);
+        let trace = zkvm::trace(&program, input, &class);
         let circuits = ZkvmCircuit::segments(class, &program, input, &trace)?;
         let state = circuits
             .iter()

@@ -576,7 +576,8 @@ struct Prepared {
 pub fn proof_class(wasm: &[u8], input: &[u8]) -> anyhow::Result<String> {
     use zkmesh_prover::zkvm;
     let program = zkvm::program(wasm)?;
-    let trace = zkvm::trace(&program, input);
+    let largest = zkvm::class_named(EMBEDDED_MAX_CLASS).expect("a class");
+    let trace = zkvm::trace(&program, input, &largest);
     let upto = |name: &str| {
         let last = zkvm::CLASSES
             .iter()

@@ -764,7 +764,8 @@ async fn prove(
     }
     let (circuits, traced) = tokio::task::spawn_blocking(move || {
         let program = zkvm::program(&wasm).map_err(|e| e.to_string())?;
-        let trace = zkvm::trace(&program, &input);
+        let largest = ready.last().expect("checked above");
+        let trace = zkvm::trace(&program, &input, largest);
         let traced = (trace.output.clone(), trace.exit.clone());
         zkvm::fit(&program, &input, &trace, &ready)
             .map(|c| (c, traced))

@@ -131,8 +131,14 @@ fn exit_codes_distinguish_task_failure_from_bad_input() {
     assert_eq!(v["exit"], "trap");
     assert_eq!(v["verdict"], "verified");
 
+    // A run longer than 64 segments of the largest class an embedded mesh sets up (sha256 over
+    // 16 KiB) is refused before anything starts.
+    let long = "x".repeat(16 << 10);
     for (args, needle) in [
-        (vec!["run", "sha256", "--policy", "proof"], "proof"),
+        (
+            vec!["run", "sha256", "--input", &long, "--policy", "proof"],
+            "replicate",
+        ),
         (
             vec!["run", "sha256", "--policy", "replicate:1"],
             "invalid policy",
