@@ -105,13 +105,17 @@ pub async fn submit(
     .into_inner())
 }
 
-/// Submits and waits (at most a minute) for the end of the task.
+/// Submits and waits (at most three minutes: the tests that prove share the two cores) for the
+/// end of the task.
 pub async fn run(api: &MeshClient, job: &Job<'_>) -> Result<(Task, TaskResult), tonic::Status> {
     let mut s = api.scheduler().unwrap();
     let task = submit(&mut s, job).await?;
-    let result = tokio::time::timeout(Duration::from_secs(60), wait(&mut s, &task.task_id, |_| {}))
-        .await
-        .expect("task ends within a minute")?;
+    let result = tokio::time::timeout(
+        Duration::from_secs(180),
+        wait(&mut s, &task.task_id, |_| {}),
+    )
+    .await
+    .expect("task ends within three minutes")?;
     let task = s
         .get_task(TaskRef {
             task_id: task.task_id,
