@@ -13,6 +13,9 @@ fn zkmesh(home: &std::path::Path, args: &[&str]) -> Output {
         .args(args)
         .args(audit)
         .env("ZKMESH_HOME", home)
+        // Circuit keys stay with the test (a proof run sets its class up there), never in the
+        // user's cache, where every later embedded mesh would load them.
+        .env("ZKMESH_KEYS_DIR", home.join("keys"))
         .env_remove("ZKMESH_CLIENT_CONFIG")
         .output()
         .unwrap()
@@ -94,6 +97,7 @@ fn run_reads_the_input_from_stdin() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_zkmesh"))
         .args(["run", "wordcount", "--input-file", "-", "--json"])
         .env("ZKMESH_HOME", home.path())
+        .env("ZKMESH_KEYS_DIR", home.path().join("keys"))
         .env_remove("ZKMESH_CLIENT_CONFIG")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())

@@ -47,6 +47,9 @@ pub async fn start_with(workers: usize, tune: impl FnOnce(&mut MeshOptions)) -> 
     let dir = tempfile::tempdir().unwrap();
     let mut options = MeshOptions::new(dir.path());
     options.workers = workers;
+    // Keys of this mesh only (start_proving shares the tests' own directory): a verifier loads
+    // every class it finds, so keys in the user's cache would change what a test sees.
+    options.keys_dir = dir.path().join("keys");
     tune(&mut options);
     options.lease_secs = 3;
     options.heartbeat_secs = 1;
