@@ -104,13 +104,21 @@ pub fn unpack_state(s: u128) -> (u64, u64, u64) {
 
 /// The commitment to a memory state of `class`: the Poseidon hash of its `(address, value)`
 /// list, zero-padded to the class's capacity.
+/// The empty list's is cached (every statement has one).
 pub fn memory_digest(class: &Class, list: &[(u64, u64)]) -> Fr {
+    if list.is_empty() {
+        return empty_memory(class);
+    }
+    hash_memory(class, list)
+}
+
+fn hash_memory(class: &Class, list: &[(u64, u64)]) -> Fr {
     let mut items: Vec<Fr> = list.iter().flat_map(|(a, v)| [f(*a), f(*v)]).collect();
     items.resize(2 * class.state, Fr::zero());
     poseidon::hash(&items)
 }
 
-/// The commitment to the empty memory state of `class` (cached: every statement needs it).
+/// The commitment to the empty memory state of `class`.
 pub fn empty_memory(class: &Class) -> Fr {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
@@ -119,7 +127,7 @@ pub fn empty_memory(class: &Class) -> Fr {
     if let Some(d) = cache.lock().unwrap().get(&class.state) {
         return *d;
     }
-    let d = memory_digest(class, &[]);
+    let d = hash_memory(class, &[]);
     cache.lock().unwrap().insert(class.state, d);
     d
 }

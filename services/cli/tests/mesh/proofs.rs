@@ -199,49 +199,9 @@ async fn a_lying_prover_is_rejected_and_the_bundle_verifies_offline_until_tamper
     assert_eq!(proof.circuit_class, CLASS);
 
     // The bundle, through the binary, against this mesh.
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("client.toml");
-    sb.mesh.client.save(&config).unwrap();
-    let bundle = dir.path().join("bundle.json");
-    let vk = dir.path().join("c10.vk");
-    let c = config.to_str().unwrap();
-    let out = zkmesh(&[
-        "--mesh",
-        c,
-        "result",
-        &task.task_id,
-        "--bundle",
-        bundle.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = zkmesh(&[
-        "--mesh",
-        c,
-        "circuits",
-        "vk",
-        CLASS,
-        "--out",
-        vk.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let verify = |path: &std::path::Path| {
-        zkmesh(&[
-            "verify",
-            path.to_str().unwrap(),
-            "--vk",
-            vk.to_str().unwrap(),
-        ])
-    };
+    let offline = Offline::fetch(&sb, &task.task_id);
+    let (bundle, c) = (&offline.bundle, offline.config_str());
+    let verify = |path: &std::path::Path| offline.verify(path);
     let out = verify(&bundle);
     assert_eq!(
         out.status.code(),
@@ -261,9 +221,6 @@ async fn a_lying_prover_is_rejected_and_the_bundle_verifies_offline_until_tamper
     );
 
     // Flip one byte of the output, each hash, and the proof: each bundle is invalid.
-    let original: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
-    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
     let edits: Vec<(&str, Edit)> = vec![
         (
             "output",
@@ -315,20 +272,7 @@ async fn a_lying_prover_is_rejected_and_the_bundle_verifies_offline_until_tamper
             Box::new(|v| v["proof"]["steps"] = (v["proof"]["steps"].as_u64().unwrap() + 1).into()),
         ),
     ];
-    for (what, edit) in edits {
-        let mut v = original.clone();
-        edit(&mut v);
-        let path = dir.path().join("tampered.json");
-        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
-        let out = verify(&path);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "a bundle with a changed {what} was accepted: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("INVALID"));
-    }
+    offline.assert_each_edit_invalid(edits, true);
     assert_audit_passes(&sb.api).await;
 }
 
@@ -364,49 +308,9 @@ async fn a_run_longer_than_the_class_is_proved_in_segments_and_its_bundle_verifi
         "{messages:?}"
     );
 
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("client.toml");
-    sb.mesh.client.save(&config).unwrap();
-    let c = config.to_str().unwrap();
-    let bundle = dir.path().join("bundle.json");
-    let vk = dir.path().join("c10.vk");
-    let out = zkmesh(&[
-        "--mesh",
-        c,
-        "result",
-        &task.task_id,
-        "--bundle",
-        bundle.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let out = zkmesh(&[
-        "--mesh",
-        c,
-        "circuits",
-        "vk",
-        CLASS,
-        "--out",
-        vk.to_str().unwrap(),
-    ]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let verify = |path: &std::path::Path| {
-        zkmesh(&[
-            "verify",
-            path.to_str().unwrap(),
-            "--vk",
-            vk.to_str().unwrap(),
-        ])
-    };
+    let offline = Offline::fetch(&sb, &task.task_id);
+    let bundle = &offline.bundle;
+    let verify = |path: &std::path::Path| offline.verify(path);
     let out = verify(&bundle);
     assert_eq!(
         out.status.code(),
@@ -415,9 +319,6 @@ async fn a_run_longer_than_the_class_is_proved_in_segments_and_its_bundle_verifi
         String::from_utf8_lossy(&out.stdout)
     );
 
-    let original: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&bundle).unwrap()).unwrap();
-    type Edit = Box<dyn Fn(&mut serde_json::Value)>;
     let edits: Vec<(&str, Edit)> = vec![
         (
             "a link's memory commitment",
@@ -455,18 +356,85 @@ async fn a_run_longer_than_the_class_is_proved_in_segments_and_its_bundle_verifi
             }),
         ),
     ];
-    for (what, edit) in edits {
-        let mut v = original.clone();
-        edit(&mut v);
-        let path = dir.path().join("tampered.json");
-        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
-        let out = verify(&path);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "a bundle with a changed {what} was accepted: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+    offline.assert_each_edit_invalid(edits, false);
+}
+
+type Edit = Box<dyn Fn(&mut serde_json::Value)>;
+
+/// A task's result bundle and its class's verifying key, fetched through the binary from a
+/// mesh, for offline checks.
+struct Offline {
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    bundle: std::path::PathBuf,
+    vk: std::path::PathBuf,
+}
+
+impl Offline {
+    fn fetch(sb: &Sandbox, task_id: &str) -> Offline {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("client.toml");
+        sb.mesh.client.save(&config).unwrap();
+        let bundle = dir.path().join("bundle.json");
+        let vk = dir.path().join(format!("{CLASS}.vk"));
+        let c = config.to_str().unwrap();
+        let b = bundle.to_str().unwrap();
+        let v = vk.to_str().unwrap();
+        for args in [
+            vec!["--mesh", c, "result", task_id, "--bundle", b],
+            vec!["--mesh", c, "circuits", "vk", CLASS, "--out", v],
+        ] {
+            let out = zkmesh(&args);
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Offline {
+            dir,
+            config,
+            bundle,
+            vk,
+        }
+    }
+
+    fn config_str(&self) -> &str {
+        self.config.to_str().unwrap()
+    }
+
+    /// `zkmesh verify PATH --vk VK`.
+    fn verify(&self, path: &std::path::Path) -> Output {
+        zkmesh(&[
+            "verify",
+            path.to_str().unwrap(),
+            "--vk",
+            self.vk.to_str().unwrap(),
+        ])
+    }
+
+    /// Each edit of the bundle makes `zkmesh verify` exit 1 (and, when `says_invalid`, print
+    /// INVALID).
+    fn assert_each_edit_invalid(&self, edits: Vec<(&str, Edit)>, says_invalid: bool) {
+        let original: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&self.bundle).unwrap()).unwrap();
+        for (what, edit) in edits {
+            let mut v = original.clone();
+            edit(&mut v);
+            let path = self.dir.path().join("tampered.json");
+            std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+            let out = self.verify(&path);
+            assert_eq!(
+                out.status.code(),
+                Some(1),
+                "a bundle with a changed {what} was accepted: {}",
+                String::from_utf8_lossy(&out.stdout)
+            );
+            if says_invalid {
+                assert!(String::from_utf8_lossy(&out.stdout).starts_with("INVALID"));
+            }
+        }
     }
 }
 
