@@ -4,11 +4,30 @@
 //! # Core concepts
 //! - A [`Sandbox`] owns one wasmtime `Engine` configured for determinism (fuel metering, NaN
 //!   canonicalisation, no threads, no relaxed SIMD, a fixed wasm stack) and a ticker thread that
-//!   drives the epoch deadline, the wall-clock backstop.
+//!   drives the epoch deadline, the wall-clock backstop. With [`SandboxConfig::pooling`] its
+//!   instances come from a pool of [`SandboxConfig::slots`] pre-reserved slots.
 //! - [`Sandbox::inspect`] compiles a module and decides its [`Abi`], refusing anything that
-//!   imports outside the two ABIs.
+//!   imports outside the two ABIs. A compile that takes longer than
+//!   [`SandboxConfig::compile_timeout`] is abandoned: the caller gets an error at once and the
+//!   compiler thread finishes (on one core) in the background, its result dropped.
+//! - Compiled modules are cached in memory, and on disk in [`SandboxConfig::cache_dir`] keyed by
+//!   the module's SHA-256 and the engine's compatibility hash. Only artifacts this sandbox's key
+//!   authenticates are ever loaded (see `cache.rs`); anything else is deleted and recompiled.
+//!   [`Sandbox::stats`] counts compiles, hits and rejected files.
 //! - [`Sandbox::run`] runs a module on an input under [`Limits`] and always returns an
-//!   [`Outcome`]: a guest that traps or runs out of fuel is a result, not an error.
+//!   [`Outcome`]: a guest that traps or runs out of fuel is a result, not an error. The outcome
+//!   carries the fuel used and the CPU time of the thread that ran the guest.
+//!
+//! # Billing at each terminal state
+//! wasmtime keeps a function's fuel count in a register and writes it back at calls, returns,
+//! `unreachable` and when fuel runs out. So the fuel reported is exact for a completed run, an
+//! explicit trap (`unreachable`, which is how Rust panics end), a host-function error, stack
+//! exhaustion and running out of fuel. Two states are billed differently:
+//! - a run stopped by its wall-clock timeout is billed its whole fuel limit: the count at an
+//!   interrupt is stale, and a guest spinning in a call-free loop would otherwise run free;
+//! - an implicit trap (out-of-bounds access, division by zero, a bad conversion) inside a
+//!   call-free loop reports the fuel as of the function's last call: the same on every node, but
+//!   low. This is wasmtime's accounting, stated here rather than hidden.
 //!
 //! # The zkmesh ABI
 //! A module imports from `zkmesh` only:
@@ -39,14 +58,18 @@
 //! assert_eq!(outcome.output, b"hi");
 //! ```
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+mod cache;
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 use wasmtime::{
-    Caller, Config, Engine, Extern, InstancePre, Linker, Module, ResourceLimiter, Store, Trap,
+    Caller, Config, Engine, Extern, InstanceAllocationStrategy, InstancePre, Linker, Module,
+    PoolingAllocationConfig, ResourceLimiter, Store, Trap,
 };
 use wasmtime_wasi::p1::WasiP1Ctx;
 
@@ -83,7 +106,23 @@ pub struct SandboxConfig {
     pub epoch_tick: Duration,
     /// Compiled modules kept in memory.
     pub cache_entries: usize,
+    /// Compiled modules are kept here across restarts (None: in memory only).
+    pub cache_dir: Option<PathBuf>,
+    /// Guests that may run at once; [`Sandbox::run`] waits for a free slot.
+    pub slots: u32,
+    /// Take instances from a pool of `slots` pre-reserved slots (the pooling allocator) rather
+    /// than mapping memory for each run.
+    pub pooling: bool,
+    /// The largest linear memory any task may be given (the size of a pool slot).
+    pub max_memory_bytes: u64,
+    /// A table may not grow past this many elements (growing past it ends as out of memory).
+    pub max_table_elements: usize,
+    /// A module that takes longer than this to compile is refused as invalid.
+    pub compile_timeout: Duration,
 }
+
+/// Tables a module may define.
+const MAX_TABLES: u32 = 8;
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -94,6 +133,12 @@ impl Default for SandboxConfig {
             max_wasm_stack: 512 << 10,
             epoch_tick: Duration::from_millis(10),
             cache_entries: 256,
+            cache_dir: None,
+            slots: 2,
+            pooling: true,
+            max_memory_bytes: 4 << 30,
+            max_table_elements: 1 << 18,
+            compile_timeout: Duration::from_secs(20),
         }
     }
 }
@@ -131,6 +176,8 @@ pub enum ModuleError {
     ForbiddenImport { import: String, reason: String },
     #[error("module does not fit a guest ABI: {0}")]
     NoEntry(String),
+    #[error("module did not compile within {millis} ms; refused")]
+    CompileTimeout { millis: u64 },
 }
 
 /// How a run ended.
@@ -201,8 +248,68 @@ pub struct Outcome {
     pub output: Vec<u8>,
     pub stderr: Vec<u8>,
     pub fuel_used: u64,
-    /// Wall-clock time spent instantiating and running the guest.
+    /// Wall-clock time spent instantiating and running the guest (compiling included, if it was
+    /// not cached).
     pub run_time: Duration,
+    /// CPU time of the thread that compiled (if needed), instantiated and ran the guest.
+    pub cpu_time: Duration,
+}
+
+/// Counters since the sandbox started.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Modules compiled by wasmtime.
+    pub compiles: u64,
+    /// Lookups answered from memory.
+    pub memory_hits: u64,
+    /// Lookups answered by loading an authenticated artifact from disk.
+    pub disk_hits: u64,
+    /// Disk artifacts refused (bad MAC, corrupt, or refused by wasmtime) and deleted.
+    pub disk_rejected: u64,
+    /// Compiles abandoned after the compile timeout.
+    pub compile_timeouts: u64,
+    /// Guests run.
+    pub runs: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    compiles: AtomicU64,
+    memory_hits: AtomicU64,
+    disk_hits: AtomicU64,
+    disk_rejected: AtomicU64,
+    compile_timeouts: AtomicU64,
+    runs: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A counting semaphore for run slots (the pool has exactly `slots` instances).
+struct Slots {
+    free: Mutex<u32>,
+    freed: Condvar,
+}
+
+struct SlotGuard<'a>(&'a Slots);
+
+impl Slots {
+    fn acquire(&self) -> SlotGuard<'_> {
+        let mut free = self.free.lock().unwrap();
+        while *free == 0 {
+            free = self.freed.wait(free).unwrap();
+        }
+        *free -= 1;
+        SlotGuard(self)
+    }
+}
+
+impl Drop for SlotGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().unwrap() += 1;
+        self.0.freed.notify_one();
+    }
 }
 
 /// What [`Sandbox::inspect`] learned about a module.
@@ -217,6 +324,8 @@ struct Compiled {
     abi: Abi,
     imports: Vec<String>,
     pre: InstancePre<Host>,
+    /// The largest initial size of a memory the module defines, in bytes.
+    initial_memory: u64,
 }
 
 /// A worker's (or the scheduler's) wasmtime sandbox.
@@ -225,6 +334,11 @@ pub struct Sandbox {
     linker: Linker<Host>,
     config: SandboxConfig,
     cache: Mutex<HashMap<[u8; 32], Arc<Compiled>>>,
+    disk: Option<cache::DiskCache>,
+    /// Modules whose compile was abandoned: refused at once from then on.
+    too_slow: Mutex<HashSet<[u8; 32]>>,
+    counters: Counters,
+    slots: Slots,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -242,8 +356,32 @@ impl Sandbox {
             .cranelift_nan_canonicalization(true)
             .wasm_threads(false)
             .wasm_relaxed_simd(false)
-            .max_wasm_stack(config.max_wasm_stack);
+            .max_wasm_stack(config.max_wasm_stack)
+            // One compiler thread per module: an abandoned compile holds at most one core.
+            .parallel_compilation(false);
+        let slots = config.slots.max(1);
+        if config.pooling {
+            let mut pool = PoolingAllocationConfig::new();
+            pool.total_core_instances(slots)
+                .total_memories(slots)
+                .total_tables(slots * MAX_TABLES)
+                .total_stacks(slots)
+                .max_memories_per_module(1)
+                .max_tables_per_module(MAX_TABLES)
+                .max_memory_size(config.max_memory_bytes as usize)
+                .table_elements(config.max_table_elements)
+                .max_core_instance_size(4 << 20);
+            wc.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        }
         let engine = Engine::new(&wc).map_err(|e| ModuleError::Invalid(format!("engine: {e}")))?;
+        let disk = match &config.cache_dir {
+            Some(dir) => Some(
+                cache::DiskCache::open(dir, cache::engine_hash(&engine)).map_err(|e| {
+                    ModuleError::Invalid(format!("compile cache {}: {e}", dir.display()))
+                })?,
+            ),
+            None => None,
+        };
         let mut linker = Linker::new(&engine);
         define_zkmesh_abi(&mut linker).map_err(|e| ModuleError::Invalid(e.to_string()))?;
         // WASI functions are only ever reached by modules inspected as WASI, whose store always
@@ -268,12 +406,38 @@ impl Sandbox {
             linker,
             config,
             cache: Mutex::new(HashMap::new()),
+            disk,
+            too_slow: Mutex::new(HashSet::new()),
+            counters: Counters::default(),
+            slots: Slots {
+                free: Mutex::new(slots),
+                freed: Condvar::new(),
+            },
             stop_ticker,
         })
     }
 
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            compiles: get(&c.compiles),
+            memory_hits: get(&c.memory_hits),
+            disk_hits: get(&c.disk_hits),
+            disk_rejected: get(&c.disk_rejected),
+            compile_timeouts: get(&c.compile_timeouts),
+            runs: get(&c.runs),
+        }
+    }
+
+    /// Drops the in-memory cache (the disk cache stays): the next lookup of each module goes to
+    /// disk. For tests and benches of the disk path.
+    pub fn forget_compiled(&self) {
+        self.cache.lock().unwrap().clear();
     }
 
     /// Compiles `wasm` (or finds it in the cache) and checks its imports and entry point.
@@ -294,12 +458,37 @@ impl Sandbox {
         }
         let key: [u8; 32] = Sha256::digest(wasm).into();
         if let Some(hit) = self.cache.lock().unwrap().get(&key) {
+            bump(&self.counters.memory_hits);
             return Ok(hit.clone());
         }
-        let module = Module::new(&self.engine, wasm).map_err(|e| {
-            ModuleError::Invalid(format!("{e:#}").lines().next().unwrap_or("").to_string())
-        })?;
+        if self.too_slow.lock().unwrap().contains(&key) {
+            return Err(ModuleError::CompileTimeout {
+                millis: self.config.compile_timeout.as_millis() as u64,
+            });
+        }
+        let module = match self.from_disk(&key) {
+            Some(m) => m,
+            None => {
+                let module = self.compile_bounded(key, wasm)?;
+                if let Some(disk) = &self.disk {
+                    match module.serialize() {
+                        Ok(artifact) => {
+                            if let Err(e) = disk.store(&key, &artifact) {
+                                tracing::warn!(error = %e, "could not write the compile cache");
+                            }
+                        }
+                        Err(e) => tracing::warn!(error = %e, "could not serialize a module"),
+                    }
+                }
+                module
+            }
+        };
         let (abi, imports) = classify(&module)?;
+        let initial_memory = module
+            .resources_required()
+            .max_initial_memory_size
+            .unwrap_or(0)
+            .saturating_mul(65536);
         let pre =
             self.linker
                 .instantiate_pre(&module)
@@ -307,7 +496,12 @@ impl Sandbox {
                     import: "?".into(),
                     reason: e.to_string(),
                 })?;
-        let compiled = Arc::new(Compiled { abi, imports, pre });
+        let compiled = Arc::new(Compiled {
+            abi,
+            imports,
+            pre,
+            initial_memory,
+        });
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= self.config.cache_entries {
             cache.clear();
@@ -316,9 +510,83 @@ impl Sandbox {
         Ok(compiled)
     }
 
+    /// An authenticated artifact from the disk cache, if there is one.
+    fn from_disk(&self, key: &[u8; 32]) -> Option<Module> {
+        let disk = self.disk.as_ref()?;
+        match disk.load(key) {
+            Ok(artifact) => match load_artifact(&self.engine, &artifact) {
+                Ok(m) => {
+                    bump(&self.counters.disk_hits);
+                    Some(m)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "wasmtime refused a cached artifact; recompiling");
+                    let _ = std::fs::remove_file(disk.path(key));
+                    bump(&self.counters.disk_rejected);
+                    None
+                }
+            },
+            Err(cache::Miss::Absent) => None,
+            Err(cache::Miss::Rejected) => {
+                bump(&self.counters.disk_rejected);
+                None
+            }
+        }
+    }
+
+    /// Compiles on a thread of its own, giving up after the compile timeout. An abandoned compile
+    /// cannot be stopped (Cranelift has no cancellation), so it finishes in the background on
+    /// one core and its result is dropped; the module is remembered and refused at once if it
+    /// comes again.
+    fn compile_bounded(&self, key: [u8; 32], wasm: &[u8]) -> Result<Module, ModuleError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (engine, bytes) = (self.engine.clone(), wasm.to_vec());
+        std::thread::Builder::new()
+            .name("zkmesh-compile".into())
+            .stack_size(16 << 20)
+            .spawn(move || {
+                let _ = tx.send(Module::new(&engine, &bytes));
+            })
+            .map_err(|e| ModuleError::Invalid(format!("could not start a compiler thread: {e}")))?;
+        match rx.recv_timeout(self.config.compile_timeout) {
+            Ok(Ok(module)) => {
+                bump(&self.counters.compiles);
+                Ok(module)
+            }
+            Ok(Err(e)) => Err(ModuleError::Invalid(
+                format!("{e:#}").lines().next().unwrap_or("").to_string(),
+            )),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                bump(&self.counters.compile_timeouts);
+                self.too_slow.lock().unwrap().insert(key);
+                tracing::warn!(
+                    module = %hex::encode(key),
+                    timeout_ms = self.config.compile_timeout.as_millis() as u64,
+                    "compile abandoned"
+                );
+                Err(ModuleError::CompileTimeout {
+                millis: self.config.compile_timeout.as_millis() as u64,
+            })
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(ModuleError::Invalid(
+                "the compiler stopped without a result".into(),
+            )),
+        }
+    }
+
     /// Runs `wasm` on `input`. `seed` makes WASI randomness deterministic per task.
     pub fn run(&self, wasm: &[u8], input: &[u8], limits: &Limits, seed: &[u8]) -> Outcome {
         let started = Instant::now();
+        let cpu = cpu_time::ThreadTime::now();
+        let ended = |exit: Exit, message: Option<String>| Outcome {
+            message: message.unwrap_or_else(|| exit.message(limits, &self.config)),
+            exit,
+            output: Vec::new(),
+            stderr: Vec::new(),
+            fuel_used: 0,
+            run_time: started.elapsed(),
+            cpu_time: cpu.elapsed(),
+        };
         let compiled = match self.compile(wasm) {
             Ok(c) => c,
             Err(e) => {
@@ -326,9 +594,19 @@ impl Sandbox {
                     ModuleError::ForbiddenImport { .. } => Exit::ForbiddenImport(e.to_string()),
                     _ => Exit::InvalidModule(e.to_string()),
                 };
-                return self.outcome(exit, limits, Vec::new(), Vec::new(), 0, started);
+                return ended(exit, None);
             }
         };
+        if compiled.initial_memory > limits.memory_bytes {
+            let message = format!(
+                "needs {} MiB of memory to start; the limit is {} MiB",
+                compiled.initial_memory.div_ceil(1 << 20),
+                limits.memory_bytes >> 20
+            );
+            return ended(Exit::OutOfMemory, Some(message));
+        }
+        let _slot = self.slots.acquire();
+        bump(&self.counters.runs);
         let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(self.config.max_output_bytes);
         let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(self.config.max_stderr_bytes);
         let wasi = (compiled.abi == Abi::Wasi)
@@ -339,7 +617,8 @@ impl Sandbox {
             max_output: self.config.max_output_bytes,
             limiter: Limiter {
                 memory_bytes: limits.memory_bytes as usize,
-                denied: false,
+                table_elements: self.config.max_table_elements,
+                denied: None,
             },
             wasi,
         };
@@ -362,12 +641,16 @@ impl Sandbox {
         });
 
         let result = run_entry(&mut store, &compiled);
-        let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
+        let mut fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
         let host = store.into_data();
         let exit = match result {
             Ok(()) => Exit::Ok,
-            Err(e) => self.classify_error(&e, host.limiter.denied),
+            Err(e) => self.classify_error(&e, host.limiter.denied.is_some()),
         };
+        if exit == Exit::Timeout {
+            // The count at an interrupt is stale (see the crate docs): bill the whole limit.
+            fuel_used = limits.fuel;
+        }
         let (mut output, stderr) = match compiled.abi {
             Abi::Zkmesh => (host.output, Vec::new()),
             Abi::Wasi => (stdout.contents().to_vec(), stderr.contents().to_vec()),
@@ -376,25 +659,21 @@ impl Sandbox {
             // A truncated output is no result: report none rather than up to the cap of bytes.
             output.clear();
         }
-        self.outcome(exit, limits, output, stderr, fuel_used, started)
-    }
-
-    fn outcome(
-        &self,
-        exit: Exit,
-        limits: &Limits,
-        output: Vec<u8>,
-        stderr: Vec<u8>,
-        fuel_used: u64,
-        started: Instant,
-    ) -> Outcome {
+        let message = match (&exit, host.limiter.denied) {
+            (Exit::OutOfMemory, Some(Denied::Table)) => format!(
+                "tried to grow a table past its limit of {} elements",
+                self.config.max_table_elements
+            ),
+            _ => exit.message(limits, &self.config),
+        };
         Outcome {
-            message: exit.message(limits, &self.config),
+            message,
             exit,
             output,
             stderr,
             fuel_used,
             run_time: started.elapsed(),
+            cpu_time: cpu.elapsed(),
         }
     }
 
@@ -437,6 +716,16 @@ impl Sandbox {
             cause.to_string()
         })
     }
+}
+
+/// Loads a compiled artifact from the disk cache.
+#[allow(unsafe_code)]
+fn load_artifact(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Module> {
+    // SAFETY: `Module::deserialize` trusts its bytes to be wasmtime's own output. These passed
+    // `DiskCache::load`'s HMAC check under this cache's secret key, which only this sandbox's
+    // `compile` uses, on bytes `Module::serialize` produced; wasmtime additionally checks the
+    // artifact's header against this engine's version and configuration.
+    unsafe { Module::deserialize(engine, artifact) }
 }
 
 fn run_entry(store: &mut Store<Host>, compiled: &Compiled) -> wasmtime::Result<()> {
@@ -592,7 +881,14 @@ impl std::error::Error for OutputLimit {}
 
 struct Limiter {
     memory_bytes: usize,
-    denied: bool,
+    table_elements: usize,
+    denied: Option<Denied>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Denied {
+    Memory,
+    Table,
 }
 
 impl ResourceLimiter for Limiter {
@@ -605,7 +901,7 @@ impl ResourceLimiter for Limiter {
         if desired > self.memory_bytes {
             // A trap rather than memory.grow returning -1: a guest that ignores the failure
             // would otherwise spin until its fuel runs out, and the submitter should learn why.
-            self.denied = true;
+            self.denied = Some(Denied::Memory);
             return Err(wasmtime::Error::msg("memory limit reached"));
         }
         Ok(true)
@@ -617,15 +913,20 @@ impl ResourceLimiter for Limiter {
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(desired <= 1 << 20)
+        if desired > self.table_elements {
+            // Like memory: a table bomb ends the run rather than spinning on table.grow's -1.
+            self.denied = Some(Denied::Table);
+            return Err(wasmtime::Error::msg("table limit reached"));
+        }
+        Ok(true)
     }
 
     fn instances(&self) -> usize {
-        4
+        1
     }
 
     fn tables(&self) -> usize {
-        8
+        MAX_TABLES as usize
     }
 
     fn memories(&self) -> usize {
