@@ -166,4 +166,86 @@ fn build_hostile(hostile: &Path, out_dir: &Path) {
     }
     fs::write(out_dir.join("invalid_module.wasm"), INVALID_MODULE)
         .expect("write invalid_module.wasm");
+    for (name, wat) in [
+        ("slow_compile", slow_compile_wat()),
+        ("huge_data_segment", huge_data_segment_wat()),
+    ] {
+        let wasm = wat::parse_str(&wat).unwrap_or_else(|e| panic!("generating {name}: {e}"));
+        fs::write(out_dir.join(format!("{name}.wasm")), wasm)
+            .unwrap_or_else(|e| panic!("writing {name}.wasm: {e}"));
+    }
+    // A real module (the echo below) cut off in the middle of its code section.
+    let whole = wat::parse_str(TRUNCATED_SOURCE).expect("the truncated module's source");
+    fs::write(
+        out_dir.join("truncated_module.wasm"),
+        &whole[..whole.len() - 9],
+    )
+    .expect("write truncated_module.wasm");
+}
+
+const TRUNCATED_SOURCE: &str = r#"(module
+  (import "zkmesh" "input_len" (func $len (result i32)))
+  (import "zkmesh" "read_input" (func $read (param i32 i32 i32) (result i32)))
+  (import "zkmesh" "write_output" (func $out (param i32 i32)))
+  (memory (export "memory") 1)
+  (func (export "run")
+    (drop (call $read (i32.const 0) (i32.const 0) (call $len)))
+    (call $out (i32.const 0) (call $len))))"#;
+
+/// Half a megabyte of WebAssembly that takes Cranelift seconds: one function of 1000 nested
+/// blocks over 500 live locals, with 10000 branches, 200 of them `br_table`s to every block.
+/// The control-flow graph has millions of edges for the register allocator, yet the module is
+/// small, valid, and would return at once if it ever ran.
+fn slow_compile_wat() -> String {
+    use std::fmt::Write;
+    const DEPTH: usize = 1000;
+    const BRANCHES: usize = 10_000;
+    const LOCALS: u64 = 500;
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    let mut s = String::from("(module (memory (export \"memory\") 1)\n(func $f (param i32) (local");
+    for _ in 0..LOCALS {
+        s.push_str(" i64");
+    }
+    s.push_str(")\n");
+    for d in 0..DEPTH {
+        writeln!(s, "(block $b{d}").unwrap();
+    }
+    let mut targets = String::new();
+    for d in 0..DEPTH {
+        write!(targets, " $b{d}").unwrap();
+    }
+    for r in 0..BRANCHES {
+        let (x, y, z) = (next(LOCALS) + 1, next(LOCALS) + 1, next(LOCALS) + 1);
+        writeln!(s, "(local.set {z} (i64.add (local.get {x}) (local.get {y})))").unwrap();
+        if r % 50 == 0 {
+            writeln!(s, "(br_table{targets} (local.get 0))").unwrap();
+        } else {
+            let b = next(DEPTH as u64);
+            writeln!(s, "(br_if $b{b} (i32.wrap_i64 (local.get {x})))").unwrap();
+        }
+    }
+    for _ in 0..DEPTH {
+        let (x, y) = (next(LOCALS) + 1, next(LOCALS) + 1);
+        writeln!(s, ")\n(local.set {x} (i64.mul (local.get {x}) (local.get {y})))").unwrap();
+    }
+    s.push_str(")\n(func (export \"run\") (call $f (i32.const 0))))");
+    s
+}
+
+/// A module with a 4 MiB active data segment at the top of its 64 MiB initial memory: cheap to
+/// compile, but it cannot start under a memory limit below 64 MiB, and a module-size cap below
+/// 4 MiB refuses it outright.
+fn huge_data_segment_wat() -> String {
+    let mut s = String::from(
+        "(module (memory (export \"memory\") 1024)\n(func (export \"run\"))\n(data (i32.const 62914560) \"",
+    );
+    s.push_str(&"\\ab".repeat(4 << 20));
+    s.push_str("\"))");
+    s
 }

@@ -46,7 +46,8 @@ pub struct Guest {
     pub sample_input: &'static [u8],
 }
 
-/// A module that misbehaves on purpose.
+/// A module that misbehaves on purpose. Each one ends in its `expect`ed state under
+/// [`HOSTILE_LIMITS`].
 pub struct Hostile {
     pub name: &'static str,
     /// The compiled module (or, for `invalid_module`, bytes that are not one).
@@ -54,7 +55,13 @@ pub struct Hostile {
     /// The terminal state a sandbox should report: `timeout_or_out_of_fuel`, `out_of_memory`,
     /// `trap`, `stack_exhausted`, `output_too_large`, `forbidden_import` or `invalid_module`.
     pub expect: &'static str,
+    /// What it does, in one line.
+    pub about: &'static str,
 }
+
+/// Limits under which every hostile module ends in its `expect`ed state: memory in MiB, fuel.
+/// (`slow_compile` needs a compile timeout under one second as well.)
+pub const HOSTILE_LIMITS: (u32, u64) = (16, 200_000_000);
 
 macro_rules! guest_wasm {
     ($name:literal) => {
@@ -117,46 +124,85 @@ static GUESTS: [Guest; 6] = [
     },
 ];
 
-static HOSTILE: [Hostile; 8] = [
+static HOSTILE: [Hostile; 13] = [
     Hostile {
         name: "infinite_loop",
         wasm: hostile_wasm!("infinite_loop"),
         expect: "timeout_or_out_of_fuel",
+        about: "loops forever without calls",
     },
     Hostile {
         name: "memory_bomb",
         wasm: hostile_wasm!("memory_bomb"),
         expect: "out_of_memory",
+        about: "grows memory a page at a time forever, ignoring failures",
     },
     Hostile {
         name: "trap",
         wasm: hostile_wasm!("trap"),
         expect: "trap",
+        about: "executes unreachable",
     },
     Hostile {
         name: "div_by_zero",
         wasm: hostile_wasm!("div_by_zero"),
         expect: "trap",
+        about: "divides by a zero loaded from memory",
     },
     Hostile {
         name: "deep_recursion",
         wasm: hostile_wasm!("deep_recursion"),
         expect: "stack_exhausted",
+        about: "recurses without a base case",
     },
     Hostile {
         name: "huge_output",
         wasm: hostile_wasm!("huge_output"),
         expect: "output_too_large",
+        about: "writes its whole memory as output, forever",
     },
     Hostile {
         name: "forbidden_import",
         wasm: hostile_wasm!("forbidden_import"),
         expect: "forbidden_import",
+        about: "imports env.launch_missiles, which no host provides",
     },
     Hostile {
         name: "invalid_module",
         wasm: hostile_wasm!("invalid_module"),
         expect: "invalid_module",
+        about: "a type section whose declared size runs past the end of the file",
+    },
+    Hostile {
+        name: "truncated_module",
+        wasm: hostile_wasm!("truncated_module"),
+        expect: "invalid_module",
+        about: "a valid module with its last nine bytes cut off",
+    },
+    Hostile {
+        name: "table_bomb",
+        wasm: hostile_wasm!("table_bomb"),
+        expect: "out_of_memory",
+        about: "grows its table a thousand entries at a time forever, ignoring failures",
+    },
+    Hostile {
+        name: "start_never_returns",
+        wasm: hostile_wasm!("start_never_returns"),
+        expect: "timeout_or_out_of_fuel",
+        about: "its start function, run during instantiation, loops forever",
+    },
+    Hostile {
+        name: "huge_data_segment",
+        wasm: hostile_wasm!("huge_data_segment"),
+        expect: "out_of_memory",
+        about: "a 4 MiB data segment at the top of a 64 MiB initial memory",
+    },
+    Hostile {
+        name: "slow_compile",
+        wasm: hostile_wasm!("slow_compile"),
+        expect: "invalid_module",
+        about: "half a megabyte that takes Cranelift seconds (1000 nested blocks, 200 br_tables \
+                to all of them, 500 live locals); refused by a compile timeout under a second",
     },
 ];
 

@@ -2,6 +2,10 @@
 
 use super::*;
 
+mod cache;
+mod determinism;
+mod hostile;
+
 fn sandbox() -> Sandbox {
     Sandbox::new(SandboxConfig {
         max_output_bytes: 1 << 16,
@@ -172,3 +176,4 @@ fn every_guest_matches_its_native_reference() {
         assert_eq!(out.output, expected, "{}", guest.name);
     }
 }
+

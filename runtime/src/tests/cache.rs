@@ -1,0 +1,117 @@
+//! The disk cache: a hit never recompiles, and a cache file this sandbox's key does not
+//! authenticate is deleted and rebuilt, never loaded.
+
+use super::*;
+
+fn cached(dir: &std::path::Path) -> Sandbox {
+    Sandbox::new(SandboxConfig {
+        cache_dir: Some(dir.to_path_buf()),
+        ..SandboxConfig::default()
+    })
+    .unwrap()
+}
+
+fn sha256_runs(sb: &Sandbox) {
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let out = sb.run(sha.wasm, b"cache", &Limits::default(), b"");
+    assert_eq!(out.exit, Exit::Ok, "{}", out.message);
+    assert_eq!(
+        out.output,
+        zkmesh_guests::reference_output("sha256", b"cache").unwrap()
+    );
+}
+
+fn artifact(dir: &std::path::Path) -> std::path::PathBuf {
+    let files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "cwasm"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    files[0].clone()
+}
+
+#[test]
+fn a_cache_hit_never_recompiles() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = cached(dir.path());
+    sha256_runs(&first);
+    sha256_runs(&first);
+    let s = first.stats();
+    assert_eq!((s.compiles, s.memory_hits, s.disk_hits), (1, 1, 0), "{s:?}");
+    let name = artifact(dir.path());
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    assert!(
+        name.file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with(&hex::encode(Sha256::digest(sha.wasm))),
+        "{name:?}"
+    );
+
+    // A restarted worker loads it from disk.
+    let second = cached(dir.path());
+    sha256_runs(&second);
+    let s = second.stats();
+    assert_eq!((s.compiles, s.disk_hits, s.disk_rejected), (0, 1, 0), "{s:?}");
+    // The same after dropping the in-memory copy.
+    second.forget_compiled();
+    sha256_runs(&second);
+    assert_eq!(second.stats().disk_hits, 2);
+    assert_eq!(second.stats().compiles, 0);
+}
+
+#[test]
+fn a_tampered_cache_file_is_rejected_and_rebuilt() {
+    let dir = tempfile::tempdir().unwrap();
+    sha256_runs(&cached(dir.path()));
+    let path = artifact(dir.path());
+    let good = std::fs::read(&path).unwrap();
+
+    // One bit flipped in the compiled code.
+    let mut bad = good.clone();
+    let at = bad.len() / 2;
+    bad[at] ^= 0x01;
+    std::fs::write(&path, &bad).unwrap();
+    let sb = cached(dir.path());
+    sha256_runs(&sb);
+    let s = sb.stats();
+    assert_eq!((s.disk_rejected, s.disk_hits, s.compiles), (1, 0, 1), "{s:?}");
+    // Rebuilt: the file now holds a fresh artifact that loads.
+    let rebuilt = std::fs::read(&path).unwrap();
+    assert_ne!(rebuilt, bad);
+    let next = cached(dir.path());
+    sha256_runs(&next);
+    assert_eq!(next.stats().disk_hits, 1);
+
+    // Truncated, and a header with nothing after it.
+    for cut in [good.len() - 100, 40] {
+        std::fs::write(&path, &good[..cut]).unwrap();
+        let sb = cached(dir.path());
+        sha256_runs(&sb);
+        assert_eq!(sb.stats().disk_rejected, 1, "cut at {cut}");
+        assert_eq!(sb.stats().compiles, 1);
+    }
+
+    // An artifact compiled by another worker (another key), even for the same module and
+    // engine, is not this worker's: rejected.
+    let other = tempfile::tempdir().unwrap();
+    sha256_runs(&cached(other.path()));
+    let foreign = std::fs::read(artifact(other.path())).unwrap();
+    std::fs::write(&path, &foreign).unwrap();
+    let sb = cached(dir.path());
+    sha256_runs(&sb);
+    assert_eq!(sb.stats().disk_rejected, 1);
+    assert_eq!(sb.stats().compiles, 1);
+
+    // A raw wasmtime artifact without our header: rejected too.
+    let engine = &sb.engine;
+    let raw = engine
+        .precompile_module(zkmesh_guests::get("sha256").unwrap().wasm)
+        .unwrap();
+    std::fs::write(&path, &raw).unwrap();
+    let sb = cached(dir.path());
+    sha256_runs(&sb);
+    assert_eq!(sb.stats().disk_rejected, 1);
+}

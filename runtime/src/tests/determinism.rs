@@ -1,0 +1,71 @@
+//! Two workers running the same task agree on the output bytes and the fuel used, for every
+//! guest in guests/. The two sandboxes differ in everything that must not matter: the instance
+//! allocator (pooled or on demand), where the compiled code came from (a fresh compile or the
+//! disk cache), and the number of slots.
+
+use super::*;
+
+#[test]
+fn every_guest_gives_the_same_output_and_fuel_on_two_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    // Worker A: pooled, with a disk cache that it has filled and then loads from.
+    let warm = Sandbox::new(SandboxConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    for guest in zkmesh_guests::all() {
+        warm.inspect(guest.wasm).unwrap();
+    }
+    drop(warm);
+    let a = Sandbox::new(SandboxConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        slots: 4,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    // Worker B: on-demand allocation, compiling everything itself.
+    let b = Sandbox::new(SandboxConfig {
+        pooling: false,
+        slots: 1,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+
+    let extra: &[(&str, &[u8])] = &[
+        ("sha256", &[0xa5; 100_000]),
+        ("sort", b"9 -3 7 7 0 -9223372036854775808 9223372036854775807"),
+        ("sort", b"1 2 x"),
+        ("collatz", b"20000"),
+        ("primes", b"1000000"),
+        ("wordcount", b"  many   words\n\nand lines  \n"),
+        ("bytesum", b"the quick brown fox"),
+    ];
+    let mut cases: Vec<(&str, &[u8])> = zkmesh_guests::all()
+        .iter()
+        .map(|g| (g.name, g.sample_input))
+        .collect();
+    cases.extend_from_slice(extra);
+    let limits = Limits {
+        timeout: Duration::from_secs(120),
+        ..Limits::default()
+    };
+    for (name, input) in cases {
+        let wasm = zkmesh_guests::get(name).unwrap().wasm;
+        let x = a.run(wasm, input, &limits, b"task-1");
+        let y = b.run(wasm, input, &limits, b"task-1");
+        assert_eq!(x.exit, y.exit, "{name}");
+        assert_eq!(x.output, y.output, "{name}: output differs");
+        assert_eq!(x.fuel_used, y.fuel_used, "{name}: fuel differs");
+        assert!(x.fuel_used > 0, "{name}");
+        if let Some(expected) = zkmesh_guests::reference_output(name, input) {
+            assert_eq!(x.exit, Exit::Ok, "{name}: {}", x.message);
+            assert_eq!(x.output, expected, "{name}");
+        } else {
+            assert!(matches!(x.exit, Exit::Trap(_)), "{name}: {:?}", x.exit);
+        }
+    }
+    assert_eq!(a.stats().compiles, 0, "worker A loaded every guest from disk");
+    assert_eq!(a.stats().disk_hits, zkmesh_guests::all().len() as u64);
+    assert_eq!(b.stats().disk_hits, 0);
+}
