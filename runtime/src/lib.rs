@@ -176,7 +176,7 @@ pub enum ModuleError {
     ForbiddenImport { import: String, reason: String },
     #[error("module does not fit a guest ABI: {0}")]
     NoEntry(String),
-    #[error("module did not compile within {millis} ms; refused")]
+    #[error("invalid module: it did not compile within {millis} ms")]
     CompileTimeout { millis: u64 },
 }
 
@@ -234,8 +234,8 @@ impl Exit {
                 config.max_output_bytes
             ),
             Exit::ExitCode(c) => format!("exited with code {c}"),
-            Exit::InvalidModule(m) => format!("invalid module: {m}"),
-            Exit::ForbiddenImport(m) => format!("forbidden import: {m}"),
+            // The module error's own text says what it is ("invalid module: ...").
+            Exit::InvalidModule(m) | Exit::ForbiddenImport(m) => m.clone(),
         }
     }
 }

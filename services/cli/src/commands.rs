@@ -451,6 +451,7 @@ pub fn result_json(task: &Task, result: &TaskResult) -> serde_json::Value {
         "input_hash": task.input_hash,
         "attempts": task.attempts,
         "run_time_us": result.run_time_us,
+        "cpu_time_us": result.cpu_time_us,
         "receipts": result.receipts.iter().map(|r| json!({
             "node_id": r.node_id,
             "output_hash": r.output_hash,
@@ -501,8 +502,8 @@ fn print_result(task: &Task, result: &TaskResult, elapsed: Option<Duration>, bod
     );
     let _ = writeln!(
         out,
-        "fuel     {} of {}  ({} µs on the node)",
-        result.fuel_used, task.fuel_limit, result.run_time_us
+        "fuel     {} of {}  ({} µs on the node, {} µs of CPU)",
+        result.fuel_used, task.fuel_limit, result.run_time_us, result.cpu_time_us
     );
     let _ = writeln!(
         out,
@@ -554,7 +555,15 @@ fn progress_printer(quiet: bool) -> impl FnMut(&TaskEvent) {
                 state_name(e.state),
                 e.message
             );
+            print_log(e, |line| eprintln!("{line}"));
         }
+    }
+}
+
+/// A guest's log output carried by an event, one `[guest] ` line per line.
+fn print_log(e: &TaskEvent, mut print: impl FnMut(String)) {
+    for line in e.log.lines() {
+        print(format!("[guest] {line}"));
     }
 }
 
@@ -1070,9 +1079,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             let mut s = api.scheduler()?;
             let result = wait(&mut s, &task, |e| {
                 if json {
-                    println!("{}", json!({"seq": e.seq, "state": state_name(e.state), "message": e.message, "node_id": e.node_id, "at_ms": e.at_ms}));
+                    println!("{}", json!({"seq": e.seq, "state": state_name(e.state), "message": e.message, "node_id": e.node_id, "at_ms": e.at_ms, "log": e.log}));
                 } else {
                     println!("{:>3}  {:<9} {}", e.seq, state_name(e.state), e.message);
+                    print_log(e, |line| println!("     {line}"));
                 }
             })
             .await?;

@@ -39,6 +39,8 @@ pub struct MeshOptions {
     pub keys_dir: PathBuf,
     /// Circuit classes the verifier sets up at start (none: the proof policy is refused).
     pub setup_classes: Vec<String>,
+    /// Upload and workers refuse a module that takes longer than this to compile.
+    pub compile_timeout_secs: u64,
 }
 
 /// Where embedded meshes keep circuit keys: `$ZKMESH_KEYS_DIR`, else the user's cache.
@@ -68,6 +70,7 @@ impl MeshOptions {
             node_certificate_lifetime_secs: 24 * 3600,
             keys_dir: default_keys_dir(),
             setup_classes: vec![],
+            compile_timeout_secs: 20,
         }
     }
 }
@@ -204,6 +207,10 @@ impl LocalMesh {
                 ),
                 ("grace_secs".to_string(), toml::Value::Integer(2)),
                 (
+                    "compile_timeout_secs".to_string(),
+                    toml::Value::Integer(options.compile_timeout_secs as i64),
+                ),
+                (
                     "tls".to_string(),
                     toml::Value::try_from(tls_files(&dir, "scheduler")).expect("paths serialise"),
                 ),
@@ -304,6 +311,9 @@ impl LocalMesh {
             max_output_bytes: 16 << 20,
             verifier_endpoint: Some(self.client.verifier.clone()),
             keys_dir: Some(self.options.keys_dir.clone()),
+            compile_cache_dir: None,
+            compile_timeout_secs: self.options.compile_timeout_secs,
+            metrics_addr: None,
         }
     }
 

@@ -97,7 +97,10 @@ impl SchedulerApi for SchedulerService {
             .await
             .map_err(|_| Status::internal("module check crashed"))?;
         let inspection = inspection.map_err(|e| match e {
-            ModuleError::TooLarge { .. } | ModuleError::Invalid(_) | ModuleError::NoEntry(_) => {
+            ModuleError::TooLarge { .. }
+            | ModuleError::Invalid(_)
+            | ModuleError::NoEntry(_)
+            | ModuleError::CompileTimeout { .. } => {
                 Status::invalid_argument(format!("module rejected: {e}"))
             }
             ModuleError::ForbiddenImport { .. } => {
@@ -425,7 +428,7 @@ impl SchedulerApi for SchedulerService {
                         core.on_heartbeat(&node_id, &h.running_attempt_ids).await
                     }
                     worker_message::Kind::Progress(p) => {
-                        core.on_progress(&node_id, &p.attempt_id, &p.message).await
+                        core.on_progress(&node_id, &p.attempt_id, &p.message, &p.log).await
                     }
                     worker_message::Kind::Report(r) => {
                         // Judging and settling take calls to the verifier and the ledger: do not

@@ -14,6 +14,9 @@ use tonic::Status;
 use tonic::transport::Channel;
 use zkmesh_kit::auth::RevocationList;
 use zkmesh_kit::telemetry::Metrics;
+
+/// Guest log output one task event may carry (a worker's sandbox caps a task's stderr at 64 KiB).
+const MAX_LOG_BYTES: usize = 64 << 10;
 use zkmesh_kit::{CancellationToken, now_ms, random_id, sha256_hex};
 use zkmesh_proto::ledger_service_client::LedgerServiceClient;
 use zkmesh_proto::registry_service_client::RegistryServiceClient;
@@ -134,9 +137,21 @@ impl Core {
         message: &str,
         node_id: &str,
     ) -> Result<()> {
+        self.emit_log(task_id, state, message, node_id, "").await
+    }
+
+    /// Like [`Core::emit`], for an event that carries guest log output.
+    pub async fn emit_log(
+        &self,
+        task_id: &str,
+        state: TaskState,
+        message: &str,
+        node_id: &str,
+        log: &str,
+    ) -> Result<()> {
         let event = self
             .store
-            .event(task_id, state, message, node_id)
+            .event(task_id, state, message, node_id, log)
             .await
             .map_err(db_error)?;
         tracing::debug!(task_id, state = ?state, message, "task event");
@@ -409,7 +424,13 @@ impl Core {
     }
 
     /// A running attempt's progress, as an event of its task (state unchanged).
-    pub async fn on_progress(&self, node_id: &str, attempt_id: &str, message: &str) -> Result<()> {
+    pub async fn on_progress(
+        &self,
+        node_id: &str,
+        attempt_id: &str,
+        message: &str,
+        log: &str,
+    ) -> Result<()> {
         let _t = self.transitions.lock().await;
         let Some(a) = self.store.attempt(attempt_id).await.map_err(db_error)? else {
             return Ok(());
@@ -422,7 +443,17 @@ impl Core {
         };
         if task.task.state() == TaskState::Running {
             let message: String = message.chars().take(300).collect();
-            self.emit(&a.task_id, TaskState::Running, &message, node_id)
+            // Guest logs are bounded by the node's sandbox; bound them here too, whatever the
+            // node is running.
+            let mut log = log;
+            if log.len() > MAX_LOG_BYTES {
+                let mut end = MAX_LOG_BYTES;
+                while !log.is_char_boundary(end) {
+                    end -= 1;
+                }
+                log = &log[..end];
+            }
+            self.emit_log(&a.task_id, TaskState::Running, &message, node_id, log)
                 .await?;
         }
         Ok(())

@@ -64,6 +64,9 @@ pub struct SchedulerConfig {
     pub micro_credits_per_million_fuel: u64,
     #[serde(default = "defaults::max_module_bytes")]
     pub max_module_bytes: usize,
+    /// Upload refuses a module that takes longer than this to compile.
+    #[serde(default = "defaults::compile_timeout_secs")]
+    pub compile_timeout_secs: u64,
     #[serde(default = "defaults::max_input_bytes")]
     pub max_input_bytes: usize,
     #[serde(default = "zkmesh_kit::config::default_grace_secs")]
@@ -103,6 +106,9 @@ mod defaults {
     }
     pub fn max_module_bytes() -> usize {
         64 << 20
+    }
+    pub fn compile_timeout_secs() -> u64 {
+        20
     }
     pub fn max_input_bytes() -> usize {
         16 << 20
@@ -171,8 +177,12 @@ pub async fn start(
     let verifier = zkmesh_kit::client::channel(&config.verifier_endpoint, &client_tls)?;
     let metrics = Metrics::new("scheduler");
     let revoked = RevocationList::default();
+    // Upload only compiles and inspects; it never runs a guest, so it needs no instance pool.
     let sandbox = zkmesh_runtime::Sandbox::new(zkmesh_runtime::SandboxConfig {
         max_module_bytes: config.max_module_bytes,
+        compile_timeout: std::time::Duration::from_secs(config.compile_timeout_secs.max(1)),
+        pooling: false,
+        slots: 1,
         ..Default::default()
     })?;
     let core = dispatch::Core::new(

@@ -88,6 +88,14 @@ ALTER TABLE attempts ADD COLUMN proof_error TEXT NOT NULL DEFAULT '';
 ALTER TABLE tasks ADD COLUMN proof BYTEA;
 "#,
     },
+    Migration {
+        version: 3,
+        sql: r#"
+ALTER TABLE task_events ADD COLUMN log TEXT NOT NULL DEFAULT '';
+ALTER TABLE attempts ADD COLUMN cpu_time_us BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE tasks ADD COLUMN cpu_time_us BIGINT NOT NULL DEFAULT 0;
+"#,
+    },
 ];
 
 /// Attempt states (text in the table, for readable SQL).
@@ -128,6 +136,7 @@ pub struct AttemptRow {
     pub exit_message: String,
     pub fuel_used: u64,
     pub run_time_us: u64,
+    pub cpu_time_us: u64,
     pub receipt: Option<Receipt>,
     pub proof: Option<ZkProof>,
     /// Why the node made no proof (proof policy), as it reported.
@@ -181,6 +190,7 @@ fn task_from_row(row: &SqliteRow) -> TaskRow {
         credits_charged: row.get::<i64, _>("credits_charged") as u64,
         receipts,
         run_time_us: row.get::<i64, _>("run_time_us") as u64,
+        cpu_time_us: row.get::<i64, _>("cpu_time_us") as u64,
         policy: task.policy,
         proof: row
             .get::<Option<Vec<u8>>, _>("proof")
@@ -216,6 +226,7 @@ fn attempt_from_row(row: &SqliteRow) -> AttemptRow {
         exit_message: row.get("exit_message"),
         fuel_used: row.get::<i64, _>("fuel_used") as u64,
         run_time_us: row.get::<i64, _>("run_time_us") as u64,
+        cpu_time_us: row.get::<i64, _>("cpu_time_us") as u64,
         receipt: row
             .get::<Option<Vec<u8>>, _>("receipt")
             .and_then(|b| Receipt::decode(b.as_slice()).ok()),
@@ -453,7 +464,7 @@ impl Store {
 
     pub async fn record_report(&self, r: &TaskReport, receipt: &Receipt) -> Result<()> {
         sqlx::query(
-            "UPDATE attempts SET state = $1, output = $2, exit = $3, exit_message = $4, fuel_used = $5, run_time_us = $6, receipt = $7, proof = $8, proof_error = $9 WHERE attempt_id = $10",
+            "UPDATE attempts SET state = $1, output = $2, exit = $3, exit_message = $4, fuel_used = $5, run_time_us = $6, receipt = $7, proof = $8, proof_error = $9, cpu_time_us = $10 WHERE attempt_id = $11",
         )
         .bind(attempt_state::REPORTED)
         .bind(&r.output)
@@ -464,6 +475,7 @@ impl Store {
         .bind(receipt.encode_to_vec())
         .bind(r.proof.as_ref().map(|p| p.encode_to_vec()))
         .bind(&r.proof_error)
+        .bind(r.cpu_time_us as i64)
         .bind(&r.attempt_id)
         .execute(&self.pool)
         .await?;
@@ -492,6 +504,7 @@ impl Store {
         state: TaskState,
         message: &str,
         node_id: &str,
+        log: &str,
     ) -> Result<TaskEvent> {
         let now = now_ms();
         let mut tx = self.pool.begin().await?;
@@ -501,13 +514,14 @@ impl Store {
                 .fetch_one(&mut *tx)
                 .await?
                 .get(0);
-        sqlx::query("INSERT INTO task_events (task_id, seq, state, message, node_id, at_ms) VALUES ($1, $2, $3, $4, $5, $6)")
+        sqlx::query("INSERT INTO task_events (task_id, seq, state, message, node_id, at_ms, log) VALUES ($1, $2, $3, $4, $5, $6, $7)")
             .bind(task_id)
             .bind(seq)
             .bind(state as i64)
             .bind(message)
             .bind(node_id)
             .bind(now)
+            .bind(log)
             .execute(&mut *tx)
             .await?;
         sqlx::query(
@@ -527,6 +541,7 @@ impl Store {
             message: message.to_string(),
             node_id: node_id.to_string(),
             at_ms: now,
+            log: log.to_string(),
         })
     }
 
@@ -544,6 +559,7 @@ impl Store {
                 message: r.get("message"),
                 node_id: r.get("node_id"),
                 at_ms: r.get("at_ms"),
+                log: r.get("log"),
             })
             .collect())
     }
@@ -558,7 +574,7 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "UPDATE tasks SET exit = $1, exit_message = $2, output = $3, output_hash = $4, fuel_used = $5, verdict = $6,
-                verdict_reason = $7, run_time_us = $8, receipts = $9, proof = $10 WHERE task_id = $11",
+                verdict_reason = $7, run_time_us = $8, receipts = $9, proof = $10, cpu_time_us = $11 WHERE task_id = $12",
         )
         .bind(a.exit as i64)
         .bind(&a.exit_message)
@@ -570,6 +586,7 @@ impl Store {
         .bind(a.run_time_us as i64)
         .bind(ReceiptList { receipts }.encode_to_vec())
         .bind(a.proof.as_ref().map(|p| p.encode_to_vec()))
+        .bind(a.cpu_time_us as i64)
         .bind(task_id)
         .execute(&self.pool)
         .await?;

@@ -54,6 +54,16 @@ pub struct WorkerConfig {
     /// Where proving keys are cached, by hash (default: `data_dir/keys`; nodes may share one).
     #[serde(default)]
     pub keys_dir: Option<PathBuf>,
+    /// Where compiled modules are cached across restarts (default: `data_dir/compiled`). Only
+    /// artifacts this node compiled, authenticated by the cache's own key, are ever loaded.
+    #[serde(default)]
+    pub compile_cache_dir: Option<PathBuf>,
+    /// A module that takes longer than this to compile is refused as invalid.
+    #[serde(default = "defaults::compile_timeout")]
+    pub compile_timeout_secs: u64,
+    /// Serve Prometheus metrics (`GET /metrics`) here, e.g. `127.0.0.1:9464`.
+    #[serde(default)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 mod defaults {
@@ -68,6 +78,9 @@ mod defaults {
     }
     pub fn max_output() -> usize {
         16 << 20
+    }
+    pub fn compile_timeout() -> u64 {
+        20
     }
 }
 
@@ -230,6 +243,66 @@ pub fn exit_kind(exit: &Exit) -> ExitKind {
     }
 }
 
+/// The worker's Prometheus metrics: tasks by exit, fuel and CPU time, and the sandbox's
+/// compile-cache counters (a cache hit never shows as a compile).
+struct WorkerMetrics {
+    registry: zkmesh_kit::telemetry::Metrics,
+    tasks: prometheus_client::metrics::family::Family<
+        Vec<(String, String)>,
+        prometheus_client::metrics::counter::Counter,
+    >,
+    fuel: prometheus_client::metrics::counter::Counter,
+    cpu_us: prometheus_client::metrics::counter::Counter,
+    sandbox: [prometheus_client::metrics::gauge::Gauge; 6],
+}
+
+impl WorkerMetrics {
+    fn new() -> WorkerMetrics {
+        let registry = zkmesh_kit::telemetry::Metrics::new("worker");
+        let tasks = registry.counter_family("worker_tasks", "Guests run, by terminal state");
+        let fuel = registry.counter("worker_fuel_used", "Fuel used by the guests run here");
+        let cpu_us = registry.counter(
+            "worker_guest_cpu_microseconds",
+            "CPU time of the threads that ran guests",
+        );
+        let sandbox = [
+            ("sandbox_compiles", "Modules compiled by wasmtime since start"),
+            ("sandbox_cache_memory_hits", "Compiled modules found in memory"),
+            ("sandbox_cache_disk_hits", "Compiled modules loaded from the disk cache"),
+            ("sandbox_cache_rejected", "Disk cache files that failed their check and were rebuilt"),
+            ("sandbox_compile_timeouts", "Compiles abandoned after the compile timeout"),
+            ("sandbox_runs", "Guests instantiated"),
+        ]
+        .map(|(name, help)| registry.gauge(name, help));
+        WorkerMetrics {
+            registry,
+            tasks,
+            fuel,
+            cpu_us,
+            sandbox,
+        }
+    }
+
+    fn record(&self, outcome: &zkmesh_runtime::Outcome, stats: zkmesh_runtime::Stats) {
+        self.tasks
+            .get_or_create(&vec![("exit".into(), outcome.exit.kind().into())])
+            .inc();
+        self.fuel.inc_by(outcome.fuel_used);
+        self.cpu_us.inc_by(outcome.cpu_time.as_micros() as u64);
+        let values = [
+            stats.compiles,
+            stats.memory_hits,
+            stats.disk_hits,
+            stats.disk_rejected,
+            stats.compile_timeouts,
+            stats.runs,
+        ];
+        for (gauge, v) in self.sandbox.iter().zip(values) {
+            gauge.set(v as i64);
+        }
+    }
+}
+
 /// State shared by one worker's tasks.
 struct Shared {
     node_id: String,
@@ -241,6 +314,7 @@ struct Shared {
     /// Set when the registry says this node is revoked.
     revoked: AtomicBool,
     slots: Arc<Semaphore>,
+    metrics: WorkerMetrics,
     config: WorkerConfig,
     /// Proving keys in memory, by hash.
     keys: tokio::sync::Mutex<HashMap<String, Arc<zkmesh_prover::groth::Pk>>>,
@@ -270,6 +344,14 @@ async fn run(
 ) -> Result<(), WorkerError> {
     let sandbox = Sandbox::new(SandboxConfig {
         max_output_bytes: config.max_output_bytes,
+        slots: config.slots.max(1),
+        cache_dir: Some(
+            config
+                .compile_cache_dir
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("compiled")),
+        ),
+        compile_timeout: Duration::from_secs(config.compile_timeout_secs.max(1)),
         ..SandboxConfig::default()
     })
     .map_err(setup_err)?;
@@ -281,9 +363,21 @@ async fn run(
         running: Mutex::new(HashMap::new()),
         revoked: AtomicBool::new(false),
         slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
+        metrics: WorkerMetrics::new(),
         config: config.clone(),
         keys: tokio::sync::Mutex::new(HashMap::new()),
     });
+    if let Some(addr) = config.metrics_addr {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| WorkerError::Setup(format!("metrics address {addr}: {e}")))?;
+        tracing::info!(addr = %listener.local_addr().map_err(setup_err)?, "serving metrics");
+        tokio::spawn(zkmesh_kit::telemetry::serve_metrics(
+            listener,
+            shared.metrics.registry.clone(),
+            shutdown.child_token(),
+        ));
+    }
 
     // Reports and heartbeats go through one outbox that outlives any single Work stream, so a
     // result finished during a reconnect is still delivered.
@@ -648,8 +742,22 @@ async fn execute(
     }
     tracing::info!(
         attempt_id = %a.attempt_id, task_id = %a.task_id, exit = outcome.exit.kind(),
-        fuel = outcome.fuel_used, ms = now_ms() - started, "task finished"
+        fuel = outcome.fuel_used, cpu_us = outcome.cpu_time.as_micros() as u64,
+        ms = now_ms() - started, "task finished"
     );
+    shared.metrics.record(&outcome, shared.sandbox.stats());
+    if !outcome.stderr.is_empty() {
+        // The guest's stderr reaches the submitter as a log event on WatchTask.
+        let _ = outbox
+            .send(WorkerMessage {
+                kind: Some(worker_message::Kind::Progress(TaskProgress {
+                    attempt_id: a.attempt_id.clone(),
+                    message: format!("guest log: {} bytes of stderr", outcome.stderr.len()),
+                    log: String::from_utf8_lossy(&outcome.stderr).into_owned(),
+                })),
+            })
+            .await;
+    }
     let exit = exit_kind(&outcome.exit);
     let mut receipt = Receipt {
         task_id: a.task_id.clone(),
@@ -663,10 +771,6 @@ async fn execute(
     };
     zkmesh_kit::receipt::sign(&mut receipt, &shared.receipt_key).map_err(|e| e.to_string())?;
     let mut message = outcome.message.clone();
-    if !outcome.stderr.is_empty() {
-        let log = String::from_utf8_lossy(&outcome.stderr);
-        message = format!("{message}; stderr: {}", log.trim_end());
-    }
     let (mut proof, mut proof_error) = (None, String::new());
     if a.policy.unwrap_or_default().kind() == PolicyKind::Proof {
         let attempt_id = a.attempt_id.clone();
@@ -674,6 +778,7 @@ async fn execute(
             kind: Some(worker_message::Kind::Progress(TaskProgress {
                 attempt_id: attempt_id.clone(),
                 message,
+                log: String::new(),
             })),
         };
         let _ = outbox
@@ -717,6 +822,7 @@ async fn execute(
                 fuel_used: outcome.fuel_used,
                 receipt: Some(receipt),
                 run_time_us: outcome.run_time.as_micros() as u64,
+                cpu_time_us: outcome.cpu_time.as_micros() as u64,
                 proof,
                 proof_error,
             })),

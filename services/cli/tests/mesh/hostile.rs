@@ -6,12 +6,14 @@ use zkmesh_proto::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_guests_end_cleanly_and_the_worker_keeps_serving() {
-    let sb = start(1).await;
+    // A compile timeout of a second, so that upload refuses `slow_compile` (seconds to compile).
+    let sb = start_with(1, |o| o.compile_timeout_secs = 1).await;
     let sha = zkmesh_guests::get("sha256").unwrap();
     for h in zkmesh_guests::hostile() {
+        let (memory_mib, fuel) = zkmesh_guests::HOSTILE_LIMITS;
         let job = Job {
-            fuel: 200_000_000,
-            memory_mib: 16,
+            fuel,
+            memory_mib,
             timeout_secs: 5,
             ..Job::new(h.wasm, b"")
         };
@@ -68,6 +70,40 @@ async fn hostile_guests_end_cleanly_and_the_worker_keeps_serving() {
     };
     let (_, result) = run(&sb.api, &job).await.unwrap();
     assert_eq!(result.exit(), ExitKind::Timeout, "{}", result.exit_message);
+    // The node cannot count fuel exactly at an interrupt: a timeout is billed its whole limit.
+    assert_eq!(result.fuel_used, job.fuel);
+
+    // A WASI guest's stderr reaches the submitter as a log event on WatchTask; the node reports
+    // the guest's CPU time with its fuel.
+    let primes = zkmesh_guests::get("primes").unwrap();
+    let (task, result) = run(&sb.api, &Job::new(primes.wasm, b"not a number"))
+        .await
+        .unwrap();
+    assert_eq!(result.exit(), ExitKind::ExitCode, "{}", result.exit_message);
+    assert!(result.fuel_used > 0 && result.cpu_time_us > 0, "{result:?}");
+    let mut s = sb.api.scheduler().unwrap();
+    let mut events = s
+        .watch_task(TaskRef {
+            task_id: task.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let logged = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            let e = events.message().await.unwrap().expect("a log event");
+            if !e.log.is_empty() {
+                return e;
+            }
+        }
+    })
+    .await
+    .expect("a log event within 10 s");
+    assert!(
+        logged.log.contains("primes: expected a decimal number"),
+        "{logged:?}"
+    );
+    assert_eq!(logged.state(), TaskState::Running);
     assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;
 }
