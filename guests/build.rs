@@ -13,7 +13,7 @@ use std::process::Command;
 
 /// Guests per target triple. Keep in sync with `programs/Cargo.toml` and `src/lib.rs`.
 const TARGETS: &[(&str, &[&str])] = &[
-    ("wasm32-unknown-unknown", &["sha256", "sort", "collatz"]),
+    ("wasm32-unknown-unknown", &["sha256", "sort", "collatz", "kernels"]),
     ("wasm32-wasip1", &["primes", "wordcount"]),
 ];
 

@@ -206,6 +206,39 @@ static HOSTILE: [Hostile; 13] = [
     },
 ];
 
+/// The benchmark guest (`programs/kernels`): `sha256 <bytes>`, `sort <n>` or `sieve <n>` run
+/// the kernels in `programs/kernels/src/kernels.rs`, which [`kernels`] is compiled from too. Not
+/// among [`all`]: it exists to compare the sandbox with native code.
+pub static KERNELS_WASM: &[u8] = guest_wasm!("kernels");
+
+/// The benchmark kernels compiled natively: the same source as [`KERNELS_WASM`].
+#[path = "../programs/kernels/src/kernels.rs"]
+pub mod kernels;
+
+/// What [`KERNELS_WASM`] writes for `input`, computed natively by the same kernels (`None`
+/// where the guest traps).
+pub fn kernels_output(input: &[u8]) -> Option<Vec<u8>> {
+    let space = input.iter().position(|&b| b == b' ')?;
+    let (name, arg) = (&input[..space], &input[space + 1..]);
+    let number = || -> Option<usize> {
+        if arg.is_empty() || !arg.iter().all(u8::is_ascii_digit) {
+            return None;
+        }
+        std::str::from_utf8(arg).ok()?.parse().ok()
+    };
+    Some(match name {
+        b"sha256" => hex(&kernels::sha256(arg)).into_bytes(),
+        b"sort" => kernels::sort(&mut vec![0; number()?], 0x9e37_79b9_7f4a_7c15)
+            .to_string()
+            .into_bytes(),
+        b"sieve" => {
+            let (count, largest) = kernels::sieve(&mut vec![0; number()? + 1]);
+            format!("{count} {largest}").into_bytes()
+        }
+        _ => return None,
+    })
+}
+
 /// All well-behaved guests.
 pub fn all() -> &'static [Guest] {
     &GUESTS

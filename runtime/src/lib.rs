@@ -510,6 +510,34 @@ impl Sandbox {
         Ok(compiled)
     }
 
+    /// Creates a store and instantiates `wasm` (compiled or cached) without running its entry
+    /// point: what a task's start costs once its module is compiled. For benches.
+    #[doc(hidden)]
+    pub fn bench_instantiate(&self, wasm: &[u8]) -> Result<(), ModuleError> {
+        let compiled = self.compile(wasm)?;
+        let _slot = self.slots.acquire();
+        let host = Host {
+            input: Vec::new(),
+            output: Vec::new(),
+            max_output: self.config.max_output_bytes,
+            limiter: Limiter {
+                memory_bytes: 1 << 30,
+                table_elements: self.config.max_table_elements,
+                denied: None,
+            },
+            wasi: None,
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|h| &mut h.limiter);
+        let _ = store.set_fuel(1 << 40);
+        store.set_epoch_deadline(1 << 40);
+        compiled
+            .pre
+            .instantiate(&mut store)
+            .map(|_| ())
+            .map_err(|e| ModuleError::Invalid(e.to_string()))
+    }
+
     /// An authenticated artifact from the disk cache, if there is one.
     fn from_disk(&self, key: &[u8; 32]) -> Option<Module> {
         let disk = self.disk.as_ref()?;
