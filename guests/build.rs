@@ -13,7 +13,10 @@ use std::process::Command;
 
 /// Guests per target triple. Keep in sync with `programs/Cargo.toml` and `src/lib.rs`.
 const TARGETS: &[(&str, &[&str])] = &[
-    ("wasm32-unknown-unknown", &["sha256", "sort", "collatz", "kernels"]),
+    (
+        "wasm32-unknown-unknown",
+        &["sha256", "sort", "collatz", "kernels"],
+    ),
     ("wasm32-wasip1", &["primes", "wordcount"]),
 ];
 
@@ -222,7 +225,11 @@ fn slow_compile_wat() -> String {
     }
     for r in 0..BRANCHES {
         let (x, y, z) = (next(LOCALS) + 1, next(LOCALS) + 1, next(LOCALS) + 1);
-        writeln!(s, "(local.set {z} (i64.add (local.get {x}) (local.get {y})))").unwrap();
+        writeln!(
+            s,
+            "(local.set {z} (i64.add (local.get {x}) (local.get {y})))"
+        )
+        .unwrap();
         if r % 50 == 0 {
             writeln!(s, "(br_table{targets} (local.get 0))").unwrap();
         } else {
@@ -232,7 +239,11 @@ fn slow_compile_wat() -> String {
     }
     for _ in 0..DEPTH {
         let (x, y) = (next(LOCALS) + 1, next(LOCALS) + 1);
-        writeln!(s, ")\n(local.set {x} (i64.mul (local.get {x}) (local.get {y})))").unwrap();
+        writeln!(
+            s,
+            ")\n(local.set {x} (i64.mul (local.get {x}) (local.get {y})))"
+        )
+        .unwrap();
     }
     s.push_str(")\n(func (export \"run\") (call $f (i32.const 0))))");
     s

@@ -3,7 +3,8 @@
 //! - `overhead/*`: the same kernels (`guests/programs/kernels/src/kernels.rs`) run natively and
 //!   as the `kernels` guest in the sandbox with fuel metering on: SHA-256 of 1 MiB, sorting a
 //!   million i64s, a sieve up to ten million. The guest side includes its instantiation and
-//!   reading its input.
+//!   reading its input; `wasm_unmetered` is the guest without fuel metering, to show what
+//!   metering costs. Native code is built at opt-level "s", like the guests.
 //! - `instantiate/*`: store creation and instantiation of a compiled, cached module, with the
 //!   pooling allocator and without.
 //! - `compile/*` and `cache_load/*`: compiling each guest, and loading it from the disk cache
@@ -23,6 +24,11 @@ const SIEVE_N: usize = 10_000_000;
 
 fn overhead(c: &mut Criterion) {
     let sb = Sandbox::new(SandboxConfig::default()).unwrap();
+    let unmetered = Sandbox::new(SandboxConfig {
+        consume_fuel: false,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
     let limits = Limits {
         fuel: 1 << 40,
         timeout: Duration::from_secs(600),
@@ -44,6 +50,10 @@ fn overhead(c: &mut Criterion) {
         assert_eq!(Some(out.output), zkmesh_guests::kernels_output(input));
         g.bench_function(BenchmarkId::new("wasm", name), |b| {
             b.iter(|| sb.run(zkmesh_guests::KERNELS_WASM, input, &limits, b""))
+        });
+        // The same without fuel metering: how much of the gap is metering.
+        g.bench_function(BenchmarkId::new("wasm_unmetered", name), |b| {
+            b.iter(|| unmetered.run(zkmesh_guests::KERNELS_WASM, input, &limits, b""))
         });
     }
     g.bench_function(BenchmarkId::new("native", "sha256_1MiB"), |b| {

@@ -20,14 +20,16 @@
 //!
 //! # Billing at each terminal state
 //! wasmtime keeps a function's fuel count in a register and writes it back at calls, returns,
-//! `unreachable` and when fuel runs out. So the fuel reported is exact for a completed run, an
-//! explicit trap (`unreachable`, which is how Rust panics end), a host-function error, stack
-//! exhaustion and running out of fuel. Two states are billed differently:
-//! - a run stopped by its wall-clock timeout is billed its whole fuel limit: the count at an
-//!   interrupt is stale, and a guest spinning in a call-free loop would otherwise run free;
-//! - an implicit trap (out-of-bounds access, division by zero, a bad conversion) inside a
-//!   call-free loop reports the fuel as of the function's last call: the same on every node, but
-//!   low. This is wasmtime's accounting, stated here rather than hidden.
+//! `unreachable` and whenever its fuel "runs out". The sandbox hands fuel to a guest in slices
+//! of [`FUEL_SYNC`] (wasmtime's fuel yield interval; each guest runs as a future), so the count
+//! is written back at least that often. Hence:
+//! - the fuel is exact for a completed run, an explicit trap (`unreachable`, which is how Rust
+//!   panics end), a host-function error, stack exhaustion and running out of fuel;
+//! - at an implicit trap (out-of-bounds access, division by zero, a bad conversion, a memory or
+//!   table limit hit by `memory.grow`/`table.grow`) it can be low by less than [`FUEL_SYNC`]
+//!   plus one loop iteration: the same on every node, so replicas still agree;
+//! - a run stopped by its wall-clock timeout is billed its whole fuel limit: a timeout is not
+//!   deterministic anyway, and the node spent the time.
 //!
 //! # The zkmesh ABI
 //! A module imports from `zkmesh` only:
@@ -119,10 +121,17 @@ pub struct SandboxConfig {
     pub max_table_elements: usize,
     /// A module that takes longer than this to compile is refused as invalid.
     pub compile_timeout: Duration,
+    /// Meter fuel. Off only to measure what metering costs (benches/): without it no fuel limit
+    /// holds and every run reports zero fuel.
+    pub consume_fuel: bool,
 }
 
 /// Tables a module may define.
 const MAX_TABLES: u32 = 8;
+
+/// A running guest yields (and wasmtime stores its exact fuel count) every this many units of
+/// fuel: the most an implicit trap can leave unbilled.
+pub const FUEL_SYNC: u64 = 100_000;
 
 impl Default for SandboxConfig {
     fn default() -> Self {
@@ -139,6 +148,7 @@ impl Default for SandboxConfig {
             max_memory_bytes: 4 << 30,
             max_table_elements: 1 << 18,
             compile_timeout: Duration::from_secs(20),
+            consume_fuel: true,
         }
     }
 }
@@ -351,7 +361,7 @@ impl Drop for Sandbox {
 impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Sandbox, ModuleError> {
         let mut wc = Config::new();
-        wc.consume_fuel(true)
+        wc.consume_fuel(config.consume_fuel)
             .epoch_interruption(true)
             .cranelift_nan_canonicalization(true)
             .wasm_threads(false)
@@ -386,7 +396,7 @@ impl Sandbox {
         define_zkmesh_abi(&mut linker).map_err(|e| ModuleError::Invalid(e.to_string()))?;
         // WASI functions are only ever reached by modules inspected as WASI, whose store always
         // carries a context; `wasi_ctx` is the one place that relies on it.
-        wasmtime_wasi::p1::add_to_linker_sync(&mut linker, wasi_ctx)
+        wasmtime_wasi::p1::add_to_linker_async(&mut linker, wasi_ctx)
             .map_err(|e| ModuleError::Invalid(e.to_string()))?;
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -531,9 +541,7 @@ impl Sandbox {
         store.limiter(|h| &mut h.limiter);
         let _ = store.set_fuel(1 << 40);
         store.set_epoch_deadline(1 << 40);
-        compiled
-            .pre
-            .instantiate(&mut store)
+        futures::executor::block_on(compiled.pre.instantiate_async(&mut store))
             .map(|_| ())
             .map_err(|e| ModuleError::Invalid(e.to_string()))
     }
@@ -593,8 +601,8 @@ impl Sandbox {
                     "compile abandoned"
                 );
                 Err(ModuleError::CompileTimeout {
-                millis: self.config.compile_timeout.as_millis() as u64,
-            })
+                    millis: self.config.compile_timeout.as_millis() as u64,
+                })
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(ModuleError::Invalid(
                 "the compiler stopped without a result".into(),
@@ -657,6 +665,11 @@ impl Sandbox {
         // cancellation flag.
         let deadline = started + limits.timeout;
         let cancel = limits.cancel.clone();
+        if self.config.consume_fuel {
+            store
+                .fuel_async_yield_interval(Some(FUEL_SYNC))
+                .expect("fuel is on and the interval is not zero");
+        }
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |_| {
             if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
@@ -668,7 +681,9 @@ impl Sandbox {
             Ok(wasmtime::UpdateDeadline::Continue(1))
         });
 
-        let result = run_entry(&mut store, &compiled);
+        // Guests run as futures so that fuel can yield every FUEL_SYNC units, which is what
+        // bounds the fuel an implicit trap can leave uncounted (see the crate docs).
+        let result = futures::executor::block_on(run_entry(&mut store, &compiled));
         let mut fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
         let host = store.into_data();
         let exit = match result {
@@ -756,8 +771,8 @@ fn load_artifact(engine: &Engine, artifact: &[u8]) -> wasmtime::Result<Module> {
     unsafe { Module::deserialize(engine, artifact) }
 }
 
-fn run_entry(store: &mut Store<Host>, compiled: &Compiled) -> wasmtime::Result<()> {
-    let instance = compiled.pre.instantiate(&mut *store)?;
+async fn run_entry(store: &mut Store<Host>, compiled: &Compiled) -> wasmtime::Result<()> {
+    let instance = compiled.pre.instantiate_async(&mut *store).await?;
     let name = match compiled.abi {
         Abi::Wasi => "_start",
         Abi::Zkmesh => {
@@ -769,7 +784,7 @@ fn run_entry(store: &mut Store<Host>, compiled: &Compiled) -> wasmtime::Result<(
         }
     };
     let entry = instance.get_typed_func::<(), ()>(&mut *store, name)?;
-    entry.call(&mut *store, ())
+    entry.call_async(&mut *store, ()).await
 }
 
 /// Decides the ABI from the imports and exports, refusing anything else.

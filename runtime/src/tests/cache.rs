@@ -54,7 +54,11 @@ fn a_cache_hit_never_recompiles() {
     let second = cached(dir.path());
     sha256_runs(&second);
     let s = second.stats();
-    assert_eq!((s.compiles, s.disk_hits, s.disk_rejected), (0, 1, 0), "{s:?}");
+    assert_eq!(
+        (s.compiles, s.disk_hits, s.disk_rejected),
+        (0, 1, 0),
+        "{s:?}"
+    );
     // The same after dropping the in-memory copy.
     second.forget_compiled();
     sha256_runs(&second);
@@ -77,7 +81,11 @@ fn a_tampered_cache_file_is_rejected_and_rebuilt() {
     let sb = cached(dir.path());
     sha256_runs(&sb);
     let s = sb.stats();
-    assert_eq!((s.disk_rejected, s.disk_hits, s.compiles), (1, 0, 1), "{s:?}");
+    assert_eq!(
+        (s.disk_rejected, s.disk_hits, s.compiles),
+        (1, 0, 1),
+        "{s:?}"
+    );
     // Rebuilt: the file now holds a fresh artifact that loads.
     let rebuilt = std::fs::read(&path).unwrap();
     assert_ne!(rebuilt, bad);

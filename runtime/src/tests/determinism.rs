@@ -34,7 +34,10 @@ fn every_guest_gives_the_same_output_and_fuel_on_two_workers() {
 
     let extra: &[(&str, &[u8])] = &[
         ("sha256", &[0xa5; 100_000]),
-        ("sort", b"9 -3 7 7 0 -9223372036854775808 9223372036854775807"),
+        (
+            "sort",
+            b"9 -3 7 7 0 -9223372036854775808 9223372036854775807",
+        ),
         ("sort", b"1 2 x"),
         ("collatz", b"20000"),
         ("primes", b"1000000"),
@@ -68,26 +71,43 @@ fn every_guest_gives_the_same_output_and_fuel_on_two_workers() {
     // The benchmark guest, against the same kernels compiled natively (and its SHA-256 against
     // the library's, which is written independently).
     let big = [b"sha256 ".as_slice(), &[7u8; 1 << 16]].concat();
-    let kernel_cases: [&[u8]; 5] = [b"sha256 abc", &big, b"sort 5000", b"sieve 100000", b"nope 1"];
+    let kernel_cases: [&[u8]; 5] = [
+        b"sha256 abc",
+        &big,
+        b"sort 5000",
+        b"sieve 100000",
+        b"nope 1",
+    ];
     for input in kernel_cases {
         let x = a.run(zkmesh_guests::KERNELS_WASM, input, &limits, b"");
         let y = b.run(zkmesh_guests::KERNELS_WASM, input, &limits, b"");
-        assert_eq!((&x.exit, &x.output, x.fuel_used), (&y.exit, &y.output, y.fuel_used));
+        assert_eq!(
+            (&x.exit, &x.output, x.fuel_used),
+            (&y.exit, &y.output, y.fuel_used)
+        );
         match zkmesh_guests::kernels_output(input) {
             Some(expected) => assert_eq!(x.output, expected, "{}", x.message),
             None => assert!(matches!(x.exit, Exit::Trap(_)), "{:?}", x.exit),
         }
     }
     assert_eq!(
-        a.run(zkmesh_guests::KERNELS_WASM, b"sha256 abc", &limits, b"").output,
+        a.run(zkmesh_guests::KERNELS_WASM, b"sha256 abc", &limits, b"")
+            .output,
         zkmesh_guests::reference_output("sha256", b"abc").unwrap()
     );
     assert_eq!(
-        a.run(zkmesh_guests::KERNELS_WASM, b"sieve 100000", &limits, b"").output,
-        zkmesh_guests::reference_output("primes", b"100000").unwrap().trim_ascii_end()
+        a.run(zkmesh_guests::KERNELS_WASM, b"sieve 100000", &limits, b"")
+            .output,
+        zkmesh_guests::reference_output("primes", b"100000")
+            .unwrap()
+            .trim_ascii_end()
     );
 
-    assert_eq!(a.stats().compiles, 1, "worker A loaded every guest but kernels from disk");
+    assert_eq!(
+        a.stats().compiles,
+        1,
+        "worker A loaded every guest but kernels from disk"
+    );
     assert_eq!(a.stats().disk_hits, zkmesh_guests::all().len() as u64);
     assert_eq!(b.stats().disk_hits, 0);
 }

@@ -28,9 +28,17 @@ fn hostile_limits() -> Limits {
 fn ends_in(sb: &Sandbox, name: &str, limits: &Limits, exit: impl Fn(&Exit) -> bool) -> Outcome {
     let h = zkmesh_guests::hostile_by_name(name).unwrap();
     let out = sb.run(h.wasm, b"", limits, b"seed");
-    assert!(exit(&out.exit), "{name}: got {:?}: {}", out.exit, out.message);
+    assert!(
+        exit(&out.exit),
+        "{name}: got {:?}: {}",
+        out.exit,
+        out.message
+    );
     assert!(!out.message.is_empty(), "{name}");
-    assert!(out.fuel_used <= limits.fuel, "{name}: billed past its limit");
+    assert!(
+        out.fuel_used <= limits.fuel,
+        "{name}: billed past its limit"
+    );
     still_serves(sb);
     out
 }
@@ -71,7 +79,11 @@ fn infinite_loop_with_all_the_fuel_in_the_world_is_stopped_by_the_wall_clock() {
     // The count at an interrupt is stale, so a timeout is billed its whole limit.
     assert_eq!(out.fuel_used, limits.fuel);
     // It spun on a core (which the other tests share) until its timeout.
-    assert!(out.cpu_time >= Duration::from_millis(50), "{:?}", out.cpu_time);
+    assert!(
+        out.cpu_time >= Duration::from_millis(50),
+        "{:?}",
+        out.cpu_time
+    );
     assert!(out.cpu_time <= out.run_time + Duration::from_millis(20));
 }
 
@@ -89,7 +101,8 @@ fn table_bomb_ends_out_of_memory() {
         *e == Exit::OutOfMemory
     });
     assert!(
-        out.message.contains("table past its limit of 262144 elements"),
+        out.message
+            .contains("table past its limit of 262144 elements"),
         "{}",
         out.message
     );
@@ -97,16 +110,21 @@ fn table_bomb_ends_out_of_memory() {
 
 #[test]
 fn unbounded_recursion_exhausts_the_stack() {
-    ends_in(&worker_sandbox(), "deep_recursion", &hostile_limits(), |e| {
-        *e == Exit::StackExhausted
-    });
+    ends_in(
+        &worker_sandbox(),
+        "deep_recursion",
+        &hostile_limits(),
+        |e| *e == Exit::StackExhausted,
+    );
 }
 
 #[test]
 fn a_start_function_that_never_returns_is_stopped_by_fuel_or_the_clock() {
     let sb = worker_sandbox();
     let limits = hostile_limits();
-    let out = ends_in(&sb, "start_never_returns", &limits, |e| *e == Exit::OutOfFuel);
+    let out = ends_in(&sb, "start_never_returns", &limits, |e| {
+        *e == Exit::OutOfFuel
+    });
     assert_eq!(out.fuel_used, limits.fuel);
     let clock = Limits {
         fuel: 1 << 60,
@@ -132,7 +150,8 @@ fn a_huge_data_segment_cannot_start_under_a_smaller_memory_limit() {
         *e == Exit::OutOfMemory
     });
     assert!(
-        out.message.contains("needs 64 MiB of memory to start; the limit is 16 MiB"),
+        out.message
+            .contains("needs 64 MiB of memory to start; the limit is 16 MiB"),
         "{}",
         out.message
     );
@@ -159,28 +178,43 @@ fn a_huge_data_segment_cannot_start_under_a_smaller_memory_limit() {
 
 #[test]
 fn a_truncated_module_is_invalid() {
-    let out = ends_in(&worker_sandbox(), "truncated_module", &hostile_limits(), |e| {
-        matches!(e, Exit::InvalidModule(_))
-    });
+    let out = ends_in(
+        &worker_sandbox(),
+        "truncated_module",
+        &hostile_limits(),
+        |e| matches!(e, Exit::InvalidModule(_)),
+    );
     assert_eq!(out.fuel_used, 0);
-    ends_in(&worker_sandbox(), "invalid_module", &hostile_limits(), |e| {
-        matches!(e, Exit::InvalidModule(_))
-    });
+    ends_in(
+        &worker_sandbox(),
+        "invalid_module",
+        &hostile_limits(),
+        |e| matches!(e, Exit::InvalidModule(_)),
+    );
 }
 
 #[test]
 fn an_import_no_host_provides_is_forbidden() {
-    let out = ends_in(&worker_sandbox(), "forbidden_import", &hostile_limits(), |e| {
-        matches!(e, Exit::ForbiddenImport(_))
-    });
-    assert!(out.message.contains("env.launch_missiles"), "{}", out.message);
+    let out = ends_in(
+        &worker_sandbox(),
+        "forbidden_import",
+        &hostile_limits(),
+        |e| matches!(e, Exit::ForbiddenImport(_)),
+    );
+    assert!(
+        out.message.contains("env.launch_missiles"),
+        "{}",
+        out.message
+    );
     assert_eq!(out.fuel_used, 0);
 }
 
 #[test]
 fn traps_end_as_traps_with_their_kind() {
     let sb = worker_sandbox();
-    let out = ends_in(&sb, "trap", &hostile_limits(), |e| matches!(e, Exit::Trap(_)));
+    let out = ends_in(&sb, "trap", &hostile_limits(), |e| {
+        matches!(e, Exit::Trap(_))
+    });
     assert!(out.message.contains("unreachable"), "{}", out.message);
     let out = ends_in(&sb, "div_by_zero", &hostile_limits(), |e| {
         matches!(e, Exit::Trap(_))
@@ -196,7 +230,11 @@ fn a_module_slow_to_compile_is_abandoned_without_blocking_the_sandbox() {
     let out = sb.run(h.wasm, b"", &hostile_limits(), b"");
     let waited = started.elapsed();
     assert!(matches!(out.exit, Exit::InvalidModule(_)), "{:?}", out.exit);
-    assert!(out.message.contains("did not compile within 400 ms"), "{}", out.message);
+    assert!(
+        out.message.contains("did not compile within 400 ms"),
+        "{}",
+        out.message
+    );
     assert!(waited < Duration::from_millis(1500), "waited {waited:?}");
     // While the abandoned compile grinds on in the background, normal work runs.
     still_serves(&sb);
@@ -219,5 +257,50 @@ fn a_module_slow_to_compile_is_abandoned_without_blocking_the_sandbox() {
     .unwrap();
     let compiled = Instant::now();
     patient.inspect(h.wasm).unwrap();
-    assert!(compiled.elapsed() > Duration::from_millis(800), "{:?}", compiled.elapsed());
+    assert!(
+        compiled.elapsed() > Duration::from_millis(800),
+        "{:?}",
+        compiled.elapsed()
+    );
+}
+
+/// A guest that spins in a call-free loop and then traps implicitly is billed within one fuel
+/// slice of what it used (measured by the same loop ending in `unreachable`, which is exact).
+#[test]
+fn an_implicit_trap_after_a_call_free_loop_is_billed_within_one_fuel_slice() {
+    let sb = worker_sandbox();
+    let spin_then = |end: &str| {
+        wat::parse_str(format!(
+            r#"(module (memory (export "memory") 1)
+              (func (export "run") (local $i i32)
+                (loop $l
+                  (local.set $i (i32.add (local.get $i) (i32.const 1)))
+                  (br_if $l (i32.lt_u (local.get $i) (i32.const 3000000))))
+                {end}))"#
+        ))
+        .unwrap()
+    };
+    let limits = hostile_limits();
+    let exact = sb.run(&spin_then("unreachable"), b"", &limits, b"");
+    let implicit = sb.run(
+        &spin_then("(drop (i32.div_u (i32.const 1) (i32.load (i32.const 0))))"),
+        b"",
+        &limits,
+        b"",
+    );
+    assert!(matches!(exact.exit, Exit::Trap(_)));
+    assert!(
+        implicit.message.contains("divide by zero"),
+        "{}",
+        implicit.message
+    );
+    assert!(exact.fuel_used > 3_000_000 * 5, "{}", exact.fuel_used);
+    assert!(implicit.fuel_used <= exact.fuel_used);
+    assert!(
+        // One slice, plus the iteration in which the slice ran out.
+        exact.fuel_used - implicit.fuel_used <= FUEL_SYNC + 8,
+        "{} vs {}",
+        implicit.fuel_used,
+        exact.fuel_used
+    );
 }

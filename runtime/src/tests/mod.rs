@@ -176,4 +176,3 @@ fn every_guest_matches_its_native_reference() {
         assert_eq!(out.output, expected, "{}", guest.name);
     }
 }
-

@@ -428,7 +428,8 @@ impl SchedulerApi for SchedulerService {
                         core.on_heartbeat(&node_id, &h.running_attempt_ids).await
                     }
                     worker_message::Kind::Progress(p) => {
-                        core.on_progress(&node_id, &p.attempt_id, &p.message, &p.log).await
+                        core.on_progress(&node_id, &p.attempt_id, &p.message, &p.log)
+                            .await
                     }
                     worker_message::Kind::Report(r) => {
                         // Judging and settling take calls to the verifier and the ledger: do not

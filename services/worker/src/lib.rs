@@ -266,11 +266,26 @@ impl WorkerMetrics {
             "CPU time of the threads that ran guests",
         );
         let sandbox = [
-            ("sandbox_compiles", "Modules compiled by wasmtime since start"),
-            ("sandbox_cache_memory_hits", "Compiled modules found in memory"),
-            ("sandbox_cache_disk_hits", "Compiled modules loaded from the disk cache"),
-            ("sandbox_cache_rejected", "Disk cache files that failed their check and were rebuilt"),
-            ("sandbox_compile_timeouts", "Compiles abandoned after the compile timeout"),
+            (
+                "sandbox_compiles",
+                "Modules compiled by wasmtime since start",
+            ),
+            (
+                "sandbox_cache_memory_hits",
+                "Compiled modules found in memory",
+            ),
+            (
+                "sandbox_cache_disk_hits",
+                "Compiled modules loaded from the disk cache",
+            ),
+            (
+                "sandbox_cache_rejected",
+                "Disk cache files that failed their check and were rebuilt",
+            ),
+            (
+                "sandbox_compile_timeouts",
+                "Compiles abandoned after the compile timeout",
+            ),
             ("sandbox_runs", "Guests instantiated"),
         ]
         .map(|(name, help)| registry.gauge(name, help));

@@ -23,9 +23,9 @@ pub fn sort(buf: &mut [i64], seed: u64) -> u64 {
         *v = x as i64;
     }
     buf.sort_unstable();
-    buf.iter()
-        .enumerate()
-        .fold(0u64, |acc, (i, &v)| acc.rotate_left(5) ^ (v as u64).wrapping_mul(i as u64 + 1))
+    buf.iter().enumerate().fold(0u64, |acc, (i, &v)| {
+        acc.rotate_left(5) ^ (v as u64).wrapping_mul(i as u64 + 1)
+    })
 }
 
 /// The sieve of Eratosthenes over `is_prime` (length N + 1): the number of primes <= N and the
