@@ -16,7 +16,7 @@
 //!   [`Sandbox::stats`] counts compiles, hits and rejected files.
 //! - [`Sandbox::run`] runs a module on an input under [`Limits`] and always returns an
 //!   [`Outcome`]: a guest that traps or runs out of fuel is a result, not an error. The outcome
-//!   carries the fuel used and the CPU time of the thread that ran the guest.
+//!   carries the fuel used and the CPU time of the thread that instantiated and ran the guest.
 //!
 //! # Billing at each terminal state
 //! wasmtime keeps a function's fuel count in a register and writes it back at calls, returns,
@@ -261,7 +261,8 @@ pub struct Outcome {
     /// Wall-clock time spent instantiating and running the guest (compiling included, if it was
     /// not cached).
     pub run_time: Duration,
-    /// CPU time of the thread that compiled (if needed), instantiated and ran the guest.
+    /// CPU time of the thread that instantiated and ran the guest (a compile runs on a thread
+    /// of its own and is not included; `run_time` includes waiting for it).
     pub cpu_time: Duration,
 }
 
