@@ -461,13 +461,18 @@ impl Sandbox {
     }
 
     fn compile(&self, wasm: &[u8]) -> Result<Arc<Compiled>, ModuleError> {
+        self.compile_keyed(Sha256::digest(wasm).into(), wasm)
+    }
+
+    /// `key` is the SHA-256 of `wasm`.
+    fn compile_keyed(&self, key: [u8; 32], wasm: &[u8]) -> Result<Arc<Compiled>, ModuleError> {
+        debug_assert_eq!(key, <[u8; 32]>::from(Sha256::digest(wasm)));
         if wasm.len() > self.config.max_module_bytes {
             return Err(ModuleError::TooLarge {
                 size: wasm.len(),
                 max: self.config.max_module_bytes,
             });
         }
-        let key: [u8; 32] = Sha256::digest(wasm).into();
         if let Some(hit) = self.cache.lock().unwrap().get(&key) {
             bump(&self.counters.memory_hits);
             return Ok(hit.clone());
@@ -524,8 +529,8 @@ impl Sandbox {
     /// Creates a store and instantiates `wasm` (compiled or cached) without running its entry
     /// point: what a task's start costs once its module is compiled. For benches.
     #[doc(hidden)]
-    pub fn bench_instantiate(&self, wasm: &[u8]) -> Result<(), ModuleError> {
-        let compiled = self.compile(wasm)?;
+    pub fn bench_instantiate(&self, sha256: [u8; 32], wasm: &[u8]) -> Result<(), ModuleError> {
+        let compiled = self.compile_keyed(sha256, wasm)?;
         let _slot = self.slots.acquire();
         let host = Host {
             input: Vec::new(),
@@ -613,6 +618,21 @@ impl Sandbox {
 
     /// Runs `wasm` on `input`. `seed` makes WASI randomness deterministic per task.
     pub fn run(&self, wasm: &[u8], input: &[u8], limits: &Limits, seed: &[u8]) -> Outcome {
+        self.run_hashed(Sha256::digest(wasm).into(), wasm, input, limits, seed)
+    }
+
+    /// [`Sandbox::run`] for a module whose SHA-256 the caller has already checked (a worker
+    /// checks every module it downloads): a cached module then starts without hashing its bytes
+    /// again, which for a 50 KiB module costs more than instantiating it. A wrong `sha256` would
+    /// run whatever module is cached under it, so it must be the hash of `wasm`.
+    pub fn run_hashed(
+        &self,
+        sha256: [u8; 32],
+        wasm: &[u8],
+        input: &[u8],
+        limits: &Limits,
+        seed: &[u8],
+    ) -> Outcome {
         let started = Instant::now();
         let cpu = cpu_time::ThreadTime::now();
         let ended = |exit: Exit, message: Option<String>| Outcome {
@@ -624,7 +644,7 @@ impl Sandbox {
             run_time: started.elapsed(),
             cpu_time: cpu.elapsed(),
         };
-        let compiled = match self.compile(wasm) {
+        let compiled = match self.compile_keyed(sha256, wasm) {
             Ok(c) => c,
             Err(e) => {
                 let exit = match &e {

@@ -745,10 +745,15 @@ async fn execute(
     let wasm_for_proof = wasm.clone();
     let (task_id, input) = (a.task_id.clone(), a.input.clone());
     // Guests run on the blocking pool, never on the async runtime's threads.
+    // `module` checked that the bytes hash to the task's module hash.
+    let sha256: [u8; 32] = hex::decode(&a.module_hash)
+        .ok()
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| format!("module hash {} is not a SHA-256", a.module_hash))?;
     let outcome = tokio::task::spawn_blocking(move || {
         runner
             .sandbox
-            .run(&wasm, &input, &limits, task_id.as_bytes())
+            .run_hashed(sha256, &wasm, &input, &limits, task_id.as_bytes())
     })
     .await
     .map_err(|e| format!("sandbox crashed: {e}"))?;
