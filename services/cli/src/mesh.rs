@@ -313,7 +313,10 @@ impl LocalMesh {
             keys_dir: Some(self.options.keys_dir.clone()),
             compile_cache_dir: None,
             compile_timeout_secs: self.options.compile_timeout_secs,
-            metrics_addr: None,
+            metrics_addr: self
+                .options
+                .metrics
+                .then(|| std::net::SocketAddr::from(([127, 0, 0, 1], 0))),
         }
     }
 

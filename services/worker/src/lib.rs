@@ -338,6 +338,8 @@ struct Shared {
 /// A running worker, as started by [`start`].
 pub struct WorkerHandle {
     pub node_id: String,
+    /// Where its Prometheus metrics are served, if `metrics_addr` was configured.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     pub task: tokio::task::JoinHandle<Result<(), WorkerError>>,
 }
 
@@ -348,13 +350,30 @@ pub async fn start(
 ) -> Result<WorkerHandle, WorkerError> {
     let keys = ensure_identity(&config, &shutdown).await?;
     let node_id = keys.node_id.clone();
-    let task = tokio::spawn(run(config, keys, shutdown));
-    Ok(WorkerHandle { node_id, task })
+    let metrics = match config.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|e| WorkerError::Setup(format!("metrics address {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    let metrics_addr = match &metrics {
+        Some(l) => Some(l.local_addr().map_err(setup_err)?),
+        None => None,
+    };
+    let task = tokio::spawn(run(config, keys, metrics, shutdown));
+    Ok(WorkerHandle {
+        node_id,
+        metrics_addr,
+        task,
+    })
 }
 
 async fn run(
     config: WorkerConfig,
     keys: Keys,
+    metrics: Option<tokio::net::TcpListener>,
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let sandbox = Sandbox::new(SandboxConfig {
@@ -382,10 +401,7 @@ async fn run(
         config: config.clone(),
         keys: tokio::sync::Mutex::new(HashMap::new()),
     });
-    if let Some(addr) = config.metrics_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .map_err(|e| WorkerError::Setup(format!("metrics address {addr}: {e}")))?;
+    if let Some(listener) = metrics {
         tracing::info!(addr = %listener.local_addr().map_err(setup_err)?, "serving metrics");
         tokio::spawn(zkmesh_kit::telemetry::serve_metrics(
             listener,

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod cli;
+mod compile_cache;
 mod failover;
 mod fake_node;
 mod guests;
