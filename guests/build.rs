@@ -177,23 +177,14 @@ fn build_hostile(hostile: &Path, out_dir: &Path) {
         fs::write(out_dir.join(format!("{name}.wasm")), wasm)
             .unwrap_or_else(|e| panic!("writing {name}.wasm: {e}"));
     }
-    // A real module (the echo below) cut off in the middle of its code section.
-    let whole = wat::parse_str(TRUNCATED_SOURCE).expect("the truncated module's source");
+    // A real module (the bytesum guest) with its last nine bytes cut off.
+    let whole = wat::parse_file(hostile.join("../wat/bytesum.wat")).expect("bytesum.wat");
     fs::write(
         out_dir.join("truncated_module.wasm"),
         &whole[..whole.len() - 9],
     )
     .expect("write truncated_module.wasm");
 }
-
-const TRUNCATED_SOURCE: &str = r#"(module
-  (import "zkmesh" "input_len" (func $len (result i32)))
-  (import "zkmesh" "read_input" (func $read (param i32 i32 i32) (result i32)))
-  (import "zkmesh" "write_output" (func $out (param i32 i32)))
-  (memory (export "memory") 1)
-  (func (export "run")
-    (drop (call $read (i32.const 0) (i32.const 0) (call $len)))
-    (call $out (i32.const 0) (call $len))))"#;
 
 /// Half a megabyte of WebAssembly that takes Cranelift seconds: one function of 1000 nested
 /// blocks over 500 live locals, with 10000 branches, 200 of them `br_table`s to every block.

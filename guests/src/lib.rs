@@ -177,7 +177,7 @@ static HOSTILE: [Hostile; 13] = [
         name: "truncated_module",
         wasm: hostile_wasm!("truncated_module"),
         expect: "invalid_module",
-        about: "a valid module with its last nine bytes cut off",
+        about: "the bytesum guest with its last nine bytes cut off",
     },
     Hostile {
         name: "table_bomb",
