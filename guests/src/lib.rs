@@ -124,7 +124,7 @@ static GUESTS: [Guest; 6] = [
     },
 ];
 
-static HOSTILE: [Hostile; 13] = [
+static HOSTILE: [Hostile; 15] = [
     Hostile {
         name: "infinite_loop",
         wasm: hostile_wasm!("infinite_loop"),
@@ -203,6 +203,18 @@ static HOSTILE: [Hostile; 13] = [
         expect: "invalid_module",
         about: "half a megabyte that takes Cranelift seconds (1000 nested blocks, 200 br_tables \
                 to all of them, 500 live locals); refused by a compile timeout under a second",
+    },
+    Hostile {
+        name: "stdout_flood",
+        wasm: hostile_wasm!("stdout_flood"),
+        expect: "output_too_large",
+        about: "a WASI command writing 64 KiB to stdout forever, ignoring fd_write's errors",
+    },
+    Hostile {
+        name: "gc_bomb",
+        wasm: hostile_wasm!("gc_bomb"),
+        expect: "invalid_module",
+        about: "allocates Wasm GC structs forever; GC (memory outside the limit) is not enabled",
     },
 ];
 
@@ -480,7 +492,9 @@ mod tests {
                 "table_bomb",
                 "start_never_returns",
                 "huge_data_segment",
-                "slow_compile"
+                "slow_compile",
+                "stdout_flood",
+                "gc_bomb"
             ]
         );
         for h in hostile() {

@@ -35,7 +35,7 @@ pub(crate) enum Miss {
 
 pub(crate) struct DiskCache {
     dir: PathBuf,
-    key: [u8; 32],
+    pub(crate) key: [u8; 32],
     /// Hex of the engine's compatibility hash, part of every file name and tag.
     engine: String,
 }
@@ -56,22 +56,31 @@ impl DiskCache {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let mut key = [0u8; 32];
                 rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut key);
-                match write_private(&key_path, &key) {
+                // Written in full under a name of its own, then linked into place: no reader
+                // (another sandbox on the same directory, or this one after a crash) ever sees
+                // a partial key, and of two racing sandboxes exactly one key wins.
+                let tmp = dir.join(format!("cache.key.{}.tmp", random_hex()));
+                write_private(&tmp, &key)?;
+                let linked = fs::hard_link(&tmp, &key_path);
+                let _ = fs::remove_file(&tmp);
+                match linked {
                     Ok(()) => key,
                     // Another sandbox made it first: use that one.
                     Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => fs::read(&key_path)?
                         .try_into()
-                        .map_err(|_| std::io::Error::other("cache.key is being written"))?,
+                        .map_err(|_| std::io::Error::other("cache.key is not 32 bytes"))?,
                     Err(e) => return Err(e),
                 }
             }
             Err(e) => return Err(e),
         };
-        Ok(DiskCache {
+        let cache = DiskCache {
             dir: dir.to_path_buf(),
             key,
             engine: hex::encode(&engine_hash[..16]),
-        })
+        };
+        cache.sweep();
+        Ok(cache)
     }
 
     pub(crate) fn path(&self, module: &[u8; 32]) -> PathBuf {
@@ -119,14 +128,48 @@ impl DiskCache {
     /// Stores `artifact` for `module` (atomically: a reader sees the old file or the new one).
     pub(crate) fn store(&self, module: &[u8; 32], artifact: &[u8]) -> std::io::Result<()> {
         let path = self.path(module);
-        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(MAGIC)?;
-        f.write_all(&self.tag(module, artifact))?;
-        f.write_all(artifact)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &path)
+        // A name no other writer (thread or process) uses; a crash can leave it behind, and
+        // `open` removes such leftovers once they are old.
+        let tmp = self.dir.join(format!("{}.tmp", random_hex()));
+        let written = (|| {
+            let mut f = fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp)?;
+            f.write_all(MAGIC)?;
+            f.write_all(&self.tag(module, artifact))?;
+            f.write_all(artifact)?;
+            f.sync_all()?;
+            fs::rename(&tmp, &path)
+        })();
+        if written.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        written
     }
+
+    /// Removes temporary files more than an hour old: left by a writer that crashed (a live
+    /// writer renames its file within moments).
+    fn sweep(&self) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let hour = std::time::Duration::from_secs(3600);
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > hour));
+            if stale && path.extension().is_some_and(|e| e == "tmp") {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+}
+
+fn random_hex() -> String {
+    hex::encode(rand::random::<[u8; 12]>())
 }
 
 fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {

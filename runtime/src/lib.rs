@@ -162,6 +162,19 @@ pub struct Limits {
     /// Set to stop the guest early (the task was cancelled or its lease lost); checked on every
     /// epoch tick.
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Receives a WASI guest's stderr as it is written (within the stderr cap), for logs that
+    /// reach the submitter while the task runs. All of it is also in [`Outcome::stderr`].
+    pub log: Option<LogSink>,
+}
+
+/// Where a running guest's stderr goes, chunk by chunk (called on the guest's thread).
+#[derive(Clone)]
+pub struct LogSink(pub Arc<dyn Fn(&[u8]) + Send + Sync>);
+
+impl std::fmt::Debug for LogSink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LogSink")
+    }
 }
 
 impl Default for Limits {
@@ -171,6 +184,7 @@ impl Default for Limits {
             memory_bytes: 256 << 20,
             timeout: Duration::from_secs(30),
             cancel: None,
+            log: None,
         }
     }
 }
@@ -257,6 +271,8 @@ pub struct Outcome {
     pub message: String,
     pub output: Vec<u8>,
     pub stderr: Vec<u8>,
+    /// Bytes of stderr past the cap, dropped (the guest is not told).
+    pub stderr_dropped: u64,
     pub fuel_used: u64,
     /// Wall-clock time spent instantiating and running the guest (compiling included, if it was
     /// not cached).
@@ -303,20 +319,41 @@ struct Slots {
     freed: Condvar,
 }
 
-struct SlotGuard<'a>(&'a Slots);
+struct SlotGuard<S: std::ops::Deref<Target = Slots>>(S);
 
 impl Slots {
-    fn acquire(&self) -> SlotGuard<'_> {
+    fn new(n: u32) -> Slots {
+        Slots {
+            free: Mutex::new(n),
+            freed: Condvar::new(),
+        }
+    }
+
+    fn take(&self) {
         let mut free = self.free.lock().unwrap();
         while *free == 0 {
             free = self.freed.wait(free).unwrap();
         }
         *free -= 1;
+    }
+
+    fn acquire(&self) -> SlotGuard<&Slots> {
+        self.take();
         SlotGuard(self)
+    }
+
+    /// A slot that can move to another thread.
+    fn acquire_owned(self: &Arc<Self>) -> SlotGuard<Arc<Slots>> {
+        self.take();
+        SlotGuard(self.clone())
+    }
+
+    fn is_free(&self) -> bool {
+        *self.free.lock().unwrap() > 0
     }
 }
 
-impl Drop for SlotGuard<'_> {
+impl<S: std::ops::Deref<Target = Slots>> Drop for SlotGuard<S> {
     fn drop(&mut self) {
         *self.0.free.lock().unwrap() += 1;
         self.0.freed.notify_one();
@@ -350,6 +387,12 @@ pub struct Sandbox {
     too_slow: Mutex<HashSet<[u8; 32]>>,
     counters: Counters,
     slots: Slots,
+    /// Compiler threads, one per slot. An abandoned compile keeps its thread until Cranelift
+    /// finishes, so this also bounds the cores that slow modules can hold.
+    compilers: Arc<Slots>,
+    /// One lock per module being compiled: a second task for the same module waits for the
+    /// first compile instead of starting another.
+    compiling: Mutex<HashMap<[u8; 32], Arc<Mutex<()>>>>,
     stop_ticker: Arc<AtomicBool>,
 }
 
@@ -367,6 +410,14 @@ impl Sandbox {
             .cranelift_nan_canonicalization(true)
             .wasm_threads(false)
             .wasm_relaxed_simd(false)
+            // No GC heap, exceptions or stack switching: a GC heap would be a second memory
+            // outside the limiter's memory budget (and take a second slot from the pool), and
+            // none of these is needed by code compiled from Rust, C or Go.
+            .wasm_gc(false)
+            .wasm_function_references(false)
+            .wasm_exceptions(false)
+            .wasm_stack_switching(false)
+            .gc_support(false)
             .max_wasm_stack(config.max_wasm_stack)
             // One compiler thread per module: an abandoned compile holds at most one core.
             .parallel_compilation(false);
@@ -420,10 +471,9 @@ impl Sandbox {
             disk,
             too_slow: Mutex::new(HashSet::new()),
             counters: Counters::default(),
-            slots: Slots {
-                free: Mutex::new(slots),
-                freed: Condvar::new(),
-            },
+            slots: Slots::new(slots),
+            compilers: Arc::new(Slots::new(slots)),
+            compiling: Mutex::new(HashMap::new()),
             stop_ticker,
         })
     }
@@ -473,15 +523,46 @@ impl Sandbox {
                 max: self.config.max_module_bytes,
             });
         }
-        if let Some(hit) = self.cache.lock().unwrap().get(&key) {
-            bump(&self.counters.memory_hits);
-            return Ok(hit.clone());
+        if let Some(hit) = self.cached(&key)? {
+            return Ok(hit);
         }
-        if self.too_slow.lock().unwrap().contains(&key) {
+        let lock = self
+            .compiling
+            .lock()
+            .unwrap()
+            .entry(key)
+            .or_default()
+            .clone();
+        let result = {
+            let _compiling = lock.lock().unwrap();
+            // Whoever held the lock before may have compiled it (or given up on it).
+            match self.cached(&key)? {
+                Some(hit) => Ok(hit),
+                None => self.load_or_compile(key, wasm),
+            }
+        };
+        let mut compiling = self.compiling.lock().unwrap();
+        if compiling.get(&key).is_some_and(|l| Arc::ptr_eq(l, &lock)) {
+            compiling.remove(&key);
+        }
+        result
+    }
+
+    /// The compiled module from memory, or `Err` if its compile was abandoned before.
+    fn cached(&self, key: &[u8; 32]) -> Result<Option<Arc<Compiled>>, ModuleError> {
+        if let Some(hit) = self.cache.lock().unwrap().get(key) {
+            bump(&self.counters.memory_hits);
+            return Ok(Some(hit.clone()));
+        }
+        if self.too_slow.lock().unwrap().contains(key) {
             return Err(ModuleError::CompileTimeout {
                 millis: self.config.compile_timeout.as_millis() as u64,
             });
         }
+        Ok(None)
+    }
+
+    fn load_or_compile(&self, key: [u8; 32], wasm: &[u8]) -> Result<Arc<Compiled>, ModuleError> {
         let module = match self.from_disk(&key) {
             Some(m) => m,
             None => {
@@ -581,12 +662,20 @@ impl Sandbox {
     /// one core and its result is dropped; the module is remembered and refused at once if it
     /// comes again.
     fn compile_bounded(&self, key: [u8; 32], wasm: &[u8]) -> Result<Module, ModuleError> {
+        if !self.compilers.is_free() {
+            tracing::info!(
+                module = %hex::encode(key),
+                "every compiler thread is busy (abandoned compiles still finishing); waiting"
+            );
+        }
+        let permit = self.compilers.acquire_owned();
         let (tx, rx) = std::sync::mpsc::channel();
         let (engine, bytes) = (self.engine.clone(), wasm.to_vec());
         std::thread::Builder::new()
             .name("zkmesh-compile".into())
             .stack_size(16 << 20)
             .spawn(move || {
+                let _permit = permit;
                 let _ = tx.send(Module::new(&engine, &bytes));
             })
             .map_err(|e| ModuleError::Invalid(format!("could not start a compiler thread: {e}")))?;
@@ -640,6 +729,7 @@ impl Sandbox {
             exit,
             output: Vec::new(),
             stderr: Vec::new(),
+            stderr_dropped: 0,
             fuel_used: 0,
             run_time: started.elapsed(),
             cpu_time: cpu.elapsed(),
@@ -663,9 +753,17 @@ impl Sandbox {
             return ended(Exit::OutOfMemory, Some(message));
         }
         let _slot = self.slots.acquire();
+        // The wall clock counts from here: a task's time limit is for running it, not for the
+        // node's compile or its wait for a free slot (a cold node must not time out, and be
+        // billed its whole fuel limit, where a warm one would finish).
+        let deadline = Instant::now() + limits.timeout;
         bump(&self.counters.runs);
-        let stdout = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(self.config.max_output_bytes);
-        let stderr = wasmtime_wasi::p2::pipe::MemoryOutputPipe::new(self.config.max_stderr_bytes);
+        let stdout = CappedPipe::new(self.config.max_output_bytes, Overflow::Trap, None);
+        let stderr = CappedPipe::new(
+            self.config.max_stderr_bytes,
+            Overflow::Truncate,
+            limits.log.clone(),
+        );
         let wasi = (compiled.abi == Abi::Wasi)
             .then(|| deterministic_wasi(input, seed, stdout.clone(), stderr.clone()));
         let host = Host {
@@ -684,7 +782,6 @@ impl Sandbox {
         let _ = store.set_fuel(limits.fuel);
         // Every epoch tick the guest is checked against its wall-clock deadline and its
         // cancellation flag.
-        let deadline = started + limits.timeout;
         let cancel = limits.cancel.clone();
         if self.config.consume_fuel {
             store
@@ -705,19 +802,28 @@ impl Sandbox {
         // Guests run as futures so that fuel can yield every FUEL_SYNC units, which is what
         // bounds the fuel an implicit trap can leave uncounted (see the crate docs).
         let result = futures::executor::block_on(run_entry(&mut store, &compiled));
-        let mut fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
+        let mut fuel_used = match self.config.consume_fuel {
+            true => limits.fuel - store.get_fuel().unwrap_or(0),
+            false => 0,
+        };
         let host = store.into_data();
         let exit = match result {
             Ok(()) => Exit::Ok,
             Err(e) => self.classify_error(&e, host.limiter.denied.is_some()),
         };
-        if exit == Exit::Timeout {
+        if exit == Exit::Timeout && self.config.consume_fuel {
             // The count at an interrupt is stale (see the crate docs): bill the whole limit.
             fuel_used = limits.fuel;
         }
         let (mut output, stderr) = match compiled.abi {
-            Abi::Zkmesh => (host.output, Vec::new()),
-            Abi::Wasi => (stdout.contents().to_vec(), stderr.contents().to_vec()),
+            Abi::Zkmesh => (
+                host.output,
+                stdio::Written {
+                    bytes: Vec::new(),
+                    dropped: 0,
+                },
+            ),
+            Abi::Wasi => (stdout.take().bytes, stderr.take()),
         };
         if exit == Exit::OutputTooLarge {
             // A truncated output is no result: report none rather than up to the cap of bytes.
@@ -734,7 +840,8 @@ impl Sandbox {
             message,
             exit,
             output,
-            stderr,
+            stderr: stderr.bytes,
+            stderr_dropped: stderr.dropped,
             fuel_used,
             run_time: started.elapsed(),
             cpu_time: cpu.elapsed(),
@@ -767,9 +874,6 @@ impl Sandbox {
             };
         }
         let text = format!("{e:#}");
-        if text.contains("beyond capacity of MemoryOutputPipe") {
-            return Exit::OutputTooLarge;
-        }
         // The outermost message is wasmtime's "error while executing at wasm backtrace:"; the
         // cause is the innermost one.
         let cause = e.root_cause().to_string();
@@ -1074,8 +1178,8 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
 fn deterministic_wasi(
     input: &[u8],
     seed: &[u8],
-    stdout: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
-    stderr: wasmtime_wasi::p2::pipe::MemoryOutputPipe,
+    stdout: CappedPipe,
+    stderr: CappedPipe,
 ) -> WasiP1Ctx {
     // A few KiB of SHA-256 in counter mode, cycled: the same task gets the same "random" bytes
     // on every node. Guests that need real entropy are not deterministic and cannot be verified.
@@ -1105,6 +1209,9 @@ fn deterministic_wasi(
     .allow_ip_name_lookup(false);
     b.build_p1()
 }
+
+mod stdio;
+use stdio::{CappedPipe, Overflow};
 
 #[cfg(test)]
 mod tests;

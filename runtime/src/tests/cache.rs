@@ -123,3 +123,46 @@ fn a_tampered_cache_file_is_rejected_and_rebuilt() {
     sha256_runs(&sb);
     assert_eq!(sb.stats().disk_rejected, 1);
 }
+
+#[test]
+fn sandboxes_opening_one_new_cache_at_once_agree_on_its_key() {
+    for _ in 0..5 {
+        let dir = tempfile::tempdir().unwrap();
+        let barrier = Arc::new(std::sync::Barrier::new(6));
+        let opened: Vec<_> = (0..6)
+            .map(|_| {
+                let (dir, barrier) = (dir.path().to_path_buf(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    crate::cache::DiskCache::open(&dir, [7; 32]).map(|c| c.key)
+                })
+            })
+            .collect();
+        let keys: Vec<[u8; 32]> = opened
+            .into_iter()
+            .map(|t| t.join().unwrap().unwrap())
+            .collect();
+        assert!(keys.iter().all(|k| *k == keys[0]));
+        assert_eq!(std::fs::read(dir.path().join("cache.key")).unwrap(), keys[0]);
+        // Nothing is left behind but the key.
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+}
+
+#[test]
+fn threads_storing_one_artifact_at_once_leave_one_good_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(crate::cache::DiskCache::open(dir.path(), [7; 32]).unwrap());
+    let artifact = vec![0xa5u8; 1 << 20];
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (cache, artifact) = (cache.clone(), artifact.clone());
+            std::thread::spawn(move || cache.store(&[1; 32], &artifact))
+        })
+        .collect();
+    for w in writers {
+        w.join().unwrap().unwrap();
+    }
+    assert_eq!(cache.load(&[1; 32]).unwrap(), artifact);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "key and artifact");
+}

@@ -20,6 +20,7 @@ fn hostile_limits() -> Limits {
         memory_bytes: u64::from(memory_mib) << 20,
         timeout: Duration::from_secs(20),
         cancel: None,
+        log: None,
     }
 }
 
@@ -303,4 +304,146 @@ fn an_implicit_trap_after_a_call_free_loop_is_billed_within_one_fuel_slice() {
         implicit.fuel_used,
         exact.fuel_used
     );
+}
+
+#[test]
+fn a_wasi_stdout_flood_that_ignores_errors_ends_output_too_large() {
+    // A full stdout must not look like a closed pipe: the guest would see EIO and, ignoring it,
+    // spin until its fuel ran out (or, stopping, end `ok` with its output cut short).
+    let out = ends_in(&worker_sandbox(), "stdout_flood", &hostile_limits(), |e| {
+        *e == Exit::OutputTooLarge
+    });
+    assert!(out.output.is_empty());
+    assert!(out.message.contains("65536 bytes"), "{}", out.message);
+    // It ended at the write that passed the limit, long before its fuel ran out.
+    assert!(out.fuel_used < hostile_limits().fuel / 100, "{}", out.fuel_used);
+}
+
+#[test]
+fn a_gc_bomb_is_refused_because_gc_is_not_enabled() {
+    let out = ends_in(&worker_sandbox(), "gc_bomb", &hostile_limits(), |e| {
+        matches!(e, Exit::InvalidModule(_))
+    });
+    assert_eq!(out.fuel_used, 0);
+    // The same goes for exceptions, which also live on the GC heap.
+    let throws = wat(r#"(module (tag $t) (memory (export "memory") 1)
+        (func (export "run") (throw $t)))"#);
+    assert!(matches!(
+        worker_sandbox().inspect(&throws),
+        Err(ModuleError::Invalid(_))
+    ));
+}
+
+#[test]
+fn stderr_past_its_cap_is_dropped_without_the_guest_noticing_and_streams_as_written() {
+    let sb = Sandbox::new(SandboxConfig {
+        max_stderr_bytes: 1000,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    // Writes "0123456789" to stderr 300 times, checking every result, then "done" to stdout.
+    let chatty = wat(r#"(module
+        (import "wasi_snapshot_preview1" "fd_write"
+          (func $fd_write (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 100) "0123456789")
+        (data (i32.const 200) "done")
+        (func (export "_start") (local $i i32)
+          (i32.store (i32.const 0) (i32.const 100))
+          (i32.store (i32.const 4) (i32.const 10))
+          (i32.store (i32.const 8) (i32.const 200))
+          (i32.store (i32.const 12) (i32.const 4))
+          (loop $l
+            (if (call $fd_write (i32.const 2) (i32.const 0) (i32.const 1) (i32.const 16))
+              (then unreachable))
+            (if (i32.ne (i32.load (i32.const 16)) (i32.const 10)) (then unreachable))
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $l (i32.lt_u (local.get $i) (i32.const 300))))
+          (drop (call $fd_write (i32.const 1) (i32.const 8) (i32.const 1) (i32.const 16)))))"#);
+    let streamed = Arc::new(Mutex::new(Vec::new()));
+    let (sink, chunks) = (streamed.clone(), Arc::new(AtomicU64::new(0)));
+    let counted = chunks.clone();
+    let limits = Limits {
+        log: Some(LogSink(Arc::new(move |bytes: &[u8]| {
+            sink.lock().unwrap().extend_from_slice(bytes);
+            counted.fetch_add(1, Ordering::Relaxed);
+        }))),
+        ..Limits::default()
+    };
+    let out = sb.run(&chatty, b"", &limits, b"");
+    assert_eq!(out.exit, Exit::Ok, "{}", out.message);
+    assert_eq!(out.output, b"done");
+    assert_eq!(out.stderr, b"0123456789".repeat(100));
+    assert_eq!(out.stderr_dropped, 2000);
+    // The sink saw exactly what was kept, a write at a time.
+    assert_eq!(*streamed.lock().unwrap(), out.stderr);
+    assert_eq!(chunks.load(Ordering::Relaxed), 100);
+}
+
+#[test]
+fn the_wall_clock_starts_when_the_guest_gets_a_slot() {
+    // One slot, held by a loop for 1.5 s; a quick task queued behind it with a one-second
+    // timeout must still run (its time limit is for running, not for waiting).
+    let sb = Arc::new(
+        Sandbox::new(SandboxConfig {
+            slots: 1,
+            ..SandboxConfig::default()
+        })
+        .unwrap(),
+    );
+    let spin = zkmesh_guests::hostile_by_name("infinite_loop").unwrap();
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    sb.inspect(sha.wasm).unwrap();
+    let holder = {
+        let sb = sb.clone();
+        std::thread::spawn(move || {
+            let limits = Limits {
+                fuel: 1 << 60,
+                timeout: Duration::from_millis(1500),
+                ..Limits::default()
+            };
+            sb.run(spin.wasm, b"", &limits, b"").exit
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let quick = Limits {
+        timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    let started = Instant::now();
+    let out = sb.run(sha.wasm, b"queued", &quick, b"");
+    assert!(started.elapsed() > Duration::from_millis(1000), "did not wait for the slot");
+    assert_eq!(out.exit, Exit::Ok, "{}", out.message);
+    assert_eq!(holder.join().unwrap(), Exit::Timeout);
+}
+
+#[test]
+fn concurrent_tasks_for_one_module_share_one_compile() {
+    let sb = Arc::new(Sandbox::new(SandboxConfig::default()).unwrap());
+    let primes = zkmesh_guests::get("primes").unwrap();
+    let runs: Vec<_> = (0..4)
+        .map(|_| {
+            let sb = sb.clone();
+            std::thread::spawn(move || sb.run(primes.wasm, b"100", &Limits::default(), b"").exit)
+        })
+        .collect();
+    for r in runs {
+        assert_eq!(r.join().unwrap(), Exit::Ok);
+    }
+    let stats = sb.stats();
+    assert_eq!(stats.compiles, 1, "{stats:?}");
+    assert_eq!(stats.memory_hits, 3, "{stats:?}");
+}
+
+#[test]
+fn without_metering_nothing_is_billed() {
+    let sb = Sandbox::new(SandboxConfig {
+        consume_fuel: false,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let out = sb.run(sha.wasm, b"x", &Limits::default(), b"");
+    assert_eq!(out.exit, Exit::Ok);
+    assert_eq!(out.fuel_used, 0);
 }

@@ -22,7 +22,7 @@ use zkmesh_kit::{CancellationToken, now_ms, sha256_hex};
 use zkmesh_proto::registry_service_client::RegistryServiceClient;
 use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
 use zkmesh_proto::*;
-use zkmesh_runtime::{Exit, Limits, Sandbox, SandboxConfig};
+use zkmesh_runtime::{Exit, Limits, LogSink, Sandbox, SandboxConfig};
 
 /// The worker's configuration (`zkmesh worker --config FILE`, `ZKMESH_WORKER_*`).
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -720,6 +720,61 @@ async fn module(
     Ok(bytes)
 }
 
+/// Sends a running guest's stderr as `Progress` log events, at most one every
+/// [`LOG_INTERVAL`], each cut at a UTF-8 character boundary; ends when the sandbox drops its
+/// sink, after sending what is left.
+async fn forward_logs(
+    mut chunks: mpsc::UnboundedReceiver<Vec<u8>>,
+    attempt_id: String,
+    outbox: mpsc::Sender<WorkerMessage>,
+) {
+    let mut pending = Vec::new();
+    let mut open = true;
+    while open {
+        match chunks.recv().await {
+            Some(chunk) => pending.extend_from_slice(&chunk),
+            None => open = false,
+        }
+        // Gather whatever else arrived in the meantime.
+        loop {
+            match chunks.try_recv() {
+                Ok(chunk) => pending.extend_from_slice(&chunk),
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    open = false;
+                    break;
+                }
+            }
+        }
+        // A character split across writes waits for its other half, unless this is the end.
+        let cut = match (open, std::str::from_utf8(&pending)) {
+            (_, Ok(_)) | (false, _) => pending.len(),
+            (true, Err(e)) if e.error_len().is_none() => e.valid_up_to(),
+            (true, Err(_)) => pending.len(),
+        };
+        if cut > 0 {
+            let log = String::from_utf8_lossy(&pending[..cut]).into_owned();
+            pending.drain(..cut);
+            let message = WorkerMessage {
+                kind: Some(worker_message::Kind::Progress(TaskProgress {
+                    attempt_id: attempt_id.clone(),
+                    message: format!("guest log: {} bytes of stderr", log.len()),
+                    log,
+                })),
+            };
+            if outbox.send(message).await.is_err() {
+                return;
+            }
+        }
+        if open {
+            tokio::time::sleep(LOG_INTERVAL).await;
+        }
+    }
+}
+
+/// How often a running guest's stderr is sent on.
+const LOG_INTERVAL: Duration = Duration::from_millis(200);
+
 async fn execute(
     a: Assignment,
     shared: &Arc<Shared>,
@@ -750,11 +805,18 @@ async fn execute(
             })),
         })
         .await;
+    // The guest's stderr reaches the submitter while it runs, as log events on WatchTask.
+    let (log_tx, log_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let forwarder = tokio::spawn(forward_logs(log_rx, a.attempt_id.clone(), outbox.clone()));
     let limits = Limits {
         fuel: a.fuel_limit,
         memory_bytes: (a.memory_limit_mib as u64) << 20,
         timeout: Duration::from_secs(a.timeout_secs.max(1) as u64),
         cancel: Some(cancel.clone()),
+        // Bounded by the sandbox's stderr cap: the channel never holds more than that.
+        log: Some(LogSink(Arc::new(move |bytes: &[u8]| {
+            let _ = log_tx.send(bytes.to_vec());
+        }))),
     };
     let started = now_ms();
     let runner = shared.clone();
@@ -773,6 +835,8 @@ async fn execute(
     })
     .await
     .map_err(|e| format!("sandbox crashed: {e}"))?;
+    // The sink went with the guest's store: the forwarder sends what is left and ends.
+    let _ = forwarder.await;
     if cancel.load(Ordering::Relaxed) {
         return Ok(());
     }
@@ -782,14 +846,17 @@ async fn execute(
         ms = now_ms() - started, "task finished"
     );
     shared.metrics.record(&outcome, shared.sandbox.stats());
-    if !outcome.stderr.is_empty() {
-        // The guest's stderr reaches the submitter as a log event on WatchTask.
+    if outcome.stderr_dropped > 0 {
         let _ = outbox
             .send(WorkerMessage {
                 kind: Some(worker_message::Kind::Progress(TaskProgress {
                     attempt_id: a.attempt_id.clone(),
-                    message: format!("guest log: {} bytes of stderr", outcome.stderr.len()),
-                    log: String::from_utf8_lossy(&outcome.stderr).into_owned(),
+                    message: format!(
+                        "guest log truncated: {} bytes of stderr kept, {} more dropped",
+                        outcome.stderr.len(),
+                        outcome.stderr_dropped
+                    ),
+                    log: String::new(),
                 })),
             })
             .await;

@@ -106,3 +106,65 @@ async fn hostile_guests_end_cleanly_and_the_worker_keeps_serving() {
     assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;
 }
+
+/// A guest's stderr reaches the submitter while the guest runs, not when it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_logs_stream_while_the_task_runs() {
+    let sb = start(1).await;
+    // Writes "started", spins for a second or more, writes "finished", outputs "ok".
+    let wasm = wat::parse_str(
+        r#"(module
+        (import "wasi_snapshot_preview1" "fd_write"
+          (func $fd_write (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (data (i32.const 100) "started\0a")
+        (data (i32.const 200) "finished\0a")
+        (data (i32.const 300) "ok")
+        (func $say (param $fd i32) (param $at i32) (param $len i32)
+          (i32.store (i32.const 0) (local.get $at))
+          (i32.store (i32.const 4) (local.get $len))
+          (drop (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 16))))
+        (func (export "_start") (local $i i32)
+          (call $say (i32.const 2) (i32.const 100) (i32.const 8))
+          (loop $spin
+            (local.set $i (i32.add (local.get $i) (i32.const 1)))
+            (br_if $spin (i32.lt_u (local.get $i) (i32.const 1500000000))))
+          (call $say (i32.const 2) (i32.const 200) (i32.const 9))
+          (call $say (i32.const 1) (i32.const 300) (i32.const 2))))"#,
+    )
+    .unwrap();
+    let job = Job {
+        fuel: 20_000_000_000,
+        timeout_secs: 60,
+        ..Job::new(&wasm, b"")
+    };
+    let (task, result) = run(&sb.api, &job).await.unwrap();
+    assert_verified(&result, b"ok");
+    let mut s = sb.api.scheduler().unwrap();
+    let mut events = s
+        .watch_task(TaskRef {
+            task_id: task.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut started, mut finished) = (None, None);
+    while let Some(e) = events.message().await.unwrap() {
+        if e.log.contains("started") {
+            started = Some(e.at_ms);
+        }
+        if e.log.contains("finished") {
+            finished = Some(e.at_ms);
+        }
+        if e.state() == TaskState::Settled {
+            break;
+        }
+    }
+    let (started, finished) = (started.expect("started"), finished.expect("finished"));
+    // Delivered at the end, both lines would arrive together.
+    assert!(
+        finished - started >= 500,
+        "\"started\" at {started} ms, \"finished\" at {finished} ms"
+    );
+    sb.mesh.stop().await;
+}
