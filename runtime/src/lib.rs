@@ -169,7 +169,10 @@ pub struct Limits {
 
 /// Where a running guest's stderr goes, chunk by chunk (called on the guest's thread).
 #[derive(Clone)]
-pub struct LogSink(pub Arc<dyn Fn(&[u8]) + Send + Sync>);
+pub struct LogSink(pub Arc<LogFn>);
+
+/// What a [`LogSink`] calls with each chunk of stderr kept.
+pub type LogFn = dyn Fn(&[u8]) + Send + Sync;
 
 impl std::fmt::Debug for LogSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -563,7 +566,7 @@ impl Sandbox {
     }
 
     fn load_or_compile(&self, key: [u8; 32], wasm: &[u8]) -> Result<Arc<Compiled>, ModuleError> {
-        let module = match self.from_disk(&key) {
+        let module = match self.load_from_disk(&key) {
             Some(m) => m,
             None => {
                 let module = self.compile_bounded(key, wasm)?;
@@ -634,7 +637,7 @@ impl Sandbox {
     }
 
     /// An authenticated artifact from the disk cache, if there is one.
-    fn from_disk(&self, key: &[u8; 32]) -> Option<Module> {
+    fn load_from_disk(&self, key: &[u8; 32]) -> Option<Module> {
         let disk = self.disk.as_ref()?;
         match disk.load(key) {
             Ok(artifact) => match load_artifact(&self.engine, &artifact) {

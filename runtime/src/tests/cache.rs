@@ -143,7 +143,10 @@ fn sandboxes_opening_one_new_cache_at_once_agree_on_its_key() {
             .map(|t| t.join().unwrap().unwrap())
             .collect();
         assert!(keys.iter().all(|k| *k == keys[0]));
-        assert_eq!(std::fs::read(dir.path().join("cache.key")).unwrap(), keys[0]);
+        assert_eq!(
+            std::fs::read(dir.path().join("cache.key")).unwrap(),
+            keys[0]
+        );
         // Nothing is left behind but the key.
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
@@ -164,5 +167,9 @@ fn threads_storing_one_artifact_at_once_leave_one_good_file() {
         w.join().unwrap().unwrap();
     }
     assert_eq!(cache.load(&[1; 32]).unwrap(), artifact);
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2, "key and artifact");
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        2,
+        "key and artifact"
+    );
 }

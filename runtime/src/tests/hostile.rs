@@ -316,7 +316,11 @@ fn a_wasi_stdout_flood_that_ignores_errors_ends_output_too_large() {
     assert!(out.output.is_empty());
     assert!(out.message.contains("65536 bytes"), "{}", out.message);
     // It ended at the write that passed the limit, long before its fuel ran out.
-    assert!(out.fuel_used < hostile_limits().fuel / 100, "{}", out.fuel_used);
+    assert!(
+        out.fuel_used < hostile_limits().fuel / 100,
+        "{}",
+        out.fuel_used
+    );
 }
 
 #[test]
@@ -412,7 +416,10 @@ fn the_wall_clock_starts_when_the_guest_gets_a_slot() {
     };
     let started = Instant::now();
     let out = sb.run(sha.wasm, b"queued", &quick, b"");
-    assert!(started.elapsed() > Duration::from_millis(1000), "did not wait for the slot");
+    assert!(
+        started.elapsed() > Duration::from_millis(1000),
+        "did not wait for the slot"
+    );
     assert_eq!(out.exit, Exit::Ok, "{}", out.message);
     assert_eq!(holder.join().unwrap(), Exit::Timeout);
 }
