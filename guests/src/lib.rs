@@ -124,7 +124,7 @@ static GUESTS: [Guest; 6] = [
     },
 ];
 
-static HOSTILE: [Hostile; 15] = [
+static HOSTILE: [Hostile; 16] = [
     Hostile {
         name: "infinite_loop",
         wasm: hostile_wasm!("infinite_loop"),
@@ -215,6 +215,13 @@ static HOSTILE: [Hostile; 15] = [
         wasm: hostile_wasm!("gc_bomb"),
         expect: "invalid_module",
         about: "allocates Wasm GC structs forever; GC (memory outside the limit) is not enabled",
+    },
+    Hostile {
+        name: "sleeps_forever",
+        wasm: hostile_wasm!("sleeps_forever"),
+        expect: "timeout_or_out_of_fuel",
+        about: "sleeps 585 years, then an hour at a time forever (poll_oneoff); guest time is \
+                frozen, so each sleep returns at once and only fuel or the clock stop it",
     },
 ];
 
@@ -494,7 +501,8 @@ mod tests {
                 "huge_data_segment",
                 "slow_compile",
                 "stdout_flood",
-                "gc_bomb"
+                "gc_bomb",
+                "sleeps_forever"
             ]
         );
         for h in hostile() {

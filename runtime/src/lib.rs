@@ -43,7 +43,8 @@
 //! # WASI preview 1
 //! A command (`_start`): stdin is the input, stdout the output, stderr the task log. Nothing is
 //! granted: no preopened directories, no environment, no arguments but the program name, no
-//! sockets. Clocks are frozen (wall clock at the Unix epoch, monotonic clock at zero) and
+//! sockets. Clocks are frozen (wall clock at the Unix epoch, monotonic clock at zero), so a
+//! sleep (`poll_oneoff`) returns at once with every subscription ready, and
 //! randomness is a deterministic stream derived from the task's seed, so that every node
 //! running the same task produces the same bytes.
 //!
@@ -409,7 +410,7 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Sandbox, ModuleError> {
         let mut wc = Config::new();
         wc.consume_fuel(config.consume_fuel)
-            .epoch_interruption(true)
+            .epoch_interruption(std::env::var_os("ZKMESH_NO_EPOCH").is_none())
             .cranelift_nan_canonicalization(true)
             .wasm_threads(false)
             .wasm_relaxed_simd(false)
@@ -424,6 +425,9 @@ impl Sandbox {
             .max_wasm_stack(config.max_wasm_stack)
             // One compiler thread per module: an abandoned compile holds at most one core.
             .parallel_compilation(false);
+        if std::env::var_os("ZKMESH_PERFMAP").is_some() {
+            wc.profiler(wasmtime::ProfilingStrategy::PerfMap);
+        }
         let slots = config.slots.max(1);
         if config.pooling {
             let mut pool = PoolingAllocationConfig::new();
@@ -453,6 +457,14 @@ impl Sandbox {
         // carries a context; `wasi_ctx` is the one place that relies on it.
         wasmtime_wasi::p1::add_to_linker_async(&mut linker, wasi_ctx)
             .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        // wasmtime-wasi sleeps in `poll_oneoff` on the host's clock (a lone relative timeout is
+        // a `thread::sleep` no epoch can interrupt: a guest could hold a slot for centuries).
+        // Time is frozen for guests, so every subscription is ready at once instead.
+        linker.allow_shadowing(true);
+        linker
+            .func_wrap(WASI_MODULE, "poll_oneoff", poll_oneoff)
+            .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        linker.allow_shadowing(false);
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let (engine_for_ticker, stop, tick) =
@@ -1156,6 +1168,63 @@ fn define_zkmesh_abi(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
         },
     )?;
     Ok(())
+}
+
+/// WASI preview 1 `poll_oneoff(in, out, nsubscriptions, nevents) -> errno` in frozen time:
+/// every subscription (a clock, or stdin/stdout/stderr readiness) is reported ready at once,
+/// without error, in order. Deterministic, and it never blocks the worker.
+fn poll_oneoff(
+    mut caller: Caller<'_, Host>,
+    subscriptions: i32,
+    events: i32,
+    count: i32,
+    nevents: i32,
+) -> wasmtime::Result<i32> {
+    const SUBSCRIPTION: usize = 48;
+    const EVENT: usize = 32;
+    /// More subscriptions than any program waits on at once; refused, to bound a call's work.
+    const MAX_SUBSCRIPTIONS: usize = 4096;
+    const ERRNO_FAULT: i32 = 21;
+    const ERRNO_INVAL: i32 = 28;
+    let memory = memory_of(&mut caller)?;
+    let mem = memory.data_mut(&mut caller);
+    let (subscriptions, events, count, nevents) = (
+        subscriptions as u32 as usize,
+        events as u32 as usize,
+        count as u32 as usize,
+        nevents as u32 as usize,
+    );
+    if count == 0 || count > MAX_SUBSCRIPTIONS {
+        return Ok(ERRNO_INVAL);
+    }
+    let fits = |at: usize, len: usize| at.checked_add(len).is_some_and(|end| end <= mem.len());
+    if !fits(subscriptions, count * SUBSCRIPTION)
+        || !fits(events, count * EVENT)
+        || !fits(nevents, 4)
+    {
+        return Ok(ERRNO_FAULT);
+    }
+    // Read every subscription before writing any event: the two arrays may overlap.
+    let mut ready = Vec::with_capacity(count);
+    for i in 0..count {
+        let sub = subscriptions + i * SUBSCRIPTION;
+        let tag = mem[sub + 8];
+        if tag > 2 {
+            return Ok(ERRNO_INVAL);
+        }
+        // userdata, error 0, the subscription's type (clock, fd_read, fd_write), no bytes, no
+        // flags.
+        let mut event = [0u8; EVENT];
+        event[..8].copy_from_slice(&mem[sub..sub + 8]);
+        event[10] = tag;
+        ready.push(event);
+    }
+    for (i, event) in ready.iter().enumerate() {
+        let at = events + i * EVENT;
+        mem[at..at + EVENT].copy_from_slice(event);
+    }
+    mem[nevents..nevents + 4].copy_from_slice(&(count as u32).to_le_bytes());
+    Ok(0)
 }
 
 struct FrozenClock;

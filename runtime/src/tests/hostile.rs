@@ -454,3 +454,68 @@ fn without_metering_nothing_is_billed() {
     assert_eq!(out.exit, Exit::Ok);
     assert_eq!(out.fuel_used, 0);
 }
+
+#[test]
+fn a_guest_that_sleeps_forever_is_stopped_like_any_loop() {
+    let sb = worker_sandbox();
+    let limits = hostile_limits();
+    let started = Instant::now();
+    let out = ends_in(&sb, "sleeps_forever", &limits, |e| *e == Exit::OutOfFuel);
+    assert_eq!(out.fuel_used, limits.fuel);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let clock = Limits {
+        fuel: 1 << 60,
+        timeout: Duration::from_millis(300),
+        ..limits
+    };
+    ends_in(&sb, "sleeps_forever", &clock, |e| *e == Exit::Timeout);
+}
+
+#[test]
+fn a_sleep_returns_at_once_with_its_subscriptions_ready() {
+    // Sleeps 2^64-1 ns with two subscriptions (a clock and stdin), then writes the event count
+    // and each event's userdata, error and type to stdout.
+    let wasm = wat(r#"(module
+        (import "wasi_snapshot_preview1" "poll_oneoff"
+          (func $poll (param i32 i32 i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "fd_write"
+          (func $fd_write (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "_start")
+          (i64.store (i32.const 0) (i64.const 0x1111))
+          (i32.store (i32.const 16) (i32.const 1))
+          (i64.store (i32.const 24) (i64.const -1))
+          (i64.store (i32.const 48) (i64.const 0x2222))
+          (i32.store8 (i32.const 56) (i32.const 1))
+          (if (call $poll (i32.const 0) (i32.const 100) (i32.const 2) (i32.const 96))
+            (then unreachable))
+          ;; iovec at 200: the count (4 bytes at 96) then the two events (64 bytes at 100).
+          (i32.store (i32.const 200) (i32.const 96))
+          (i32.store (i32.const 204) (i32.const 68))
+          (drop (call $fd_write (i32.const 1) (i32.const 200) (i32.const 1) (i32.const 208)))))"#);
+    let started = Instant::now();
+    let out = sandbox().run(&wasm, b"", &Limits::default(), b"");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(out.exit, Exit::Ok, "{}", out.message);
+    let mut expected = 2u32.to_le_bytes().to_vec();
+    for (userdata, tag) in [(0x1111u64, 0u8), (0x2222, 1)] {
+        let mut event = [0u8; 32];
+        event[..8].copy_from_slice(&userdata.to_le_bytes());
+        event[10] = tag;
+        expected.extend_from_slice(&event);
+    }
+    assert_eq!(out.output, expected);
+    // No subscriptions is an error (EINVAL), not a hang.
+    let none = wat(r#"(module
+        (import "wasi_snapshot_preview1" "poll_oneoff"
+          (func $poll (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 1)
+        (func (export "_start")
+          (if (i32.ne (call $poll (i32.const 0) (i32.const 100) (i32.const 0) (i32.const 96))
+                      (i32.const 28))
+            (then unreachable))))"#);
+    assert_eq!(
+        sandbox().run(&none, b"", &Limits::default(), b"").exit,
+        Exit::Ok
+    );
+}
