@@ -3,8 +3,9 @@
 //! - `overhead/*`: the same kernels (`guests/programs/kernels/src/kernels.rs`) run natively and
 //!   as the `kernels` guest in the sandbox with fuel metering on: SHA-256 of 1 MiB, sorting a
 //!   million i64s, a sieve up to ten million. The guest side includes its instantiation and
-//!   reading its input; `wasm_unmetered` is the guest without fuel metering, to show what
-//!   metering costs. Native code is built at opt-level "s", like the guests.
+//!   reading its input. `wasm_no_epoch` drops the wall-clock (epoch) checks, `wasm_unmetered`
+//!   fuel metering, `wasm_bare` both, to show what each costs; workers run `wasm`. Native code
+//!   is built at opt-level "s", like the guests.
 //! - `instantiate/*`: store creation and instantiation of a compiled, cached module, with the
 //!   pooling allocator and without.
 //! - `compile/*` and `cache_load/*`: compiling each guest, and loading it from the disk cache
@@ -25,11 +26,21 @@ const SIEVE_N: usize = 10_000_000;
 
 fn overhead(c: &mut Criterion) {
     let sb = Sandbox::new(SandboxConfig::default()).unwrap();
-    let unmetered = Sandbox::new(SandboxConfig {
-        consume_fuel: false,
-        ..SandboxConfig::default()
-    })
-    .unwrap();
+    let variant = |consume_fuel, wall_clock| {
+        Sandbox::new(SandboxConfig {
+            consume_fuel,
+            wall_clock,
+            ..SandboxConfig::default()
+        })
+        .unwrap()
+    };
+    // What each instrument costs: fuel metering, the epoch (wall-clock) checks, and neither
+    // (what is left is Cranelift against LLVM). Only the first is how workers run.
+    let others = [
+        ("wasm_no_epoch", variant(true, false)),
+        ("wasm_unmetered", variant(false, true)),
+        ("wasm_bare", variant(false, false)),
+    ];
     let limits = Limits {
         fuel: 1 << 40,
         timeout: Duration::from_secs(600),
@@ -52,10 +63,11 @@ fn overhead(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("wasm", name), |b| {
             b.iter(|| sb.run(zkmesh_guests::KERNELS_WASM, input, &limits, b""))
         });
-        // The same without fuel metering: how much of the gap is metering.
-        g.bench_function(BenchmarkId::new("wasm_unmetered", name), |b| {
-            b.iter(|| unmetered.run(zkmesh_guests::KERNELS_WASM, input, &limits, b""))
-        });
+        for (variant, sandbox) in &others {
+            g.bench_function(BenchmarkId::new(*variant, name), |b| {
+                b.iter(|| sandbox.run(zkmesh_guests::KERNELS_WASM, input, &limits, b""))
+            });
+        }
     }
     g.bench_function(BenchmarkId::new("native", "sha256_1MiB"), |b| {
         b.iter(|| kernels::sha256(std::hint::black_box(&data)))

@@ -125,6 +125,11 @@ pub struct SandboxConfig {
     /// Meter fuel. Off only to measure what metering costs (benches/): without it no fuel limit
     /// holds and every run reports zero fuel.
     pub consume_fuel: bool,
+    /// Check the wall-clock deadline (epoch interruption). Off only to measure what those
+    /// checks cost (benches/): without it no timeout or cancellation holds.
+    pub wall_clock: bool,
+    /// Write `/tmp/perf-{pid}.map` so that `perf` can name compiled guest code (for profiling).
+    pub perf_map: bool,
 }
 
 /// Tables a module may define.
@@ -150,6 +155,8 @@ impl Default for SandboxConfig {
             max_table_elements: 1 << 18,
             compile_timeout: Duration::from_secs(20),
             consume_fuel: true,
+            wall_clock: true,
+            perf_map: false,
         }
     }
 }
@@ -410,7 +417,7 @@ impl Sandbox {
     pub fn new(config: SandboxConfig) -> Result<Sandbox, ModuleError> {
         let mut wc = Config::new();
         wc.consume_fuel(config.consume_fuel)
-            .epoch_interruption(std::env::var_os("ZKMESH_NO_EPOCH").is_none())
+            .epoch_interruption(config.wall_clock)
             .cranelift_nan_canonicalization(true)
             .wasm_threads(false)
             .wasm_relaxed_simd(false)
@@ -425,7 +432,7 @@ impl Sandbox {
             .max_wasm_stack(config.max_wasm_stack)
             // One compiler thread per module: an abandoned compile holds at most one core.
             .parallel_compilation(false);
-        if std::env::var_os("ZKMESH_PERFMAP").is_some() {
+        if config.perf_map {
             wc.profiler(wasmtime::ProfilingStrategy::PerfMap);
         }
         let slots = config.slots.max(1);
@@ -803,7 +810,10 @@ impl Sandbox {
                 .fuel_async_yield_interval(Some(FUEL_SYNC))
                 .expect("fuel is on and the interval is not zero");
         }
-        store.set_epoch_deadline(1);
+        // (Off only in benches: see `SandboxConfig::wall_clock`.)
+        if self.config.wall_clock {
+            store.set_epoch_deadline(1);
+        }
         store.epoch_deadline_callback(move |_| {
             if cancel.as_ref().is_some_and(|c| c.load(Ordering::Relaxed)) {
                 return Err(wasmtime::Error::new(Cancelled));
