@@ -37,7 +37,10 @@ fn main() {
         ..Limits::default()
     };
     let inputs = [
-        ("sha256 of 1 MiB", [b"sha256 ".as_slice(), &[0x5a; 1 << 20]].concat()),
+        (
+            "sha256 of 1 MiB",
+            [b"sha256 ".as_slice(), &[0x5a; 1 << 20]].concat(),
+        ),
         ("sort of 10^6 i64", b"sort 1000000".to_vec()),
         ("sieve to 10^7", b"sieve 10000000".to_vec()),
     ];

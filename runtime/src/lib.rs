@@ -63,7 +63,7 @@
 
 mod cache;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -213,7 +213,27 @@ pub enum ModuleError {
     NoEntry(String),
     #[error("invalid module: it did not compile within {millis} ms")]
     CompileTimeout { millis: u64 },
+    /// Every compiler thread stayed busy (abandoned compiles still finishing) for the whole
+    /// compile timeout: the module was not looked at.
+    #[error("no compiler thread came free within {millis} ms; try again later")]
+    CompilersBusy { millis: u64 },
 }
+
+impl ModuleError {
+    /// Whether the error says more about this node (its load, its clock) than about the module:
+    /// another node, or this one later, may compile it. A worker leaves such a task to others
+    /// rather than settle it as an invalid module.
+    pub fn is_node_condition(&self) -> bool {
+        matches!(
+            self,
+            ModuleError::CompileTimeout { .. } | ModuleError::CompilersBusy { .. }
+        )
+    }
+}
+
+/// How long a module whose compile was abandoned is refused at once before it may be tried
+/// again (a node that was merely busy then may manage it now).
+const TOO_SLOW_FOR: Duration = Duration::from_secs(600);
 
 /// How a run ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -353,10 +373,16 @@ impl Slots {
         SlotGuard(self)
     }
 
-    /// A slot that can move to another thread.
-    fn acquire_owned(self: &Arc<Self>) -> SlotGuard<Arc<Slots>> {
-        self.take();
-        SlotGuard(self.clone())
+    /// A slot that can move to another thread, if one comes free within `wait`.
+    fn acquire_owned_within(self: &Arc<Self>, wait: Duration) -> Option<SlotGuard<Arc<Slots>>> {
+        let mut free = self.free.lock().unwrap();
+        let deadline = Instant::now() + wait;
+        while *free == 0 {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            free = self.freed.wait_timeout(free, left).unwrap().0;
+        }
+        *free -= 1;
+        Some(SlotGuard(self.clone()))
     }
 
     fn is_free(&self) -> bool {
@@ -387,6 +413,26 @@ struct Compiled {
     initial_memory: u64,
 }
 
+/// Removes a module's compile lock from [`Sandbox::compiling`] when its holder is done, unless
+/// a newer lock has replaced it.
+struct CompilingEntry<'a> {
+    map: &'a Mutex<HashMap<[u8; 32], Arc<Mutex<()>>>>,
+    key: [u8; 32],
+    lock: Arc<Mutex<()>>,
+}
+
+impl Drop for CompilingEntry<'_> {
+    fn drop(&mut self) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map
+            .get(&self.key)
+            .is_some_and(|l| Arc::ptr_eq(l, &self.lock))
+        {
+            map.remove(&self.key);
+        }
+    }
+}
+
 /// A worker's (or the scheduler's) wasmtime sandbox.
 pub struct Sandbox {
     engine: Engine,
@@ -394,8 +440,8 @@ pub struct Sandbox {
     config: SandboxConfig,
     cache: Mutex<HashMap<[u8; 32], Arc<Compiled>>>,
     disk: Option<cache::DiskCache>,
-    /// Modules whose compile was abandoned: refused at once from then on.
-    too_slow: Mutex<HashSet<[u8; 32]>>,
+    /// Modules whose compile was abandoned, and when: refused at once for [`TOO_SLOW_FOR`].
+    too_slow: Mutex<HashMap<[u8; 32], Instant>>,
     counters: Counters,
     slots: Slots,
     /// Compiler threads, one per slot. An abandoned compile keeps its thread until Cranelift
@@ -471,6 +517,12 @@ impl Sandbox {
         linker
             .func_wrap(WASI_MODULE, "poll_oneoff", poll_oneoff)
             .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        // wasmtime-wasi builds the whole buffer on the host before it checks the guest's
+        // pointer (64 MiB a call, outside the memory limit, for a few units of fuel). This one
+        // writes straight into guest memory and bills a unit of fuel per byte.
+        linker
+            .func_wrap(WASI_MODULE, "random_get", random_get)
+            .map_err(|e| ModuleError::Invalid(e.to_string()))?;
         linker.allow_shadowing(false);
 
         let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -491,7 +543,7 @@ impl Sandbox {
             config,
             cache: Mutex::new(HashMap::new()),
             disk,
-            too_slow: Mutex::new(HashSet::new()),
+            too_slow: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             slots: Slots::new(slots),
             compilers: Arc::new(Slots::new(slots)),
@@ -536,6 +588,13 @@ impl Sandbox {
         self.compile_keyed(Sha256::digest(wasm).into(), wasm)
     }
 
+    /// Compiles `wasm` (or finds it cached) without running it, so that a caller can tell a
+    /// module this node cannot compile now ([`ModuleError::is_node_condition`]) from a task
+    /// result. `sha256` must be the hash of `wasm`, as for [`Sandbox::run_hashed`].
+    pub fn prepare_hashed(&self, sha256: [u8; 32], wasm: &[u8]) -> Result<(), ModuleError> {
+        self.compile_keyed(sha256, wasm).map(|_| ())
+    }
+
     /// `key` is the SHA-256 of `wasm`.
     fn compile_keyed(&self, key: [u8; 32], wasm: &[u8]) -> Result<Arc<Compiled>, ModuleError> {
         debug_assert_eq!(key, <[u8; 32]>::from(Sha256::digest(wasm)));
@@ -555,19 +614,19 @@ impl Sandbox {
             .entry(key)
             .or_default()
             .clone();
-        let result = {
-            let _compiling = lock.lock().unwrap();
-            // Whoever held the lock before may have compiled it (or given up on it).
-            match self.cached(&key)? {
-                Some(hit) => Ok(hit),
-                None => self.load_or_compile(key, wasm),
-            }
+        // The map entry goes when this call does, however it ends (a panic included).
+        let _entry = CompilingEntry {
+            map: &self.compiling,
+            key,
+            lock: lock.clone(),
         };
-        let mut compiling = self.compiling.lock().unwrap();
-        if compiling.get(&key).is_some_and(|l| Arc::ptr_eq(l, &lock)) {
-            compiling.remove(&key);
+        // A holder that panicked poisoned the lock, but guarded nothing with it: carry on.
+        let _compiling = lock.lock().unwrap_or_else(|e| e.into_inner());
+        // Whoever held the lock before may have compiled it (or given up on it).
+        match self.cached(&key)? {
+            Some(hit) => Ok(hit),
+            None => self.load_or_compile(key, wasm),
         }
-        result
     }
 
     /// The compiled module from memory, or `Err` if its compile was abandoned before.
@@ -576,7 +635,9 @@ impl Sandbox {
             bump(&self.counters.memory_hits);
             return Ok(Some(hit.clone()));
         }
-        if self.too_slow.lock().unwrap().contains(key) {
+        let mut too_slow = self.too_slow.lock().unwrap();
+        too_slow.retain(|_, at| at.elapsed() < TOO_SLOW_FOR);
+        if too_slow.contains_key(key) {
             return Err(ModuleError::CompileTimeout {
                 millis: self.config.compile_timeout.as_millis() as u64,
             });
@@ -645,6 +706,7 @@ impl Sandbox {
                 denied: None,
             },
             wasi: None,
+            random: None,
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
@@ -690,7 +752,16 @@ impl Sandbox {
                 "every compiler thread is busy (abandoned compiles still finishing); waiting"
             );
         }
-        let permit = self.compilers.acquire_owned();
+        // The wait for a compiler is bounded by the compile timeout too: a node whose compilers
+        // are all finishing abandoned compiles says so instead of holding the caller for
+        // minutes. The compile itself then has its whole timeout (a module is not judged too
+        // slow because the node was busy).
+        let permit = self
+            .compilers
+            .acquire_owned_within(self.config.compile_timeout)
+            .ok_or(ModuleError::CompilersBusy {
+                millis: self.config.compile_timeout.as_millis() as u64,
+            })?;
         let (tx, rx) = std::sync::mpsc::channel();
         let (engine, bytes) = (self.engine.clone(), wasm.to_vec());
         std::thread::Builder::new()
@@ -711,7 +782,7 @@ impl Sandbox {
             )),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 bump(&self.counters.compile_timeouts);
-                self.too_slow.lock().unwrap().insert(key);
+                self.too_slow.lock().unwrap().insert(key, Instant::now());
                 tracing::warn!(
                     module = %hex::encode(key),
                     timeout_ms = self.config.compile_timeout.as_millis() as u64,
@@ -745,7 +816,7 @@ impl Sandbox {
         seed: &[u8],
     ) -> Outcome {
         let started = Instant::now();
-        let cpu = cpu_time::ThreadTime::now();
+        // Ended before the guest started: no guest CPU time.
         let ended = |exit: Exit, message: Option<String>| Outcome {
             message: message.unwrap_or_else(|| exit.message(limits, &self.config)),
             exit,
@@ -754,7 +825,7 @@ impl Sandbox {
             stderr_dropped: 0,
             fuel_used: 0,
             run_time: started.elapsed(),
-            cpu_time: cpu.elapsed(),
+            cpu_time: Duration::ZERO,
         };
         let compiled = match self.compile_keyed(sha256, wasm) {
             Ok(c) => c,
@@ -779,6 +850,8 @@ impl Sandbox {
         // node's compile or its wait for a free slot (a cold node must not time out, and be
         // billed its whole fuel limit, where a warm one would finish).
         let deadline = Instant::now() + limits.timeout;
+        // So does the CPU time: instantiating and running the guest, not loading its module.
+        let cpu = cpu_time::ThreadTime::now();
         bump(&self.counters.runs);
         let stdout = CappedPipe::new(self.config.max_output_bytes, Overflow::Trap, None);
         let stderr = CappedPipe::new(
@@ -797,6 +870,7 @@ impl Sandbox {
                 table_elements: self.config.max_table_elements,
                 denied: None,
             },
+            random: wasi.is_some().then(|| RandomStream::new(seed)),
             wasi,
         };
         let mut store = Store::new(&self.engine, host);
@@ -1040,6 +1114,48 @@ struct Host {
     max_output: usize,
     limiter: Limiter,
     wasi: Option<WasiP1Ctx>,
+    /// WASI `random_get`'s stream, for WASI guests.
+    random: Option<RandomStream>,
+}
+
+/// The bytes WASI `random_get` returns: SHA-256 in counter mode under a key derived from the
+/// task's seed, so every node running the task gives its guest the same stream, which never
+/// repeats.
+struct RandomStream {
+    key: [u8; 32],
+    counter: u64,
+    block: [u8; 32],
+    /// Bytes of `block` already handed out.
+    used: usize,
+}
+
+impl RandomStream {
+    fn new(seed: &[u8]) -> RandomStream {
+        let mut h = Sha256::new();
+        h.update(b"zkmesh.wasi.random\0");
+        h.update(seed);
+        RandomStream {
+            key: h.finalize().into(),
+            counter: 0,
+            block: [0; 32],
+            used: 32,
+        }
+    }
+
+    fn fill(&mut self, out: &mut [u8]) {
+        for byte in out {
+            if self.used == self.block.len() {
+                let mut h = Sha256::new();
+                h.update(self.key);
+                h.update(self.counter.to_be_bytes());
+                self.block = h.finalize().into();
+                self.counter += 1;
+                self.used = 0;
+            }
+            *byte = self.block[self.used];
+            self.used += 1;
+        }
+    }
 }
 
 fn wasi_ctx(host: &mut Host) -> &mut WasiP1Ctx {
@@ -1237,6 +1353,30 @@ fn poll_oneoff(
     Ok(0)
 }
 
+/// WASI preview 1 `random_get(buf, len) -> errno`: `len` bytes of the task's deterministic
+/// stream at `buf`, for a unit of fuel per byte (the host's work is proportional to `len`).
+fn random_get(mut caller: Caller<'_, Host>, buf: i32, len: i32) -> wasmtime::Result<i32> {
+    const ERRNO_FAULT: i32 = 21;
+    let (buf, len) = (buf as u32 as usize, len as u32 as usize);
+    if let Ok(fuel) = caller.get_fuel() {
+        if fuel < len as u64 {
+            caller.set_fuel(0)?;
+            return Err(wasmtime::Error::new(Trap::OutOfFuel));
+        }
+        caller.set_fuel(fuel - len as u64)?;
+    }
+    let memory = memory_of(&mut caller)?;
+    let (mem, host) = memory.data_and_store_mut(&mut caller);
+    let Some(out) = buf.checked_add(len).and_then(|end| mem.get_mut(buf..end)) else {
+        return Ok(ERRNO_FAULT);
+    };
+    host.random
+        .as_mut()
+        .ok_or_else(|| wasmtime::Error::msg("random_get outside a WASI guest"))?
+        .fill(out);
+    Ok(0)
+}
+
 struct FrozenClock;
 
 impl wasmtime_wasi::HostWallClock for FrozenClock {
@@ -1263,8 +1403,9 @@ fn deterministic_wasi(
     stdout: CappedPipe,
     stderr: CappedPipe,
 ) -> WasiP1Ctx {
-    // A few KiB of SHA-256 in counter mode, cycled: the same task gets the same "random" bytes
-    // on every node. Guests that need real entropy are not deterministic and cannot be verified.
+    // `random_get` is the sandbox's own (see `RandomStream`); wasmtime-wasi's generators are
+    // only reachable through WASI preview 2, which guests do not get, and are deterministic
+    // anyway: a few KiB of SHA-256 in counter mode, cycled.
     let mut stream = Vec::with_capacity(4096);
     for counter in 0u32..128 {
         let mut h = Sha256::new();

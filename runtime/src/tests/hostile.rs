@@ -525,3 +525,110 @@ fn a_sleep_returns_at_once_with_its_subscriptions_ready() {
         Exit::Ok
     );
 }
+
+#[test]
+fn with_every_compiler_busy_a_new_module_is_turned_away_within_the_compile_timeout() {
+    // One compiler thread, held by an abandoned compile for seconds.
+    let sb = Sandbox::new(SandboxConfig {
+        slots: 1,
+        compile_timeout: Duration::from_millis(300),
+        pooling: false,
+        ..SandboxConfig::default()
+    })
+    .unwrap();
+    let slow = zkmesh_guests::hostile_by_name("slow_compile").unwrap();
+    let err = sb.inspect(slow.wasm).unwrap_err();
+    assert!(matches!(err, ModuleError::CompileTimeout { millis: 300 }));
+    assert!(err.is_node_condition(), "another node may manage it");
+    let waited = Instant::now();
+    let busy = sb.inspect(&wat(ECHO)).unwrap_err();
+    assert!(
+        matches!(busy, ModuleError::CompilersBusy { millis: 300 }),
+        "{busy}"
+    );
+    assert!(busy.is_node_condition());
+    assert!(
+        waited.elapsed() < Duration::from_secs(2),
+        "turned away after {:?}",
+        waited.elapsed()
+    );
+    // Not held against the module: once the compiler is free, it compiles.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match sb.inspect(&wat(ECHO)) {
+            Ok(_) => break,
+            Err(ModuleError::CompilersBusy { .. }) if Instant::now() < deadline => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    // A module that is simply invalid is no node condition.
+    assert!(!sb.inspect(b"\0asm").unwrap_err().is_node_condition());
+}
+
+/// A WASI guest that fills `len` bytes at address 0 with `random_get` and writes them to
+/// stdout (exiting with the errno if the call fails).
+fn random_guest(len: u32, at: u32) -> Vec<u8> {
+    wat(&format!(
+        r#"(module
+        (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "fd_write"
+          (func $fd_write (param i32 i32 i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+        (memory (export "memory") 2)
+        (func (export "_start") (local $errno i32)
+          (local.set $errno (call $random (i32.const {at}) (i32.const {len})))
+          (if (local.get $errno) (then (call $exit (local.get $errno))))
+          (i32.store (i32.const 100000) (i32.const {at}))
+          (i32.store (i32.const 100004) (i32.const {len}))
+          (drop (call $fd_write (i32.const 1) (i32.const 100000) (i32.const 1) (i32.const 100008)))))"#
+    ))
+}
+
+#[test]
+fn random_get_is_the_tasks_own_stream_billed_by_the_byte() {
+    let sb = sandbox();
+    let limits = Limits::default();
+    let out = sb.run(&random_guest(20_000, 0), b"", &limits, b"task-1");
+    assert_eq!(out.exit, Exit::Ok, "{}", out.message);
+    // SHA-256 in counter mode under SHA-256("zkmesh.wasi.random\0" || seed).
+    let key = Sha256::digest([b"zkmesh.wasi.random\0".as_slice(), b"task-1"].concat());
+    let expected: Vec<u8> = (0u64..)
+        .flat_map(|i| Sha256::digest([key.as_slice(), &i.to_be_bytes()].concat()))
+        .take(20_000)
+        .collect();
+    assert_eq!(out.output, expected);
+    assert_ne!(
+        out.output[..4096],
+        out.output[4096..8192],
+        "the stream does not cycle"
+    );
+    // The same on another node; another task's differs.
+    let again = Sandbox::new(SandboxConfig::default()).unwrap().run(
+        &random_guest(20_000, 0),
+        b"",
+        &limits,
+        b"task-1",
+    );
+    assert_eq!(
+        (again.output, again.fuel_used),
+        (out.output.clone(), out.fuel_used)
+    );
+    let other = sb.run(&random_guest(20_000, 0), b"", &limits, b"task-2");
+    assert_ne!(other.output, out.output);
+    // A byte costs a unit of fuel: 10,000 more bytes, 10,000 more fuel.
+    let fewer = sb.run(&random_guest(10_000, 0), b"", &limits, b"task-1");
+    assert_eq!(out.fuel_used - fewer.fuel_used, 10_000);
+    // More bytes than the fuel left: out of fuel, billed all of it, and no host work done.
+    let tight = Limits {
+        fuel: 5_000,
+        ..Limits::default()
+    };
+    let broke = sb.run(&random_guest(10_000, 0), b"", &tight, b"task-1");
+    assert_eq!(broke.exit, Exit::OutOfFuel, "{}", broke.message);
+    assert_eq!(broke.fuel_used, 5_000);
+    // A buffer past the end of memory is EFAULT (21), not a host allocation.
+    let fault = sb.run(&random_guest(200_000, 0), b"", &limits, b"task-1");
+    assert_eq!(fault.exit, Exit::ExitCode(21), "{}", fault.message);
+    let wrap = sb.run(&random_guest(16, u32::MAX - 7), b"", &limits, b"task-1");
+    assert_eq!(wrap.exit, Exit::ExitCode(21), "{}", wrap.message);
+}

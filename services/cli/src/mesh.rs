@@ -308,7 +308,7 @@ impl LocalMesh {
             slots: self.options.worker_slots,
             heartbeat_secs: self.options.heartbeat_secs,
             approval_timeout_secs: 60,
-            max_output_bytes: 16 << 20,
+            memory_budget_mib: 0,
             verifier_endpoint: Some(self.client.verifier.clone()),
             keys_dir: Some(self.options.keys_dir.clone()),
             compile_cache_dir: None,

@@ -106,6 +106,9 @@ impl SchedulerApi for SchedulerService {
             ModuleError::ForbiddenImport { .. } => {
                 Status::invalid_argument(format!("module rejected: {e}"))
             }
+            ModuleError::CompilersBusy { .. } => {
+                Status::unavailable(format!("the scheduler is busy compiling: {e}"))
+            }
         })?;
         let (provable, provable_reason) = crate::provability(&bytes);
         let mut info = ModuleInfo {

@@ -15,8 +15,12 @@ use tonic::transport::Channel;
 use zkmesh_kit::auth::RevocationList;
 use zkmesh_kit::telemetry::Metrics;
 
-/// Guest log output one task event may carry (a worker's sandbox caps a task's stderr at 64 KiB).
-const MAX_LOG_BYTES: usize = 64 << 10;
+/// Guest log a node may send for one task, over all its events (a worker's sandbox caps a
+/// task's stderr at 64 KiB; this holds whatever the node runs). Counted in characters.
+const MAX_LOG_CHARS: u64 = 64 << 10;
+/// Progress events a node may send for one task: an honest worker sends guest logs at most
+/// every 200 ms and a few prover stages, so this is hours of a chatty guest, not a flood.
+const MAX_PROGRESS_EVENTS: u64 = 4096;
 use zkmesh_kit::{CancellationToken, now_ms, random_id, sha256_hex};
 use zkmesh_proto::ledger_service_client::LedgerServiceClient;
 use zkmesh_proto::registry_service_client::RegistryServiceClient;
@@ -441,21 +445,41 @@ impl Core {
         let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
             return Ok(());
         };
-        if task.task.state() == TaskState::Running {
-            let message: String = message.chars().take(300).collect();
-            // Guest logs are bounded by the node's sandbox; bound them here too, whatever the
-            // node is running.
-            let mut log = log;
-            if log.len() > MAX_LOG_BYTES {
-                let mut end = MAX_LOG_BYTES;
-                while !log.is_char_boundary(end) {
-                    end -= 1;
-                }
-                log = &log[..end];
-            }
-            self.emit_log(&a.task_id, TaskState::Running, &message, node_id, log)
-                .await?;
+        if task.task.state() != TaskState::Running {
+            return Ok(());
         }
+        // Bounded per node and task, over all its events, whatever the node is running: a node
+        // could otherwise fill the database one capped event at a time.
+        let (events, log_used) = self
+            .store
+            .progress_used(&a.task_id, node_id)
+            .await
+            .map_err(db_error)?;
+        if events >= MAX_PROGRESS_EVENTS {
+            tracing::debug!(
+                node_id,
+                attempt_id,
+                "progress past the event budget dropped"
+            );
+            return Ok(());
+        }
+        let mut message: String = message.chars().take(300).collect();
+        let budget = MAX_LOG_CHARS.saturating_sub(log_used) as usize;
+        let log: String = if log.chars().count() > budget {
+            if budget == 0 {
+                // Cut before, and said so then.
+                return Ok(());
+            }
+            message = format!(
+                "guest log past {} KiB: the rest from this node is dropped",
+                MAX_LOG_CHARS >> 10
+            );
+            log.chars().take(budget).collect()
+        } else {
+            log.to_string()
+        };
+        self.emit_log(&a.task_id, TaskState::Running, &message, node_id, &log)
+            .await?;
         Ok(())
     }
 

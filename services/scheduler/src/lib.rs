@@ -177,12 +177,15 @@ pub async fn start(
     let verifier = zkmesh_kit::client::channel(&config.verifier_endpoint, &client_tls)?;
     let metrics = Metrics::new("scheduler");
     let revoked = RevocationList::default();
-    // Upload only compiles and inspects; it never runs a guest, so it needs no instance pool.
+    // Upload only compiles and inspects, but with the workers' instance pool: the pool's limits
+    // (one memory, a vmctx of at most 4 MiB, tables of at most 2^18 elements) are checked at
+    // compile time, and a module no worker can instantiate must be refused here. Two compiler
+    // threads; an upload waits at most the compile timeout for one.
     let sandbox = zkmesh_runtime::Sandbox::new(zkmesh_runtime::SandboxConfig {
         max_module_bytes: config.max_module_bytes,
         compile_timeout: std::time::Duration::from_secs(config.compile_timeout_secs.max(1)),
-        pooling: false,
-        slots: 1,
+        pooling: true,
+        slots: 2,
         ..Default::default()
     })?;
     let core = dispatch::Core::new(

@@ -545,6 +545,21 @@ impl Store {
         })
     }
 
+    /// What a node has already sent as progress for a task while it ran: the number of events
+    /// and the characters of guest log they carry.
+    pub async fn progress_used(&self, task_id: &str, node_id: &str) -> Result<(u64, u64)> {
+        let row = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(log)), 0) FROM task_events \
+             WHERE task_id = $1 AND node_id = $2 AND state = $3",
+        )
+        .bind(task_id)
+        .bind(node_id)
+        .bind(TaskState::Running as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((row.get::<i64, _>(0) as u64, row.get::<i64, _>(1) as u64))
+    }
+
     pub async fn events(&self, task_id: &str) -> Result<Vec<TaskEvent>> {
         let rows = sqlx::query("SELECT * FROM task_events WHERE task_id = $1 ORDER BY seq")
             .bind(task_id)

@@ -46,8 +46,12 @@ pub struct WorkerConfig {
     /// Give up waiting for an admin's approval after this long (0: wait forever).
     #[serde(default)]
     pub approval_timeout_secs: u64,
-    #[serde(default = "defaults::max_output")]
-    pub max_output_bytes: usize,
+    /// Guest memory the node's running tasks may hold together, in MiB: a task waits for its
+    /// memory limit to be free before it starts (0: three quarters of the machine's RAM). The
+    /// output cap is not configurable: it is the same 16 MiB on every node, so that replicas
+    /// agree on what is too large.
+    #[serde(default)]
+    pub memory_budget_mib: u64,
     /// The verifier, for proving keys (needed only to take tasks under the proof policy).
     #[serde(default)]
     pub verifier_endpoint: Option<String>,
@@ -75,9 +79,6 @@ mod defaults {
     }
     pub fn heartbeat() -> u64 {
         3
-    }
-    pub fn max_output() -> usize {
-        16 << 20
     }
     pub fn compile_timeout() -> u64 {
         20
@@ -329,6 +330,9 @@ struct Shared {
     /// Set when the registry says this node is revoked.
     revoked: AtomicBool,
     slots: Arc<Semaphore>,
+    /// Guest memory, in MiB, that running tasks may still take (`memory_budget_mib`).
+    memory: Arc<Semaphore>,
+    memory_budget_mib: u32,
     metrics: WorkerMetrics,
     config: WorkerConfig,
     /// Proving keys in memory, by hash.
@@ -377,7 +381,6 @@ async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), WorkerError> {
     let sandbox = Sandbox::new(SandboxConfig {
-        max_output_bytes: config.max_output_bytes,
         slots: config.slots.max(1),
         cache_dir: Some(
             config
@@ -389,6 +392,12 @@ async fn run(
         ..SandboxConfig::default()
     })
     .map_err(setup_err)?;
+    let memory_budget_mib = match config.memory_budget_mib {
+        0 => machine_memory_mib() / 4 * 3,
+        mib => mib,
+    }
+    .clamp(1, u32::MAX as u64) as u32;
+    tracing::info!(memory_budget_mib, "guest memory budget");
     let shared = Arc::new(Shared {
         node_id: keys.node_id.clone(),
         receipt_key: keys.receipt,
@@ -397,6 +406,8 @@ async fn run(
         running: Mutex::new(HashMap::new()),
         revoked: AtomicBool::new(false),
         slots: Arc::new(Semaphore::new(config.slots.max(1) as usize)),
+        memory: Arc::new(Semaphore::new(memory_budget_mib as usize)),
+        memory_budget_mib,
         metrics: WorkerMetrics::new(),
         config: config.clone(),
         keys: tokio::sync::Mutex::new(HashMap::new()),
@@ -730,20 +741,19 @@ async fn forward_logs(
 ) {
     let mut pending = Vec::new();
     let mut open = true;
-    while open {
-        match chunks.recv().await {
-            Some(chunk) => pending.extend_from_slice(&chunk),
-            None => open = false,
+    loop {
+        // Wait for something to send (or the end), then gather whatever else has arrived.
+        if pending.is_empty() && open {
+            match chunks.recv().await {
+                Some(chunk) => pending.extend_from_slice(&chunk),
+                None => open = false,
+            }
         }
-        // Gather whatever else arrived in the meantime.
-        loop {
+        while open {
             match chunks.try_recv() {
                 Ok(chunk) => pending.extend_from_slice(&chunk),
                 Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => {
-                    open = false;
-                    break;
-                }
+                Err(mpsc::error::TryRecvError::Disconnected) => open = false,
             }
         }
         // A character split across writes waits for its other half, unless this is the end.
@@ -766,10 +776,53 @@ async fn forward_logs(
                 return;
             }
         }
-        if open {
-            tokio::time::sleep(LOG_INTERVAL).await;
+        if !open {
+            return;
+        }
+        // At most one event per interval, but no waiting once the guest has ended: its
+        // result waits for this task, and holds its slot meanwhile.
+        let until = tokio::time::Instant::now() + LOG_INTERVAL;
+        while open {
+            tokio::select! {
+                _ = tokio::time::sleep_until(until) => break,
+                chunk = chunks.recv() => match chunk {
+                    Some(chunk) => pending.extend_from_slice(&chunk),
+                    None => open = false,
+                },
+            }
         }
     }
+}
+
+/// Gives up an attempt this node cannot run, saying why on the task's events: it sends no report,
+/// so the scheduler hands the task to another node when this one's lease runs out.
+async fn leave(
+    outbox: &mpsc::Sender<WorkerMessage>,
+    attempt_id: &str,
+    note: String,
+) -> Result<(), String> {
+    let _ = outbox
+        .send(WorkerMessage {
+            kind: Some(worker_message::Kind::Progress(TaskProgress {
+                attempt_id: attempt_id.to_string(),
+                message: note.clone(),
+                log: String::new(),
+            })),
+        })
+        .await;
+    Err(note)
+}
+
+/// The machine's RAM in MiB (`MemTotal` in /proc/meminfo), or 8 GiB where that is unknown.
+fn machine_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|info| {
+            let line = info.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib >> 10)
+        })
+        .unwrap_or(8 << 10)
 }
 
 /// How often a running guest's stderr is sent on.
@@ -805,6 +858,46 @@ async fn execute(
             })),
         })
         .await;
+    // `module` checked that the bytes hash to the task's module hash.
+    let sha256: [u8; 32] = hex::decode(&a.module_hash)
+        .ok()
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| format!("module hash {} is not a SHA-256", a.module_hash))?;
+    // Compile first: a module this node cannot compile now (its compilers busy, or too slow
+    // for it under its load) is no result of the task. Leave it to another node, whose lease
+    // the scheduler gives once this one's runs out, rather than settle it as invalid.
+    let (runner, module_bytes) = (shared.clone(), wasm.clone());
+    let prepared =
+        tokio::task::spawn_blocking(move || runner.sandbox.prepare_hashed(sha256, &module_bytes))
+            .await
+            .map_err(|e| format!("sandbox crashed: {e}"))?;
+    if let Some(e) = prepared.err().filter(|e| e.is_node_condition()) {
+        return leave(
+            outbox,
+            &a.attempt_id,
+            format!("{e}; this node leaves the task to another"),
+        )
+        .await;
+    }
+    // Guests' memory limits share the node's budget: a task waits for its own to be free, so
+    // that tasks which all touch their whole limit cannot together exhaust the machine.
+    let wanted = a.memory_limit_mib.max(1);
+    if wanted > shared.memory_budget_mib {
+        let note = format!(
+            "the task may use {wanted} MiB of memory; this node's guest memory budget is {} MiB, so it leaves the task to another",
+            shared.memory_budget_mib
+        );
+        return leave(outbox, &a.attempt_id, note).await;
+    }
+    if shared.memory.available_permits() < wanted as usize {
+        tracing::info!(attempt_id = %a.attempt_id, mib = wanted, "waiting for guest memory");
+    }
+    let _memory = shared
+        .memory
+        .clone()
+        .acquire_many_owned(wanted)
+        .await
+        .map_err(|e| e.to_string())?;
     // The guest's stderr reaches the submitter while it runs, as log events on WatchTask.
     let (log_tx, log_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let forwarder = tokio::spawn(forward_logs(log_rx, a.attempt_id.clone(), outbox.clone()));
@@ -823,11 +916,6 @@ async fn execute(
     let wasm_for_proof = wasm.clone();
     let (task_id, input) = (a.task_id.clone(), a.input.clone());
     // Guests run on the blocking pool, never on the async runtime's threads.
-    // `module` checked that the bytes hash to the task's module hash.
-    let sha256: [u8; 32] = hex::decode(&a.module_hash)
-        .ok()
-        .and_then(|h| h.try_into().ok())
-        .ok_or_else(|| format!("module hash {} is not a SHA-256", a.module_hash))?;
     let outcome = tokio::task::spawn_blocking(move || {
         runner
             .sandbox

@@ -168,3 +168,104 @@ async fn guest_logs_stream_while_the_task_runs() {
     );
     sb.mesh.stop().await;
 }
+
+/// A node that floods progress (each event within the per-event size, many of them) cannot
+/// put more than 64 KiB of guest log into a task's events; its plain progress still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_flooding_logs_is_held_to_the_task_budget() {
+    let sb = start(0).await;
+    let fake = crate::fake_node::enroll(&sb, "operator-chatty", 1).await;
+    let (up, mut down, receipt_key) = (fake.up, fake.down, fake.receipt_key);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let mut s = sb.api.scheduler().unwrap();
+    let task = submit(&mut s, &Job::new(sha.wasm, b"chatty"))
+        .await
+        .unwrap();
+    let a = loop {
+        let msg = down.message().await.unwrap().expect("an assignment");
+        if let Some(scheduler_message::Kind::Assignment(a)) = msg.kind {
+            break a;
+        }
+    };
+    let send = |kind| {
+        let up = up.clone();
+        async move { up.send(WorkerMessage { kind: Some(kind) }).await.unwrap() }
+    };
+    send(worker_message::Kind::Started(TaskStarted {
+        attempt_id: a.attempt_id.clone(),
+    }))
+    .await;
+    // 40 events of 4,000 characters each (2.4 times the budget), with a two-byte character so
+    // that the budget counts characters, then plain progress.
+    for i in 0..40 {
+        send(worker_message::Kind::Progress(TaskProgress {
+            attempt_id: a.attempt_id.clone(),
+            message: format!("flood {i}"),
+            log: "é".repeat(4000),
+        }))
+        .await;
+    }
+    for i in 0..3 {
+        send(worker_message::Kind::Progress(TaskProgress {
+            attempt_id: a.attempt_id.clone(),
+            message: format!("still working {i}"),
+            log: String::new(),
+        }))
+        .await;
+    }
+    let output = zkmesh_guests::reference_output("sha256", b"chatty").unwrap();
+    let mut receipt = Receipt {
+        task_id: a.task_id.clone(),
+        module_hash: a.module_hash.clone(),
+        input_hash: zkmesh_kit::sha256_hex(&a.input),
+        output_hash: zkmesh_kit::sha256_hex(&output),
+        fuel_used: 1,
+        exit: ExitKind::Ok as i32,
+        node_id: fake.node_id.clone(),
+        signature: vec![],
+    };
+    zkmesh_kit::receipt::sign(&mut receipt, &receipt_key).unwrap();
+    send(worker_message::Kind::Report(TaskReport {
+        attempt_id: a.attempt_id.clone(),
+        output,
+        exit: ExitKind::Ok as i32,
+        exit_message: "completed".into(),
+        fuel_used: 1,
+        receipt: Some(receipt),
+        run_time_us: 1,
+        ..Default::default()
+    }))
+    .await;
+    let result = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        zkmesh_cli::client::wait(&mut s, &task.task_id, |_| {}),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(result.state(), TaskState::Settled);
+    let mut events = s
+        .watch_task(TaskRef {
+            task_id: task.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let (mut log_chars, mut cut_notes, mut floods, mut plain) = (0, 0, 0, 0);
+    while let Some(e) = events.message().await.unwrap() {
+        log_chars += e.log.chars().count();
+        cut_notes += e.message.contains("past 64 KiB") as usize;
+        floods += e.message.starts_with("flood") as usize;
+        plain += e.message.starts_with("still working") as usize;
+    }
+    assert_eq!(
+        log_chars,
+        64 << 10,
+        "the budget is filled exactly, not exceeded"
+    );
+    assert_eq!(cut_notes, 1, "the cut is announced once");
+    assert_eq!(floods, 16, "16 whole events fit in 65,536 characters");
+    assert_eq!(plain, 3, "progress without a log is not held back");
+    sb.mesh.stop().await;
+}
