@@ -11,6 +11,11 @@
 //!   then the artifact. A file whose tag does not match (edited, truncated, copied from another
 //!   worker, or written by anyone without the key) is deleted and the module recompiled.
 //!
+//! - The directory is held to a byte budget: after each store, the least recently used `.cwasm`
+//!   files (by modification time, which a load refreshes) are deleted until the rest fit, and an
+//!   artifact larger than the whole budget is not stored at all. Artifacts of other engines
+//!   (an older wasmtime) count too, and so go first.
+//!
 //! Anyone who can read `cache.key` can forge artifacts; that is someone who already has the
 //! worker's own account, which is the trust boundary of any on-disk cache.
 
@@ -38,11 +43,17 @@ pub(crate) struct DiskCache {
     pub(crate) key: [u8; 32],
     /// Hex of the engine's compatibility hash, part of every file name and tag.
     engine: String,
+    /// The most bytes of `.cwasm` files the directory may hold.
+    max_bytes: u64,
 }
 
 impl DiskCache {
     /// Opens (creating if needed) the cache in `dir` for an engine with `engine_hash`.
-    pub(crate) fn open(dir: &Path, engine_hash: [u8; 32]) -> std::io::Result<DiskCache> {
+    pub(crate) fn open(
+        dir: &Path,
+        engine_hash: [u8; 32],
+        max_bytes: u64,
+    ) -> std::io::Result<DiskCache> {
         fs::create_dir_all(dir)?;
         let key_path = dir.join("cache.key");
         let key = match fs::read(&key_path) {
@@ -78,6 +89,7 @@ impl DiskCache {
             dir: dir.to_path_buf(),
             key,
             engine: hex::encode(&engine_hash[..16]),
+            max_bytes,
         };
         cache.sweep();
         Ok(cache)
@@ -116,6 +128,10 @@ impl DiskCache {
         if mac.verify_slice(tag).is_err() {
             return Err(self.reject(&path, "its MAC does not match this worker's key".into()));
         }
+        // Recently used: last in line for eviction.
+        if let Ok(f) = fs::File::options().write(true).open(&path) {
+            let _ = f.set_modified(std::time::SystemTime::now());
+        }
         Ok(artifact.to_vec())
     }
 
@@ -128,6 +144,15 @@ impl DiskCache {
     /// Stores `artifact` for `module` (atomically: a reader sees the old file or the new one).
     pub(crate) fn store(&self, module: &[u8; 32], artifact: &[u8]) -> std::io::Result<()> {
         let path = self.path(module);
+        let size = (MAGIC.len() + TAG_LEN + artifact.len()) as u64;
+        if size > self.max_bytes {
+            tracing::info!(
+                bytes = size,
+                budget = self.max_bytes,
+                "compiled module larger than the whole cache budget: not cached"
+            );
+            return Ok(());
+        }
         // A name no other writer (thread or process) uses; a crash can leave it behind, and
         // `open` removes such leftovers once they are old.
         let tmp = self.dir.join(format!("{}.tmp", random_hex()));
@@ -145,7 +170,35 @@ impl DiskCache {
         if written.is_err() {
             let _ = fs::remove_file(&tmp);
         }
-        written
+        written?;
+        self.evict(&path);
+        Ok(())
+    }
+
+    /// Deletes the least recently used artifacts (never `keep`) until the rest fit the budget.
+    fn evict(&self, keep: &Path) {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        let mut files: Vec<(std::time::SystemTime, u64, PathBuf)> = entries
+            .flatten()
+            .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+            .filter_map(|e| {
+                let m = e.metadata().ok()?;
+                Some((m.modified().ok()?, m.len(), e.path()))
+            })
+            .collect();
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        files.sort();
+        for (_, size, path) in files {
+            if total <= self.max_bytes {
+                break;
+            }
+            if path != keep && fs::remove_file(&path).is_ok() {
+                tracing::info!(path = %path.display(), bytes = size, "compiled module evicted from the cache");
+                total -= size;
+            }
+        }
     }
 
     /// Removes temporary files more than an hour old: left by a writer that crashed (a live

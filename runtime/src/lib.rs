@@ -111,6 +111,8 @@ pub struct SandboxConfig {
     pub cache_entries: usize,
     /// Compiled modules are kept here across restarts (None: in memory only).
     pub cache_dir: Option<PathBuf>,
+    /// The most bytes of compiled modules kept in `cache_dir`; the least recently used go first.
+    pub cache_max_bytes: u64,
     /// Guests that may run at once; [`Sandbox::run`] waits for a free slot.
     pub slots: u32,
     /// Take instances from a pool of `slots` pre-reserved slots (the pooling allocator) rather
@@ -149,6 +151,7 @@ impl Default for SandboxConfig {
             epoch_tick: Duration::from_millis(10),
             cache_entries: 256,
             cache_dir: None,
+            cache_max_bytes: 1 << 30,
             slots: 2,
             pooling: true,
             max_memory_bytes: 4 << 30,
@@ -498,9 +501,10 @@ impl Sandbox {
         let engine = Engine::new(&wc).map_err(|e| ModuleError::Invalid(format!("engine: {e}")))?;
         let disk = match &config.cache_dir {
             Some(dir) => Some(
-                cache::DiskCache::open(dir, cache::engine_hash(&engine)).map_err(|e| {
-                    ModuleError::Invalid(format!("compile cache {}: {e}", dir.display()))
-                })?,
+                cache::DiskCache::open(dir, cache::engine_hash(&engine), config.cache_max_bytes)
+                    .map_err(|e| {
+                        ModuleError::Invalid(format!("compile cache {}: {e}", dir.display()))
+                    })?,
             ),
             None => None,
         };

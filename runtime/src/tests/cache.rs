@@ -134,7 +134,7 @@ fn sandboxes_opening_one_new_cache_at_once_agree_on_its_key() {
                 let (dir, barrier) = (dir.path().to_path_buf(), barrier.clone());
                 std::thread::spawn(move || {
                     barrier.wait();
-                    crate::cache::DiskCache::open(&dir, [7; 32]).map(|c| c.key)
+                    crate::cache::DiskCache::open(&dir, [7; 32], 1 << 30).map(|c| c.key)
                 })
             })
             .collect();
@@ -155,7 +155,7 @@ fn sandboxes_opening_one_new_cache_at_once_agree_on_its_key() {
 #[test]
 fn threads_storing_one_artifact_at_once_leave_one_good_file() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = Arc::new(crate::cache::DiskCache::open(dir.path(), [7; 32]).unwrap());
+    let cache = Arc::new(crate::cache::DiskCache::open(dir.path(), [7; 32], 1 << 30).unwrap());
     let artifact = vec![0xa5u8; 1 << 20];
     let writers: Vec<_> = (0..4)
         .map(|_| {
@@ -172,4 +172,40 @@ fn threads_storing_one_artifact_at_once_leave_one_good_file() {
         2,
         "key and artifact"
     );
+}
+
+#[test]
+fn the_cache_keeps_to_its_budget_evicting_the_least_recently_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let artifact = vec![0x5au8; 100_000];
+    // Room for two files of 100,040 bytes (header and artifact), not three.
+    let cache = crate::cache::DiskCache::open(dir.path(), [7; 32], 250_000).unwrap();
+    let age = |module: u8, secs: u64| {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(cache.path(&[module; 32]))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(secs))
+            .unwrap();
+    };
+    cache.store(&[1; 32], &artifact).unwrap();
+    age(1, 300);
+    cache.store(&[2; 32], &artifact).unwrap();
+    age(2, 200);
+    // Module 1 is used again, so module 2 is now the least recently used.
+    assert_eq!(cache.load(&[1; 32]).unwrap(), artifact);
+    cache.store(&[3; 32], &artifact).unwrap();
+    assert!(cache.load(&[1; 32]).is_ok());
+    assert!(matches!(
+        cache.load(&[2; 32]),
+        Err(crate::cache::Miss::Absent)
+    ));
+    assert!(cache.load(&[3; 32]).is_ok());
+    // An artifact bigger than the whole budget is not stored, and evicts nothing.
+    cache.store(&[4; 32], &vec![0u8; 300_000]).unwrap();
+    assert!(matches!(
+        cache.load(&[4; 32]),
+        Err(crate::cache::Miss::Absent)
+    ));
+    assert!(cache.load(&[1; 32]).is_ok() && cache.load(&[3; 32]).is_ok());
 }

@@ -41,6 +41,8 @@ pub struct MeshOptions {
     pub setup_classes: Vec<String>,
     /// Upload and workers refuse a module that takes longer than this to compile.
     pub compile_timeout_secs: u64,
+    /// Each worker's guest memory budget in MiB (0: three quarters of the machine's RAM).
+    pub worker_memory_budget_mib: u64,
 }
 
 /// Where embedded meshes keep circuit keys: `$ZKMESH_KEYS_DIR`, else the user's cache.
@@ -71,6 +73,7 @@ impl MeshOptions {
             keys_dir: default_keys_dir(),
             setup_classes: vec![],
             compile_timeout_secs: 20,
+            worker_memory_budget_mib: 0,
         }
     }
 }
@@ -308,10 +311,11 @@ impl LocalMesh {
             slots: self.options.worker_slots,
             heartbeat_secs: self.options.heartbeat_secs,
             approval_timeout_secs: 60,
-            memory_budget_mib: 0,
+            memory_budget_mib: self.options.worker_memory_budget_mib,
             verifier_endpoint: Some(self.client.verifier.clone()),
             keys_dir: Some(self.options.keys_dir.clone()),
             compile_cache_dir: None,
+            compile_cache_max_mib: 1024,
             compile_timeout_secs: self.options.compile_timeout_secs,
             metrics_addr: self
                 .options

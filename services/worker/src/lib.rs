@@ -62,7 +62,11 @@ pub struct WorkerConfig {
     /// artifacts this node compiled, authenticated by the cache's own key, are ever loaded.
     #[serde(default)]
     pub compile_cache_dir: Option<PathBuf>,
-    /// A module that takes longer than this to compile is refused as invalid.
+    /// The most MiB of compiled modules kept there; the least recently used are deleted first.
+    #[serde(default = "defaults::compile_cache_max_mib")]
+    pub compile_cache_max_mib: u64,
+    /// A module that takes longer than this to compile here is abandoned, and the task left to
+    /// another node.
     #[serde(default = "defaults::compile_timeout")]
     pub compile_timeout_secs: u64,
     /// Serve Prometheus metrics (`GET /metrics`) here, e.g. `127.0.0.1:9464`.
@@ -79,6 +83,9 @@ mod defaults {
     }
     pub fn heartbeat() -> u64 {
         3
+    }
+    pub fn compile_cache_max_mib() -> u64 {
+        1024
     }
     pub fn compile_timeout() -> u64 {
         20
@@ -388,6 +395,7 @@ async fn run(
                 .clone()
                 .unwrap_or_else(|| config.data_dir.join("compiled")),
         ),
+        cache_max_bytes: config.compile_cache_max_mib << 20,
         compile_timeout: Duration::from_secs(config.compile_timeout_secs.max(1)),
         ..SandboxConfig::default()
     })

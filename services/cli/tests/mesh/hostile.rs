@@ -269,3 +269,70 @@ async fn a_node_flooding_logs_is_held_to_the_task_budget() {
     assert_eq!(plain, 3, "progress without a log is not held back");
     sb.mesh.stop().await;
 }
+
+/// A module no worker's instance pool could take (here, a table of 300,000 elements, past the
+/// pool's 2^18) is refused at upload, not accepted and then failed on every worker.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_past_the_pools_limits_is_refused_at_upload() {
+    let sb = start(0).await;
+    let wasm = wat::parse_str(
+        r#"(module
+          (import "zkmesh" "write_output" (func $out (param i32 i32)))
+          (memory (export "memory") 1)
+          (table 300000 funcref)
+          (func (export "run") (call $out (i32.const 0) (i32.const 0))))"#,
+    )
+    .unwrap();
+    let err = run(&sb.api, &Job::new(&wasm, b"")).await.unwrap_err();
+    assert_eq!(
+        err.code(),
+        tonic::Code::InvalidArgument,
+        "{}",
+        err.message()
+    );
+    assert!(
+        err.message().contains("invalid module"),
+        "{}",
+        err.message()
+    );
+    sb.mesh.stop().await;
+}
+
+/// A task whose memory limit is more than a node's guest memory budget is left to other nodes
+/// (here there are none, so it fails after its attempts), saying why; smaller ones run there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_leaves_a_task_larger_than_its_memory_budget_to_others() {
+    let sb = start_with(1, |o| o.worker_memory_budget_mib = 64).await;
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let small = Job {
+        memory_mib: 32,
+        ..Job::new(sha.wasm, b"fits")
+    };
+    let (_, result) = run(&sb.api, &small).await.unwrap();
+    assert_verified(
+        &result,
+        &zkmesh_guests::reference_output("sha256", b"fits").unwrap(),
+    );
+    let large = Job {
+        memory_mib: 128,
+        ..Job::new(sha.wasm, b"too big for this node")
+    };
+    let (task, result) = run(&sb.api, &large).await.unwrap();
+    assert_eq!(result.state(), TaskState::Failed, "{result:?}");
+    let mut events = sb
+        .api
+        .scheduler()
+        .unwrap()
+        .watch_task(TaskRef {
+            task_id: task.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut said_why = false;
+    while let Some(e) = events.message().await.unwrap() {
+        said_why |= e.message.contains("guest memory budget is 64 MiB");
+    }
+    assert!(said_why, "the node says why it leaves the task");
+    sb.mesh.stop().await;
+}
