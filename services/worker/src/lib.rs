@@ -725,19 +725,33 @@ async fn module(
         .map_err(|e| e.message().to_string())?
     {
         bytes.extend_from_slice(&chunk.chunk);
+        if bytes.len() > MAX_MODULE_BYTES {
+            return Err(format!(
+                "module {hash} is over {} MiB: not a module this node runs",
+                MAX_MODULE_BYTES >> 20
+            ));
+        }
     }
     // Content addressing: run exactly the module the task names, whatever the scheduler sent.
     if sha256_hex(&bytes) != hash {
         return Err(format!("module download does not hash to {hash}"));
     }
     let bytes = Arc::new(bytes);
-    shared
-        .modules
-        .lock()
-        .unwrap()
-        .insert(hash.to_string(), bytes.clone());
+    let mut modules = shared.modules.lock().unwrap();
+    // Downloaded modules are kept (for the next task and for proving) up to a bound; past it
+    // the map starts afresh, and a module needed again is fetched again.
+    let held: usize = modules.values().map(|m| m.len()).sum();
+    if held + bytes.len() > MODULES_HELD_BYTES {
+        modules.clear();
+    }
+    modules.insert(hash.to_string(), bytes.clone());
     Ok(bytes)
 }
+
+/// The largest module a worker downloads (the scheduler's upload limit, and the sandbox's).
+const MAX_MODULE_BYTES: usize = 64 << 20;
+/// Bytes of downloaded modules a worker keeps in memory.
+const MODULES_HELD_BYTES: usize = 256 << 20;
 
 /// Sends a running guest's stderr as `Progress` log events, at most one every
 /// [`LOG_INTERVAL`], each cut at a UTF-8 character boundary; ends when the sandbox drops its
