@@ -111,3 +111,22 @@ fn every_guest_gives_the_same_output_and_fuel_on_two_workers() {
     assert_eq!(a.stats().disk_hits, zkmesh_guests::all().len() as u64);
     assert_eq!(b.stats().disk_hits, 0);
 }
+
+/// Machine code does not depend on the host's CPU: an engine that detects nothing about its host
+/// (a cross-compiling one for x86-64 Linux, all optional features off) and then takes the
+/// sandbox's settings is the same engine as the sandbox's own on this host, whose CPU may have
+/// AVX2, BMI2 and more. So stack frames, and where recursion exhausts the stack, are the same on
+/// every node.
+#[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+#[test]
+fn compiled_code_does_not_depend_on_the_hosts_cpu_features() {
+    let config = SandboxConfig::default();
+    let native = Sandbox::new(config.clone()).unwrap();
+    let mut wc = engine_config(&config);
+    wc.target("x86_64-unknown-linux-gnu").unwrap();
+    let featureless = Engine::new(&wc).unwrap();
+    assert_eq!(
+        crate::cache::engine_hash(&featureless),
+        crate::cache::engine_hash(&native.engine)
+    );
+}
