@@ -128,11 +128,21 @@ impl DiskCache {
         if mac.verify_slice(tag).is_err() {
             return Err(self.reject(&path, "its MAC does not match this worker's key".into()));
         }
-        // Recently used: last in line for eviction.
-        if let Ok(f) = fs::File::options().write(true).open(&path) {
-            let _ = f.set_modified(std::time::SystemTime::now());
-        }
+        self.touch(module);
         Ok(artifact.to_vec())
+    }
+
+    /// Marks `module`'s artifact as just used: last in line for eviction. (Setting the time
+    /// needs ownership of the file, not write permission.)
+    pub(crate) fn touch(&self, module: &[u8; 32]) {
+        let path = self.path(module);
+        let touched =
+            fs::File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
+        if let Err(e) = touched {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "could not mark a cached module as used");
+            }
+        }
     }
 
     fn reject(&self, path: &Path, why: String) -> Miss {

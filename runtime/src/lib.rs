@@ -414,7 +414,13 @@ struct Compiled {
     pre: InstancePre<Host>,
     /// The largest initial size of a memory the module defines, in bytes.
     initial_memory: u64,
+    /// When its disk-cache file was last marked as used.
+    disk_touched: Mutex<Instant>,
 }
+
+/// How often a module served from memory has its disk-cache file marked as used, so that the
+/// disk cache's least recently used files are not the ones hottest in memory.
+const DISK_TOUCH_EVERY: Duration = Duration::from_secs(600);
 
 /// Removes a module's compile lock from [`Sandbox::compiling`] when its holder is done, unless
 /// a newer lock has replaced it.
@@ -435,6 +441,11 @@ impl Drop for CompilingEntry<'_> {
         }
     }
 }
+
+/// A module compiled (or found cached) for a sandbox, ready to run with
+/// [`Sandbox::run_prepared`].
+#[derive(Clone)]
+pub struct Prepared(Arc<Compiled>);
 
 /// A worker's (or the scheduler's) wasmtime sandbox.
 pub struct Sandbox {
@@ -563,8 +574,8 @@ impl Sandbox {
     /// Compiles `wasm` (or finds it cached) without running it, so that a caller can tell a
     /// module this node cannot compile now ([`ModuleError::is_node_condition`]) from a task
     /// result. `sha256` must be the hash of `wasm`, as for [`Sandbox::run_hashed`].
-    pub fn prepare_hashed(&self, sha256: [u8; 32], wasm: &[u8]) -> Result<(), ModuleError> {
-        self.compile_keyed(sha256, wasm).map(|_| ())
+    pub fn prepare_hashed(&self, sha256: [u8; 32], wasm: &[u8]) -> Result<Prepared, ModuleError> {
+        self.compile_keyed(sha256, wasm).map(Prepared)
     }
 
     /// `key` is the SHA-256 of `wasm`.
@@ -603,9 +614,17 @@ impl Sandbox {
 
     /// The compiled module from memory, or `Err` if its compile was abandoned before.
     fn cached(&self, key: &[u8; 32]) -> Result<Option<Arc<Compiled>>, ModuleError> {
-        if let Some(hit) = self.cache.lock().unwrap().get(key) {
+        let hit = self.cache.lock().unwrap().get(key).cloned();
+        if let Some(hit) = hit {
             bump(&self.counters.memory_hits);
-            return Ok(Some(hit.clone()));
+            if let Some(disk) = &self.disk {
+                let mut touched = hit.disk_touched.lock().unwrap();
+                if touched.elapsed() >= DISK_TOUCH_EVERY {
+                    disk.touch(key);
+                    *touched = Instant::now();
+                }
+            }
+            return Ok(Some(hit));
         }
         let mut too_slow = self.too_slow.lock().unwrap();
         too_slow.retain(|_, at| at.elapsed() < TOO_SLOW_FOR);
@@ -653,6 +672,7 @@ impl Sandbox {
             imports,
             pre,
             initial_memory,
+            disk_touched: Mutex::new(Instant::now()),
         });
         let mut cache = self.cache.lock().unwrap();
         if cache.len() >= self.config.cache_entries {
@@ -679,6 +699,8 @@ impl Sandbox {
             },
             wasi: None,
             random: None,
+            deadline: Instant::now() + Duration::from_secs(3600),
+            cancel: None,
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
@@ -787,6 +809,41 @@ impl Sandbox {
         limits: &Limits,
         seed: &[u8],
     ) -> Outcome {
+        match self.compile_keyed(sha256, wasm) {
+            Ok(compiled) => self.run_prepared(&Prepared(compiled), input, limits, seed),
+            Err(e) => self.refused(&e, limits),
+        }
+    }
+
+    /// The outcome of a task whose module could not be prepared: `invalid_module` or
+    /// `forbidden_import`, billed nothing.
+    pub fn refused(&self, e: &ModuleError, limits: &Limits) -> Outcome {
+        let exit = match e {
+            ModuleError::ForbiddenImport { .. } => Exit::ForbiddenImport(e.to_string()),
+            _ => Exit::InvalidModule(e.to_string()),
+        };
+        Outcome {
+            message: exit.message(limits, &self.config),
+            exit,
+            output: Vec::new(),
+            stderr: Vec::new(),
+            stderr_dropped: 0,
+            fuel_used: 0,
+            run_time: Duration::ZERO,
+            cpu_time: Duration::ZERO,
+        }
+    }
+
+    /// Runs a module [`Sandbox::prepare_hashed`] made ready: as [`Sandbox::run_hashed`], without
+    /// looking the module up again (so nothing can make it compile a second time).
+    pub fn run_prepared(
+        &self,
+        prepared: &Prepared,
+        input: &[u8],
+        limits: &Limits,
+        seed: &[u8],
+    ) -> Outcome {
+        let compiled = prepared.0.clone();
         let started = Instant::now();
         // Ended before the guest started: no guest CPU time.
         let ended = |exit: Exit, message: Option<String>| Outcome {
@@ -798,16 +855,6 @@ impl Sandbox {
             fuel_used: 0,
             run_time: started.elapsed(),
             cpu_time: Duration::ZERO,
-        };
-        let compiled = match self.compile_keyed(sha256, wasm) {
-            Ok(c) => c,
-            Err(e) => {
-                let exit = match &e {
-                    ModuleError::ForbiddenImport { .. } => Exit::ForbiddenImport(e.to_string()),
-                    _ => Exit::InvalidModule(e.to_string()),
-                };
-                return ended(exit, None);
-            }
         };
         if compiled.initial_memory > limits.memory_bytes {
             let message = format!(
@@ -844,6 +891,8 @@ impl Sandbox {
             },
             random: wasi.is_some().then(|| RandomStream::new(seed)),
             wasi,
+            deadline,
+            cancel: limits.cancel.clone(),
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
@@ -1170,6 +1219,10 @@ struct Host {
     wasi: Option<WasiP1Ctx>,
     /// WASI `random_get`'s stream, for WASI guests.
     random: Option<RandomStream>,
+    /// When the run must end, and the flag that cancels it: for host calls whose work can take
+    /// long enough to matter (the epoch deadline only reaches wasm code).
+    deadline: Instant,
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 /// The bytes WASI `random_get` returns: SHA-256 in counter mode under a key derived from the
@@ -1196,8 +1249,8 @@ impl RandomStream {
         }
     }
 
-    fn fill(&mut self, out: &mut [u8]) {
-        for byte in out {
+    fn fill(&mut self, mut out: &mut [u8]) {
+        while !out.is_empty() {
             if self.used == self.block.len() {
                 let mut h = Sha256::new();
                 h.update(self.key);
@@ -1206,8 +1259,10 @@ impl RandomStream {
                 self.counter += 1;
                 self.used = 0;
             }
-            *byte = self.block[self.used];
-            self.used += 1;
+            let n = (self.block.len() - self.used).min(out.len());
+            out[..n].copy_from_slice(&self.block[self.used..self.used + n]);
+            self.used += n;
+            out = &mut out[n..];
         }
     }
 }
@@ -1407,27 +1462,48 @@ fn poll_oneoff(
     Ok(0)
 }
 
+/// Fuel `random_get` costs per byte: the host spends a few nanoseconds a byte on SHA-256
+/// (without SHA extensions), where a unit of fuel, a wasm instruction, is a fraction of one.
+const RANDOM_FUEL_PER_BYTE: u64 = 4;
+
 /// WASI preview 1 `random_get(buf, len) -> errno`: `len` bytes of the task's deterministic
-/// stream at `buf`, for a unit of fuel per byte (the host's work is proportional to `len`).
+/// stream at `buf`, for [`RANDOM_FUEL_PER_BYTE`] units of fuel a byte, charged up front. A call
+/// can cover all of a 4 GiB memory, seconds of host work, so the deadline and the cancellation
+/// flag are checked every 64 KiB.
 fn random_get(mut caller: Caller<'_, Host>, buf: i32, len: i32) -> wasmtime::Result<i32> {
     const ERRNO_FAULT: i32 = 21;
+    const CHUNK: usize = 64 << 10;
     let (buf, len) = (buf as u32 as usize, len as u32 as usize);
     if let Ok(fuel) = caller.get_fuel() {
-        if fuel < len as u64 {
+        let cost = len as u64 * RANDOM_FUEL_PER_BYTE;
+        if fuel < cost {
             caller.set_fuel(0)?;
             return Err(wasmtime::Error::new(Trap::OutOfFuel));
         }
-        caller.set_fuel(fuel - len as u64)?;
+        caller.set_fuel(fuel - cost)?;
     }
     let memory = memory_of(&mut caller)?;
     let (mem, host) = memory.data_and_store_mut(&mut caller);
     let Some(out) = buf.checked_add(len).and_then(|end| mem.get_mut(buf..end)) else {
         return Ok(ERRNO_FAULT);
     };
-    host.random
+    let random = host
+        .random
         .as_mut()
-        .ok_or_else(|| wasmtime::Error::msg("random_get outside a WASI guest"))?
-        .fill(out);
+        .ok_or_else(|| wasmtime::Error::msg("random_get outside a WASI guest"))?;
+    for chunk in out.chunks_mut(CHUNK) {
+        if host
+            .cancel
+            .as_ref()
+            .is_some_and(|c| c.load(Ordering::Relaxed))
+        {
+            return Err(wasmtime::Error::new(Cancelled));
+        }
+        if Instant::now() >= host.deadline {
+            return Err(wasmtime::Error::new(Trap::Interrupt));
+        }
+        random.fill(chunk);
+    }
     Ok(0)
 }
 

@@ -615,15 +615,15 @@ fn random_get_is_the_tasks_own_stream_billed_by_the_byte() {
     );
     let other = sb.run(&random_guest(20_000, 0), b"", &limits, b"task-2");
     assert_ne!(other.output, out.output);
-    // A byte costs a unit of fuel: 10,000 more bytes, 10,000 more fuel.
+    // A byte costs four units of fuel: 10,000 more bytes, 40,000 more fuel.
     let fewer = sb.run(&random_guest(10_000, 0), b"", &limits, b"task-1");
-    assert_eq!(out.fuel_used - fewer.fuel_used, 10_000);
+    assert_eq!(out.fuel_used - fewer.fuel_used, 40_000);
     // More bytes than the fuel left: out of fuel, billed all of it, and no host work done.
     let tight = Limits {
         fuel: 5_000,
         ..Limits::default()
     };
-    let broke = sb.run(&random_guest(10_000, 0), b"", &tight, b"task-1");
+    let broke = sb.run(&random_guest(2_000, 0), b"", &tight, b"task-1");
     assert_eq!(broke.exit, Exit::OutOfFuel, "{}", broke.message);
     assert_eq!(broke.fuel_used, 5_000);
     // A buffer past the end of memory is EFAULT (21), not a host allocation.
@@ -631,4 +631,29 @@ fn random_get_is_the_tasks_own_stream_billed_by_the_byte() {
     assert_eq!(fault.exit, Exit::ExitCode(21), "{}", fault.message);
     let wrap = sb.run(&random_guest(16, u32::MAX - 7), b"", &limits, b"task-1");
     assert_eq!(wrap.exit, Exit::ExitCode(21), "{}", wrap.message);
+}
+
+#[test]
+fn a_huge_random_get_is_stopped_by_the_wall_clock_inside_the_call() {
+    // One call for 1 GiB: seconds of hashing on the host, where the epoch deadline cannot reach.
+    let wasm = wat(r#"(module
+        (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+        (memory (export "memory") 16384)
+        (func (export "_start") (drop (call $random (i32.const 0) (i32.const 0x40000000)))))"#);
+    let limits = Limits {
+        fuel: 1 << 40,
+        memory_bytes: 2 << 30,
+        timeout: Duration::from_millis(50),
+        ..Limits::default()
+    };
+    let sb = sandbox();
+    let started = Instant::now();
+    let out = sb.run(&wasm, b"", &limits, b"seed");
+    assert_eq!(out.exit, Exit::Timeout, "{}", out.message);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "stopped after {:?}",
+        started.elapsed()
+    );
+    still_serves(&sb);
 }

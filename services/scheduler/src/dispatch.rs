@@ -15,12 +15,15 @@ use tonic::transport::Channel;
 use zkmesh_kit::auth::RevocationList;
 use zkmesh_kit::telemetry::Metrics;
 
-/// Guest log a node may send for one task, over all its events (a worker's sandbox caps a
-/// task's stderr at 64 KiB; this holds whatever the node runs). Counted in characters.
-const MAX_LOG_CHARS: u64 = 64 << 10;
+/// Bytes of guest log a node may send for one task, over all its events, whatever it runs: a
+/// worker's sandbox keeps 64 KiB of a task's stderr, which is at most three times that once
+/// invalid UTF-8 has become U+FFFD.
+const MAX_LOG_BYTES: u64 = 3 * (64 << 10);
 /// Progress events a node may send for one task: an honest worker sends guest logs at most
-/// every 200 ms and a few prover stages, so this is hours of a chatty guest, not a flood.
-const MAX_PROGRESS_EVENTS: u64 = 4096;
+/// every 200 ms, so this is 55 minutes of a guest that writes to stderr all the time.
+const MAX_PROGRESS_EVENTS: u64 = 16_384;
+/// How the event that reaches a node's log budget for a task begins.
+const LOG_CUT_NOTE: &str = "guest log reached";
 use zkmesh_kit::{CancellationToken, now_ms, random_id, sha256_hex};
 use zkmesh_proto::ledger_service_client::LedgerServiceClient;
 use zkmesh_proto::registry_service_client::RegistryServiceClient;
@@ -450,9 +453,9 @@ impl Core {
         }
         // Bounded per node and task, over all its events, whatever the node is running: a node
         // could otherwise fill the database one capped event at a time.
-        let (events, log_used) = self
+        let (events, log_used, cut) = self
             .store
-            .progress_used(&a.task_id, node_id)
+            .progress_used(&a.task_id, node_id, LOG_CUT_NOTE)
             .await
             .map_err(db_error)?;
         if events >= MAX_PROGRESS_EVENTS {
@@ -464,20 +467,26 @@ impl Core {
             return Ok(());
         }
         let mut message: String = message.chars().take(300).collect();
-        let budget = MAX_LOG_CHARS.saturating_sub(log_used) as usize;
-        let log: String = if log.chars().count() > budget {
-            if budget == 0 {
-                // Cut before, and said so then.
+        let mut log = log;
+        if !log.is_empty() {
+            if cut {
+                // Past the budget, and said so then.
                 return Ok(());
             }
-            message = format!(
-                "guest log past {} KiB: the rest from this node is dropped",
-                MAX_LOG_CHARS >> 10
-            );
-            log.chars().take(budget).collect()
-        } else {
-            log.to_string()
-        };
+            let budget = MAX_LOG_BYTES.saturating_sub(log_used) as usize;
+            if log.len() >= budget {
+                // This event reaches the budget: keep what fits and say that the rest goes.
+                let mut end = budget;
+                while !log.is_char_boundary(end) {
+                    end -= 1;
+                }
+                log = &log[..end];
+                message = format!(
+                    "{LOG_CUT_NOTE} {} KiB: the rest from this node is dropped",
+                    MAX_LOG_BYTES >> 10
+                );
+            }
+        }
         self.emit_log(&a.task_id, TaskState::Running, &message, node_id, &log)
             .await?;
         Ok(())

@@ -545,19 +545,31 @@ impl Store {
         })
     }
 
-    /// What a node has already sent as progress for a task while it ran: the number of events
-    /// and the characters of guest log they carry.
-    pub async fn progress_used(&self, task_id: &str, node_id: &str) -> Result<(u64, u64)> {
+    /// What a node has already sent as progress for a task while it ran: the number of events,
+    /// the bytes of guest log they carry (bytes: SQLite's `LENGTH` of a text stops at its first
+    /// NUL), and whether one of them was the note `cut_note` that begins with.
+    pub async fn progress_used(
+        &self,
+        task_id: &str,
+        node_id: &str,
+        cut_note: &str,
+    ) -> Result<(u64, u64, bool)> {
         let row = sqlx::query(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(log)), 0) FROM task_events \
-             WHERE task_id = $1 AND node_id = $2 AND state = $3",
+            "SELECT COUNT(*), COALESCE(SUM(LENGTH(CAST(log AS BLOB))), 0), \
+             COALESCE(SUM(CASE WHEN substr(message, 1, length($4)) = $4 THEN 1 ELSE 0 END), 0) \
+             FROM task_events WHERE task_id = $1 AND node_id = $2 AND state = $3",
         )
         .bind(task_id)
         .bind(node_id)
         .bind(TaskState::Running as i64)
+        .bind(cut_note)
         .fetch_one(&self.pool)
         .await?;
-        Ok((row.get::<i64, _>(0) as u64, row.get::<i64, _>(1) as u64))
+        Ok((
+            row.get::<i64, _>(0) as u64,
+            row.get::<i64, _>(1) as u64,
+            row.get::<i64, _>(2) > 0,
+        ))
     }
 
     pub async fn events(&self, task_id: &str) -> Result<Vec<TaskEvent>> {

@@ -835,6 +835,13 @@ async fn leave(
     Err(note)
 }
 
+/// Returns once `flag` is set (polled: the flag is a plain atomic).
+async fn cancelled(flag: &AtomicBool) {
+    while !flag.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// The machine's RAM in MiB (`MemTotal` in /proc/meminfo), or 8 GiB where that is unknown.
 fn machine_memory_mib() -> u64 {
     std::fs::read_to_string("/proc/meminfo")
@@ -893,33 +900,36 @@ async fn execute(
         tokio::task::spawn_blocking(move || runner.sandbox.prepare_hashed(sha256, &module_bytes))
             .await
             .map_err(|e| format!("sandbox crashed: {e}"))?;
-    if let Some(e) = prepared.err().filter(|e| e.is_node_condition()) {
-        return leave(
-            outbox,
-            &a.attempt_id,
-            format!("{e}; this node leaves the task to another"),
-        )
-        .await;
+    if let Err(e) = prepared.as_ref().map(|_| ()) {
+        if e.is_node_condition() {
+            let note = format!("{e}; this node leaves the task to another");
+            return leave(outbox, &a.attempt_id, note).await;
+        }
     }
     // Guests' memory limits share the node's budget: a task waits for its own to be free, so
-    // that tasks which all touch their whole limit cannot together exhaust the machine.
-    let wanted = a.memory_limit_mib.max(1);
-    if wanted > shared.memory_budget_mib {
-        let note = format!(
-            "the task may use {wanted} MiB of memory; this node's guest memory budget is {} MiB, so it leaves the task to another",
-            shared.memory_budget_mib
-        );
-        return leave(outbox, &a.attempt_id, note).await;
+    // that tasks which all touch their whole limit cannot together exhaust the machine. (A
+    // module that did not compile is reported at once, without waiting.)
+    let mut memory = None;
+    if prepared.is_ok() {
+        let wanted = a.memory_limit_mib.max(1);
+        if wanted > shared.memory_budget_mib {
+            let note = format!(
+                "the task may use {wanted} MiB of memory; this node's guest memory budget is {} MiB, so it leaves the task to another",
+                shared.memory_budget_mib
+            );
+            return leave(outbox, &a.attempt_id, note).await;
+        }
+        if shared.memory.available_permits() < wanted as usize {
+            tracing::info!(attempt_id = %a.attempt_id, mib = wanted, "waiting for guest memory");
+        }
+        let permit = tokio::select! {
+            permit = shared.memory.clone().acquire_many_owned(wanted) => {
+                permit.map_err(|e| e.to_string())?
+            }
+            () = cancelled(&cancel) => return Ok(()),
+        };
+        memory = Some(permit);
     }
-    if shared.memory.available_permits() < wanted as usize {
-        tracing::info!(attempt_id = %a.attempt_id, mib = wanted, "waiting for guest memory");
-    }
-    let _memory = shared
-        .memory
-        .clone()
-        .acquire_many_owned(wanted)
-        .await
-        .map_err(|e| e.to_string())?;
     // The guest's stderr reaches the submitter while it runs, as log events on WatchTask.
     let (log_tx, log_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let forwarder = tokio::spawn(forward_logs(log_rx, a.attempt_id.clone(), outbox.clone()));
@@ -937,14 +947,18 @@ async fn execute(
     let runner = shared.clone();
     let wasm_for_proof = wasm.clone();
     let (task_id, input) = (a.task_id.clone(), a.input.clone());
-    // Guests run on the blocking pool, never on the async runtime's threads.
-    let outcome = tokio::task::spawn_blocking(move || {
-        runner
+    // Guests run on the blocking pool, never on the async runtime's threads. The module is the
+    // one just prepared: it is not looked up (and cannot be compiled) again.
+    let outcome = tokio::task::spawn_blocking(move || match prepared {
+        Ok(module) => runner
             .sandbox
-            .run_hashed(sha256, &wasm, &input, &limits, task_id.as_bytes())
+            .run_prepared(&module, &input, &limits, task_id.as_bytes()),
+        Err(e) => runner.sandbox.refused(&e, &limits),
     })
     .await
     .map_err(|e| format!("sandbox crashed: {e}"))?;
+    // The guest is done with its memory (proving, if any, is not counted against it).
+    drop(memory);
     // The sink went with the guest's store: the forwarder sends what is left and ends.
     let _ = forwarder.await;
     if cancel.load(Ordering::Relaxed) {

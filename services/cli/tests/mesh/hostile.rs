@@ -170,7 +170,9 @@ async fn guest_logs_stream_while_the_task_runs() {
 }
 
 /// A node that floods progress (each event within the per-event size, many of them) cannot
-/// put more than 64 KiB of guest log into a task's events; its plain progress still goes through.
+/// put more than its budget of guest log (192 KiB) into a task's events, even with logs that
+/// start with a NUL (which SQLite's `LENGTH` of a text would count as empty); its plain
+/// progress still goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_flooding_logs_is_held_to_the_task_budget() {
     let sb = start(0).await;
@@ -196,13 +198,13 @@ async fn a_node_flooding_logs_is_held_to_the_task_budget() {
         attempt_id: a.attempt_id.clone(),
     }))
     .await;
-    // 40 events of 4,000 characters each (2.4 times the budget), with a two-byte character so
-    // that the budget counts characters, then plain progress.
+    // 40 events of 8,001 bytes each (1.6 times the budget): a NUL, then two-byte characters,
+    // so that the cut must fall between characters. Then plain progress.
     for i in 0..40 {
         send(worker_message::Kind::Progress(TaskProgress {
             attempt_id: a.attempt_id.clone(),
             message: format!("flood {i}"),
-            log: "é".repeat(4000),
+            log: format!("\0{}", "é".repeat(4000)),
         }))
         .await;
     }
@@ -252,20 +254,21 @@ async fn a_node_flooding_logs_is_held_to_the_task_budget() {
         .await
         .unwrap()
         .into_inner();
-    let (mut log_chars, mut cut_notes, mut floods, mut plain) = (0, 0, 0, 0);
+    let (mut log_bytes, mut cut_notes, mut floods, mut plain) = (0, 0, 0, 0);
     while let Some(e) = events.message().await.unwrap() {
-        log_chars += e.log.chars().count();
-        cut_notes += e.message.contains("past 64 KiB") as usize;
+        log_bytes += e.log.len();
+        cut_notes += e.message.contains("guest log reached 192 KiB") as usize;
         floods += e.message.starts_with("flood") as usize;
         plain += e.message.starts_with("still working") as usize;
     }
+    // 24 whole events (192,024 bytes), then the 25th cut to the last character that fits.
     assert_eq!(
-        log_chars,
-        64 << 10,
-        "the budget is filled exactly, not exceeded"
+        log_bytes,
+        192_024 + 4_583,
+        "the budget is filled, not exceeded"
     );
     assert_eq!(cut_notes, 1, "the cut is announced once");
-    assert_eq!(floods, 16, "16 whole events fit in 65,536 characters");
+    assert_eq!(floods, 24, "24 whole events fit in 196,608 bytes");
     assert_eq!(plain, 3, "progress without a log is not held back");
     sb.mesh.stop().await;
 }
