@@ -138,10 +138,10 @@ impl DiskCache {
         let path = self.path(module);
         let touched =
             fs::File::open(&path).and_then(|f| f.set_modified(std::time::SystemTime::now()));
-        if let Err(e) = touched {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %path.display(), error = %e, "could not mark a cached module as used");
-            }
+        if let Err(e) = touched
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %path.display(), error = %e, "could not mark a cached module as used");
         }
     }
 

@@ -487,7 +487,7 @@ impl Core {
                 );
             }
         }
-        self.emit_log(&a.task_id, TaskState::Running, &message, node_id, &log)
+        self.emit_log(&a.task_id, TaskState::Running, &message, node_id, log)
             .await?;
         Ok(())
     }

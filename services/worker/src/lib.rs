@@ -900,11 +900,11 @@ async fn execute(
         tokio::task::spawn_blocking(move || runner.sandbox.prepare_hashed(sha256, &module_bytes))
             .await
             .map_err(|e| format!("sandbox crashed: {e}"))?;
-    if let Err(e) = prepared.as_ref().map(|_| ()) {
-        if e.is_node_condition() {
-            let note = format!("{e}; this node leaves the task to another");
-            return leave(outbox, &a.attempt_id, note).await;
-        }
+    if let Err(e) = &prepared
+        && e.is_node_condition()
+    {
+        let note = format!("{e}; this node leaves the task to another");
+        return leave(outbox, &a.attempt_id, note).await;
     }
     // Guests' memory limits share the node's budget: a task waits for its own to be free, so
     // that tasks which all touch their whole limit cannot together exhaust the machine. (A
