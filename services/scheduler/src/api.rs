@@ -434,6 +434,9 @@ impl SchedulerApi for SchedulerService {
                         core.on_progress(&node_id, &p.attempt_id, &p.message, &p.log)
                             .await
                     }
+                    worker_message::Kind::Declined(d) => {
+                        core.on_declined(&node_id, &d.attempt_id, &d.reason).await
+                    }
                     worker_message::Kind::Report(r) => {
                         // Judging and settling take calls to the verifier and the ledger: do not
                         // hold up this worker's next messages meanwhile.

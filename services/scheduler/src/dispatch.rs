@@ -492,6 +492,20 @@ impl Core {
         Ok(())
     }
 
+    /// A node gives an attempt back unrun: as a lapsed lease, at once, with the node's reason.
+    pub async fn on_declined(&self, node_id: &str, attempt_id: &str, reason: &str) -> Result<()> {
+        let Some(a) = self.store.attempt(attempt_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if a.node_id != node_id {
+            return Ok(());
+        }
+        let reason: String = reason.chars().take(300).collect();
+        tracing::info!(node_id, attempt_id, %reason, "attempt declined");
+        self.expire(&a, &format!("node {node_id} gave the task back: {reason}"))
+            .await
+    }
+
     pub async fn on_heartbeat(&self, node_id: &str, running: &[String]) -> Result<()> {
         let until = now_ms() + self.config.lease_secs as i64 * 1000;
         self.store

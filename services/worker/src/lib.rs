@@ -816,8 +816,8 @@ async fn forward_logs(
     }
 }
 
-/// Gives up an attempt this node cannot run, saying why on the task's events: it sends no report,
-/// so the scheduler hands the task to another node when this one's lease runs out.
+/// Gives back an attempt this node cannot run, with the reason: the scheduler puts the task
+/// back in the queue at once, for another node (and says why on the task's events).
 async fn leave(
     outbox: &mpsc::Sender<WorkerMessage>,
     attempt_id: &str,
@@ -825,10 +825,9 @@ async fn leave(
 ) -> Result<(), String> {
     let _ = outbox
         .send(WorkerMessage {
-            kind: Some(worker_message::Kind::Progress(TaskProgress {
+            kind: Some(worker_message::Kind::Declined(TaskDeclined {
                 attempt_id: attempt_id.to_string(),
-                message: note.clone(),
-                log: String::new(),
+                reason: note.clone(),
             })),
         })
         .await;

@@ -301,8 +301,9 @@ async fn a_module_past_the_pools_limits_is_refused_at_upload() {
     sb.mesh.stop().await;
 }
 
-/// A task whose memory limit is more than a node's guest memory budget is left to other nodes
-/// (here there are none, so it fails after its attempts), saying why; smaller ones run there.
+/// A task whose memory limit is more than a node's guest memory budget is given back for other
+/// nodes at once (here there are none, so it fails after its attempts, without waiting for
+/// leases to lapse), saying why; smaller ones run there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_leaves_a_task_larger_than_its_memory_budget_to_others() {
     let sb = start_with(1, |o| o.worker_memory_budget_mib = 64).await;
@@ -320,8 +321,15 @@ async fn a_node_leaves_a_task_larger_than_its_memory_budget_to_others() {
         memory_mib: 128,
         ..Job::new(sha.wasm, b"too big for this node")
     };
+    let given_back = std::time::Instant::now();
     let (task, result) = run(&sb.api, &large).await.unwrap();
     assert_eq!(result.state(), TaskState::Failed, "{result:?}");
+    // Three leases of 3 s would have lapsed in 9 s.
+    assert!(
+        given_back.elapsed() < std::time::Duration::from_secs(6),
+        "failed after {:?}",
+        given_back.elapsed()
+    );
     let mut events = sb
         .api
         .scheduler()
@@ -334,7 +342,8 @@ async fn a_node_leaves_a_task_larger_than_its_memory_budget_to_others() {
         .into_inner();
     let mut said_why = false;
     while let Some(e) = events.message().await.unwrap() {
-        said_why |= e.message.contains("guest memory budget is 64 MiB");
+        said_why |= e.message.contains("gave the task back")
+            && e.message.contains("guest memory budget is 64 MiB");
     }
     assert!(said_why, "the node says why it leaves the task");
     sb.mesh.stop().await;
