@@ -442,6 +442,20 @@ impl Drop for CompilingEntry<'_> {
     }
 }
 
+/// The outcome of a task that ended before its guest started: no output, no fuel, no time.
+fn unrun(message: String, exit: Exit) -> Outcome {
+    Outcome {
+        message,
+        exit,
+        output: Vec::new(),
+        stderr: Vec::new(),
+        stderr_dropped: 0,
+        fuel_used: 0,
+        run_time: Duration::ZERO,
+        cpu_time: Duration::ZERO,
+    }
+}
+
 /// A module compiled (or found cached) for a sandbox, ready to run with
 /// [`Sandbox::run_prepared`].
 #[derive(Clone)]
@@ -822,16 +836,7 @@ impl Sandbox {
             ModuleError::ForbiddenImport { .. } => Exit::ForbiddenImport(e.to_string()),
             _ => Exit::InvalidModule(e.to_string()),
         };
-        Outcome {
-            message: exit.message(limits, &self.config),
-            exit,
-            output: Vec::new(),
-            stderr: Vec::new(),
-            stderr_dropped: 0,
-            fuel_used: 0,
-            run_time: Duration::ZERO,
-            cpu_time: Duration::ZERO,
-        }
+        unrun(exit.message(limits, &self.config), exit)
     }
 
     /// Runs a module [`Sandbox::prepare_hashed`] made ready: as [`Sandbox::run_hashed`], without
@@ -845,24 +850,13 @@ impl Sandbox {
     ) -> Outcome {
         let compiled = prepared.0.clone();
         let started = Instant::now();
-        // Ended before the guest started: no guest CPU time.
-        let ended = |exit: Exit, message: Option<String>| Outcome {
-            message: message.unwrap_or_else(|| exit.message(limits, &self.config)),
-            exit,
-            output: Vec::new(),
-            stderr: Vec::new(),
-            stderr_dropped: 0,
-            fuel_used: 0,
-            run_time: started.elapsed(),
-            cpu_time: Duration::ZERO,
-        };
         if compiled.initial_memory > limits.memory_bytes {
             let message = format!(
                 "needs {} MiB of memory to start; the limit is {} MiB",
                 compiled.initial_memory.div_ceil(1 << 20),
                 limits.memory_bytes >> 20
             );
-            return ended(Exit::OutOfMemory, Some(message));
+            return unrun(message, Exit::OutOfMemory);
         }
         let _slot = self.slots.acquire();
         // The wall clock counts from here: a task's time limit is for running it, not for the
@@ -878,8 +872,10 @@ impl Sandbox {
             Overflow::Truncate,
             limits.log.clone(),
         );
-        let wasi = (compiled.abi == Abi::Wasi)
-            .then(|| deterministic_wasi(input, seed, stdout.clone(), stderr.clone()));
+        let random = (compiled.abi == Abi::Wasi).then(|| RandomStream::new(seed));
+        let wasi = random
+            .as_ref()
+            .map(|r| deterministic_wasi(input, r.key, stdout.clone(), stderr.clone()));
         let host = Host {
             input: input.to_vec(),
             output: Vec::new(),
@@ -889,7 +885,7 @@ impl Sandbox {
                 table_elements: self.config.max_table_elements,
                 denied: None,
             },
-            random: wasi.is_some().then(|| RandomStream::new(seed)),
+            random,
             wasi,
             deadline,
             cancel: limits.cancel.clone(),
@@ -1529,22 +1525,15 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
 
 fn deterministic_wasi(
     input: &[u8],
-    seed: &[u8],
+    random_key: [u8; 32],
     stdout: CappedPipe,
     stderr: CappedPipe,
 ) -> WasiP1Ctx {
     // `random_get` is the sandbox's own (see `RandomStream`); wasmtime-wasi's generators are
     // only reachable through WASI preview 2, which guests do not get, and are deterministic
-    // anyway: a few KiB of SHA-256 in counter mode, cycled.
-    let mut stream = Vec::with_capacity(4096);
-    for counter in 0u32..128 {
-        let mut h = Sha256::new();
-        h.update(b"zkmesh.wasi.random\0");
-        h.update(seed);
-        h.update(counter.to_be_bytes());
-        stream.extend_from_slice(&h.finalize());
-    }
-    let insecure_seed = u128::from_be_bytes(stream[..16].try_into().expect("16 bytes"));
+    // anyway: the task's random key, cycled.
+    let stream = random_key.to_vec();
+    let insecure_seed = u128::from_be_bytes(random_key[..16].try_into().expect("16 bytes"));
     let mut b = wasmtime_wasi::WasiCtxBuilder::new();
     b.stdin(wasmtime_wasi::p2::pipe::MemoryInputPipe::new(
         input.to_vec(),

@@ -97,17 +97,11 @@ async fn killed_worker_task_completes_elsewhere_with_one_capture() {
     assert_eq!(result.receipts[0].node_id, rescuer);
     assert_ne!(rescuer, victim_node);
 
-    let history = s
-        .watch_task(TaskRef {
-            task_id: task.task_id.clone(),
-        })
+    let states: Vec<TaskState> = history(&mut s, &task.task_id)
         .await
-        .unwrap();
-    let mut stream = history.into_inner();
-    let mut states = Vec::new();
-    while let Some(e) = stream.message().await.unwrap() {
-        states.push(e.state());
-    }
+        .iter()
+        .map(|e| e.state())
+        .collect();
     assert!(states.contains(&TaskState::Expired), "{states:?}");
     assert_eq!(states.last(), Some(&TaskState::Settled));
 

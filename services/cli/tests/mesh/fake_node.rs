@@ -90,3 +90,34 @@ pub async fn enroll(sb: &Sandbox, operator: &str, slots: u32) -> FakeNode {
         down,
     }
 }
+
+/// A completed report for assignment `a` with `output`, its receipt signed by `key` for
+/// `node_id` (1 unit of fuel, 1 µs). The key and output are the test's to get wrong.
+pub fn signed_report(
+    a: &Assignment,
+    node_id: &str,
+    key: &SigningKey,
+    output: Vec<u8>,
+) -> TaskReport {
+    let mut receipt = Receipt {
+        task_id: a.task_id.clone(),
+        module_hash: a.module_hash.clone(),
+        input_hash: zkmesh_kit::sha256_hex(&a.input),
+        output_hash: zkmesh_kit::sha256_hex(&output),
+        fuel_used: 1,
+        exit: ExitKind::Ok as i32,
+        node_id: node_id.to_string(),
+        signature: vec![],
+    };
+    zkmesh_kit::receipt::sign(&mut receipt, key).unwrap();
+    TaskReport {
+        attempt_id: a.attempt_id.clone(),
+        output,
+        exit: ExitKind::Ok as i32,
+        exit_message: "completed".into(),
+        fuel_used: 1,
+        receipt: Some(receipt),
+        run_time_us: 1,
+        ..Default::default()
+    }
+}

@@ -217,28 +217,8 @@ async fn a_node_flooding_logs_is_held_to_the_task_budget() {
         .await;
     }
     let output = zkmesh_guests::reference_output("sha256", b"chatty").unwrap();
-    let mut receipt = Receipt {
-        task_id: a.task_id.clone(),
-        module_hash: a.module_hash.clone(),
-        input_hash: zkmesh_kit::sha256_hex(&a.input),
-        output_hash: zkmesh_kit::sha256_hex(&output),
-        fuel_used: 1,
-        exit: ExitKind::Ok as i32,
-        node_id: fake.node_id.clone(),
-        signature: vec![],
-    };
-    zkmesh_kit::receipt::sign(&mut receipt, &receipt_key).unwrap();
-    send(worker_message::Kind::Report(TaskReport {
-        attempt_id: a.attempt_id.clone(),
-        output,
-        exit: ExitKind::Ok as i32,
-        exit_message: "completed".into(),
-        fuel_used: 1,
-        receipt: Some(receipt),
-        run_time_us: 1,
-        ..Default::default()
-    }))
-    .await;
+    let report = crate::fake_node::signed_report(&a, &fake.node_id, &receipt_key, output);
+    send(worker_message::Kind::Report(report)).await;
     let result = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         zkmesh_cli::client::wait(&mut s, &task.task_id, |_| {}),
@@ -247,15 +227,8 @@ async fn a_node_flooding_logs_is_held_to_the_task_budget() {
     .unwrap()
     .unwrap();
     assert_eq!(result.state(), TaskState::Settled);
-    let mut events = s
-        .watch_task(TaskRef {
-            task_id: task.task_id.clone(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
     let (mut log_bytes, mut cut_notes, mut floods, mut plain) = (0, 0, 0, 0);
-    while let Some(e) = events.message().await.unwrap() {
+    for e in history(&mut s, &task.task_id).await {
         log_bytes += e.log.len();
         cut_notes += e.message.contains("guest log reached 192 KiB") as usize;
         floods += e.message.starts_with("flood") as usize;
@@ -330,21 +303,13 @@ async fn a_node_leaves_a_task_larger_than_its_memory_budget_to_others() {
         "failed after {:?}",
         given_back.elapsed()
     );
-    let mut events = sb
-        .api
-        .scheduler()
-        .unwrap()
-        .watch_task(TaskRef {
-            task_id: task.task_id.clone(),
-        })
+    let said_why = history(&mut sb.api.scheduler().unwrap(), &task.task_id)
         .await
-        .unwrap()
-        .into_inner();
-    let mut said_why = false;
-    while let Some(e) = events.message().await.unwrap() {
-        said_why |= e.message.contains("gave the task back")
-            && e.message.contains("guest memory budget is 64 MiB");
-    }
+        .iter()
+        .any(|e| {
+            e.message.contains("gave the task back")
+                && e.message.contains("guest memory budget is 64 MiB")
+        });
     assert!(said_why, "the node says why it leaves the task");
     sb.mesh.stop().await;
 }

@@ -88,27 +88,9 @@ async fn start_liar(
             let output = b"1000".to_vec();
             let _ = assigned.send(()).await;
             go.notified().await;
-            let mut receipt = Receipt {
-                task_id: a.task_id.clone(),
-                module_hash: a.module_hash.clone(),
-                input_hash: zkmesh_kit::sha256_hex(&a.input),
-                output_hash: zkmesh_kit::sha256_hex(&output),
-                fuel_used: 1,
-                exit: ExitKind::Ok as i32,
-                node_id: node_id.clone(),
-                signature: vec![],
-            };
-            zkmesh_kit::receipt::sign(&mut receipt, &key).unwrap();
             // 128 bytes that decode as a proof: a valid curve point repeated.
             let proof = zkmesh_prover::zkvm::proof_bytes(&Default::default());
             let report = TaskReport {
-                attempt_id: a.attempt_id,
-                output,
-                exit: ExitKind::Ok as i32,
-                exit_message: "completed".into(),
-                fuel_used: 1,
-                receipt: Some(receipt),
-                run_time_us: 1,
                 proof: Some(ZkProof {
                     circuit_class: CLASS.into(),
                     proof,
@@ -117,7 +99,7 @@ async fn start_liar(
                     state_out: "0".into(),
                     ..Default::default()
                 }),
-                ..Default::default()
+                ..crate::fake_node::signed_report(&a, &node_id, &key, output)
             };
             let _ = tx
                 .send(WorkerMessage {

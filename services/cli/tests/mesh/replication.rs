@@ -31,27 +31,7 @@ async fn start_liar(sb: &Sandbox, lie: Lie) -> String {
                 Lie::WrongOutput => (b"not the hash".to_vec(), receipt_key.clone()),
                 Lie::ForeignKey => (honest, SigningKey::from_bytes(&[10u8; 32])),
             };
-            let mut receipt = Receipt {
-                task_id: a.task_id.clone(),
-                module_hash: a.module_hash.clone(),
-                input_hash: zkmesh_kit::sha256_hex(&a.input),
-                output_hash: zkmesh_kit::sha256_hex(&output),
-                fuel_used: 1,
-                exit: ExitKind::Ok as i32,
-                node_id: node_id.clone(),
-                signature: vec![],
-            };
-            zkmesh_kit::receipt::sign(&mut receipt, &key).unwrap();
-            let report = TaskReport {
-                attempt_id: a.attempt_id,
-                output,
-                exit: ExitKind::Ok as i32,
-                exit_message: "completed".into(),
-                fuel_used: 1,
-                receipt: Some(receipt),
-                run_time_us: 1,
-                ..Default::default()
-            };
+            let report = crate::fake_node::signed_report(&a, &node_id, &key, output);
             let _ = tx
                 .send(WorkerMessage {
                     kind: Some(worker_message::Kind::Report(report)),

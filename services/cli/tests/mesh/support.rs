@@ -148,3 +148,19 @@ pub async fn assert_audit_passes(api: &MeshClient) {
     let report = audit(api).await.expect("ledger audit passes");
     assert!(report.entries > 0);
 }
+
+/// Every event of a task that has ended, in order (`WatchTask` replays them and then closes).
+pub async fn history(s: &mut SchedulerServiceClient<Channel>, task_id: &str) -> Vec<TaskEvent> {
+    let mut stream = s
+        .watch_task(TaskRef {
+            task_id: task_id.to_string(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut events = Vec::new();
+    while let Some(e) = stream.message().await.unwrap() {
+        events.push(e);
+    }
+    events
+}
