@@ -59,7 +59,12 @@ pub struct Class {
 /// The public inputs, as integers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Statement {
-    /// Steps executed before this segment (0 for the first).
+    /// Who proves what: a value derived from the task, the segment's index and the proving
+    /// node ([`crate::zkvm::Binding`]), so that a proof (or a re-randomised copy of it) is worth
+    /// nothing to another node or for another task.
+    pub binding: Fr,
+    /// Steps executed before this segment (0 for the first). Not a public input: the chain
+    /// verifier derives it, and nothing in one segment depends on it.
     pub step_start: u64,
     /// Steps this segment executes (all of them unless it halts).
     pub steps: u64,
@@ -152,7 +157,7 @@ impl Statement {
     /// The public inputs in the circuit's order.
     pub fn to_field(&self) -> Vec<Fr> {
         let mut v = vec![
-            f(self.step_start),
+            self.binding,
             f(self.steps),
             f(self.halted as u64),
             f(self.status),
@@ -182,7 +187,8 @@ impl Statement {
 /// A change to the auxiliary witness of one step.
 pub type AuxTamper = (usize, Box<dyn Fn(&mut Aux) + Send + Sync>);
 
-/// Ways to corrupt a witness, for tests that prove the constraints catch each one.
+/// Ways to corrupt a witness, for tests that prove the constraints catch each one. Each is
+/// what a dishonest prover controls: the witness, never the statement's public inputs.
 #[derive(Default)]
 pub struct Tamper {
     /// Change the auxiliary values of step `.0`.
@@ -191,6 +197,18 @@ pub struct Tamper {
     pub memory_switch: Option<usize>,
     /// Flip this switch of the fetch network.
     pub fetch_switch: Option<usize>,
+    /// Step `.0` fetches its own `instr` from the program but decodes and executes `.1`
+    /// (a prover that names another instruction than the word it fetched).
+    pub decode: Vec<(usize, Instr)>,
+    /// The memory state in or out as arbitrary field elements, instead of the integer lists
+    /// [`ZkvmCircuit::memory_in`] and [`ZkvmCircuit::memory_out`] (whatever a prover may hash
+    /// into a commitment).
+    pub state_in: Option<Vec<(Fr, Fr)>>,
+    pub state_out: Option<Vec<(Fr, Fr)>>,
+    /// On the sorted side of the memory check, split each entry's `(time, final, write)` so
+    /// that its key `address * 2^tb + time` is an integer plus one half, and route by that key
+    /// (the witness of a prover that shifts every key off the integers).
+    pub half_keys: bool,
 }
 
 /// The auxiliary witness of a step: everything the constraints need beyond the trace.
@@ -205,6 +223,8 @@ pub struct Aux {
     pub d: Vec<Fr>,
     /// 34 bits: bounds (memory accesses, call depth).
     pub e: Vec<Fr>,
+    /// 64 bits of the first operand `x`, whatever the operation.
+    pub x: Vec<Fr>,
     /// Selector of each opcode.
     pub sel: Vec<Fr>,
 }
@@ -319,6 +339,7 @@ fn aux_of(class: &Class, step: &Step) -> Aux {
         h: bits_of(h, 64),
         d: bits_of(d, 66),
         e: bits_of(e, 34),
+        x: bits_of(x as u128, 64),
         sel,
     }
 }
@@ -379,7 +400,7 @@ impl ZkvmCircuit {
         assert!(self.memory_in.len() <= class.state && self.memory_out.len() <= class.state);
 
         // Public inputs, in `Statement::to_field` order.
-        let _step_start = cs.input(f(st.step_start))?;
+        let binding = cs.input(st.binding)?;
         let n_steps = cs.input(f(st.steps))?;
         let halted = cs.input(f(st.halted as u64))?;
         let status = cs.input(f(st.status))?;
@@ -404,6 +425,9 @@ impl ZkvmCircuit {
 
         let one = L::konst(Fr::one());
         cs.region("public inputs");
+        // The binding enters no statement about the run; Groth16 already ties a proof to every
+        // public input, and this product makes it part of a constraint as well.
+        cs.mul(&binding, &binding)?;
         // The segment either halts (the last one, with its status) or does not (status 0).
         cs.gate(&halted, &one.sub(&halted))?;
         cs.gate(&one.sub(&halted), &status)?;
@@ -449,15 +473,25 @@ impl ZkvmCircuit {
         // The memory state in: writes of every (address, value) it lists, bound to the public
         // commitment.
         cs.region("memory in");
-        let state_list = |list: &[(u64, u64)]| -> R<Vec<(L, L, u64)>> {
-            let mut out = vec![];
-            for k in 0..class.state {
-                let (a, v) = list.get(k).copied().unwrap_or((0, 0));
-                out.push((cs.witness(f(a))?, cs.witness(f(v))?, a));
-            }
-            Ok(out)
-        };
-        let m_in = state_list(&self.memory_in)?;
+        let state_list =
+            |list: &[(u64, u64)], raw: &Option<Vec<(Fr, Fr)>>| -> R<Vec<(L, L, u64)>> {
+                let mut out = vec![];
+                for k in 0..class.state {
+                    let (a, v) = match raw {
+                        Some(raw) => raw.get(k).copied().unwrap_or_default(),
+                        None => {
+                            let (a, v) = list.get(k).copied().unwrap_or((0, 0));
+                            (f(a), f(v))
+                        }
+                    };
+                    // Every address is an integer of ADDR_BITS bits, like every address a step
+                    // makes: the ordering argument on the sorted side holds only for those.
+                    let (_, addr) = cs.bits(&bits_of(to_u128(a), ADDR_BITS as usize))?;
+                    out.push((addr, cs.witness(v)?, to_u128(a) as u64));
+                }
+                Ok(out)
+            };
+        let m_in = state_list(&self.memory_in, &self.tamper.state_in)?;
         let flat = |l: &[(L, L, u64)]| -> Vec<L> {
             l.iter()
                 .flat_map(|(a, v, _)| [a.clone(), v.clone()])
@@ -483,14 +517,21 @@ impl ZkvmCircuit {
         let mut last_halt = L::zero();
         let mut last_imm = L::zero();
         for (n, step) in self.steps.iter().enumerate() {
-            let mut aux = aux_of(&class, step);
+            // What the step executes: the word it fetched, unless a test decodes another.
+            let exec = Step {
+                instr: (self.tamper.decode.iter())
+                    .find(|(at, _)| *at == n)
+                    .map_or(step.instr, |(_, i)| *i),
+                ..*step
+            };
+            let mut aux = aux_of(&class, &exec);
             if let Some((at, t)) = &self.tamper.aux
                 && *at == n
             {
                 t(&mut aux);
             }
-            cs.region(format!("step {n} ({:?})", step.instr.op));
-            let s = self.step(cs, step, &aux, &pc, &fp, &ms)?;
+            cs.region(format!("step {n} ({:?})", exec.instr.op));
+            let s = self.step(cs, &exec, &step.instr, &aux, &pc, &fp, &ms)?;
             for (k, acc) in s.acc.iter().enumerate() {
                 let native = step.acc[k].addr();
                 push_mem(
@@ -546,7 +587,7 @@ impl ZkvmCircuit {
         // The memory state out: final reads of every (address, value) it lists, bound to the
         // public commitment. The memory check makes the list complete unless the segment halts.
         cs.region("memory out");
-        let m_out = state_list(&self.memory_out)?;
+        let m_out = state_list(&self.memory_out, &self.tamper.state_out)?;
         cs.equal(&poseidon::hash_gadget(cs, &flat(&m_out))?, &memory_out)?;
         for (a, v, native) in &m_out {
             push_mem(&mut mem, a.clone(), L::zero(), true, v.clone(), *native);
@@ -570,12 +611,23 @@ impl ZkvmCircuit {
             pad += 1;
         }
 
+        let time_bits = n_mem.trailing_zeros();
+        let mem_order = if self.tamper.half_keys {
+            let key = |e: &Entry| half_split(e.fields[0].v, e.fields[1].v, time_bits).map(|s| s.2);
+            let mut keyed: Vec<(i128, usize)> = (0..mem.len())
+                .map(|k| (key(&mem[k]).unwrap_or(i128::MAX), k))
+                .collect();
+            keyed.sort();
+            keyed.into_iter().map(|(_, k)| k).collect()
+        } else {
+            order(&mem)
+        };
         cs.region("memory routing");
-        let sorted_mem = route(cs, &mem, self.tamper.memory_switch)?;
+        let sorted_mem = route(cs, &mem, &mem_order, self.tamper.memory_switch)?;
         cs.region("memory check");
-        check_memory(cs, &sorted_mem, n_mem.trailing_zeros(), &halted)?;
+        check_memory(cs, &sorted_mem, time_bits, &halted, self.tamper.half_keys)?;
         cs.region("fetch routing");
-        let sorted_fetch = route(cs, &fetch, self.tamper.fetch_switch)?;
+        let sorted_fetch = route(cs, &fetch, &order(&fetch), self.tamper.fetch_switch)?;
         cs.region("fetch check");
         check_fetch(cs, &sorted_fetch)?;
         Ok(())
@@ -596,13 +648,22 @@ struct StepOut {
 
 impl ZkvmCircuit {
     #[allow(clippy::too_many_arguments)]
-    fn step(&self, cs: &Cs, step: &Step, aux: &Aux, pc: &L, fp: &L, ms: &L) -> R<StepOut> {
+    fn step(
+        &self,
+        cs: &Cs,
+        step: &Step,
+        fetched: &Instr,
+        aux: &Aux,
+        pc: &L,
+        fp: &L,
+        ms: &L,
+    ) -> R<StepOut> {
         let i: &Instr = &step.instr;
         let one = L::konst(Fr::one());
 
         // Fetch and decode.
-        let packed = cs.witness(f(i.packed()))?;
-        let imm = cs.witness(f(i.imm))?;
+        let packed = cs.witness(f(fetched.packed()))?;
+        let imm = cs.witness(f(fetched.imm))?;
         let mut sel = vec![];
         for (k, v) in aux.sel.iter().enumerate() {
             let _ = k;
@@ -635,11 +696,18 @@ impl ZkvmCircuit {
             .add_scaled(&immb, f(8192));
         let (_, a) = cs.bits(&bits_of(i.a as u128, SLOT_BITS as usize))?;
         let (_, b) = cs.bits(&bits_of(i.b as u128, SLOT_BITS as usize))?;
-        let c = packed
-            .sub(&flags)
-            .sub(&a.scale(pow2(FLAG_BITS)))
-            .sub(&b.scale(pow2(FLAG_BITS + SLOT_BITS)))
-            .scale(pow2(FLAG_BITS + 2 * SLOT_BITS).inverse_or_zero());
+        let (_, c) = cs.bits(&bits_of(i.c as u128, SLOT_BITS as usize))?;
+        // The decode equality. Every part is bounded (the opcode is 1..=42 from the one-hot
+        // selectors, the flags are bits, a, b and c have 16 bits each) and the whole is below
+        // 2^62, so the fetched word has exactly one split: the step executes the instruction
+        // the program holds at `pc`, nothing else.
+        cs.equal(
+            &packed,
+            &flags
+                .add(&a.scale(pow2(FLAG_BITS)))
+                .add(&b.scale(pow2(FLAG_BITS + SLOT_BITS)))
+                .add(&c.scale(pow2(FLAG_BITS + 2 * SLOT_BITS))),
+        )?;
         let space_base = sp.iter().enumerate().fold(L::zero(), |acc, (k, b)| {
             acc.add_scaled(b, pow2(SPACE_SHIFT + k as u32))
         });
@@ -663,6 +731,8 @@ impl ZkvmCircuit {
         let (hb, h) = cs.bits(&aux.h)?;
         let (db, d) = cs.bits(&aux.d)?;
         let (_, e) = cs.bits(&aux.e)?;
+        let (xbits, xs) = cs.bits(&aux.x)?;
+        cs.equal(&x, &xs)?;
         cs.equal(&u, &us)?;
         cs.equal(&y, &ys)?;
         // The bits of x for operations outside Z_UNIT, of z for those in it.
@@ -833,7 +903,19 @@ impl ZkvmCircuit {
         let narrow = cs.mul(&alu, &one.sub(&wide))?;
         cs.gate(&narrow, &hi(&ub, 32, 64))?;
         cs.gate(&narrow, &hi(&hb, 32, 64))?;
-        cs.gate(&narrow, &hi(&yb, 32, 64))?;
+        // Operands are range-checked where they are used, rather than trusted to be in range
+        // because every value stored was: the first operand below 2^64 always (X above), below
+        // 2^32 for every operation that reads it as an i32 (narrow arithmetic and comparisons,
+        // eqz and extension, and the index or page count of br_table, call_indirect and
+        // memory.grow); the second below 2^32 for narrow arithmetic and comparisons.
+        let cmp = any(&[Op::Eq, Op::Ne, Op::LtU, Op::LtS, Op::GeU, Op::GeS]);
+        let narrow_cmp = cs.mul(&cmp, &one.sub(&wide))?;
+        let narrow_x = narrow
+            .add(&narrow_cmp)
+            .add(&cs.mul(&any(&[Op::Eqz, Op::ExtendS]), &one.sub(&wide))?)
+            .add(&any(&[Op::BrTable, Op::CallIndirect, Op::MemGrow]));
+        cs.gate(&narrow_x, &hi(&xbits, 32, 64))?;
+        cs.gate(&narrow.add(&narrow_cmp), &hi(&yb, 32, 64))?;
 
         // Division by a non-zero divisor: x = q y + r, r < y.
         let zy = cs.mul(&z, &y)?;
@@ -1069,6 +1151,8 @@ impl ZkvmCircuit {
         // Returns: the link (read through m) splits into return pc and caller fp; a result moves
         // from slot a to slot 0.
         g(Op::Return, &m.sub(&d))?;
+        // The caller's frame pointer is below MAX_STACK = 2^20, as every call leaves it.
+        g(Op::Return, &hi(&db, 52, 66))?;
         let ret_pc = hi(&db, 0, 32);
         let ret_fp = hi(&db, 32, 66).scale(pow2(32).inverse_or_zero());
         cs.gate(&ret_c, &z.sub(&x))?;
@@ -1125,10 +1209,42 @@ impl InverseOrZero for Fr {
 /// Longest expression a routed value is carried as before it becomes a variable.
 const ROUTE_TERMS: usize = 8;
 
-/// Routes `entries` into key order through a Beneš network; returns the sorted side.
-fn route(cs: &Cs, entries: &[Entry], flip: Option<usize>) -> R<Vec<[L; 3]>> {
+/// The positions of `entries` in native key order.
+fn order(entries: &[Entry]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..entries.len()).collect();
     order.sort_by_key(|&k| entries[k].key);
+    order
+}
+
+/// The `(write, final)` split of a memory entry `(address, tw)` that makes its sorted key
+/// `address * 2^tb + time` an integer plus one half, with that key minus one half; `None` when
+/// no split does. Only [`Tamper::half_keys`] uses it: it is the witness of an attack.
+fn half_split(addr: Fr, tw: Fr, time_bits: u32) -> Option<(bool, bool, i128)> {
+    let half = Fr::from(2u64).inverse_or_zero();
+    let small = |x: Fr| -> Option<i128> {
+        let (p, n) = (to_u128(x), to_u128(-x));
+        let fits = |x: Fr, v: u128| Fr::from(v) == x && v < 1 << 100;
+        if fits(x, p) {
+            Some(p as i128)
+        } else if fits(-x, n) {
+            Some(-(n as i128))
+        } else {
+            None
+        }
+    };
+    for (w, fin) in [(false, false), (true, false), (false, true), (true, true)] {
+        let t = (tw - f(w as u64) - f(2 * fin as u64)) * f(4).inverse_or_zero();
+        let key = addr * pow2(time_bits) + t;
+        if let Some(k) = small(key - half) {
+            return Some((w, fin, k));
+        }
+    }
+    None
+}
+
+/// Routes `entries` through a Beneš network so that entry `order[j]` comes out at position
+/// `j`; returns the sorted side.
+fn route(cs: &Cs, entries: &[Entry], order: &[usize], flip: Option<usize>) -> R<Vec<[L; 3]>> {
     let mut perm = vec![0; entries.len()];
     for (pos, &k) in order.iter().enumerate() {
         perm[k] = pos;
@@ -1167,14 +1283,24 @@ fn route(cs: &Cs, entries: &[Entry], flip: Option<usize>) -> R<Vec<[L; 3]>> {
 /// the previous value at its address (zero if it is the first access there), and, unless the
 /// segment `halted`, the last access of every address whose value is not zero is a final read,
 /// so the state out lists every such address.
-fn check_memory(cs: &Cs, sorted: &[[L; 3]], time_bits: u32, halted: &L) -> R<()> {
+fn check_memory(
+    cs: &Cs,
+    sorted: &[[L; 3]],
+    time_bits: u32,
+    halted: &L,
+    half_keys: bool,
+) -> R<()> {
     let one = L::konst(Fr::one());
     let running = one.sub(halted);
     // tw = 4 time + 2 final + write.
     let split = |e: &[L; 3]| -> R<(L, L, L, L, L)> {
         let low = to_u128(e[1].v) & 3;
-        let w = cs.bit(f((low & 1) as u64))?;
-        let fin = cs.bit(f((low >> 1) as u64))?;
+        let (w, fin) = match half_split(e[0].v, e[1].v, time_bits) {
+            Some((w, fin, _)) if half_keys => (w as u64, fin as u64),
+            _ => ((low & 1) as u64, (low >> 1) as u64),
+        };
+        let w = cs.bit(f(w))?;
+        let fin = cs.bit(f(fin))?;
         let t = e[1]
             .sub(&w)
             .sub(&fin.scale(f(2)))
@@ -1193,6 +1319,11 @@ fn check_memory(cs: &Cs, sorted: &[[L; 3]], time_bits: u32, halted: &L) -> R<()>
     // writes, and the gaps alone do not see a common shift).
     let (_, t0) = cs.bits(&bits_of(to_u128(pt.v), time_bits as usize))?;
     cs.equal(&t0, &pt)?;
+    // And the whole first key is an integer key of a real address: every later key exceeds it
+    // by a range-checked gap, so all of them are.
+    let key0 = pa.scale(pow2(time_bits)).add(&pt);
+    let (_, k0) = cs.bits(&bits_of(to_u128(key0.v), (ADDR_BITS + time_bits) as usize))?;
+    cs.equal(&k0, &key0)?;
     for e in &sorted[1..] {
         let (a, t, w, fin, v) = split(e)?;
         let da = a.sub(&pa);
@@ -1277,6 +1408,8 @@ fn fit(what: &'static str, need: usize, cap: usize, class: &Class) -> Result<(),
 /// and the output. A chain verifier derives all of it from the previous segment's claim.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Boundary {
+    /// See [`Statement::binding`].
+    pub binding: Fr,
     /// The first segment: it starts from the module's globals and data and the input, the
     /// others from their memory state in.
     pub first: bool,
@@ -1310,6 +1443,7 @@ impl Statement {
             input,
             output,
             &Boundary {
+                binding: Fr::zero(),
                 first: true,
                 step_start: 0,
                 steps,
@@ -1367,6 +1501,7 @@ impl Statement {
             out.iter_mut().for_each(|x| *x = 0);
         }
         Ok(Statement {
+            binding: b.binding,
             step_start: b.step_start,
             steps: b.steps,
             halted: b.halted,
@@ -1425,12 +1560,6 @@ impl ZkvmCircuit {
         input: &[u8],
         trace: &Trace,
     ) -> Result<Vec<ZkvmCircuit>, FitError> {
-        let Exit::Halted(status) = trace.exit else {
-            return Err(FitError::NotHalted(trace.exit.clone()));
-        };
-        if let Some(why) = &trace.unprovable {
-            return Err(FitError::Unprovable(why.clone()));
-        }
         let mut memory = MemoryState::default();
         for (k, g) in program.globals.iter().enumerate() {
             memory.set(Space::Globals.base() + k as u64, *g);
@@ -1442,12 +1571,61 @@ impl ZkvmCircuit {
         for (k, w) in words(input).iter().enumerate() {
             memory.set(Space::Input.base() + 1 + k as u64, *w);
         }
+        Self::segments_from(class, program, input, trace, 0, memory)
+    }
+
+    /// Where the state lists sit in the memory check's time order: the time of the state in's
+    /// first entry, that of the state out's first entry, and the bits of a time. Tests that
+    /// build attacks on the sorted side use it.
+    pub fn state_times(&self) -> (u64, u64, u32) {
+        let c = &self.class;
+        let state_in = (c.globals + c.data + c.input + 1) as u64;
+        let state_out = state_in + (c.state + 4 * c.steps + c.output + 1) as u64;
+        let entries = state_out as usize + c.state;
+        (state_in, state_out, entries.next_power_of_two().trailing_zeros())
+    }
+
+    /// The segments of a trace that starts after `step_start` steps of a run, from a memory
+    /// that is all zero, as a machine whose memory was wiped would continue (tests build
+    /// attacks with it; [`crate::trace::resume_wiped`] makes such a trace).
+    pub fn segments_resumed(
+        class: Class,
+        program: &Program,
+        input: &[u8],
+        trace: &Trace,
+        step_start: u64,
+    ) -> Result<Vec<ZkvmCircuit>, FitError> {
+        Self::segments_from(
+            class,
+            program,
+            input,
+            trace,
+            step_start,
+            MemoryState::default(),
+        )
+    }
+
+    fn segments_from(
+        class: Class,
+        program: &Program,
+        input: &[u8],
+        trace: &Trace,
+        mut step_start: u64,
+        mut memory: MemoryState,
+    ) -> Result<Vec<ZkvmCircuit>, FitError> {
+        let Exit::Halted(status) = trace.exit else {
+            return Err(FitError::NotHalted(trace.exit.clone()));
+        };
+        if let Some(why) = &trace.unprovable {
+            return Err(FitError::Unprovable(why.clone()));
+        }
         let chunks: Vec<&[Step]> = trace.steps.chunks(class.steps).collect();
         let mut out = vec![];
-        let mut step_start = 0u64;
+        let first_segment = step_start == 0;
         for (n, chunk) in chunks.iter().enumerate() {
             let last = n + 1 == chunks.len();
-            let memory_in = if n == 0 { vec![] } else { memory.list() };
+            let first = first_segment && n == 0;
+            let memory_in = if first { vec![] } else { memory.list() };
             for s in chunk.iter() {
                 for a in s.acc.iter().filter(|a| a.write) {
                     memory.set(a.addr(), a.value);
@@ -1475,7 +1653,8 @@ impl ZkvmCircuit {
                 input,
                 output,
                 &Boundary {
-                    first: n == 0,
+                    binding: Fr::zero(),
+                    first,
                     step_start,
                     steps,
                     halted: last,

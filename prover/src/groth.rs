@@ -103,13 +103,41 @@ pub fn count_constraints(class: Class) -> Result<u64, ProofError> {
     Ok(cs.num_constraints() as u64)
 }
 
-/// Generates the proving and verifying keys of a class from fresh operating-system randomness.
-/// The randomness (the "toxic waste") lives only inside this call.
-pub fn setup(class: Class) -> Result<(Pk, Vk), ProofError> {
-    Ok(Groth16::<Bn254>::circuit_specific_setup(
-        blank(class),
-        &mut OsRng,
-    )?)
+/// A hash of the whole constraint system of `class` (every constraint's variables and
+/// coefficients, in order) and of its capacities: keys made for a system with another hash
+/// must not be used, whatever changed. Synthesises the class without keeping its matrices, so
+/// it costs time (seconds for c14) but little memory; a verifier checks it when a class is
+/// first used, not at every start.
+pub fn constraint_system_hash(class: &Class) -> Result<String, ProofError> {
+    use ark_relations::gr1cs::{ConstraintSynthesizer, ConstraintSystem, SynthesisMode};
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut c = blank(*class);
+    c.shape = Some(out.clone());
+    let cs = ConstraintSystem::<Fr>::new_ref();
+    cs.set_mode(SynthesisMode::Prove {
+        construct_matrices: false,
+        generate_lc_assignments: false,
+    });
+    c.generate_constraints(cs)?;
+    let shape = out.lock().unwrap().clone();
+    Ok(with_capacities(class, &shape))
+}
+
+fn with_capacities(class: &Class, shape: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(format!("{shape} {class:?}")))
+}
+
+/// Generates the proving and verifying keys of a class from fresh operating-system randomness,
+/// and the [`constraint_system_hash`] of the system they were made for (from the same
+/// synthesis). The randomness (the "toxic waste") lives only inside this call.
+pub fn setup(class: Class) -> Result<(Pk, Vk, String), ProofError> {
+    let out = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let mut c = blank(class);
+    c.shape = Some(out.clone());
+    let (pk, vk) = Groth16::<Bn254>::circuit_specific_setup(c, &mut OsRng)?;
+    let shape = out.lock().unwrap().clone();
+    Ok((pk, vk, with_capacities(&class, &shape)))
 }
 
 pub fn prove(pk: &Pk, circuit: ZkvmCircuit) -> Result<Zk, ProofError> {

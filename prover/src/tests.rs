@@ -345,8 +345,8 @@ mod circuit {
             ("memory out", Box::new(|s| s.memory_out += Fr::from(1u64))),
             ("halted", Box::new(|s| s.halted = false)),
         ];
-        // (The step start is a label the chain verifier computes: no constraint involves it,
-        // and the Groth16 round trip shows a proof does not verify with another one.)
+        // (The binding enters no statement about the run; the Groth16 round trips show that a
+        // proof does not verify with another one.)
         for (what, edit) in edits {
             let r = tampered(|c| edit(&mut c.statement));
             assert!(r.is_some(), "a changed {what} was accepted");
@@ -571,12 +571,32 @@ mod circuit {
     #[test]
     fn groth16_round_trip_binds_every_public_input_and_the_module() {
         use crate::groth;
-        let (pk, vk) = groth::setup(TINY).unwrap();
+        let (pk, vk, system) = groth::setup(TINY).unwrap();
+        // The setup names the whole constraint system it made keys for: the same hash a
+        // verifier recomputes at first use, and another one for any other shape.
+        assert_eq!(system, groth::constraint_system_hash(&TINY).unwrap());
+        let other = Class {
+            steps: TINY.steps + 1,
+            ..TINY
+        };
+        assert_ne!(system, groth::constraint_system_hash(&other).unwrap());
         let pvk = groth::prepare(&vk);
         let c = circuit(ARITH, b"");
         let statement = c.statement.clone();
         let proof = groth::prove(&pk, c).unwrap();
         assert!(groth::verify(&pvk, &statement, &proof));
+        // Anyone can re-randomise a Groth16 proof, but the copy proves the same statement,
+        // binding included: it is worth nothing to another node.
+        {
+            use ark_groth16::Groth16;
+            let copy =
+                Groth16::<ark_bn254::Bn254>::rerandomize_proof(&vk, &proof, &mut rand::rngs::OsRng);
+            assert_ne!(copy, proof);
+            assert!(groth::verify(&pvk, &statement, &copy));
+            let mut other = statement.clone();
+            other.binding = crate::zkvm::Binding::new("t", "n-thief").segment(0);
+            assert!(!groth::verify(&pvk, &other, &copy));
+        }
 
         type Edit = Box<dyn Fn(&mut crate::circuit::Statement)>;
         let edits: Vec<(&str, Edit)> = vec![
@@ -587,7 +607,7 @@ mod circuit {
             ("input length", Box::new(|s| s.input[0] += 1)),
             ("program", Box::new(|s| s.program[5].1 ^= 1)),
             ("state out", Box::new(|s| s.state_out += 1)),
-            ("step start", Box::new(|s| s.step_start = 1)),
+            ("binding", Box::new(|s| s.binding += Fr::from(1u64))),
             ("memory in", Box::new(|s| s.memory_in += Fr::from(1u64))),
         ];
         for (what, edit) in edits {
@@ -717,16 +737,89 @@ mod circuit {
         caught(middle(|c| c.statement.state_in += 1), "");
     }
 
+    /// Segment `k` of the long run, with the value of `addr` in its state in raised by
+    /// `delta` (and its commitment with it), as every access reads it until it is written.
+    fn raised_state_in(k: usize, pick: impl Fn(&ZkvmCircuit) -> u64, delta: u64) -> ZkvmCircuit {
+        use crate::circuit::memory_digest;
+        let (_, _, mut segments) = long_run();
+        let mut c = segments.remove(k);
+        let addr = pick(&c);
+        let at = c.memory_in.iter().position(|(a, _)| *a == addr).unwrap();
+        c.memory_in[at].1 += delta;
+        c.statement.memory_in = memory_digest(&c.class, &c.memory_in);
+        'steps: for s in c.steps.iter_mut() {
+            for acc in s.acc.iter_mut() {
+                if acc.addr() == addr {
+                    if acc.write {
+                        break 'steps;
+                    }
+                    acc.value += delta;
+                }
+            }
+        }
+        c
+    }
+
+    /// The first step of `c` running `op` whose access `k` reads an address the state in
+    /// holds and no earlier step of the segment wrote.
+    fn first_from_state_in(c: &ZkvmCircuit, op: Op, k: usize) -> (usize, u64) {
+        from_state_in(c, op, k).remove(0)
+    }
+
+    fn from_state_in(c: &ZkvmCircuit, op: Op, k: usize) -> Vec<(usize, u64)> {
+        let v: Vec<(usize, u64)> = (c.steps.iter().enumerate())
+            .filter_map(|(n, s)| {
+                let addr = s.acc[k].addr();
+                let written = (c.steps[..n].iter())
+                    .any(|p| p.acc.iter().any(|a| a.write && a.addr() == addr));
+                let held = c.memory_in.iter().any(|(a, _)| *a == addr);
+                (s.instr.op == op && !s.instr.wide && !written && held).then_some((n, addr))
+            })
+            .collect();
+        assert!(!v.is_empty(), "no {op:?} reading the state in");
+        v
+    }
+
+    /// A narrow operation reads a value of 2^32 or more (one the previous segment could have
+    /// left if values were trusted to be in range): the first step that uses it refuses it,
+    /// although the addition itself still balances with a larger carry.
+    #[test]
+    fn an_operand_out_of_range_fails_where_it_is_used() {
+        let pick = |c: &ZkvmCircuit| first_from_state_in(c, Op::Add, 0).1;
+        let c = raised_state_in(1, pick, 1 << 32);
+        let (at, _) = first_from_state_in(&c, Op::Add, 0);
+        caught(violation(c), &format!("step {at} (Add)"));
+    }
+
+    /// A return to a frame at 2^20 or above (a link the previous segment could have left):
+    /// refused at the return, though the link splits into a pc and a frame pointer.
+    #[test]
+    fn a_return_to_a_frame_pointer_out_of_range_fails() {
+        let last = long_run().2.len() - 1;
+        // The entry function's return, the run's last.
+        let pick = |c: &ZkvmCircuit| from_state_in(c, Op::Return, 2).last().unwrap().1;
+        let mut c = raised_state_in(last, pick, 1 << 52);
+        let (at, _) = *from_state_in(&c, Op::Return, 2).last().unwrap();
+        // The machine then ends in a state with that frame pointer: claim it.
+        let (pc, fp, ms) = crate::circuit::unpack_state(c.statement.state_out);
+        c.statement.state_out = crate::circuit::pack_state(pc, fp + (1 << 20), ms);
+        for s in &mut c.steps[at + 1..] {
+            s.regs.fp += 1 << 20;
+        }
+        caught(violation(c), &format!("step {at} (Return)"));
+    }
+
     #[test]
     fn a_segment_chain_proves_and_verifies_and_every_link_is_bound() {
         use crate::groth;
         use crate::zkvm::{self, Link};
         let (program, trace, segments) = long_run();
-        let (pk, vk) = groth::setup(TINY).unwrap();
+        let (pk, vk, _) = groth::setup(TINY).unwrap();
         let pvk = groth::prepare(&vk);
         let n = segments.len();
         let mut seen = 0;
-        let (proofs, claim) = zkvm::prove(&pk, segments, |done, of| {
+        let binding = zkvm::Binding::new("t-chain", "n-prover");
+        let (proofs, claim) = zkvm::prove(&pk, segments, &binding, |done, of| {
             assert_eq!((done, of), (seen + 1, n));
             seen = done;
         })
@@ -748,6 +841,7 @@ mod circuit {
                 &trace.output,
                 &claim,
                 &proofs,
+                &binding,
             )
             .unwrap();
         }
@@ -762,9 +856,31 @@ mod circuit {
                 &trace.output,
                 claim,
                 proofs,
+                &binding,
             )
         };
         check(&claim, &proofs).unwrap();
+        // Bound to the task, the node and each segment: the same proofs presented by another
+        // node, or for another task, verify nothing.
+        for other in [
+            zkvm::Binding::new("t-chain", "n-thief"),
+            zkvm::Binding::new("t-other", "n-prover"),
+        ] {
+            assert!(
+                zkvm::verify_in(
+                    &TINY,
+                    &pvk,
+                    term,
+                    &program,
+                    b"",
+                    &trace.output,
+                    &claim,
+                    &proofs,
+                    &other,
+                )
+                .is_err()
+            );
+        }
 
         // Every part of the claim is bound.
         type Edit = Box<dyn Fn(&mut zkvm::Claim)>;
@@ -811,7 +927,8 @@ mod circuit {
                 b"",
                 b"\0\0\0\0",
                 &claim,
-                &proofs
+                &proofs,
+                &binding,
             )
             .is_err()
         );
@@ -839,6 +956,22 @@ mod circuit {
             (large - small) / 64
         );
         assert!(large > small);
+    }
+}
+
+/// The constraints of the classes up to c12, and per step (the README's cost table):
+/// `cargo test -p zkmesh-prover --release class_constraints -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn class_constraints() {
+    for name in ["c9", "c10", "c12"] {
+        let class = crate::zkvm::class_named(name).unwrap();
+        let n = crate::groth::count_constraints(class).unwrap();
+        eprintln!(
+            "{name}: {n} constraints, {} steps, {} per step",
+            class.steps,
+            n / class.steps as u64
+        );
     }
 }
 
@@ -1273,3 +1406,5 @@ mod smith {
         assert_eq!(checked, 6, "too few wasm-smith runs fit the test class");
     }
 }
+
+mod attacks;

@@ -518,12 +518,33 @@ pub fn run(program: &Program, input: &[u8], limits: RunLimits) -> Trace {
         let at = ((program.data_base + k as u64) * WORD) as usize;
         mem[at..at + WORD as usize].copy_from_slice(&(*w as u32).to_le_bytes());
     }
+    let regs = Regs {
+        pc: 0,
+        fp: 0,
+        ms: program.mem_pages,
+    };
+    execute(program, regs, globals, mem, input, limits)
+}
+
+/// Runs `program` from the registers `regs` with every word of memory zero (stack slots,
+/// globals, linear memory, input and output): what a machine whose memory was wiped between
+/// two steps does next. Tests use it to build the witness of an attack that wipes memory.
+pub fn resume_wiped(program: &Program, regs: Regs, limits: RunLimits) -> Trace {
+    let globals = vec![0; program.globals.len()];
+    let mem = vec![0u8; (regs.ms * PAGE) as usize];
+    execute(program, regs, globals, mem, &[], limits)
+}
+
+fn execute(
+    program: &Program,
+    regs: Regs,
+    globals: Vec<u64>,
+    mem: Vec<u8>,
+    input: &[u8],
+    limits: RunLimits,
+) -> Trace {
     let mut m = Machine {
-        regs: Regs {
-            pc: 0,
-            fp: 0,
-            ms: program.mem_pages,
-        },
+        regs,
         stack: vec![0; 1024],
         globals,
         mem,

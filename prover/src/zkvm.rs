@@ -213,6 +213,26 @@ pub fn fit(
     ))
 }
 
+/// Whether `program`, with `input_len` bytes of input, fits `class` apart from its run: the
+/// program, globals, initial data and input all have fixed capacities, known before anything
+/// runs (the run's length and output are known only after). Submit refuses a task that fails
+/// this in the largest class a mesh serves.
+pub fn fits_statically(program: &Program, input_len: usize, class: &Class) -> Result<(), FitError> {
+    let b = Boundary {
+        binding: Fr::from(0u64),
+        first: true,
+        step_start: 0,
+        steps: 0,
+        halted: true,
+        status: 0,
+        state_in: 0,
+        state_out: 0,
+        memory_in: Fr::from(0u64),
+        memory_out: Fr::from(0u64),
+    };
+    Statement::segment(class, program, &vec![0; input_len], &[], &b).map(|_| ())
+}
+
 fn too_long(c: Class, why: String) -> ZkvmError {
     ZkvmError::TooLong {
         largest: c.name,
@@ -226,11 +246,47 @@ fn too_long(c: Class, why: String) -> ZkvmError {
     }
 }
 
-/// Proves the circuits of one run (one, or its segments in order); returns one proof per
-/// segment and the claim. `progress(done, of)` is called after each segment.
+/// Who proves what: every proof is bound to its task, the index of its segment and the node
+/// that made it (a public input of the statement, [`Statement::binding`]). A node cannot
+/// present another node's proof, or a re-randomised copy of it, as its own work for the same
+/// module and input; per segment, because the segments of one run may be proved by several
+/// nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Binding {
+    pub task_id: String,
+    pub node_id: String,
+}
+
+impl Binding {
+    pub fn new(task_id: &str, node_id: &str) -> Binding {
+        Binding {
+            task_id: task_id.to_string(),
+            node_id: node_id.to_string(),
+        }
+    }
+
+    /// The public input of segment `index` (counted from 0): SHA-256 over a domain tag and
+    /// the length-prefixed task id, the index and the length-prefixed node id, reduced into
+    /// the field.
+    pub fn segment(&self, index: usize) -> Fr {
+        use ark_ff::PrimeField;
+        let mut h = Sha256::new();
+        h.update(b"zkmesh proof binding v1\0");
+        for part in [self.task_id.as_bytes(), self.node_id.as_bytes()] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        h.update((index as u64).to_le_bytes());
+        Fr::from_le_bytes_mod_order(&h.finalize())
+    }
+}
+
+/// Proves the circuits of one run (one, or its segments in order) as `binding` says; returns
+/// one proof per segment and the claim. `progress(done, of)` is called after each segment.
 pub fn prove(
     pk: &Pk,
     circuits: Vec<ZkvmCircuit>,
+    binding: &Binding,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<(Vec<Vec<u8>>, Claim), ZkvmError> {
     let n = circuits.len();
@@ -250,7 +306,8 @@ pub fn prove(
             .collect(),
     };
     let mut proofs = vec![];
-    for (k, circuit) in circuits.into_iter().enumerate() {
+    for (k, mut circuit) in circuits.into_iter().enumerate() {
+        circuit.statement.binding = binding.segment(k);
         if circuit.class.name != claim.class {
             return Err(ZkvmError::Malformed(
                 "run with segments of different classes",
@@ -266,12 +323,14 @@ pub fn prove(
 /// The statements a claim makes about `program` run on `input` with `output`, one per segment,
 /// each derived from the one before: segment k+1 starts where segment k ended (steps, register
 /// state, memory commitment), the first from the module's initial state, and the last halts.
+/// Each is bound to its segment as `binding` says.
 pub fn statements(
     class: &Class,
     program: &Program,
     input: &[u8],
     output: &[u8],
     claim: &Claim,
+    binding: &Binding,
 ) -> Result<Vec<Statement>, String> {
     if claim.links.len() >= MAX_SEGMENTS {
         return Err(format!(
@@ -296,6 +355,7 @@ pub fn statements(
                 ));
             }
             Boundary {
+                binding: binding.segment(k),
                 first: k == 0,
                 step_start,
                 steps: link.steps,
@@ -312,6 +372,7 @@ pub fn statements(
                 .checked_sub(step_start)
                 .ok_or("the segments claim more steps than the run")?;
             Boundary {
+                binding: binding.segment(k),
                 first: k == 0,
                 step_start,
                 steps,
@@ -333,7 +394,8 @@ pub fn statements(
 }
 
 /// Checks that `proofs` (one per segment) prove `program` (lowered from the module) ran on
-/// `input` and wrote `output` as `claim` says. The error is the reason.
+/// `input` and wrote `output` as `claim` says, each proved as `binding` says. The error is the
+/// reason.
 pub fn verify(
     pvk: &Pvk,
     program: &Program,
@@ -341,10 +403,13 @@ pub fn verify(
     output: &[u8],
     claim: &Claim,
     proofs: &[Vec<u8>],
+    binding: &Binding,
 ) -> Result<(), String> {
     let class =
         class_named(&claim.class).ok_or_else(|| format!("unknown class {}", claim.class))?;
-    verify_in(&class, pvk, None, program, input, output, claim, proofs)
+    verify_in(
+        &class, pvk, None, program, input, output, claim, proofs, binding,
+    )
 }
 
 /// The program's share of the public inputs in `class`, to compute once per module and pass
@@ -367,8 +432,9 @@ pub fn verify_in(
     output: &[u8],
     claim: &Claim,
     proofs: &[Vec<u8>],
+    binding: &Binding,
 ) -> Result<(), String> {
-    let statements = statements(class, program, input, output, claim)?;
+    let statements = statements(class, program, input, output, claim, binding)?;
     if proofs.len() != statements.len() {
         return Err(format!(
             "{} proofs for a claim of {} segments",

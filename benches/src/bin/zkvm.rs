@@ -72,7 +72,7 @@ fn keys(dir: &std::path::Path, class: Class) -> anyhow::Result<(groth::Pk, groth
         ));
     }
     let started = Instant::now();
-    let (pk, vk) = groth::setup(class)?;
+    let (pk, vk, system) = groth::setup(class)?;
     let setup_s = started.elapsed().as_secs_f64();
     let pk_bytes = zkvm::pk_bytes(&pk);
     let vk_bytes = zkvm::vk_bytes(&vk);
@@ -86,6 +86,7 @@ fn keys(dir: &std::path::Path, class: Class) -> anyhow::Result<(groth::Pk, groth
             "class": class.name, "proving_key_sha256": ph, "proving_key_size": pk_bytes.len(),
             "verifying_key_sha256": vh, "constraints": constraints,
             "setup_ms": (setup_s * 1000.0) as u64, "circuit_fingerprint": groth::fingerprint(&class),
+            "constraint_system_sha256": system,
         }))?,
     )?;
     Ok((pk, vk, pk_bytes.len() as u64, setup_s))
@@ -176,10 +177,12 @@ fn main() -> anyhow::Result<()> {
         }
         let trace = zkvm::trace(&program, &input, &class);
         let circuit = ZkvmCircuit::new(class, &program, &input, &trace)?;
-        let statement = circuit.statement.clone();
+        let binding = zkvm::Binding::new("bench", "bench");
+        let mut statement = circuit.statement.clone();
+        statement.binding = binding.segment(0);
         let steps = trace.steps.len();
         let started = Instant::now();
-        let (proof_bytes, _) = zkvm::prove(&pk, vec![circuit], |_, _| {})?;
+        let (proof_bytes, _) = zkvm::prove(&pk, vec![circuit], &binding, |_, _| {})?;
         let prove_s = started.elapsed().as_secs_f64();
         let rss = peak_rss_mib();
         let proof = zkvm::proof_from(&proof_bytes[0])?;
@@ -261,7 +264,8 @@ fn main() -> anyhow::Result<()> {
         let pvk = groth::prepare(&vk);
         let n = circuits.len();
         let started = Instant::now();
-        let (proofs, claim) = zkvm::prove(&pk, circuits, |done, of| {
+        let binding = zkvm::Binding::new("bench", "bench");
+        let (proofs, claim) = zkvm::prove(&pk, circuits, &binding, |done, of| {
             eprintln!(
                 "{}: segment {done} of {of} proved ({:.0} s)",
                 guest.name,
@@ -281,6 +285,7 @@ fn main() -> anyhow::Result<()> {
             &trace.output,
             &claim,
             &proofs,
+            &binding,
         )
         .map_err(|e| anyhow::anyhow!(e))?;
         let verify_ms = started.elapsed().as_secs_f64() * 1000.0;

@@ -196,7 +196,9 @@ pub fn check(bundle: &Bundle, vk: &[u8], module: Option<&[u8]>) -> Result<Checke
     }
     proofs.push(decode("proof", &p.proof_base64)?);
     let started = std::time::Instant::now();
-    zkvm::verify(&pvk, &program, &input, &output, &claim, &proofs)?;
+    // The proofs are bound to the task and to the node that made them (the receipt's).
+    let binding = zkvm::Binding::new(&bundle.task_id, &r.node_id);
+    zkvm::verify(&pvk, &program, &input, &output, &claim, &proofs, &binding)?;
     Ok(Checked {
         class: claim.class,
         steps: claim.steps,

@@ -38,6 +38,39 @@ impl SchedulerService {
             _ => Err(Status::not_found(format!("no task {task_id:?}"))),
         }
     }
+
+    /// Refuses a proof task that no circuit class this mesh serves (ready or being set up)
+    /// can hold, for what is known before it runs: its program, globals, initial data and
+    /// input. Nodes would otherwise take it, find they cannot prove it, and give it back
+    /// until its attempts run out.
+    async fn check_provable(&self, module_hash: &str, input_len: usize) -> Result<(), Status> {
+        use zkmesh_prover::zkvm;
+        let circuits = call(self.core.verifier.clone().list_circuits(Empty {}))
+            .await?
+            .circuits;
+        let served = |name: &str| {
+            circuits.iter().any(|c| {
+                c.circuit_class == name
+                    && (c.state == "ready" || c.state.starts_with("setting up"))
+            })
+        };
+        let Some(largest) = zkvm::CLASSES.iter().rev().find(|c| served(c.name)) else {
+            return Ok(()); // the verifier's own policy check speaks for a mesh without keys
+        };
+        let bytes = (self.core.store.module_bytes(module_hash).await)
+            .map_err(db_error)?
+            .ok_or_else(|| Status::not_found(format!("no module {module_hash:?}")))?;
+        let program = zkvm::program(&bytes)
+            .map_err(|e| Status::failed_precondition(format!("policy proof: {e}")))?;
+        zkvm::fits_statically(&program, input_len, largest).map_err(|e| {
+            Status::failed_precondition(format!(
+                "policy proof cannot prove this task in the largest circuit class this mesh \
+                 serves ({}): {e}; use --policy replicate:K or --policy receipt, or set up a \
+                 larger class",
+                largest.name
+            ))
+        })
+    }
 }
 
 /// A requested limit (0: the default), refused above the maximum.
@@ -211,6 +244,10 @@ impl SchedulerApi for SchedulerService {
         if policy.kind() != PolicyKind::Receipt {
             // The verifier decides which policies it can judge.
             call(self.core.verifier.clone().check_policy(policy)).await?;
+        }
+        if policy.kind() == PolicyKind::Proof {
+            self.check_provable(&req.module_hash, req.input.len())
+                .await?;
         }
         if policy.kind() == PolicyKind::Replicate {
             let operators = self.core.connected_operators().await;

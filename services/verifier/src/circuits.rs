@@ -27,9 +27,14 @@ struct Manifest {
     constraints: u64,
     setup_ms: u64,
     /// The circuit's fingerprint (shape and capacities) when the keys were made
-    /// ([`groth::fingerprint`]).
+    /// ([`groth::fingerprint`]): a cheap check at every start.
     #[serde(default)]
     circuit_fingerprint: String,
+    /// The hash of the whole constraint system the keys were made for
+    /// ([`groth::constraint_system_hash`]), from the setup's own synthesis: checked when the
+    /// class is first used.
+    #[serde(default)]
+    constraint_system_sha256: String,
 }
 
 pub struct Ready {
@@ -37,6 +42,11 @@ pub struct Ready {
     pub pvk: Pvk,
     pub vk_bytes: Vec<u8>,
     pub pk_path: PathBuf,
+    /// The constraint system the keys were made for.
+    constraint_system: String,
+    /// Whether today's constraint system of the class is that one: decided once, at first
+    /// use (at once for keys set up by this process).
+    checked: std::sync::OnceLock<Result<(), String>>,
 }
 
 enum State {
@@ -97,7 +107,8 @@ impl Circuits {
             return Ok(None);
         }
         let m: Manifest = serde_json::from_slice(&std::fs::read(&manifest)?)?;
-        if m.circuit_fingerprint != groth::fingerprint(class) {
+        if m.circuit_fingerprint != groth::fingerprint(class) || m.constraint_system_sha256.is_empty()
+        {
             tracing::warn!(
                 class = class.name,
                 "stored keys were made for another version of the circuit; setting the class up again"
@@ -129,6 +140,8 @@ impl Circuits {
             pvk: groth::prepare(&vk),
             vk_bytes,
             pk_path,
+            constraint_system: m.constraint_system_sha256,
+            checked: Default::default(),
         }))
     }
 
@@ -156,6 +169,35 @@ impl Circuits {
             Some(State::Ready(r)) => Some(r.clone()),
             _ => None,
         }
+    }
+
+    /// The keys of a ready class, once the class's constraint system today has been found to
+    /// be the one its keys were made for (the first call for a class synthesises it: seconds
+    /// for c14; run it on the blocking pool). Keys made for another system are dropped (their
+    /// manifest removed) and the class must be set up again.
+    pub fn checked(&self, name: &str) -> Result<Arc<Ready>, String> {
+        let ready = self.ready(name).ok_or_else(|| format!("is {}", self.state(name)))?;
+        let class = class_named(name).expect("ready classes are known");
+        let verdict = ready.checked.get_or_init(|| {
+            let started = Instant::now();
+            let today = groth::constraint_system_hash(&class).map_err(|e| e.to_string())?;
+            tracing::info!(class = name, ms = started.elapsed().as_millis() as u64, "constraint system of stored keys checked");
+            if today == ready.constraint_system {
+                Ok(())
+            } else {
+                Err(format!(
+                    "has keys made for another constraint system ({}, today {today}); set it up again",
+                    ready.constraint_system
+                ))
+            }
+        });
+        if let Err(e) = verdict {
+            tracing::error!(class = name, error = %e, "stored circuit keys refused");
+            let _ = std::fs::remove_file(self.dir.join(format!("{}.json", class.name)));
+            self.set(class.name, State::Failed(e.clone()));
+            return Err(e.clone());
+        }
+        Ok(ready)
     }
 
     /// True when some class is ready or on its way.
@@ -239,7 +281,7 @@ impl Circuits {
         self.phase(class, "counting constraints");
         let constraints = groth::count_constraints(*class).map_err(|e| e.to_string())?;
         self.phase(class, "generating keys");
-        let (pk, vk) = groth::setup(*class).map_err(|e| e.to_string())?;
+        let (pk, vk, constraint_system) = groth::setup(*class).map_err(|e| e.to_string())?;
         self.phase(class, "writing keys");
         let pk_bytes = zkvm::pk_bytes(&pk);
         drop(pk);
@@ -261,7 +303,8 @@ impl Circuits {
             verifying_key_sha256: vk_hash.clone(),
             constraints,
             setup_ms: started.elapsed().as_millis() as u64,
-            circuit_fingerprint: groth::fingerprint(&class),
+            circuit_fingerprint: groth::fingerprint(class),
+            constraint_system_sha256: constraint_system.clone(),
         };
         // The manifest goes last: a crash before it leaves no half-set-up class behind.
         write(
@@ -281,6 +324,8 @@ impl Circuits {
             pvk: groth::prepare(&vk),
             vk_bytes,
             pk_path,
+            constraint_system,
+            checked: Ok(()).into(),
         }))
     }
 }

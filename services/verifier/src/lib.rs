@@ -296,7 +296,7 @@ impl VerifierService {
                 "{UNAVAILABLE}the scheduler sent a module or input that does not match the task"
             ));
         }
-        let Some(keys) = self.circuits.ready(&proof.circuit_class) else {
+        let Ok(keys) = self.checked(&proof.circuit_class).await else {
             let state = self.circuits.state(&proof.circuit_class);
             if state.starts_with("setting up") {
                 return Some(format!(
@@ -321,6 +321,8 @@ impl VerifierService {
             Err(e) => return Some(format!("module is not provable: {e}")),
         };
         let (input, output) = (task.input.clone(), report.output.clone());
+        // Each segment's proof is bound to this task and to the node that reports it.
+        let binding = zkmesh_prover::zkvm::Binding::new(&task.task_id, &report.node_id);
         let links: Vec<(u64, &str, &str)> = proof
             .links
             .iter()
@@ -361,6 +363,7 @@ impl VerifierService {
                 &output,
                 &claim,
                 &proofs,
+                &binding,
             )
             .map(|()| term)
         })
@@ -377,14 +380,20 @@ impl VerifierService {
         result.err()
     }
 
-    /// A class's keys, or FAILED_PRECONDITION saying what state the class is in.
-    fn ready(&self, name: &str) -> Result<Arc<circuits::Ready>, Status> {
-        self.circuits.ready(name).ok_or_else(|| {
-            Status::failed_precondition(format!(
-                "circuit class {name:?} is {}",
-                self.circuits.state(name)
-            ))
+    /// A class's keys, checked against today's constraint system at the class's first use
+    /// ([`circuits::Circuits::checked`]), or FAILED_PRECONDITION saying what state the class
+    /// is in.
+    async fn ready(&self, name: &str) -> Result<Arc<circuits::Ready>, Status> {
+        self.checked(name).await.map_err(|e| {
+            Status::failed_precondition(format!("circuit class {name:?} {e}"))
         })
+    }
+
+    async fn checked(&self, name: &str) -> Result<Arc<circuits::Ready>, String> {
+        let (circuits, name) = (self.circuits.clone(), name.to_string());
+        tokio::task::spawn_blocking(move || circuits.checked(&name))
+            .await
+            .unwrap_or_else(|e| Err(format!("check crashed: {e}")))
     }
 
     fn program(&self, hash: &str, wasm: &[u8]) -> Result<Arc<zkmesh_prover::isa::Program>, String> {
@@ -552,7 +561,7 @@ impl VerifierApi for VerifierService {
         req: Request<CircuitRef>,
     ) -> Result<Response<VerifyingKeyData>, Status> {
         let name = req.into_inner().circuit_class;
-        let ready = self.ready(&name)?;
+        let ready = self.ready(&name).await?;
         Ok(Response::new(VerifyingKeyData {
             info: Some(ready.info.clone()),
             verifying_key: ready.vk_bytes.clone(),
@@ -564,7 +573,7 @@ impl VerifierApi for VerifierService {
         req: Request<CircuitRef>,
     ) -> Result<Response<KeyStream>, Status> {
         let name = req.into_inner().circuit_class;
-        let ready = self.ready(&name)?;
+        let ready = self.ready(&name).await?;
         let (tx, rx) = tokio::sync::mpsc::channel(4);
         tokio::spawn(async move {
             use tokio::io::AsyncReadExt;

@@ -996,8 +996,8 @@ async fn execute(
         signature: Vec::new(),
     };
     zkmesh_kit::receipt::sign(&mut receipt, &shared.receipt_key).map_err(|e| e.to_string())?;
-    let mut message = outcome.message.clone();
-    let (mut proof, mut proof_error) = (None, String::new());
+    let message = outcome.message.clone();
+    let mut proof = None;
     if a.policy.unwrap_or_default().kind() == PolicyKind::Proof {
         let attempt_id = a.attempt_id.clone();
         let progress = move |message: String| WorkerMessage {
@@ -1016,6 +1016,7 @@ async fn execute(
         };
         match prove(
             shared,
+            &a.task_id,
             wasm_for_proof,
             a.input.clone(),
             &outcome.output,
@@ -1029,9 +1030,14 @@ async fn execute(
                 proof = Some(p);
             }
             Err(e) => {
-                tracing::warn!(attempt_id = %a.attempt_id, error = %e, "no proof");
-                message = format!("{message}; no proof: {e}");
-                proof_error = e;
+                // Not a dishonest result: this node cannot prove the run (no key for a class
+                // large enough, a run too long, a prover failure). It gives the task back
+                // rather than report a result the verifier would have to reject.
+                tracing::warn!(attempt_id = %a.attempt_id, error = %e, "cannot prove; giving the task back");
+                if cancel.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                return leave(outbox, &a.attempt_id, format!("cannot prove the run: {e}")).await;
             }
         }
         if cancel.load(Ordering::Relaxed) {
@@ -1050,7 +1056,7 @@ async fn execute(
                 run_time_us: outcome.run_time.as_micros() as u64,
                 cpu_time_us: outcome.cpu_time.as_micros() as u64,
                 proof,
-                proof_error,
+                proof_error: String::new(),
             })),
         })
         .await
@@ -1061,6 +1067,7 @@ async fn execute(
 /// ready class that holds it.
 async fn prove(
     shared: &Arc<Shared>,
+    task_id: &str,
     wasm: Arc<Vec<u8>>,
     input: Vec<u8>,
     output: &[u8],
@@ -1143,8 +1150,9 @@ async fn prove(
     let started = std::time::Instant::now();
     let progress = Arc::new(progress);
     let report = progress.clone();
+    let binding = zkvm::Binding::new(task_id, &shared.node_id);
     let (mut proofs, claim) = tokio::task::spawn_blocking(move || {
-        zkvm::prove(&pk, circuits, |done, of| {
+        zkvm::prove(&pk, circuits, &binding, |done, of| {
             if of > 1 {
                 report(format!(
                     "proved segment {done} of {of} ({} s)",

@@ -126,6 +126,22 @@ async fn a_lying_prover_is_rejected_and_the_bundle_verifies_offline_until_tamper
     let liar = start_liar(&sb, assigned_tx, go.clone()).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut s = sb.api.scheduler().unwrap();
+
+    // A module whose program no class of this mesh holds (sha256's, in a mesh of c10 only) is
+    // refused at submit with the reason, before any node takes it.
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let job = Job {
+        policy: "proof",
+        ..Job::new(sha.wasm, b"hi")
+    };
+    let refused = submit(&mut s, &job).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert!(
+        refused.message().contains("the program needs") && refused.message().contains(CLASS),
+        "{}",
+        refused.message()
+    );
+
     let job = Job {
         policy: "proof",
         ..Job::new(bytesum.wasm, b"hi")
