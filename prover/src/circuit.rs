@@ -1283,13 +1283,7 @@ fn route(cs: &Cs, entries: &[Entry], order: &[usize], flip: Option<usize>) -> R<
 /// the previous value at its address (zero if it is the first access there), and, unless the
 /// segment `halted`, the last access of every address whose value is not zero is a final read,
 /// so the state out lists every such address.
-fn check_memory(
-    cs: &Cs,
-    sorted: &[[L; 3]],
-    time_bits: u32,
-    halted: &L,
-    half_keys: bool,
-) -> R<()> {
+fn check_memory(cs: &Cs, sorted: &[[L; 3]], time_bits: u32, halted: &L, half_keys: bool) -> R<()> {
     let one = L::konst(Fr::one());
     let running = one.sub(halted);
     // tw = 4 time + 2 final + write.
@@ -1582,7 +1576,11 @@ impl ZkvmCircuit {
         let state_in = (c.globals + c.data + c.input + 1) as u64;
         let state_out = state_in + (c.state + 4 * c.steps + c.output + 1) as u64;
         let entries = state_out as usize + c.state;
-        (state_in, state_out, entries.next_power_of_two().trailing_zeros())
+        (
+            state_in,
+            state_out,
+            entries.next_power_of_two().trailing_zeros(),
+        )
     }
 
     /// The segments of a trace that starts after `step_start` steps of a run, from a memory

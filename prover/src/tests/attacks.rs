@@ -25,12 +25,7 @@ fn program(wat: &str) -> Program {
 /// The witness of a prover that runs `program` with the instruction at `pc` replaced by
 /// `forged` and claims the result of the original program: every step at `pc` fetches the
 /// program's own word and decodes `forged` instead. Returns the circuit and the forged run.
-fn substituted(
-    program: &Program,
-    input: &[u8],
-    pc: usize,
-    forged: Instr,
-) -> (ZkvmCircuit, Trace) {
+fn substituted(program: &Program, input: &[u8], pc: usize, forged: Instr) -> (ZkvmCircuit, Trace) {
     let original = program.code[pc];
     let mut modified = program.clone();
     modified.code[pc] = forged;
@@ -105,7 +100,10 @@ fn halting_at_an_instruction_that_is_not_a_halt_is_refused() {
         );
         tried += 1;
     }
-    assert!(tried >= 4, "only {tried} instructions with a zero immediate");
+    assert!(
+        tried >= 4,
+        "only {tried} instructions with a zero immediate"
+    );
 }
 
 /// The same attack on control flow and on the fields: a branch decoded as its opposite or as
@@ -128,15 +126,31 @@ fn decoding_another_instruction_than_the_fetched_word_is_refused() {
         if let Some(s) = honest.steps.iter().find(|s| s.instr.op == from) {
             let pc = s.regs.pc as usize;
             let i = p.code[pc];
-            cases.push(("a branch decoded as its opposite", pc, Instr { op: to, ..i }));
-            cases.push(("a branch decoded as a jump", pc, Instr { op: Op::Jump, ..i }));
+            cases.push((
+                "a branch decoded as its opposite",
+                pc,
+                Instr { op: to, ..i },
+            ));
+            cases.push((
+                "a branch decoded as a jump",
+                pc,
+                Instr { op: Op::Jump, ..i },
+            ));
             cases.push(("a branch on another slot", pc, Instr { a: i.a + 1, ..i }));
         }
     }
     let add = at(Op::Add);
     let i = p.code[add];
-    cases.push(("an addition that writes another slot", add, Instr { c: i.c + 1, ..i }));
-    cases.push(("an addition of another slot", add, Instr { a: i.a + 1, ..i }));
+    cases.push((
+        "an addition that writes another slot",
+        add,
+        Instr { c: i.c + 1, ..i },
+    ));
+    cases.push((
+        "an addition of another slot",
+        add,
+        Instr { a: i.a + 1, ..i },
+    ));
     cases.push((
         "an addition decoded as a subtraction",
         add,
@@ -145,7 +159,11 @@ fn decoding_another_instruction_than_the_fetched_word_is_refused() {
     let copy = at(Op::Copy);
     let i = p.code[copy];
     cases.push(("a copy from another slot", copy, Instr { a: i.a + 1, ..i }));
-    cases.push(("a copy decoded as a constant", copy, Instr { op: Op::Const, ..i }));
+    cases.push((
+        "a copy decoded as a constant",
+        copy,
+        Instr { op: Op::Const, ..i },
+    ));
     let store = at(Op::Store);
     let i = p.code[store];
     cases.push((
@@ -161,7 +179,11 @@ fn decoding_another_instruction_than_the_fetched_word_is_refused() {
         let (c, run) = substituted(&p, b"", pc, forged);
         assert!(
             run.output != honest.output
-                || run.steps.iter().map(|s| s.acc).ne(honest.steps.iter().map(|s| s.acc)),
+                || run
+                    .steps
+                    .iter()
+                    .map(|s| s.acc)
+                    .ne(honest.steps.iter().map(|s| s.acc)),
             "{what}: the forged run must differ from the honest one"
         );
         assert!(violation(c).is_some(), "{what} was accepted");
@@ -220,7 +242,10 @@ fn a_state_list_with_addresses_off_the_integers_is_refused() {
             .collect::<Vec<_>>(),
     );
     assert_ne!(commitment, wiper.statement.memory_out);
-    assert!(!wiper.memory_out.is_empty(), "the honest state out is not empty");
+    assert!(
+        !wiper.memory_out.is_empty(),
+        "the honest state out is not empty"
+    );
     wiper.tamper.state_out = Some(fakes.clone());
     wiper.tamper.half_keys = true;
     wiper.statement.memory_out = commitment;

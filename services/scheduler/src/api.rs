@@ -50,8 +50,7 @@ impl SchedulerService {
             .circuits;
         let served = |name: &str| {
             circuits.iter().any(|c| {
-                c.circuit_class == name
-                    && (c.state == "ready" || c.state.starts_with("setting up"))
+                c.circuit_class == name && (c.state == "ready" || c.state.starts_with("setting up"))
             })
         };
         let Some(largest) = zkvm::CLASSES.iter().rev().find(|c| served(c.name)) else {

@@ -107,7 +107,8 @@ impl Circuits {
             return Ok(None);
         }
         let m: Manifest = serde_json::from_slice(&std::fs::read(&manifest)?)?;
-        if m.circuit_fingerprint != groth::fingerprint(class) || m.constraint_system_sha256.is_empty()
+        if m.circuit_fingerprint != groth::fingerprint(class)
+            || m.constraint_system_sha256.is_empty()
         {
             tracing::warn!(
                 class = class.name,
@@ -176,7 +177,9 @@ impl Circuits {
     /// for c14; run it on the blocking pool). Keys made for another system are dropped (their
     /// manifest removed) and the class must be set up again.
     pub fn checked(&self, name: &str) -> Result<Arc<Ready>, String> {
-        let ready = self.ready(name).ok_or_else(|| format!("is {}", self.state(name)))?;
+        let ready = self
+            .ready(name)
+            .ok_or_else(|| format!("is {}", self.state(name)))?;
         let class = class_named(name).expect("ready classes are known");
         let verdict = ready.checked.get_or_init(|| {
             let started = Instant::now();

@@ -384,9 +384,9 @@ impl VerifierService {
     /// ([`circuits::Circuits::checked`]), or FAILED_PRECONDITION saying what state the class
     /// is in.
     async fn ready(&self, name: &str) -> Result<Arc<circuits::Ready>, Status> {
-        self.checked(name).await.map_err(|e| {
-            Status::failed_precondition(format!("circuit class {name:?} {e}"))
-        })
+        self.checked(name)
+            .await
+            .map_err(|e| Status::failed_precondition(format!("circuit class {name:?} {e}")))
     }
 
     async fn checked(&self, name: &str) -> Result<Arc<circuits::Ready>, String> {

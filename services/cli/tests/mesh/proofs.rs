@@ -135,7 +135,11 @@ async fn a_lying_prover_is_rejected_and_the_bundle_verifies_offline_until_tamper
         ..Job::new(sha.wasm, b"hi")
     };
     let refused = submit(&mut s, &job).await.unwrap_err();
-    assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{refused:?}");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::FailedPrecondition,
+        "{refused:?}"
+    );
     assert!(
         refused.message().contains("the program needs") && refused.message().contains(CLASS),
         "{}",
