@@ -38,7 +38,12 @@ use crate::trace::{Exit, Step, Trace};
 
 /// Largest stack slot index plus one (a call deeper than this does not fit); the interpreter
 /// traps at the same bound.
-pub const MAX_STACK: u64 = 1 << 20;
+pub const MAX_STACK: u64 = 1 << FP_BITS;
+/// Bits of a frame pointer.
+const FP_BITS: usize = 20;
+/// Bits of a memory size in pages: [`crate::isa::MAX_PAGES`] is `2^14 - 1`.
+const MS_BITS: usize = 14;
+const _: () = assert!(crate::isa::MAX_PAGES < 1 << MS_BITS);
 
 /// A size class: capacities of everything that varies between runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -280,7 +285,8 @@ fn aux_of(class: &Class, step: &Step) -> Aux {
     let fp = step.regs.fp;
     let sx = (x >> (n - 1)) & 1;
     let xs = x as i128 - ((sx as i128) << n);
-    let stack_room = |frame: u64| (MAX_STACK - (1 << SLOT_BITS) - (fp + frame)) as u128;
+    // Wrapping: a witness for a frame out of range (which the circuit refuses) is still built.
+    let stack_room = |frame: u64| (MAX_STACK - (1 << SLOT_BITS)).wrapping_sub(fp + frame) as u128;
     let (mut h, mut d, mut e): (u128, u128, u128) = (0, 0, 0);
     match i.op {
         Op::Add => h = (x as u128 + y as u128) / w,
@@ -431,11 +437,13 @@ impl ZkvmCircuit {
         // The segment either halts (the last one, with its status) or does not (status 0).
         cs.gate(&halted, &one.sub(&halted))?;
         cs.gate(&one.sub(&halted), &status)?;
-        // The registers in: pc, fp and memory size of 32 bits each, packed as in `pack_state`.
+        // The registers in, packed as in `pack_state`: pc of 32 bits, and fp and memory size in
+        // the ranges every run keeps them in (fp below MAX_STACK, which every call and return
+        // checks; at most MAX_PAGES pages, which every memory.grow checks through its maximum).
         let (pc_in, fp_in, ms_in) = unpack_state(st.state_in);
         let (_, pc0) = cs.bits(&bits_of(pc_in as u128, 32))?;
-        let (_, fp0) = cs.bits(&bits_of(fp_in as u128, 32))?;
-        let (_, ms0) = cs.bits(&bits_of(ms_in as u128, 32))?;
+        let (_, fp0) = cs.bits(&bits_of(fp_in as u128, FP_BITS))?;
+        let (_, ms0) = cs.bits(&bits_of(ms_in as u128, MS_BITS))?;
         cs.equal(
             &pc0.add(&fp0.scale(pow2(32))).add(&ms0.scale(pow2(64))),
             &state_in,
@@ -824,6 +832,13 @@ impl ZkvmCircuit {
             .add(&cs.mul(&s(Op::Store), &mem_addr.add(&w01).sub(&scratch))?)
             .add(&cs.mul(&ret_c, &stack(&L::zero()).sub(&scratch))?);
         let m_write = s(Op::SetM).add(&cs.mul(&s(Op::Store), &w01)?);
+        // A step without a result writes zero to the scratch space: nothing reads it there, and
+        // the witness keeps one form (`Return` moves a result when c = 1, which the program
+        // check keeps to 0 or 1).
+        let writes = (writes_c.clone())
+            .add(&any(&[Op::Call, Op::CallIndirect, Op::Store]))
+            .add(&ret_c);
+        cs.gate(&one.sub(&writes), &z)?;
 
         // Shared helpers.
         let e_in = x.sub(&y).add(&cs.mul(&s(Op::Select), &m.sub(&x).add(&y))?);
@@ -1365,6 +1380,9 @@ pub enum FitError {
     NotHalted(Exit),
     #[error("{0}")]
     Unprovable(String),
+    /// The program breaks an assumption of the circuit ([`crate::wellformed`]): a lowering bug.
+    #[error("the lowered program is malformed: {0}")]
+    Malformed(String),
     #[error("{what} needs {need}, the class {class} holds {cap}")]
     TooBig {
         what: &'static str,
@@ -1459,6 +1477,7 @@ impl Statement {
         output: &[u8],
         b: &Boundary,
     ) -> Result<Statement, FitError> {
+        crate::wellformed::check(program).map_err(FitError::Malformed)?;
         fit("the program", program.code.len(), class.program, class)?;
         fit("the globals", program.globals.len(), class.globals, class)?;
         fit("the initial data", program.data.len(), class.data, class)?;

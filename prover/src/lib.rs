@@ -18,6 +18,7 @@ pub mod lower;
 pub mod poseidon;
 pub mod r1cs;
 pub mod trace;
+pub mod wellformed;
 pub mod zkvm;
 
 #[cfg(test)]

@@ -1408,3 +1408,5 @@ mod smith {
 }
 
 mod attacks;
+mod ranges;
+mod wellformed;

@@ -30,7 +30,9 @@ fn substituted(program: &Program, input: &[u8], pc: usize, forged: Instr) -> (Zk
     let mut modified = program.clone();
     modified.code[pc] = forged;
     let trace = run(&modified, input, RunLimits::default());
-    let mut c = ZkvmCircuit::new(TINY, &modified, input, &trace)
+    // The statement is built from the original program (the modified one need not even be
+    // well formed: only the forged run comes from it).
+    let mut c = ZkvmCircuit::new(TINY, program, input, &trace)
         .unwrap_or_else(|e| panic!("the forged run must fit one segment: {e}"));
     for (n, step) in c.steps.iter_mut().enumerate() {
         if step.regs.pc == pc as u64 {
@@ -38,7 +40,6 @@ fn substituted(program: &Program, input: &[u8], pc: usize, forged: Instr) -> (Zk
             c.tamper.decode.push((n, forged));
         }
     }
-    c.statement.program[pc] = (original.packed(), original.imm);
     // The statement is the verifier's own for the original program and the forged claim.
     let Exit::Halted(status) = trace.exit else {
         panic!("the forged run must halt: {:?}", trace.exit)
