@@ -456,10 +456,10 @@ pub fn verify_in(
     if ok {
         Ok(())
     } else if proofs.len() == 1 {
-        Err("the proof does not verify for this module, input, output and claim".into())
+        Err("the proof does not verify for this module, input, output and claim, by this node for this task".into())
     } else {
         Err(format!(
-            "the {} segment proofs do not all verify for this module, input, output and claim",
+            "the {} segment proofs do not all verify for this module, input, output and claim, by this node for this task",
             proofs.len()
         ))
     }

@@ -500,7 +500,7 @@ impl Core {
         if a.node_id != node_id {
             return Ok(());
         }
-        let reason: String = reason.chars().take(300).collect();
+        let reason: String = reason.chars().take(600).collect();
         tracing::info!(node_id, attempt_id, %reason, "attempt declined");
         self.expire(&a, &format!("node {node_id} gave the task back: {reason}"))
             .await

@@ -17,6 +17,8 @@ pub struct FakeNode {
     pub receipt_key: SigningKey,
     pub up: mpsc::Sender<WorkerMessage>,
     pub down: Streaming<SchedulerMessage>,
+    /// The node's own registry client, for the heartbeats that keep it active there.
+    pub registry: RegistryServiceClient<tonic::transport::Channel>,
 }
 
 pub async fn enroll(sb: &Sandbox, operator: &str, slots: u32) -> FakeNode {
@@ -88,6 +90,7 @@ pub async fn enroll(sb: &Sandbox, operator: &str, slots: u32) -> FakeNode {
         receipt_key,
         up,
         down,
+        registry,
     }
 }
 

@@ -278,6 +278,186 @@ async fn a_lying_prover_is_rejected_and_the_bundle_verifies_offline_until_tamper
     assert_audit_passes(&sb.api).await;
 }
 
+/// A node that copies another node's verified proof: it holds its first assignment until it
+/// is handed a proof (with the output it proves), reports that as its own result, and leaves.
+async fn start_copier(
+    sb: &Sandbox,
+    assigned: tokio::sync::mpsc::Sender<()>,
+    mut loot: tokio::sync::mpsc::Receiver<(Vec<u8>, ZkProof)>,
+) -> String {
+    let fake = crate::fake_node::enroll(sb, "operator-copier", 1).await;
+    let (tx, mut down, key) = (fake.up, fake.down, fake.receipt_key);
+    let mut registry = fake.registry;
+    let node_id = fake.node_id.clone();
+    tokio::spawn(async move {
+        while let Ok(Some(msg)) = down.message().await {
+            let Some(scheduler_message::Kind::Assignment(a)) = msg.kind else {
+                continue;
+            };
+            let _ = assigned.send(()).await;
+            // Keep the lease alive, as a worker that is still proving would.
+            let mut beat = tokio::time::interval(Duration::from_secs(2));
+            let (output, proof) = loop {
+                tokio::select! {
+                    got = loot.recv() => match got {
+                        Some(got) => break got,
+                        None => return,
+                    },
+                    _ = beat.tick() => {
+                        let _ = registry.heartbeat(HeartbeatRequest { running_tasks: 1 }).await;
+                        let heartbeat = WorkerHeartbeat {
+                            running_attempt_ids: vec![a.attempt_id.clone()],
+                        };
+                        let _ = tx
+                            .send(WorkerMessage {
+                                kind: Some(worker_message::Kind::Heartbeat(heartbeat)),
+                            })
+                            .await;
+                    }
+                }
+            };
+            let report = TaskReport {
+                proof: Some(proof),
+                ..crate::fake_node::signed_report(&a, &node_id, &key, output)
+            };
+            let _ = tx
+                .send(WorkerMessage {
+                    kind: Some(worker_message::Kind::Report(report)),
+                })
+                .await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            return;
+        }
+    });
+    fake.node_id
+}
+
+/// A valid proof of the same module, input and output, made by another node for another task,
+/// is worth nothing to the node that copies it: each proof is bound to its task and its
+/// prover. The copier's report is rejected and the task is proved again by an honest node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proof_copied_from_another_task_and_node_is_rejected() {
+    let mut sb = start_proving(0, CLASS).await;
+    let bytesum = zkmesh_guests::get("bytesum").unwrap();
+    let (assigned_tx, mut assigned) = tokio::sync::mpsc::channel(1);
+    let (loot_tx, loot) = tokio::sync::mpsc::channel(1);
+    let copier = start_copier(&sb, assigned_tx, loot).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut s = sb.api.scheduler().unwrap();
+    let job = Job {
+        policy: "proof",
+        ..Job::new(bytesum.wasm, b"hi")
+    };
+    // The copier takes the first task and holds it (its one slot stays busy).
+    let target = submit(&mut s, &job).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(20), assigned.recv())
+        .await
+        .expect("the copier gets the first task");
+    // An honest node proves the same job as a second task.
+    sb.mesh
+        .add_worker("honest", "operator-honest")
+        .await
+        .unwrap();
+    sb.mesh
+        .wait_for_workers(2, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let source = submit(&mut s, &job).await.unwrap();
+    let honest = tokio::time::timeout(
+        Duration::from_secs(300),
+        zkmesh_cli::client::wait(&mut s, &source.task_id, |_| {}),
+    )
+    .await
+    .expect("the honest node proves within 5 minutes")
+    .unwrap();
+    assert_verified(&honest, b"209");
+    assert!(honest.receipts.iter().all(|r| r.node_id != copier));
+    let proof = honest.proof.clone().expect("the verified proof is kept");
+
+    // The copier reports the honest proof (same module, input, output, steps, state) as its
+    // result for the first task.
+    loot_tx.send((honest.output.clone(), proof)).await.unwrap();
+    let mut rejected = None;
+    for _ in 0..200 {
+        let events = s
+            .get_task(TaskRef {
+                task_id: target.task_id.clone(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        if events.attempts >= 2 || events.message.contains("rejected") {
+            rejected = Some(events);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let history = messages(&mut s, &target.task_id).await;
+    assert!(
+        rejected.is_some(),
+        "the copied proof was not rejected: {history:?}"
+    );
+    let result = tokio::time::timeout(
+        Duration::from_secs(300),
+        zkmesh_cli::client::wait(&mut s, &target.task_id, |_| {}),
+    )
+    .await
+    .expect("the honest node proves the first task within 5 minutes")
+    .unwrap();
+    assert_verified(&result, b"209");
+    assert!(result.receipts.iter().all(|r| r.node_id != copier));
+    let history = messages(&mut s, &target.task_id).await;
+    assert!(
+        history.iter().any(|m| m.starts_with("rejected")
+            && m.contains(&copier)
+            && m.contains("does not verify")
+            && m.contains("by this node for this task")),
+        "{history:?}"
+    );
+    assert_audit_passes(&sb.api).await;
+}
+
+/// A run whose memory state outgrows the class between segments passes the static check at
+/// submit (its program, data and input fit), but no node can prove it: each one that traces
+/// it gives the task back with the reason, and the task fails with it once the attempts are
+/// spent, rather than being reported with a result nobody could verify.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_no_node_can_prove_is_given_back_and_fails_with_the_reason() {
+    let sb = start_proving(1, CLASS).await;
+    let bytesum = zkmesh_guests::get("bytesum").unwrap();
+    // 60 bytes: the input's 15 words, their copy in linear memory and bytesum's slots are more
+    // than c10's 32-word memory state at a segment boundary.
+    let input = [b'x'; 60];
+    let mut s = sb.api.scheduler().unwrap();
+    let job = Job {
+        policy: "proof",
+        ..Job::new(bytesum.wasm, &input)
+    };
+    let task = submit(&mut s, &job).await.unwrap();
+    let result = tokio::time::timeout(
+        Duration::from_secs(120),
+        zkmesh_cli::client::wait(&mut s, &task.task_id, |_| {}),
+    )
+    .await
+    .expect("given up within 2 minutes")
+    .unwrap();
+    assert_eq!(result.state(), TaskState::Failed, "{result:?}");
+    let history = messages(&mut s, &task.task_id).await;
+    let declined = history
+        .iter()
+        .filter(|m| {
+            m.starts_with("node ") && m.contains("gave the task back: cannot prove the run")
+        })
+        .count();
+    assert_eq!(declined, 3, "{history:?}");
+    assert!(
+        history.iter().any(|m| m.contains("memory state")),
+        "{history:?}"
+    );
+    assert!(result.proof.is_none());
+    assert_audit_passes(&sb.api).await;
+}
+
 /// A run longer than the class: the worker proves it in segments, the verifier checks the
 /// chain, and the bundle carries every segment; a changed link makes it invalid.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -359,6 +539,18 @@ async fn a_run_longer_than_the_class_is_proved_in_segments_and_its_bundle_verifi
         ),
     ];
     offline.assert_each_edit_invalid(edits, false);
+}
+
+/// The messages of every event of a task that has ended.
+async fn messages(
+    s: &mut zkmesh_proto::scheduler_service_client::SchedulerServiceClient<
+        tonic::transport::Channel,
+    >,
+    task_id: &str,
+) -> Vec<String> {
+    (history(s, task_id).await.into_iter())
+        .map(|e| e.message)
+        .collect()
 }
 
 type Edit = Box<dyn Fn(&mut serde_json::Value)>;
