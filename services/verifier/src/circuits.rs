@@ -332,3 +332,54 @@ impl Circuits {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys stored for another constraint system than today's (an older circuit whose shape
+    /// fingerprint happened to match, or a manifest edited by hand) are refused at first use:
+    /// the class fails with the reason and its manifest is removed, so the next start sets it
+    /// up again. Keys stored for today's system are accepted.
+    #[test]
+    fn stored_keys_for_another_constraint_system_are_refused_at_first_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let made = Circuits::open(dir.path()).unwrap();
+        made.setup("c9").unwrap();
+        assert!(made.checked("c9").is_ok(), "keys this process set up");
+
+        // Stored keys, today's system: loaded, then checked once.
+        let reopened = Circuits::open(dir.path()).unwrap();
+        assert!(reopened.ready("c9").is_some());
+        assert!(reopened.checked("c9").is_ok());
+
+        // The same keys, named for another system.
+        let path = dir.path().join("c9.json");
+        let mut m: Manifest = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let other = format!("{:0>64}", "1");
+        assert_ne!(m.constraint_system_sha256, other);
+        m.constraint_system_sha256 = other;
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        let stale = Circuits::open(dir.path()).unwrap();
+        assert!(
+            stale.ready("c9").is_some(),
+            "the cheap check at start passes"
+        );
+        let err = match stale.checked("c9") {
+            Ok(_) => panic!("keys for another constraint system were used"),
+            Err(e) => e,
+        };
+        assert!(err.contains("another constraint system"), "{err}");
+        assert!(stale.ready("c9").is_none());
+        assert!(
+            stale.state("c9").starts_with("failed"),
+            "{}",
+            stale.state("c9")
+        );
+        assert!(!path.exists(), "the manifest of refused keys is removed");
+        // And a manifest with no constraint-system hash at all is not loaded.
+        m.constraint_system_sha256 = String::new();
+        std::fs::write(&path, serde_json::to_vec(&m).unwrap()).unwrap();
+        assert!(Circuits::open(dir.path()).unwrap().ready("c9").is_none());
+    }
+}
