@@ -213,6 +213,8 @@ pub mod status {
     pub const DIVIDE_BY_ZERO: u64 = 4;
     /// `div_s` of the most negative value by -1.
     pub const INTEGER_OVERFLOW: u64 = 5;
+    /// `memory.grow` past the run's memory limit (the runtime traps there).
+    pub const OUT_OF_MEMORY: u64 = 6;
 }
 
 /// One lowered instruction.

@@ -76,8 +76,24 @@ struct Module<'a> {
     start: Option<u32>,
 }
 
-/// Lowers a module. Validation happens first, so every later error is about the subset.
+/// Pages a 32-bit WebAssembly memory can have.
+const WASM32_PAGES: u64 = 1 << 16;
+
+/// Lowers a module for a run whose memory may grow to the zkVM's own bound ([`MAX_PAGES`]
+/// pages): [`lower_limited`] with that limit.
 pub fn lower(wasm: &[u8]) -> Result<Program, LowerError> {
+    lower_limited(wasm, MAX_PAGES * PAGE)
+}
+
+/// Lowers a module for a run under a memory limit of `memory_limit_bytes`, with the limit's
+/// semantics in the mesh's runtime: a `memory.grow` past the limit traps (halts with
+/// [`status::OUT_OF_MEMORY`]), one past the module's declared maximum (within the limit)
+/// returns -1. A run whose memory could grow past
+/// [`MAX_PAGES`] under this limit, or whose initial memory is over the limit, is refused: the
+/// zkVM could not compute what the runtime would.
+///
+/// Validation happens first, so every later error is about the subset.
+pub fn lower_limited(wasm: &[u8], memory_limit_bytes: u64) -> Result<Program, LowerError> {
     Validator::new_with_features(features())
         .validate_all(wasm)
         .map_err(|e| match e.message() {
@@ -88,8 +104,29 @@ pub fn lower(wasm: &[u8]) -> Result<Program, LowerError> {
             }
             m => LowerError::Invalid(m.to_string()),
         })?;
-    let m = parse(wasm)?;
-    Lowerer::new(&m)?.run(&m)
+    let mut m = parse(wasm)?;
+    let limit = memory_limit_bytes / PAGE;
+    if let Some((initial, declared)) = m.mem {
+        let reach = declared.min(limit);
+        if reach > MAX_PAGES {
+            return Err(unprovable(format!(
+                "under a memory limit of {} MiB its memory may grow to {reach} pages; the zkVM \
+                 proves memories of at most {MAX_PAGES} pages (a memory limit below 1 GiB, or \
+                 a declared maximum of at most {MAX_PAGES} pages, makes it provable)",
+                memory_limit_bytes >> 20
+            )));
+        }
+        if initial > limit {
+            return Err(unprovable(format!(
+                "its initial memory of {initial} pages is more than the memory limit of {} MiB",
+                memory_limit_bytes >> 20
+            )));
+        }
+        m.mem = Some((initial, reach.min(declared)));
+    }
+    let mut lowerer = Lowerer::new(&m)?;
+    lowerer.mem_limit = limit;
+    lowerer.run(&m)
 }
 
 fn const_expr(expr: &wasmparser::ConstExpr<'_>) -> Result<u64, LowerError> {
@@ -195,14 +232,14 @@ fn parse(wasm: &[u8]) -> Result<Module<'_>, LowerError> {
                             "more than one memory, or a 64-bit or shared one",
                         ));
                     }
-                    let max = mem.maximum.unwrap_or(MAX_PAGES).min(MAX_PAGES);
-                    if mem.initial > max {
+                    if mem.initial > MAX_PAGES {
                         return Err(unprovable(format!(
                             "an initial memory of {} pages (the zkVM allows {MAX_PAGES})",
                             mem.initial
                         )));
                     }
-                    m.mem = Some((mem.initial, max));
+                    // The declared maximum; the limit a run is lowered for caps it.
+                    m.mem = Some((mem.initial, mem.maximum.unwrap_or(WASM32_PAGES)));
                 }
             }
             Payload::GlobalSection(r) => {
@@ -336,6 +373,8 @@ struct Lowerer {
     type_sigs: Vec<(usize, usize)>,
     /// Parameters of the function being lowered (its link slot).
     params: usize,
+    /// The run's memory limit in pages: growing past it traps.
+    mem_limit: u64,
 }
 
 fn sig_of(t: &FuncType) -> (usize, usize) {
@@ -373,6 +412,7 @@ impl Lowerer {
             sigs,
             type_sigs,
             params: 0,
+            mem_limit: MAX_PAGES,
         })
     }
 
@@ -1084,6 +1124,7 @@ impl Lowerer {
                 }
                 O::MemoryGrow { .. } => {
                     let a = take(self, &mut pending, h - 1)?;
+                    self.grow_limit(a, st(h)?, st(h + 1)?);
                     let mut i = un(Op::MemGrow, false, a, st(h - 1)?);
                     i.imm = m.mem.map(|(_, max)| max).unwrap_or(0);
                     self.emit(i);
@@ -1572,6 +1613,35 @@ impl Lowerer {
 impl Lowerer {
     /// Halts with `status` unless the branch `skip` (`BrNz` or `BrZ`) on slot `cond` jumps over
     /// the halt.
+    /// The memory limit before a `memory.grow` by slot `a`, as the mesh's runtime applies it:
+    /// wasmtime asks the runtime's limiter before it looks at the module's maximum, and the
+    /// limiter traps on any new size past the limit (even one past 2^16 pages, or past the
+    /// maximum). `t` and `u` are free slots.
+    fn grow_limit(&mut self, a: u32, t: u32, u: u32) {
+        let wide = |i: Instr| Instr { wide: true, ..i };
+        let ge = |x: u32, bound: u64, c: u32| Instr {
+            a: x,
+            imm_b: true,
+            imm: bound,
+            c,
+            wide: true,
+            ..Instr::new(Op::GeU)
+        };
+        self.emit(Instr {
+            c: t,
+            ..Instr::new(Op::MemSize)
+        });
+        // ms < 2^14 and a < 2^32: the wide sum does not wrap.
+        self.emit(wide(Instr {
+            a: t,
+            b: a,
+            c: t,
+            ..Instr::new(Op::Add)
+        }));
+        self.emit(ge(t, self.mem_limit + 1, u));
+        self.halt_unless(Op::BrZ, u, status::OUT_OF_MEMORY);
+    }
+
     fn halt_unless(&mut self, skip: Op, cond: u32, status: u64) {
         let pc = self.code.len() as u64;
         self.emit(Instr {

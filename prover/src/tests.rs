@@ -11,7 +11,9 @@ fn wasmtime_run(wasm: &[u8], input: &[u8]) -> (bool, Vec<u8>) {
 }
 
 pub fn check(wasm: &[u8], input: &[u8]) -> crate::trace::Trace {
-    let program = lower(wasm).unwrap_or_else(|e| panic!("lowering: {e}"));
+    // Lowered for the memory limit wasmtime runs it under.
+    let program = crate::lower::lower_limited(wasm, Limits::default().memory_bytes)
+        .unwrap_or_else(|e| panic!("lowering: {e}"));
     let trace = run(&program, input, RunLimits::default());
     let (ok, output) = wasmtime_run(wasm, input);
     assert_ne!(trace.exit, Exit::StepLimit);
@@ -1408,5 +1410,6 @@ mod smith {
 }
 
 mod attacks;
+mod memory_limit;
 mod ranges;
 mod wellformed;

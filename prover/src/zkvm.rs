@@ -8,8 +8,8 @@ use ark_bn254::Fr;
 
 use crate::circuit::{Boundary, Class, FitError, Statement, ZkvmCircuit, empty_memory, pack_state};
 use crate::groth::{self, Pk, ProgramTerm, Pvk, Vk, Zk};
-use crate::isa::Program;
-use crate::lower::{LowerError, lower};
+use crate::isa::{Program, status};
+use crate::lower::LowerError;
 use crate::trace::{Exit, RunLimits, Trace, run};
 
 /// A class whose data-memory network has `2^k` entries: capacities scale with it, and the step
@@ -465,9 +465,47 @@ pub fn verify_in(
     }
 }
 
-/// Lowers a module (the verifier's own lowering, never the prover's).
-pub fn program(wasm: &[u8]) -> Result<Program, ZkvmError> {
-    Ok(lower(wasm)?)
+/// Lowers a module for a task's memory limit (the verifier's own lowering, never the
+/// prover's). The limit is part of what a proof is about: a `memory.grow` past it halts with
+/// [`status::OUT_OF_MEMORY`], as the runtime traps there ([`crate::lower::lower_limited`]).
+pub fn program(wasm: &[u8], memory_limit_bytes: u64) -> Result<Program, ZkvmError> {
+    Ok(crate::lower::lower_limited(wasm, memory_limit_bytes)?)
+}
+
+/// A memory limit that lets a run grow to the zkVM's own bound ([`crate::isa::MAX_PAGES`]
+/// pages), for runs outside a task (benchmarks).
+pub const ZKVM_MEMORY_BYTES: u64 = crate::isa::MAX_PAGES * crate::isa::PAGE;
+
+/// How a run that halts with `status` ends, in the terms of the mesh's runtime.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// Status 0: the entry function returned.
+    Returned,
+    /// A WebAssembly trap: unreachable, an indirect call that does not match, an access out of
+    /// bounds, a division by zero, an integer overflow.
+    Trapped,
+    /// A `memory.grow` past the task's memory limit.
+    OutOfMemory,
+}
+
+/// How a run the runtime ended with `exit_kind` (the wire value of `zkmesh.v1.ExitKind`:
+/// 1 ok, 2 trap, 4 out of memory) ends in these terms, if the zkVM proves such an ending at all
+/// (it does not prove running out of fuel or time, or any other exit).
+pub fn ending_of_exit(exit_kind: i32) -> Option<Ending> {
+    match exit_kind {
+        1 => Some(Ending::Returned),
+        2 => Some(Ending::Trapped),
+        4 => Some(Ending::OutOfMemory),
+        _ => None,
+    }
+}
+
+pub fn ending(status: u64) -> Ending {
+    match status {
+        status::OK => Ending::Returned,
+        status::OUT_OF_MEMORY => Ending::OutOfMemory,
+        _ => Ending::Trapped,
+    }
 }
 
 pub fn proof_bytes(p: &Zk) -> Vec<u8> {

@@ -108,7 +108,7 @@ fn main() -> anyhow::Result<()> {
     let sandbox = Sandbox::new(SandboxConfig::default())?;
     let mut ratios = vec![];
     for guest in zkmesh_guests::all() {
-        let Ok(program) = zkvm::program(guest.wasm) else {
+        let Ok(program) = zkvm::program(guest.wasm, zkvm::ZKVM_MEMORY_BYTES) else {
             continue;
         };
         // collatz's sample input runs for 4e8 instructions; a small one shows the same code.
@@ -161,7 +161,7 @@ fn main() -> anyhow::Result<()> {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
     let bytesum = zkmesh_guests::get("bytesum").expect("bytesum");
-    let program = zkvm::program(bytesum.wasm)?;
+    let program = zkvm::program(bytesum.wasm, zkvm::ZKVM_MEMORY_BYTES)?;
     for name in &args.classes {
         let class = class_named(name).ok_or_else(|| anyhow::anyhow!("unknown class {name}"))?;
         let constraints = groth::count_constraints(class)?;
@@ -252,7 +252,7 @@ fn main() -> anyhow::Result<()> {
         } else {
             guest.sample_input
         };
-        let program = zkvm::program(guest.wasm)?;
+        let program = zkvm::program(guest.wasm, zkvm::ZKVM_MEMORY_BYTES)?;
         let trace = zkvm::trace(&program, input, &class);
         let circuits = ZkvmCircuit::segments(class, &program, input, &trace)?;
         let state = circuits

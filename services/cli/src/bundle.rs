@@ -8,18 +8,22 @@
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use zkmesh_proto::{ExitKind, Task, TaskResult, ZkProof};
+use zkmesh_proto::{Task, TaskResult, ZkProof};
 use zkmesh_prover::zkvm;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-pub const FORMAT: &str = "zkmesh-result-bundle/1";
+/// Version 2: the task's memory limit is part of what the proof is about.
+pub const FORMAT: &str = "zkmesh-result-bundle/2";
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Bundle {
     pub format: String,
     pub task_id: String,
+    /// The task's memory limit: the verifier lowers the module for it (a memory.grow past it
+    /// halts as out of memory, as the runtime traps there).
+    pub memory_limit_mib: u32,
     pub module_hash: String,
     pub input_hash: String,
     pub output_hash: String,
@@ -82,6 +86,7 @@ impl Bundle {
         Ok(Bundle {
             format: FORMAT.into(),
             task_id: task.task_id.clone(),
+            memory_limit_mib: task.memory_limit_mib,
             module_hash: task.module_hash.clone(),
             input_hash: task.input_hash.clone(),
             output_hash: result.output_hash.clone(),
@@ -167,7 +172,7 @@ pub fn check(bundle: &Bundle, vk: &[u8], module: Option<&[u8]>) -> Result<Checke
     {
         return Err("the receipt is about another task, module, input or output".into());
     }
-    if (r.exit == ExitKind::Ok as i32) != (bundle.proof.status == 0) {
+    if zkvm::ending_of_exit(r.exit) != Some(zkvm::ending(bundle.proof.status)) {
         return Err("the receipt's exit contradicts the proof's halt status".into());
     }
     if hash(vk) != bundle.proof.verifying_key_sha256 {
@@ -179,7 +184,8 @@ pub fn check(bundle: &Bundle, vk: &[u8], module: Option<&[u8]>) -> Result<Checke
     }
     let vk = zkvm::vk_from(vk).map_err(|e| e.to_string())?;
     let pvk = zkmesh_prover::groth::prepare(&vk);
-    let program = zkvm::program(module).map_err(|e| e.to_string())?;
+    let program =
+        zkvm::program(module, (bundle.memory_limit_mib as u64) << 20).map_err(|e| e.to_string())?;
     let p = &bundle.proof;
     let links: Vec<(u64, &str, &str)> = p
         .links

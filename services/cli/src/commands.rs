@@ -582,9 +582,13 @@ struct Prepared {
 /// proving on two cores); else segments of c12; else, for a program or memory state too large
 /// for c12 (the Rust guests' programs are), segments of [`EMBEDDED_MAX_CLASS`] (c14: about three
 /// minutes of setup, a minute and 6 GiB per segment).
-pub fn proof_class(wasm: &[u8], input: &[u8]) -> anyhow::Result<String> {
+pub fn proof_class(wasm: &[u8], input: &[u8], memory_mib: u32) -> anyhow::Result<String> {
     use zkmesh_prover::zkvm;
-    let program = zkvm::program(wasm)?;
+    let memory_mib = match memory_mib {
+        0 => zkmesh_scheduler::DEFAULT_MEMORY_MIB,
+        m => m,
+    };
+    let program = zkvm::program(wasm, (memory_mib as u64) << 20)?;
     let largest = zkvm::class_named(EMBEDDED_MAX_CLASS).expect("a class");
     let trace = zkvm::trace(&program, input, &largest);
     let upto = |name: &str| {
@@ -740,7 +744,7 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
     // be proved and which circuit class it needs, so only that class is set up (once; the keys
     // are kept in the keys directory).
     let class = if task.policy.kind() == PolicyKind::Proof {
-        let class = proof_class(&task.wasm, &task.input).map_err(|e| {
+        let class = proof_class(&task.wasm, &task.input, args.memory_mib).map_err(|e| {
             exit(
                 EXIT_USAGE,
                 format!("cannot run this under --policy proof: {e}"),

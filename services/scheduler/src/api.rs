@@ -43,7 +43,12 @@ impl SchedulerService {
     /// can hold, for what is known before it runs: its program, globals, initial data and
     /// input. Nodes would otherwise take it, find they cannot prove it, and give it back
     /// until its attempts run out.
-    async fn check_provable(&self, module_hash: &str, input_len: usize) -> Result<(), Status> {
+    async fn check_provable(
+        &self,
+        module_hash: &str,
+        input_len: usize,
+        memory_limit_mib: u32,
+    ) -> Result<(), Status> {
         use zkmesh_prover::zkvm;
         let circuits = call(self.core.verifier.clone().list_circuits(Empty {}))
             .await?
@@ -59,7 +64,7 @@ impl SchedulerService {
         let bytes = (self.core.store.module_bytes(module_hash).await)
             .map_err(db_error)?
             .ok_or_else(|| Status::not_found(format!("no module {module_hash:?}")))?;
-        let program = zkvm::program(&bytes)
+        let program = zkvm::program(&bytes, (memory_limit_mib as u64) << 20)
             .map_err(|e| Status::failed_precondition(format!("policy proof: {e}")))?;
         zkvm::fits_statically(&program, input_len, largest).map_err(|e| {
             Status::failed_precondition(format!(
@@ -245,7 +250,7 @@ impl SchedulerApi for SchedulerService {
             call(self.core.verifier.clone().check_policy(policy)).await?;
         }
         if policy.kind() == PolicyKind::Proof {
-            self.check_provable(&req.module_hash, req.input.len())
+            self.check_provable(&req.module_hash, req.input.len(), memory)
                 .await?;
         }
         if policy.kind() == PolicyKind::Replicate {

@@ -643,6 +643,7 @@ impl Core {
                 } else {
                     Vec::new()
                 },
+                memory_limit_mib: task.task.memory_limit_mib,
             }
         };
         let verdict = match call(self.verifier.clone().verify_result(request)).await {

@@ -73,6 +73,9 @@ pub struct SchedulerConfig {
     pub grace_secs: u64,
 }
 
+/// A task's memory limit when its submitter names none (`default_memory_mib`'s default).
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+
 mod defaults {
     pub fn listen() -> String {
         "127.0.0.1:7002".into()
@@ -84,7 +87,7 @@ mod defaults {
         1_000_000_000_000
     }
     pub fn memory_mib() -> u32 {
-        256
+        super::DEFAULT_MEMORY_MIB
     }
     pub fn max_memory_mib() -> u32 {
         4096

@@ -130,10 +130,10 @@ pub struct VerifierService {
     db: Pool,
     circuits: Arc<circuits::Circuits>,
     /// Lowered programs by module hash (the verifier's own lowering).
-    programs: Mutex<HashMap<String, Arc<zkmesh_prover::isa::Program>>>,
+    programs: Mutex<HashMap<(String, u64), Arc<zkmesh_prover::isa::Program>>>,
     /// The program's share of the public inputs, by module hash and verifying key: computed once
     /// per module, it takes most of the multi-scalar product out of each verification.
-    terms: Mutex<HashMap<(String, String), Arc<zkmesh_prover::groth::ProgramTerm>>>,
+    terms: Mutex<HashMap<(String, u64, String), Arc<zkmesh_prover::groth::ProgramTerm>>>,
     registry: RegistryServiceClient<tonic::transport::Channel>,
     verdicts: prometheus_client::metrics::family::Family<
         Vec<(String, String)>,
@@ -310,13 +310,17 @@ impl VerifierService {
             ));
         };
         let receipt = report.receipt.as_ref().expect("checked before");
-        if (receipt.exit == ExitKind::Ok as i32) != (proof.status == 0) {
+        // The receipt's exit is the one the proof's halt status means: returned, a trap, or a
+        // memory.grow past the task's memory limit.
+        let proved = zkmesh_prover::zkvm::ending(proof.status);
+        if zkmesh_prover::zkvm::ending_of_exit(receipt.exit) != Some(proved) {
             return Some(format!(
-                "the receipt's exit ({}) contradicts the proof's halt status {}",
+                "the receipt's exit ({}) contradicts the proof's halt status {} ({proved:?})",
                 receipt.exit, proof.status
             ));
         }
-        let program = match self.program(&task.module_hash, &task.module) {
+        let memory_limit = (task.memory_limit_mib as u64) << 20;
+        let program = match self.program(&task.module_hash, memory_limit, &task.module) {
             Ok(p) => p,
             Err(e) => return Some(format!("module is not provable: {e}")),
         };
@@ -343,6 +347,7 @@ impl VerifierService {
         let started = std::time::Instant::now();
         let term_key = (
             task.module_hash.clone(),
+            memory_limit,
             keys.info.verifying_key_sha256.clone(),
         );
         let cached = self.terms.lock().unwrap().get(&term_key).cloned();
@@ -396,15 +401,21 @@ impl VerifierService {
             .unwrap_or_else(|e| Err(format!("check crashed: {e}")))
     }
 
-    fn program(&self, hash: &str, wasm: &[u8]) -> Result<Arc<zkmesh_prover::isa::Program>, String> {
-        if let Some(p) = self.programs.lock().unwrap().get(hash) {
+    /// The verifier's own lowering of a module for a memory limit (part of the program: the
+    /// limit's check before every memory.grow), cached by both.
+    fn program(
+        &self,
+        hash: &str,
+        memory_limit: u64,
+        wasm: &[u8],
+    ) -> Result<Arc<zkmesh_prover::isa::Program>, String> {
+        let key = (hash.to_string(), memory_limit);
+        if let Some(p) = self.programs.lock().unwrap().get(&key) {
             return Ok(p.clone());
         }
-        let p = Arc::new(zkmesh_prover::lower::lower(wasm).map_err(|e| e.to_string())?);
-        self.programs
-            .lock()
-            .unwrap()
-            .insert(hash.to_string(), p.clone());
+        let p =
+            Arc::new(zkmesh_prover::zkvm::program(wasm, memory_limit).map_err(|e| e.to_string())?);
+        self.programs.lock().unwrap().insert(key, p.clone());
         Ok(p)
     }
 

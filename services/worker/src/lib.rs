@@ -1019,6 +1019,7 @@ async fn execute(
             &a.task_id,
             wasm_for_proof,
             a.input.clone(),
+            a.memory_limit_mib,
             &outcome.output,
             exit,
             report,
@@ -1070,6 +1071,7 @@ async fn prove(
     task_id: &str,
     wasm: Arc<Vec<u8>>,
     input: Vec<u8>,
+    memory_limit_mib: u32,
     output: &[u8],
     exit: ExitKind,
     progress: impl Fn(String) + Send + Sync + 'static,
@@ -1102,7 +1104,8 @@ async fn prove(
         return Err("the verifier has no circuit class ready yet".into());
     }
     let (circuits, traced) = tokio::task::spawn_blocking(move || {
-        let program = zkvm::program(&wasm).map_err(|e| e.to_string())?;
+        let program =
+            zkvm::program(&wasm, (memory_limit_mib as u64) << 20).map_err(|e| e.to_string())?;
         let largest = ready.last().expect("checked above");
         let trace = zkvm::trace(&program, &input, largest);
         let traced = (trace.output.clone(), trace.exit.clone());
@@ -1114,8 +1117,11 @@ async fn prove(
     .map_err(|e| format!("tracing crashed: {e}"))??;
     // The zkVM must have computed what wasmtime did; a difference is a bug to report, not a
     // result to prove.
-    let zk_ok = traced.1 == zkmesh_prover::trace::Exit::Halted(0);
-    if traced.0 != output || zk_ok != (exit == ExitKind::Ok) {
+    let zk_ending = match traced.1 {
+        zkmesh_prover::trace::Exit::Halted(status) => Some(zkvm::ending(status)),
+        _ => None,
+    };
+    if traced.0 != output || zk_ending.is_none() || zk_ending != zkvm::ending_of_exit(exit as i32) {
         return Err(format!(
             "the zkVM and wasmtime disagree on this run (zkVM: {:?}, {} output bytes; wasmtime: \
              {exit:?}, {} output bytes)",

@@ -1,0 +1,130 @@
+//! A task's memory limit is part of the program a proof is about: the zkVM computes what the
+//! mesh's runtime does under that limit (a grow past the limit traps, one past the declared
+//! maximum within the limit fails with -1), checked against wasmtime with the same limit,
+//! and a run whose memory could outgrow the zkVM under its limit is refused, not proved with
+//! another result.
+
+use crate::isa::{MAX_PAGES, PAGE, status};
+use crate::lower::{LowerError, lower_limited};
+use crate::trace::{Exit, RunLimits, run};
+use crate::zkvm::{Ending, ending, ending_of_exit};
+use zkmesh_runtime::{Exit as WExit, Limits, Sandbox, SandboxConfig};
+
+/// Grows the memory by `delta` pages; writes "B" if the grow succeeded, "A" if it returned -1.
+fn grower(max: Option<u64>, delta: u32) -> Vec<u8> {
+    let max = max.map_or(String::new(), |m| m.to_string());
+    wat::parse_str(format!(
+        r#"(module
+          (import "zkmesh" "write_output" (func $out (param i32 i32)))
+          (memory (export "memory") 1 {max})
+          (func (export "run")
+            (i32.store8 (i32.const 0)
+              (select (i32.const 65) (i32.const 66)
+                (i32.eq (memory.grow (i32.const {delta})) (i32.const -1))))
+            (call $out (i32.const 0) (i32.const 1))))"#
+    ))
+    .unwrap()
+}
+
+/// Runs `wasm` in wasmtime and in the zkVM under a memory limit of `mib`; both must end the
+/// same way with the same output, which is returned with the ending.
+fn both(wasm: &[u8], mib: u64) -> (Ending, Vec<u8>) {
+    let limits = Limits {
+        memory_bytes: mib << 20,
+        ..Limits::default()
+    };
+    let sandbox = Sandbox::new(SandboxConfig::default()).unwrap();
+    let w = sandbox.run(wasm, b"", &limits, b"seed");
+    let program = lower_limited(wasm, mib << 20).unwrap();
+    let t = run(&program, b"", RunLimits::default());
+    let Exit::Halted(s) = t.exit else {
+        panic!("the zkVM did not halt: {:?}", t.exit)
+    };
+    let wasmtime_ending = match &w.exit {
+        WExit::Ok => 1,
+        WExit::Trap(_) => 2,
+        WExit::OutOfMemory => 4,
+        other => panic!("wasmtime: {other:?}"),
+    };
+    assert_eq!(
+        ending_of_exit(wasmtime_ending),
+        Some(ending(s)),
+        "wasmtime {:?}, zkVM status {s}",
+        w.exit
+    );
+    if ending(s) == Ending::Returned {
+        assert_eq!(t.output, w.output);
+    }
+    // And the circuit holds for the run, out-of-memory halts included.
+    let c = crate::circuit::ZkvmCircuit::new(super::circuit::TINY, &program, b"", &t).unwrap();
+    assert_eq!(super::circuit::violation(c), None);
+    (ending(s), t.output)
+}
+
+#[test]
+fn memory_grows_as_the_runtime_grows_it_under_the_task_s_limit() {
+    // Within the limit and the maximum: grows.
+    assert_eq!(
+        both(&grower(None, 100), 256),
+        (Ending::Returned, b"B".to_vec())
+    );
+    // Past the declared maximum, within the limit: -1.
+    assert_eq!(
+        both(&grower(Some(50), 100), 256),
+        (Ending::Returned, b"A".to_vec())
+    );
+    // Past the limit (256 MiB: 4096 pages), within the maximum: the runtime traps, and the
+    // zkVM halts as out of memory where it grew before.
+    let (e, _) = both(&grower(Some(20000), 5000), 256);
+    assert_eq!(e, Ending::OutOfMemory);
+    // Past the limit and the maximum: still the limit's trap, as the runtime asks its limiter
+    // first.
+    assert_eq!(both(&grower(Some(50), 5000), 256).0, Ending::OutOfMemory);
+    // Past 2^16 pages: the limit's trap too, even under the largest limit a task may have.
+    assert_eq!(both(&grower(None, 70000), 256).0, Ending::OutOfMemory);
+    assert_eq!(both(&grower(Some(100), 70000), 4096).0, Ending::OutOfMemory);
+    // A larger limit with a maximum the zkVM holds: grows past the default limit.
+    assert_eq!(
+        both(&grower(Some(10000), 5000), 2048),
+        (Ending::Returned, b"B".to_vec())
+    );
+}
+
+#[test]
+fn a_run_whose_memory_could_outgrow_the_zkvm_under_its_limit_is_refused() {
+    // 2 GiB lets wasmtime grow to 32768 pages, past the zkVM's 16383: the zkVM would fail a
+    // grow the runtime allows ("A" where the runtime writes "B"), so nothing is proved.
+    for max in [None, Some(65536), Some(MAX_PAGES + 1)] {
+        match lower_limited(&grower(max, 16384), 2048 << 20) {
+            Err(e @ LowerError::Unprovable { .. }) => {
+                assert!(e.to_string().contains("at most"), "{e}")
+            }
+            other => panic!("max {max:?}: {other:?}"),
+        }
+    }
+    // The same module under 1023 MiB, or with a maximum the zkVM holds, is provable.
+    assert!(lower_limited(&grower(Some(65536), 1), 1023 << 20).is_ok());
+    assert!(lower_limited(&grower(Some(MAX_PAGES), 1), 4096 << 20).is_ok());
+    // An initial memory over the limit: the runtime cannot even start the run.
+    match lower_limited(&grower(None, 1), PAGE - 1) {
+        Err(e @ LowerError::Unprovable { .. }) => {
+            assert!(e.to_string().contains("initial memory"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn every_halt_status_has_the_runtime_s_ending() {
+    assert_eq!(ending(status::OK), Ending::Returned);
+    assert_eq!(ending(status::OUT_OF_MEMORY), Ending::OutOfMemory);
+    for s in [
+        status::UNREACHABLE,
+        status::INDIRECT_CALL,
+        status::OUT_OF_BOUNDS,
+        status::DIVIDE_BY_ZERO,
+        status::INTEGER_OVERFLOW,
+    ] {
+        assert_eq!(ending(s), Ending::Trapped);
+    }
+}
