@@ -966,7 +966,7 @@ mod circuit {
 #[test]
 #[ignore]
 fn class_constraints() {
-    for name in ["c9", "c10", "c12"] {
+    for name in ["c9", "c10", "c12", "c14"] {
         let class = crate::zkvm::class_named(name).unwrap();
         let n = crate::groth::count_constraints(class).unwrap();
         eprintln!(
