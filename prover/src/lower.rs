@@ -1611,8 +1611,6 @@ impl Lowerer {
 }
 
 impl Lowerer {
-    /// Halts with `status` unless the branch `skip` (`BrNz` or `BrZ`) on slot `cond` jumps over
-    /// the halt.
     /// The memory limit before a `memory.grow` by slot `a`, as the mesh's runtime applies it:
     /// wasmtime asks the runtime's limiter before it looks at the module's maximum, and the
     /// limiter traps on any new size past the limit (even one past 2^16 pages, or past the
@@ -1627,6 +1625,15 @@ impl Lowerer {
             wide: true,
             ..Instr::new(Op::GeU)
         };
+        // The delta is an i32: a narrow comparison range-checks it below 2^32 where it is used,
+        // also when the halt below is taken and `MemGrow` (which checks it too) never runs.
+        self.emit(Instr {
+            a,
+            imm_b: true,
+            imm: 0,
+            c: u,
+            ..Instr::new(Op::GeU)
+        });
         self.emit(Instr {
             c: t,
             ..Instr::new(Op::MemSize)
@@ -1642,6 +1649,8 @@ impl Lowerer {
         self.halt_unless(Op::BrZ, u, status::OUT_OF_MEMORY);
     }
 
+    /// Halts with `status` unless the branch `skip` (`BrNz` or `BrZ`) on slot `cond` jumps over
+    /// the halt.
     fn halt_unless(&mut self, skip: Op, cond: u32, status: u64) {
         let pc = self.code.len() as u64;
         self.emit(Instr {

@@ -138,6 +138,8 @@ pub struct Checked {
     pub segments: usize,
     pub output_len: usize,
     pub verify_us: u128,
+    /// How the proved run ended: "returned", "trapped" or "out of memory".
+    pub ending: &'static str,
 }
 
 /// Checks a bundle with a verifying key (its bytes). `module` replaces the bundle's copy when
@@ -211,5 +213,10 @@ pub fn check(bundle: &Bundle, vk: &[u8], module: Option<&[u8]>) -> Result<Checke
         segments: claim.links.len() + 1,
         output_len: output.len(),
         verify_us: started.elapsed().as_micros(),
+        ending: match zkvm::ending(p.status) {
+            zkvm::Ending::Returned => "returned",
+            zkvm::Ending::Trapped => "trapped",
+            zkvm::Ending::OutOfMemory => "out of memory",
+        },
     })
 }

@@ -839,17 +839,20 @@ async fn verify(
                 println!(
                     "{}",
                     json!({"valid": true, "task_id": bundle.task_id, "circuit_class": c.class,
+                           "memory_limit_mib": bundle.memory_limit_mib, "ending": c.ending,
                            "steps": c.steps, "segments": c.segments, "output_bytes": c.output_len, "verify_us": c.verify_us,
                            "module_hash": bundle.module_hash, "input_hash": bundle.input_hash,
                            "output_hash": bundle.output_hash})
                 );
             } else {
                 println!(
-                    "VALID: task {} ran module {} on input {} for {} zkVM steps and wrote {} bytes (sha256 {}); Groth16 proof checked in {} µs (class {}{})",
+                    "VALID: task {} ran module {} on input {} under a memory limit of {} MiB for {} zkVM steps, ended {}, and wrote {} bytes (sha256 {}); Groth16 proof checked in {} µs (class {}{})",
                     bundle.task_id,
                     bundle.module_hash,
                     bundle.input_hash,
+                    bundle.memory_limit_mib,
                     c.steps,
+                    c.ending,
                     c.output_len,
                     bundle.output_hash,
                     c.verify_us,

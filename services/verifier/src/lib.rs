@@ -319,6 +319,13 @@ impl VerifierService {
                 receipt.exit, proof.status
             ));
         }
+        // Every stored task has its effective limit (the scheduler substitutes its default); 0
+        // comes only from a scheduler older than the field, whose statement would be another.
+        if task.memory_limit_mib == 0 {
+            return Some(format!(
+                "{UNAVAILABLE}the scheduler sent no memory limit, which the proof's program depends on"
+            ));
+        }
         let memory_limit = (task.memory_limit_mib as u64) << 20;
         let program = match self.program(&task.module_hash, memory_limit, &task.module) {
             Ok(p) => p,
@@ -415,7 +422,12 @@ impl VerifierService {
         }
         let p =
             Arc::new(zkmesh_prover::zkvm::program(wasm, memory_limit).map_err(|e| e.to_string())?);
-        self.programs.lock().unwrap().insert(key, p.clone());
+        let mut programs = self.programs.lock().unwrap();
+        // Bounded, as the terms are: a submitter could name many limits for one module.
+        if programs.len() >= 256 {
+            programs.clear();
+        }
+        programs.insert(key, p.clone());
         Ok(p)
     }
 
