@@ -848,18 +848,15 @@ mod circuit {
             .unwrap();
         }
         let term = Some(&own);
+        // The chain checked for an output and a binding, and for the honest ones.
+        let check_for =
+            |output: &[u8], claim: &zkvm::Claim, proofs: &[Vec<u8>], binding: &zkvm::Binding| {
+                zkvm::verify_in(
+                    &TINY, &pvk, term, &program, b"", output, claim, proofs, binding,
+                )
+            };
         let check = |claim: &zkvm::Claim, proofs: &[Vec<u8>]| {
-            zkvm::verify_in(
-                &TINY,
-                &pvk,
-                term,
-                &program,
-                b"",
-                &trace.output,
-                claim,
-                proofs,
-                &binding,
-            )
+            check_for(&trace.output, claim, proofs, &binding)
         };
         check(&claim, &proofs).unwrap();
         // Bound to the task, the node and each segment: the same proofs presented by another
@@ -868,20 +865,7 @@ mod circuit {
             zkvm::Binding::new("t-chain", "n-thief"),
             zkvm::Binding::new("t-other", "n-prover"),
         ] {
-            assert!(
-                zkvm::verify_in(
-                    &TINY,
-                    &pvk,
-                    term,
-                    &program,
-                    b"",
-                    &trace.output,
-                    &claim,
-                    &proofs,
-                    &other,
-                )
-                .is_err()
-            );
+            assert!(check_for(&trace.output, &claim, &proofs, &other).is_err());
         }
 
         // Every part of the claim is bound.
@@ -920,20 +904,7 @@ mod circuit {
         swapped.swap(0, 1);
         assert!(check(&claim, &swapped).is_err());
         assert!(check(&claim, &proofs[1..]).is_err());
-        assert!(
-            zkvm::verify_in(
-                &TINY,
-                &pvk,
-                term,
-                &program,
-                b"",
-                b"\0\0\0\0",
-                &claim,
-                &proofs,
-                &binding,
-            )
-            .is_err()
-        );
+        assert!(check_for(b"\0\0\0\0", &claim, &proofs, &binding).is_err());
     }
 
     /// The marginal cost of a step: the same run in classes of 64 and 128 steps (everything else
