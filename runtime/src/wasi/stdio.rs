@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
 
-use crate::{LogSink, OutputLimit};
+use crate::limits::{LogSink, OutputLimit};
 
 /// What a write past the cap does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
