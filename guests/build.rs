@@ -30,6 +30,7 @@ fn main() {
     let out_dir = PathBuf::from(env::var_os("OUT_DIR").expect("OUT_DIR"));
 
     println!("cargo:rerun-if-changed=build.rs");
+    ensure_targets();
     build_programs(&manifest_dir.join("programs"), &out_dir);
     build_hostile(&manifest_dir.join("hostile"), &out_dir.join("hostile"));
     build_wat(&manifest_dir.join("wat"), &out_dir.join("wat"));
@@ -48,6 +49,54 @@ fn build_wat(dir: &Path, out_dir: &Path) {
             wat::parse_file(&path).unwrap_or_else(|e| panic!("compiling {}: {e}", path.display()));
         let dest = out_dir.join(path.with_extension("wasm").file_name().expect("file name"));
         fs::write(&dest, wasm).unwrap_or_else(|e| panic!("writing {}: {e}", dest.display()));
+    }
+}
+
+/// Makes sure the toolchain has the guests' wasm32 targets. rustup installs a toolchain file's
+/// targets only when it installs the toolchain, so a machine that already had the pinned
+/// toolchain lacks them: add them here with rustup, or stop with the one command that does.
+fn ensure_targets() {
+    let rustc = env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+    let sysroot = Command::new(&rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    let installed = |triple: &str| {
+        sysroot.as_ref().is_some_and(|root| {
+            fs::read_dir(root.join("lib/rustlib").join(triple).join("lib")).is_ok_and(|dir| {
+                dir.flatten()
+                    .any(|e| e.file_name().to_string_lossy().starts_with("libcore-"))
+            })
+        })
+    };
+    let missing: Vec<&str> = TARGETS
+        .iter()
+        .map(|(triple, _)| *triple)
+        .filter(|t| !installed(t))
+        .collect();
+    if missing.is_empty() {
+        return;
+    }
+    let toolchain = env::var("RUSTUP_TOOLCHAIN").ok();
+    let fix = match &toolchain {
+        Some(t) => format!("rustup target add --toolchain {t} {}", missing.join(" ")),
+        None => format!("rustup target add {}", missing.join(" ")),
+    };
+    println!("cargo:warning=adding the missing wasm32 targets for the guests: {fix}");
+    let mut cmd = Command::new("rustup");
+    cmd.args(["target", "add"]);
+    if let Some(t) = &toolchain {
+        cmd.args(["--toolchain", t]);
+    }
+    let added = cmd.args(&missing).status().is_ok_and(|s| s.success());
+    if !added || missing.iter().any(|t| !installed(t)) {
+        panic!(
+            "the guest programs need the targets {} and this toolchain lacks them; \
+             install them with:\n    {fix}",
+            missing.join(", ")
+        );
     }
 }
 
