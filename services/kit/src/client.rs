@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
-use crate::server::TlsPem;
+use crate::tls::TlsPem;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {

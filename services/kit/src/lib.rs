@@ -4,11 +4,15 @@
 //! # Core concepts
 //! - An [`identity::Identity`] comes only from the verified client certificate (a URI SAN
 //!   `spiffe://<mesh>/<role>/<name>`), never from a field in a request.
-//! - Each service declares one [`auth::Acl`]: which roles may call each of its RPCs. The
+//! - Each service declares one [`acl::Acl`]: which roles may call each of its RPCs. The
 //!   [`auth::AuthLayer`] refuses everything else before a handler runs.
 //! - [`server::serve`] runs a tonic service with health, reflection, metrics, the role check
 //!   and graceful shutdown, the same way for every service.
+//!
+//! Modules depend in one direction: `identity` <- `tls` <- `auth` <- `server`, with `acl`,
+//! `revocation` and `rpc_metrics` beside `auth`.
 
+pub mod acl;
 pub mod auth;
 pub mod client;
 pub mod config;
@@ -16,6 +20,8 @@ pub mod db;
 pub mod identity;
 pub mod journal;
 pub mod receipt;
+pub mod revocation;
+pub mod rpc_metrics;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

@@ -11,11 +11,13 @@ use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::transport::Server;
 
-use crate::auth::{Acl, AuthLayer, RevocationList};
-use crate::config::TlsFiles;
-use crate::identity::{mesh_of_ca, read_file};
+use crate::acl::Acl;
+use crate::auth::AuthLayer;
+use crate::identity::mesh_of_ca;
+use crate::revocation::RevocationList;
+use crate::rpc_metrics::{RpcMetrics, RpcMetricsLayer};
 use crate::telemetry::{Metrics, serve_metrics};
-use crate::tls::MeshTls;
+use crate::tls::{MeshTls, TlsError, TlsPem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -24,31 +26,14 @@ pub enum ServeError {
         addr: String,
         source: std::io::Error,
     },
-    #[error("TLS material: {0}")]
-    Tls(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error("{0}")]
+    Other(String),
     #[error("transport: {0}")]
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(String),
-}
-
-/// PEM material for a server or client.
-#[derive(Clone, Debug)]
-pub struct TlsPem {
-    pub ca: String,
-    pub cert: String,
-    pub key: String,
-}
-
-impl TlsPem {
-    pub fn load(files: &TlsFiles) -> Result<TlsPem, ServeError> {
-        let read = |p: &std::path::Path| read_file(p).map_err(|e| ServeError::Tls(e.to_string()));
-        Ok(TlsPem {
-            ca: read(&files.ca)?,
-            cert: read(&files.cert)?,
-            key: read(&files.key)?,
-        })
-    }
 }
 
 /// Binds a TCP listener; `addr` like `127.0.0.1:0`.
@@ -107,7 +92,9 @@ where
         source,
     })?;
     let mesh = mesh_of_ca(&spec.tls.ca).ok_or_else(|| {
-        ServeError::Tls("the CA certificate carries no mesh name (spiffe://<mesh> URI)".into())
+        ServeError::Tls(TlsError(
+            "the CA certificate carries no mesh name (spiffe://<mesh> URI)".into(),
+        ))
     })?;
     let tls = MeshTls::new(&spec.tls, &mesh)?;
 
@@ -141,16 +128,13 @@ where
         None => None,
     };
 
-    let auth = AuthLayer::new(
-        spec.acl,
-        tls.clone(),
-        spec.revoked.clone(),
-        spec.metrics.rpc(),
-    );
+    let auth = AuthLayer::new(spec.acl, tls.clone(), spec.revoked.clone());
+    let rpc_metrics = RpcMetricsLayer::new(spec.acl, RpcMetrics::register(&spec.metrics));
     let drain = CancellationToken::new();
     let incoming = crate::tls::incoming(listener, &tls, drain.clone());
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .layer(rpc_metrics)
         .layer(auth)
         .add_service(health)
         .add_service(reflection_v1)
@@ -196,7 +180,7 @@ fn flatten(
     match r {
         Ok(inner) => inner.map_err(ServeError::from),
         Err(e) if e.is_cancelled() => Ok(()),
-        Err(e) => Err(ServeError::Tls(format!("server task failed: {e}"))),
+        Err(e) => Err(ServeError::Other(format!("server task failed: {e}"))),
     }
 }
 

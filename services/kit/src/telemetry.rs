@@ -1,7 +1,6 @@
 //! Structured logs (tracing) and Prometheus metrics, served over plain HTTP at `/metrics`.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use hyper::body::Bytes;
 use prometheus_client::encoding::text::encode;
@@ -30,7 +29,8 @@ pub fn init_tracing(default: &str) {
     };
 }
 
-type Labels = Vec<(String, String)>;
+/// Label pairs of a metric family.
+pub type Labels = Vec<(String, String)>;
 
 /// One service's metrics registry.
 #[derive(Clone)]
@@ -86,19 +86,14 @@ impl Metrics {
         h
     }
 
-    /// Per-RPC request counts and latencies, filled by the auth layer.
-    pub fn rpc(&self) -> RpcMetrics {
-        let requests =
-            self.counter_family("rpc_requests", "gRPC requests by method and status code");
-        let latency = Family::<Labels, Histogram, fn() -> Histogram>::new_with_constructor(|| {
-            Histogram::new(exponential_buckets(0.0001, 2.0, 20))
-        });
-        self.registry.lock().unwrap().register(
-            "rpc_latency_seconds",
-            "Time to the response headers of each gRPC request",
-            latency.clone(),
-        );
-        RpcMetrics { requests, latency }
+    /// Registers `metric` under `name` (prefixed `zkmesh_`).
+    pub fn register(
+        &self,
+        name: &str,
+        help: &str,
+        metric: impl prometheus_client::registry::Metric,
+    ) {
+        self.registry.lock().unwrap().register(name, help, metric);
     }
 
     /// The text exposition format.
@@ -106,26 +101,6 @@ impl Metrics {
         let mut out = String::new();
         let _ = encode(&mut out, &self.registry.lock().unwrap());
         out
-    }
-}
-
-#[derive(Clone)]
-pub struct RpcMetrics {
-    requests: Family<Labels, Counter>,
-    latency: Family<Labels, Histogram, fn() -> Histogram>,
-}
-
-impl RpcMetrics {
-    pub fn record(&self, method: &str, code: i32, elapsed: Duration) {
-        self.requests
-            .get_or_create(&vec![
-                ("method".into(), method.into()),
-                ("code".into(), code.to_string()),
-            ])
-            .inc();
-        self.latency
-            .get_or_create(&vec![("method".into(), method.into())])
-            .observe(elapsed.as_secs_f64());
     }
 }
 

@@ -1,7 +1,7 @@
 //! Server-side TLS for every service.
 //!
 //! The handshake asks for a client certificate and checks that the client holds its key, but
-//! the certificate's chain is judged by the [`crate::auth::AuthLayer`], with the same webpki
+//! the certificate's chain is judged by the authorization layer (`auth.rs`), with the same webpki
 //! verifier, once per connection. A caller with no certificate, or one from another CA, then
 //! gets a plain gRPC `UNAUTHENTICATED` that says why, instead of a failed handshake that
 //! clients report as an opaque transport error.
@@ -25,8 +25,36 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
-use crate::identity::Identity;
-use crate::server::{ServeError, TlsPem};
+use crate::config::TlsFiles;
+use crate::identity::{Identity, read_file};
+
+/// TLS material that cannot be used: unreadable, not PEM, or not a certificate and key.
+#[derive(Debug, thiserror::Error)]
+#[error("TLS material: {0}")]
+pub struct TlsError(pub String);
+
+/// PEM material for a server or client.
+#[derive(Clone, Debug)]
+pub struct TlsPem {
+    /// The mesh CA certificate.
+    pub ca: String,
+    /// This process's certificate chain.
+    pub cert: String,
+    /// This process's private key.
+    pub key: String,
+}
+
+impl TlsPem {
+    /// Reads the three files.
+    pub fn load(files: &TlsFiles) -> Result<TlsPem, TlsError> {
+        let read = |p: &std::path::Path| read_file(p).map_err(|e| TlsError(e.to_string()));
+        Ok(TlsPem {
+            ca: read(&files.ca)?,
+            cert: read(&files.cert)?,
+            key: read(&files.key)?,
+        })
+    }
+}
 
 /// What the auth layer knows about a connection's peer.
 #[derive(Clone, Debug)]
@@ -140,12 +168,12 @@ pub struct MeshTls {
     mesh: Arc<str>,
 }
 
-fn tls_err(e: impl std::fmt::Display) -> ServeError {
-    ServeError::Tls(e.to_string())
+fn tls_err(e: impl std::fmt::Display) -> TlsError {
+    TlsError(e.to_string())
 }
 
 impl MeshTls {
-    pub fn new(pem: &TlsPem, mesh: &str) -> Result<MeshTls, ServeError> {
+    pub fn new(pem: &TlsPem, mesh: &str) -> Result<MeshTls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
         for cert in rustls_pemfile::certs(&mut pem.ca.as_bytes()) {

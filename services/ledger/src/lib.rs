@@ -16,13 +16,15 @@ use serde::Deserialize;
 use sqlx::Row;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
-use zkmesh_kit::auth::{Acl, Allow, RevocationList, caller};
+use zkmesh_kit::acl::{Acl, Allow, caller};
 use zkmesh_kit::config::TlsFiles;
 use zkmesh_kit::db::{self, Migration, Pool};
 use zkmesh_kit::identity::{Identity, Role};
 use zkmesh_kit::journal::{entry_hash, genesis_hash};
-use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, serve};
+use zkmesh_kit::revocation::RevocationList;
+use zkmesh_kit::server::{ServeSpec, Serving, serve};
 use zkmesh_kit::telemetry::Metrics;
+use zkmesh_kit::tls::TlsPem;
 use zkmesh_kit::{CancellationToken, now_ms};
 use zkmesh_proto::ledger_service_server::{LedgerService as LedgerApi, LedgerServiceServer};
 use zkmesh_proto::*;
@@ -202,7 +204,7 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
     let metrics = Metrics::new("ledger");
     let revoked = RevocationList::default();
     let registry = zkmesh_kit::client::channel(&config.registry_endpoint, &(&tls).into())?;
-    zkmesh_kit::auth::follow_revocations(
+    zkmesh_kit::revocation::follow_revocations(
         registry,
         revoked.clone(),
         Duration::from_secs(1),

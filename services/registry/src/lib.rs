@@ -8,12 +8,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use sqlx::Row;
 use tonic::{Request, Response, Status};
-use zkmesh_kit::auth::{Acl, Allow, RevocationList, caller};
+use zkmesh_kit::acl::{Acl, Allow, caller};
 use zkmesh_kit::config::TlsFiles;
 use zkmesh_kit::db::{self, Migration, Pool};
 use zkmesh_kit::identity::{Identity, MeshCa, Role, valid_name};
-use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, serve};
+use zkmesh_kit::revocation::RevocationList;
+use zkmesh_kit::server::{ServeSpec, Serving, serve};
 use zkmesh_kit::telemetry::Metrics;
+use zkmesh_kit::tls::TlsPem;
 use zkmesh_kit::{CancellationToken, now_ms, random_id, sha256_hex};
 use zkmesh_proto::registry_service_server::{
     RegistryService as RegistryApi, RegistryServiceServer,

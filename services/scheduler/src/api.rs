@@ -8,7 +8,7 @@ use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use zkmesh_kit::auth::caller;
+use zkmesh_kit::acl::caller;
 use zkmesh_kit::identity::{Identity, Role};
 use zkmesh_kit::{random_id, sha256_hex};
 use zkmesh_proto::scheduler_service_server::SchedulerService as SchedulerApi;

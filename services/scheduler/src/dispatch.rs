@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Mutex, Notify, broadcast, mpsc};
 use tonic::Status;
 use tonic::transport::Channel;
-use zkmesh_kit::auth::RevocationList;
+use zkmesh_kit::revocation::RevocationList;
 use zkmesh_kit::telemetry::Metrics;
 
 /// Bytes of guest log a node may send for one task, over all its events, whatever it runs: a

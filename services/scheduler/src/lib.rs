@@ -19,11 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
-use zkmesh_kit::auth::{Acl, Allow, RevocationList};
+use zkmesh_kit::acl::{Acl, Allow};
 use zkmesh_kit::config::TlsFiles;
 use zkmesh_kit::identity::Role;
-use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, serve};
+use zkmesh_kit::revocation::RevocationList;
+use zkmesh_kit::server::{ServeSpec, Serving, serve};
 use zkmesh_kit::telemetry::Metrics;
+use zkmesh_kit::tls::TlsPem;
 use zkmesh_kit::{CancellationToken, db};
 use zkmesh_proto::scheduler_service_server::SchedulerServiceServer;
 

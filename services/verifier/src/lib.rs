@@ -17,12 +17,14 @@ use std::time::Duration;
 use serde::Deserialize;
 use sqlx::Row;
 use tonic::{Request, Response, Status};
-use zkmesh_kit::auth::{Acl, Allow, RevocationList};
+use zkmesh_kit::acl::{Acl, Allow};
 use zkmesh_kit::config::TlsFiles;
 use zkmesh_kit::db::{self, Migration, Pool};
 use zkmesh_kit::identity::Role;
-use zkmesh_kit::server::{ServeSpec, Serving, TlsPem, serve};
+use zkmesh_kit::revocation::RevocationList;
+use zkmesh_kit::server::{ServeSpec, Serving, serve};
 use zkmesh_kit::telemetry::Metrics;
+use zkmesh_kit::tls::TlsPem;
 use zkmesh_kit::{CancellationToken, now_ms, random_id};
 use zkmesh_proto::registry_service_client::RegistryServiceClient;
 use zkmesh_proto::verifier_service_server::{
@@ -148,7 +150,7 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
     db::migrate(&db, "verifier", MIGRATIONS).await?;
     let registry_channel = zkmesh_kit::client::channel(&config.registry_endpoint, &(&tls).into())?;
     let revoked = RevocationList::default();
-    zkmesh_kit::auth::follow_revocations(
+    zkmesh_kit::revocation::follow_revocations(
         registry_channel.clone(),
         revoked.clone(),
         Duration::from_secs(1),

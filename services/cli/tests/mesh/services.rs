@@ -75,6 +75,58 @@ async fn health_reflection_metrics_and_shutdown() {
         assert!(metrics.contains("service=\""), "{name}");
     }
 
+    // RPC metrics are recorded when a response ends: a call to a method the service does not
+    // serve is counted under `unknown`, the workers' `Work` streams (open all along) not yet,
+    // and a `WatchTask` stream once it has ended, with its whole length as its latency.
+    let scheduler_metrics = || async {
+        zkmesh_cli::client::http_get(sb.mesh.scheduler.metrics_addr.unwrap(), "/metrics")
+            .await
+            .unwrap()
+    };
+    let ch = channel(&c.scheduler, &tls).unwrap();
+    let mut grpc = tonic::client::Grpc::new(ch);
+    grpc.ready().await.unwrap();
+    let made_up = grpc
+        .unary::<(), (), _>(
+            tonic::Request::new(()),
+            http::uri::PathAndQuery::from_static("/zkmesh.v1.SchedulerService/MadeUp"),
+            tonic_prost::ProstCodec::default(),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(made_up.code(), tonic::Code::Unimplemented);
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let started = std::time::Instant::now();
+    let (_, result) = run(&sb.api, &Job::new(sha.wasm, b"metrics")).await.unwrap();
+    let watched = started.elapsed();
+    assert_eq!(result.state(), zkmesh_proto::TaskState::Settled);
+    let text = scheduler_metrics().await;
+    let series = |method: &str| -> Vec<String> {
+        text.lines()
+            .filter(|l| l.starts_with("zkmesh_rpc_requests_total{"))
+            .filter(|l| l.contains(&format!("method=\"{method}\"")))
+            .map(str::to_string)
+            .collect()
+    };
+    assert!(!series("unknown").is_empty(), "{text}");
+    assert!(series("MadeUp").is_empty(), "{text}");
+    assert!(series("Work").is_empty(), "open streams counted: {text}");
+    assert_eq!(series("WatchTask").len(), 1, "{text}");
+    let watch_seconds: f64 = text
+        .lines()
+        .find(|l| {
+            l.starts_with("zkmesh_rpc_latency_seconds_sum{") && l.contains("method=\"WatchTask\"")
+        })
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .expect("a WatchTask latency");
+    // The stream lasted until the task settled (the verdict and the ledger's capture take
+    // milliseconds), not the few microseconds to its headers.
+    assert!(
+        watch_seconds > 0.002 && watch_seconds <= watched.as_secs_f64(),
+        "WatchTask latency {watch_seconds} s, the run took {watched:?}: {text}"
+    );
+
     assert_audit_passes(&sb.api).await;
     let addr = sb.mesh.scheduler.addr;
     let started = std::time::Instant::now();

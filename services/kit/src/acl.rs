@@ -1,0 +1,143 @@
+//! Who may call what: one table per service ([`Acl`]) naming the roles that may call each RPC,
+//! and the check of a caller's identity against it.
+
+use crate::identity::{Identity, Role};
+use crate::revocation::RevocationList;
+
+/// Who may call an RPC.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Allow {
+    /// Anyone who completed the TLS handshake, even without a client certificate (only the
+    /// registry accepts such connections, for enrollment).
+    Anonymous,
+    /// Any verified certificate of this mesh.
+    AnyRole,
+    Role(Role),
+    /// One named service.
+    Service(&'static str),
+}
+
+/// One service's table: `(method name, who may call it)`. A method missing from the table is
+/// refused for everyone.
+#[derive(Debug)]
+pub struct Acl {
+    /// gRPC service path, e.g. `zkmesh.v1.SchedulerService`.
+    pub service: &'static str,
+    pub methods: &'static [(&'static str, &'static [Allow])],
+}
+
+impl Acl {
+    /// Who may call the method at `path` (`/package.Service/Method`); `None` if the service
+    /// serves no such method.
+    pub fn allowed(&self, path: &str) -> Option<&'static [Allow]> {
+        let path = path.strip_prefix('/')?;
+        let (service, method) = path.split_once('/')?;
+        // Health and reflection are open to every caller that reached us over TLS.
+        if service == "grpc.health.v1.Health" || service.starts_with("grpc.reflection.") {
+            return Some(&[Allow::Anonymous]);
+        }
+        if service != self.service {
+            return None;
+        }
+        self.methods
+            .iter()
+            .find(|(name, _)| *name == method)
+            .map(|(_, allow)| *allow)
+    }
+}
+
+/// Checks an identity against a method's allow list. `None` is an anonymous caller.
+pub fn check(
+    allow: &[Allow],
+    identity: Option<&Identity>,
+    revoked: &RevocationList,
+) -> Result<(), tonic::Status> {
+    if allow.contains(&Allow::Anonymous) {
+        if let Some(id) = identity
+            && id.role == Role::Node
+            && revoked.contains(&id.name)
+        {
+            return Err(tonic::Status::permission_denied(format!(
+                "node {} is revoked",
+                id.name
+            )));
+        }
+        return Ok(());
+    }
+    let Some(id) = identity else {
+        return Err(tonic::Status::unauthenticated(
+            "a client certificate from this mesh's CA is required",
+        ));
+    };
+    if id.role == Role::Node && revoked.contains(&id.name) {
+        return Err(tonic::Status::permission_denied(format!(
+            "node {} is revoked",
+            id.name
+        )));
+    }
+    let ok = allow.iter().any(|a| match a {
+        Allow::Anonymous | Allow::AnyRole => true,
+        Allow::Role(r) => *r == id.role,
+        Allow::Service(name) => id.role == Role::Service && id.name == *name,
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(tonic::Status::permission_denied(format!(
+            "{id} may not call this method"
+        )))
+    }
+}
+
+/// The caller's identity as the [`AuthLayer`] found it; handlers read it from the request.
+pub fn caller<T>(req: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
+    req.extensions()
+        .get::<Identity>()
+        .cloned()
+        .ok_or_else(|| tonic::Status::unauthenticated("no verified client certificate"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    static ACL: Acl = Acl {
+        service: "zkmesh.v1.Test",
+        methods: &[
+            ("Open", &[Allow::Anonymous]),
+            ("Users", &[Allow::Role(Role::User)]),
+            ("Sched", &[Allow::Service("scheduler")]),
+        ],
+    };
+
+    #[test]
+    fn table_decides() {
+        let revoked = RevocationList::default();
+        let user = Identity::new("m", Role::User, "u");
+        let node = Identity::new("m", Role::Node, "n1");
+        let sched = Identity::new("m", Role::Service, "scheduler");
+        let ledger = Identity::new("m", Role::Service, "ledger");
+        let users = ACL.allowed("/zkmesh.v1.Test/Users").unwrap();
+        assert!(check(users, Some(&user), &revoked).is_ok());
+        assert_eq!(
+            check(users, Some(&node), &revoked).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+        assert_eq!(
+            check(users, None, &revoked).unwrap_err().code(),
+            tonic::Code::Unauthenticated
+        );
+        let sched_only = ACL.allowed("/zkmesh.v1.Test/Sched").unwrap();
+        assert!(check(sched_only, Some(&sched), &revoked).is_ok());
+        assert!(check(sched_only, Some(&ledger), &revoked).is_err());
+        assert!(ACL.allowed("/zkmesh.v1.Test/Missing").is_none());
+        assert!(ACL.allowed("/zkmesh.v1.Other/Users").is_none());
+        let open = ACL.allowed("/zkmesh.v1.Test/Open").unwrap();
+        assert!(check(open, None, &revoked).is_ok());
+        revoked.insert("n1");
+        assert_eq!(
+            check(open, Some(&node), &revoked).unwrap_err().code(),
+            tonic::Code::PermissionDenied
+        );
+    }
+}
