@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use zkmesh_kit::CancellationToken;
-use zkmesh_kit::config::TlsFiles;
+use zkmesh_kit::config::{ServerConfig, TlsFiles};
 use zkmesh_kit::identity::{Identity, MeshCa, Role};
 use zkmesh_kit::server::Serving;
 use zkmesh_proto::*;
@@ -137,17 +137,20 @@ impl LocalMesh {
         let db = |name: &str| format!("sqlite://{}", dir.join(format!("{name}.db")).display());
         let metrics = |_: ()| options.metrics.then(|| "127.0.0.1:0".to_string());
         let endpoint = |s: &Serving| format!("https://127.0.0.1:{}", s.addr.port());
+        let server = |i: usize, name: &str| ServerConfig {
+            listen: Some(options.listen[i].clone()),
+            metrics_listen: metrics(()),
+            database_url: db(name),
+            grace_secs: 2,
+            tls: tls_files(&dir, name),
+        };
 
         let registry = zkmesh_registry::start(
             zkmesh_registry::RegistryConfig {
-                listen: options.listen[0].clone(),
-                metrics_listen: metrics(()),
-                database_url: db("registry"),
-                tls: tls_files(&dir, "registry"),
+                server: server(0, "registry"),
                 ca_dir: dir.join("ca"),
                 heartbeat_timeout_secs: (options.heartbeat_secs * 4).max(5),
                 node_certificate_lifetime_secs: options.node_certificate_lifetime_secs,
-                grace_secs: 2,
             },
             shutdown.clone(),
         )
@@ -155,13 +158,9 @@ impl LocalMesh {
         .context("starting the registry")?;
         let ledger = zkmesh_ledger::start(
             zkmesh_ledger::LedgerConfig {
-                listen: options.listen[2].clone(),
-                metrics_listen: metrics(()),
-                database_url: db("ledger"),
-                tls: tls_files(&dir, "ledger"),
+                server: server(2, "ledger"),
                 key_file: dir.join("ledger.key"),
                 registry_endpoint: endpoint(&registry),
-                grace_secs: 2,
             },
             shutdown.clone(),
         )
@@ -169,12 +168,8 @@ impl LocalMesh {
         .context("starting the ledger")?;
         let verifier = zkmesh_verifier::start(
             zkmesh_verifier::VerifierConfig {
-                listen: options.listen[3].clone(),
-                metrics_listen: metrics(()),
-                database_url: db("verifier"),
-                tls: tls_files(&dir, "verifier"),
+                server: server(3, "verifier"),
                 registry_endpoint: endpoint(&registry),
-                grace_secs: 2,
                 keys_dir: options.keys_dir.clone(),
                 setup_classes: options.setup_classes.clone(),
             },
@@ -185,12 +180,9 @@ impl LocalMesh {
         let scheduler_config: zkmesh_scheduler::SchedulerConfig =
             toml::Value::Table(toml::Table::from_iter([
                 (
-                    "listen".to_string(),
-                    toml::Value::String(options.listen[1].clone()),
-                ),
-                (
-                    "database_url".to_string(),
-                    toml::Value::String(db("scheduler")),
+                    "server".to_string(),
+                    toml::Value::try_from(server(1, "scheduler"))
+                        .expect("server config serialises"),
                 ),
                 (
                     "registry_endpoint".to_string(),
@@ -208,22 +200,13 @@ impl LocalMesh {
                     "lease_secs".to_string(),
                     toml::Value::Integer(options.lease_secs as i64),
                 ),
-                ("grace_secs".to_string(), toml::Value::Integer(2)),
                 (
                     "compile_timeout_secs".to_string(),
                     toml::Value::Integer(options.compile_timeout_secs as i64),
                 ),
-                (
-                    "tls".to_string(),
-                    toml::Value::try_from(tls_files(&dir, "scheduler")).expect("paths serialise"),
-                ),
             ]))
             .try_into()
             .context("scheduler defaults")?;
-        let scheduler_config = zkmesh_scheduler::SchedulerConfig {
-            metrics_listen: metrics(()),
-            ..scheduler_config
-        };
         let scheduler = zkmesh_scheduler::start(scheduler_config, shutdown.clone())
             .await
             .context("starting the scheduler")?;

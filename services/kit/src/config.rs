@@ -88,8 +88,39 @@ fn set_path(table: &mut toml::Table, path: &[&str], value: toml::Value) {
 }
 
 /// How long a service gives calls in flight to finish after shutdown begins, by default.
-pub fn default_grace_secs() -> u64 {
+fn default_grace_secs() -> u64 {
     10
+}
+
+/// The `[server]` table every service shares: where it listens, its database, how long it
+/// drains, and its TLS material (`[server.tls]`). Overridden like any key, e.g.
+/// `ZKMESH_SCHEDULER_SERVER__LISTEN` or `ZKMESH_LEDGER_SERVER__TLS__CERT`.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// `host:port` to serve gRPC on; each service has its own default port.
+    pub listen: Option<String>,
+    /// `host:port` for plain-HTTP Prometheus metrics (`/metrics`); none when absent.
+    pub metrics_listen: Option<String>,
+    /// The service's database, e.g. `sqlite://mesh/registry.db`.
+    pub database_url: String,
+    /// Seconds calls in flight may take to finish after shutdown begins.
+    #[serde(default = "default_grace_secs")]
+    pub grace_secs: u64,
+    /// The service's certificate, key and the mesh CA.
+    pub tls: TlsFiles,
+}
+
+impl ServerConfig {
+    /// `listen`, or the service's `default` address.
+    pub fn listen_or(&self, default: &str) -> String {
+        self.listen.clone().unwrap_or_else(|| default.to_string())
+    }
+
+    /// `grace_secs` as a duration.
+    pub fn grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.grace_secs)
+    }
 }
 
 /// Paths of a service's TLS material.

@@ -17,7 +17,7 @@ use sqlx::Row;
 use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 use zkmesh_kit::acl::{Acl, Allow, caller};
-use zkmesh_kit::config::TlsFiles;
+use zkmesh_kit::config::ServerConfig;
 use zkmesh_kit::db::{self, Migration, Pool};
 use zkmesh_kit::identity::{Identity, Role};
 use zkmesh_kit::journal::{entry_hash, genesis_hash};
@@ -33,22 +33,16 @@ use zkmesh_proto::*;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerConfig {
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    pub metrics_listen: Option<String>,
-    pub database_url: String,
-    pub tls: TlsFiles,
+    /// `[server]`: listen address, metrics, database, drain time and TLS.
+    pub server: ServerConfig,
     /// The ledger's Ed25519 signing key (PKCS#8 PEM); created on first start.
     pub key_file: PathBuf,
     /// The registry, for the revocation list.
     pub registry_endpoint: String,
-    #[serde(default = "zkmesh_kit::config::default_grace_secs")]
-    pub grace_secs: u64,
 }
 
-fn default_listen() -> String {
-    "127.0.0.1:7003".into()
-}
+/// Where the ledger listens when `[server] listen` is not set.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7003";
 
 pub static ACL: Acl = Acl {
     service: "zkmesh.v1.LedgerService",
@@ -184,9 +178,9 @@ pub fn load_or_create_key(path: &std::path::Path) -> anyhow::Result<SigningKey> 
 
 /// Starts the ledger; it runs until `shutdown` is cancelled.
 pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
-    let tls = TlsPem::load(&config.tls)?;
+    let tls = TlsPem::load(&config.server.tls)?;
     let key = load_or_create_key(&config.key_file)?;
-    let db = db::connect(&config.database_url).await?;
+    let db = db::connect(&config.server.database_url).await?;
     db::migrate(&db, "ledger", MIGRATIONS).await?;
     let tip = match sqlx::query("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&db)
@@ -222,12 +216,12 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
             name: "ledger",
             acl: &ACL,
             tls,
-            listen: config.listen.clone(),
-            metrics_listen: config.metrics_listen.clone(),
+            listen: config.server.listen_or(DEFAULT_LISTEN),
+            metrics_listen: config.server.metrics_listen.clone(),
             metrics,
             revoked,
             shutdown,
-            grace: Duration::from_secs(config.grace_secs),
+            grace: config.server.grace(),
         },
     )
     .await?)

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sqlx::Row;
 use tonic::{Request, Response, Status};
 use zkmesh_kit::acl::{Acl, Allow, caller};
-use zkmesh_kit::config::TlsFiles;
+use zkmesh_kit::config::ServerConfig;
 use zkmesh_kit::db::{self, Migration, Pool};
 use zkmesh_kit::identity::{Identity, MeshCa, Role, valid_name};
 use zkmesh_kit::revocation::RevocationList;
@@ -26,12 +26,8 @@ use zkmesh_proto::*;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RegistryConfig {
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    /// Plain-HTTP Prometheus endpoint; none when absent.
-    pub metrics_listen: Option<String>,
-    pub database_url: String,
-    pub tls: TlsFiles,
+    /// `[server]`: listen address, metrics, database, drain time and TLS.
+    pub server: ServerConfig,
     /// Directory holding the mesh CA's `ca.crt` and `ca.key`: the registry signs node
     /// certificates.
     pub ca_dir: PathBuf,
@@ -40,13 +36,11 @@ pub struct RegistryConfig {
     pub heartbeat_timeout_secs: u64,
     #[serde(default = "default_cert_lifetime")]
     pub node_certificate_lifetime_secs: u64,
-    #[serde(default = "zkmesh_kit::config::default_grace_secs")]
-    pub grace_secs: u64,
 }
 
-fn default_listen() -> String {
-    "127.0.0.1:7001".into()
-}
+/// Where the registry listens when `[server] listen` is not set.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
+
 fn default_heartbeat_timeout() -> u64 {
     15
 }
@@ -153,9 +147,9 @@ pub struct RegistryService {
 
 /// Starts the registry; it runs until `shutdown` is cancelled.
 pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
-    let tls = TlsPem::load(&config.tls)?;
+    let tls = TlsPem::load(&config.server.tls)?;
     let ca = MeshCa::load(&config.ca_dir)?;
-    let db = db::connect(&config.database_url).await?;
+    let db = db::connect(&config.server.database_url).await?;
     db::migrate(&db, "registry", MIGRATIONS).await?;
     let revoked = RevocationList::default();
     let metrics = Metrics::new("registry");
@@ -174,12 +168,12 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyho
             name: "registry",
             acl: &ACL,
             tls,
-            listen: config.listen.clone(),
-            metrics_listen: config.metrics_listen.clone(),
+            listen: config.server.listen_or(DEFAULT_LISTEN),
+            metrics_listen: config.server.metrics_listen.clone(),
             metrics,
             revoked,
             shutdown,
-            grace: Duration::from_secs(config.grace_secs),
+            grace: config.server.grace(),
         },
     )
     .await?;

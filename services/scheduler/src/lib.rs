@@ -16,11 +16,10 @@ mod dispatch;
 mod store;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use serde::Deserialize;
 use zkmesh_kit::acl::{Acl, Allow};
-use zkmesh_kit::config::TlsFiles;
+use zkmesh_kit::config::ServerConfig;
 use zkmesh_kit::identity::Role;
 use zkmesh_kit::revocation::RevocationList;
 use zkmesh_kit::server::{ServeSpec, Serving, serve};
@@ -35,11 +34,8 @@ pub use api::SchedulerService;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SchedulerConfig {
-    #[serde(default = "defaults::listen")]
-    pub listen: String,
-    pub metrics_listen: Option<String>,
-    pub database_url: String,
-    pub tls: TlsFiles,
+    /// `[server]`: listen address, metrics, database, drain time and TLS.
+    pub server: ServerConfig,
     pub registry_endpoint: String,
     pub ledger_endpoint: String,
     pub verifier_endpoint: String,
@@ -71,17 +67,15 @@ pub struct SchedulerConfig {
     pub compile_timeout_secs: u64,
     #[serde(default = "defaults::max_input_bytes")]
     pub max_input_bytes: usize,
-    #[serde(default = "zkmesh_kit::config::default_grace_secs")]
-    pub grace_secs: u64,
 }
+
+/// Where the scheduler listens when `[server] listen` is not set.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7002";
 
 /// A task's memory limit when its submitter names none (`default_memory_mib`'s default).
 pub const DEFAULT_MEMORY_MIB: u32 = 256;
 
 mod defaults {
-    pub fn listen() -> String {
-        "127.0.0.1:7002".into()
-    }
     pub fn fuel() -> u64 {
         1_000_000_000
     }
@@ -173,8 +167,8 @@ pub async fn start(
     config: SchedulerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Serving> {
-    let tls = TlsPem::load(&config.tls)?;
-    let pool = db::connect(&config.database_url).await?;
+    let tls = TlsPem::load(&config.server.tls)?;
+    let pool = db::connect(&config.server.database_url).await?;
     db::migrate(&pool, "scheduler", store::MIGRATIONS).await?;
     let client_tls = (&tls).into();
     let registry = zkmesh_kit::client::channel(&config.registry_endpoint, &client_tls)?;
@@ -217,12 +211,12 @@ pub async fn start(
             name: "scheduler",
             acl: &ACL,
             tls,
-            listen: config.listen.clone(),
-            metrics_listen: config.metrics_listen.clone(),
+            listen: config.server.listen_or(DEFAULT_LISTEN),
+            metrics_listen: config.server.metrics_listen.clone(),
             metrics,
             revoked,
             shutdown,
-            grace: Duration::from_secs(config.grace_secs),
+            grace: config.server.grace(),
         },
     )
     .await?)

@@ -18,7 +18,7 @@ use serde::Deserialize;
 use sqlx::Row;
 use tonic::{Request, Response, Status};
 use zkmesh_kit::acl::{Acl, Allow};
-use zkmesh_kit::config::TlsFiles;
+use zkmesh_kit::config::ServerConfig;
 use zkmesh_kit::db::{self, Migration, Pool};
 use zkmesh_kit::identity::Role;
 use zkmesh_kit::revocation::RevocationList;
@@ -36,15 +36,10 @@ use zkmesh_proto::*;
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VerifierConfig {
-    #[serde(default = "default_listen")]
-    pub listen: String,
-    pub metrics_listen: Option<String>,
-    pub database_url: String,
-    pub tls: TlsFiles,
+    /// `[server]`: listen address, metrics, database, drain time and TLS.
+    pub server: ServerConfig,
     /// The registry: node receipt keys and the revocation list.
     pub registry_endpoint: String,
-    #[serde(default = "zkmesh_kit::config::default_grace_secs")]
-    pub grace_secs: u64,
     /// Where circuit keys are kept (content-addressed; reused across restarts).
     #[serde(default = "default_keys_dir")]
     pub keys_dir: std::path::PathBuf,
@@ -53,16 +48,15 @@ pub struct VerifierConfig {
     pub setup_classes: Vec<String>,
 }
 
+/// Where the verifier listens when `[server] listen` is not set.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:7004";
+
 fn default_keys_dir() -> std::path::PathBuf {
     "zkmesh-verifier-keys".into()
 }
 
 fn default_setup_classes() -> Vec<String> {
     vec!["c9".into(), "c10".into()]
-}
-
-fn default_listen() -> String {
-    "127.0.0.1:7004".into()
 }
 
 /// Marks a check that could not be made (the registry is unreachable).
@@ -145,8 +139,8 @@ pub struct VerifierService {
 
 /// Starts the verifier; it runs until `shutdown` is cancelled.
 pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
-    let tls = TlsPem::load(&config.tls)?;
-    let db = db::connect(&config.database_url).await?;
+    let tls = TlsPem::load(&config.server.tls)?;
+    let db = db::connect(&config.server.database_url).await?;
     db::migrate(&db, "verifier", MIGRATIONS).await?;
     let registry_channel = zkmesh_kit::client::channel(&config.registry_endpoint, &(&tls).into())?;
     let revoked = RevocationList::default();
@@ -188,12 +182,12 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
             name: "verifier",
             acl: &ACL,
             tls,
-            listen: config.listen.clone(),
-            metrics_listen: config.metrics_listen.clone(),
+            listen: config.server.listen_or(DEFAULT_LISTEN),
+            metrics_listen: config.server.metrics_listen.clone(),
             metrics,
             revoked,
             shutdown,
-            grace: Duration::from_secs(config.grace_secs),
+            grace: config.server.grace(),
         },
     )
     .await?)

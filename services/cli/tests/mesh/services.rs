@@ -137,3 +137,57 @@ async fn health_reflection_metrics_and_shutdown() {
         "scheduler still listening"
     );
 }
+
+/// Every example config parses into its service's config, and the shared `[server]` table
+/// takes `ZKMESH_<SERVICE>_SERVER__<KEY>` overrides, nested ones included.
+#[test]
+fn the_example_configs_parse_and_the_server_table_takes_overrides() {
+    use std::collections::HashMap;
+    use zkmesh_kit::config::load;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/config");
+    let env: HashMap<String, String> = [
+        ("ZKMESH_SCHEDULER_SERVER__LISTEN", "127.0.0.1:1"),
+        ("ZKMESH_SCHEDULER_SERVER__GRACE_SECS", "3"),
+        (
+            "ZKMESH_SCHEDULER_SERVER__TLS__CERT",
+            "/elsewhere/scheduler.crt",
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let file = |name: &str| dir.join(format!("{name}.toml"));
+    let s: zkmesh_scheduler::SchedulerConfig =
+        load(Some(&file("scheduler")), "scheduler", &env).unwrap();
+    assert_eq!(s.server.listen.as_deref(), Some("127.0.0.1:1"));
+    assert_eq!(s.server.grace_secs, 3);
+    assert_eq!(
+        s.server.tls.cert,
+        std::path::PathBuf::from("/elsewhere/scheduler.crt")
+    );
+    assert_eq!(
+        s.server.tls.key,
+        std::path::PathBuf::from("mesh/certs/scheduler.key")
+    );
+    assert_eq!(s.server.database_url, "sqlite://mesh/scheduler.db");
+    let r: zkmesh_registry::RegistryConfig =
+        load(Some(&file("registry")), "registry", &env).unwrap();
+    assert_eq!(r.server.listen.as_deref(), Some("127.0.0.1:7001"));
+    let l: zkmesh_ledger::LedgerConfig = load(Some(&file("ledger")), "ledger", &env).unwrap();
+    assert_eq!(l.server.metrics_listen.as_deref(), Some("127.0.0.1:9103"));
+    let v: zkmesh_verifier::VerifierConfig =
+        load(Some(&file("verifier")), "verifier", &env).unwrap();
+    assert_eq!(v.server.tls.ca, std::path::PathBuf::from("mesh/ca/ca.crt"));
+    load::<zkmesh_worker::WorkerConfig>(Some(&file("worker")), "worker", &env).unwrap();
+    zkmesh_cli::client::ClientConfig::load(&file("client")).unwrap();
+    // The old top-level keys are refused, naming the key.
+    let old: HashMap<String, String> = [(
+        "ZKMESH_LEDGER_DATABASE_URL".to_string(),
+        "sqlite://x.db".to_string(),
+    )]
+    .into();
+    let err = load::<zkmesh_ledger::LedgerConfig>(Some(&file("ledger")), "ledger", &old)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("database_url"), "{err}");
+}
