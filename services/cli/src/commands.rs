@@ -15,7 +15,7 @@ use zkmesh_proto::*;
 
 use crate::client::{ClientConfig, MeshClient, audit, upload, wait};
 use crate::mesh::{LocalMesh, MeshOptions};
-use crate::{EXIT_CONFIG, EXIT_TASK, EXIT_USAGE, exit};
+use crate::{EXIT_CONFIG, EXIT_REFUSED, EXIT_TASK, EXIT_USAGE, exit};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -326,8 +326,8 @@ pub fn load_module(arg: &str) -> anyhow::Result<(String, Vec<u8>)> {
         if is_text {
             let wasm = wat::parse_bytes(&bytes).map_err(|e| {
                 exit(
-                    EXIT_USAGE,
-                    format!("{arg} is neither a wasm binary nor valid WAT: {e}"),
+                    EXIT_REFUSED,
+                    format!("invalid module: {arg} is neither a wasm binary nor valid WAT: {e}"),
                 )
             })?;
             return Ok((name, wasm.into_owned()));
@@ -746,7 +746,7 @@ async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
     let class = if task.policy.kind() == PolicyKind::Proof {
         let class = proof_class(&task.wasm, &task.input, args.memory_mib).map_err(|e| {
             exit(
-                EXIT_USAGE,
+                EXIT_REFUSED,
                 format!("cannot run this under --policy proof: {e}"),
             )
         })?;
@@ -820,7 +820,7 @@ async fn verify(
         None => {
             let api = client(mesh).map_err(|e| {
                 exit(
-                    EXIT_USAGE,
+                    EXIT_CONFIG,
                     format!("no --vk given and no mesh to ask for it ({e:#}); save one with `zkmesh circuits vk CLASS --out FILE`"),
                 )
             })?;

@@ -4,7 +4,18 @@ use clap::Parser;
 use zkmesh_cli::commands::{Cli, Command, LedgerCommand, ServeCommand};
 
 fn main() {
-    let cli = Cli::parse();
+    // clap's own errors exit 64 like every other bad command line (help and version exit 0).
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            std::process::exit(if e.use_stderr() {
+                zkmesh_cli::EXIT_USAGE
+            } else {
+                zkmesh_cli::EXIT_OK
+            });
+        }
+    };
     let serving = matches!(
         cli.command,
         Command::Registry(ServeCommand::Serve { .. })

@@ -289,3 +289,38 @@ async fn refused_callers_change_nothing() {
     assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;
 }
+
+/// The CLI tells a refusal (exit 2: here a user's certificate where an admin's is needed) from
+/// a mesh it cannot reach (exit 3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exits_2_when_refused_and_3_when_the_mesh_is_unreachable() {
+    let sb = start(0).await;
+    let cli = |config: &std::path::Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_zkmesh"))
+            .args(["--mesh", config.to_str().unwrap()])
+            .args(["ledger", "mint", "user/someone", "5"])
+            .output()
+            .unwrap()
+    };
+    let mut user_as_admin = sb.mesh.client.clone();
+    user_as_admin.admin_cert = Some(user_as_admin.cert.clone());
+    user_as_admin.admin_key = Some(user_as_admin.key.clone());
+    let config = sb.mesh.dir.join("user-as-admin.toml");
+    user_as_admin.save(&config).unwrap();
+    let out = cli(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("PermissionDenied"), "{stderr}");
+
+    let mut gone = sb.mesh.client.clone();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    gone.ledger = format!("https://127.0.0.1:{port}");
+    let config = sb.mesh.dir.join("gone.toml");
+    gone.save(&config).unwrap();
+    let out = cli(&config);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+}

@@ -136,27 +136,57 @@ fn exit_codes_distinguish_task_failure_from_bad_input() {
     assert_eq!(v["verdict"], "verified");
 
     // A run longer than 64 segments of the largest class an embedded mesh sets up (sha256 over
-    // 16 KiB) is refused before anything starts.
+    // 16 KiB) is refused before anything starts (2); a bad command line exits 64.
     let long = "x".repeat(16 << 10);
-    for (args, needle) in [
+    for (args, code, needle) in [
         (
             vec!["run", "sha256", "--input", &long, "--policy", "proof"],
+            2,
             "replicate",
         ),
         (
             vec!["run", "sha256", "--policy", "replicate:1"],
+            64,
             "invalid policy",
         ),
-        (vec!["run", "no-such-guest"], "no such file"),
+        (vec!["run", "no-such-guest"], 64, "no such file"),
+        (
+            vec!["run", "sha256", "--no-such-flag"],
+            64,
+            "--no-such-flag",
+        ),
+        (
+            vec!["run", "sha256", "--input-file", "/no/such/input"],
+            64,
+            "/no/such/input",
+        ),
+        (vec!["no-such-command"], 64, "no-such-command"),
     ] {
         let out = zkmesh(home.path(), &args);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {stderr}");
         assert!(stderr.contains(needle), "{args:?}: {stderr}");
     }
+    let help = zkmesh(home.path(), &["--help"]);
+    assert_eq!(help.status.code(), Some(0));
     let bad = home.path().join("bad.wasm");
     std::fs::write(&bad, b"\0asm\x01\0\0\0\x01\xff\xff").unwrap();
     let out = zkmesh(home.path(), &["run", bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid module"));
+}
+
+/// A service config that does not parse exits 78 with one line naming the key.
+#[test]
+fn bad_configuration_exits_78() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("ledger.toml");
+    std::fs::write(&config, "database_url = \"sqlite://x.db\"\n").unwrap();
+    let out = zkmesh(
+        home.path(),
+        &["ledger", "serve", "--config", config.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("database_url"), "{stderr}");
 }
