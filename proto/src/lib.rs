@@ -13,4 +13,7 @@ pub mod v1 {
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/zkmesh_descriptor.bin"));
 
+pub mod names;
+
+pub use names::UnknownName;
 pub use v1::*;

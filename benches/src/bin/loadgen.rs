@@ -117,18 +117,19 @@ async fn main() -> anyhow::Result<()> {
     latencies.sort_by(|a, b| a.partial_cmp(b).unwrap());
     // Mean time from each state to the next, from the scheduler's event timestamps (ms).
     let stages = [
-        "QUEUED", "ASSIGNED", "RUNNING", "REPORTED", "VERIFIED", "SETTLED",
+        TaskState::Queued,
+        TaskState::Assigned,
+        TaskState::Running,
+        TaskState::Reported,
+        TaskState::Verified,
+        TaskState::Settled,
     ];
     let mut stage_ms = vec![0.0; stages.len() - 1];
     for (_, _, events) in &done {
-        let at = |name: &str| {
+        let at = |state: TaskState| {
             events
                 .iter()
-                .find(|e| {
-                    TaskState::try_from(e.state)
-                        .map(|s| s.as_str_name().ends_with(name))
-                        .unwrap_or(false)
-                })
+                .find(|e| e.state == state as i32)
                 .map(|e| e.at_ms)
         };
         for (i, w) in stages.windows(2).enumerate() {
@@ -153,7 +154,7 @@ async fn main() -> anyhow::Result<()> {
             "max": latencies.last().copied().unwrap_or(f64::NAN),
         },
         "mean_stage_ms": stages.windows(2).zip(&stage_ms)
-            .map(|(w, ms)| (format!("{}->{}", w[0].to_lowercase(), w[1].to_lowercase()), serde_json::json!(ms)))
+            .map(|(w, ms)| (format!("{}->{}", w[0], w[1]), serde_json::json!(ms)))
             .collect::<serde_json::Map<_, _>>(),
     });
     if args.json {

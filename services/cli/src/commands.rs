@@ -353,28 +353,8 @@ pub fn load_module(arg: &str) -> anyhow::Result<(String, Vec<u8>)> {
 
 /// Parses `receipt`, `proof` or `replicate:K`.
 pub fn parse_policy(s: &str) -> anyhow::Result<VerificationPolicy> {
-    let bad = || {
-        exit(
-            EXIT_USAGE,
-            format!("invalid policy {s:?}: use receipt, replicate:K (K >= 2) or proof"),
-        )
-    };
-    let (kind, replicas) = match s {
-        "receipt" => (PolicyKind::Receipt, 0),
-        "proof" => (PolicyKind::Proof, 0),
-        _ => {
-            let k = s.strip_prefix("replicate:").ok_or_else(bad)?;
-            let k: u32 = k.parse().map_err(|_| bad())?;
-            if k < 2 {
-                return Err(bad());
-            }
-            (PolicyKind::Replicate, k)
-        }
-    };
-    Ok(VerificationPolicy {
-        kind: kind as i32,
-        replicas,
-    })
+    s.parse()
+        .map_err(|e: zkmesh_proto::UnknownName| exit(EXIT_USAGE, e.to_string()))
 }
 
 fn read_input(args: &RunArgs) -> anyhow::Result<Vec<u8>> {
@@ -395,38 +375,9 @@ fn read_input(args: &RunArgs) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-pub fn state_name(state: i32) -> String {
-    TaskState::try_from(state)
-        .unwrap_or(TaskState::Unspecified)
-        .as_str_name()
-        .trim_start_matches("TASK_STATE_")
-        .to_lowercase()
-}
-
-pub fn exit_name(exit: i32) -> String {
-    if exit == 0 {
-        return "none".into();
-    }
-    ExitKind::try_from(exit)
-        .unwrap_or(ExitKind::Unspecified)
-        .as_str_name()
-        .trim_start_matches("EXIT_KIND_")
-        .to_lowercase()
-}
-
-pub fn verdict_name(v: i32) -> String {
-    if v == 0 {
-        return "none".into();
-    }
-    Verdict::try_from(v)
-        .unwrap_or(Verdict::Unspecified)
-        .as_str_name()
-        .trim_start_matches("VERDICT_")
-        .to_lowercase()
-}
-
-fn policy_name(p: &Option<VerificationPolicy>) -> String {
-    zkmesh_verifier::describe_policy(&p.unwrap_or_default())
+/// A wire enum's short name, or `none` for a value not set.
+fn name_or_none(value: i32, name: fn(i32) -> &'static str) -> &'static str {
+    if value == 0 { "none" } else { name(value) }
 }
 
 /// The JSON form of a result.
@@ -434,16 +385,16 @@ pub fn result_json(task: &Task, result: &TaskResult) -> serde_json::Value {
     let text = std::str::from_utf8(&result.output).ok();
     json!({
         "task_id": result.task_id,
-        "state": state_name(result.state),
-        "exit": (result.exit != 0).then(|| exit_name(result.exit)),
+        "state": TaskState::short_name_of(result.state),
+        "exit": (result.exit != 0).then(|| ExitKind::short_name_of(result.exit)),
         "exit_message": result.exit_message,
         "output_base64": base64::engine::general_purpose::STANDARD.encode(&result.output),
         "output_text": text,
         "output_hash": result.output_hash,
         "fuel_used": result.fuel_used,
         "fuel_limit": task.fuel_limit,
-        "policy": policy_name(&result.policy),
-        "verdict": (result.verdict != 0).then(|| verdict_name(result.verdict)),
+        "policy": result.policy.unwrap_or_default().to_string(),
+        "verdict": (result.verdict != 0).then(|| Verdict::short_name_of(result.verdict)),
         "verdict_reason": result.verdict_reason,
         "credits_charged": result.credits_charged,
         "credits_held": task.credits_held,
@@ -456,7 +407,7 @@ pub fn result_json(task: &Task, result: &TaskResult) -> serde_json::Value {
             "node_id": r.node_id,
             "output_hash": r.output_hash,
             "fuel_used": r.fuel_used,
-            "exit": exit_name(r.exit),
+            "exit": name_or_none(r.exit, ExitKind::short_name_of),
             "signature": hex::encode(&r.signature),
         })).collect::<Vec<_>>(),
         "message": task.message,
@@ -486,14 +437,14 @@ fn print_result(task: &Task, result: &TaskResult, elapsed: Option<Duration>, bod
         out,
         "task     {}  {}  verdict: {} ({})",
         result.task_id,
-        state_name(result.state),
-        verdict_name(result.verdict),
+        TaskState::short_name_of(result.state),
+        name_or_none(result.verdict, Verdict::short_name_of),
         result.verdict_reason
     );
     let _ = writeln!(
         out,
         "exit     {}: {}",
-        exit_name(result.exit),
+        name_or_none(result.exit, ExitKind::short_name_of),
         if result.exit_message.is_empty() {
             &task.message
         } else {
@@ -552,7 +503,7 @@ fn progress_printer(quiet: bool) -> impl FnMut(&TaskEvent) {
             eprintln!(
                 "[{:>7.1} ms] {:<9} {}",
                 started.elapsed().as_secs_f64() * 1000.0,
-                state_name(e.state),
+                TaskState::short_name_of(e.state),
                 e.message
             );
             print_log(e, |line| eprintln!("{line}"));
@@ -659,7 +610,7 @@ async fn submit_and_wait(
         if args.json {
             println!(
                 "{}",
-                json!({"task_id": task.task_id, "state": state_name(task.state), "module_hash": module.module_hash, "credits_held": task.credits_held})
+                json!({"task_id": task.task_id, "state": TaskState::short_name_of(task.state), "module_hash": module.module_hash, "credits_held": task.credits_held})
             );
         } else {
             println!("{}", task.task_id);
@@ -1048,7 +999,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                     "{}",
                     json!({
                         "module_hash": info.module_hash, "size": info.size,
-                        "abi": GuestAbi::try_from(info.abi).unwrap_or(GuestAbi::Unspecified).as_str_name().trim_start_matches("GUEST_ABI_").to_lowercase(),
+                        "abi": GuestAbi::short_name_of(info.abi),
                         "imports": info.imports, "provable": info.provable, "provable_reason": info.provable_reason,
                         "already_present": info.already_present,
                     })
@@ -1074,10 +1025,15 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             if json {
                 println!(
                     "{}",
-                    json!({"task_id": t.task_id, "state": state_name(t.state), "message": t.message, "attempts": t.attempts, "policy": policy_name(&t.policy), "module_hash": t.module_hash, "credits_held": t.credits_held})
+                    json!({"task_id": t.task_id, "state": TaskState::short_name_of(t.state), "message": t.message, "attempts": t.attempts, "policy": t.policy.unwrap_or_default().to_string(), "module_hash": t.module_hash, "credits_held": t.credits_held})
                 );
             } else {
-                println!("{}  {}  {}", t.task_id, state_name(t.state), t.message);
+                println!(
+                    "{}  {}  {}",
+                    t.task_id,
+                    TaskState::short_name_of(t.state),
+                    t.message
+                );
             }
             Ok(0)
         }
@@ -1086,9 +1042,9 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             let mut s = api.scheduler()?;
             let result = wait(&mut s, &task, |e| {
                 if json {
-                    println!("{}", json!({"seq": e.seq, "state": state_name(e.state), "message": e.message, "node_id": e.node_id, "at_ms": e.at_ms, "log": e.log}));
+                    println!("{}", json!({"seq": e.seq, "state": TaskState::short_name_of(e.state), "message": e.message, "node_id": e.node_id, "at_ms": e.at_ms, "log": e.log}));
                 } else {
-                    println!("{:>3}  {:<9} {}", e.seq, state_name(e.state), e.message);
+                    println!("{:>3}  {:<9} {}", e.seq, TaskState::short_name_of(e.state), e.message);
                     print_log(e, |line| println!("     {line}"));
                 }
             })
@@ -1148,7 +1104,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 .cancel_task(TaskRef { task_id: task })
                 .await?
                 .into_inner();
-            println!("{}  {}  {}", t.task_id, state_name(t.state), t.message);
+            println!(
+                "{}  {}  {}",
+                t.task_id,
+                TaskState::short_name_of(t.state),
+                t.message
+            );
             Ok(0)
         }
         Command::Tasks { limit } => {
@@ -1162,8 +1123,8 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
                 println!(
                     "{}  {:<9} {:<12} {}",
                     t.task_id,
-                    state_name(t.state),
-                    policy_name(&t.policy),
+                    TaskState::short_name_of(t.state),
+                    t.policy.unwrap_or_default().to_string(),
                     t.message
                 );
             }

@@ -180,17 +180,6 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyho
     Ok(serving)
 }
 
-fn status_name(s: NodeStatus) -> &'static str {
-    match s {
-        NodeStatus::Pending => "pending",
-        NodeStatus::Active => "active",
-        NodeStatus::Offline => "offline",
-        NodeStatus::Denied => "denied",
-        NodeStatus::Revoked => "revoked",
-        NodeStatus::Unspecified => "unknown",
-    }
-}
-
 impl RegistryService {
     async fn load_revocations(&self) -> Result<()> {
         let rows = sqlx::query("SELECT node_id FROM nodes WHERE state = 'revoked'")
@@ -564,5 +553,5 @@ impl RegistryApi for RegistryService {
 
 /// A readable name for a node status (`active`, `pending`, ...).
 pub fn describe_status(status: i32) -> &'static str {
-    status_name(NodeStatus::try_from(status).unwrap_or(NodeStatus::Unspecified))
+    NodeStatus::short_name_of(status)
 }

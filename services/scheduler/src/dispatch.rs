@@ -902,11 +902,7 @@ impl Core {
             let state = task.task.state();
             if is_terminal(state) || state == TaskState::Verified {
                 return Err(Status::failed_precondition(format!(
-                    "task {task_id} is already {}",
-                    state
-                        .as_str_name()
-                        .trim_start_matches("TASK_STATE_")
-                        .to_lowercase()
+                    "task {task_id} is already {state}"
                 )));
             }
             self.stop_active(

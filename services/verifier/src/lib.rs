@@ -209,15 +209,6 @@ pub fn check_policy(policy: &VerificationPolicy) -> Result<(), Status> {
     }
 }
 
-pub fn describe_policy(policy: &VerificationPolicy) -> String {
-    match policy.kind() {
-        PolicyKind::Receipt => "receipt".into(),
-        PolicyKind::Replicate => format!("replicate:{}", policy.replicas),
-        PolicyKind::Proof => "proof".into(),
-        PolicyKind::Unspecified => "unspecified".into(),
-    }
-}
-
 impl VerifierService {
     /// The node's receipt key, operator and status, from the registry (asked every time: the
     /// status may have changed to revoked).
@@ -543,15 +534,6 @@ impl VerifierService {
     }
 }
 
-fn verdict_name(v: i32) -> &'static str {
-    match Verdict::try_from(v).unwrap_or(Verdict::Unspecified) {
-        Verdict::Verified => "verified",
-        Verdict::Rejected => "rejected",
-        Verdict::Pending => "pending",
-        Verdict::Unspecified => "unspecified",
-    }
-}
-
 fn sha256_hex(bytes: &[u8]) -> String {
     zkmesh_prover::zkvm::sha256_hex(bytes)
 }
@@ -722,14 +704,14 @@ impl VerifierApi for VerifierService {
     ) -> Result<Response<VerifyResultResponse>, Status> {
         let req = req.into_inner();
         let response = self.judge(&req).await?;
-        let policy = describe_policy(&req.policy.unwrap_or_default());
+        let policy = req.policy.unwrap_or_default().to_string();
         sqlx::query(
             "INSERT INTO verdicts (verdict_id, task_id, policy, verdict, reason, output_hash, accepted, rejected, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         )
         .bind(random_id("v-"))
         .bind(&req.task_id)
         .bind(&policy)
-        .bind(verdict_name(response.verdict))
+        .bind(Verdict::short_name_of(response.verdict))
         .bind(&response.reason)
         .bind(&response.output_hash)
         .bind(response.accepted_attempt_ids.join(","))
@@ -747,10 +729,10 @@ impl VerifierApi for VerifierService {
                     "policy".into(),
                     policy.split(':').next().unwrap_or("").to_string(),
                 ),
-                ("verdict".into(), verdict_name(response.verdict).into()),
+                ("verdict".into(), Verdict::short_name_of(response.verdict).into()),
             ])
             .inc();
-        tracing::info!(task_id = %req.task_id, verdict = verdict_name(response.verdict), reason = %response.reason, "verdict");
+        tracing::info!(task_id = %req.task_id, verdict = Verdict::short_name_of(response.verdict), reason = %response.reason, "verdict");
         Ok(Response::new(response))
     }
 
@@ -772,11 +754,10 @@ impl VerifierApi for VerifierService {
                 .map(str::to_string)
                 .collect()
         };
-        let verdict = match row.get::<String, _>("verdict").as_str() {
-            "verified" => Verdict::Verified,
-            "rejected" => Verdict::Rejected,
-            _ => Verdict::Pending,
-        };
+        let verdict = row
+            .get::<String, _>("verdict")
+            .parse()
+            .unwrap_or(Verdict::Pending);
         Ok(Response::new(VerifyResultResponse {
             task_id,
             verdict: verdict as i32,

@@ -33,7 +33,7 @@ async fn hostile_guests_end_cleanly_and_the_worker_keeps_serving() {
                 let (task, result) = run(&sb.api, &job).await.unwrap();
                 assert_eq!(result.state(), TaskState::Settled, "{}", h.name);
                 assert_eq!(result.verdict(), Verdict::Verified, "{}", h.name);
-                let exit = zkmesh_cli::commands::exit_name(result.exit);
+                let exit = zkmesh_proto::ExitKind::short_name_of(result.exit);
                 let ok = match expect {
                     "timeout_or_out_of_fuel" => exit == "timeout" || exit == "out_of_fuel",
                     other => exit == other,
