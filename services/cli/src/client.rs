@@ -1,7 +1,6 @@
 //! Talking to a mesh as a user or an admin: the client config that `zkmesh dev` writes and the
 //! other commands read, the channels, and the multi-step operations (upload, run, audit).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -361,21 +360,4 @@ pub async fn audit(api: &MeshClient) -> anyhow::Result<AuditReport> {
         open_holds: open.len(),
         minted: replay.minted,
     })
-}
-
-/// A plain HTTP GET on loopback (metrics endpoints).
-pub async fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await?;
-    Ok(text
-        .split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-        .unwrap_or(text))
 }

@@ -328,12 +328,13 @@ impl LocalMesh {
         Ok(id)
     }
 
-    /// Waits until the scheduler has `n` connected workers (or the time runs out).
+    /// Waits until `n` workers are active at the registry and connected to the scheduler (or
+    /// the time runs out), asking both services.
     pub async fn wait_for_workers(&self, n: usize, within: Duration) -> anyhow::Result<()> {
         let api = MeshClient::connect(&self.client)?;
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let nodes = api
+            let active = api
                 .admin_registry()?
                 .list_nodes(ListNodesRequest {
                     status: NodeStatus::Active as i32,
@@ -341,29 +342,28 @@ impl LocalMesh {
                 .await?
                 .into_inner()
                 .nodes;
-            if nodes.len() >= n && self.scheduler_workers().await >= n {
+            let connected = api
+                .admin_scheduler()?
+                .list_workers(ListWorkersRequest {})
+                .await?
+                .into_inner()
+                .workers;
+            let ready = connected
+                .iter()
+                .filter(|w| active.iter().any(|a| a.node_id == w.node_id))
+                .count();
+            if ready >= n {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                anyhow::bail!("only {} of {n} workers became active", nodes.len());
+                anyhow::bail!(
+                    "only {ready} of {n} workers became ready ({} active at the registry, {} connected to the scheduler)",
+                    active.len(),
+                    connected.len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-    }
-
-    async fn scheduler_workers(&self) -> usize {
-        let Some(addr) = self.scheduler.metrics_addr else {
-            return usize::MAX;
-        };
-        let Ok(text) = crate::client::http_get(addr, "/metrics").await else {
-            return 0;
-        };
-        text.lines()
-            .find(|l| l.starts_with("zkmesh_workers_connected"))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .map(|v| v as usize)
-            .unwrap_or(0)
     }
 
     /// Graceful shutdown of workers, then services.

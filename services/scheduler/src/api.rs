@@ -411,6 +411,14 @@ impl SchedulerApi for SchedulerService {
         Ok(Response::new(ListTasksResponse { tasks }))
     }
 
+    async fn list_workers(
+        &self,
+        _req: Request<ListWorkersRequest>,
+    ) -> Result<Response<ListWorkersResponse>, Status> {
+        let workers = self.core.connected_workers().await;
+        Ok(Response::new(ListWorkersResponse { workers }))
+    }
+
     type WorkStream = BoxStream<SchedulerMessage>;
 
     async fn work(

@@ -191,6 +191,21 @@ impl Core {
             .len()
     }
 
+    /// The workers with an open Work stream, by node id.
+    pub async fn connected_workers(&self) -> Vec<ConnectedWorker> {
+        self.workers
+            .lock()
+            .await
+            .iter()
+            .map(|(node_id, w)| ConnectedWorker {
+                node_id: node_id.clone(),
+                operator: w.operator.clone(),
+                slots: w.slots,
+                running: w.running.len() as u32,
+            })
+            .collect()
+    }
+
     pub async fn register(&self, node_id: &str, operator: &str, slots: u32, tx: Outbound) -> u64 {
         let conn_id = self
             .next_conn

@@ -151,6 +151,7 @@ pub static ACL: Acl = Acl {
             &[Allow::Role(Role::User), Allow::Role(Role::Admin)],
         ),
         ("Work", &[Allow::Role(Role::Node)]),
+        ("ListWorkers", &[Allow::Role(Role::Admin)]),
         (
             "FetchModule",
             &[

@@ -729,7 +729,10 @@ impl VerifierApi for VerifierService {
                     "policy".into(),
                     policy.split(':').next().unwrap_or("").to_string(),
                 ),
-                ("verdict".into(), Verdict::short_name_of(response.verdict).into()),
+                (
+                    "verdict".into(),
+                    Verdict::short_name_of(response.verdict).into(),
+                ),
             ])
             .inc();
         tracing::info!(task_id = %req.task_id, verdict = Verdict::short_name_of(response.verdict), reason = %response.reason, "verdict");

@@ -7,9 +7,7 @@ use std::time::Duration;
 
 /// The value of metric `name` in the worker's exposition.
 async fn metric(addr: std::net::SocketAddr, name: &str) -> u64 {
-    let text = zkmesh_cli::client::http_get(addr, "/metrics")
-        .await
-        .unwrap();
+    let text = http_get(addr, "/metrics").await.unwrap();
     text.lines()
         .find(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .and_then(|l| l.rsplit(' ').next())

@@ -65,7 +65,7 @@ async fn health_reflection_metrics_and_shutdown() {
             "{name}: {list:?}"
         );
 
-        let metrics = zkmesh_cli::client::http_get(serving.metrics_addr.unwrap(), "/metrics")
+        let metrics = http_get(serving.metrics_addr.unwrap(), "/metrics")
             .await
             .unwrap();
         assert!(
@@ -79,7 +79,7 @@ async fn health_reflection_metrics_and_shutdown() {
     // serve is counted under `unknown`, the workers' `Work` streams (open all along) not yet,
     // and a `WatchTask` stream once it has ended, with its whole length as its latency.
     let scheduler_metrics = || async {
-        zkmesh_cli::client::http_get(sb.mesh.scheduler.metrics_addr.unwrap(), "/metrics")
+        http_get(sb.mesh.scheduler.metrics_addr.unwrap(), "/metrics")
             .await
             .unwrap()
     };
@@ -190,4 +190,46 @@ fn the_example_configs_parse_and_the_server_table_takes_overrides() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("database_url"), "{err}");
+}
+
+/// `wait_for_workers` asks the scheduler which workers are connected: a worker that stopped is
+/// still active at the registry until its heartbeats lapse, but is not ready, with or without
+/// a metrics endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_for_workers_asks_the_scheduler_not_its_metrics() {
+    let mut sb = start_with(1, |o| o.metrics = false).await;
+    assert!(sb.mesh.scheduler.metrics_addr.is_none());
+    let workers = sb
+        .api
+        .admin_scheduler()
+        .unwrap()
+        .list_workers(zkmesh_proto::ListWorkersRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .workers;
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    assert_eq!(workers[0].node_id, sb.mesh.workers[0].0.node_id);
+    let (handle, stop) = sb.mesh.workers.pop().unwrap();
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(10), handle.task)
+        .await
+        .expect("the worker stops")
+        .ok();
+    let err = sb
+        .mesh
+        .wait_for_workers(1, Duration::from_millis(800))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("0 connected to the scheduler"), "{err}");
+    // A user may not list the workers.
+    let refused = sb
+        .api
+        .scheduler()
+        .unwrap()
+        .list_workers(zkmesh_proto::ListWorkersRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 }
