@@ -1,9 +1,10 @@
 //! The zkmesh guest ABI ([`Abi`] names the two a module may use) and the host functions
 //! behind `zkmesh.input_len`, `read_input` and `write_output`.
 
+use wasmtime::{Caller, Linker};
+
 use crate::host::{Host, memory_of};
 use crate::limits::OutputLimit;
-use wasmtime::{Caller, Linker};
 
 /// Which guest ABI a module uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,8 +1,9 @@
 //! The wasmtime engine's configuration: determinism, the pinned baseline ISA, and the one
 //! place compiled artifacts are loaded (`unsafe`).
 
-use crate::config::{MAX_TABLES, SandboxConfig};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, Module, PoolingAllocationConfig};
+
+use crate::config::{MAX_TABLES, SandboxConfig};
 
 /// The wasmtime configuration of a sandbox's engine.
 pub(crate) fn engine_config(config: &SandboxConfig) -> Config {

@@ -4,10 +4,11 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
-use crate::limits::Limiter;
-use crate::random::RandomStream;
 use wasmtime::{Caller, Extern};
 use wasmtime_wasi::p1::WasiP1Ctx;
+
+use crate::limits::Limiter;
+use crate::random::RandomStream;
 
 pub(crate) struct Host {
     pub(crate) input: Vec<u8>,

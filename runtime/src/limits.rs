@@ -4,8 +4,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
-use crate::config::MAX_TABLES;
 use wasmtime::ResourceLimiter;
+
+use crate::config::MAX_TABLES;
 
 /// Per-task limits.
 #[derive(Clone, Debug)]

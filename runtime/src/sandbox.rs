@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use wasmtime::{Engine, Linker};
+
 use crate::abi::define_zkmesh_abi;
 use crate::cache;
 use crate::config::SandboxConfig;
@@ -16,7 +18,6 @@ use crate::engine::engine_config;
 use crate::host::Host;
 use crate::sandbox::compile::{Compiled, ModuleError, Slots};
 use crate::wasi::{WASI_MODULE, poll_oneoff, random_get, wasi_ctx};
-use wasmtime::{Engine, Linker};
 
 /// Counters since the sandbox started.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

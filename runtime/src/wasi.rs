@@ -6,10 +6,11 @@ pub(crate) mod stdio;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use crate::host::{Cancelled, Host, memory_of};
-use crate::wasi::stdio::CappedPipe;
 use wasmtime::{Caller, Trap};
 use wasmtime_wasi::p1::WasiP1Ctx;
+
+use crate::host::{Cancelled, Host, memory_of};
+use crate::wasi::stdio::CappedPipe;
 
 pub(crate) const WASI_MODULE: &str = "wasi_snapshot_preview1";
 

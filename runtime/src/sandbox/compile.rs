@@ -6,6 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+use wasmtime::{InstancePre, Module, Store};
+
 use crate::abi::Abi;
 use crate::cache;
 use crate::engine::load_artifact;
@@ -13,8 +16,6 @@ use crate::host::Host;
 use crate::limits::Limiter;
 use crate::sandbox::{Sandbox, bump};
 use crate::wasi::WASI_MODULE;
-use sha2::{Digest, Sha256};
-use wasmtime::{InstancePre, Module, Store};
 
 /// Why a module cannot run at all.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

@@ -4,6 +4,9 @@
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use sha2::{Digest, Sha256};
+use wasmtime::{Store, Trap};
+
 use crate::abi::Abi;
 use crate::config::FUEL_SYNC;
 use crate::host::{Cancelled, Host};
@@ -15,8 +18,6 @@ use crate::sandbox::{Sandbox, bump};
 use crate::wasi::deterministic_wasi;
 use crate::wasi::stdio;
 use crate::wasi::stdio::{CappedPipe, Overflow};
-use sha2::{Digest, Sha256};
-use wasmtime::{Store, Trap};
 
 impl Sandbox {
     /// Runs `wasm` on `input`. `seed` makes WASI randomness deterministic per task.

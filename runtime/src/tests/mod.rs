@@ -1,6 +1,5 @@
 //! Sandbox limits and ABIs, on small hand-written modules and on the guests in guests/.
 
-use super::*;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -8,6 +7,7 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 
+use super::*;
 use crate::engine::engine_config;
 
 mod cache;
