@@ -1,0 +1,157 @@
+//! Placement: leasing queued tasks to connected workers with free slots, replicas to nodes
+//! of distinct operators.
+
+use std::collections::BTreeSet;
+
+use zkmesh_kit::{now_ms, random_id};
+use zkmesh_proto::*;
+
+use crate::dispatch::Result;
+use crate::dispatch::{Core, db_error};
+use crate::store::{AttemptRow, TaskRow, attempt_state};
+
+impl Core {
+    /// Leases queued tasks to workers with free slots.
+    pub async fn dispatch_once(&self) -> Result<()> {
+        if !self.has_free_slot().await {
+            return Ok(());
+        }
+        let queued = self.store.queued(128).await.map_err(db_error)?;
+        for task_id in queued {
+            // The lock is taken per task, so reports and starts interleave with a long queue.
+            let _t = self.transitions.lock().await;
+            let Some(task) = self.store.task(&task_id).await.map_err(db_error)? else {
+                continue;
+            };
+            if task.task.state() != TaskState::Queued {
+                continue;
+            }
+            let mut workers = self.workers.lock().await;
+            if !workers.values().any(|w| (w.running.len() as u32) < w.slots) {
+                return Ok(());
+            }
+            let attempts = self
+                .store
+                .attempts(&task.task.task_id)
+                .await
+                .map_err(db_error)?;
+            let active: Vec<&AttemptRow> = attempts
+                .iter()
+                .filter(|a| {
+                    matches!(
+                        a.state.as_str(),
+                        attempt_state::LEASED | attempt_state::RUNNING | attempt_state::REPORTED
+                    )
+                })
+                .collect();
+            let replicas = replicas(&task);
+            let mut busy_operators: BTreeSet<String> =
+                active.iter().map(|a| a.operator.clone()).collect();
+            let mut busy_nodes: BTreeSet<String> =
+                active.iter().map(|a| a.node_id.clone()).collect();
+            // A node whose result was rejected for this task never gets it again.
+            busy_nodes.extend(
+                attempts
+                    .iter()
+                    .filter(|a| a.state == attempt_state::REJECTED)
+                    .map(|a| a.node_id.clone()),
+            );
+            let eligible_exists = workers.keys().any(|n| !busy_nodes.contains(n));
+            if !eligible_exists && active.is_empty() && !workers.is_empty() {
+                drop(workers);
+                self.fail(
+                    &task,
+                    "no connected node is left that has not been rejected for this task",
+                )
+                .await?;
+                continue;
+            }
+            // Nodes whose lease on this task lapsed are tried again only when no other will do.
+            let lapsed: BTreeSet<String> = attempts
+                .iter()
+                .filter(|a| a.state == attempt_state::EXPIRED)
+                .map(|a| a.node_id.clone())
+                .collect();
+            let mut leased = active.len();
+            while leased < replicas {
+                let nodes = self.nodes.read().unwrap().clone();
+                let candidate = workers
+                    .iter()
+                    .filter(|(id, w)| {
+                        (w.running.len() as u32) < w.slots
+                            && !busy_nodes.contains(*id)
+                            && (replicas == 1 || !busy_operators.contains(&w.operator))
+                            && nodes
+                                .get(*id)
+                                .is_none_or(|n| n.status() == NodeStatus::Active)
+                    })
+                    .max_by_key(|(id, w)| {
+                        (
+                            !lapsed.contains(*id),
+                            w.slots - w.running.len() as u32,
+                            std::cmp::Reverse((*id).clone()),
+                        )
+                    })
+                    .map(|(id, _)| id.clone());
+                let Some(node_id) = candidate else { break };
+                let attempt_id = random_id("a-");
+                let lease_ms = self.config.lease_secs as i64 * 1000;
+                let w = workers.get_mut(&node_id).expect("candidate is connected");
+                self.store
+                    .insert_attempt(
+                        &attempt_id,
+                        &task.task.task_id,
+                        &node_id,
+                        &w.operator,
+                        now_ms() + lease_ms,
+                    )
+                    .await
+                    .map_err(db_error)?;
+                let assignment = Assignment {
+                    attempt_id: attempt_id.clone(),
+                    task_id: task.task.task_id.clone(),
+                    module_hash: task.task.module_hash.clone(),
+                    input: task.input.clone(),
+                    fuel_limit: task.task.fuel_limit,
+                    memory_limit_mib: task.task.memory_limit_mib,
+                    timeout_secs: task.task.timeout_secs,
+                    lease_secs: self.config.lease_secs,
+                    policy: task.task.policy,
+                };
+                let message = SchedulerMessage {
+                    kind: Some(scheduler_message::Kind::Assignment(assignment)),
+                };
+                if w.tx.try_send(Ok(message)).is_err() {
+                    // The stream is gone or hopelessly behind: this lease never reached the node.
+                    self.store
+                        .set_attempt_state(&attempt_id, attempt_state::EXPIRED)
+                        .await
+                        .map_err(db_error)?;
+                    busy_nodes.insert(node_id);
+                    continue;
+                }
+                w.running.insert(attempt_id.clone());
+                busy_operators.insert(w.operator.clone());
+                busy_nodes.insert(node_id.clone());
+                leased += 1;
+                let (state, msg) = if leased >= replicas {
+                    (TaskState::Assigned, format!("leased to node {node_id}"))
+                } else {
+                    (
+                        TaskState::Queued,
+                        format!("replica {leased} of {replicas} leased to node {node_id}"),
+                    )
+                };
+                self.emit(&task.task.task_id, state, &msg, &node_id).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+pub fn replicas(task: &TaskRow) -> usize {
+    match task.task.policy.unwrap_or_default().kind() {
+        PolicyKind::Replicate => task.task.policy.unwrap_or_default().replicas.max(1) as usize,
+        _ => 1,
+    }
+}

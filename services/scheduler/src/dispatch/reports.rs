@@ -1,0 +1,212 @@
+//! What nodes report on the Work stream: started, progress and guest logs (within a budget per
+//! task), declined attempts, heartbeats and results.
+
+use zkmesh_kit::now_ms;
+use zkmesh_proto::*;
+
+use crate::dispatch::Result;
+use crate::dispatch::placement::replicas;
+use crate::dispatch::{Core, db_error};
+use crate::store::{attempt_state, is_terminal};
+
+/// Bytes of guest log a node may send for one task, over all its events, whatever it runs: a
+/// worker's sandbox keeps 64 KiB of a task's stderr, which is at most three times that once
+/// invalid UTF-8 has become U+FFFD.
+const MAX_LOG_BYTES: u64 = 3 * (64 << 10);
+/// Progress events a node may send for one task: an honest worker sends guest logs at most
+/// every 200 ms, so this is 55 minutes of a guest that writes to stderr all the time.
+const MAX_PROGRESS_EVENTS: u64 = 16_384;
+/// How the event that reaches a node's log budget for a task begins.
+const LOG_CUT_NOTE: &str = "guest log reached";
+
+impl Core {
+    pub async fn on_started(&self, node_id: &str, attempt_id: &str) -> Result<()> {
+        let _t = self.transitions.lock().await;
+        let Some(a) = self.store.attempt(attempt_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if a.node_id != node_id || a.state != attempt_state::LEASED {
+            return Ok(());
+        }
+        self.store
+            .set_attempt_state(attempt_id, attempt_state::RUNNING)
+            .await
+            .map_err(db_error)?;
+        let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        // A task stays QUEUED while any replica still needs a node (dispatch looks only at
+        // QUEUED tasks); it runs once every replica is leased.
+        if task.task.state() == TaskState::Assigned {
+            self.emit(
+                &a.task_id,
+                TaskState::Running,
+                &format!("running on node {node_id}"),
+                node_id,
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A running attempt's progress, as an event of its task (state unchanged).
+    pub async fn on_progress(
+        &self,
+        node_id: &str,
+        attempt_id: &str,
+        message: &str,
+        log: &str,
+    ) -> Result<()> {
+        let _t = self.transitions.lock().await;
+        let Some(a) = self.store.attempt(attempt_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if a.node_id != node_id || a.state != attempt_state::RUNNING {
+            return Ok(());
+        }
+        let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if task.task.state() != TaskState::Running {
+            return Ok(());
+        }
+        // Bounded per node and task, over all its events, whatever the node is running: a node
+        // could otherwise fill the database one capped event at a time.
+        let (events, log_used, cut) = self
+            .store
+            .progress_used(&a.task_id, node_id, LOG_CUT_NOTE)
+            .await
+            .map_err(db_error)?;
+        if events >= MAX_PROGRESS_EVENTS {
+            tracing::debug!(
+                node_id,
+                attempt_id,
+                "progress past the event budget dropped"
+            );
+            return Ok(());
+        }
+        let mut message: String = message.chars().take(300).collect();
+        let mut log = log;
+        if !log.is_empty() {
+            if cut {
+                // Past the budget, and said so then.
+                return Ok(());
+            }
+            let budget = MAX_LOG_BYTES.saturating_sub(log_used) as usize;
+            if log.len() >= budget {
+                // This event reaches the budget: keep what fits and say that the rest goes.
+                let mut end = budget;
+                while !log.is_char_boundary(end) {
+                    end -= 1;
+                }
+                log = &log[..end];
+                message = format!(
+                    "{LOG_CUT_NOTE} {} KiB: the rest from this node is dropped",
+                    MAX_LOG_BYTES >> 10
+                );
+            }
+        }
+        self.emit_log(&a.task_id, TaskState::Running, &message, node_id, log)
+            .await?;
+        Ok(())
+    }
+
+    /// A node gives an attempt back unrun: as a lapsed lease, at once, with the node's reason.
+    pub async fn on_declined(&self, node_id: &str, attempt_id: &str, reason: &str) -> Result<()> {
+        let Some(a) = self.store.attempt(attempt_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if a.node_id != node_id {
+            return Ok(());
+        }
+        let reason: String = reason.chars().take(600).collect();
+        tracing::info!(node_id, attempt_id, %reason, "attempt declined");
+        self.expire(&a, &format!("node {node_id} gave the task back: {reason}"))
+            .await
+    }
+
+    pub async fn on_heartbeat(&self, node_id: &str, running: &[String]) -> Result<()> {
+        let until = now_ms() + self.config.lease_secs as i64 * 1000;
+        self.store
+            .renew_leases(node_id, running, until)
+            .await
+            .map_err(db_error)
+    }
+
+    /// Records a report; once every replica has reported, asks for a verdict and settles.
+    pub async fn on_report(&self, node_id: &str, report: TaskReport) -> Result<()> {
+        let task_id = {
+            let _t = self.transitions.lock().await;
+            let Some(a) = self
+                .store
+                .attempt(&report.attempt_id)
+                .await
+                .map_err(db_error)?
+            else {
+                tracing::warn!(node_id, attempt_id = %report.attempt_id, "report for an unknown attempt");
+                return Ok(());
+            };
+            if a.node_id != node_id {
+                tracing::warn!(node_id, attempt_id = %a.attempt_id, "report for another node's attempt ignored");
+                return Ok(());
+            }
+            self.free_slot(node_id, &a.attempt_id).await;
+            if !matches!(
+                a.state.as_str(),
+                attempt_state::LEASED | attempt_state::RUNNING
+            ) {
+                tracing::info!(node_id, attempt_id = %a.attempt_id, state = %a.state, "late report ignored");
+                return Ok(());
+            }
+            let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
+                return Ok(());
+            };
+            let receipt = report.receipt.clone().unwrap_or_default();
+            self.store
+                .record_report(&report, &receipt)
+                .await
+                .map_err(db_error)?;
+            if is_terminal(task.task.state()) || task.task.state() == TaskState::Verified {
+                return Ok(());
+            }
+            // What is paid for is what the node signed: the unsigned fields must agree with the
+            // receipt, and nobody uses more fuel than the task allowed.
+            if report.fuel_used != receipt.fuel_used
+                || report.exit != receipt.exit
+                || receipt.fuel_used > task.task.fuel_limit
+            {
+                self.store
+                    .set_attempt_state(&a.attempt_id, attempt_state::REJECTED)
+                    .await
+                    .map_err(db_error)?;
+                self.metrics.rejected.inc();
+                let reason =
+                    format!("node {node_id} reported fuel or exit that its receipt does not sign");
+                return self.requeue(&task, TaskState::Rejected, &reason).await;
+            }
+            let attempts = self.store.attempts(&a.task_id).await.map_err(db_error)?;
+            let reported = attempts
+                .iter()
+                .filter(|x| x.state == attempt_state::REPORTED)
+                .count();
+            let replicas = replicas(&task);
+            if reported < replicas {
+                let state = match task.task.state() {
+                    TaskState::Queued => TaskState::Queued,
+                    _ => TaskState::Running,
+                };
+                let msg = format!("{reported} of {replicas} replicas reported");
+                return self.emit(&a.task_id, state, &msg, node_id).await;
+            }
+            self.emit(
+                &a.task_id,
+                TaskState::Reported,
+                &format!("result reported by node {node_id}"),
+                node_id,
+            )
+            .await?;
+            a.task_id
+        };
+        self.verify_and_settle(&task_id).await
+    }
+}

@@ -1,0 +1,279 @@
+//! Verdicts and settlement: asking the verifier, paying or releasing the hold at the ledger,
+//! and ending or cancelling a task.
+
+use tonic::Status;
+use zkmesh_kit::sha256_hex;
+use zkmesh_proto::*;
+
+use crate::dispatch::Result;
+use crate::dispatch::{Core, call, db_error};
+use crate::store::{AttemptRow, TaskRow, attempt_state, is_terminal};
+
+impl Core {
+    /// The task, if it is (still) in `state`. Call with `transitions` held.
+    pub(crate) async fn task_in(&self, task_id: &str, state: TaskState) -> Result<Option<TaskRow>> {
+        let task = self.store.task(task_id).await.map_err(db_error)?;
+        Ok(task.filter(|t| t.task.state() == state))
+    }
+
+    /// REPORTED -> verdict -> VERIFIED -> SETTLED (or back to the queue). The verifier and the
+    /// ledger are called without holding `transitions`; the state is re-checked after each call,
+    /// so a concurrent cancel or sweep is never overwritten.
+    pub(crate) async fn verify_and_settle(&self, task_id: &str) -> Result<()> {
+        let request = {
+            let _t = self.transitions.lock().await;
+            let Some(task) = self.task_in(task_id, TaskState::Reported).await? else {
+                return Ok(());
+            };
+            let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
+            // A proof is checked against the module, the input and the output themselves.
+            let proof = task.task.policy.unwrap_or_default().kind() == PolicyKind::Proof;
+            let module = if proof {
+                self.store
+                    .module_bytes(&task.task.module_hash)
+                    .await
+                    .map_err(db_error)?
+                    .unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            VerifyResultRequest {
+                task_id: task_id.to_string(),
+                module_hash: task.task.module_hash.clone(),
+                input_hash: task.task.input_hash.clone(),
+                policy: task.task.policy,
+                reports: attempts
+                    .iter()
+                    .filter(|x| x.state == attempt_state::REPORTED)
+                    .map(|r| ReportedResult {
+                        attempt_id: r.attempt_id.clone(),
+                        node_id: r.node_id.clone(),
+                        operator: r.operator.clone(),
+                        receipt: r.receipt.clone(),
+                        observed_output_hash: sha256_hex(&r.output),
+                        output: if proof { r.output.clone() } else { Vec::new() },
+                        proof: r.proof.clone(),
+                        proof_error: r.proof_error.clone(),
+                    })
+                    .collect(),
+                module,
+                input: if proof {
+                    task.input.clone()
+                } else {
+                    Vec::new()
+                },
+                memory_limit_mib: task.task.memory_limit_mib,
+            }
+        };
+        let verdict = match call(self.verifier.clone().verify_result(request)).await {
+            Ok(v) => v,
+            Err(e) => {
+                // The reports stay; the sweep asks again.
+                tracing::warn!(task_id, error = %e.message(), "no verdict yet; will retry");
+                return Ok(());
+            }
+        };
+        {
+            let _t = self.transitions.lock().await;
+            let Some(task) = self.task_in(task_id, TaskState::Reported).await? else {
+                return Ok(());
+            };
+            let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
+            if !self.apply_verdict(&task, &attempts, verdict).await? {
+                return Ok(());
+            }
+        }
+        self.settle(task_id).await
+    }
+
+    /// Records a verdict; true when the task is now VERIFIED.
+    pub(crate) async fn apply_verdict(
+        &self,
+        task: &TaskRow,
+        attempts: &[AttemptRow],
+        verdict: VerifyResultResponse,
+    ) -> Result<bool> {
+        let task_id = &task.task.task_id;
+        for id in &verdict.rejected_attempt_ids {
+            self.store
+                .set_attempt_state(id, attempt_state::REJECTED)
+                .await
+                .map_err(db_error)?;
+            self.metrics.rejected.inc();
+        }
+        if verdict.verdict() == Verdict::Verified {
+            for id in &verdict.accepted_attempt_ids {
+                self.store
+                    .set_attempt_state(id, attempt_state::ACCEPTED)
+                    .await
+                    .map_err(db_error)?;
+            }
+            let accepted: Vec<&AttemptRow> = attempts
+                .iter()
+                .filter(|a| verdict.accepted_attempt_ids.contains(&a.attempt_id))
+                .collect();
+            let Some(first) = accepted.first() else {
+                return Err(Status::internal("verifier accepted no attempt"));
+            };
+            let receipts = accepted.iter().filter_map(|a| a.receipt.clone()).collect();
+            self.store
+                .set_result(task_id, first, &verdict, receipts)
+                .await
+                .map_err(db_error)?;
+            self.emit(task_id, TaskState::Verified, &verdict.reason, "")
+                .await?;
+            Ok(true)
+        } else {
+            self.store
+                .set_verdict_only(task_id, verdict.verdict, &verdict.reason)
+                .await
+                .map_err(db_error)?;
+            self.requeue(
+                task,
+                TaskState::Rejected,
+                &format!("rejected: {}", verdict.reason),
+            )
+            .await?;
+            Ok(false)
+        }
+    }
+
+    /// Pays the nodes whose results were accepted (for the fuel their receipts sign) and refunds
+    /// the rest of the hold. Capture is idempotent at the ledger, so a retry is safe.
+    pub(crate) async fn settle(&self, task_id: &str) -> Result<()> {
+        let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
+        let price = self.config.micro_credits_per_million_fuel;
+        let payouts: Vec<Payout> = attempts
+            .iter()
+            .filter(|a| a.state == attempt_state::ACCEPTED)
+            .map(|a| Payout {
+                account: format!("operator/{}", a.operator),
+                amount: crate::cost(
+                    a.receipt.as_ref().map_or(a.fuel_used, |r| r.fuel_used),
+                    price,
+                ),
+            })
+            .collect();
+        let charged = payouts
+            .iter()
+            .try_fold(0u64, |sum, p| sum.checked_add(p.amount))
+            .ok_or_else(|| Status::internal("payouts overflow"))?;
+        let capture = CaptureRequest {
+            task_id: task_id.to_string(),
+            payouts,
+        };
+        let hold = match call(self.ledger.clone().capture(capture)).await {
+            Ok(h) => h,
+            Err(e) => {
+                tracing::warn!(task_id, error = %e.message(), "capture failed; will retry");
+                return Ok(());
+            }
+        };
+        let _t = self.transitions.lock().await;
+        if self.task_in(task_id, TaskState::Verified).await?.is_none() {
+            return Ok(());
+        }
+        self.store
+            .set_charged(task_id, charged)
+            .await
+            .map_err(db_error)?;
+        self.store
+            .set_hold_closed(task_id)
+            .await
+            .map_err(db_error)?;
+        self.metrics.settled.inc();
+        self.emit(
+            task_id,
+            TaskState::Settled,
+            &format!(
+                "paid {} micro-credits to the node operator(s), refunded {}",
+                hold.paid, hold.refunded
+            ),
+            "",
+        )
+        .await
+    }
+
+    pub(crate) async fn stop_active(&self, task_id: &str, state: &str, reason: &str) -> Result<()> {
+        for a in self.store.attempts(task_id).await.map_err(db_error)? {
+            if matches!(
+                a.state.as_str(),
+                attempt_state::LEASED | attempt_state::RUNNING
+            ) {
+                self.store
+                    .set_attempt_state(&a.attempt_id, state)
+                    .await
+                    .map_err(db_error)?;
+                self.free_slot(&a.node_id, &a.attempt_id).await;
+                self.send_to(
+                    &a.node_id,
+                    scheduler_message::Kind::Cancel(CancelAttempt {
+                        attempt_id: a.attempt_id.clone(),
+                        reason: reason.to_string(),
+                    }),
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// FAILED; the hold is released by the sweep (outside the lock, retried until it succeeds).
+    pub(crate) async fn fail(&self, task: &TaskRow, reason: &str) -> Result<()> {
+        let task_id = &task.task.task_id;
+        self.stop_active(task_id, attempt_state::CANCELLED, reason)
+            .await?;
+        self.emit(task_id, TaskState::Failed, reason, "").await?;
+        self.metrics.failed.inc();
+        self.wake_sweep.notify_one();
+        Ok(())
+    }
+
+    /// Gives the hold of a failed or cancelled task back. Release is idempotent at the ledger.
+    pub(crate) async fn release(&self, task_id: &str, reason: &str) -> Result<()> {
+        let release = ReleaseRequest {
+            task_id: task_id.to_string(),
+            reason: reason.to_string(),
+        };
+        match call(self.ledger.clone().release(release)).await {
+            Ok(_) => self.store.set_hold_closed(task_id).await.map_err(db_error),
+            Err(e) => {
+                tracing::warn!(task_id, error = %e.message(), "releasing held credits failed; will retry");
+                Ok(())
+            }
+        }
+    }
+
+    /// Cancels a task for its submitter.
+    pub async fn cancel(&self, task_id: &str) -> Result<()> {
+        {
+            let _t = self.transitions.lock().await;
+            let task = self
+                .store
+                .task(task_id)
+                .await
+                .map_err(db_error)?
+                .ok_or_else(|| Status::not_found(format!("no task {task_id}")))?;
+            let state = task.task.state();
+            if is_terminal(state) || state == TaskState::Verified {
+                return Err(Status::failed_precondition(format!(
+                    "task {task_id} is already {state}"
+                )));
+            }
+            self.stop_active(
+                task_id,
+                attempt_state::CANCELLED,
+                "cancelled by the submitter",
+            )
+            .await?;
+            self.emit(
+                task_id,
+                TaskState::Cancelled,
+                "cancelled by the submitter; held credits released",
+                "",
+            )
+            .await?;
+        }
+        self.release(task_id, "cancelled").await
+    }
+}

@@ -1,0 +1,211 @@
+//! Sweeps: expiring lapsed leases and putting their tasks back in the queue, following the
+//! registry's node list, and the background loops that drive dispatch and sweeps.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Status;
+use zkmesh_kit::now_ms;
+use zkmesh_proto::*;
+
+use crate::dispatch::Result;
+use crate::dispatch::placement::replicas;
+use crate::dispatch::{Core, Outbound, call, db_error};
+use crate::store::{AttemptRow, TaskRow, attempt_state, is_terminal};
+
+impl Core {
+    pub(crate) async fn expire(&self, a: &AttemptRow, reason: &str) -> Result<()> {
+        let _t = self.transitions.lock().await;
+        let Some(current) = self.store.attempt(&a.attempt_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if !matches!(
+            current.state.as_str(),
+            attempt_state::LEASED | attempt_state::RUNNING
+        ) {
+            return Ok(());
+        }
+        self.store
+            .set_attempt_state(&a.attempt_id, attempt_state::EXPIRED)
+            .await
+            .map_err(db_error)?;
+        self.metrics.expired.inc();
+        self.free_slot(&a.node_id, &a.attempt_id).await;
+        // Tell a still-connected node to stop working on it.
+        self.send_to(
+            &a.node_id,
+            scheduler_message::Kind::Cancel(CancelAttempt {
+                attempt_id: a.attempt_id.clone(),
+                reason: reason.to_string(),
+            }),
+        )
+        .await;
+        let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
+            return Ok(());
+        };
+        if is_terminal(task.task.state()) || task.task.state() == TaskState::Verified {
+            return Ok(());
+        }
+        self.requeue(&task, TaskState::Expired, reason).await
+    }
+
+    /// After an expiry or a rejection: back to the queue, or failed once the attempts are spent.
+    pub(crate) async fn requeue(
+        &self,
+        task: &TaskRow,
+        why_state: TaskState,
+        reason: &str,
+    ) -> Result<()> {
+        let task_id = &task.task.task_id;
+        self.emit(task_id, why_state, reason, "").await?;
+        let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
+        let spent = attempts
+            .iter()
+            .filter(|a| {
+                matches!(
+                    a.state.as_str(),
+                    attempt_state::EXPIRED | attempt_state::REJECTED
+                )
+            })
+            .count();
+        let budget = self.config.max_attempts as usize * replicas(task);
+        if spent >= budget {
+            return self
+                .fail(
+                    task,
+                    &format!("gave up after {spent} failed attempts; last: {reason}"),
+                )
+                .await;
+        }
+        self.emit(task_id, TaskState::Queued, "back in the queue", "")
+            .await?;
+        self.wake();
+        Ok(())
+    }
+
+    /// Expired leases, reports not judged yet, verified tasks not settled, and holds of failed
+    /// or cancelled tasks not released yet. Each step re-checks the state under the lock.
+    pub(crate) async fn sweep(&self) -> Result<()> {
+        for a in self.store.lapsed_attempts(None).await.map_err(db_error)? {
+            let reason = format!("lease on node {} expired (no heartbeat)", a.node_id);
+            self.expire(&a, &reason).await?;
+        }
+        let stale = |t: &TaskRow| now_ms() - t.task.updated_at_ms > 2000;
+        for task in self
+            .store
+            .tasks_in_state(TaskState::Reported)
+            .await
+            .map_err(db_error)?
+        {
+            if stale(&task) {
+                self.verify_and_settle(&task.task.task_id).await?;
+            }
+        }
+        for task in self
+            .store
+            .tasks_in_state(TaskState::Verified)
+            .await
+            .map_err(db_error)?
+        {
+            if stale(&task) {
+                self.settle(&task.task.task_id).await?;
+            }
+        }
+        for task_id in self.store.unreleased_holds().await.map_err(db_error)? {
+            self.release(&task_id, "task failed or was cancelled")
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Refreshes node facts from the registry and disconnects nodes that are no longer active.
+    pub(crate) async fn refresh_nodes(&self) {
+        let Ok(list) = call(
+            self.registry
+                .clone()
+                .list_nodes(ListNodesRequest { status: 0 }),
+        )
+        .await
+        else {
+            return;
+        };
+        let nodes = list.nodes;
+        self.revoked.replace(
+            nodes
+                .iter()
+                .filter(|n| n.status() == NodeStatus::Revoked)
+                .map(|n| n.node_id.clone()),
+        );
+        // Revoked nodes are cut off; nodes the registry considers offline (missed heartbeats)
+        // lose their leases and their stream, and may reconnect once they heartbeat again.
+        let gone: Vec<(String, Outbound, Status)> = {
+            let workers = self.workers.lock().await;
+            nodes
+                .iter()
+                .filter_map(|n| {
+                    let status = match n.status() {
+                        NodeStatus::Revoked | NodeStatus::Denied => {
+                            Status::permission_denied(format!("node {} is revoked", n.node_id))
+                        }
+                        NodeStatus::Offline => Status::unavailable(format!(
+                            "node {} missed its registry heartbeats",
+                            n.node_id
+                        )),
+                        _ => return None,
+                    };
+                    workers
+                        .get(&n.node_id)
+                        .map(|w| (n.node_id.clone(), w.tx.clone(), status))
+                })
+                .collect()
+        };
+        *self.nodes.write().unwrap() = nodes.into_iter().map(|n| (n.node_id.clone(), n)).collect();
+        for (node_id, tx, status) in gone {
+            let reason = status.message().to_string();
+            let _ = tx.try_send(Err(status));
+            let conn = self.workers.lock().await.get(&node_id).map(|w| w.conn_id);
+            if let Some(conn) = conn {
+                self.unregister(&node_id, conn, &reason).await;
+            }
+        }
+    }
+}
+
+/// The dispatcher, the lease sweeper and the registry follower.
+pub fn spawn_background(core: Arc<Core>) {
+    let c = core.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = c.shutdown.cancelled() => return,
+                _ = c.wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            if let Err(e) = c.dispatch_once().await {
+                tracing::warn!(error = %e.message(), "dispatch failed");
+            }
+        }
+    });
+    let c = core.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = c.shutdown.cancelled() => return,
+                _ = c.wake_sweep.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+            if let Err(e) = c.sweep().await {
+                tracing::warn!(error = %e.message(), "sweep failed");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            core.refresh_nodes().await;
+            tokio::select! {
+                _ = core.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    });
+}

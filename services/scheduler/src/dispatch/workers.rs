@@ -1,0 +1,107 @@
+//! Connected workers: their Work streams, slots and the attempts running on each.
+
+use std::collections::BTreeSet;
+
+use zkmesh_proto::*;
+
+use crate::dispatch::{Core, Outbound, WorkerConn};
+
+impl Core {
+    /// Distinct operators with a connected worker.
+    pub async fn connected_operators(&self) -> usize {
+        let workers = self.workers.lock().await;
+        workers
+            .values()
+            .map(|w| w.operator.as_str())
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+
+    /// The workers with an open Work stream, by node id.
+    pub async fn connected_workers(&self) -> Vec<ConnectedWorker> {
+        self.workers
+            .lock()
+            .await
+            .iter()
+            .map(|(node_id, w)| ConnectedWorker {
+                node_id: node_id.clone(),
+                operator: w.operator.clone(),
+                slots: w.slots,
+                running: w.running.len() as u32,
+            })
+            .collect()
+    }
+
+    pub async fn register(&self, node_id: &str, operator: &str, slots: u32, tx: Outbound) -> u64 {
+        let conn_id = self
+            .next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut workers = self.workers.lock().await;
+        workers.insert(
+            node_id.to_string(),
+            WorkerConn {
+                conn_id,
+                operator: operator.to_string(),
+                slots: slots.clamp(1, 256),
+                running: BTreeSet::new(),
+                tx,
+            },
+        );
+        self.metrics.workers.set(workers.len() as i64);
+        drop(workers);
+        tracing::info!(node_id, operator, slots, "worker connected");
+        self.wake();
+        conn_id
+    }
+
+    /// A worker's stream ended. Its leases expire at once unless the scheduler itself is
+    /// shutting down (then the worker may come back to a restarted scheduler and report).
+    pub async fn unregister(&self, node_id: &str, conn_id: u64, reason: &str) {
+        {
+            let mut workers = self.workers.lock().await;
+            if workers.get(node_id).map(|w| w.conn_id) != Some(conn_id) {
+                return;
+            }
+            workers.remove(node_id);
+            self.metrics.workers.set(workers.len() as i64);
+        }
+        tracing::info!(node_id, reason, "worker disconnected");
+        if self.shutdown.is_cancelled() {
+            return;
+        }
+        match self.store.lapsed_attempts(Some(node_id)).await {
+            Ok(attempts) => {
+                for a in attempts {
+                    let why = format!("lease on node {node_id} ended: {reason}");
+                    if let Err(e) = self.expire(&a, &why).await {
+                        tracing::warn!(error = %e.message(), "expiring attempt failed");
+                    }
+                }
+            }
+            Err(e) => tracing::error!(error = %e, "listing a node's attempts failed"),
+        }
+    }
+
+    pub(crate) async fn has_free_slot(&self) -> bool {
+        let workers = self.workers.lock().await;
+        workers.values().any(|w| (w.running.len() as u32) < w.slots)
+    }
+
+    pub(crate) async fn free_slot(&self, node_id: &str, attempt_id: &str) {
+        if let Some(w) = self.workers.lock().await.get_mut(node_id) {
+            w.running.remove(attempt_id);
+        }
+        self.wake();
+    }
+
+    /// Best effort, never waiting: a node that does not read its stream must not stall the
+    /// scheduler (its leases run out instead).
+    pub(crate) async fn send_to(&self, node_id: &str, message: scheduler_message::Kind) {
+        let tx = self.workers.lock().await.get(node_id).map(|w| w.tx.clone());
+        if let Some(tx) = tx {
+            let _ = tx.try_send(Ok(SchedulerMessage {
+                kind: Some(message),
+            }));
+        }
+    }
+}
