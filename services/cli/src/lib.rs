@@ -3,11 +3,13 @@
 //!
 //! Exit codes: see [`exit`] (one table).
 
+pub mod args;
 pub mod bundle;
 pub mod client;
 pub mod commands;
 pub mod exit;
 pub mod mesh;
+pub mod render;
 
 pub use exit::{
     EXIT_CONFIG, EXIT_OK, EXIT_REFUSED, EXIT_TASK, EXIT_UNAVAILABLE, EXIT_USAGE, Exit, describe,

@@ -1,0 +1,100 @@
+//! `zkmesh ledger`: balances, minting, history, and the audit of the signed journal.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use zkmesh_proto::*;
+
+use crate::EXIT_TASK;
+use crate::args::LedgerCommand;
+use crate::client::audit;
+use crate::commands::client;
+
+/// `zkmesh ledger` (all but `serve`).
+pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow::Result<i32> {
+    let api = client(mesh)?;
+    match cmd {
+        LedgerCommand::Balance { account } => {
+            let mut l = if account.is_some() {
+                api.admin_ledger()?
+            } else {
+                api.ledger()?
+            };
+            let a = l
+                .get_balance(AccountRef {
+                    account: account.unwrap_or_default(),
+                })
+                .await?
+                .into_inner();
+            println!("{}  {} micro-credits", a.account, a.balance);
+        }
+        LedgerCommand::History {
+            account,
+            task,
+            json,
+        } => {
+            let mut l = if account.is_some() || task.is_some() {
+                api.admin_ledger()?
+            } else {
+                api.ledger()?
+            };
+            let entries = l
+                .history(HistoryRequest {
+                    account: account.unwrap_or_default(),
+                    task_id: task.unwrap_or_default(),
+                })
+                .await?
+                .into_inner()
+                .entries;
+            for e in entries {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "account": e.account, "task_id": e.task_id, "amount": e.amount, "hash": e.hash})
+                    );
+                } else {
+                    println!(
+                        "{:>6}  {:<8} {:>14}  {:<24} {}",
+                        e.seq, e.kind, e.amount, e.account, e.task_id
+                    );
+                }
+            }
+        }
+        LedgerCommand::Audit { json } => match audit(&api).await {
+            Ok(r) => {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"ok": true, "entries": r.entries, "accounts": r.accounts, "open_holds": r.open_holds, "minted": r.minted})
+                    );
+                } else {
+                    println!(
+                        "audit passed: {} journal entries, {} accounts, {} open holds, {} micro-credits minted and conserved",
+                        r.entries, r.accounts, r.open_holds, r.minted
+                    );
+                }
+            }
+            Err(e) => {
+                if e.downcast_ref::<tonic::Status>().is_some() {
+                    return Err(e);
+                }
+                if json {
+                    println!("{}", json!({"ok": false, "reason": format!("{e:#}")}));
+                } else {
+                    println!("audit FAILED: {e:#}");
+                }
+                return Ok(EXIT_TASK);
+            }
+        },
+        LedgerCommand::Mint { account, amount } => {
+            let a = api
+                .admin_ledger()?
+                .mint(MintRequest { account, amount })
+                .await?
+                .into_inner();
+            println!("{}  {} micro-credits", a.account, a.balance);
+        }
+        LedgerCommand::Serve { .. } => unreachable!("handled in execute"),
+    }
+    Ok(0)
+}

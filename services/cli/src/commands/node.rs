@@ -1,0 +1,83 @@
+//! `zkmesh node`: join tokens, approving, denying and revoking nodes, listing them.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use zkmesh_proto::*;
+
+use crate::args::NodeCommand;
+use crate::commands::client;
+
+/// `zkmesh node`.
+pub(crate) async fn node(mesh: &Option<PathBuf>, cmd: NodeCommand) -> anyhow::Result<i32> {
+    let api = client(mesh)?;
+    let mut registry = api.admin_registry()?;
+    let show = |n: &Node| {
+        println!(
+            "{}  {:<8} {:<16} {:<16} slots={}",
+            n.node_id,
+            zkmesh_registry::describe_status(n.status),
+            n.name,
+            n.operator,
+            n.slots
+        )
+    };
+    match cmd {
+        NodeCommand::List { json } => {
+            let nodes = registry
+                .list_nodes(ListNodesRequest { status: 0 })
+                .await?
+                .into_inner()
+                .nodes;
+            if json {
+                let list: Vec<_> = nodes
+                    .iter()
+                    .map(|n| {
+                        json!({
+                            "node_id": n.node_id, "name": n.name, "operator": n.operator,
+                            "status": zkmesh_registry::describe_status(n.status), "slots": n.slots,
+                            "last_heartbeat_at_ms": n.last_heartbeat_at_ms,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::Value::Array(list));
+            } else {
+                nodes.iter().for_each(show);
+            }
+        }
+        NodeCommand::Approve { node } => show(
+            &registry
+                .approve_node(NodeRef { node_id: node })
+                .await?
+                .into_inner(),
+        ),
+        NodeCommand::Deny { node } => show(
+            &registry
+                .deny_node(NodeRef { node_id: node })
+                .await?
+                .into_inner(),
+        ),
+        NodeCommand::Revoke { node } => show(
+            &registry
+                .revoke_node(NodeRef { node_id: node })
+                .await?
+                .into_inner(),
+        ),
+        NodeCommand::Token {
+            pre_approved,
+            uses,
+            ttl_secs,
+        } => {
+            let t = registry
+                .create_join_token(CreateJoinTokenRequest {
+                    pre_approved,
+                    ttl_secs,
+                    max_uses: uses,
+                })
+                .await?
+                .into_inner();
+            println!("{}", t.token);
+        }
+    }
+    Ok(0)
+}
