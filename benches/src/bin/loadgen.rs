@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use futures::StreamExt;
-use zkmesh_cli::client::{ClientConfig, MeshClient, upload, wait};
-use zkmesh_cli::mesh::{LocalMesh, MeshOptions};
+use zkmesh_client::mesh::{LocalMesh, MeshOptions};
+use zkmesh_client::{ClientConfig, MeshClient, upload, wait};
 use zkmesh_proto::*;
 
 #[derive(Parser, Debug)]
@@ -71,7 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let api = Arc::new(MeshClient::connect(&config)?);
     let wasm = wat::parse_str(zkmesh_benches::TRIVIAL_WAT)?;
     let module = upload(&mut api.scheduler()?, "trivial", &wasm).await?;
-    let policy = zkmesh_cli::commands::parse_policy(&args.policy)?;
+    let policy: VerificationPolicy = args.policy.parse()?;
 
     // One channel (HTTP/2 connection) shared by every task, as a real client would.
     let scheduler = api.scheduler()?;

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use zkmesh_kit::config::{load, process_env};
 
-use crate::client::{ClientConfig, MeshClient};
 use crate::{EXIT_CONFIG, exit};
+use zkmesh_client::{ClientConfig, MeshClient};
 
 mod ca;
 mod circuits;

@@ -4,11 +4,8 @@
 //! Exit codes: see [`exit`] (one table).
 
 pub mod args;
-pub mod bundle;
-pub mod client;
 pub mod commands;
 pub mod exit;
-pub mod mesh;
 pub mod render;
 
 pub use exit::{

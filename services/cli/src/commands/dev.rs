@@ -4,8 +4,8 @@ use std::path::Path;
 
 use crate::args::DevArgs;
 use crate::commands::zkmesh_home;
-use crate::mesh::{LocalMesh, MeshOptions};
 use crate::{EXIT_USAGE, exit};
+use zkmesh_client::mesh::{LocalMesh, MeshOptions};
 
 /// `zkmesh dev`: starts the mesh, writes the client config, serves until a signal, removes it.
 pub(crate) async fn dev(args: DevArgs) -> anyhow::Result<i32> {

@@ -7,8 +7,8 @@ use zkmesh_proto::*;
 
 use crate::EXIT_TASK;
 use crate::args::LedgerCommand;
-use crate::client::audit;
 use crate::commands::client;
+use zkmesh_client::audit;
 
 /// `zkmesh ledger` (all but `serve`).
 pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow::Result<i32> {

@@ -9,11 +9,11 @@ use serde_json::json;
 use zkmesh_proto::*;
 
 use crate::args::{RunArgs, parse_policy};
-use crate::client::{ClientConfig, MeshClient, audit, upload, wait};
 use crate::commands::configured;
-use crate::mesh::{LocalMesh, MeshOptions};
 use crate::render::{print_result, progress_printer, result_json, task_exit_code};
 use crate::{EXIT_CONFIG, EXIT_REFUSED, EXIT_TASK, EXIT_USAGE, exit};
+use zkmesh_client::mesh::{LocalMesh, MeshOptions};
+use zkmesh_client::{ClientConfig, MeshClient, audit, upload, wait};
 
 /// Reads a module argument: a file (.wasm, or .wat text) or a built-in guest's name.
 pub fn load_module(arg: &str) -> anyhow::Result<(String, Vec<u8>)> {

@@ -8,11 +8,11 @@ use serde_json::json;
 use zkmesh_proto::*;
 
 use crate::args::RunArgs;
-use crate::client::{upload, wait};
 use crate::commands::client;
 use crate::commands::run::{load_module, prepare, submit_and_wait};
 use crate::render::{print_log, print_result, result_json, task_exit_code};
 use crate::{EXIT_TASK, exit};
+use zkmesh_client::{upload, wait};
 
 /// `zkmesh submit`: submits to the configured mesh and follows the task.
 pub(crate) async fn submit(mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
@@ -120,7 +120,7 @@ pub(crate) async fn result(
             ));
         }
         let module = api.module_bytes(&t.module_hash).await?;
-        let b = crate::bundle::Bundle::new(&t, &r, &module)
+        let b = zkmesh_client::bundle::Bundle::new(&t, &r, &module)
             .map_err(|e| exit(EXIT_TASK, e.to_string()))?;
         std::fs::write(path, serde_json::to_vec_pretty(&b)?)
             .with_context(|| format!("writing {}", path.display()))?;

@@ -26,7 +26,7 @@ pub(crate) async fn verify(
         }
         Ok(EXIT_TASK)
     };
-    let bundle: crate::bundle::Bundle = match serde_json::from_slice(&text) {
+    let bundle: zkmesh_client::bundle::Bundle = match serde_json::from_slice(&text) {
         Ok(b) => b,
         Err(e) => return invalid(format!("not a result bundle: {e}")),
     };
@@ -56,7 +56,7 @@ pub(crate) async fn verify(
                 .verifying_key
         }
     };
-    match crate::bundle::check(&bundle, &vk, module.as_deref()) {
+    match zkmesh_client::bundle::check(&bundle, &vk, module.as_deref()) {
         Ok(c) => {
             if json {
                 println!(

@@ -70,7 +70,7 @@ async fn attempt_everything(
     codes.push((
         "upload",
         code(
-            zkmesh_cli::client::upload(
+            zkmesh_client::upload(
                 &mut who.scheduler,
                 "x",
                 zkmesh_guests::get("sha256").unwrap().wasm,
@@ -147,7 +147,7 @@ async fn refused_callers_change_nothing() {
     let ca_pem = std::fs::read_to_string(&sb.mesh.client.ca).unwrap();
     let node_id = sb.mesh.workers[0].0.node_id.clone();
     let sha = zkmesh_guests::get("sha256").unwrap();
-    let module = zkmesh_cli::client::upload(&mut sb.api.scheduler().unwrap(), "sha", sha.wasm)
+    let module = zkmesh_client::upload(&mut sb.api.scheduler().unwrap(), "sha", sha.wasm)
         .await
         .unwrap();
     let before = snapshot(&sb).await;

@@ -84,7 +84,7 @@ async fn killed_worker_task_completes_elsewhere_with_one_capture() {
 
     let result = tokio::time::timeout(
         Duration::from_secs(90),
-        zkmesh_cli::client::wait(&mut s, &task.task_id, |_| {}),
+        zkmesh_client::wait(&mut s, &task.task_id, |_| {}),
     )
     .await
     .expect("task finishes on the rescuer")

@@ -221,7 +221,7 @@ async fn a_node_flooding_logs_is_held_to_the_task_budget() {
     send(worker_message::Kind::Report(report)).await;
     let result = tokio::time::timeout(
         std::time::Duration::from_secs(30),
-        zkmesh_cli::client::wait(&mut s, &task.task_id, |_| {}),
+        zkmesh_client::wait(&mut s, &task.task_id, |_| {}),
     )
     .await
     .unwrap()

@@ -74,7 +74,7 @@ async fn audit_fails_on_one_altered_byte() {
             .await
             .unwrap();
         assert_eq!(changed.rows_affected(), 1, "{what}");
-        let err = zkmesh_cli::client::audit(&sb.api).await;
+        let err = zkmesh_client::audit(&sb.api).await;
         assert!(err.is_err(), "audit passed with {what} altered");
         let (code, out) = cli_audit(&config);
         assert_eq!(code, 1, "{what}: {out}");

@@ -84,7 +84,7 @@ async fn silent_node_loses_its_lease_and_goes_offline() {
         .unwrap();
     let result = tokio::time::timeout(
         Duration::from_secs(60),
-        zkmesh_cli::client::wait(&mut s, &task.task_id, |_| {}),
+        zkmesh_client::wait(&mut s, &task.task_id, |_| {}),
     )
     .await
     .unwrap()

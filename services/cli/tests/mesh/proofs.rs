@@ -185,7 +185,7 @@ async fn a_lying_prover_is_rejected_and_the_bundle_verifies_offline_until_tamper
     assert!(rejected, "the liar's result was not rejected: {last:?}");
     let result = tokio::time::timeout(
         Duration::from_secs(300),
-        zkmesh_cli::client::wait(&mut s, &task.task_id, |_| {}),
+        zkmesh_client::wait(&mut s, &task.task_id, |_| {}),
     )
     .await
     .expect("the honest worker proves within 5 minutes")
@@ -365,7 +365,7 @@ async fn a_proof_copied_from_another_task_and_node_is_rejected() {
     let source = submit(&mut s, &job).await.unwrap();
     let honest = tokio::time::timeout(
         Duration::from_secs(300),
-        zkmesh_cli::client::wait(&mut s, &source.task_id, |_| {}),
+        zkmesh_client::wait(&mut s, &source.task_id, |_| {}),
     )
     .await
     .expect("the honest node proves within 5 minutes")
@@ -399,7 +399,7 @@ async fn a_proof_copied_from_another_task_and_node_is_rejected() {
     );
     let result = tokio::time::timeout(
         Duration::from_secs(300),
-        zkmesh_cli::client::wait(&mut s, &target.task_id, |_| {}),
+        zkmesh_client::wait(&mut s, &target.task_id, |_| {}),
     )
     .await
     .expect("the honest node proves the first task within 5 minutes")
@@ -436,7 +436,7 @@ async fn a_run_no_node_can_prove_is_given_back_and_fails_with_the_reason() {
     let task = submit(&mut s, &job).await.unwrap();
     let result = tokio::time::timeout(
         Duration::from_secs(120),
-        zkmesh_cli::client::wait(&mut s, &task.task_id, |_| {}),
+        zkmesh_client::wait(&mut s, &task.task_id, |_| {}),
     )
     .await
     .expect("given up within 2 minutes")
@@ -476,7 +476,7 @@ async fn a_run_longer_than_the_class_is_proved_in_segments_and_its_bundle_verifi
     let mut messages = vec![];
     let result = tokio::time::timeout(
         Duration::from_secs(300),
-        zkmesh_cli::client::wait(&mut s, &task.task_id, |e| messages.push(e.message.clone())),
+        zkmesh_client::wait(&mut s, &task.task_id, |e| messages.push(e.message.clone())),
     )
     .await
     .expect("proved within 5 minutes")

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use zkmesh_cli::mesh::{LocalMesh, MeshOptions};
+use zkmesh_client::mesh::{LocalMesh, MeshOptions};
 
 use crate::support::*;
 
@@ -17,7 +17,7 @@ async fn workers_renew_certificates_and_keep_serving() {
     mesh.wait_for_workers(1, Duration::from_secs(20))
         .await
         .unwrap();
-    let api = zkmesh_cli::client::MeshClient::connect(&mesh.client).unwrap();
+    let api = zkmesh_client::MeshClient::connect(&mesh.client).unwrap();
     let cert_path = dir.path().join("workers/worker-1/tls.crt");
     let first = std::fs::read_to_string(&cert_path).unwrap();
     let first_expiry = zkmesh_kit::identity::not_after_ms(&first).unwrap();

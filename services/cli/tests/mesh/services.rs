@@ -179,7 +179,7 @@ fn the_example_configs_parse_and_the_server_table_takes_overrides() {
         load(Some(&file("verifier")), "verifier", &env).unwrap();
     assert_eq!(v.server.tls.ca, std::path::PathBuf::from("mesh/ca/ca.crt"));
     load::<zkmesh_worker::WorkerConfig>(Some(&file("worker")), "worker", &env).unwrap();
-    zkmesh_cli::client::ClientConfig::load(&file("client")).unwrap();
+    zkmesh_client::ClientConfig::load(&file("client")).unwrap();
     // The old top-level keys are refused, naming the key.
     let old: HashMap<String, String> = [(
         "ZKMESH_LEDGER_DATABASE_URL".to_string(),

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use tempfile::TempDir;
 use tonic::transport::Channel;
-use zkmesh_cli::client::{MeshClient, audit, upload, wait};
-use zkmesh_cli::mesh::{LocalMesh, MeshOptions};
+use zkmesh_client::mesh::{LocalMesh, MeshOptions};
+use zkmesh_client::{MeshClient, audit, upload, wait};
 use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
 use zkmesh_proto::*;
 

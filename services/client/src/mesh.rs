@@ -13,7 +13,7 @@ use zkmesh_kit::server::Serving;
 use zkmesh_proto::*;
 use zkmesh_worker::{WorkerConfig, WorkerHandle};
 
-use crate::client::{ClientConfig, MeshClient};
+use crate::{ClientConfig, MeshClient};
 
 /// Micro-credits minted for the embedded mesh's user.
 pub const DEFAULT_MINT: u64 = 1_000_000_000_000;

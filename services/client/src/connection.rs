@@ -1,0 +1,161 @@
+//! [`MeshClient`]: channels to every service, as the user and (when configured) as the admin.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use tonic::transport::Channel;
+use zkmesh_kit::client::{ClientTls, channel};
+use zkmesh_proto::ledger_service_client::LedgerServiceClient;
+use zkmesh_proto::registry_service_client::RegistryServiceClient;
+use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
+use zkmesh_proto::{Empty, ModuleRef};
+
+use crate::config::ClientConfig;
+
+/// Channels to every service, as the user and (when configured) as the admin.
+pub struct MeshClient {
+    pub config: ClientConfig,
+    user: ClientTls,
+    admin: Option<ClientTls>,
+}
+
+fn read(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+}
+
+const MAX_MESSAGE: usize = 80 << 20;
+
+impl MeshClient {
+    pub fn connect(config: &ClientConfig) -> anyhow::Result<MeshClient> {
+        let ca = read(&config.ca)?;
+        let user = ClientTls {
+            ca: ca.clone(),
+            identity: Some((read(&config.cert)?, read(&config.key)?)),
+        };
+        let admin = match (&config.admin_cert, &config.admin_key) {
+            (Some(c), Some(k)) => Some(ClientTls {
+                ca,
+                identity: Some((read(c)?, read(k)?)),
+            }),
+            _ => None,
+        };
+        Ok(MeshClient {
+            config: config.clone(),
+            user,
+            admin,
+        })
+    }
+
+    fn admin_tls(&self) -> anyhow::Result<&ClientTls> {
+        self.admin
+            .as_ref()
+            .context("this client config has no admin certificate (admin_cert, admin_key)")
+    }
+
+    pub fn scheduler(&self) -> anyhow::Result<SchedulerServiceClient<Channel>> {
+        Ok(
+            SchedulerServiceClient::new(channel(&self.config.scheduler, &self.user)?)
+                .max_decoding_message_size(MAX_MESSAGE)
+                .max_encoding_message_size(MAX_MESSAGE),
+        )
+    }
+
+    pub fn admin_scheduler(&self) -> anyhow::Result<SchedulerServiceClient<Channel>> {
+        Ok(
+            SchedulerServiceClient::new(channel(&self.config.scheduler, self.admin_tls()?)?)
+                .max_decoding_message_size(MAX_MESSAGE),
+        )
+    }
+
+    pub fn verifier(
+        &self,
+    ) -> anyhow::Result<zkmesh_proto::verifier_service_client::VerifierServiceClient<Channel>> {
+        Ok(
+            zkmesh_proto::verifier_service_client::VerifierServiceClient::new(channel(
+                &self.config.verifier,
+                &self.user,
+            )?)
+            .max_decoding_message_size(MAX_MESSAGE),
+        )
+    }
+
+    pub fn admin_verifier(
+        &self,
+    ) -> anyhow::Result<zkmesh_proto::verifier_service_client::VerifierServiceClient<Channel>> {
+        Ok(
+            zkmesh_proto::verifier_service_client::VerifierServiceClient::new(channel(
+                &self.config.verifier,
+                self.admin_tls()?,
+            )?)
+            .max_decoding_message_size(MAX_MESSAGE),
+        )
+    }
+
+    /// The module's bytes, by hash.
+    pub async fn module_bytes(&self, hash: &str) -> anyhow::Result<Vec<u8>> {
+        let mut stream = self
+            .scheduler()?
+            .fetch_module(ModuleRef {
+                module_hash: hash.to_string(),
+            })
+            .await?
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await? {
+            bytes.extend_from_slice(&chunk.chunk);
+        }
+        Ok(bytes)
+    }
+
+    /// Waits until a circuit class is ready on the verifier, showing progress on stderr.
+    pub async fn wait_for_circuit(&self, class: &str, quiet: bool) -> anyhow::Result<()> {
+        let mut verifier = self.verifier()?;
+        let mut last = String::new();
+        let started = std::time::Instant::now();
+        loop {
+            let circuits = verifier
+                .list_circuits(Empty {})
+                .await?
+                .into_inner()
+                .circuits;
+            let Some(c) = circuits.iter().find(|c| c.circuit_class == class) else {
+                anyhow::bail!("the verifier has no circuit class {class}");
+            };
+            if c.state == "ready" {
+                return Ok(());
+            }
+            // A setup asked for at start may not have begun yet.
+            let stalled = c.state == "not set up" && started.elapsed() > Duration::from_secs(10);
+            if c.state.starts_with("failed") || stalled {
+                anyhow::bail!("circuit class {class} is {}", c.state);
+            }
+            if !quiet && c.state != last {
+                eprintln!("circuit {class}: {}", c.state);
+                last = c.state.clone();
+            }
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        }
+    }
+
+    pub fn ledger(&self) -> anyhow::Result<LedgerServiceClient<Channel>> {
+        Ok(LedgerServiceClient::new(channel(
+            &self.config.ledger,
+            &self.user,
+        )?))
+    }
+
+    pub fn admin_ledger(&self) -> anyhow::Result<LedgerServiceClient<Channel>> {
+        Ok(LedgerServiceClient::new(channel(
+            &self.config.ledger,
+            self.admin_tls()?,
+        )?))
+    }
+
+    pub fn admin_registry(&self) -> anyhow::Result<RegistryServiceClient<Channel>> {
+        Ok(RegistryServiceClient::new(channel(
+            &self.config.registry,
+            self.admin_tls()?,
+        )?))
+    }
+}
