@@ -42,6 +42,15 @@ pub enum ModuleError {
     /// The module exports no entry point of either ABI.
     #[error("module does not fit a guest ABI: {0}")]
     NoEntry(String),
+    /// The module uses a WebAssembly feature the sandbox does not enable (reference types that
+    /// need the GC proposal, threads, ...): valid WebAssembly, but not runnable here.
+    #[error("unsupported feature: {feature} is not supported by this mesh ({detail})")]
+    Unsupported {
+        /// The feature, named for people.
+        feature: String,
+        /// wasmtime's own words.
+        detail: String,
+    },
     /// The module did not compile within the compile timeout.
     #[error("invalid module: it did not compile within {millis} ms")]
     CompileTimeout {
@@ -409,9 +418,7 @@ impl Sandbox {
                 bump(&self.counters.compiles);
                 Ok(module)
             }
-            Ok(Err(e)) => Err(ModuleError::Invalid(
-                format!("{e:#}").lines().next().unwrap_or("").to_string(),
-            )),
+            Ok(Err(e)) => Err(compile_error(format!("{e:#}").lines().next().unwrap_or(""))),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
                 bump(&self.counters.compile_timeouts);
                 self.too_slow.lock().unwrap().insert(key, Instant::now());
@@ -526,4 +533,30 @@ pub(crate) fn signature(f: &wasmtime::FuncType) -> String {
         _ => format!("({})", list(results)),
     };
     format!("({params}) -> {results}")
+}
+
+/// The error for a module wasmtime would not compile: a feature this sandbox leaves off is
+/// [`ModuleError::Unsupported`], named; anything else is invalid.
+pub(crate) fn compile_error(message: &str) -> ModuleError {
+    let feature = if message.contains("gc types are disallowed") || message.contains("requires gc")
+    {
+        Some("externref and typed function references (the WebAssembly GC proposal)".to_string())
+    } else {
+        // wasmparser: "<feature> support is not enabled".
+        message
+            .split(": ")
+            .find_map(|part| {
+                part.split(" support is not enabled")
+                    .next()
+                    .filter(|f| *f != part)
+            })
+            .map(|f| f.trim().to_string())
+    };
+    match feature {
+        Some(feature) => ModuleError::Unsupported {
+            feature,
+            detail: message.to_string(),
+        },
+        None => ModuleError::Invalid(message.to_string()),
+    }
 }

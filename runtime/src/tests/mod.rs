@@ -184,3 +184,33 @@ fn every_guest_matches_its_native_reference() {
         assert_eq!(out.output, expected, "{}", guest.name);
     }
 }
+
+/// Reference types that need the GC proposal (an `externref` in a table or a block result) are
+/// refused as an unsupported feature, named, not as an invalid module; a `funcref` in a
+/// `select` needs no GC and runs.
+#[test]
+fn gc_reference_types_are_refused_as_unsupported_and_funcref_runs() {
+    let sb = sandbox();
+    for text in [
+        r#"(module (memory (export "memory") 1) (table 1 externref) (func (export "run")))"#,
+        r#"(module (memory (export "memory") 1)
+            (func (export "run") (drop (block (result externref) (ref.null extern)))))"#,
+    ] {
+        let err = sb.inspect(&wat(text)).unwrap_err();
+        assert!(
+            matches!(&err, ModuleError::Unsupported { feature, .. } if feature.contains("externref")),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(message.starts_with("unsupported feature"), "{message}");
+        assert!(!message.contains("invalid"), "{message}");
+    }
+    let funcref = wat(
+        r#"(module (memory (export "memory") 1) (table 1 funcref) (func $f)
+        (elem declare func $f)
+        (func (export "run")
+          (drop (select (result funcref) (ref.func $f) (ref.null func) (i32.const 1)))))"#,
+    );
+    let out = sb.run(&funcref, b"", &Limits::default(), b"");
+    assert_eq!(out.exit, Exit::Ok, "{}", out.message);
+}

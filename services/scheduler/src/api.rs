@@ -140,7 +140,7 @@ impl SchedulerApi for SchedulerService {
             | ModuleError::CompileTimeout { .. } => {
                 Status::invalid_argument(format!("module rejected: {e}"))
             }
-            ModuleError::ForbiddenImport { .. } => {
+            ModuleError::ForbiddenImport { .. } | ModuleError::Unsupported { .. } => {
                 Status::invalid_argument(format!("module rejected: {e}"))
             }
             ModuleError::CompilersBusy { .. } => {
