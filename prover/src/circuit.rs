@@ -1477,7 +1477,7 @@ impl Statement {
         output: &[u8],
         b: &Boundary,
     ) -> Result<Statement, FitError> {
-        crate::wellformed::check(program).map_err(FitError::Malformed)?;
+        crate::wellformed::check(program).map_err(|m| FitError::Malformed(m.0))?;
         fit("the program", program.code.len(), class.program, class)?;
         fit("the globals", program.globals.len(), class.globals, class)?;
         fit("the initial data", program.data.len(), class.data, class)?;

@@ -52,9 +52,18 @@ pub fn is_binary(op: Op) -> bool {
     )
 }
 
-/// Checks `program` against every assumption above; the error names the first instruction
-/// (by its pc) or property that breaks one.
-pub fn check(program: &Program) -> Result<(), String> {
+/// A lowered program that breaks an assumption of the circuit: the first instruction (by its
+/// pc) or property that breaks one, in words.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Malformed(pub String);
+
+/// Checks `program` against every assumption above.
+pub fn check(program: &Program) -> Result<(), Malformed> {
+    check_text(program).map_err(Malformed)
+}
+
+fn check_text(program: &Program) -> Result<(), String> {
     if program.mem_max_pages > MAX_PAGES || program.mem_pages > program.mem_max_pages {
         return Err(format!(
             "a memory of {} pages growing to {} (the zkVM allows {MAX_PAGES})",

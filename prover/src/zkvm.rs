@@ -77,6 +77,78 @@ pub struct Link {
     pub memory_out: Fr,
 }
 
+/// Why a claim and its proofs were refused (the verifier tells the node and the user why).
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    /// The claim's text form does not parse.
+    #[error("{0}")]
+    MalformedClaim(String),
+    /// The claim names a class this build does not have.
+    #[error("unknown class {0}")]
+    UnknownClass(String),
+    /// More segments than any run may have.
+    #[error("{segments} segments, more than {MAX_SEGMENTS}")]
+    TooManySegments {
+        /// Segments claimed.
+        segments: usize,
+    },
+    /// A segment that does not halt claims fewer steps than its class runs.
+    #[error(
+        "segment {segment} claims {steps} steps; a segment that does not halt runs all \
+         {class_steps} of its class"
+    )]
+    ShortSegment {
+        /// The segment, from 1.
+        segment: usize,
+        /// Steps it claims.
+        steps: u64,
+        /// Steps a segment of its class runs.
+        class_steps: usize,
+    },
+    /// The non-halting segments claim more steps than the whole run.
+    #[error("the segments claim more steps than the run")]
+    TooManySteps,
+    /// A segment's statement does not fit the class.
+    #[error("the claim does not fit its class: {0}")]
+    ClaimDoesNotFit(FitError),
+    /// The program does not fit the class.
+    #[error("the program does not fit its class: {0}")]
+    ProgramDoesNotFit(FitError),
+    /// The key given is of another class than the program's term.
+    #[error("a verifying key of another class")]
+    ForeignKey,
+    /// The number of proofs is not the number of segments.
+    #[error("{proofs} proofs for a claim of {segments} segments")]
+    ProofCount {
+        /// Proofs given.
+        proofs: usize,
+        /// Segments claimed.
+        segments: usize,
+    },
+    /// A proof's bytes do not decode.
+    #[error(transparent)]
+    Proof(ZkvmError),
+    /// The proofs decode but do not verify against the statement.
+    #[error("{}", does_not_verify(*segments))]
+    DoesNotVerify {
+        /// Segments claimed.
+        segments: usize,
+    },
+}
+
+fn does_not_verify(segments: usize) -> String {
+    if segments == 1 {
+        "the proof does not verify for this module, input, output and claim, by this node for \
+         this task"
+            .into()
+    } else {
+        format!(
+            "the {segments} segment proofs do not all verify for this module, input, output and \
+             claim, by this node for this task"
+        )
+    }
+}
+
 impl Claim {
     /// A claim from its text form (as proofs travel in messages and bundles): register states
     /// in decimal, memory commitments in hex, `links` as `(steps, state_out, memory_out)`.
@@ -86,10 +158,10 @@ impl Claim {
         status: u64,
         state_out: &str,
         links: &[(u64, &str, &str)],
-    ) -> Result<Claim, String> {
+    ) -> Result<Claim, VerifyError> {
         let state = |s: &str| {
             s.parse::<u128>()
-                .map_err(|_| format!("malformed register state {s:?}"))
+                .map_err(|_| VerifyError::MalformedClaim(format!("malformed register state {s:?}")))
         };
         Ok(Claim {
             class: class.to_string(),
@@ -102,10 +174,11 @@ impl Claim {
                     Ok(Link {
                         steps: *steps,
                         state_out: state(state_out)?,
-                        memory_out: digest_from_hex(memory_out).map_err(|e| e.to_string())?,
+                        memory_out: digest_from_hex(memory_out)
+                            .map_err(|e| VerifyError::MalformedClaim(e.to_string()))?,
                     })
                 })
-                .collect::<Result<_, String>>()?,
+                .collect::<Result<_, VerifyError>>()?,
         })
     }
 }
@@ -331,12 +404,11 @@ pub fn statements(
     output: &[u8],
     claim: &Claim,
     binding: &Binding,
-) -> Result<Vec<Statement>, String> {
+) -> Result<Vec<Statement>, VerifyError> {
     if claim.links.len() >= MAX_SEGMENTS {
-        return Err(format!(
-            "{} segments, more than {MAX_SEGMENTS}",
-            claim.links.len() + 1
-        ));
+        return Err(VerifyError::TooManySegments {
+            segments: claim.links.len() + 1,
+        });
     }
     let empty = empty_memory(class);
     let mut out = vec![];
@@ -347,12 +419,11 @@ pub fn statements(
     for k in 0..n {
         let b = if let Some(link) = claim.links.get(k) {
             if link.steps != class.steps as u64 {
-                return Err(format!(
-                    "segment {} claims {} steps; a segment that does not halt runs all {} of its class",
-                    k + 1,
-                    link.steps,
-                    class.steps
-                ));
+                return Err(VerifyError::ShortSegment {
+                    segment: k + 1,
+                    steps: link.steps,
+                    class_steps: class.steps,
+                });
             }
             Boundary {
                 binding: binding.segment(k),
@@ -370,7 +441,7 @@ pub fn statements(
             let steps = claim
                 .steps
                 .checked_sub(step_start)
-                .ok_or("the segments claim more steps than the run")?;
+                .ok_or(VerifyError::TooManySteps)?;
             Boundary {
                 binding: binding.segment(k),
                 first: k == 0,
@@ -387,7 +458,7 @@ pub fn statements(
         (step_start, state_in, memory_in) = (b.step_start + b.steps, b.state_out, b.memory_out);
         out.push(
             Statement::segment(class, program, input, output, &b)
-                .map_err(|e| format!("the claim does not fit its class: {e}"))?,
+                .map_err(VerifyError::ClaimDoesNotFit)?,
         );
     }
     Ok(out)
@@ -404,9 +475,9 @@ pub fn verify(
     claim: &Claim,
     proofs: &[Vec<u8>],
     binding: &Binding,
-) -> Result<(), String> {
+) -> Result<(), VerifyError> {
     let class =
-        class_named(&claim.class).ok_or_else(|| format!("unknown class {}", claim.class))?;
+        class_named(&claim.class).ok_or_else(|| VerifyError::UnknownClass(claim.class.clone()))?;
     verify_in(
         &class, pvk, None, program, input, output, claim, proofs, binding,
     )
@@ -414,10 +485,14 @@ pub fn verify(
 
 /// The program's share of the public inputs in `class`, to compute once per module and pass
 /// to [`verify_in`] for every proof about it.
-pub fn program_term(pvk: &Pvk, class: &Class, program: &Program) -> Result<ProgramTerm, String> {
+pub fn program_term(
+    pvk: &Pvk,
+    class: &Class,
+    program: &Program,
+) -> Result<ProgramTerm, VerifyError> {
     let statement = Statement::new(class, program, &[], &[], 0, 0, 0)
-        .map_err(|e| format!("the program does not fit its class: {e}"))?;
-    ProgramTerm::new(pvk, &statement).ok_or_else(|| "a verifying key of another class".into())
+        .map_err(VerifyError::ProgramDoesNotFit)?;
+    ProgramTerm::new(pvk, &statement).ok_or(VerifyError::ForeignKey)
 }
 
 /// [`verify`] for a class given by value (tests use classes outside [`CLASSES`]), with the
@@ -433,20 +508,19 @@ pub fn verify_in(
     claim: &Claim,
     proofs: &[Vec<u8>],
     binding: &Binding,
-) -> Result<(), String> {
+) -> Result<(), VerifyError> {
     let statements = statements(class, program, input, output, claim, binding)?;
     if proofs.len() != statements.len() {
-        return Err(format!(
-            "{} proofs for a claim of {} segments",
-            proofs.len(),
-            statements.len()
-        ));
+        return Err(VerifyError::ProofCount {
+            proofs: proofs.len(),
+            segments: statements.len(),
+        });
     }
     let proofs: Vec<Zk> = proofs
         .iter()
         .map(|p| proof_from(p))
         .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+        .map_err(VerifyError::Proof)?;
     let ok = if proofs.len() == 1 {
         groth::verify_with(pvk, &statements[0], term, &proofs[0])
     } else {
@@ -455,13 +529,10 @@ pub fn verify_in(
     };
     if ok {
         Ok(())
-    } else if proofs.len() == 1 {
-        Err("the proof does not verify for this module, input, output and claim, by this node for this task".into())
     } else {
-        Err(format!(
-            "the {} segment proofs do not all verify for this module, input, output and claim, by this node for this task",
-            proofs.len()
-        ))
+        Err(VerifyError::DoesNotVerify {
+            segments: proofs.len(),
+        })
     }
 }
 

@@ -194,7 +194,8 @@ pub fn check(bundle: &Bundle, vk: &[u8], module: Option<&[u8]>) -> Result<Checke
         .iter()
         .map(|l| (l.steps, l.state_out.as_str(), l.memory_out.as_str()))
         .collect();
-    let claim = zkvm::Claim::parse(&p.circuit_class, p.steps, p.status, &p.state_out, &links)?;
+    let claim = zkvm::Claim::parse(&p.circuit_class, p.steps, p.status, &p.state_out, &links)
+        .map_err(|e| e.to_string())?;
     let mut proofs = vec![];
     for (k, l) in p.links.iter().enumerate() {
         proofs.push(decode(
@@ -206,7 +207,8 @@ pub fn check(bundle: &Bundle, vk: &[u8], module: Option<&[u8]>) -> Result<Checke
     let started = std::time::Instant::now();
     // The proofs are bound to the task and to the node that made them (the receipt's).
     let binding = zkvm::Binding::new(&bundle.task_id, &r.node_id);
-    zkvm::verify(&pvk, &program, &input, &output, &claim, &proofs, &binding)?;
+    zkvm::verify(&pvk, &program, &input, &output, &claim, &proofs, &binding)
+        .map_err(|e| e.to_string())?;
     Ok(Checked {
         class: claim.class,
         steps: claim.steps,

@@ -17,6 +17,7 @@ pub mod auth;
 pub mod client;
 pub mod config;
 pub mod db;
+pub mod error;
 pub mod identity;
 pub mod journal;
 pub mod receipt;

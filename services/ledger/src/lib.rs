@@ -19,6 +19,7 @@ use tonic::{Request, Response, Status};
 use zkmesh_kit::acl::{Acl, Allow, caller};
 use zkmesh_kit::config::ServerConfig;
 use zkmesh_kit::db::{self, Migration, Pool};
+use zkmesh_kit::error::{Code, ServiceError};
 use zkmesh_kit::identity::{Identity, Role};
 use zkmesh_kit::journal::{entry_hash, genesis_hash};
 use zkmesh_kit::revocation::RevocationList;
@@ -102,6 +103,7 @@ CREATE INDEX journal_task ON journal (task_id);
 "#,
 }];
 
+/// Why a ledger call failed; [`ServiceError::code`] decides the status.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
     #[error("{0}")]
@@ -118,19 +120,22 @@ pub enum LedgerError {
     Db(#[from] sqlx::Error),
 }
 
+impl ServiceError for LedgerError {
+    fn code(&self) -> Code {
+        match self {
+            LedgerError::BadRequest(_) => Code::InvalidArgument,
+            LedgerError::NotFound(_) => Code::NotFound,
+            LedgerError::Precondition(_) => Code::FailedPrecondition,
+            LedgerError::Exists(_) => Code::AlreadyExists,
+            LedgerError::Denied(_) => Code::PermissionDenied,
+            LedgerError::Db(_) => Code::Internal,
+        }
+    }
+}
+
 impl From<LedgerError> for Status {
     fn from(e: LedgerError) -> Status {
-        match e {
-            LedgerError::BadRequest(m) => Status::invalid_argument(m),
-            LedgerError::NotFound(m) => Status::not_found(m),
-            LedgerError::Precondition(m) => Status::failed_precondition(m),
-            LedgerError::Exists(m) => Status::already_exists(m),
-            LedgerError::Denied(m) => Status::permission_denied(m),
-            LedgerError::Db(e) => {
-                tracing::error!(error = %e, "ledger database error");
-                Status::internal("internal ledger error")
-            }
-        }
+        zkmesh_kit::error::status("ledger", &e)
     }
 }
 

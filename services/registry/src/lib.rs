@@ -11,6 +11,7 @@ use tonic::{Request, Response, Status};
 use zkmesh_kit::acl::{Acl, Allow, caller};
 use zkmesh_kit::config::ServerConfig;
 use zkmesh_kit::db::{self, Migration, Pool};
+use zkmesh_kit::error::{Code, ServiceError};
 use zkmesh_kit::identity::{Identity, MeshCa, Role, valid_name};
 use zkmesh_kit::revocation::RevocationList;
 use zkmesh_kit::server::{ServeSpec, Serving, serve};
@@ -102,6 +103,7 @@ CREATE TABLE nodes (
 "#,
 }];
 
+/// Why a registry call failed; [`ServiceError::code`] decides the status.
 #[derive(Debug, thiserror::Error)]
 pub enum RegistryError {
     #[error("{0}")]
@@ -118,18 +120,21 @@ pub enum RegistryError {
     Cert(#[from] zkmesh_kit::identity::IdentityError),
 }
 
+impl ServiceError for RegistryError {
+    fn code(&self) -> Code {
+        match self {
+            RegistryError::BadRequest(_) => Code::InvalidArgument,
+            RegistryError::NotFound(_) => Code::NotFound,
+            RegistryError::Precondition(_) => Code::FailedPrecondition,
+            RegistryError::Denied(_) => Code::PermissionDenied,
+            _ => Code::Internal,
+        }
+    }
+}
+
 impl From<RegistryError> for Status {
     fn from(e: RegistryError) -> Status {
-        match e {
-            RegistryError::BadRequest(m) => Status::invalid_argument(m),
-            RegistryError::NotFound(m) => Status::not_found(m),
-            RegistryError::Precondition(m) => Status::failed_precondition(m),
-            RegistryError::Denied(m) => Status::permission_denied(m),
-            other => {
-                tracing::error!(error = %other, "registry internal error");
-                Status::internal("internal registry error")
-            }
-        }
+        zkmesh_kit::error::status("registry", &e)
     }
 }
 

@@ -15,7 +15,7 @@ use zkmesh_proto::scheduler_service_server::SchedulerService as SchedulerApi;
 use zkmesh_proto::*;
 use zkmesh_runtime::{Abi, ModuleError, Sandbox};
 
-use crate::dispatch::{Core, call, db_error};
+use crate::dispatch::{Core, call, db_error, internal};
 use crate::store::{NewTask, TaskRow, is_terminal};
 
 /// The scheduler's gRPC handler.
@@ -132,7 +132,7 @@ impl SchedulerApi for SchedulerService {
         let checked_bytes = bytes.clone();
         let inspection = tokio::task::spawn_blocking(move || sandbox.inspect(&checked_bytes))
             .await
-            .map_err(|_| Status::internal("module check crashed"))?;
+            .map_err(|e| internal(format!("module check crashed: {e}")))?;
         let inspection = inspection.map_err(|e| match e {
             ModuleError::TooLarge { .. }
             | ModuleError::Invalid(_)

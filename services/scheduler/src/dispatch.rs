@@ -88,9 +88,14 @@ pub async fn call<T>(
     }
 }
 
+/// A database error, as the caller sees it (logged once, in [`zkmesh_kit::error::status`]).
 pub fn db_error(e: sqlx::Error) -> Status {
-    tracing::error!(error = %e, "scheduler database error");
-    Status::internal("internal scheduler error")
+    zkmesh_kit::error::status("scheduler", &e)
+}
+
+/// An internal failure that is not the database's (logged, hidden from the caller).
+pub fn internal(message: impl Into<String>) -> Status {
+    zkmesh_kit::error::status("scheduler", &zkmesh_kit::error::Failure::internal(message))
 }
 
 impl Core {

@@ -348,7 +348,7 @@ impl VerifierService {
         let result = tokio::task::spawn_blocking(move || {
             use zkmesh_prover::zkvm;
             let class = zkvm::class_named(&claim.class)
-                .ok_or_else(|| format!("unknown class {}", claim.class))?;
+                .ok_or_else(|| zkvm::VerifyError::UnknownClass(claim.class.clone()))?;
             let term = match cached {
                 Some(t) => t,
                 None => Arc::new(zkvm::program_term(&keys.pvk, &class, &program)?),
@@ -367,7 +367,8 @@ impl VerifierService {
             .map(|()| term)
         })
         .await
-        .unwrap_or_else(|e| Err(format!("verification crashed: {e}")));
+        .map_err(|e| format!("verification crashed: {e}"))
+        .and_then(|r| r.map_err(|e| e.to_string()));
         let result = result.map(|term| {
             let mut terms = self.terms.lock().unwrap();
             if terms.len() >= 256 {
@@ -534,6 +535,16 @@ impl VerifierService {
     }
 }
 
+/// A database error, as the caller sees it (logged once, in [`zkmesh_kit::error::status`]).
+fn db_error(e: &sqlx::Error) -> Status {
+    zkmesh_kit::error::status("verifier", e)
+}
+
+/// An internal failure that is not the database's (logged, hidden from the caller).
+fn internal(message: impl Into<String>) -> Status {
+    zkmesh_kit::error::status("verifier", &zkmesh_kit::error::Failure::internal(message))
+}
+
 fn sha256_hex(bytes: &[u8]) -> String {
     zkmesh_prover::zkvm::sha256_hex(bytes)
 }
@@ -581,9 +592,7 @@ impl VerifierApi for VerifierService {
             let mut file = match tokio::fs::File::open(&ready.pk_path).await {
                 Ok(f) => f,
                 Err(e) => {
-                    let _ = tx
-                        .send(Err(Status::internal(format!("proving key: {e}"))))
-                        .await;
+                    let _ = tx.send(Err(internal(format!("proving key: {e}")))).await;
                     return;
                 }
             };
@@ -594,9 +603,7 @@ impl VerifierApi for VerifierService {
                     Ok(0) => return,
                     Ok(n) => n,
                     Err(e) => {
-                        let _ = tx
-                            .send(Err(Status::internal(format!("proving key: {e}"))))
-                            .await;
+                        let _ = tx.send(Err(internal(format!("proving key: {e}")))).await;
                         return;
                     }
                 };
@@ -656,7 +663,7 @@ impl VerifierApi for VerifierService {
                                 info: Some(ready.info.clone()),
                             }),
                             Ok(Err(e)) => Err(Status::failed_precondition(e)),
-                            Err(e) => Err(Status::internal(e.to_string())),
+                            Err(e) => Err(internal(e.to_string())),
                         };
                         let _ = tx.send(msg).await;
                         return;
@@ -719,10 +726,7 @@ impl VerifierApi for VerifierService {
         .bind(now_ms())
         .execute(&self.db)
         .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "verifier database error");
-            Status::internal("internal verifier error")
-        })?;
+        .map_err(|e| db_error(&e))?;
         self.verdicts
             .get_or_create(&vec![
                 (
@@ -749,7 +753,7 @@ impl VerifierApi for VerifierService {
                 .bind(&task_id)
                 .fetch_optional(&self.db)
                 .await
-                .map_err(|_| Status::internal("internal verifier error"))?
+                .map_err(|e| db_error(&e))?
                 .ok_or_else(|| Status::not_found(format!("no verdict for task {task_id}")))?;
         let list = |s: String| -> Vec<String> {
             s.split(',')

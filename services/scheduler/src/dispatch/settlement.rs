@@ -6,7 +6,7 @@ use zkmesh_kit::sha256_hex;
 use zkmesh_proto::*;
 
 use crate::dispatch::Result;
-use crate::dispatch::{Core, call, db_error};
+use crate::dispatch::{Core, call, db_error, internal};
 use crate::store::{AttemptRow, TaskRow, attempt_state, is_terminal};
 
 impl Core {
@@ -113,7 +113,7 @@ impl Core {
                 .filter(|a| verdict.accepted_attempt_ids.contains(&a.attempt_id))
                 .collect();
             let Some(first) = accepted.first() else {
-                return Err(Status::internal("verifier accepted no attempt"));
+                return Err(internal("verifier accepted no attempt"));
             };
             let receipts = accepted.iter().filter_map(|a| a.receipt.clone()).collect();
             self.store
@@ -157,7 +157,7 @@ impl Core {
         let charged = payouts
             .iter()
             .try_fold(0u64, |sum, p| sum.checked_add(p.amount))
-            .ok_or_else(|| Status::internal("payouts overflow"))?;
+            .ok_or_else(|| internal("payouts overflow"))?;
         let capture = CaptureRequest {
             task_id: task_id.to_string(),
             payouts,
