@@ -3,6 +3,7 @@
 use anyhow::Context;
 use serde::Serialize;
 use zkmesh_proto::Empty;
+use zkmesh_proto::ledger_service_client::LedgerServiceClient;
 use zkmesh_proto::*;
 
 use crate::connection::MeshClient;
@@ -37,31 +38,48 @@ pub async fn audit(api: &MeshClient) -> anyhow::Result<AuditReport> {
         }
         None => served_key,
     };
-    let mut stream = ledger
-        .read_journal(ReadJournalRequest { from_seq: 1 })
-        .await?
-        .into_inner();
-    let mut entries = Vec::new();
-    while let Some(e) = stream.message().await? {
-        entries.push(e);
+    // The journal as it stands, then the ledger's tables, each with the last journal entry it
+    // reflects (no older than the journal just read, so a ledger cannot pass by serving stale
+    // tables), then the rest of the journal: a live ledger cannot race the audit.
+    let mut entries = read_journal(&mut ledger, 1).await?;
+    let head = entries.len() as u64;
+    let listed = ledger.list_accounts(Empty {}).await?.into_inner();
+    let (accounts, accounts_seq) = (listed.accounts, listed.journal_seq);
+    let listed = ledger.list_holds(Empty {}).await?.into_inner();
+    let (holds, holds_seq) = (listed.holds, listed.journal_seq);
+    for seq in [accounts_seq, holds_seq] {
+        anyhow::ensure!(
+            seq >= head,
+            "the ledger lists its tables as of journal entry {seq}, older than the {head} entries it had already served"
+        );
     }
-    let replay = zkmesh_kit::journal::replay(&entries, &key)?;
+    entries.extend(read_journal(&mut ledger, head + 1).await?);
+    let (replay, at) =
+        zkmesh_kit::journal::replay_at(&entries, &key, &[accounts_seq, holds_seq])?;
     anyhow::ensure!(
         replay.conserved(),
         "balances plus holds do not equal the {} micro-credits minted",
         replay.minted
     );
-    let accounts = ledger.list_accounts(Empty {}).await?.into_inner().accounts;
+    let snapshot = |seq: u64| {
+        at.get(&seq).ok_or_else(|| {
+            anyhow::anyhow!(
+                "the ledger lists its tables as of journal entry {seq}, but its journal has {} entries",
+                replay.entries
+            )
+        })
+    };
+    let balances = &snapshot(accounts_seq)?.balances;
     for a in &accounts {
-        let replayed = replay.balances.get(&a.account).copied().unwrap_or(0);
+        let replayed = balances.get(&a.account).copied().unwrap_or(0);
         anyhow::ensure!(
             replayed == a.balance,
-            "account {} holds {} but the journal gives {replayed}",
+            "account {} holds {} but the journal gives {replayed} (as of entry {accounts_seq})",
             a.account,
             a.balance
         );
     }
-    for (account, balance) in &replay.balances {
+    for (account, balance) in balances {
         if *balance > 0 {
             anyhow::ensure!(
                 accounts.iter().any(|a| &a.account == account),
@@ -69,25 +87,25 @@ pub async fn audit(api: &MeshClient) -> anyhow::Result<AuditReport> {
             );
         }
     }
-    let holds = ledger.list_holds(Empty {}).await?.into_inner().holds;
+    let replayed_holds = &snapshot(holds_seq)?.holds;
     let open: Vec<&HoldInfo> = holds
         .iter()
         .filter(|h| h.state() == HoldState::Open)
         .collect();
     for h in &open {
-        let replayed = replay.holds.get(&h.task_id).copied().unwrap_or(0);
+        let replayed = replayed_holds.get(&h.task_id).copied().unwrap_or(0);
         anyhow::ensure!(
             replayed == h.amount,
-            "hold for task {} is {} but the journal gives {replayed}",
+            "hold for task {} is {} but the journal gives {replayed} (as of entry {holds_seq})",
             h.task_id,
             h.amount
         );
     }
     anyhow::ensure!(
-        open.len() == replay.holds.len(),
+        open.len() == replayed_holds.len(),
         "the ledger has {} open holds but the journal gives {}",
         open.len(),
-        replay.holds.len()
+        replayed_holds.len()
     );
     Ok(AuditReport {
         entries: replay.entries,
@@ -95,4 +113,19 @@ pub async fn audit(api: &MeshClient) -> anyhow::Result<AuditReport> {
         open_holds: open.len(),
         minted: replay.minted,
     })
+}
+
+async fn read_journal(
+    ledger: &mut LedgerServiceClient<tonic::transport::Channel>,
+    from_seq: u64,
+) -> anyhow::Result<Vec<JournalEntry>> {
+    let mut stream = ledger
+        .read_journal(ReadJournalRequest { from_seq })
+        .await?
+        .into_inner();
+    let mut entries = Vec::new();
+    while let Some(e) = stream.message().await? {
+        entries.push(e);
+    }
+    Ok(entries)
 }

@@ -35,7 +35,7 @@ pub fn entry_hash(e: &JournalEntry) -> String {
 }
 
 /// Balances and open holds that the journal implies.
-#[derive(Debug, Default, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Replay {
     pub balances: BTreeMap<String, u64>,
     /// Open amount held per task.
@@ -60,10 +60,25 @@ pub enum AuditError {
 
 /// Re-checks the chain and signatures and replays the entries into balances and holds.
 pub fn replay(entries: &[JournalEntry], ledger_key: &[u8]) -> Result<Replay, AuditError> {
+    replay_at(entries, ledger_key, &[]).map(|(all, _)| all)
+}
+
+/// [`replay`], also keeping the state after each sequence number in `checkpoints` (a ledger
+/// snapshot names the last entry it reflects; 0 is the empty journal). A checkpoint past the
+/// last entry is not in the map.
+pub fn replay_at(
+    entries: &[JournalEntry],
+    ledger_key: &[u8],
+    checkpoints: &[u64],
+) -> Result<(Replay, BTreeMap<u64, Replay>), AuditError> {
     let key = <[u8; 32]>::try_from(ledger_key)
         .ok()
         .and_then(|k| VerifyingKey::from_bytes(&k).ok());
     let mut r = Replay::default();
+    let mut at = BTreeMap::new();
+    if checkpoints.contains(&0) {
+        at.insert(0, r.clone());
+    }
     let mut prev = genesis_hash();
     for (i, e) in entries.iter().enumerate() {
         let seq = e.seq;
@@ -87,8 +102,11 @@ pub fn replay(entries: &[JournalEntry], ledger_key: &[u8]) -> Result<Replay, Aud
         apply(&mut r, e).map_err(|what| AuditError::Invalid { seq, what })?;
         prev = e.hash.clone();
         r.entries += 1;
+        if checkpoints.contains(&seq) {
+            at.insert(seq, r.clone());
+        }
     }
-    Ok(r)
+    Ok((r, at))
 }
 
 fn apply(r: &mut Replay, e: &JournalEntry) -> Result<(), String> {

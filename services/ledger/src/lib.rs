@@ -454,11 +454,16 @@ impl LedgerApi for LedgerService {
         &self,
         _req: Request<Empty>,
     ) -> Result<Response<ListAccountsResponse>, Status> {
+        // Under the tip lock no write is in flight, so the rows and the tip are one snapshot.
+        let tip = self.tip.lock().await;
         let rows = sqlx::query("SELECT account, balance FROM accounts ORDER BY account")
             .fetch_all(&self.db)
             .await
             .map_err(LedgerError::from)?;
+        let journal_seq = tip.seq;
+        drop(tip);
         Ok(Response::new(ListAccountsResponse {
+            journal_seq,
             accounts: rows
                 .iter()
                 .map(|r| Account {
@@ -669,11 +674,15 @@ impl LedgerApi for LedgerService {
         &self,
         _req: Request<Empty>,
     ) -> Result<Response<ListHoldsResponse>, Status> {
+        let tip = self.tip.lock().await;
         let rows = sqlx::query("SELECT * FROM holds ORDER BY task_id")
             .fetch_all(&self.db)
             .await
             .map_err(LedgerError::from)?;
+        let journal_seq = tip.seq;
+        drop(tip);
         Ok(Response::new(ListHoldsResponse {
+            journal_seq,
             holds: rows.iter().map(hold_from_row).collect(),
         }))
     }
