@@ -5,9 +5,9 @@
 //! | 0    | success; for `run` and `task`, the task completed and was verified |
 //! | 1    | the task ended otherwise (trapped, ran out of fuel or memory, timed out, failed, was rejected or cancelled), or an audit or check failed |
 //! | 2    | the mesh refused the request: an invalid or unprovable module, a policy it cannot serve, a quota, a permission or authentication |
-//! | 3    | the mesh could not be reached (or failed inside) |
+//! | 3    | the mesh could not be reached, or failed inside (an internal or unknown error) |
 //! | 64   | a bad command line: clap's own errors, an unknown guest or file, an unreadable `--input-file` |
-//! | 78   | bad configuration: a service or worker config, a client config, no mesh configured |
+//! | 78   | bad configuration: a service or worker config, a client config, no mesh configured, TLS files that are missing or unusable |
 
 /// The task completed and was verified (or the command succeeded).
 pub const EXIT_OK: i32 = 0;
@@ -15,7 +15,7 @@ pub const EXIT_OK: i32 = 0;
 pub const EXIT_TASK: i32 = 1;
 /// The mesh refused the request.
 pub const EXIT_REFUSED: i32 = 2;
-/// The mesh could not be reached.
+/// The mesh could not be reached, or failed inside.
 pub const EXIT_UNAVAILABLE: i32 = 3;
 /// A bad command line (sysexits' `EX_USAGE`).
 pub const EXIT_USAGE: i32 = 64;
@@ -65,9 +65,16 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
     if let Some(status) = e.downcast_ref::<tonic::Status>() {
         return status_exit_code(status.code());
     }
-    if e.downcast_ref::<zkmesh_kit::config::ConfigError>()
-        .is_some()
-    {
+    // A config that does not parse, or TLS files it names that are missing or unusable.
+    let configuration = e.chain().any(|cause| {
+        cause.is::<zkmesh_kit::config::ConfigError>()
+            || cause.is::<zkmesh_kit::tls::TlsError>()
+            || matches!(
+                cause.downcast_ref::<zkmesh_kit::server::ServeError>(),
+                Some(zkmesh_kit::server::ServeError::Tls(_))
+            )
+    });
+    if configuration {
         return EXIT_CONFIG;
     }
     EXIT_UNAVAILABLE

@@ -54,8 +54,7 @@ pub async fn audit(api: &MeshClient) -> anyhow::Result<AuditReport> {
         );
     }
     entries.extend(read_journal(&mut ledger, head + 1).await?);
-    let (replay, at) =
-        zkmesh_kit::journal::replay_at(&entries, &key, &[accounts_seq, holds_seq])?;
+    let (replay, at) = zkmesh_kit::journal::replay_at(&entries, &key, &[accounts_seq, holds_seq])?;
     anyhow::ensure!(
         replay.conserved(),
         "balances plus holds do not equal the {} micro-credits minted",

@@ -26,15 +26,34 @@ pub struct Acl {
     pub methods: &'static [(&'static str, &'static [Allow])],
 }
 
+/// The methods every service serves to every caller that reached it over TLS: health checking
+/// and server reflection (both versions), named exactly, so a made-up method under these
+/// services is refused like any other.
+const OPEN_METHODS: &[(&str, &str)] = &[
+    ("grpc.health.v1.Health", "Check"),
+    ("grpc.health.v1.Health", "Watch"),
+    (
+        "grpc.reflection.v1.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+    (
+        "grpc.reflection.v1alpha.ServerReflection",
+        "ServerReflectionInfo",
+    ),
+];
+
 impl Acl {
-    /// Who may call the method at `path` (`/package.Service/Method`); `None` if the service
-    /// serves no such method.
-    pub fn allowed(&self, path: &str) -> Option<&'static [Allow]> {
+    /// The method at `path` (`/package.Service/Method`) as this table names it, and who may call
+    /// it; `None` if the service serves no such method. The name is `'static`, so whatever
+    /// labels it (metrics) comes from a fixed set, never from the caller's bytes.
+    pub fn method(&self, path: &str) -> Option<(&'static str, &'static [Allow])> {
         let path = path.strip_prefix('/')?;
         let (service, method) = path.split_once('/')?;
-        // Health and reflection are open to every caller that reached us over TLS.
-        if service == "grpc.health.v1.Health" || service.starts_with("grpc.reflection.") {
-            return Some(&[Allow::Anonymous]);
+        if let Some((_, name)) = OPEN_METHODS
+            .iter()
+            .find(|(s, m)| *s == service && *m == method)
+        {
+            return Some((name, &[Allow::Anonymous]));
         }
         if service != self.service {
             return None;
@@ -42,7 +61,12 @@ impl Acl {
         self.methods
             .iter()
             .find(|(name, _)| *name == method)
-            .map(|(_, allow)| *allow)
+            .map(|(name, allow)| (*name, *allow))
+    }
+
+    /// Who may call the method at `path`; `None` if the service serves no such method.
+    pub fn allowed(&self, path: &str) -> Option<&'static [Allow]> {
+        self.method(path).map(|(_, allow)| allow)
     }
 }
 
@@ -134,6 +158,17 @@ mod tests {
         assert!(ACL.allowed("/zkmesh.v1.Other/Users").is_none());
         let open = ACL.allowed("/zkmesh.v1.Test/Open").unwrap();
         assert!(check(open, None, &revoked).is_ok());
+        assert_eq!(
+            ACL.method("/grpc.health.v1.Health/Check"),
+            Some(("Check", &[Allow::Anonymous][..]))
+        );
+        assert!(
+            ACL.allowed("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+                .is_some()
+        );
+        assert!(ACL.allowed("/grpc.health.v1.Health/Made\"Up").is_none());
+        assert!(ACL.allowed("/grpc.reflection.v9/Anything").is_none());
+        assert!(ACL.allowed("/grpc.health.v1.Health/Check/extra").is_none());
         revoked.insert("n1");
         assert_eq!(
             check(open, Some(&node), &revoked).unwrap_err().code(),

@@ -121,14 +121,11 @@ where
     fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let started = Instant::now();
         let path = req.uri().path();
-        let method = match self.layer.acl.allowed(path) {
-            Some(_) => path
-                .rsplit('/')
-                .next()
-                .unwrap_or(UNKNOWN_METHOD)
-                .to_string(),
-            None => UNKNOWN_METHOD.to_string(),
-        };
+        let method = self
+            .layer
+            .acl
+            .method(path)
+            .map_or(UNKNOWN_METHOD, |(name, _)| name);
         let metrics = self.layer.metrics.clone();
         // Take the instance that was driven to readiness, leave a fresh clone behind.
         let clone = self.inner.clone();
@@ -137,7 +134,7 @@ where
             let response = inner.call(req).await?;
             // A trailers-only response (an error before any message) ends here.
             if let Some(code) = grpc_status(response.headers()) {
-                metrics.record(&method, code, started);
+                metrics.record(method, code, started);
                 return Ok(response);
             }
             let pending = Pending {
@@ -158,13 +155,13 @@ where
 /// A call whose response has not ended yet.
 struct Pending {
     metrics: RpcMetrics,
-    method: String,
+    method: &'static str,
     started: Instant,
 }
 
 impl Pending {
     fn finish(self, code: i32) {
-        self.metrics.record(&self.method, code, self.started);
+        self.metrics.record(self.method, code, self.started);
     }
 }
 

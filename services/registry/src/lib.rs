@@ -127,7 +127,10 @@ impl ServiceError for RegistryError {
             RegistryError::NotFound(_) => Code::NotFound,
             RegistryError::Precondition(_) => Code::FailedPrecondition,
             RegistryError::Denied(_) => Code::PermissionDenied,
-            _ => Code::Internal,
+            RegistryError::Db(e) => e.code(),
+            // Requests are validated (the CSR parses, node ids are the registry's own) before
+            // anything is signed, so a failure to sign is the registry's.
+            RegistryError::Cert(_) => Code::Internal,
         }
     }
 }

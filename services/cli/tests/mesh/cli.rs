@@ -189,4 +189,18 @@ fn bad_configuration_exits_78() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("database_url"), "{stderr}");
+
+    // A config that parses but names TLS files that are not there: configuration too.
+    let example = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/config/ledger.toml"),
+    )
+    .unwrap();
+    std::fs::write(&config, example.replace("mesh/", "nowhere/")).unwrap();
+    let out = zkmesh(
+        home.path(),
+        &["ledger", "serve", "--config", config.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("nowhere/ca/ca.crt"), "{stderr}");
 }

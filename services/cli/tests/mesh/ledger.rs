@@ -121,7 +121,10 @@ async fn audit_passes_while_the_ledger_is_being_written() {
         audits += 1;
     }
     let minted = writer.await.unwrap();
-    assert!(minted >= 50 && audits >= 3, "{minted} mints, {audits} audits");
+    assert!(
+        minted >= 50 && audits >= 3,
+        "{minted} mints, {audits} audits"
+    );
     let report = zkmesh_client::audit(&sb.api).await.unwrap();
     let sum: u64 = (1..=u64::from(minted)).sum();
     assert_eq!(report.minted, before + sum);

@@ -95,6 +95,24 @@ async fn health_reflection_metrics_and_shutdown() {
         .await
         .unwrap_err();
     assert_eq!(made_up.code(), tonic::Code::Unimplemented);
+    // Made-up methods under the open health service, one with a quote that would break the
+    // exposition format if it reached a label: refused, and counted under `unknown` too.
+    for path in [
+        "/grpc.health.v1.Health/MadeUp",
+        "/grpc.health.v1.Health/Made\"Up",
+        "/grpc.reflection.v1.Made/Up",
+    ] {
+        grpc.ready().await.unwrap();
+        let refused = grpc
+            .unary::<(), (), _>(
+                tonic::Request::new(()),
+                http::uri::PathAndQuery::from_static(path),
+                tonic_prost::ProstCodec::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unimplemented, "{path}");
+    }
     let sha = zkmesh_guests::get("sha256").unwrap();
     let started = std::time::Instant::now();
     let (_, result) = run(&sb.api, &Job::new(sha.wasm, b"metrics")).await.unwrap();
@@ -110,6 +128,23 @@ async fn health_reflection_metrics_and_shutdown() {
     };
     assert!(!series("unknown").is_empty(), "{text}");
     assert!(series("MadeUp").is_empty(), "{text}");
+    assert!(
+        !text.contains("Made"),
+        "a caller's bytes reached /metrics: {text}"
+    );
+    // Every method label comes from the scheduler's table or the open services.
+    for line in text.lines().filter(|l| l.starts_with("zkmesh_rpc_")) {
+        let label = line
+            .split("method=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no method label: {line}"));
+        let known = ["unknown", "Check", "Watch", "ServerReflectionInfo"].contains(&label)
+            || zkmesh_scheduler::ACL
+                .allowed(&format!("/zkmesh.v1.SchedulerService/{label}"))
+                .is_some();
+        assert!(known, "label {label:?} in {line}");
+    }
     assert!(series("Work").is_empty(), "open streams counted: {text}");
     assert_eq!(series("WatchTask").len(), 1, "{text}");
     let watch_seconds: f64 = text

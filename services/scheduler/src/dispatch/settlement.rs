@@ -11,7 +11,11 @@ use crate::store::{AttemptRow, TaskRow, attempt_state, is_terminal};
 
 impl Core {
     /// The task, if it is (still) in `state`. Call with `transitions` held.
-    pub(crate) async fn task_in(&self, task_id: &str, state: TaskState) -> Result<Option<TaskRow>> {
+    pub(in crate::dispatch) async fn task_in(
+        &self,
+        task_id: &str,
+        state: TaskState,
+    ) -> Result<Option<TaskRow>> {
         let task = self.store.task(task_id).await.map_err(db_error)?;
         Ok(task.filter(|t| t.task.state() == state))
     }
@@ -19,7 +23,7 @@ impl Core {
     /// REPORTED -> verdict -> VERIFIED -> SETTLED (or back to the queue). The verifier and the
     /// ledger are called without holding `transitions`; the state is re-checked after each call,
     /// so a concurrent cancel or sweep is never overwritten.
-    pub(crate) async fn verify_and_settle(&self, task_id: &str) -> Result<()> {
+    pub(in crate::dispatch) async fn verify_and_settle(&self, task_id: &str) -> Result<()> {
         let request = {
             let _t = self.transitions.lock().await;
             let Some(task) = self.task_in(task_id, TaskState::Reported).await? else {
@@ -87,7 +91,7 @@ impl Core {
     }
 
     /// Records a verdict; true when the task is now VERIFIED.
-    pub(crate) async fn apply_verdict(
+    pub(in crate::dispatch) async fn apply_verdict(
         &self,
         task: &TaskRow,
         attempts: &[AttemptRow],
@@ -140,7 +144,7 @@ impl Core {
 
     /// Pays the nodes whose results were accepted (for the fuel their receipts sign) and refunds
     /// the rest of the hold. Capture is idempotent at the ledger, so a retry is safe.
-    pub(crate) async fn settle(&self, task_id: &str) -> Result<()> {
+    pub(in crate::dispatch) async fn settle(&self, task_id: &str) -> Result<()> {
         let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
         let price = self.config.micro_credits_per_million_fuel;
         let payouts: Vec<Payout> = attempts
@@ -194,7 +198,12 @@ impl Core {
         .await
     }
 
-    pub(crate) async fn stop_active(&self, task_id: &str, state: &str, reason: &str) -> Result<()> {
+    pub(in crate::dispatch) async fn stop_active(
+        &self,
+        task_id: &str,
+        state: &str,
+        reason: &str,
+    ) -> Result<()> {
         for a in self.store.attempts(task_id).await.map_err(db_error)? {
             if matches!(
                 a.state.as_str(),
@@ -219,7 +228,7 @@ impl Core {
     }
 
     /// FAILED; the hold is released by the sweep (outside the lock, retried until it succeeds).
-    pub(crate) async fn fail(&self, task: &TaskRow, reason: &str) -> Result<()> {
+    pub(in crate::dispatch) async fn fail(&self, task: &TaskRow, reason: &str) -> Result<()> {
         let task_id = &task.task.task_id;
         self.stop_active(task_id, attempt_state::CANCELLED, reason)
             .await?;
@@ -230,7 +239,7 @@ impl Core {
     }
 
     /// Gives the hold of a failed or cancelled task back. Release is idempotent at the ledger.
-    pub(crate) async fn release(&self, task_id: &str, reason: &str) -> Result<()> {
+    pub(in crate::dispatch) async fn release(&self, task_id: &str, reason: &str) -> Result<()> {
         let release = ReleaseRequest {
             task_id: task_id.to_string(),
             reason: reason.to_string(),

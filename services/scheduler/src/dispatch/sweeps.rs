@@ -14,7 +14,7 @@ use crate::dispatch::{Core, Outbound, call, db_error};
 use crate::store::{AttemptRow, TaskRow, attempt_state, is_terminal};
 
 impl Core {
-    pub(crate) async fn expire(&self, a: &AttemptRow, reason: &str) -> Result<()> {
+    pub(in crate::dispatch) async fn expire(&self, a: &AttemptRow, reason: &str) -> Result<()> {
         let _t = self.transitions.lock().await;
         let Some(current) = self.store.attempt(&a.attempt_id).await.map_err(db_error)? else {
             return Ok(());
@@ -50,7 +50,7 @@ impl Core {
     }
 
     /// After an expiry or a rejection: back to the queue, or failed once the attempts are spent.
-    pub(crate) async fn requeue(
+    pub(in crate::dispatch) async fn requeue(
         &self,
         task: &TaskRow,
         why_state: TaskState,
@@ -85,7 +85,7 @@ impl Core {
 
     /// Expired leases, reports not judged yet, verified tasks not settled, and holds of failed
     /// or cancelled tasks not released yet. Each step re-checks the state under the lock.
-    pub(crate) async fn sweep(&self) -> Result<()> {
+    pub(in crate::dispatch) async fn sweep(&self) -> Result<()> {
         for a in self.store.lapsed_attempts(None).await.map_err(db_error)? {
             let reason = format!("lease on node {} expired (no heartbeat)", a.node_id);
             self.expire(&a, &reason).await?;
@@ -119,7 +119,7 @@ impl Core {
     }
 
     /// Refreshes node facts from the registry and disconnects nodes that are no longer active.
-    pub(crate) async fn refresh_nodes(&self) {
+    pub(in crate::dispatch) async fn refresh_nodes(&self) {
         let Ok(list) = call(
             self.registry
                 .clone()

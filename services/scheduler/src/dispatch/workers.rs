@@ -82,12 +82,12 @@ impl Core {
         }
     }
 
-    pub(crate) async fn has_free_slot(&self) -> bool {
+    pub(in crate::dispatch) async fn has_free_slot(&self) -> bool {
         let workers = self.workers.lock().await;
         workers.values().any(|w| (w.running.len() as u32) < w.slots)
     }
 
-    pub(crate) async fn free_slot(&self, node_id: &str, attempt_id: &str) {
+    pub(in crate::dispatch) async fn free_slot(&self, node_id: &str, attempt_id: &str) {
         if let Some(w) = self.workers.lock().await.get_mut(node_id) {
             w.running.remove(attempt_id);
         }
@@ -96,7 +96,11 @@ impl Core {
 
     /// Best effort, never waiting: a node that does not read its stream must not stall the
     /// scheduler (its leases run out instead).
-    pub(crate) async fn send_to(&self, node_id: &str, message: scheduler_message::Kind) {
+    pub(in crate::dispatch) async fn send_to(
+        &self,
+        node_id: &str,
+        message: scheduler_message::Kind,
+    ) {
         let tx = self.workers.lock().await.get(node_id).map(|w| w.tx.clone());
         if let Some(tx) = tx {
             let _ = tx.try_send(Ok(SchedulerMessage {
