@@ -6,6 +6,7 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
@@ -15,11 +16,10 @@ pub type Pool = SqlitePool;
 pub enum DbError {
     #[error("database {url}: {source}")]
     Open { url: String, source: sqlx::Error },
-    #[error("migration {version} of {service}: {source}")]
+    #[error("migrating the {service} database: {source}")]
     Migrate {
         service: &'static str,
-        version: i64,
-        source: sqlx::Error,
+        source: MigrateError,
     },
 }
 
@@ -48,60 +48,46 @@ pub async fn connect(url: &str) -> Result<Pool, DbError> {
         .map_err(err)
 }
 
-/// A numbered migration.
-pub struct Migration {
-    pub version: i64,
-    pub sql: &'static str,
-}
+/// The table where zkmesh, before it used sqlx's migrator, recorded the versions it applied.
+const LEGACY_TABLE: &str = "zkmesh_migrations";
 
-/// Applies, in order and each in its own transaction, the migrations not applied yet.
+/// Applies the migrations of `migrator` not applied yet, each in its own transaction.
+///
+/// A database from before the move to sqlx's migrator records its versions in
+/// `zkmesh_migrations`; those versions (the same numbers, the same SQL) are marked applied
+/// without running them again, then the old table is dropped.
 pub async fn migrate(
     pool: &Pool,
     service: &'static str,
-    migrations: &[Migration],
+    migrator: &Migrator,
 ) -> Result<(), DbError> {
-    let err = |version| {
-        move |source| DbError::Migrate {
-            service,
-            version,
-            source,
-        }
-    };
-    sqlx::raw_sql(
-        "CREATE TABLE IF NOT EXISTS zkmesh_migrations (
-            version BIGINT PRIMARY KEY,
-            applied_at_ms BIGINT NOT NULL
-        )",
-    )
-    .execute(pool)
-    .await
-    .map_err(err(0))?;
-    let applied: Vec<i64> = sqlx::query("SELECT version FROM zkmesh_migrations")
-        .fetch_all(pool)
+    let err = |source: MigrateError| DbError::Migrate { service, source };
+    let legacy = sqlx::query("SELECT name FROM sqlite_master WHERE type = 'table' AND name = $1")
+        .bind(LEGACY_TABLE)
+        .fetch_optional(pool)
         .await
-        .map_err(err(0))?
-        .iter()
-        .map(|r| r.get::<i64, _>(0))
-        .collect();
-    for m in migrations {
-        if applied.contains(&m.version) {
-            continue;
+        .map_err(|e| err(e.into()))?;
+    if legacy.is_some() {
+        let applied: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "SELECT MAX(version) FROM {LEGACY_TABLE}"
+        )))
+        .fetch_one(pool)
+        .await
+        .map_err(|e| err(e.into()))?;
+        if let Some(version) = applied {
+            migrator.skip(pool, Some(version)).await.map_err(err)?;
+            tracing::info!(
+                service,
+                version,
+                "adopted the migrations applied before sqlx's migrator"
+            );
         }
-        let mut tx = pool.begin().await.map_err(err(m.version))?;
-        sqlx::raw_sql(m.sql)
-            .execute(&mut *tx)
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP TABLE {LEGACY_TABLE}")))
+            .execute(pool)
             .await
-            .map_err(err(m.version))?;
-        sqlx::query("INSERT INTO zkmesh_migrations (version, applied_at_ms) VALUES ($1, $2)")
-            .bind(m.version)
-            .bind(crate::now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(err(m.version))?;
-        tx.commit().await.map_err(err(m.version))?;
-        tracing::info!(service, version = m.version, "migration applied");
+            .map_err(|e| err(e.into()))?;
     }
-    Ok(())
+    migrator.run(pool).await.map_err(err)
 }
 
 /// Every row of every table, rendered as text: lets tests show that a refused call changed
@@ -148,4 +134,84 @@ pub async fn snapshot(pool: &Pool, volatile: &[&str]) -> Result<Vec<String>, sql
         }
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database migrated by zkmesh's own runner before sqlx's: its versions are adopted, not
+    /// run again (version 1 would fail, its table exists), and the newer ones are applied.
+    #[tokio::test]
+    async fn a_database_from_the_old_runner_is_adopted() {
+        let dir = tempfile::tempdir().unwrap();
+        let migrations = dir.path().join("migrations");
+        std::fs::create_dir(&migrations).unwrap();
+        std::fs::write(
+            migrations.join("0001_initial.sql"),
+            "CREATE TABLE t (x BIGINT);\n",
+        )
+        .unwrap();
+        std::fs::write(
+            migrations.join("0002_more.sql"),
+            "ALTER TABLE t ADD COLUMN y BIGINT;\n",
+        )
+        .unwrap();
+        let migrator = Migrator::new(migrations.as_path()).await.unwrap();
+        let url = format!("sqlite://{}", dir.path().join("old.db").display());
+        let pool = connect(&url).await.unwrap();
+        sqlx::raw_sql(
+            "CREATE TABLE t (x BIGINT);
+             CREATE TABLE zkmesh_migrations (version BIGINT PRIMARY KEY, applied_at_ms BIGINT NOT NULL);
+             INSERT INTO zkmesh_migrations VALUES (1, 0);
+             INSERT INTO t (x) VALUES (7);",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        migrate(&pool, "test", &migrator).await.unwrap();
+        let (x, y): (i64, Option<i64>) = sqlx::query_as("SELECT x, y FROM t")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!((x, y), (7, None));
+        let legacy: Option<String> =
+            sqlx::query_scalar("SELECT name FROM sqlite_master WHERE name = 'zkmesh_migrations'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        assert_eq!(legacy, None);
+        // Again: nothing left to do. A fresh database gets both versions.
+        migrate(&pool, "test", &migrator).await.unwrap();
+        let fresh = connect("sqlite::memory:").await.unwrap();
+        migrate(&fresh, "test", &migrator).await.unwrap();
+        sqlx::query("INSERT INTO t (x, y) VALUES (1, 2)")
+            .execute(&fresh)
+            .await
+            .unwrap();
+    }
+
+    /// A migration whose SQL changed after it was applied is refused, not silently skipped.
+    #[tokio::test]
+    async fn a_changed_migration_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let migrations = dir.path().join("migrations");
+        std::fs::create_dir(&migrations).unwrap();
+        std::fs::write(
+            migrations.join("0001_initial.sql"),
+            "CREATE TABLE t (x BIGINT);\n",
+        )
+        .unwrap();
+        let pool = connect("sqlite::memory:").await.unwrap();
+        let migrator = Migrator::new(migrations.as_path()).await.unwrap();
+        migrate(&pool, "test", &migrator).await.unwrap();
+        std::fs::write(
+            migrations.join("0001_initial.sql"),
+            "CREATE TABLE t (z BIGINT);\n",
+        )
+        .unwrap();
+        let changed = Migrator::new(migrations.as_path()).await.unwrap();
+        let e = migrate(&pool, "test", &changed).await.unwrap_err();
+        assert!(e.to_string().contains("migrating the test database"), "{e}");
+    }
 }

@@ -18,7 +18,7 @@ use tokio::sync::Mutex;
 use tonic::{Request, Response, Status};
 use zkmesh_kit::acl::{Acl, Allow, caller};
 use zkmesh_kit::config::ServerConfig;
-use zkmesh_kit::db::{self, Migration, Pool};
+use zkmesh_kit::db::{self, Pool};
 use zkmesh_kit::error::{Code, ServiceError};
 use zkmesh_kit::identity::{Identity, Role};
 use zkmesh_kit::journal::{entry_hash, genesis_hash};
@@ -71,37 +71,9 @@ pub static ACL: Acl = Acl {
     ],
 };
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: r#"
-CREATE TABLE accounts (
-    account TEXT PRIMARY KEY,
-    balance BIGINT NOT NULL
-);
-CREATE TABLE holds (
-    task_id TEXT PRIMARY KEY,
-    account TEXT NOT NULL,
-    amount BIGINT NOT NULL,
-    paid BIGINT NOT NULL,
-    refunded BIGINT NOT NULL,
-    state TEXT NOT NULL,
-    created_at_ms BIGINT NOT NULL
-);
-CREATE TABLE journal (
-    seq BIGINT PRIMARY KEY,
-    at_ms BIGINT NOT NULL,
-    kind TEXT NOT NULL,
-    account TEXT NOT NULL,
-    task_id TEXT NOT NULL,
-    amount BIGINT NOT NULL,
-    prev_hash TEXT NOT NULL,
-    hash TEXT NOT NULL,
-    signature BYTEA NOT NULL
-);
-CREATE INDEX journal_account ON journal (account);
-CREATE INDEX journal_task ON journal (task_id);
-"#,
-}];
+/// The schema, as SQL files under `migrations/sqlite/` (a PostgreSQL set can sit beside it),
+/// embedded at build time and applied by sqlx's migrator.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Why a ledger call failed; [`ServiceError::code`] decides the status.
 #[derive(Debug, thiserror::Error)]
@@ -186,7 +158,7 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
     let tls = TlsPem::load(&config.server.tls)?;
     let key = load_or_create_key(&config.key_file)?;
     let db = db::connect(&config.server.database_url).await?;
-    db::migrate(&db, "ledger", MIGRATIONS).await?;
+    db::migrate(&db, "ledger", &MIGRATOR).await?;
     let tip = match sqlx::query("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&db)
         .await?

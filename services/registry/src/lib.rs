@@ -10,7 +10,7 @@ use sqlx::Row;
 use tonic::{Request, Response, Status};
 use zkmesh_kit::acl::{Acl, Allow, caller};
 use zkmesh_kit::config::ServerConfig;
-use zkmesh_kit::db::{self, Migration, Pool};
+use zkmesh_kit::db::{self, Pool};
 use zkmesh_kit::error::{Code, ServiceError};
 use zkmesh_kit::identity::{Identity, MeshCa, Role, valid_name};
 use zkmesh_kit::revocation::RevocationList;
@@ -76,32 +76,9 @@ pub static ACL: Acl = Acl {
     ],
 };
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: r#"
-CREATE TABLE join_tokens (
-    token_hash TEXT PRIMARY KEY,
-    pre_approved BIGINT NOT NULL,
-    uses_left BIGINT NOT NULL,
-    expires_at_ms BIGINT NOT NULL,
-    created_at_ms BIGINT NOT NULL
-);
-CREATE TABLE nodes (
-    node_id TEXT PRIMARY KEY,
-    name TEXT NOT NULL,
-    operator TEXT NOT NULL,
-    state TEXT NOT NULL,
-    csr_pem TEXT NOT NULL,
-    receipt_public_key BYTEA NOT NULL,
-    secret_hash TEXT NOT NULL,
-    certificate_pem TEXT,
-    certificate_expires_at_ms BIGINT NOT NULL,
-    enrolled_at_ms BIGINT NOT NULL,
-    last_heartbeat_at_ms BIGINT NOT NULL,
-    slots BIGINT NOT NULL
-);
-"#,
-}];
+/// The schema, as SQL files under `migrations/sqlite/` (a PostgreSQL set can sit beside it),
+/// embedded at build time and applied by sqlx's migrator.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// Why a registry call failed; [`ServiceError::code`] decides the status.
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +135,7 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyho
     let tls = TlsPem::load(&config.server.tls)?;
     let ca = MeshCa::load(&config.ca_dir)?;
     let db = db::connect(&config.server.database_url).await?;
-    db::migrate(&db, "registry", MIGRATIONS).await?;
+    db::migrate(&db, "registry", &MIGRATOR).await?;
     let revoked = RevocationList::default();
     let metrics = Metrics::new("registry");
     let service = RegistryService {

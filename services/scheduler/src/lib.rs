@@ -170,7 +170,7 @@ pub async fn start(
 ) -> anyhow::Result<Serving> {
     let tls = TlsPem::load(&config.server.tls)?;
     let pool = db::connect(&config.server.database_url).await?;
-    db::migrate(&pool, "scheduler", store::MIGRATIONS).await?;
+    db::migrate(&pool, "scheduler", &store::MIGRATOR).await?;
     let client_tls = (&tls).into();
     let registry = zkmesh_kit::client::channel(&config.registry_endpoint, &client_tls)?;
     let ledger = zkmesh_kit::client::channel(&config.ledger_endpoint, &client_tls)?;

@@ -19,7 +19,7 @@ use sqlx::Row;
 use tonic::{Request, Response, Status};
 use zkmesh_kit::acl::{Acl, Allow};
 use zkmesh_kit::config::ServerConfig;
-use zkmesh_kit::db::{self, Migration, Pool};
+use zkmesh_kit::db::{self, Pool};
 use zkmesh_kit::identity::Role;
 use zkmesh_kit::revocation::RevocationList;
 use zkmesh_kit::server::{ServeSpec, Serving, serve};
@@ -104,23 +104,9 @@ pub static ACL: Acl = Acl {
     ],
 };
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: r#"
-CREATE TABLE verdicts (
-    verdict_id TEXT PRIMARY KEY,
-    task_id TEXT NOT NULL,
-    policy TEXT NOT NULL,
-    verdict TEXT NOT NULL,
-    reason TEXT NOT NULL,
-    output_hash TEXT NOT NULL,
-    accepted TEXT NOT NULL,
-    rejected TEXT NOT NULL,
-    at_ms BIGINT NOT NULL
-);
-CREATE INDEX verdicts_task ON verdicts (task_id, at_ms);
-"#,
-}];
+/// The schema, as SQL files under `migrations/sqlite/` (a PostgreSQL set can sit beside it),
+/// embedded at build time and applied by sqlx's migrator.
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 pub struct VerifierService {
     db: Pool,
@@ -141,7 +127,7 @@ pub struct VerifierService {
 pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
     let tls = TlsPem::load(&config.server.tls)?;
     let db = db::connect(&config.server.database_url).await?;
-    db::migrate(&db, "verifier", MIGRATIONS).await?;
+    db::migrate(&db, "verifier", &MIGRATOR).await?;
     let registry_channel = zkmesh_kit::client::channel(&config.registry_endpoint, &(&tls).into())?;
     let revoked = RevocationList::default();
     zkmesh_kit::revocation::follow_revocations(
