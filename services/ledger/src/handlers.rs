@@ -1,0 +1,323 @@
+//! The gRPC handlers: who may read which account, and each RPC on top of the store.
+
+use std::pin::Pin;
+
+use sqlx::Row;
+use tonic::{Request, Response, Status};
+use zkmesh_kit::acl::caller;
+use zkmesh_kit::identity::{Identity, Role};
+use zkmesh_kit::now_ms;
+use zkmesh_proto::ledger_service_server::LedgerService as LedgerApi;
+use zkmesh_proto::*;
+
+use crate::error::{LedgerError, Result};
+use crate::store::{Movement, Store, amount, close_hold, entry_from_row, hold_from_row};
+
+/// The ledger's gRPC service: the store behind the access rules.
+pub struct LedgerService {
+    pub(crate) store: Store,
+}
+
+/// The account a caller may read: its own unless it is an admin or a service.
+pub(crate) fn readable_account(me: &Identity, requested: &str) -> Result<String> {
+    if requested.is_empty() || requested == me.account() {
+        return Ok(me.account());
+    }
+    match me.role {
+        Role::Admin | Role::Service => Ok(requested.to_string()),
+        _ => Err(LedgerError::Denied(format!(
+            "{me} may read only its own account {}",
+            me.account()
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl LedgerApi for LedgerService {
+    async fn mint(&self, req: Request<MintRequest>) -> Result<Response<Account>, Status> {
+        let req = req.into_inner();
+        if req.account.is_empty() || req.amount == 0 {
+            return Err(Status::invalid_argument(
+                "mint needs an account and a positive amount",
+            ));
+        }
+        amount(req.amount, "amount")?;
+        let current = self.store.balance(&req.account).await?;
+        if current
+            .checked_add(req.amount)
+            .is_none_or(|b| b > i64::MAX as u64)
+        {
+            return Err(Status::invalid_argument("the balance would overflow"));
+        }
+        self.store
+            .commit(
+                &[Movement {
+                    kind: "mint",
+                    account: &req.account,
+                    task_id: "",
+                    amount: req.amount,
+                }],
+                |_| Box::pin(async { Ok(()) }),
+            )
+            .await?;
+        tracing::info!(account = %req.account, amount = req.amount, "minted");
+        Ok(Response::new(Account {
+            balance: self.store.balance(&req.account).await?,
+            account: req.account,
+        }))
+    }
+
+    async fn get_balance(&self, req: Request<AccountRef>) -> Result<Response<Account>, Status> {
+        let me = caller(&req)?;
+        let account = readable_account(&me, &req.into_inner().account)?;
+        Ok(Response::new(Account {
+            balance: self.store.balance(&account).await?,
+            account,
+        }))
+    }
+
+    async fn list_accounts(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<ListAccountsResponse>, Status> {
+        // Under the tip lock no write is in flight, so the rows and the tip are one snapshot.
+        let tip = self.store.tip.lock().await;
+        let rows = sqlx::query("SELECT account, balance FROM accounts ORDER BY account")
+            .fetch_all(&self.store.db)
+            .await
+            .map_err(LedgerError::from)?;
+        let journal_seq = tip.seq;
+        drop(tip);
+        Ok(Response::new(ListAccountsResponse {
+            journal_seq,
+            accounts: rows
+                .iter()
+                .map(|r| Account {
+                    account: r.get(0),
+                    balance: r.get::<i64, _>(1) as u64,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn hold(&self, req: Request<HoldRequest>) -> Result<Response<HoldInfo>, Status> {
+        let req = req.into_inner();
+        if req.task_id.is_empty() || req.account.is_empty() {
+            return Err(Status::invalid_argument("hold needs a task and an account"));
+        }
+        let want = amount(req.amount, "hold")?;
+        let (task, account) = (req.task_id.clone(), req.account.clone());
+        self.store.commit(
+            &[Movement {
+                kind: "hold",
+                account: &req.account,
+                task_id: &req.task_id,
+                amount: req.amount,
+            }],
+            move |tx| {
+                Box::pin(async move {
+                    let exists = sqlx::query("SELECT 1 FROM holds WHERE task_id = $1")
+                        .bind(&task)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    if exists.is_some() {
+                        return Err(LedgerError::Exists(format!("task {task} already has a hold")));
+                    }
+                    let balance = sqlx::query("SELECT balance FROM accounts WHERE account = $1")
+                        .bind(&account)
+                        .fetch_optional(&mut *tx)
+                        .await?
+                        .map(|r| r.get::<i64, _>(0))
+                        .unwrap_or(0);
+                    if balance < want {
+                        return Err(LedgerError::Precondition(format!(
+                            "insufficient credits: {account} has {balance} micro-credits, the task needs {want} held"
+                        )));
+                    }
+                    sqlx::query(
+                        "INSERT INTO holds (task_id, account, amount, paid, refunded, state, created_at_ms) VALUES ($1, $2, $3, 0, 0, 'open', $4)",
+                    )
+                    .bind(&task)
+                    .bind(&account)
+                    .bind(want)
+                    .bind(now_ms())
+                    .execute(&mut *tx)
+                    .await?;
+                    Ok(())
+                })
+            },
+        )
+        .await?;
+        Ok(Response::new(self.store.hold_row(&req.task_id).await?))
+    }
+
+    async fn capture(&self, req: Request<CaptureRequest>) -> Result<Response<HoldInfo>, Status> {
+        let req = req.into_inner();
+        let paid = req
+            .payouts
+            .iter()
+            .try_fold(0u64, |sum, p| sum.checked_add(p.amount))
+            .ok_or_else(|| Status::invalid_argument("payouts overflow"))?;
+        // A retried capture (its answer was lost) is answered again, and changes nothing.
+        let current = self.store.hold_row(&req.task_id).await?;
+        if current.state() == HoldState::Captured && current.paid == paid {
+            return Ok(Response::new(current));
+        }
+        let hold = self.store.open_hold(&req.task_id).await?;
+        if paid > hold.amount {
+            return Err(Status::invalid_argument(format!(
+                "payouts of {paid} exceed the hold of {}",
+                hold.amount
+            )));
+        }
+        let refund = hold.amount - paid;
+        let mut movements: Vec<Movement> = req
+            .payouts
+            .iter()
+            .filter(|p| p.amount > 0)
+            .map(|p| Movement {
+                kind: "pay",
+                account: &p.account,
+                task_id: &req.task_id,
+                amount: p.amount,
+            })
+            .collect();
+        if refund > 0 {
+            movements.push(Movement {
+                kind: "refund",
+                account: &hold.account,
+                task_id: &req.task_id,
+                amount: refund,
+            });
+        }
+        let task = req.task_id.clone();
+        self.store
+            .commit(&movements, move |tx| {
+                Box::pin(async move { close_hold(tx, &task, "captured", paid, refund).await })
+            })
+            .await?;
+        tracing::info!(task_id = %req.task_id, paid, refund, "captured");
+        Ok(Response::new(self.store.hold_row(&req.task_id).await?))
+    }
+
+    async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<HoldInfo>, Status> {
+        let req = req.into_inner();
+        let current = self.store.hold_row(&req.task_id).await?;
+        if current.state() == HoldState::Released {
+            return Ok(Response::new(current));
+        }
+        let hold = self.store.open_hold(&req.task_id).await?;
+        let task = req.task_id.clone();
+        let amount_held = hold.amount;
+        self.store
+            .commit(
+                &[Movement {
+                    kind: "release",
+                    account: &hold.account,
+                    task_id: &req.task_id,
+                    amount: hold.amount,
+                }],
+                move |tx| {
+                    Box::pin(async move { close_hold(tx, &task, "released", 0, amount_held).await })
+                },
+            )
+            .await?;
+        tracing::info!(task_id = %req.task_id, reason = %req.reason, "released");
+        Ok(Response::new(self.store.hold_row(&req.task_id).await?))
+    }
+
+    async fn history(
+        &self,
+        req: Request<HistoryRequest>,
+    ) -> Result<Response<HistoryResponse>, Status> {
+        let me = caller(&req)?;
+        let req = req.into_inner();
+        let rows = if !req.task_id.is_empty() && me.role == Role::Admin && req.account.is_empty() {
+            sqlx::query("SELECT * FROM journal WHERE task_id = $1 ORDER BY seq")
+                .bind(&req.task_id)
+                .fetch_all(&self.store.db)
+                .await
+        } else {
+            let account = readable_account(&me, &req.account)?;
+            sqlx::query(
+                "SELECT * FROM journal WHERE account = $1 AND ($2 = '' OR task_id = $3) ORDER BY seq",
+            )
+            .bind(&account)
+            .bind(&req.task_id)
+            .bind(&req.task_id)
+            .fetch_all(&self.store.db)
+            .await
+        }
+        .map_err(LedgerError::from)?;
+        Ok(Response::new(HistoryResponse {
+            entries: rows.iter().map(entry_from_row).collect(),
+        }))
+    }
+
+    type ReadJournalStream =
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<JournalEntry, Status>> + Send>>;
+
+    async fn read_journal(
+        &self,
+        req: Request<ReadJournalRequest>,
+    ) -> Result<Response<Self::ReadJournalStream>, Status> {
+        let from = req.into_inner().from_seq as i64;
+        let db = self.store.db.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            // Pages, so a long journal never sits in memory at once.
+            let mut next = from;
+            loop {
+                let rows = match sqlx::query(
+                    "SELECT * FROM journal WHERE seq >= $1 ORDER BY seq LIMIT 500",
+                )
+                .bind(next)
+                .fetch_all(&db)
+                .await
+                {
+                    Ok(rows) => rows,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::from(LedgerError::from(e)))).await;
+                        return;
+                    }
+                };
+                if rows.is_empty() {
+                    return;
+                }
+                for row in &rows {
+                    let entry = entry_from_row(row);
+                    next = entry.seq as i64 + 1;
+                    if tx.send(Ok(entry)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn list_holds(
+        &self,
+        _req: Request<Empty>,
+    ) -> Result<Response<ListHoldsResponse>, Status> {
+        let tip = self.store.tip.lock().await;
+        let rows = sqlx::query("SELECT * FROM holds ORDER BY task_id")
+            .fetch_all(&self.store.db)
+            .await
+            .map_err(LedgerError::from)?;
+        let journal_seq = tip.seq;
+        drop(tip);
+        Ok(Response::new(ListHoldsResponse {
+            journal_seq,
+            holds: rows.iter().map(hold_from_row).collect(),
+        }))
+    }
+
+    async fn get_ledger_key(&self, _req: Request<Empty>) -> Result<Response<LedgerKey>, Status> {
+        Ok(Response::new(LedgerKey {
+            public_key: self.store.key.verifying_key().to_bytes().to_vec(),
+        }))
+    }
+}

@@ -1,0 +1,167 @@
+//! The gRPC handlers: each registry RPC, checked against the caller, on top of [`Nodes`].
+
+use sqlx::Row;
+use tonic::{Request, Response, Status};
+use zkmesh_kit::acl::caller;
+use zkmesh_kit::now_ms;
+use zkmesh_proto::registry_service_server::RegistryService as RegistryApi;
+use zkmesh_proto::*;
+
+use crate::error::{RegistryError, Result};
+use crate::nodes::Nodes;
+
+/// The registry's gRPC service: [`Nodes`] behind the access rules.
+pub struct RegistryService {
+    pub(crate) nodes: Nodes,
+}
+
+#[tonic::async_trait]
+impl RegistryApi for RegistryService {
+    async fn create_join_token(
+        &self,
+        req: Request<CreateJoinTokenRequest>,
+    ) -> Result<Response<CreateJoinTokenResponse>, Status> {
+        Ok(Response::new(
+            self.nodes.create_join_token(req.into_inner()).await?,
+        ))
+    }
+
+    async fn enroll(
+        &self,
+        req: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        Ok(Response::new(self.nodes.enroll(req.into_inner()).await?))
+    }
+
+    async fn fetch_certificate(
+        &self,
+        req: Request<FetchCertificateRequest>,
+    ) -> Result<Response<FetchCertificateResponse>, Status> {
+        Ok(Response::new(
+            self.nodes.fetch_certificate(req.into_inner()).await?,
+        ))
+    }
+
+    async fn renew_certificate(
+        &self,
+        req: Request<RenewCertificateRequest>,
+    ) -> Result<Response<FetchCertificateResponse>, Status> {
+        let me = caller(&req)?;
+        let req = req.into_inner();
+        if rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem).is_err() {
+            return Err(Status::invalid_argument(
+                "csr_pem is not a valid PKCS#10 request",
+            ));
+        }
+        let node = self.nodes.node(&me.name).await?;
+        if node.status() == NodeStatus::Revoked || node.status() == NodeStatus::Denied {
+            return Err(Status::permission_denied("node is not approved"));
+        }
+        let (cert, expires) = self.nodes.sign(&req.csr_pem, &me.name)?;
+        sqlx::query(
+            "UPDATE nodes SET csr_pem = $1, certificate_pem = $2, certificate_expires_at_ms = $3 WHERE node_id = $4",
+        )
+        .bind(&req.csr_pem)
+        .bind(&cert)
+        .bind(expires)
+        .bind(&me.name)
+        .execute(&self.nodes.db)
+        .await
+        .map_err(RegistryError::from)?;
+        Ok(Response::new(FetchCertificateResponse {
+            status: node.status,
+            certificate_pem: cert,
+            ca_certificate_pem: self.nodes.ca.cert_pem.clone(),
+            expires_at_ms: expires,
+        }))
+    }
+
+    async fn approve_node(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
+        let id = req.into_inner().node_id;
+        Ok(Response::new(
+            self.nodes.transition(&id, &["pending"], "approved").await?,
+        ))
+    }
+
+    async fn deny_node(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
+        let id = req.into_inner().node_id;
+        Ok(Response::new(
+            self.nodes.transition(&id, &["pending"], "denied").await?,
+        ))
+    }
+
+    async fn revoke_node(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
+        let id = req.into_inner().node_id;
+        Ok(Response::new(
+            self.nodes
+                .transition(&id, &["pending", "approved"], "revoked")
+                .await?,
+        ))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let me = caller(&req)?;
+        let before = self.nodes.node(&me.name).await?;
+        sqlx::query(
+            "UPDATE nodes SET last_heartbeat_at_ms = $1 WHERE node_id = $2 AND state = 'approved'",
+        )
+        .bind(now_ms())
+        .bind(&me.name)
+        .execute(&self.nodes.db)
+        .await
+        .map_err(RegistryError::from)?;
+        if before.status() == NodeStatus::Offline {
+            tracing::info!(node_id = %me.name, "node is back online");
+        }
+        let node = self.nodes.node(&me.name).await?;
+        Ok(Response::new(HeartbeatResponse {
+            status: node.status,
+            certificate_expires_at_ms: node.certificate_expires_at_ms,
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<ListNodesRequest>,
+    ) -> Result<Response<ListNodesResponse>, Status> {
+        let want = req.into_inner().status();
+        let rows = sqlx::query("SELECT * FROM nodes ORDER BY enrolled_at_ms, node_id")
+            .fetch_all(&self.nodes.db)
+            .await
+            .map_err(RegistryError::from)?;
+        let nodes = rows
+            .iter()
+            .map(|r| self.nodes.node_from_row(r))
+            .filter(|n| want == NodeStatus::Unspecified || n.status() == want)
+            .collect();
+        Ok(Response::new(ListNodesResponse { nodes }))
+    }
+
+    async fn get_node(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
+        Ok(Response::new(
+            self.nodes.node(&req.into_inner().node_id).await?,
+        ))
+    }
+
+    async fn list_revoked(
+        &self,
+        _req: Request<ListRevokedRequest>,
+    ) -> Result<Response<ListRevokedResponse>, Status> {
+        let rows =
+            sqlx::query("SELECT node_id FROM nodes WHERE state = 'revoked' ORDER BY node_id")
+                .fetch_all(&self.nodes.db)
+                .await
+                .map_err(RegistryError::from)?;
+        Ok(Response::new(ListRevokedResponse {
+            node_ids: rows.iter().map(|r| r.get(0)).collect(),
+        }))
+    }
+}
+
+/// A readable name for a node status (`active`, `pending`, ...).
+pub fn describe_status(status: i32) -> &'static str {
+    NodeStatus::short_name_of(status)
+}

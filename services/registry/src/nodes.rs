@@ -1,0 +1,253 @@
+//! The node lifecycle and its SQL: join tokens, enrollment, approval and the certificates it
+//! signs, heartbeats, and the revocation list.
+
+use std::time::Duration;
+
+use sqlx::Row;
+use zkmesh_kit::db::Pool;
+use zkmesh_kit::identity::{Identity, MeshCa, Role, valid_name};
+use zkmesh_kit::revocation::RevocationList;
+use zkmesh_kit::{now_ms, random_id, sha256_hex};
+use zkmesh_proto::*;
+
+use crate::error::{RegistryError, Result};
+
+/// The schema, as SQL files under `migrations/sqlite/` (a PostgreSQL set can sit beside it),
+/// embedded at build time and applied by sqlx's migrator.
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// The registry's state: its database, the mesh CA it signs with, the revocation list.
+pub(crate) struct Nodes {
+    pub(crate) db: Pool,
+    pub(crate) ca: MeshCa,
+    pub(crate) revoked: RevocationList,
+    pub(crate) heartbeat_timeout_ms: i64,
+    pub(crate) cert_lifetime: Duration,
+    pub(crate) enrollments: prometheus_client::metrics::counter::Counter,
+}
+
+impl Nodes {
+    pub(crate) async fn load_revocations(&self) -> Result<()> {
+        let rows = sqlx::query("SELECT node_id FROM nodes WHERE state = 'revoked'")
+            .fetch_all(&self.db)
+            .await?;
+        self.revoked
+            .replace(rows.iter().map(|r| r.get::<String, _>(0)));
+        Ok(())
+    }
+
+    pub(crate) fn node_from_row(&self, row: &sqlx::sqlite::SqliteRow) -> Node {
+        let state: String = row.get("state");
+        let last: i64 = row.get("last_heartbeat_at_ms");
+        let status = match state.as_str() {
+            "pending" => NodeStatus::Pending,
+            "denied" => NodeStatus::Denied,
+            "revoked" => NodeStatus::Revoked,
+            _ if now_ms() - last <= self.heartbeat_timeout_ms => NodeStatus::Active,
+            _ => NodeStatus::Offline,
+        };
+        Node {
+            node_id: row.get("node_id"),
+            name: row.get("name"),
+            operator: row.get("operator"),
+            status: status as i32,
+            receipt_public_key: row.get("receipt_public_key"),
+            enrolled_at_ms: row.get("enrolled_at_ms"),
+            last_heartbeat_at_ms: last,
+            certificate_expires_at_ms: row.get("certificate_expires_at_ms"),
+            slots: row.get::<i64, _>("slots") as u32,
+        }
+    }
+
+    pub(crate) async fn node(&self, node_id: &str) -> Result<Node> {
+        let row = sqlx::query("SELECT * FROM nodes WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.db)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("no node {node_id:?}")))?;
+        Ok(self.node_from_row(&row))
+    }
+
+    pub(crate) fn sign(&self, csr_pem: &str, node_id: &str) -> Result<(String, i64)> {
+        let identity = Identity::new(&self.ca.mesh, Role::Node, node_id);
+        let cert = self.ca.sign_csr(csr_pem, &identity, self.cert_lifetime)?;
+        let expires = zkmesh_kit::identity::not_after_ms(&cert).unwrap_or(0);
+        Ok((cert, expires))
+    }
+
+    /// Moves a node from one of `from` to `to`, signing its certificate on approval.
+    pub(crate) async fn transition(&self, node_id: &str, from: &[&str], to: &str) -> Result<Node> {
+        let node = self.node(node_id).await?;
+        let row = sqlx::query("SELECT state, csr_pem FROM nodes WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_one(&self.db)
+            .await?;
+        let state: String = row.get(0);
+        if state == to {
+            return Ok(node);
+        }
+        if !from.contains(&state.as_str()) {
+            return Err(RegistryError::Precondition(format!(
+                "node {node_id} is {state}; only a node that is {} can become {to}",
+                from.join(" or ")
+            )));
+        }
+        // The state read above is the condition of the update, so two racing transitions
+        // cannot both apply.
+        let changed = if to == "approved" {
+            let (cert, expires) = self.sign(&row.get::<String, _>(1), node_id)?;
+            sqlx::query(
+                "UPDATE nodes SET state = $1, certificate_pem = $2, certificate_expires_at_ms = $3, last_heartbeat_at_ms = $4 WHERE node_id = $5 AND state = $6",
+            )
+            .bind(to)
+            .bind(cert)
+            .bind(expires)
+            .bind(now_ms())
+            .bind(node_id)
+            .bind(&state)
+            .execute(&self.db)
+            .await?
+        } else {
+            sqlx::query("UPDATE nodes SET state = $1 WHERE node_id = $2 AND state = $3")
+                .bind(to)
+                .bind(node_id)
+                .bind(&state)
+                .execute(&self.db)
+                .await?
+        };
+        if changed.rows_affected() != 1 {
+            return Err(RegistryError::Precondition(format!(
+                "node {node_id} changed state meanwhile; try again"
+            )));
+        }
+        if to == "revoked" {
+            self.revoked.insert(node_id);
+        }
+        tracing::info!(node_id, from = %state, to, "node state changed");
+        self.node(node_id).await
+    }
+
+    pub(crate) async fn create_join_token(
+        &self,
+        req: CreateJoinTokenRequest,
+    ) -> Result<CreateJoinTokenResponse> {
+        let token = random_id("zkj_") + &random_id("");
+        let ttl = if req.ttl_secs == 0 {
+            24 * 3600
+        } else {
+            req.ttl_secs as i64
+        };
+        let expires = now_ms() + ttl * 1000;
+        sqlx::query(
+            "INSERT INTO join_tokens (token_hash, pre_approved, uses_left, expires_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        )
+        .bind(sha256_hex(token.as_bytes()))
+        .bind(req.pre_approved as i64)
+        .bind(req.max_uses.max(1) as i64)
+        .bind(expires)
+        .bind(now_ms())
+        .execute(&self.db)
+        .await?;
+        Ok(CreateJoinTokenResponse {
+            token,
+            expires_at_ms: expires,
+        })
+    }
+
+    pub(crate) async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse> {
+        let bad = |m: &str| Err(RegistryError::BadRequest(m.to_string()));
+        if !valid_name(&req.name) || !valid_name(&req.operator) {
+            return bad("name and operator must be 1-64 letters, digits, '-', '_' or '.'");
+        }
+        if req.receipt_public_key.len() != 32 {
+            return bad("receipt_public_key must be a 32-byte Ed25519 public key");
+        }
+        if req.enrollment_secret_sha256.len() != 32 {
+            return bad("enrollment_secret_sha256 must be 32 bytes");
+        }
+        if rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem).is_err() {
+            return bad("csr_pem is not a valid, self-signed PKCS#10 request");
+        }
+        let mut tx = self.db.begin().await?;
+        let token = sqlx::query(
+            "SELECT pre_approved, uses_left, expires_at_ms FROM join_tokens WHERE token_hash = $1",
+        )
+        .bind(sha256_hex(req.join_token.as_bytes()))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(token) = token else {
+            return Err(RegistryError::Denied("unknown join token".into()));
+        };
+        let (pre_approved, uses_left, expires): (i64, i64, i64) =
+            (token.get(0), token.get(1), token.get(2));
+        if uses_left <= 0 || expires < now_ms() {
+            return Err(RegistryError::Denied(
+                "join token is used up or expired".into(),
+            ));
+        }
+        sqlx::query("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = $1")
+            .bind(sha256_hex(req.join_token.as_bytes()))
+            .execute(&mut *tx)
+            .await?;
+        let node_id = random_id("n-");
+        sqlx::query(
+            "INSERT INTO nodes (node_id, name, operator, state, csr_pem, receipt_public_key, secret_hash, certificate_pem, certificate_expires_at_ms, enrolled_at_ms, last_heartbeat_at_ms, slots)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, NULL, 0, $7, 0, $8)",
+        )
+        .bind(&node_id)
+        .bind(&req.name)
+        .bind(&req.operator)
+        .bind(&req.csr_pem)
+        .bind(&req.receipt_public_key)
+        .bind(hex::encode(&req.enrollment_secret_sha256))
+        .bind(now_ms())
+        .bind(req.slots.max(1) as i64)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.enrollments.inc();
+        tracing::info!(%node_id, name = %req.name, operator = %req.operator, pre_approved = pre_approved != 0, "node enrolled");
+        let node = if pre_approved != 0 {
+            self.transition(&node_id, &["pending"], "approved").await?
+        } else {
+            self.node(&node_id).await?
+        };
+        Ok(EnrollResponse {
+            node_id,
+            status: node.status,
+        })
+    }
+
+    pub(crate) async fn fetch_certificate(
+        &self,
+        req: FetchCertificateRequest,
+    ) -> Result<FetchCertificateResponse> {
+        let row =
+            sqlx::query("SELECT secret_hash, certificate_pem, state FROM nodes WHERE node_id = $1")
+                .bind(&req.node_id)
+                .fetch_optional(&self.db)
+                .await?;
+        let Some(row) = row else {
+            return Err(RegistryError::NotFound(format!(
+                "no node {:?}",
+                req.node_id
+            )));
+        };
+        if row.get::<String, _>(0) != sha256_hex(&req.enrollment_secret) {
+            return Err(RegistryError::Denied("wrong enrollment secret".into()));
+        }
+        let node = self.node(&req.node_id).await?;
+        let state: String = row.get(2);
+        let cert = if state == "approved" {
+            row.get::<Option<String>, _>(1).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok(FetchCertificateResponse {
+            status: node.status,
+            certificate_pem: cert,
+            ca_certificate_pem: self.ca.cert_pem.clone(),
+            expires_at_ms: node.certificate_expires_at_ms,
+        })
+    }
+}
