@@ -234,6 +234,10 @@ pub enum LedgerCommand {
     Audit {
         #[arg(long)]
         json: bool,
+        /// Fail unless the journal still holds this entry, as an earlier audit printed it
+        /// (SEQ:HASH): proves the ledger kept the history that audit checked.
+        #[arg(long, value_name = "SEQ:HASH")]
+        expect: Option<zkmesh_client::Expect>,
     },
     /// Mint micro-credits into an account (admin).
     Mint { account: String, amount: u64 },

@@ -15,12 +15,53 @@ pub struct AuditReport {
     pub accounts: usize,
     pub open_holds: usize,
     pub minted: u64,
+    /// The hash of the last entry checked (empty for an empty journal). Keep it with `entries`:
+    /// passing both to a later audit ([`Expect`]) proves the ledger kept that history, since a
+    /// ledger that rewrote or withheld it cannot produce the same entry at the same place.
+    pub head_hash: String,
+}
+
+/// A journal entry an earlier audit saw: the later audit fails unless the journal still has
+/// it, unchanged, at the same place (`zkmesh ledger audit --expect SEQ:HASH`).
+#[derive(Clone, Debug)]
+pub struct Expect {
+    pub seq: u64,
+    pub hash: String,
+}
+
+impl std::str::FromStr for Expect {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Expect, String> {
+        let (seq, hash) = s
+            .split_once(':')
+            .ok_or("expected SEQ:HASH, as an earlier audit printed them")?;
+        let seq = seq
+            .parse()
+            .map_err(|_| format!("{seq:?} is not a journal sequence number"))?;
+        if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{hash:?} is not a journal entry hash (64 hex digits)"
+            ));
+        }
+        Ok(Expect {
+            seq,
+            hash: hash.to_ascii_lowercase(),
+        })
+    }
 }
 
 /// Re-checks the ledger: every journal entry's hash, chain link and signature (with the pinned
 /// key when the config has one), the replayed balances and holds against the ledger's tables,
 /// and that balances plus holds equal everything minted.
 pub async fn audit(api: &MeshClient) -> anyhow::Result<AuditReport> {
+    audit_expecting(api, None).await
+}
+
+/// [`audit`], also checking that the journal still holds an entry an earlier audit saw.
+pub async fn audit_expecting(
+    api: &MeshClient,
+    expect: Option<&Expect>,
+) -> anyhow::Result<AuditReport> {
     let mut ledger = api.admin_ledger()?;
     let served_key = ledger
         .get_ledger_key(Empty {})
@@ -68,48 +109,31 @@ pub async fn audit(api: &MeshClient) -> anyhow::Result<AuditReport> {
             )
         })
     };
-    let balances = &snapshot(accounts_seq)?.balances;
-    for a in &accounts {
-        let replayed = balances.get(&a.account).copied().unwrap_or(0);
-        anyhow::ensure!(
-            replayed == a.balance,
-            "account {} holds {} but the journal gives {replayed} (as of entry {accounts_seq})",
-            a.account,
-            a.balance
-        );
-    }
-    for (account, balance) in balances {
-        if *balance > 0 {
-            anyhow::ensure!(
-                accounts.iter().any(|a| &a.account == account),
-                "the journal gives {account} {balance} but the ledger has no such account"
-            );
-        }
-    }
-    let replayed_holds = &snapshot(holds_seq)?.holds;
-    let open: Vec<&HoldInfo> = holds
+    zkmesh_kit::journal::check_accounts(snapshot(accounts_seq)?, &accounts)
+        .map_err(|e| anyhow::anyhow!("{e} (as of journal entry {accounts_seq})"))?;
+    zkmesh_kit::journal::check_holds(snapshot(holds_seq)?, &holds)
+        .map_err(|e| anyhow::anyhow!("{e} (as of journal entry {holds_seq})"))?;
+    let open_holds = holds
         .iter()
         .filter(|h| h.state() == HoldState::Open)
-        .collect();
-    for h in &open {
-        let replayed = replayed_holds.get(&h.task_id).copied().unwrap_or(0);
+        .count();
+    if let Some(expect) = expect {
+        let found = entries
+            .get((expect.seq as usize).wrapping_sub(1))
+            .map(|e| e.hash.as_str());
         anyhow::ensure!(
-            replayed == h.amount,
-            "hold for task {} is {} but the journal gives {replayed} (as of entry {holds_seq})",
-            h.task_id,
-            h.amount
+            found == Some(expect.hash.as_str()),
+            "the journal no longer holds entry {} with hash {} (it has {}): the ledger rewrote or withheld its history",
+            expect.seq,
+            expect.hash,
+            found.unwrap_or("no such entry")
         );
     }
-    anyhow::ensure!(
-        open.len() == replayed_holds.len(),
-        "the ledger has {} open holds but the journal gives {}",
-        open.len(),
-        replayed_holds.len()
-    );
     Ok(AuditReport {
+        head_hash: entries.last().map(|e| e.hash.clone()).unwrap_or_default(),
         entries: replay.entries,
         accounts: accounts.len(),
-        open_holds: open.len(),
+        open_holds,
         minted: replay.minted,
     })
 }

@@ -15,7 +15,7 @@ mod connection;
 pub mod mesh;
 mod tasks;
 
-pub use audit::{AuditReport, audit};
+pub use audit::{AuditReport, Expect, audit, audit_expecting};
 pub use config::ClientConfig;
 pub use connection::MeshClient;
 pub use tasks::{is_terminal, upload, wait};

@@ -75,7 +75,8 @@ where
             Ok(identity) => {
                 let verdict = match self.layer.acl.allowed(&path) {
                     None => Err(tonic::Status::unimplemented(format!(
-                        "unknown method {path}"
+                        "unknown method {:?}",
+                        shortened(&path)
                     ))),
                     Some(allow) => check(allow, identity.as_ref(), &self.layer.revoked),
                 };
@@ -84,7 +85,7 @@ where
         };
         match verdict {
             Err(status) => {
-                tracing::warn!(%path, caller = ?identity.as_ref().map(|i| i.to_string()), code = ?status.code(), "refused");
+                tracing::warn!(path = ?shortened(&path), caller = ?identity.as_ref().map(|i| i.to_string()), code = ?status.code(), "refused");
                 Box::pin(async move { Ok(status.into_http()) })
             }
             Ok(()) => {
@@ -97,5 +98,14 @@ where
                 Box::pin(inner.call(req))
             }
         }
+    }
+}
+
+/// A caller's path, cut to a length fit for a log line or an error message (it is the
+/// caller's bytes: quoted with `{:?}` wherever it is shown).
+fn shortened(path: &str) -> &str {
+    match path.char_indices().nth(120) {
+        Some((end, _)) => &path[..end],
+        None => path,
     }
 }

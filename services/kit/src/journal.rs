@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use sha2::{Digest, Sha256};
-use zkmesh_proto::JournalEntry;
+use zkmesh_proto::{Account, HoldInfo, HoldState, JournalEntry};
 
 const DOMAIN: &[u8] = b"zkmesh.journal.v1\0";
 
@@ -34,14 +34,37 @@ pub fn entry_hash(e: &JournalEntry) -> String {
     hex::encode(h.finalize())
 }
 
-/// Balances and open holds that the journal implies.
+/// Balances and holds that the journal implies.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Replay {
+    /// Every account an entry touched, with its balance.
     pub balances: BTreeMap<String, u64>,
-    /// Open amount held per task.
-    pub holds: BTreeMap<String, u64>,
+    /// Every hold the journal made, by task, open or closed.
+    pub holds: BTreeMap<String, ReplayedHold>,
     pub minted: u64,
     pub entries: u64,
+}
+
+/// A hold as the journal tells it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReplayedHold {
+    /// The account the credits were held from (refunds and releases go back to it).
+    pub account: String,
+    pub amount: u64,
+    /// Paid to nodes.
+    pub paid: u64,
+    /// Refunded or released to `account`.
+    pub refunded: u64,
+    /// Closed: a pay, refund or release entry brought what remains to zero. A hold of zero
+    /// stays open until its closing entry (a refund or release of zero).
+    pub closed: bool,
+}
+
+impl ReplayedHold {
+    /// What is still held.
+    pub fn remaining(&self) -> u64 {
+        self.amount - self.paid - self.refunded
+    }
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -109,34 +132,145 @@ pub fn replay_at(
     Ok((r, at))
 }
 
+fn credit(r: &mut Replay, account: &str, amount: u64) -> Result<(), String> {
+    let balance = r.balances.entry(account.to_string()).or_default();
+    *balance = balance
+        .checked_add(amount)
+        .ok_or_else(|| format!("the balance of {account} overflows"))?;
+    Ok(())
+}
+
 fn apply(r: &mut Replay, e: &JournalEntry) -> Result<(), String> {
     let amount = e.amount;
     match e.kind.as_str() {
         "mint" => {
-            *r.balances.entry(e.account.clone()).or_default() += amount;
-            r.minted += amount;
+            credit(r, &e.account, amount)?;
+            r.minted = r
+                .minted
+                .checked_add(amount)
+                .ok_or("the credits minted overflow")?;
         }
         "hold" => {
+            if r.holds.contains_key(&e.task_id) {
+                return Err(format!("a second hold for task {}", e.task_id));
+            }
             let bal = r.balances.entry(e.account.clone()).or_default();
             *bal = bal
                 .checked_sub(amount)
                 .ok_or_else(|| format!("hold of {amount} exceeds the balance of {}", e.account))?;
-            *r.holds.entry(e.task_id.clone()).or_default() += amount;
+            r.holds.insert(
+                e.task_id.clone(),
+                ReplayedHold {
+                    account: e.account.clone(),
+                    amount,
+                    ..ReplayedHold::default()
+                },
+            );
         }
         "pay" | "refund" | "release" => {
-            let held = r.holds.entry(e.task_id.clone()).or_default();
-            *held = held.checked_sub(amount).ok_or_else(|| {
-                format!(
+            let hold = r
+                .holds
+                .get_mut(&e.task_id)
+                .filter(|h| !h.closed)
+                .ok_or_else(|| {
+                    format!("{} for task {} which has no open hold", e.kind, e.task_id)
+                })?;
+            if amount > hold.remaining() {
+                return Err(format!(
                     "{} of {amount} exceeds the hold of task {}",
                     e.kind, e.task_id
-                )
-            })?;
-            if *held == 0 {
-                r.holds.remove(&e.task_id);
+                ));
             }
-            *r.balances.entry(e.account.clone()).or_default() += amount;
+            if e.kind == "pay" {
+                hold.paid += amount;
+            } else if e.account != hold.account {
+                return Err(format!(
+                    "{} for task {} goes to {}, not to {} whose credits were held",
+                    e.kind, e.task_id, e.account, hold.account
+                ));
+            } else {
+                hold.refunded += amount;
+            }
+            hold.closed = hold.remaining() == 0;
+            credit(r, &e.account, amount)?;
         }
         other => return Err(format!("unknown entry kind {other:?}")),
+    }
+    Ok(())
+}
+
+/// Compares a ledger's accounts with the replay of its journal up to the entry they reflect:
+/// no account twice, none the journal never touched, and every balance equal (an account the
+/// journal leaves at zero may be missing).
+pub fn check_accounts(replayed: &Replay, accounts: &[Account]) -> Result<(), String> {
+    let mut listed = BTreeMap::new();
+    for a in accounts {
+        if listed.insert(a.account.as_str(), a.balance).is_some() {
+            return Err(format!("the ledger lists account {} twice", a.account));
+        }
+        match replayed.balances.get(&a.account) {
+            None => {
+                return Err(format!(
+                    "the ledger lists account {} which no journal entry touched",
+                    a.account
+                ));
+            }
+            Some(&balance) if balance != a.balance => {
+                return Err(format!(
+                    "account {} holds {} but the journal gives {balance}",
+                    a.account, a.balance
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    for (account, &balance) in &replayed.balances {
+        if balance > 0 && !listed.contains_key(account.as_str()) {
+            return Err(format!(
+                "the journal gives {account} {balance} but the ledger has no such account"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Compares a ledger's holds with the replay of its journal up to the entry they reflect: the
+/// same holds, each once, with the same account, amounts and state.
+pub fn check_holds(replayed: &Replay, holds: &[HoldInfo]) -> Result<(), String> {
+    let mut listed = BTreeMap::new();
+    for h in holds {
+        let task = &h.task_id;
+        if listed.insert(task.as_str(), ()).is_some() {
+            return Err(format!("the ledger lists the hold for task {task} twice"));
+        }
+        let Some(r) = replayed.holds.get(task) else {
+            return Err(format!(
+                "the ledger lists a hold for task {task} that the journal never made"
+            ));
+        };
+        let open = match h.state() {
+            HoldState::Open => true,
+            HoldState::Captured | HoldState::Released => false,
+            HoldState::Unspecified => {
+                return Err(format!("the hold for task {task} is in no known state"));
+            }
+        };
+        let journal = (&r.account, r.amount, r.paid, r.refunded, !r.closed);
+        let table = (&h.account, h.amount, h.paid, h.refunded, open);
+        if journal != table {
+            return Err(format!(
+                "the hold for task {task} is (account, amount, paid, refunded, open) = {table:?} but the journal gives {journal:?}"
+            ));
+        }
+    }
+    if let Some(task) = replayed
+        .holds
+        .keys()
+        .find(|t| !listed.contains_key(t.as_str()))
+    {
+        return Err(format!(
+            "the journal holds credits for task {task} but the ledger lists no such hold"
+        ));
     }
     Ok(())
 }
@@ -145,7 +279,196 @@ impl Replay {
     /// Balances plus holds equal everything minted.
     pub fn conserved(&self) -> bool {
         let total: u128 = self.balances.values().map(|&v| v as u128).sum::<u128>()
-            + self.holds.values().map(|&v| v as u128).sum::<u128>();
+            + self
+                .holds
+                .values()
+                .map(|h| h.remaining() as u128)
+                .sum::<u128>();
         total == self.minted as u128
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use ed25519_dalek::{Signer, SigningKey};
+
+    use super::*;
+
+    /// A signed chain of `(kind, account, task, amount)` entries.
+    fn chain(key: &SigningKey, moves: &[(&str, &str, &str, u64)]) -> Vec<JournalEntry> {
+        let mut prev = genesis_hash();
+        let mut out = Vec::new();
+        for (i, (kind, account, task, amount)) in moves.iter().enumerate() {
+            let mut e = JournalEntry {
+                seq: i as u64 + 1,
+                at_ms: 1,
+                kind: kind.to_string(),
+                account: account.to_string(),
+                task_id: task.to_string(),
+                amount: *amount,
+                prev_hash: prev.clone(),
+                hash: String::new(),
+                signature: Vec::new(),
+            };
+            e.hash = entry_hash(&e);
+            e.signature = key.sign(e.hash.as_bytes()).to_bytes().to_vec();
+            prev = e.hash.clone();
+            out.push(e);
+        }
+        out
+    }
+
+    fn hold(task: &str, amount: u64, paid: u64, refunded: u64, state: HoldState) -> HoldInfo {
+        HoldInfo {
+            task_id: task.into(),
+            account: "user/alice".into(),
+            amount,
+            paid,
+            refunded,
+            state: state as i32,
+        }
+    }
+
+    fn account(name: &str, balance: u64) -> Account {
+        Account {
+            account: name.into(),
+            balance,
+        }
+    }
+
+    fn replayed(moves: &[(&str, &str, &str, u64)]) -> Result<Replay, AuditError> {
+        let key = SigningKey::from_bytes(&[3; 32]);
+        replay(&chain(&key, moves), &key.verifying_key().to_bytes())
+    }
+
+    const HONEST: &[(&str, &str, &str, u64)] = &[
+        ("mint", "user/alice", "", 100),
+        ("hold", "user/alice", "t-a", 30),
+        ("hold", "user/alice", "t-b", 20),
+        ("pay", "operator/acme", "t-b", 15),
+        ("refund", "user/alice", "t-b", 5),
+    ];
+
+    #[test]
+    fn honest_tables_pass() {
+        let r = replayed(HONEST).unwrap();
+        assert!(r.conserved());
+        let accounts = [account("operator/acme", 15), account("user/alice", 55)];
+        let holds = [
+            hold("t-a", 30, 0, 0, HoldState::Open),
+            hold("t-b", 20, 15, 5, HoldState::Captured),
+        ];
+        check_accounts(&r, &accounts).unwrap();
+        check_holds(&r, &holds).unwrap();
+    }
+
+    /// The attack: list the open hold as released and make up another open hold of nothing, so
+    /// that the count of open holds and every listed amount still agree.
+    #[test]
+    fn a_hidden_open_hold_is_found() {
+        let r = replayed(HONEST).unwrap();
+        let captured = hold("t-b", 20, 15, 5, HoldState::Captured);
+        let attacks: Vec<(&str, Vec<HoldInfo>)> = vec![
+            (
+                "released and replaced",
+                vec![
+                    hold("t-a", 30, 0, 30, HoldState::Released),
+                    hold("t-fake", 0, 0, 0, HoldState::Open),
+                    captured.clone(),
+                ],
+            ),
+            ("left out", vec![captured.clone()]),
+            (
+                "listed twice",
+                vec![
+                    hold("t-a", 30, 0, 0, HoldState::Open),
+                    hold("t-a", 30, 0, 0, HoldState::Open),
+                    captured.clone(),
+                ],
+            ),
+            (
+                "closed with other amounts",
+                vec![
+                    hold("t-a", 30, 0, 0, HoldState::Open),
+                    hold("t-b", 20, 20, 0, HoldState::Captured),
+                ],
+            ),
+            (
+                "in no known state",
+                vec![
+                    hold("t-a", 30, 0, 0, HoldState::Unspecified),
+                    captured.clone(),
+                ],
+            ),
+        ];
+        for (what, holds) in attacks {
+            assert!(check_holds(&r, &holds).is_err(), "{what}");
+        }
+    }
+
+    #[test]
+    fn accounts_listed_twice_or_never_journaled_are_found() {
+        let r = replayed(HONEST).unwrap();
+        let acme = account("operator/acme", 15);
+        let alice = account("user/alice", 55);
+        for (what, accounts) in [
+            ("twice", vec![acme.clone(), alice.clone(), alice.clone()]),
+            (
+                "made up",
+                vec![acme.clone(), alice.clone(), account("user/ghost", 0)],
+            ),
+            ("missing", vec![alice.clone()]),
+            ("wrong", vec![acme.clone(), account("user/alice", 56)]),
+        ] {
+            assert!(check_accounts(&r, &accounts).is_err(), "{what}");
+        }
+    }
+
+    #[test]
+    fn refunds_and_releases_go_only_to_the_account_held_from() {
+        for kind in ["refund", "release"] {
+            let e = replayed(&[
+                ("mint", "user/alice", "", 10),
+                ("hold", "user/alice", "t", 10),
+                (kind, "user/mallory", "t", 10),
+            ])
+            .unwrap_err();
+            assert!(matches!(e, AuditError::Invalid { seq: 3, .. }), "{e}");
+        }
+        // Paying nodes is what a capture is for: any account.
+        replayed(&[
+            ("mint", "user/alice", "", 10),
+            ("hold", "user/alice", "t", 10),
+            ("pay", "operator/x", "t", 10),
+        ])
+        .unwrap();
+    }
+
+    #[test]
+    fn no_second_hold_no_spending_a_closed_one_no_overflow() {
+        let cases: [&[(&str, &str, &str, u64)]; 3] = [
+            &[
+                ("mint", "user/alice", "", 10),
+                ("hold", "user/alice", "t", 5),
+                ("hold", "user/alice", "t", 5),
+            ],
+            &[
+                ("mint", "user/alice", "", 10),
+                ("hold", "user/alice", "t", 0),
+                ("release", "user/alice", "t", 0),
+                ("release", "user/alice", "t", 0),
+            ],
+            &[
+                ("mint", "user/alice", "", u64::MAX),
+                ("mint", "user/bob", "", 1),
+            ],
+        ];
+        for moves in cases {
+            let e = replayed(moves).unwrap_err();
+            assert!(
+                matches!(e, AuditError::Invalid { seq, .. } if seq == moves.len() as u64),
+                "{e}"
+            );
+        }
     }
 }

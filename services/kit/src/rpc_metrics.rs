@@ -93,12 +93,15 @@ pub struct Metered<S> {
     layer: RpcMetricsLayer,
 }
 
-/// The grpc-status in a header map, if any.
+/// The grpc-status in a header map, if any; a value that is not one of gRPC's 17 codes is
+/// recorded as UNKNOWN, so the `code` label stays within them.
 fn grpc_status(headers: &http::HeaderMap) -> Option<i32> {
-    headers
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<i32>().ok())
+    let value = headers.get("grpc-status")?;
+    let code = value.to_str().ok().and_then(|v| v.parse::<i32>().ok());
+    Some(
+        code.filter(|c| (0..=16).contains(c))
+            .unwrap_or(tonic::Code::Unknown as i32),
+    )
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Metered<S>

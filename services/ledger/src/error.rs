@@ -18,6 +18,8 @@ pub enum LedgerError {
     Denied(String),
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ServiceError for LedgerError {
@@ -28,7 +30,8 @@ impl ServiceError for LedgerError {
             LedgerError::Precondition(_) => Code::FailedPrecondition,
             LedgerError::Exists(_) => Code::AlreadyExists,
             LedgerError::Denied(_) => Code::PermissionDenied,
-            LedgerError::Db(_) => Code::Internal,
+            LedgerError::Db(e) => e.code(),
+            LedgerError::Internal(_) => Code::Internal,
         }
     }
 }

@@ -182,7 +182,9 @@ impl LedgerApi for LedgerService {
                 amount: p.amount,
             })
             .collect();
-        if refund > 0 {
+        // The refund closes the hold in the journal; a hold of nothing is closed by a refund of
+        // nothing, so the journal and the holds table never disagree about it.
+        if refund > 0 || movements.is_empty() {
             movements.push(Movement {
                 kind: "refund",
                 account: &hold.account,

@@ -8,26 +8,25 @@
 
 use std::time::Duration;
 
-use sqlx::Row;
-use tokio::sync::Mutex;
 use zkmesh_kit::CancellationToken;
 use zkmesh_kit::acl::{Acl, Allow};
 use zkmesh_kit::db;
 use zkmesh_kit::identity::Role;
-use zkmesh_kit::journal::genesis_hash;
 use zkmesh_kit::revocation::RevocationList;
 use zkmesh_kit::server::{ServeSpec, Serving, serve};
 use zkmesh_kit::telemetry::Metrics;
 use zkmesh_kit::tls::TlsPem;
 use zkmesh_proto::ledger_service_server::LedgerServiceServer;
 
-use crate::store::{Store, Tip};
+use crate::store::Store;
 
 mod config;
 mod error;
 mod handlers;
 mod keys;
 mod store;
+#[cfg(test)]
+mod tests;
 
 pub use config::{DEFAULT_LISTEN, LedgerConfig};
 pub use error::LedgerError;
@@ -65,20 +64,6 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
     let tls = TlsPem::load(&config.server.tls)?;
     let key = load_or_create_key(&config.key_file)?;
     let db = db::connect(&config.server.database_url).await?;
-    db::migrate(&db, "ledger", &store::MIGRATOR).await?;
-    let tip = match sqlx::query("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&db)
-        .await?
-    {
-        Some(row) => Tip {
-            seq: row.get::<i64, _>(0) as u64,
-            hash: row.get(1),
-        },
-        None => Tip {
-            seq: 0,
-            hash: genesis_hash(),
-        },
-    };
     let metrics = Metrics::new("ledger");
     let revoked = RevocationList::default();
     let registry = zkmesh_kit::client::channel(&config.registry_endpoint, &(&tls).into())?;
@@ -88,14 +73,13 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
         Duration::from_secs(1),
         shutdown.clone(),
     );
-    let service = LedgerService {
-        store: Store {
-            db,
-            key,
-            tip: Mutex::new(tip),
-            entries: metrics.counter("journal_entries", "Journal entries appended"),
-        },
-    };
+    let store = Store::open(
+        db,
+        key,
+        metrics.counter("journal_entries", "Journal entries appended"),
+    )
+    .await?;
+    let service = LedgerService { store };
     Ok(serve(
         LedgerServiceServer::new(service),
         ServeSpec {

@@ -2,13 +2,15 @@
 //! appends the journal entries that explain them, under the chain's tip.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use ed25519_dalek::Signer;
 use ed25519_dalek::SigningKey;
+use prometheus_client::metrics::counter::Counter;
 use sqlx::Row;
 use tokio::sync::Mutex;
 use zkmesh_kit::db::Pool;
-use zkmesh_kit::journal::entry_hash;
+use zkmesh_kit::journal::{entry_hash, genesis_hash};
 use zkmesh_kit::now_ms;
 use zkmesh_proto::*;
 
@@ -81,7 +83,9 @@ pub(crate) fn hold_from_row(row: &sqlx::sqlite::SqliteRow) -> HoldInfo {
     let state = match row.get::<String, _>("state").as_str() {
         "open" => HoldState::Open,
         "captured" => HoldState::Captured,
-        _ => HoldState::Released,
+        "released" => HoldState::Released,
+        // Only the ledger writes the state; an audit reports a hold in no known state.
+        _ => HoldState::Unspecified,
     };
     HoldInfo {
         task_id: row.get("task_id"),
@@ -98,11 +102,39 @@ pub(crate) struct Store {
     pub(crate) db: Pool,
     pub(crate) key: SigningKey,
     /// Held by every write (and by reads that must be one snapshot with the tip).
-    pub(crate) tip: Mutex<Tip>,
-    pub(crate) entries: prometheus_client::metrics::counter::Counter,
+    pub(crate) tip: Arc<Mutex<Tip>>,
+    pub(crate) entries: Counter,
 }
 
 impl Store {
+    /// Migrates `db` and picks the chain up at its last entry.
+    pub(crate) async fn open(
+        db: Pool,
+        key: SigningKey,
+        entries: Counter,
+    ) -> Result<Store, anyhow::Error> {
+        zkmesh_kit::db::migrate(&db, "ledger", &MIGRATOR).await?;
+        let tip = match sqlx::query("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(&db)
+            .await?
+        {
+            Some(row) => Tip {
+                seq: row.get::<i64, _>(0) as u64,
+                hash: row.get(1),
+            },
+            None => Tip {
+                seq: 0,
+                hash: genesis_hash(),
+            },
+        };
+        Ok(Store {
+            db,
+            key,
+            tip: Arc::new(Mutex::new(tip)),
+            entries,
+        })
+    }
+
     /// Applies balance changes and appends their journal entries in one transaction.
     pub(crate) async fn commit<F>(&self, movements: &[Movement<'_>], extra: F) -> Result<()>
     where
@@ -111,7 +143,7 @@ impl Store {
         )
             -> Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'c>>,
     {
-        let mut tip = self.tip.lock().await;
+        let mut tip = self.tip.clone().lock_owned().await;
         let mut tx = self.db.begin().await?;
         extra(&mut tx).await?;
         let mut seq = tip.seq;
@@ -162,11 +194,20 @@ impl Store {
             .await?;
             prev = entry.hash;
         }
-        tx.commit().await?;
-        self.entries.inc_by(seq - tip.seq);
-        tip.seq = seq;
-        tip.hash = prev;
-        Ok(())
+        // Until here a caller that goes away (a deadline, a cancelled request) drops the
+        // transaction, and it rolls back. From here on it may land even so, and the tip must
+        // follow it, or the next write reuses a sequence number and snapshots name the wrong
+        // entry: a task of its own, holding the lock, finishes the commit and the tip together.
+        let entries = self.entries.clone();
+        tokio::spawn(async move {
+            tx.commit().await?;
+            entries.inc_by(seq - tip.seq);
+            tip.seq = seq;
+            tip.hash = prev;
+            Ok::<(), LedgerError>(())
+        })
+        .await
+        .map_err(|e| LedgerError::Internal(format!("the commit task failed: {e}")))?
     }
 
     pub(crate) async fn balance(&self, account: &str) -> Result<u64> {

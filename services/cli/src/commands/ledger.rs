@@ -8,7 +8,7 @@ use zkmesh_proto::*;
 use crate::EXIT_TASK;
 use crate::args::LedgerCommand;
 use crate::commands::client;
-use zkmesh_client::audit;
+use zkmesh_client::audit_expecting;
 
 /// `zkmesh ledger` (all but `serve`).
 pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow::Result<i32> {
@@ -60,18 +60,25 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                 }
             }
         }
-        LedgerCommand::Audit { json } => match audit(&api).await {
+        LedgerCommand::Audit { json, expect } => match audit_expecting(&api, expect.as_ref()).await
+        {
             Ok(r) => {
                 if json {
                     println!(
                         "{}",
-                        json!({"ok": true, "entries": r.entries, "accounts": r.accounts, "open_holds": r.open_holds, "minted": r.minted})
+                        json!({"ok": true, "entries": r.entries, "accounts": r.accounts, "open_holds": r.open_holds, "minted": r.minted, "head_hash": r.head_hash})
                     );
                 } else {
                     println!(
                         "audit passed: {} journal entries, {} accounts, {} open holds, {} micro-credits minted and conserved",
                         r.entries, r.accounts, r.open_holds, r.minted
                     );
+                    if r.entries > 0 {
+                        println!(
+                            "the journal ends at {}:{} (a later `zkmesh ledger audit --expect {}:{}` checks the ledger kept it)",
+                            r.entries, r.head_hash, r.entries, r.head_hash
+                        );
+                    }
                 }
             }
             Err(e) => {

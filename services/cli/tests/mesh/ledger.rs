@@ -8,9 +8,10 @@ use sqlx::Row;
 
 use crate::support::*;
 
-fn cli_audit(config: &std::path::Path) -> (i32, String) {
+fn cli_audit(config: &std::path::Path, extra: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_zkmesh"))
         .args(["--mesh", config.to_str().unwrap(), "ledger", "audit"])
+        .args(extra)
         .output()
         .unwrap();
     (
@@ -29,9 +30,27 @@ async fn audit_fails_on_one_altered_byte() {
     assert_audit_passes(&sb.api).await;
     let config = sb.mesh.dir.join("client.toml");
     sb.mesh.client.save(&config).unwrap();
-    let (code, out) = cli_audit(&config);
+    let (code, out) = cli_audit(&config, &[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("audit passed"), "{out}");
+    // The head an audit reports is what a later audit can demand: the same entry, unchanged.
+    let (code, out) = cli_audit(&config, &["--json"]);
+    assert_eq!(code, 0, "{out}");
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let (entries, head) = (
+        report["entries"].as_u64().unwrap(),
+        report["head_hash"].as_str().unwrap().to_string(),
+    );
+    let other = format!("{}{}", if head.starts_with('0') { "1" } else { "0" }, &head[1..]);
+    for (expect, want) in [
+        (format!("{entries}:{head}"), 0),
+        (format!("{entries}:{other}"), 1),
+        (format!("{}:{head}", entries + 5), 1),
+        ("7:not-a-hash".to_string(), 64),
+    ] {
+        let (code, out) = cli_audit(&config, &["--expect", &expect]);
+        assert_eq!(code, want, "--expect {expect}: {out}");
+    }
 
     let url = format!("sqlite://{}", sb.mesh.dir.join("ledger.db").display());
     let db = zkmesh_kit::db::connect(&url).await.unwrap();
@@ -78,7 +97,7 @@ async fn audit_fails_on_one_altered_byte() {
         assert_eq!(changed.rows_affected(), 1, "{what}");
         let err = zkmesh_client::audit(&sb.api).await;
         assert!(err.is_err(), "audit passed with {what} altered");
-        let (code, out) = cli_audit(&config);
+        let (code, out) = cli_audit(&config, &[]);
         assert_eq!(code, 1, "{what}: {out}");
         assert!(out.contains("audit FAILED"), "{what}: {out}");
         sqlx::raw_sql(sqlx::AssertSqlSafe(restore))
