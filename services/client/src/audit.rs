@@ -119,7 +119,12 @@ pub async fn audit_expecting(
         .count();
     if let Some(expect) = expect {
         let found = entries
-            .get((expect.seq as usize).wrapping_sub(1))
+            .get(
+                usize::try_from(expect.seq)
+                    .ok()
+                    .and_then(|s| s.checked_sub(1))
+                    .unwrap_or(usize::MAX),
+            )
             .map(|e| e.hash.as_str());
         anyhow::ensure!(
             found == Some(expect.hash.as_str()),

@@ -24,7 +24,18 @@ pub enum DbError {
 }
 
 /// Opens (creating if missing) the database at `url` (`sqlite://path` or `sqlite::memory:`).
+/// A commit survives the process crashing; [`connect_durable`] also survives power loss.
 pub async fn connect(url: &str) -> Result<Pool, DbError> {
+    open(url, SqliteSynchronous::Normal).await
+}
+
+/// [`connect`], with every commit synced to disk before it returns (the ledger's journal: an
+/// entry the ledger signed and served must never be lost and rewritten after a power loss).
+pub async fn connect_durable(url: &str) -> Result<Pool, DbError> {
+    open(url, SqliteSynchronous::Full).await
+}
+
+async fn open(url: &str, synchronous: SqliteSynchronous) -> Result<Pool, DbError> {
     let err = |source| DbError::Open {
         url: url.to_string(),
         source,
@@ -34,7 +45,7 @@ pub async fn connect(url: &str) -> Result<Pool, DbError> {
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
         // WAL with NORMAL is durable across process crashes; only power loss can drop the tail.
-        .synchronous(SqliteSynchronous::Normal)
+        .synchronous(synchronous)
         .foreign_keys(true)
         .busy_timeout(Duration::from_secs(10));
     // One connection: SQLite has a single writer anyway, and a second connection turns every

@@ -41,14 +41,7 @@ impl LedgerApi for LedgerService {
                 "mint needs an account and a positive amount",
             ));
         }
-        amount(req.amount, "amount")?;
-        let current = self.store.balance(&req.account).await?;
-        if current
-            .checked_add(req.amount)
-            .is_none_or(|b| b > i64::MAX as u64)
-        {
-            return Err(Status::invalid_argument("the balance would overflow"));
-        }
+        let minting = amount(req.amount, "amount")?;
         self.store
             .commit(
                 &[Movement {
@@ -57,7 +50,24 @@ impl LedgerApi for LedgerService {
                     task_id: "",
                     amount: req.amount,
                 }],
-                |_| Box::pin(async { Ok(()) }),
+                // Inside the write lock: all credits ever minted stay within i64, so no balance,
+                // hold or payout can overflow a column however they gather.
+                move |tx| {
+                    Box::pin(async move {
+                        let minted: i64 = sqlx::query_scalar(
+                            "SELECT COALESCE(SUM(amount), 0) FROM journal WHERE kind = 'mint'",
+                        )
+                        .fetch_one(&mut *tx)
+                        .await?;
+                        if minted.checked_add(minting).is_none() {
+                            return Err(LedgerError::BadRequest(format!(
+                                "minting {minting} would take the credits in circulation past {}",
+                                i64::MAX
+                            )));
+                        }
+                        Ok(())
+                    })
+                },
             )
             .await?;
         tracing::info!(account = %req.account, amount = req.amount, "minted");

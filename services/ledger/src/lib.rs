@@ -63,7 +63,7 @@ pub static ACL: Acl = Acl {
 pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
     let tls = TlsPem::load(&config.server.tls)?;
     let key = load_or_create_key(&config.key_file)?;
-    let db = db::connect(&config.server.database_url).await?;
+    let db = db::connect_durable(&config.server.database_url).await?;
     let metrics = Metrics::new("ledger");
     let revoked = RevocationList::default();
     let registry = zkmesh_kit::client::channel(&config.registry_endpoint, &(&tls).into())?;

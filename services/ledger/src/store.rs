@@ -97,6 +97,23 @@ pub(crate) fn hold_from_row(row: &sqlx::sqlite::SqliteRow) -> HoldInfo {
     }
 }
 
+/// The last entry of the journal as stored.
+async fn read_tip(db: &Pool) -> Result<Tip> {
+    let row = sqlx::query("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")
+        .fetch_optional(db)
+        .await?;
+    Ok(match row {
+        Some(row) => Tip {
+            seq: row.get::<i64, _>(0) as u64,
+            hash: row.get(1),
+        },
+        None => Tip {
+            seq: 0,
+            hash: genesis_hash(),
+        },
+    })
+}
+
 /// The ledger's state: the database, the signing key and the chain's tip.
 pub(crate) struct Store {
     pub(crate) db: Pool,
@@ -114,19 +131,7 @@ impl Store {
         entries: Counter,
     ) -> Result<Store, anyhow::Error> {
         zkmesh_kit::db::migrate(&db, "ledger", &MIGRATOR).await?;
-        let tip = match sqlx::query("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1")
-            .fetch_optional(&db)
-            .await?
-        {
-            Some(row) => Tip {
-                seq: row.get::<i64, _>(0) as u64,
-                hash: row.get(1),
-            },
-            None => Tip {
-                seq: 0,
-                hash: genesis_hash(),
-            },
-        };
+        let tip = read_tip(&db).await?;
         Ok(Store {
             db,
             key,
@@ -198,13 +203,22 @@ impl Store {
         // transaction, and it rolls back. From here on it may land even so, and the tip must
         // follow it, or the next write reuses a sequence number and snapshots name the wrong
         // entry: a task of its own, holding the lock, finishes the commit and the tip together.
-        let entries = self.entries.clone();
+        // If COMMIT reports an error it may still have landed: the tip is read back from the
+        // journal then, so it never lags what is stored.
+        let (entries, db) = (self.entries.clone(), self.db.clone());
         tokio::spawn(async move {
-            tx.commit().await?;
-            entries.inc_by(seq - tip.seq);
-            tip.seq = seq;
-            tip.hash = prev;
-            Ok::<(), LedgerError>(())
+            match tx.commit().await {
+                Ok(()) => {
+                    entries.inc_by(seq - tip.seq);
+                    tip.seq = seq;
+                    tip.hash = prev;
+                    Ok(())
+                }
+                Err(e) => {
+                    *tip = read_tip(&db).await?;
+                    Err(LedgerError::Db(e))
+                }
+            }
         })
         .await
         .map_err(|e| LedgerError::Internal(format!("the commit task failed: {e}")))?

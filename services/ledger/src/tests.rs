@@ -158,3 +158,24 @@ async fn writes_abandoned_midway_leave_the_chain_whole() {
     eprintln!("{finished} writes finished in time, {landed} landed");
     assert!(landed as u64 >= finished + 3);
 }
+
+/// All credits ever minted stay within i64: a mint past it is refused and writes nothing, so
+/// no balance, hold or payout can overflow however the credits gather.
+#[tokio::test]
+async fn minting_past_the_supply_cap_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger(&dir).await;
+    mint(&ledger, "user/alice", i64::MAX as u64 - 1).await.unwrap();
+    mint(&ledger, "user/bob", 1).await.unwrap();
+    let refused = mint(&ledger, "user/carol", 1).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
+    assert!(refused.message().contains("in circulation"), "{refused:?}");
+    let refused = mint(&ledger, "user/alice", u64::MAX).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let entries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM journal")
+        .fetch_one(&ledger.store.db)
+        .await
+        .unwrap();
+    assert_eq!(entries, 2);
+    audit(&ledger).await.unwrap();
+}
