@@ -165,7 +165,9 @@ async fn writes_abandoned_midway_leave_the_chain_whole() {
 async fn minting_past_the_supply_cap_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ledger(&dir).await;
-    mint(&ledger, "user/alice", i64::MAX as u64 - 1).await.unwrap();
+    mint(&ledger, "user/alice", i64::MAX as u64 - 1)
+        .await
+        .unwrap();
     mint(&ledger, "user/bob", 1).await.unwrap();
     let refused = mint(&ledger, "user/carol", 1).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");

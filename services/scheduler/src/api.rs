@@ -15,7 +15,7 @@ use zkmesh_proto::scheduler_service_server::SchedulerService as SchedulerApi;
 use zkmesh_proto::*;
 use zkmesh_runtime::{Abi, ModuleError, Sandbox};
 
-use crate::dispatch::{Core, call, db_error, internal};
+use crate::dispatch::{Core, db_error, internal};
 use crate::store::{NewTask, TaskRow, is_terminal};
 
 /// The scheduler's gRPC handler.
@@ -50,9 +50,7 @@ impl SchedulerService {
         memory_limit_mib: u32,
     ) -> Result<(), Status> {
         use zkmesh_prover::zkvm;
-        let circuits = call(self.core.verifier.clone().list_circuits(Empty {}))
-            .await?
-            .circuits;
+        let circuits = self.core.verifier.list_circuits().await?;
         let served = |name: &str| {
             circuits.iter().any(|c| {
                 c.circuit_class == name && (c.state == "ready" || c.state.starts_with("setting up"))
@@ -247,7 +245,7 @@ impl SchedulerApi for SchedulerService {
         };
         if policy.kind() != PolicyKind::Receipt {
             // The verifier decides which policies it can judge.
-            call(self.core.verifier.clone().check_policy(policy)).await?;
+            self.core.verifier.check_policy(policy).await?;
         }
         if policy.kind() == PolicyKind::Proof {
             self.check_provable(&req.module_hash, req.input.len(), memory)
@@ -267,12 +265,14 @@ impl SchedulerApi for SchedulerService {
             crate::cost(fuel, config.micro_credits_per_million_fuel).saturating_mul(replicas);
         let task_id = random_id("t-");
         let account = me.account();
-        call(self.core.ledger.clone().hold(HoldRequest {
-            task_id: task_id.clone(),
-            account: account.clone(),
-            amount: hold,
-        }))
-        .await?;
+        self.core
+            .ledger
+            .hold(HoldRequest {
+                task_id: task_id.clone(),
+                account: account.clone(),
+                amount: hold,
+            })
+            .await?;
         let input_hash = sha256_hex(&req.input);
         let new = NewTask {
             task_id: &task_id,
@@ -288,11 +288,14 @@ impl SchedulerApi for SchedulerService {
         };
         if let Err(e) = self.core.store.insert_task(&new).await {
             // Give the credits back: the task never existed.
-            let _ = call(self.core.ledger.clone().release(ReleaseRequest {
-                task_id: task_id.clone(),
-                reason: "task could not be stored".into(),
-            }))
-            .await;
+            let _ = self
+                .core
+                .ledger
+                .release(ReleaseRequest {
+                    task_id: task_id.clone(),
+                    reason: "task could not be stored".into(),
+                })
+                .await;
             return Err(db_error(e));
         }
         self.core

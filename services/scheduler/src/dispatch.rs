@@ -9,29 +9,27 @@
 //! and cancelling tasks) and `sweeps` (lapsed leases, requeueing, the background loops).
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::RwLock;
-use std::time::Duration;
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{Mutex, Notify, broadcast, mpsc};
 use tonic::Status;
-use tonic::transport::Channel;
 use zkmesh_kit::CancellationToken;
 use zkmesh_kit::revocation::RevocationList;
 use zkmesh_kit::telemetry::Metrics;
-use zkmesh_proto::ledger_service_client::LedgerServiceClient;
-use zkmesh_proto::registry_service_client::RegistryServiceClient;
-use zkmesh_proto::verifier_service_client::VerifierServiceClient;
 use zkmesh_proto::*;
 
 use crate::SchedulerConfig;
+use crate::peers::{Ledger, Peers, Registry, Verifier};
 use crate::store::Store;
 
 mod placement;
 mod reports;
 mod settlement;
 mod sweeps;
+#[cfg(test)]
+mod tests;
 mod workers;
 
 pub use sweeps::spawn_background;
@@ -58,9 +56,9 @@ struct SchedMetrics {
 pub struct Core {
     pub config: SchedulerConfig,
     pub store: Store,
-    registry: RegistryServiceClient<Channel>,
-    pub ledger: LedgerServiceClient<Channel>,
-    pub verifier: VerifierServiceClient<Channel>,
+    registry: Arc<dyn Registry>,
+    pub ledger: Arc<dyn Ledger>,
+    pub verifier: Arc<dyn Verifier>,
     revoked: RevocationList,
     pub events: broadcast::Sender<TaskEvent>,
     workers: Mutex<HashMap<String, WorkerConn>>,
@@ -75,19 +73,6 @@ pub struct Core {
 
 pub(crate) type Result<T, E = Status> = std::result::Result<T, E>;
 
-/// Deadline for calls to the other services, so a hung one cannot hold a task forever.
-pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A call to another service, with [`RPC_TIMEOUT`].
-pub async fn call<T>(
-    f: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
-) -> Result<T, Status> {
-    match tokio::time::timeout(RPC_TIMEOUT, f).await {
-        Ok(r) => r.map(tonic::Response::into_inner),
-        Err(_) => Err(Status::unavailable("a mesh service did not answer in time")),
-    }
-}
-
 /// A database error, as the caller sees it (logged once, in [`zkmesh_kit::error::status`]).
 pub fn db_error(e: sqlx::Error) -> Status {
     zkmesh_kit::error::status("scheduler", &e)
@@ -99,13 +84,10 @@ pub fn internal(message: impl Into<String>) -> Status {
 }
 
 impl Core {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         config: SchedulerConfig,
         store: Store,
-        registry: Channel,
-        ledger: Channel,
-        verifier: Channel,
+        peers: Peers,
         revoked: RevocationList,
         metrics: &Metrics,
         shutdown: CancellationToken,
@@ -113,9 +95,9 @@ impl Core {
         Core {
             config,
             store,
-            registry: RegistryServiceClient::new(registry),
-            ledger: LedgerServiceClient::new(ledger),
-            verifier: VerifierServiceClient::new(verifier),
+            registry: peers.registry,
+            ledger: peers.ledger,
+            verifier: peers.verifier,
             revoked,
             events: broadcast::channel(4096).0,
             workers: Mutex::new(HashMap::new()),
@@ -178,10 +160,7 @@ impl Core {
     /// The registry's current view of a node (never the cache: a node that was just approved
     /// must not be refused because of a stale copy), remembered for placement.
     pub async fn node(&self, node_id: &str) -> Result<Node> {
-        let node = call(self.registry.clone().get_node(NodeRef {
-            node_id: node_id.to_string(),
-        }))
-        .await?;
+        let node = self.registry.get_node(node_id).await?;
         self.nodes
             .write()
             .unwrap()

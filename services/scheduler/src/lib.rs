@@ -13,6 +13,7 @@
 
 mod api;
 mod dispatch;
+pub mod peers;
 mod store;
 
 use std::sync::Arc;
@@ -191,9 +192,7 @@ pub async fn start(
     let core = dispatch::Core::new(
         config.clone(),
         store::Store::new(pool),
-        registry,
-        ledger,
-        verifier,
+        peers::Peers::grpc(registry, ledger, verifier),
         revoked.clone(),
         &metrics,
         shutdown.clone(),

@@ -41,7 +41,11 @@ async fn audit_fails_on_one_altered_byte() {
         report["entries"].as_u64().unwrap(),
         report["head_hash"].as_str().unwrap().to_string(),
     );
-    let other = format!("{}{}", if head.starts_with('0') { "1" } else { "0" }, &head[1..]);
+    let other = format!(
+        "{}{}",
+        if head.starts_with('0') { "1" } else { "0" },
+        &head[1..]
+    );
     for (expect, want) in [
         (format!("{entries}:{head}"), 0),
         (format!("{entries}:{other}"), 1),

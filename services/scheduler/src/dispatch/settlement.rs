@@ -6,7 +6,7 @@ use zkmesh_kit::sha256_hex;
 use zkmesh_proto::*;
 
 use crate::dispatch::Result;
-use crate::dispatch::{Core, call, db_error, internal};
+use crate::dispatch::{Core, db_error, internal};
 use crate::store::{AttemptRow, TaskRow, attempt_state, is_terminal};
 
 impl Core {
@@ -69,7 +69,7 @@ impl Core {
                 memory_limit_mib: task.task.memory_limit_mib,
             }
         };
-        let verdict = match call(self.verifier.clone().verify_result(request)).await {
+        let verdict = match self.verifier.verify_result(request).await {
             Ok(v) => v,
             Err(e) => {
                 // The reports stay; the sweep asks again.
@@ -166,7 +166,7 @@ impl Core {
             task_id: task_id.to_string(),
             payouts,
         };
-        let hold = match call(self.ledger.clone().capture(capture)).await {
+        let hold = match self.ledger.capture(capture).await {
             Ok(h) => h,
             Err(e) => {
                 tracing::warn!(task_id, error = %e.message(), "capture failed; will retry");
@@ -244,7 +244,7 @@ impl Core {
             task_id: task_id.to_string(),
             reason: reason.to_string(),
         };
-        match call(self.ledger.clone().release(release)).await {
+        match self.ledger.release(release).await {
             Ok(_) => self.store.set_hold_closed(task_id).await.map_err(db_error),
             Err(e) => {
                 tracing::warn!(task_id, error = %e.message(), "releasing held credits failed; will retry");

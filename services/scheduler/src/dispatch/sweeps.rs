@@ -10,7 +10,7 @@ use zkmesh_proto::*;
 
 use crate::dispatch::Result;
 use crate::dispatch::placement::replicas;
-use crate::dispatch::{Core, Outbound, call, db_error};
+use crate::dispatch::{Core, Outbound, db_error};
 use crate::store::{AttemptRow, TaskRow, attempt_state, is_terminal};
 
 impl Core {
@@ -120,16 +120,9 @@ impl Core {
 
     /// Refreshes node facts from the registry and disconnects nodes that are no longer active.
     pub(in crate::dispatch) async fn refresh_nodes(&self) {
-        let Ok(list) = call(
-            self.registry
-                .clone()
-                .list_nodes(ListNodesRequest { status: 0 }),
-        )
-        .await
-        else {
+        let Ok(nodes) = self.registry.list_nodes().await else {
             return;
         };
-        let nodes = list.nodes;
         self.revoked.replace(
             nodes
                 .iter()

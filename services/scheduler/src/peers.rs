@@ -1,0 +1,146 @@
+//! The services the scheduler calls, behind one trait each: the registry (node facts), the
+//! ledger (holds and their settlement) and the verifier (policies, circuits and verdicts).
+//!
+//! In the mesh each is a gRPC client with a deadline ([`Peers::grpc`]); the scheduler's unit
+//! tests put in-process stand-ins behind the same traits, so leases, placement, requeueing and
+//! settlement are tested without starting a mesh.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::Status;
+use tonic::transport::Channel;
+use zkmesh_proto::ledger_service_client::LedgerServiceClient;
+use zkmesh_proto::registry_service_client::RegistryServiceClient;
+use zkmesh_proto::verifier_service_client::VerifierServiceClient;
+use zkmesh_proto::*;
+
+/// Deadline for calls to the other services, so a hung one cannot hold a task forever.
+pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A call to another service, with [`RPC_TIMEOUT`].
+pub async fn call<T>(
+    f: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<T, Status> {
+    match tokio::time::timeout(RPC_TIMEOUT, f).await {
+        Ok(r) => r.map(tonic::Response::into_inner),
+        Err(_) => Err(Status::unavailable("a mesh service did not answer in time")),
+    }
+}
+
+/// The registry, as the scheduler uses it.
+#[tonic::async_trait]
+pub trait Registry: Send + Sync {
+    /// The registry's current view of one node.
+    async fn get_node(&self, node_id: &str) -> Result<Node, Status>;
+    /// Every node the registry knows.
+    async fn list_nodes(&self) -> Result<Vec<Node>, Status>;
+}
+
+/// The ledger, as the scheduler uses it. Capture and release are idempotent at the ledger, so
+/// the scheduler retries them until they succeed.
+#[tonic::async_trait]
+pub trait Ledger: Send + Sync {
+    /// Holds a task's credits at submission.
+    async fn hold(&self, req: HoldRequest) -> Result<HoldInfo, Status>;
+    /// Pays the nodes of a verified result and refunds the rest.
+    async fn capture(&self, req: CaptureRequest) -> Result<HoldInfo, Status>;
+    /// Gives a failed or cancelled task's hold back.
+    async fn release(&self, req: ReleaseRequest) -> Result<HoldInfo, Status>;
+}
+
+/// The verifier, as the scheduler uses it.
+#[tonic::async_trait]
+pub trait Verifier: Send + Sync {
+    /// Refuses a policy the verifier cannot serve.
+    async fn check_policy(&self, policy: VerificationPolicy) -> Result<(), Status>;
+    /// The circuit classes it serves or is setting up.
+    async fn list_circuits(&self) -> Result<Vec<CircuitInfo>, Status>;
+    /// Judges a task's reports.
+    async fn verify_result(&self, req: VerifyResultRequest)
+    -> Result<VerifyResultResponse, Status>;
+}
+
+/// The three services, shared by the scheduler's engine and handlers.
+#[derive(Clone)]
+pub struct Peers {
+    pub registry: Arc<dyn Registry>,
+    pub ledger: Arc<dyn Ledger>,
+    pub verifier: Arc<dyn Verifier>,
+}
+
+impl Peers {
+    /// The mesh's services over gRPC (mutual TLS is in the channels).
+    pub fn grpc(registry: Channel, ledger: Channel, verifier: Channel) -> Peers {
+        Peers {
+            registry: Arc::new(RegistryServiceClient::new(registry)),
+            ledger: Arc::new(LedgerServiceClient::new(ledger)),
+            verifier: Arc::new(VerifierServiceClient::new(verifier)),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryServiceClient<Channel> {
+    async fn get_node(&self, node_id: &str) -> Result<Node, Status> {
+        call(RegistryServiceClient::get_node(
+            &mut self.clone(),
+            NodeRef {
+                node_id: node_id.to_string(),
+            },
+        ))
+        .await
+    }
+
+    async fn list_nodes(&self) -> Result<Vec<Node>, Status> {
+        Ok(call(RegistryServiceClient::list_nodes(
+            &mut self.clone(),
+            ListNodesRequest { status: 0 },
+        ))
+        .await?
+        .nodes)
+    }
+}
+
+#[tonic::async_trait]
+impl Ledger for LedgerServiceClient<Channel> {
+    async fn hold(&self, req: HoldRequest) -> Result<HoldInfo, Status> {
+        call(LedgerServiceClient::hold(&mut self.clone(), req)).await
+    }
+
+    async fn capture(&self, req: CaptureRequest) -> Result<HoldInfo, Status> {
+        call(LedgerServiceClient::capture(&mut self.clone(), req)).await
+    }
+
+    async fn release(&self, req: ReleaseRequest) -> Result<HoldInfo, Status> {
+        call(LedgerServiceClient::release(&mut self.clone(), req)).await
+    }
+}
+
+#[tonic::async_trait]
+impl Verifier for VerifierServiceClient<Channel> {
+    async fn check_policy(&self, policy: VerificationPolicy) -> Result<(), Status> {
+        call(VerifierServiceClient::check_policy(
+            &mut self.clone(),
+            policy,
+        ))
+        .await
+        .map(|_| ())
+    }
+
+    async fn list_circuits(&self) -> Result<Vec<CircuitInfo>, Status> {
+        Ok(call(VerifierServiceClient::list_circuits(
+            &mut self.clone(),
+            Empty {},
+        ))
+        .await?
+        .circuits)
+    }
+
+    async fn verify_result(
+        &self,
+        req: VerifyResultRequest,
+    ) -> Result<VerifyResultResponse, Status> {
+        call(VerifierServiceClient::verify_result(&mut self.clone(), req)).await
+    }
+}
