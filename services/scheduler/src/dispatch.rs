@@ -22,7 +22,9 @@ use zkmesh_proto::*;
 
 use crate::SchedulerConfig;
 use crate::peers::{Ledger, Peers, Registry, Verifier};
-use crate::store::Store;
+use crate::store::{Change, Store};
+
+pub(crate) use transition::Transition;
 
 mod placement;
 mod reports;
@@ -30,6 +32,7 @@ mod settlement;
 mod sweeps;
 #[cfg(test)]
 mod tests;
+mod transition;
 mod workers;
 
 pub use sweeps::spawn_background;
@@ -146,14 +149,14 @@ impl Core {
         node_id: &str,
         log: &str,
     ) -> Result<()> {
-        let event = self
-            .store
-            .event(task_id, state, message, node_id, log)
-            .await
-            .map_err(db_error)?;
-        tracing::debug!(task_id, state = ?state, message, "task event");
-        let _ = self.events.send(event);
-        Ok(())
+        self.finish(Transition::of(Change::Event {
+            task_id: task_id.to_string(),
+            state,
+            message: message.to_string(),
+            node_id: node_id.to_string(),
+            log: log.to_string(),
+        }))
+        .await
     }
 
     /// Node facts from the registry, with a direct look-up for nodes not yet in the cache.

@@ -7,6 +7,10 @@ use zkmesh_kit::db::Pool;
 use zkmesh_kit::now_ms;
 use zkmesh_proto::*;
 
+mod batch;
+
+pub use batch::Change;
+
 /// The schema, as SQL files under `migrations/sqlite/` (a PostgreSQL set can sit beside it),
 /// embedded at build time and applied by sqlx's migrator.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -318,44 +322,6 @@ impl Store {
         Ok(row.as_ref().map(attempt_from_row))
     }
 
-    pub async fn insert_attempt(
-        &self,
-        attempt_id: &str,
-        task_id: &str,
-        node_id: &str,
-        operator: &str,
-        lease_expires_at_ms: i64,
-    ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO attempts (attempt_id, task_id, node_id, operator, state, lease_expires_at_ms, output, exit, exit_message, fuel_used, run_time_us, receipt, created_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, NULL, 0, '', 0, 0, NULL, $7)",
-        )
-        .bind(attempt_id)
-        .bind(task_id)
-        .bind(node_id)
-        .bind(operator)
-        .bind(attempt_state::LEASED)
-        .bind(lease_expires_at_ms)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE tasks SET attempts = attempts + 1 WHERE task_id = $1")
-            .bind(task_id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await
-    }
-
-    pub async fn set_attempt_state(&self, attempt_id: &str, state: &str) -> Result<()> {
-        sqlx::query("UPDATE attempts SET state = $1 WHERE attempt_id = $2")
-            .bind(state)
-            .bind(attempt_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     pub async fn renew_leases(
         &self,
         node_id: &str,
@@ -375,26 +341,6 @@ impl Store {
         Ok(())
     }
 
-    pub async fn record_report(&self, r: &TaskReport, receipt: &Receipt) -> Result<()> {
-        sqlx::query(
-            "UPDATE attempts SET state = $1, output = $2, exit = $3, exit_message = $4, fuel_used = $5, run_time_us = $6, receipt = $7, proof = $8, proof_error = $9, cpu_time_us = $10 WHERE attempt_id = $11",
-        )
-        .bind(attempt_state::REPORTED)
-        .bind(&r.output)
-        .bind(r.exit as i64)
-        .bind(&r.exit_message)
-        .bind(r.fuel_used as i64)
-        .bind(r.run_time_us as i64)
-        .bind(receipt.encode_to_vec())
-        .bind(r.proof.as_ref().map(|p| p.encode_to_vec()))
-        .bind(&r.proof_error)
-        .bind(r.cpu_time_us as i64)
-        .bind(&r.attempt_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
     /// Attempts whose lease ran out (or that belong to `node`, when given).
     pub async fn lapsed_attempts(&self, node: Option<&str>) -> Result<Vec<AttemptRow>> {
         let rows = match node {
@@ -408,54 +354,6 @@ impl Store {
                 .await?,
         };
         Ok(rows.iter().map(attempt_from_row).collect())
-    }
-
-    /// Records an event and moves the task to `state`; returns the event.
-    pub async fn event(
-        &self,
-        task_id: &str,
-        state: TaskState,
-        message: &str,
-        node_id: &str,
-        log: &str,
-    ) -> Result<TaskEvent> {
-        let now = now_ms();
-        let mut tx = self.pool.begin().await?;
-        let seq: i64 =
-            sqlx::query("SELECT COALESCE(MAX(seq), 0) + 1 FROM task_events WHERE task_id = $1")
-                .bind(task_id)
-                .fetch_one(&mut *tx)
-                .await?
-                .get(0);
-        sqlx::query("INSERT INTO task_events (task_id, seq, state, message, node_id, at_ms, log) VALUES ($1, $2, $3, $4, $5, $6, $7)")
-            .bind(task_id)
-            .bind(seq)
-            .bind(state as i64)
-            .bind(message)
-            .bind(node_id)
-            .bind(now)
-            .bind(log)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "UPDATE tasks SET state = $1, message = $2, updated_at_ms = $3 WHERE task_id = $4",
-        )
-        .bind(state as i64)
-        .bind(message)
-        .bind(now)
-        .bind(task_id)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(TaskEvent {
-            task_id: task_id.to_string(),
-            seq: seq as u64,
-            state: state as i32,
-            message: message.to_string(),
-            node_id: node_id.to_string(),
-            at_ms: now,
-            log: log.to_string(),
-        })
     }
 
     /// What a node has already sent as progress for a task while it ran: the number of events,
@@ -504,54 +402,6 @@ impl Store {
             .collect())
     }
 
-    /// Stores the accepted result of a task.
-    pub async fn set_result(
-        &self,
-        task_id: &str,
-        a: &AttemptRow,
-        verdict: &VerifyResultResponse,
-        receipts: Vec<Receipt>,
-    ) -> Result<()> {
-        sqlx::query(
-            "UPDATE tasks SET exit = $1, exit_message = $2, output = $3, output_hash = $4, fuel_used = $5, verdict = $6,
-                verdict_reason = $7, run_time_us = $8, receipts = $9, proof = $10, cpu_time_us = $11 WHERE task_id = $12",
-        )
-        .bind(a.exit as i64)
-        .bind(&a.exit_message)
-        .bind(&a.output)
-        .bind(&verdict.output_hash)
-        .bind(a.fuel_used as i64)
-        .bind(verdict.verdict as i64)
-        .bind(&verdict.reason)
-        .bind(a.run_time_us as i64)
-        .bind(ReceiptList { receipts }.encode_to_vec())
-        .bind(a.proof.as_ref().map(|p| p.encode_to_vec()))
-        .bind(a.cpu_time_us as i64)
-        .bind(task_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
-
-    pub async fn set_verdict_only(&self, task_id: &str, verdict: i32, reason: &str) -> Result<()> {
-        sqlx::query("UPDATE tasks SET verdict = $1, verdict_reason = $2 WHERE task_id = $3")
-            .bind(verdict as i64)
-            .bind(reason)
-            .bind(task_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// The ledger has closed this task's hold (captured or released).
-    pub async fn set_hold_closed(&self, task_id: &str) -> Result<()> {
-        sqlx::query("UPDATE tasks SET hold_closed = 1 WHERE task_id = $1")
-            .bind(task_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
     /// Failed or cancelled tasks whose hold the ledger has not released yet.
     pub async fn unreleased_holds(&self) -> Result<Vec<String>> {
         let rows =
@@ -561,14 +411,5 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
-    }
-
-    pub async fn set_charged(&self, task_id: &str, charged: u64) -> Result<()> {
-        sqlx::query("UPDATE tasks SET credits_charged = $1 WHERE task_id = $2")
-            .bind(charged as i64)
-            .bind(task_id)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
     }
 }

@@ -7,8 +7,8 @@ use zkmesh_kit::{now_ms, random_id};
 use zkmesh_proto::*;
 
 use crate::dispatch::Result;
-use crate::dispatch::{Core, db_error};
-use crate::store::{AttemptRow, TaskRow, attempt_state};
+use crate::dispatch::{Core, Transition, db_error};
+use crate::store::{AttemptRow, Change, TaskRow, attempt_state};
 
 impl Core {
     /// Leases queued tasks to workers with free slots.
@@ -57,13 +57,16 @@ impl Core {
                     .map(|a| a.node_id.clone()),
             );
             let eligible_exists = workers.keys().any(|n| !busy_nodes.contains(n));
+            let mut t = Transition::default();
             if !eligible_exists && active.is_empty() && !workers.is_empty() {
                 drop(workers);
                 self.fail(
                     &task,
                     "no connected node is left that has not been rejected for this task",
+                    &mut t,
                 )
                 .await?;
+                self.finish(t).await?;
                 continue;
             }
             // Nodes whose lease on this task lapsed are tried again only when no other will do.
@@ -97,16 +100,13 @@ impl Core {
                 let attempt_id = random_id("a-");
                 let lease_ms = self.config.lease_secs as i64 * 1000;
                 let w = workers.get_mut(&node_id).expect("candidate is connected");
-                self.store
-                    .insert_attempt(
-                        &attempt_id,
-                        &task.task.task_id,
-                        &node_id,
-                        &w.operator,
-                        now_ms() + lease_ms,
-                    )
-                    .await
-                    .map_err(db_error)?;
+                t.push(Change::Lease {
+                    attempt_id: attempt_id.clone(),
+                    task_id: task.task.task_id.clone(),
+                    node_id: node_id.clone(),
+                    operator: w.operator.clone(),
+                    lease_expires_at_ms: now_ms() + lease_ms,
+                });
                 let assignment = Assignment {
                     attempt_id: attempt_id.clone(),
                     task_id: task.task.task_id.clone(),
@@ -123,10 +123,7 @@ impl Core {
                 };
                 if w.tx.try_send(Ok(message)).is_err() {
                     // The stream is gone or hopelessly behind: this lease never reached the node.
-                    self.store
-                        .set_attempt_state(&attempt_id, attempt_state::EXPIRED)
-                        .await
-                        .map_err(db_error)?;
+                    t.push(Change::attempt(&attempt_id, attempt_state::EXPIRED));
                     busy_nodes.insert(node_id);
                     continue;
                 }
@@ -142,8 +139,12 @@ impl Core {
                         format!("replica {leased} of {replicas} leased to node {node_id}"),
                     )
                 };
-                self.emit(&task.task.task_id, state, &msg, &node_id).await?;
+                t.push(Change::node_event(&task.task.task_id, state, msg, &node_id));
             }
+            // Stored while the lock is held: a node's report of a lease it just got waits for
+            // the lease to be stored.
+            drop(workers);
+            self.finish(t).await?;
         }
         Ok(())
     }

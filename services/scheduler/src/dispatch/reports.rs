@@ -6,8 +6,8 @@ use zkmesh_proto::*;
 
 use crate::dispatch::Result;
 use crate::dispatch::placement::replicas;
-use crate::dispatch::{Core, db_error};
-use crate::store::{attempt_state, is_terminal};
+use crate::dispatch::{Core, Transition, db_error};
+use crate::store::{Change, attempt_state, is_terminal};
 
 /// Bytes of guest log a node may send for one task, over all its events, whatever it runs: a
 /// worker's sandbox keeps 64 KiB of a task's stderr, which is at most three times that once
@@ -28,25 +28,19 @@ impl Core {
         if a.node_id != node_id || a.state != attempt_state::LEASED {
             return Ok(());
         }
-        self.store
-            .set_attempt_state(attempt_id, attempt_state::RUNNING)
-            .await
-            .map_err(db_error)?;
-        let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
-            return Ok(());
-        };
+        let mut t = Transition::of(Change::attempt(attempt_id, attempt_state::RUNNING));
+        let task = self.store.task(&a.task_id).await.map_err(db_error)?;
         // A task stays QUEUED while any replica still needs a node (dispatch looks only at
         // QUEUED tasks); it runs once every replica is leased.
-        if task.task.state() == TaskState::Assigned {
-            self.emit(
+        if task.is_some_and(|task| task.task.state() == TaskState::Assigned) {
+            t.push(Change::node_event(
                 &a.task_id,
                 TaskState::Running,
-                &format!("running on node {node_id}"),
+                format!("running on node {node_id}"),
                 node_id,
-            )
-            .await?;
+            ));
         }
-        Ok(())
+        self.finish(t).await
     }
 
     /// A running attempt's progress, as an event of its task (state unchanged).
@@ -162,32 +156,32 @@ impl Core {
                 return Ok(());
             };
             let receipt = report.receipt.clone().unwrap_or_default();
-            self.store
-                .record_report(&report, &receipt)
-                .await
-                .map_err(db_error)?;
+            let (fuel_used, exit) = (report.fuel_used, report.exit);
+            let mut t = Transition::of(Change::Report {
+                report: Box::new(report),
+                receipt: receipt.clone(),
+            });
             if is_terminal(task.task.state()) || task.task.state() == TaskState::Verified {
-                return Ok(());
+                return self.finish(t).await;
             }
             // What is paid for is what the node signed: the unsigned fields must agree with the
             // receipt, and nobody uses more fuel than the task allowed.
-            if report.fuel_used != receipt.fuel_used
-                || report.exit != receipt.exit
+            if fuel_used != receipt.fuel_used
+                || exit != receipt.exit
                 || receipt.fuel_used > task.task.fuel_limit
             {
-                self.store
-                    .set_attempt_state(&a.attempt_id, attempt_state::REJECTED)
-                    .await
-                    .map_err(db_error)?;
+                t.push(Change::attempt(&a.attempt_id, attempt_state::REJECTED));
                 self.metrics.rejected.inc();
                 let reason =
                     format!("node {node_id} reported fuel or exit that its receipt does not sign");
-                return self.requeue(&task, TaskState::Rejected, &reason).await;
+                self.requeue(&task, TaskState::Rejected, &reason, &mut t)
+                    .await?;
+                return self.finish(t).await;
             }
             let attempts = self.store.attempts(&a.task_id).await.map_err(db_error)?;
             let reported = attempts
                 .iter()
-                .filter(|x| x.state == attempt_state::REPORTED)
+                .filter(|x| t.attempt_state(&x.attempt_id, &x.state) == attempt_state::REPORTED)
                 .count();
             let replicas = replicas(&task);
             if reported < replicas {
@@ -196,15 +190,16 @@ impl Core {
                     _ => TaskState::Running,
                 };
                 let msg = format!("{reported} of {replicas} replicas reported");
-                return self.emit(&a.task_id, state, &msg, node_id).await;
+                t.push(Change::node_event(&a.task_id, state, msg, node_id));
+                return self.finish(t).await;
             }
-            self.emit(
+            t.push(Change::node_event(
                 &a.task_id,
                 TaskState::Reported,
-                &format!("result reported by node {node_id}"),
+                format!("result reported by node {node_id}"),
                 node_id,
-            )
-            .await?;
+            ));
+            self.finish(t).await?;
             a.task_id
         };
         self.verify_and_settle(&task_id).await

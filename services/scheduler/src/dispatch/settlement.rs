@@ -6,8 +6,8 @@ use zkmesh_kit::sha256_hex;
 use zkmesh_proto::*;
 
 use crate::dispatch::Result;
-use crate::dispatch::{Core, db_error, internal};
-use crate::store::{AttemptRow, TaskRow, attempt_state, is_terminal};
+use crate::dispatch::{Core, Transition, db_error, internal};
+use crate::store::{AttemptRow, Change, TaskRow, attempt_state, is_terminal};
 
 impl Core {
     /// The task, if it is (still) in `state`. Call with `transitions` held.
@@ -83,34 +83,34 @@ impl Core {
                 return Ok(());
             };
             let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
-            if !self.apply_verdict(&task, &attempts, verdict).await? {
+            let mut t = Transition::default();
+            let verified = self
+                .apply_verdict(&task, &attempts, verdict, &mut t)
+                .await?;
+            self.finish(t).await?;
+            if !verified {
                 return Ok(());
             }
         }
         self.settle(task_id).await
     }
 
-    /// Records a verdict; true when the task is now VERIFIED.
+    /// Records a verdict in `t`; true when the task is now VERIFIED.
     pub(in crate::dispatch) async fn apply_verdict(
         &self,
         task: &TaskRow,
         attempts: &[AttemptRow],
         verdict: VerifyResultResponse,
+        t: &mut Transition,
     ) -> Result<bool> {
         let task_id = &task.task.task_id;
         for id in &verdict.rejected_attempt_ids {
-            self.store
-                .set_attempt_state(id, attempt_state::REJECTED)
-                .await
-                .map_err(db_error)?;
+            t.push(Change::attempt(id, attempt_state::REJECTED));
             self.metrics.rejected.inc();
         }
         if verdict.verdict() == Verdict::Verified {
             for id in &verdict.accepted_attempt_ids {
-                self.store
-                    .set_attempt_state(id, attempt_state::ACCEPTED)
-                    .await
-                    .map_err(db_error)?;
+                t.push(Change::attempt(id, attempt_state::ACCEPTED));
             }
             let accepted: Vec<&AttemptRow> = attempts
                 .iter()
@@ -120,22 +120,26 @@ impl Core {
                 return Err(internal("verifier accepted no attempt"));
             };
             let receipts = accepted.iter().filter_map(|a| a.receipt.clone()).collect();
-            self.store
-                .set_result(task_id, first, &verdict, receipts)
-                .await
-                .map_err(db_error)?;
-            self.emit(task_id, TaskState::Verified, &verdict.reason, "")
-                .await?;
+            let reason = verdict.reason.clone();
+            t.push(Change::Result {
+                task_id: task_id.clone(),
+                attempt: Box::new((*first).clone()),
+                verdict,
+                receipts,
+            });
+            t.event(task_id, TaskState::Verified, reason);
             Ok(true)
         } else {
-            self.store
-                .set_verdict_only(task_id, verdict.verdict, &verdict.reason)
-                .await
-                .map_err(db_error)?;
+            t.push(Change::Verdict {
+                task_id: task_id.clone(),
+                verdict: verdict.verdict(),
+                reason: verdict.reason.clone(),
+            });
             self.requeue(
                 task,
                 TaskState::Rejected,
                 &format!("rejected: {}", verdict.reason),
+                t,
             )
             .await?;
             Ok(false)
@@ -177,64 +181,58 @@ impl Core {
         if self.task_in(task_id, TaskState::Verified).await?.is_none() {
             return Ok(());
         }
-        self.store
-            .set_charged(task_id, charged)
-            .await
-            .map_err(db_error)?;
-        self.store
-            .set_hold_closed(task_id)
-            .await
-            .map_err(db_error)?;
         self.metrics.settled.inc();
-        self.emit(
+        let mut t = Transition::of(Change::Charged {
+            task_id: task_id.to_string(),
+            charged,
+        });
+        t.push(Change::HoldClosed {
+            task_id: task_id.to_string(),
+        });
+        t.event(
             task_id,
             TaskState::Settled,
-            &format!(
+            format!(
                 "paid {} micro-credits to the node operator(s), refunded {}",
                 hold.paid, hold.refunded
             ),
-            "",
-        )
-        .await
+        );
+        self.finish(t).await
     }
 
+    /// Ends the task's leased and running attempts in `state` and stops them on their nodes.
     pub(in crate::dispatch) async fn stop_active(
         &self,
         task_id: &str,
-        state: &str,
+        state: &'static str,
         reason: &str,
+        t: &mut Transition,
     ) -> Result<()> {
         for a in self.store.attempts(task_id).await.map_err(db_error)? {
             if matches!(
-                a.state.as_str(),
+                t.attempt_state(&a.attempt_id, &a.state),
                 attempt_state::LEASED | attempt_state::RUNNING
             ) {
-                self.store
-                    .set_attempt_state(&a.attempt_id, state)
-                    .await
-                    .map_err(db_error)?;
-                self.free_slot(&a.node_id, &a.attempt_id).await;
-                self.send_to(
-                    &a.node_id,
-                    scheduler_message::Kind::Cancel(CancelAttempt {
-                        attempt_id: a.attempt_id.clone(),
-                        reason: reason.to_string(),
-                    }),
-                )
-                .await;
+                t.push(Change::attempt(&a.attempt_id, state));
+                t.stop(&a.node_id, &a.attempt_id, reason);
             }
         }
         Ok(())
     }
 
     /// FAILED; the hold is released by the sweep (outside the lock, retried until it succeeds).
-    pub(in crate::dispatch) async fn fail(&self, task: &TaskRow, reason: &str) -> Result<()> {
+    pub(in crate::dispatch) async fn fail(
+        &self,
+        task: &TaskRow,
+        reason: &str,
+        t: &mut Transition,
+    ) -> Result<()> {
         let task_id = &task.task.task_id;
-        self.stop_active(task_id, attempt_state::CANCELLED, reason)
+        self.stop_active(task_id, attempt_state::CANCELLED, reason, t)
             .await?;
-        self.emit(task_id, TaskState::Failed, reason, "").await?;
+        t.event(task_id, TaskState::Failed, reason);
         self.metrics.failed.inc();
-        self.wake_sweep.notify_one();
+        t.wake_sweep();
         Ok(())
     }
 
@@ -245,7 +243,12 @@ impl Core {
             reason: reason.to_string(),
         };
         match self.ledger.release(release).await {
-            Ok(_) => self.store.set_hold_closed(task_id).await.map_err(db_error),
+            Ok(_) => {
+                self.finish(Transition::of(Change::HoldClosed {
+                    task_id: task_id.to_string(),
+                }))
+                .await
+            }
             Err(e) => {
                 tracing::warn!(task_id, error = %e.message(), "releasing held credits failed; will retry");
                 Ok(())
@@ -269,19 +272,20 @@ impl Core {
                     "task {task_id} is already {state}"
                 )));
             }
+            let mut t = Transition::default();
             self.stop_active(
                 task_id,
                 attempt_state::CANCELLED,
                 "cancelled by the submitter",
+                &mut t,
             )
             .await?;
-            self.emit(
+            t.event(
                 task_id,
                 TaskState::Cancelled,
                 "cancelled by the submitter; held credits released",
-                "",
-            )
-            .await?;
+            );
+            self.finish(t).await?;
         }
         self.release(task_id, "cancelled").await
     }

@@ -10,10 +10,12 @@ use zkmesh_proto::*;
 
 use crate::dispatch::Result;
 use crate::dispatch::placement::replicas;
-use crate::dispatch::{Core, Outbound, db_error};
-use crate::store::{AttemptRow, TaskRow, attempt_state, is_terminal};
+use crate::dispatch::{Core, Outbound, Transition, db_error};
+use crate::store::{AttemptRow, Change, TaskRow, attempt_state, is_terminal};
 
 impl Core {
+    /// A lease ends unfinished (lapsed, given back, its node gone): the attempt expires, its
+    /// node is told to stop, and the task goes back to the queue or fails.
     pub(in crate::dispatch) async fn expire(&self, a: &AttemptRow, reason: &str) -> Result<()> {
         let _t = self.transitions.lock().await;
         let Some(current) = self.store.attempt(&a.attempt_id).await.map_err(db_error)? else {
@@ -25,45 +27,37 @@ impl Core {
         ) {
             return Ok(());
         }
-        self.store
-            .set_attempt_state(&a.attempt_id, attempt_state::EXPIRED)
-            .await
-            .map_err(db_error)?;
+        let mut t = Transition::of(Change::attempt(&a.attempt_id, attempt_state::EXPIRED));
         self.metrics.expired.inc();
-        self.free_slot(&a.node_id, &a.attempt_id).await;
         // Tell a still-connected node to stop working on it.
-        self.send_to(
-            &a.node_id,
-            scheduler_message::Kind::Cancel(CancelAttempt {
-                attempt_id: a.attempt_id.clone(),
-                reason: reason.to_string(),
-            }),
-        )
-        .await;
-        let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)? else {
-            return Ok(());
-        };
-        if is_terminal(task.task.state()) || task.task.state() == TaskState::Verified {
-            return Ok(());
+        t.stop(&a.node_id, &a.attempt_id, reason);
+        if let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)?
+            && !is_terminal(task.task.state())
+            && task.task.state() != TaskState::Verified
+        {
+            self.requeue(&task, TaskState::Expired, reason, &mut t)
+                .await?;
         }
-        self.requeue(&task, TaskState::Expired, reason).await
+        self.finish(t).await
     }
 
-    /// After an expiry or a rejection: back to the queue, or failed once the attempts are spent.
+    /// After an expiry or a rejection: back to the queue, or failed once the attempts are spent
+    /// (counted with the attempt changes already in `t`).
     pub(in crate::dispatch) async fn requeue(
         &self,
         task: &TaskRow,
         why_state: TaskState,
         reason: &str,
+        t: &mut Transition,
     ) -> Result<()> {
         let task_id = &task.task.task_id;
-        self.emit(task_id, why_state, reason, "").await?;
+        t.event(task_id, why_state, reason);
         let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
         let spent = attempts
             .iter()
             .filter(|a| {
                 matches!(
-                    a.state.as_str(),
+                    t.attempt_state(&a.attempt_id, &a.state),
                     attempt_state::EXPIRED | attempt_state::REJECTED
                 )
             })
@@ -74,12 +68,12 @@ impl Core {
                 .fail(
                     task,
                     &format!("gave up after {spent} failed attempts; last: {reason}"),
+                    t,
                 )
                 .await;
         }
-        self.emit(task_id, TaskState::Queued, "back in the queue", "")
-            .await?;
-        self.wake();
+        t.event(task_id, TaskState::Queued, "back in the queue");
+        t.wake_placement();
         Ok(())
     }
 

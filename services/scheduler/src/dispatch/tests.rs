@@ -504,3 +504,34 @@ async fn a_cancelled_task_stops_its_attempts_and_gives_the_hold_back() {
     assert_eq!(b.state("t").await, TaskState::Cancelled);
     assert!(b.core.cancel("t").await.is_err());
 }
+
+/// A transition is stored all or nothing: a batch whose last change fails leaves no trace of
+/// the changes before it (no event, no state change).
+#[tokio::test]
+async fn a_batch_is_stored_all_or_nothing() {
+    let b = bench(&[("n1", "acme")], &[]).await;
+    let mut n1 = b.connect("n1", "acme", 1).await;
+    b.submit("t", receipt()).await;
+    b.core.dispatch_once().await.unwrap();
+    let leased = assignments(&mut n1).remove(0);
+    let events_before = b.core.store.events("t").await.unwrap().len();
+    let batch = [
+        crate::store::Change::attempt(&leased.attempt_id, attempt_state::EXPIRED),
+        crate::store::Change::event("t", TaskState::Failed, "should not stay"),
+        // The same attempt id again: the primary key refuses it, and the batch with it.
+        crate::store::Change::Lease {
+            attempt_id: leased.attempt_id.clone(),
+            task_id: "t".into(),
+            node_id: "n1".into(),
+            operator: "acme".into(),
+            lease_expires_at_ms: 0,
+        },
+    ];
+    assert!(b.core.store.apply(&batch).await.is_err());
+    assert_eq!(b.state("t").await, TaskState::Assigned);
+    assert_eq!(b.core.store.events("t").await.unwrap().len(), events_before);
+    assert_eq!(
+        b.attempt_states("t").await,
+        vec![("n1".to_string(), attempt_state::LEASED.to_string())]
+    );
+}
