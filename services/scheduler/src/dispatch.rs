@@ -58,7 +58,7 @@ struct SchedMetrics {
 
 pub struct Core {
     pub config: SchedulerConfig,
-    pub store: Store,
+    pub store: Arc<dyn Store>,
     registry: Arc<dyn Registry>,
     pub ledger: Arc<dyn Ledger>,
     pub verifier: Arc<dyn Verifier>,
@@ -89,7 +89,7 @@ pub fn internal(message: impl Into<String>) -> Status {
 impl Core {
     pub fn new(
         config: SchedulerConfig,
-        store: Store,
+        store: Arc<dyn Store>,
         peers: Peers,
         revoked: RevocationList,
         metrics: &Metrics,

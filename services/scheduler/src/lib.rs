@@ -191,7 +191,7 @@ pub async fn start(
     })?;
     let core = dispatch::Core::new(
         config.clone(),
-        store::Store::new(pool),
+        Arc::new(store::SqliteStore::new(pool)),
         peers::Peers::grpc(registry, ledger, verifier),
         revoked.clone(),
         &metrics,

@@ -61,7 +61,8 @@ pub struct AttemptRow {
 }
 
 #[derive(Clone)]
-pub struct Store {
+/// The embedded store: one SQLite file.
+pub struct SqliteStore {
     pub pool: Pool,
 }
 
@@ -174,12 +175,71 @@ pub struct NewTask<'a> {
     pub credits_held: u64,
 }
 
-impl Store {
-    pub fn new(pool: Pool) -> Store {
-        Store { pool }
-    }
+/// The scheduler's tables, as its engine and handlers use them: reads by task, attempt and
+/// state, and writes as batches of [`Change`]s (one transaction each). [`SqliteStore`] is the
+/// embedded store; another database implements the same trait.
+#[tonic::async_trait]
+pub trait Store: Send + Sync {
+    async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>>;
 
-    pub async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>> {
+    async fn module_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>>;
+
+    async fn insert_module(&self, info: &ModuleInfo, bytes: &[u8], uploaded_by: &str)
+    -> Result<()>;
+
+    async fn insert_task(&self, t: &NewTask<'_>) -> Result<()>;
+
+    async fn task(&self, task_id: &str) -> Result<Option<TaskRow>>;
+
+    async fn list_tasks(&self, submitter: Option<&str>, limit: u32) -> Result<Vec<Task>>;
+
+    /// Ids of the tasks waiting for nodes, oldest first (ids only: inputs can be large).
+    async fn queued(&self, limit: u32) -> Result<Vec<String>>;
+
+    async fn tasks_in_state(&self, state: TaskState) -> Result<Vec<TaskRow>>;
+
+    async fn attempts(&self, task_id: &str) -> Result<Vec<AttemptRow>>;
+
+    async fn attempt(&self, attempt_id: &str) -> Result<Option<AttemptRow>>;
+
+    async fn renew_leases(
+        &self,
+        node_id: &str,
+        attempt_ids: &[String],
+        until_ms: i64,
+    ) -> Result<()>;
+
+    /// Attempts whose lease ran out (or that belong to `node`, when given).
+    async fn lapsed_attempts(&self, node: Option<&str>) -> Result<Vec<AttemptRow>>;
+
+    /// What a node has already sent as progress for a task while it ran: the number of events,
+    /// the bytes of guest log they carry (bytes: SQLite's `LENGTH` of a text stops at its first
+    /// NUL), and whether one of them was the note `cut_note` that begins with.
+    async fn progress_used(
+        &self,
+        task_id: &str,
+        node_id: &str,
+        cut_note: &str,
+    ) -> Result<(u64, u64, bool)>;
+
+    async fn events(&self, task_id: &str) -> Result<Vec<TaskEvent>>;
+
+    /// Failed or cancelled tasks whose hold the ledger has not released yet.
+    async fn unreleased_holds(&self) -> Result<Vec<String>>;
+
+    /// Stores `changes` in one transaction and returns the events among them, numbered.
+    async fn apply(&self, changes: &[Change]) -> Result<Vec<TaskEvent>>;
+}
+
+impl SqliteStore {
+    pub fn new(pool: Pool) -> SqliteStore {
+        SqliteStore { pool }
+    }
+}
+
+#[tonic::async_trait]
+impl Store for SqliteStore {
+    async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>> {
         let row = sqlx::query(
             "SELECT module_hash, name, size, abi, imports, bytes FROM modules WHERE module_hash = $1",
         )
@@ -206,7 +266,7 @@ impl Store {
         }))
     }
 
-    pub async fn module_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>> {
+    async fn module_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>> {
         let row = sqlx::query("SELECT bytes FROM modules WHERE module_hash = $1")
             .bind(hash)
             .fetch_optional(&self.pool)
@@ -214,7 +274,7 @@ impl Store {
         Ok(row.map(|r| r.get(0)))
     }
 
-    pub async fn insert_module(
+    async fn insert_module(
         &self,
         info: &ModuleInfo,
         bytes: &[u8],
@@ -237,7 +297,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn insert_task(&self, t: &NewTask<'_>) -> Result<()> {
+    async fn insert_task(&self, t: &NewTask<'_>) -> Result<()> {
         let now = now_ms();
         sqlx::query(
             "INSERT INTO tasks (task_id, submitter, module_hash, input, input_hash, fuel_limit, memory_limit_mib, timeout_secs,
@@ -264,7 +324,7 @@ impl Store {
         Ok(())
     }
 
-    pub async fn task(&self, task_id: &str) -> Result<Option<TaskRow>> {
+    async fn task(&self, task_id: &str) -> Result<Option<TaskRow>> {
         let row = sqlx::query("SELECT * FROM tasks WHERE task_id = $1")
             .bind(task_id)
             .fetch_optional(&self.pool)
@@ -272,7 +332,7 @@ impl Store {
         Ok(row.as_ref().map(task_from_row))
     }
 
-    pub async fn list_tasks(&self, submitter: Option<&str>, limit: u32) -> Result<Vec<Task>> {
+    async fn list_tasks(&self, submitter: Option<&str>, limit: u32) -> Result<Vec<Task>> {
         let rows = sqlx::query(
             "SELECT * FROM tasks WHERE ($1 = '' OR submitter = $2) ORDER BY created_at_ms DESC, task_id LIMIT $3",
         )
@@ -284,8 +344,7 @@ impl Store {
         Ok(rows.iter().map(|r| task_from_row(r).task).collect())
     }
 
-    /// Ids of the tasks waiting for nodes, oldest first (ids only: inputs can be large).
-    pub async fn queued(&self, limit: u32) -> Result<Vec<String>> {
+    async fn queued(&self, limit: u32) -> Result<Vec<String>> {
         let rows = sqlx::query(
             "SELECT task_id FROM tasks WHERE state = $1 ORDER BY created_at_ms, task_id LIMIT $2",
         )
@@ -296,7 +355,7 @@ impl Store {
         Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 
-    pub async fn tasks_in_state(&self, state: TaskState) -> Result<Vec<TaskRow>> {
+    async fn tasks_in_state(&self, state: TaskState) -> Result<Vec<TaskRow>> {
         let rows = sqlx::query("SELECT * FROM tasks WHERE state = $1 ORDER BY created_at_ms")
             .bind(state as i64)
             .fetch_all(&self.pool)
@@ -304,7 +363,7 @@ impl Store {
         Ok(rows.iter().map(task_from_row).collect())
     }
 
-    pub async fn attempts(&self, task_id: &str) -> Result<Vec<AttemptRow>> {
+    async fn attempts(&self, task_id: &str) -> Result<Vec<AttemptRow>> {
         let rows = sqlx::query(
             "SELECT * FROM attempts WHERE task_id = $1 ORDER BY created_at_ms, attempt_id",
         )
@@ -314,7 +373,7 @@ impl Store {
         Ok(rows.iter().map(attempt_from_row).collect())
     }
 
-    pub async fn attempt(&self, attempt_id: &str) -> Result<Option<AttemptRow>> {
+    async fn attempt(&self, attempt_id: &str) -> Result<Option<AttemptRow>> {
         let row = sqlx::query("SELECT * FROM attempts WHERE attempt_id = $1")
             .bind(attempt_id)
             .fetch_optional(&self.pool)
@@ -322,7 +381,7 @@ impl Store {
         Ok(row.as_ref().map(attempt_from_row))
     }
 
-    pub async fn renew_leases(
+    async fn renew_leases(
         &self,
         node_id: &str,
         attempt_ids: &[String],
@@ -341,8 +400,7 @@ impl Store {
         Ok(())
     }
 
-    /// Attempts whose lease ran out (or that belong to `node`, when given).
-    pub async fn lapsed_attempts(&self, node: Option<&str>) -> Result<Vec<AttemptRow>> {
+    async fn lapsed_attempts(&self, node: Option<&str>) -> Result<Vec<AttemptRow>> {
         let rows = match node {
             Some(node) => sqlx::query("SELECT * FROM attempts WHERE state IN ('leased', 'running') AND node_id = $1")
                 .bind(node)
@@ -356,10 +414,7 @@ impl Store {
         Ok(rows.iter().map(attempt_from_row).collect())
     }
 
-    /// What a node has already sent as progress for a task while it ran: the number of events,
-    /// the bytes of guest log they carry (bytes: SQLite's `LENGTH` of a text stops at its first
-    /// NUL), and whether one of them was the note `cut_note` that begins with.
-    pub async fn progress_used(
+    async fn progress_used(
         &self,
         task_id: &str,
         node_id: &str,
@@ -383,7 +438,7 @@ impl Store {
         ))
     }
 
-    pub async fn events(&self, task_id: &str) -> Result<Vec<TaskEvent>> {
+    async fn events(&self, task_id: &str) -> Result<Vec<TaskEvent>> {
         let rows = sqlx::query("SELECT * FROM task_events WHERE task_id = $1 ORDER BY seq")
             .bind(task_id)
             .fetch_all(&self.pool)
@@ -402,8 +457,7 @@ impl Store {
             .collect())
     }
 
-    /// Failed or cancelled tasks whose hold the ledger has not released yet.
-    pub async fn unreleased_holds(&self) -> Result<Vec<String>> {
+    async fn unreleased_holds(&self) -> Result<Vec<String>> {
         let rows =
             sqlx::query("SELECT task_id FROM tasks WHERE hold_closed = 0 AND state IN ($1, $2)")
                 .bind(TaskState::Failed as i64)
@@ -411,5 +465,9 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
         Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
+    async fn apply(&self, changes: &[Change]) -> Result<Vec<TaskEvent>> {
+        self.apply_batch(changes).await
     }
 }

@@ -15,7 +15,7 @@ use zkmesh_proto::*;
 use crate::SchedulerConfig;
 use crate::dispatch::Core;
 use crate::peers::{Ledger, Peers, Registry, Verifier};
-use crate::store::{NewTask, Store, attempt_state};
+use crate::store::{NewTask, SqliteStore, attempt_state};
 
 struct Nodes(HashMap<String, Node>);
 
@@ -155,7 +155,7 @@ async fn bench(nodes: &[(&str, &str)], overrides: &[(&str, &str)]) -> Bench {
     };
     let core = Core::new(
         config(overrides),
-        Store::new(pool.clone()),
+        Arc::new(SqliteStore::new(pool.clone())),
         peers,
         RevocationList::default(),
         &Metrics::new("scheduler"),

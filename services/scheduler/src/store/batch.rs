@@ -7,7 +7,7 @@ use sqlx::{Row, SqliteConnection};
 use zkmesh_kit::now_ms;
 use zkmesh_proto::*;
 
-use crate::store::{AttemptRow, ReceiptList, Result, Store, attempt_state};
+use crate::store::{AttemptRow, ReceiptList, Result, SqliteStore, attempt_state};
 
 /// One change to the scheduler's state.
 #[derive(Clone, Debug)]
@@ -88,9 +88,9 @@ impl Change {
     }
 }
 
-impl Store {
+impl SqliteStore {
     /// Stores `changes` in one transaction and returns the events among them, numbered.
-    pub async fn apply(&self, changes: &[Change]) -> Result<Vec<TaskEvent>> {
+    pub(super) async fn apply_batch(&self, changes: &[Change]) -> Result<Vec<TaskEvent>> {
         if changes.is_empty() {
             return Ok(Vec::new());
         }
