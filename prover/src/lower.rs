@@ -13,8 +13,8 @@ use wasmparser::{
 };
 
 use crate::isa::{
-    GLOBAL_FIRST, GLOBAL_OUT_LEN, Instr, MAX_PAGES, MAX_SLOT, Op, PAGE, Program, Space, WORD,
-    status,
+    GLOBAL_FIRST, GLOBAL_LIMIT_HIT, GLOBAL_OUT_LEN, Instr, MAX_PAGES, MAX_SLOT, Op, PAGE, Program,
+    Space, WORD, status,
 };
 
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -86,9 +86,9 @@ pub fn lower(wasm: &[u8]) -> Result<Program, LowerError> {
 }
 
 /// Lowers a module for a run under a memory limit of `memory_limit_bytes`, with the limit's
-/// semantics in the mesh's runtime: a `memory.grow` past the limit traps (halts with
-/// [`status::OUT_OF_MEMORY`]), one past the module's declared maximum (within the limit)
-/// returns -1. A run whose memory could grow past
+/// semantics in the mesh's runtime: a `memory.grow` past the limit, like one past the
+/// module's declared maximum, returns -1; a trap after a grow the limit refused halts with
+/// [`status::OUT_OF_MEMORY`] instead of its own status. A run whose memory could grow past
 /// [`MAX_PAGES`] under this limit, or whose initial memory is over the limit, is refused: the
 /// zkVM could not compute what the runtime would.
 ///
@@ -554,6 +554,8 @@ impl Lowerer {
                 }
             }
         }
+
+        self.route_traps();
 
         let mut globals = vec![0u64; GLOBAL_FIRST as usize];
         globals[GLOBAL_OUT_LEN as usize] = 0;
@@ -1613,10 +1615,11 @@ impl Lowerer {
 impl Lowerer {
     /// The memory limit before a `memory.grow` by slot `a`, as the mesh's runtime applies it:
     /// wasmtime asks the runtime's limiter before it looks at the module's maximum, and the
-    /// limiter traps on any new size past the limit (even one past 2^16 pages, or past the
-    /// maximum). `t` and `u` are free slots.
+    /// limiter refuses any new size past the limit (even one past 2^16 pages, or past the
+    /// maximum): the grow returns -1 (`MemGrow`'s bound is the lesser of the maximum and the
+    /// limit) and [`GLOBAL_LIMIT_HIT`] is set, so a later trap ends out of memory
+    /// ([`Lowerer::route_traps`]). `t` and `u` are free slots.
     fn grow_limit(&mut self, a: u32, t: u32, u: u32) {
-        let wide = |i: Instr| Instr { wide: true, ..i };
         let ge = |x: u32, bound: u64, c: u32| Instr {
             a: x,
             imm_b: true,
@@ -1625,8 +1628,8 @@ impl Lowerer {
             wide: true,
             ..Instr::new(Op::GeU)
         };
-        // The delta is an i32: a narrow comparison range-checks it below 2^32 where it is used,
-        // also when the halt below is taken and `MemGrow` (which checks it too) never runs.
+        // The delta is an i32: a narrow comparison range-checks it below 2^32 before the wide
+        // sum below uses it.
         self.emit(Instr {
             a,
             imm_b: true,
@@ -1639,14 +1642,81 @@ impl Lowerer {
             ..Instr::new(Op::MemSize)
         });
         // ms < 2^14 and a < 2^32: the wide sum does not wrap.
-        self.emit(wide(Instr {
+        self.emit(Instr {
             a: t,
             b: a,
             c: t,
+            wide: true,
             ..Instr::new(Op::Add)
-        }));
+        });
         self.emit(ge(t, self.mem_limit + 1, u));
-        self.halt_unless(Op::BrZ, u, status::OUT_OF_MEMORY);
+        // The flag stays set once set: hit |= (size + delta > limit).
+        self.emit(Instr {
+            space: Space::Globals,
+            imm: GLOBAL_LIMIT_HIT,
+            c: t,
+            ..Instr::new(Op::GetM)
+        });
+        self.emit(Instr {
+            a: t,
+            b: u,
+            c: t,
+            ..Instr::new(Op::Or)
+        });
+        self.emit(Instr {
+            space: Space::Globals,
+            imm: GLOBAL_LIMIT_HIT,
+            a: t,
+            ..Instr::new(Op::SetM)
+        });
+    }
+
+    /// Every trap (a halt with a status other than [`status::OK`]) jumps to a handler of its
+    /// status at the end of the code, which halts with [`status::OUT_OF_MEMORY`] if a grow
+    /// past the memory limit was refused earlier ([`GLOBAL_LIMIT_HIT`]), and with the trap's own
+    /// status otherwise: the runtime reports a run that traps after its limit refused memory
+    /// as out of memory. A halt becomes a jump in place, so no other code moves. The handler
+    /// reads the flag into slot 0 of the trapping frame, which nothing reads again.
+    fn route_traps(&mut self) {
+        let traps: std::collections::BTreeSet<u64> = self
+            .code
+            .iter()
+            .filter(|i| i.op == Op::Halt && i.imm != status::OK)
+            .map(|i| i.imm)
+            .collect();
+        let end = self.code.len();
+        let mut handler = std::collections::BTreeMap::new();
+        for trap in traps {
+            let at = self.code.len() as u64;
+            handler.insert(trap, at);
+            self.emit(Instr {
+                space: Space::Globals,
+                imm: GLOBAL_LIMIT_HIT,
+                c: 0,
+                ..Instr::new(Op::GetM)
+            });
+            self.emit(Instr {
+                a: 0,
+                imm: at + 3,
+                ..Instr::new(Op::BrZ)
+            });
+            self.emit(Instr {
+                imm: status::OUT_OF_MEMORY,
+                ..Instr::new(Op::Halt)
+            });
+            self.emit(Instr {
+                imm: trap,
+                ..Instr::new(Op::Halt)
+            });
+        }
+        for i in &mut self.code[..end] {
+            if i.op == Op::Halt && i.imm != status::OK {
+                *i = Instr {
+                    imm: handler[&i.imm],
+                    ..Instr::new(Op::Jump)
+                };
+            }
+        }
     }
 
     /// Halts with `status` unless the branch `skip` (`BrNz` or `BrZ`) on slot `cond` jumps over

@@ -340,7 +340,10 @@ mod circuit {
             ("output length", Box::new(|s| s.output[0] += 1)),
             ("program", Box::new(|s| s.program[0].1 ^= 1)),
             ("program code", Box::new(|s| s.program[0].0 ^= 1 << 13)),
-            ("globals", Box::new(|s| s.globals[1] ^= 1)),
+            (
+                "globals",
+                Box::new(|s| s.globals[crate::isa::GLOBAL_FIRST as usize] ^= 1),
+            ),
             ("state out", Box::new(|s| s.state_out ^= 1)),
             ("state in", Box::new(|s| s.state_in += 1)),
             ("memory in", Box::new(|s| s.memory_in += Fr::from(1u64))),

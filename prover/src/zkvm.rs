@@ -537,8 +537,9 @@ pub fn verify_in(
 }
 
 /// Lowers a module for a task's memory limit (the verifier's own lowering, never the
-/// prover's). The limit is part of what a proof is about: a `memory.grow` past it halts with
-/// [`status::OUT_OF_MEMORY`], as the runtime traps there ([`crate::lower::lower_limited`]).
+/// prover's). The limit is part of what a proof is about: a `memory.grow` past it returns -1,
+/// and a trap after that halts with [`status::OUT_OF_MEMORY`], as the runtime reports such a
+/// run ([`crate::lower::lower_limited`]).
 pub fn program(wasm: &[u8], memory_limit_bytes: u64) -> Result<Program, ZkvmError> {
     Ok(crate::lower::lower_limited(wasm, memory_limit_bytes)?)
 }
@@ -555,7 +556,7 @@ pub enum Ending {
     /// A WebAssembly trap: unreachable, an indirect call that does not match, an access out of
     /// bounds, a division by zero, an integer overflow.
     Trapped,
-    /// A `memory.grow` past the task's memory limit.
+    /// A trap after a `memory.grow` past the task's memory limit returned -1.
     OutOfMemory,
 }
 

@@ -1,8 +1,8 @@
 //! A task's memory limit is part of the program a proof is about: the zkVM computes what the
-//! mesh's runtime does under that limit (a grow past the limit traps, one past the declared
-//! maximum within the limit fails with -1), checked against wasmtime with the same limit,
-//! and a run whose memory could outgrow the zkVM under its limit is refused, not proved with
-//! another result.
+//! mesh's runtime does under that limit (a grow past the limit or past the declared maximum
+//! returns -1; a trap after a grow the limit refused ends out of memory), checked against
+//! wasmtime with the same limit, and a run whose memory could outgrow the zkVM under its limit
+//! is refused, not proved with another result.
 
 use crate::isa::{MAX_PAGES, PAGE, status};
 use crate::lower::{LowerError, lower_limited};
@@ -21,6 +21,22 @@ fn grower(max: Option<u64>, delta: u32) -> Vec<u8> {
             (i32.store8 (i32.const 0)
               (select (i32.const 65) (i32.const 66)
                 (i32.eq (memory.grow (i32.const {delta})) (i32.const -1))))
+            (call $out (i32.const 0) (i32.const 1))))"#
+    ))
+    .unwrap()
+}
+
+/// Grows the memory by `delta` pages and traps if that returned -1 (as an allocator aborts);
+/// writes "B" otherwise.
+fn giver_up(max: Option<u64>, delta: u32) -> Vec<u8> {
+    let max = max.map_or(String::new(), |m| m.to_string());
+    wat::parse_str(format!(
+        r#"(module
+          (import "zkmesh" "write_output" (func $out (param i32 i32)))
+          (memory (export "memory") 1 {max})
+          (func (export "run")
+            (if (i32.eq (memory.grow (i32.const {delta})) (i32.const -1)) (then unreachable))
+            (i32.store8 (i32.const 0) (i32.const 66))
             (call $out (i32.const 0) (i32.const 1))))"#
     ))
     .unwrap()
@@ -73,19 +89,32 @@ fn memory_grows_as_the_runtime_grows_it_under_the_task_s_limit() {
         both(&grower(Some(50), 100), 256),
         (Ending::Returned, b"A".to_vec())
     );
-    // Past the limit (256 MiB: 4096 pages), within the maximum: the runtime traps, and the
-    // zkVM halts as out of memory where it grew before.
-    let (e, _) = both(&grower(Some(20000), 5000), 256);
-    assert_eq!(e, Ending::OutOfMemory);
-    // Past the limit and the maximum: still the limit's trap, as the runtime asks its limiter
-    // first.
-    assert_eq!(both(&grower(Some(50), 5000), 256).0, Ending::OutOfMemory);
-    // Past 2^16 pages: the limit's trap too, even under the largest limit a task may have.
-    assert_eq!(both(&grower(None, 70000), 256).0, Ending::OutOfMemory);
-    assert_eq!(both(&grower(Some(100), 70000), 4096).0, Ending::OutOfMemory);
+    // Past the limit (256 MiB: 4096 pages), within the maximum: -1 too, as the specification
+    // says for a failed grow, in the runtime and in the zkVM alike.
+    let refused = (Ending::Returned, b"A".to_vec());
+    assert_eq!(both(&grower(Some(20000), 5000), 256), refused);
+    // Past the limit and the maximum, past 2^16 pages, under the largest limit: -1.
+    assert_eq!(both(&grower(Some(50), 5000), 256), refused);
+    assert_eq!(both(&grower(None, 70000), 256), refused);
+    assert_eq!(both(&grower(Some(100), 70000), 4096), refused);
     // A larger limit with a maximum the zkVM holds: grows past the default limit.
     assert_eq!(
         both(&grower(Some(10000), 5000), 2048),
+        (Ending::Returned, b"B".to_vec())
+    );
+}
+
+#[test]
+fn a_trap_after_the_limit_refused_a_grow_ends_out_of_memory() {
+    // The limit refused the grow (past it, with or without the maximum): out of memory.
+    for (max, delta) in [(Some(20000), 5000), (Some(50), 5000), (None, 70000)] {
+        assert_eq!(both(&giver_up(max, delta), 256).0, Ending::OutOfMemory);
+    }
+    // Only the declared maximum refused it: an ordinary trap.
+    assert_eq!(both(&giver_up(Some(50), 100), 256).0, Ending::Trapped);
+    // A grow that succeeds: no trap at all.
+    assert_eq!(
+        both(&giver_up(None, 100), 256),
         (Ending::Returned, b"B".to_vec())
     );
 }

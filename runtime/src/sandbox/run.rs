@@ -178,10 +178,20 @@ impl Sandbox {
         }
     }
 
-    pub(crate) fn classify_error(&self, e: &wasmtime::Error, memory_denied: bool) -> Exit {
-        if memory_denied {
-            return Exit::OutOfMemory;
+    /// How a run that failed with `e` ends. A run that was refused memory or table growth
+    /// (`grow_denied`: the grow returned -1) and then trapped ends out_of_memory: the limit was
+    /// reached, and the trap is almost always the guest giving up for want of memory. Running
+    /// out of fuel or time, or exiting, stays what it is.
+    pub(crate) fn classify_error(&self, e: &wasmtime::Error, grow_denied: bool) -> Exit {
+        match self.classify(e) {
+            Exit::Trap(_) if grow_denied && e.downcast_ref::<Cancelled>().is_none() => {
+                Exit::OutOfMemory
+            }
+            exit => exit,
         }
+    }
+
+    fn classify(&self, e: &wasmtime::Error) -> Exit {
         if e.downcast_ref::<OutputLimit>().is_some() {
             return Exit::OutputTooLarge;
         }

@@ -91,13 +91,35 @@ fn limits_end_in_their_own_states() {
     assert!(started.elapsed() < Duration::from_secs(5));
     setter.join().unwrap();
 
-    let bomb = wat(r#"(module (memory (export "memory") 1)
-        (func (export "run") (loop (drop (memory.grow (i32.const 1))) (br 0))))"#);
+    // memory.grow past the limit returns -1 (the specification's failure), never traps by
+    // itself: a guest that ignores it spins until its fuel runs out, one that handles it goes
+    // on, and one that then traps ends out_of_memory.
     let small = Limits {
         memory_bytes: 4 << 20,
+        fuel: 50_000_000,
         ..Limits::default()
     };
-    assert_eq!(sb.run(&bomb, b"", &small, b"").exit, Exit::OutOfMemory);
+    let ignores = wat(r#"(module (memory (export "memory") 1)
+        (func (export "run") (loop (drop (memory.grow (i32.const 1))) (br 0))))"#);
+    assert_eq!(sb.run(&ignores, b"", &small, b"").exit, Exit::OutOfFuel);
+    let handles = wat(r#"(module
+        (import "zkmesh" "write_output" (func $out (param i32 i32)))
+        (memory (export "memory") 1)
+        (func (export "run")
+          (i32.store8 (i32.const 0) (i32.add (i32.const 48)
+            (i32.eq (memory.grow (i32.const 64)) (i32.const -1))))
+          (i32.store8 (i32.const 1) (i32.add (i32.const 48)
+            (i32.eq (memory.grow (i32.const 1)) (i32.const -1))))
+          (call $out (i32.const 0) (i32.const 2))))"#);
+    // 64 more pages is past 4 MiB (64 pages in all): -1; one more page fits: its old size.
+    let out = sb.run(&handles, b"", &small, b"");
+    assert_eq!((out.exit, out.output), (Exit::Ok, b"10".to_vec()));
+    let gives_up = wat(r#"(module (memory (export "memory") 1)
+        (func (export "run")
+          (if (i32.eq (memory.grow (i32.const 100)) (i32.const -1)) (then unreachable))))"#);
+    let out = sb.run(&gives_up, b"", &small, b"");
+    assert_eq!(out.exit, Exit::OutOfMemory);
+    assert!(out.message.contains("limit of 4 MiB"), "{}", out.message);
 
     let recurse = wat(r#"(module (memory (export "memory") 1)
         (func $f (call $f)) (func (export "run") (call $f)))"#);

@@ -24,7 +24,7 @@ use crate::SchedulerConfig;
 use crate::peers::{Ledger, Peers, Registry, Verifier};
 use crate::store::{Change, Store};
 
-pub(crate) use transition::Transition;
+pub(crate) use transition::{Count, Transition};
 
 mod placement;
 mod reports;

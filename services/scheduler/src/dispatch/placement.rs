@@ -58,6 +58,7 @@ impl Core {
             );
             let eligible_exists = workers.keys().any(|n| !busy_nodes.contains(n));
             let mut t = Transition::default();
+            let mut sends = Vec::new();
             if !eligible_exists && active.is_empty() && !workers.is_empty() {
                 drop(workers);
                 self.fail(
@@ -100,6 +101,13 @@ impl Core {
                 let attempt_id = random_id("a-");
                 let lease_ms = self.config.lease_secs as i64 * 1000;
                 let w = workers.get_mut(&node_id).expect("candidate is connected");
+                // A place in the node's stream, reserved now and used once the lease is stored:
+                // a node never hears of a lease the store does not have.
+                let Ok(permit) = w.tx.clone().try_reserve_owned() else {
+                    // The stream is gone or hopelessly behind: leave this node out.
+                    busy_nodes.insert(node_id);
+                    continue;
+                };
                 t.push(Change::Lease {
                     attempt_id: attempt_id.clone(),
                     task_id: task.task.task_id.clone(),
@@ -118,15 +126,7 @@ impl Core {
                     lease_secs: self.config.lease_secs,
                     policy: task.task.policy,
                 };
-                let message = SchedulerMessage {
-                    kind: Some(scheduler_message::Kind::Assignment(assignment)),
-                };
-                if w.tx.try_send(Ok(message)).is_err() {
-                    // The stream is gone or hopelessly behind: this lease never reached the node.
-                    t.push(Change::attempt(&attempt_id, attempt_state::EXPIRED));
-                    busy_nodes.insert(node_id);
-                    continue;
-                }
+                sends.push((node_id.clone(), attempt_id.clone(), permit, assignment));
                 w.running.insert(attempt_id.clone());
                 busy_operators.insert(w.operator.clone());
                 busy_nodes.insert(node_id.clone());
@@ -141,10 +141,19 @@ impl Core {
                 };
                 t.push(Change::node_event(&task.task.task_id, state, msg, &node_id));
             }
-            // Stored while the lock is held: a node's report of a lease it just got waits for
-            // the lease to be stored.
             drop(workers);
-            self.finish(t).await?;
+            // Stored first (with the lock held, so a report waits for it), then sent.
+            if let Err(e) = self.finish(t).await {
+                for (node_id, attempt_id, _, _) in sends {
+                    self.free_slot(&node_id, &attempt_id).await;
+                }
+                return Err(e);
+            }
+            for (_, _, permit, assignment) in sends {
+                permit.send(Ok(SchedulerMessage {
+                    kind: Some(scheduler_message::Kind::Assignment(assignment)),
+                }));
+            }
         }
         Ok(())
     }

@@ -6,7 +6,7 @@ use zkmesh_proto::*;
 
 use crate::dispatch::Result;
 use crate::dispatch::placement::replicas;
-use crate::dispatch::{Core, Transition, db_error};
+use crate::dispatch::{Core, Count, Transition, db_error};
 use crate::store::{Change, attempt_state, is_terminal};
 
 /// Bytes of guest log a node may send for one task, over all its events, whatever it runs: a
@@ -171,7 +171,7 @@ impl Core {
                 || receipt.fuel_used > task.task.fuel_limit
             {
                 t.push(Change::attempt(&a.attempt_id, attempt_state::REJECTED));
-                self.metrics.rejected.inc();
+                t.count(Count::Rejected);
                 let reason =
                     format!("node {node_id} reported fuel or exit that its receipt does not sign");
                 self.requeue(&task, TaskState::Rejected, &reason, &mut t)

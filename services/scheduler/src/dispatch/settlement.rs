@@ -6,7 +6,7 @@ use zkmesh_kit::sha256_hex;
 use zkmesh_proto::*;
 
 use crate::dispatch::Result;
-use crate::dispatch::{Core, Transition, db_error, internal};
+use crate::dispatch::{Core, Count, Transition, db_error, internal};
 use crate::store::{AttemptRow, Change, TaskRow, attempt_state, is_terminal};
 
 impl Core {
@@ -106,7 +106,7 @@ impl Core {
         let task_id = &task.task.task_id;
         for id in &verdict.rejected_attempt_ids {
             t.push(Change::attempt(id, attempt_state::REJECTED));
-            self.metrics.rejected.inc();
+            t.count(Count::Rejected);
         }
         if verdict.verdict() == Verdict::Verified {
             for id in &verdict.accepted_attempt_ids {
@@ -181,11 +181,11 @@ impl Core {
         if self.task_in(task_id, TaskState::Verified).await?.is_none() {
             return Ok(());
         }
-        self.metrics.settled.inc();
         let mut t = Transition::of(Change::Charged {
             task_id: task_id.to_string(),
             charged,
         });
+        t.count(Count::Settled);
         t.push(Change::HoldClosed {
             task_id: task_id.to_string(),
         });
@@ -231,7 +231,7 @@ impl Core {
         self.stop_active(task_id, attempt_state::CANCELLED, reason, t)
             .await?;
         t.event(task_id, TaskState::Failed, reason);
-        self.metrics.failed.inc();
+        t.count(Count::Failed);
         t.wake_sweep();
         Ok(())
     }

@@ -10,7 +10,7 @@ use zkmesh_proto::*;
 
 use crate::dispatch::Result;
 use crate::dispatch::placement::replicas;
-use crate::dispatch::{Core, Outbound, Transition, db_error};
+use crate::dispatch::{Core, Count, Outbound, Transition, db_error};
 use crate::store::{AttemptRow, Change, TaskRow, attempt_state, is_terminal};
 
 impl Core {
@@ -28,7 +28,7 @@ impl Core {
             return Ok(());
         }
         let mut t = Transition::of(Change::attempt(&a.attempt_id, attempt_state::EXPIRED));
-        self.metrics.expired.inc();
+        t.count(Count::Expired);
         // Tell a still-connected node to stop working on it.
         t.stop(&a.node_id, &a.attempt_id, reason);
         if let Some(task) = self.store.task(&a.task_id).await.map_err(db_error)?

@@ -353,14 +353,21 @@ async fn a_lapsed_lease_is_expired_requeued_and_the_task_fails_when_attempts_are
         let leased = assignments(&mut n1);
         assert_eq!(leased.len(), 1, "round {round}");
         assert_eq!(b.state("t").await, TaskState::Assigned);
-        // A heartbeat in time keeps the lease: the sweep leaves it alone.
+        // A lease that lapsed but was renewed by a heartbeat in time: the sweep leaves it.
+        b.lapse("t").await;
         b.core
             .on_heartbeat("n1", &[leased[0].attempt_id.clone()])
             .await
             .unwrap();
         b.core.sweep().await.unwrap();
         assert_eq!(b.state("t").await, TaskState::Assigned);
+        assert!(cancels(&mut n1).is_empty());
+        // A heartbeat from another node cannot renew it.
         b.lapse("t").await;
+        b.core
+            .on_heartbeat("n2", &[leased[0].attempt_id.clone()])
+            .await
+            .unwrap();
         b.core.sweep().await.unwrap();
         assert_eq!(cancels(&mut n1), vec![leased[0].attempt_id.clone()]);
     }
@@ -436,6 +443,16 @@ async fn a_report_that_its_receipt_does_not_sign_is_rejected_without_asking_the_
     b.submit("t", receipt()).await;
     b.core.dispatch_once().await.unwrap();
     let leased = assignments(&mut n1).remove(0);
+    // Another node's report for this (still leased) attempt is ignored.
+    b.core
+        .on_report("n2", report(&leased.attempt_id, 400_000, 400_000))
+        .await
+        .unwrap();
+    assert_eq!(*b.judge.asked.lock().unwrap(), 0);
+    assert_eq!(
+        b.attempt_states("t").await,
+        vec![("n1".to_string(), attempt_state::LEASED.to_string())]
+    );
     // Claims more fuel than it signed for.
     b.core
         .on_report("n1", report(&leased.attempt_id, 900_000, 400_000))
@@ -448,12 +465,6 @@ async fn a_report_that_its_receipt_does_not_sign_is_rejected_without_asking_the_
     );
     assert_eq!(b.state("t").await, TaskState::Queued);
     assert!(b.books.captures.lock().unwrap().is_empty());
-    // Another node's report for this attempt is ignored.
-    b.core
-        .on_report("n2", report(&leased.attempt_id, 400_000, 400_000))
-        .await
-        .unwrap();
-    assert_eq!(*b.judge.asked.lock().unwrap(), 0);
 }
 
 #[tokio::test]
@@ -470,13 +481,13 @@ async fn a_rejected_node_never_gets_the_task_again() {
         .unwrap();
     assert_eq!(b.state("t").await, TaskState::Queued);
     assert!(b.books.captures.lock().unwrap().is_empty());
+    // With no other node connected the task cannot go anywhere: placement fails it with the
+    // reason rather than lease it to the rejected node again.
     b.core.dispatch_once().await.unwrap();
     assert!(
         assignments(&mut n1).is_empty(),
         "re-leased to the rejected node"
     );
-    // With no other node connected the task cannot go anywhere: it fails with the reason.
-    b.core.dispatch_once().await.unwrap();
     assert_eq!(b.state("t").await, TaskState::Failed);
     // A node of another operator arriving later does not revive it.
     let mut n2 = b.connect("n2", "zeta", 1).await;
@@ -534,4 +545,25 @@ async fn a_batch_is_stored_all_or_nothing() {
         b.attempt_states("t").await,
         vec![("n1".to_string(), attempt_state::LEASED.to_string())]
     );
+}
+
+#[tokio::test]
+async fn a_rejected_task_goes_to_another_node() {
+    let b = bench(&[("n1", "acme"), ("n2", "zeta")], &[]).await;
+    let mut n1 = b.connect("n1", "acme", 2).await;
+    let mut n2 = b.connect("n2", "zeta", 1).await;
+    b.submit("t", receipt()).await;
+    b.core.dispatch_once().await.unwrap();
+    // n1 has more room: it gets the task first.
+    let leased = assignments(&mut n1).remove(0);
+    assert!(assignments(&mut n2).is_empty());
+    *b.judge.reject.lock().unwrap() = true;
+    b.core
+        .on_report("n1", report(&leased.attempt_id, 1000, 1000))
+        .await
+        .unwrap();
+    b.core.dispatch_once().await.unwrap();
+    assert!(assignments(&mut n1).is_empty());
+    assert_eq!(assignments(&mut n2).len(), 1);
+    assert_eq!(b.state("t").await, TaskState::Assigned);
 }

@@ -17,6 +17,17 @@ pub(crate) struct Transition {
     wake: bool,
     /// A hold is to be released: run the sweep.
     wake_sweep: bool,
+    /// Counted once stored.
+    counts: Vec<Count>,
+}
+
+/// A scheduler counter a transition bumps once it is stored.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Count {
+    Expired,
+    Rejected,
+    Failed,
+    Settled,
 }
 
 impl Transition {
@@ -53,6 +64,12 @@ impl Transition {
         self.wake_sweep = true;
     }
 
+    /// Bumps `count` once the transition is stored (a batch that fails is retried, and must
+    /// not be counted twice).
+    pub(crate) fn count(&mut self, count: Count) {
+        self.counts.push(count);
+    }
+
     /// The state attempt `attempt_id` is in once this transition is stored: its last change
     /// here, or `stored`. Lets a step count attempts before the batch is written.
     pub(crate) fn attempt_state<'a>(&'a self, attempt_id: &str, stored: &'a str) -> &'a str {
@@ -77,6 +94,14 @@ impl Core {
     /// Stores the transition's changes in one batch, then tells watchers and nodes.
     pub(crate) async fn finish(&self, t: Transition) -> Result<()> {
         let events = self.store.apply(&t.changes).await.map_err(db_error)?;
+        for count in t.counts {
+            match count {
+                Count::Expired => self.metrics.expired.inc(),
+                Count::Rejected => self.metrics.rejected.inc(),
+                Count::Failed => self.metrics.failed.inc(),
+                Count::Settled => self.metrics.settled.inc(),
+            };
+        }
         for event in events {
             tracing::debug!(task_id = %event.task_id, state = ?event.state(), message = %event.message, "task event");
             let _ = self.events.send(event);
