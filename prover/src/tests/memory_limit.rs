@@ -10,36 +10,42 @@ use crate::trace::{Exit, RunLimits, run};
 use crate::zkvm::{Ending, ending, ending_of_exit};
 use zkmesh_runtime::{Exit as WExit, Limits, Sandbox, SandboxConfig};
 
-/// Grows the memory by `delta` pages; writes "B" if the grow succeeded, "A" if it returned -1.
-fn grower(max: Option<u64>, delta: u32) -> Vec<u8> {
+/// A module with one memory of 1 page (and maximum `max`) whose `run` does `body`, then writes
+/// the byte at address 0 as its output.
+fn module(max: Option<u64>, body: &str) -> Vec<u8> {
     let max = max.map_or(String::new(), |m| m.to_string());
     wat::parse_str(format!(
         r#"(module
           (import "zkmesh" "write_output" (func $out (param i32 i32)))
           (memory (export "memory") 1 {max})
           (func (export "run")
-            (i32.store8 (i32.const 0)
-              (select (i32.const 65) (i32.const 66)
-                (i32.eq (memory.grow (i32.const {delta})) (i32.const -1))))
+            {body}
             (call $out (i32.const 0) (i32.const 1))))"#
     ))
     .unwrap()
 }
 
+/// Grows the memory by `delta` pages; writes "B" if the grow succeeded, "A" if it returned -1.
+fn grower(max: Option<u64>, delta: u32) -> Vec<u8> {
+    module(
+        max,
+        &format!(
+            "(i32.store8 (i32.const 0) (select (i32.const 65) (i32.const 66)
+               (i32.eq (memory.grow (i32.const {delta})) (i32.const -1))))"
+        ),
+    )
+}
+
 /// Grows the memory by `delta` pages and traps if that returned -1 (as an allocator aborts);
 /// writes "B" otherwise.
 fn giver_up(max: Option<u64>, delta: u32) -> Vec<u8> {
-    let max = max.map_or(String::new(), |m| m.to_string());
-    wat::parse_str(format!(
-        r#"(module
-          (import "zkmesh" "write_output" (func $out (param i32 i32)))
-          (memory (export "memory") 1 {max})
-          (func (export "run")
-            (if (i32.eq (memory.grow (i32.const {delta})) (i32.const -1)) (then unreachable))
-            (i32.store8 (i32.const 0) (i32.const 66))
-            (call $out (i32.const 0) (i32.const 1))))"#
-    ))
-    .unwrap()
+    module(
+        max,
+        &format!(
+            "(if (i32.eq (memory.grow (i32.const {delta})) (i32.const -1)) (then unreachable))
+             (i32.store8 (i32.const 0) (i32.const 66))"
+        ),
+    )
 }
 
 /// Runs `wasm` in wasmtime and in the zkVM under a memory limit of `mib`; both must end the

@@ -156,19 +156,14 @@ mod tests {
     #[tokio::test]
     async fn a_database_from_the_old_runner_is_adopted() {
         let dir = tempfile::tempdir().unwrap();
-        let migrations = dir.path().join("migrations");
-        std::fs::create_dir(&migrations).unwrap();
-        std::fs::write(
-            migrations.join("0001_initial.sql"),
-            "CREATE TABLE t (x BIGINT);\n",
+        let migrator = migrations(
+            dir.path(),
+            &[
+                ("0001_initial.sql", "CREATE TABLE t (x BIGINT);"),
+                ("0002_more.sql", "ALTER TABLE t ADD COLUMN y BIGINT;"),
+            ],
         )
-        .unwrap();
-        std::fs::write(
-            migrations.join("0002_more.sql"),
-            "ALTER TABLE t ADD COLUMN y BIGINT;\n",
-        )
-        .unwrap();
-        let migrator = Migrator::new(migrations.as_path()).await.unwrap();
+        .await;
         let url = format!("sqlite://{}", dir.path().join("old.db").display());
         let pool = connect(&url).await.unwrap();
         sqlx::raw_sql(
@@ -206,23 +201,25 @@ mod tests {
     #[tokio::test]
     async fn a_changed_migration_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let migrations = dir.path().join("migrations");
-        std::fs::create_dir(&migrations).unwrap();
-        std::fs::write(
-            migrations.join("0001_initial.sql"),
-            "CREATE TABLE t (x BIGINT);\n",
-        )
-        .unwrap();
         let pool = connect("sqlite::memory:").await.unwrap();
-        let migrator = Migrator::new(migrations.as_path()).await.unwrap();
-        migrate(&pool, "test", &migrator).await.unwrap();
-        std::fs::write(
-            migrations.join("0001_initial.sql"),
-            "CREATE TABLE t (z BIGINT);\n",
-        )
-        .unwrap();
-        let changed = Migrator::new(migrations.as_path()).await.unwrap();
-        let e = migrate(&pool, "test", &changed).await.unwrap_err();
+        let first = [("0001_initial.sql", "CREATE TABLE t (x BIGINT);")];
+        migrate(&pool, "test", &migrations(dir.path(), &first).await)
+            .await
+            .unwrap();
+        let changed = [("0001_initial.sql", "CREATE TABLE t (z BIGINT);")];
+        let e = migrate(&pool, "test", &migrations(dir.path(), &changed).await)
+            .await
+            .unwrap_err();
         assert!(e.to_string().contains("migrating the test database"), "{e}");
+    }
+
+    /// A migrator over `files` (name, SQL), written into `dir/migrations`.
+    async fn migrations(dir: &std::path::Path, files: &[(&str, &str)]) -> Migrator {
+        let at = dir.join("migrations");
+        std::fs::create_dir_all(&at).unwrap();
+        for (name, sql) in files {
+            std::fs::write(at.join(name), format!("{sql}\n")).unwrap();
+        }
+        Migrator::new(at.as_path()).await.unwrap()
     }
 }

@@ -69,12 +69,7 @@ pub(crate) async fn status(
             json!({"task_id": t.task_id, "state": TaskState::short_name_of(t.state), "message": t.message, "attempts": t.attempts, "policy": t.policy.unwrap_or_default().to_string(), "module_hash": t.module_hash, "credits_held": t.credits_held})
         );
     } else {
-        println!(
-            "{}  {}  {}",
-            t.task_id,
-            TaskState::short_name_of(t.state),
-            t.message
-        );
+        println!("{}", task_line(&t));
     }
     Ok(0)
 }
@@ -144,12 +139,7 @@ pub(crate) async fn cancel(mesh: &Option<PathBuf>, task: String) -> anyhow::Resu
         .cancel_task(TaskRef { task_id: task })
         .await?
         .into_inner();
-    println!(
-        "{}  {}  {}",
-        t.task_id,
-        TaskState::short_name_of(t.state),
-        t.message
-    );
+    println!("{}", task_line(&t));
     Ok(0)
 }
 
@@ -184,4 +174,14 @@ pub(crate) fn guests() -> anyhow::Result<i32> {
         );
     }
     Ok(0)
+}
+
+/// A task in one line: id, state, last event.
+fn task_line(t: &Task) -> String {
+    format!(
+        "{}  {}  {}",
+        t.task_id,
+        TaskState::short_name_of(t.state),
+        t.message
+    )
 }
