@@ -17,6 +17,19 @@ pub enum Allow {
     Service(&'static str),
 }
 
+impl Allow {
+    /// The name the proto files use for this entry in an RPC's "Roles:" line: `anonymous`,
+    /// `any`, a role (`admin`, `user`, `node`, `service`), or `service:NAME`.
+    pub fn name(&self) -> String {
+        match self {
+            Allow::Anonymous => "anonymous".into(),
+            Allow::AnyRole => "any".into(),
+            Allow::Role(role) => role.as_str().into(),
+            Allow::Service(name) => format!("service:{name}"),
+        }
+    }
+}
+
 /// One service's table: `(method name, who may call it)`. A method missing from the table is
 /// refused for everyone.
 #[derive(Debug)]

@@ -268,3 +268,47 @@ async fn waiting_for_workers_asks_the_scheduler_not_its_metrics() {
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);
 }
+
+/// Every RPC in `proto/` says who may call it ("Roles: ..." first in its comment), and says
+/// what the service's ACL enforces: the same set, for every method of every service.
+#[test]
+fn every_rpc_documents_the_roles_its_acl_enforces() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let acls = [
+        ("ledger", &zkmesh_ledger::ACL),
+        ("registry", &zkmesh_registry::ACL),
+        ("scheduler", &zkmesh_scheduler::ACL),
+        ("verifier", &zkmesh_verifier::ACL),
+    ];
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto/zkmesh/v1");
+    for (file, acl) in acls {
+        let text = std::fs::read_to_string(root.join(format!("{file}.proto"))).unwrap();
+        let mut documented: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let mut comment = String::new();
+        for line in text.lines().map(str::trim) {
+            if let Some(c) = line.strip_prefix("//") {
+                comment.push_str(c.trim());
+                comment.push(' ');
+                continue;
+            }
+            if let Some(rpc) = line.strip_prefix("rpc ") {
+                let name = rpc.split('(').next().unwrap().to_string();
+                let roles = comment
+                    .strip_prefix("Roles: ")
+                    .unwrap_or_else(|| panic!("{file}: rpc {name} has no Roles: line"));
+                let roles = roles.split(['.', '(']).next().unwrap();
+                documented.insert(
+                    name,
+                    roles.split(',').map(|r| r.trim().to_string()).collect(),
+                );
+            }
+            comment.clear();
+        }
+        let enforced: BTreeMap<String, BTreeSet<String>> = acl
+            .methods
+            .iter()
+            .map(|(name, allow)| (name.to_string(), allow.iter().map(|a| a.name()).collect()))
+            .collect();
+        assert_eq!(documented, enforced, "{file}.proto against {}", acl.service);
+    }
+}
