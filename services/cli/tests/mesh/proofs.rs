@@ -204,7 +204,7 @@ async fn a_lying_prover_is_rejected_and_the_bundle_verifies_offline_until_tamper
     let offline = Offline::fetch(&sb, &task.task_id);
     let (bundle, c) = (&offline.bundle, offline.config_str());
     let verify = |path: &std::path::Path| offline.verify(path);
-    let out = verify(&bundle);
+    let out = verify(bundle);
     assert_eq!(
         out.status.code(),
         Some(0),
@@ -493,7 +493,7 @@ async fn a_run_longer_than_the_class_is_proved_in_segments_and_its_bundle_verifi
     let offline = Offline::fetch(&sb, &task.task_id);
     let bundle = &offline.bundle;
     let verify = |path: &std::path::Path| offline.verify(path);
-    let out = verify(&bundle);
+    let out = verify(bundle);
     assert_eq!(
         out.status.code(),
         Some(0),
