@@ -424,10 +424,17 @@ impl Lowerer {
     fn run(mut self, m: &Module<'_>) -> Result<Program, LowerError> {
         // Prologue: frame 0 has no locals; slot 0 is a dummy link, the operand stack starts at 1.
         for f in m.start.into_iter().chain(m.entry) {
-            let (p, _) = self.sigs[f as usize];
+            let (p, r) = self.sigs[f as usize];
             if p != 0 {
                 return Err(unprovable(
                     "an entry or start function that takes parameters",
+                ));
+            }
+            // The runtime calls the entry as `() -> ()` and traps on any other type: a run it
+            // would end with a trap must not be proved as one that returned.
+            if r != 0 {
+                return Err(unprovable(
+                    "an entry or start function that returns results",
                 ));
             }
             self.emit_call(f, 1, 0)?;

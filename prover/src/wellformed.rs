@@ -88,6 +88,13 @@ fn check_text(program: &Program) -> Result<(), String> {
     {
         return Err("the output length does not start at zero".into());
     }
+    if program
+        .globals
+        .get(crate::isa::GLOBAL_LIMIT_HIT as usize)
+        .is_some_and(|&g| g != 0)
+    {
+        return Err("the memory-limit flag does not start at zero".into());
+    }
     let len = program.code.len() as u64;
     for (pc, i) in program.code.iter().enumerate() {
         instruction(i, len).map_err(|why| format!("instruction {pc} ({:?}): {why}", i.op))?;

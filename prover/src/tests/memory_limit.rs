@@ -163,3 +163,29 @@ fn every_halt_status_has_the_runtime_s_ending() {
         assert_eq!(ending(s), Ending::Trapped);
     }
 }
+
+/// A module that exports `main: () -> ()` (so the runtime accepts it) and `run: () -> i32`
+/// (which the runtime picks, calls as `() -> ()`, and traps on): the zkVM refuses it rather than
+/// prove a run that returned.
+#[test]
+fn an_entry_that_returns_results_is_refused() {
+    let wasm = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+             (func (export "run") (result i32) (i32.const 7))
+             (func (export "main")))"#,
+    )
+    .unwrap();
+    let w = Sandbox::new(SandboxConfig::default()).unwrap().run(
+        &wasm,
+        b"",
+        &Limits::default(),
+        b"seed",
+    );
+    assert!(matches!(w.exit, WExit::Trap(_)), "{:?}", w.exit);
+    match lower_limited(&wasm, 256 << 20) {
+        Err(e @ LowerError::Unprovable { .. }) => {
+            assert!(e.to_string().contains("returns results"), "{e}")
+        }
+        other => panic!("{other:?}"),
+    }
+}

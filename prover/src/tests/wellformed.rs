@@ -157,4 +157,8 @@ fn memories_and_data_outside_their_bounds_are_refused() {
         "initial data",
     );
     refused(&edited(|p| p.globals[0] = 5), "output length");
+    refused(
+        &edited(|p| p.globals[crate::isa::GLOBAL_LIMIT_HIT as usize] = 1),
+        "memory-limit flag",
+    );
 }

@@ -22,7 +22,7 @@ pub struct Bundle {
     pub format: String,
     pub task_id: String,
     /// The task's memory limit: the verifier lowers the module for it (a memory.grow past it
-    /// halts as out of memory, as the runtime traps there).
+    /// returns -1, and a trap after that ends out of memory, as in the runtime).
     pub memory_limit_mib: u32,
     pub module_hash: String,
     pub input_hash: String,

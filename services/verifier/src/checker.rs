@@ -127,7 +127,7 @@ impl Checker {
         };
         let receipt = report.receipt.as_ref().expect("checked before");
         // The receipt's exit is the one the proof's halt status means: returned, a trap, or a
-        // memory.grow past the task's memory limit.
+        // trap after a memory.grow past the task's memory limit returned -1.
         let proved = zkmesh_prover::zkvm::ending(proof.status);
         if zkmesh_prover::zkvm::ending_of_exit(receipt.exit) != Some(proved) {
             return Some(format!(
