@@ -3,7 +3,8 @@
 
 It shows that any language with gRPC can use the mesh: mutual TLS with the certificates from a
 client config (as written by `zkmesh dev`), health checks and server reflection on every
-service, then upload, submit, watch and fetch a result.
+service, then upload, submit, watch and fetch a result, and one refusal with its
+machine-readable reason (google.rpc.ErrorInfo in the status details).
 
     python3 clients/python/zkmesh_client.py --config ~/.zkmesh/client.toml \
         --module guest.wasm --input hello --policy receipt
@@ -23,10 +24,12 @@ import tempfile
 import tomllib
 
 import grpc
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from grpc_status import rpc_status
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PROTO_ROOT = os.path.normpath(os.path.join(HERE, "..", "..", "proto"))
@@ -72,8 +75,23 @@ def channel(config, base, endpoint):
         root_certificates=read("ca"), private_key=read("key"), certificate_chain=read("cert")
     )
     target = endpoint.removeprefix("https://")
-    # Service certificates name localhost and the loopback addresses.
-    return grpc.secure_channel(target, creds, options=[("grpc.ssl_target_name_override", "localhost")])
+    options = [
+        # Service certificates name localhost and the loopback addresses.
+        ("grpc.ssl_target_name_override", "localhost"),
+        # GetResult carries a task's output (up to 16 MiB) and input: over grpcio's 4 MiB default.
+        ("grpc.max_receive_message_length", 64 << 20),
+    ]
+    return grpc.secure_channel(target, creds, options=options)
+
+
+def error_reason(err):
+    """The google.rpc.ErrorInfo reason a failed call carries, if any."""
+    status = rpc_status.from_call(err)
+    for detail in status.details if status else []:
+        info = error_details_pb2.ErrorInfo()
+        if detail.Unpack(info):
+            return info.reason
+    return None
 
 
 def main():
@@ -117,7 +135,7 @@ def main():
     requests = [sched_pb2.UploadModuleRequest(chunk=c) for c in chunks]
     requests[0].name = os.path.basename(args.module)
     requests[0].expected_sha256 = digest
-    module = scheduler.UploadModule(iter(requests), timeout=30)
+    module = scheduler.UploadModule(iter(requests), timeout=30).module
 
     if args.policy == "receipt":
         policy = types_pb2.VerificationPolicy(kind=types_pb2.POLICY_KIND_RECEIPT)
@@ -127,11 +145,24 @@ def main():
     task = scheduler.SubmitTask(
         sched_pb2.SubmitTaskRequest(module_hash=module.module_hash, input=args.input.encode(), policy=policy),
         timeout=30,
-    )
+    ).task
     events = []
-    for event in scheduler.WatchTask(types_pb2.TaskRef(task_id=task.task_id), timeout=120):
-        events.append(types_pb2.TaskState.Name(event.state))
-    result = scheduler.GetResult(types_pb2.TaskRef(task_id=task.task_id), timeout=30)
+    for message in scheduler.WatchTask(sched_pb2.WatchTaskRequest(task_id=task.task_id), timeout=120):
+        events.append(types_pb2.TaskState.Name(message.event.state))
+    result = scheduler.GetResult(sched_pb2.GetResultRequest(task_id=task.task_id), timeout=30).result
+    # A policy the mesh cannot place (more replicas than it has operators) is refused with a
+    # reason a program can branch on.
+    try:
+        scheduler.SubmitTask(
+            sched_pb2.SubmitTaskRequest(
+                module_hash=module.module_hash,
+                policy=types_pb2.VerificationPolicy(kind=types_pb2.POLICY_KIND_REPLICATE, replicas=9),
+            ),
+            timeout=30,
+        )
+        report["refusal"] = None
+    except grpc.RpcError as err:
+        report["refusal"] = {"code": err.code().name, "reason": error_reason(err)}
     report.update(
         task_id=task.task_id,
         module_hash=module.module_hash,

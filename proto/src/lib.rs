@@ -15,5 +15,8 @@ pub const FILE_DESCRIPTOR_SET: &[u8] =
 
 pub mod names;
 
+#[cfg(test)]
+mod contract;
+
 pub use names::UnknownName;
 pub use v1::*;

@@ -7,6 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::v1::{
+    CircuitSetupState, JournalEntryKind, ZkHalt,
     ExitKind, GuestAbi, HoldState, NodeStatus, PolicyKind, TaskState, Verdict, VerificationPolicy,
 };
 
@@ -155,6 +156,70 @@ short_names!(
     [Unspecified, Open, Captured, Released]
 );
 
+short_names!(
+    JournalEntryKind,
+    "JOURNAL_ENTRY_KIND_",
+    "journal entry kind",
+    [Unspecified, Mint, Hold, Pay, Refund, Release]
+);
+short_names!(
+    CircuitSetupState,
+    "CIRCUIT_SETUP_STATE_",
+    "circuit setup state",
+    [Unspecified, NotSetUp, SettingUp, Ready, Failed]
+);
+short_names!(
+    ZkHalt,
+    "ZK_HALT_",
+    "zkVM halt",
+    [
+        Unspecified,
+        Returned,
+        Unreachable,
+        IndirectCall,
+        OutOfBounds,
+        DivideByZero,
+        IntegerOverflow,
+        OutOfMemory,
+    ]
+);
+
+impl ZkHalt {
+    /// The zkVM's halt code for this halt, as the proof statement holds it: the enum's value
+    /// minus one. `None` for `Unspecified`.
+    pub fn code(self) -> Option<u64> {
+        (self as i32 as u64).checked_sub(1)
+    }
+
+    /// The halt of a zkVM halt code; `None` for a code no halt has.
+    pub fn from_code(code: u64) -> Option<Self> {
+        let value = i32::try_from(code.checked_add(1)?).ok()?;
+        ZkHalt::try_from(value)
+            .ok()
+            .filter(|h| *h != ZkHalt::Unspecified)
+    }
+
+    /// The halt code of a raw wire value; `None` when the value is unspecified or unknown to
+    /// this build (such a proof cannot be checked).
+    pub fn code_of(value: i32) -> Option<u64> {
+        ZkHalt::try_from(value).ok().and_then(ZkHalt::code)
+    }
+}
+
+impl crate::v1::CircuitInfo {
+    /// The state as one line for people: "ready", "setting up (PHASE, N s)", "failed: WHY" or
+    /// "not set up".
+    pub fn state_line(&self) -> String {
+        match self.state() {
+            CircuitSetupState::Ready => "ready".into(),
+            CircuitSetupState::SettingUp => format!("setting up ({})", self.state_detail),
+            CircuitSetupState::Failed => format!("failed: {}", self.state_detail),
+            CircuitSetupState::NotSetUp => "not set up".into(),
+            CircuitSetupState::Unspecified => "unknown".into(),
+        }
+    }
+}
+
 /// `receipt`, `proof` or `replicate:K`.
 impl fmt::Display for VerificationPolicy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -222,5 +287,22 @@ mod tests {
             assert!(p.parse::<VerificationPolicy>().is_err(), "{p}");
         }
         assert_eq!(VerificationPolicy::default().to_string(), "unspecified");
+        assert_eq!(JournalEntryKind::Refund.to_string(), "refund");
+        assert_eq!(CircuitSetupState::NotSetUp.to_string(), "not_set_up");
+    }
+
+    #[test]
+    fn zk_halts_map_one_to_one_onto_halt_codes() {
+        assert_eq!(ZkHalt::Returned.code(), Some(0));
+        assert_eq!(ZkHalt::OutOfMemory.code(), Some(6));
+        assert_eq!(ZkHalt::Unspecified.code(), None);
+        assert_eq!(ZkHalt::code_of(0), None);
+        assert_eq!(ZkHalt::code_of(99), None);
+        assert_eq!(ZkHalt::code_of(-1), None);
+        for code in 0..7 {
+            assert_eq!(ZkHalt::from_code(code).and_then(ZkHalt::code), Some(code));
+        }
+        assert_eq!(ZkHalt::from_code(7), None);
+        assert_eq!(ZkHalt::from_code(u64::MAX), None);
     }
 }

@@ -95,7 +95,8 @@ async fn main() -> anyhow::Result<()> {
                     })
                     .await
                     .ok()?
-                    .into_inner();
+                    .into_inner()
+                    .task?;
                 let mut events = Vec::new();
                 let waiting = wait(&mut s, &task.task_id, |e| events.push(e.clone()));
                 let result = tokio::time::timeout(Duration::from_secs(60), waiting)

@@ -2,7 +2,6 @@
 
 use anyhow::Context;
 use serde::Serialize;
-use zkmesh_proto::Empty;
 use zkmesh_proto::ledger_service_client::LedgerServiceClient;
 use zkmesh_proto::*;
 
@@ -64,7 +63,7 @@ pub async fn audit_expecting(
 ) -> anyhow::Result<AuditReport> {
     let mut ledger = api.admin_ledger()?;
     let served_key = ledger
-        .get_ledger_key(Empty {})
+        .get_ledger_key(GetLedgerKeyRequest {})
         .await?
         .into_inner()
         .public_key;
@@ -79,23 +78,52 @@ pub async fn audit_expecting(
         }
         None => served_key,
     };
-    // The journal as it stands, then the ledger's tables, each with the last journal entry it
-    // reflects (no older than the journal just read, so a ledger cannot pass by serving stale
-    // tables), then the rest of the journal: a live ledger cannot race the audit.
+    // The journal as it stands, then the ledger's tables page by page, each page with the last
+    // journal entry it reflects (no older than the journal just read, so a ledger cannot pass
+    // by serving stale tables), then the rest of the journal: a live ledger cannot race the
+    // audit. Each page is checked against the replay at its own entry, over the range of keys
+    // it covers, so pages taken at different moments still add up to exact set equality.
     let mut entries = read_journal(&mut ledger, 1).await?;
     let head = entries.len() as u64;
-    let listed = ledger.list_accounts(Empty {}).await?.into_inner();
-    let (accounts, accounts_seq) = (listed.accounts, listed.journal_seq);
-    let listed = ledger.list_holds(Empty {}).await?.into_inner();
-    let (holds, holds_seq) = (listed.holds, listed.journal_seq);
-    for seq in [accounts_seq, holds_seq] {
+    let account_pages = read_pages(|page_token| {
+        let mut ledger = ledger.clone();
+        async move {
+            let page = ledger
+                .list_accounts(ListAccountsRequest {
+                    page_size: 0,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.accounts, page.journal_seq, page.next_page_token))
+        }
+    }, |a: &Account| a.account.clone())
+    .await?;
+    let hold_pages = read_pages(|page_token| {
+        let mut ledger = ledger.clone();
+        async move {
+            let page = ledger
+                .list_holds(ListHoldsRequest {
+                    page_size: 0,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.holds, page.journal_seq, page.next_page_token))
+        }
+    }, |h: &HoldInfo| h.task_id.clone())
+    .await?;
+    let seqs: Vec<u64> = (account_pages.iter().map(|p| p.journal_seq))
+        .chain(hold_pages.iter().map(|p| p.journal_seq))
+        .collect();
+    for &seq in &seqs {
         anyhow::ensure!(
             seq >= head,
             "the ledger lists its tables as of journal entry {seq}, older than the {head} entries it had already served"
         );
     }
     entries.extend(read_journal(&mut ledger, head + 1).await?);
-    let (replay, at) = zkmesh_kit::journal::replay_at(&entries, &key, &[accounts_seq, holds_seq])?;
+    let (replay, at) = zkmesh_kit::journal::replay_at(&entries, &key, &seqs)?;
     anyhow::ensure!(
         replay.conserved(),
         "balances plus holds do not equal the {} micro-credits minted",
@@ -109,10 +137,18 @@ pub async fn audit_expecting(
             )
         })
     };
-    zkmesh_kit::journal::check_accounts(snapshot(accounts_seq)?, &accounts)
-        .map_err(|e| anyhow::anyhow!("{e} (as of journal entry {accounts_seq})"))?;
-    zkmesh_kit::journal::check_holds(snapshot(holds_seq)?, &holds)
-        .map_err(|e| anyhow::anyhow!("{e} (as of journal entry {holds_seq})"))?;
+    for page in &account_pages {
+        let seq = page.journal_seq;
+        zkmesh_kit::journal::check_accounts_in(snapshot(seq)?, &page.items, page.range())
+            .map_err(|e| anyhow::anyhow!("{e} (as of journal entry {seq})"))?;
+    }
+    for page in &hold_pages {
+        let seq = page.journal_seq;
+        zkmesh_kit::journal::check_holds_in(snapshot(seq)?, &page.items, page.range())
+            .map_err(|e| anyhow::anyhow!("{e} (as of journal entry {seq})"))?;
+    }
+    let accounts: Vec<&Account> = account_pages.iter().flat_map(|p| &p.items).collect();
+    let holds: Vec<&HoldInfo> = hold_pages.iter().flat_map(|p| &p.items).collect();
     let open_holds = holds
         .iter()
         .filter(|h| h.state() == HoldState::Open)
@@ -143,6 +179,64 @@ pub async fn audit_expecting(
     })
 }
 
+/// One page of a ledger table, with the range of keys it covers: after the previous page's last
+/// key, up to and including its own last key (the last page: to the end).
+struct ListedPage<T> {
+    items: Vec<T>,
+    journal_seq: u64,
+    after: Option<String>,
+    up_to: Option<String>,
+}
+
+impl<T> ListedPage<T> {
+    fn range(&self) -> zkmesh_kit::journal::KeyRange<'_> {
+        use std::ops::Bound;
+        (
+            self.after.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
+            self.up_to.as_deref().map_or(Bound::Unbounded, Bound::Included),
+        )
+    }
+}
+
+/// Every page of a ledger table. The ranges come from the items themselves, not from the
+/// ledger's tokens: a ledger that skips keys, repeats them or lists one on the wrong page fails
+/// the per-page check. An empty page that is not the last is refused (it would cover nothing
+/// and could go on forever).
+async fn read_pages<T, F, Fut>(
+    mut fetch: F,
+    key: impl Fn(&T) -> String,
+) -> anyhow::Result<Vec<ListedPage<T>>>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<(Vec<T>, u64, String), tonic::Status>>,
+{
+    let mut pages = Vec::new();
+    let mut token = String::new();
+    let mut after: Option<String> = None;
+    loop {
+        let (items, journal_seq, next) = fetch(std::mem::take(&mut token)).await?;
+        if next.is_empty() {
+            pages.push(ListedPage {
+                items,
+                journal_seq,
+                after,
+                up_to: None,
+            });
+            return Ok(pages);
+        }
+        let last = items.last().map(&key).ok_or_else(|| {
+            anyhow::anyhow!("the ledger sent an empty page of its tables that is not the last")
+        })?;
+        pages.push(ListedPage {
+            items,
+            journal_seq,
+            after: after.replace(last.clone()),
+            up_to: Some(last),
+        });
+        token = next;
+    }
+}
+
 async fn read_journal(
     ledger: &mut LedgerServiceClient<tonic::transport::Channel>,
     from_seq: u64,
@@ -153,7 +247,10 @@ async fn read_journal(
         .into_inner();
     let mut entries = Vec::new();
     while let Some(e) = stream.message().await? {
-        entries.push(e);
+        entries.push(
+            e.entry
+                .ok_or_else(|| anyhow::anyhow!("the ledger sent a journal message without an entry"))?,
+        );
     }
     Ok(entries)
 }

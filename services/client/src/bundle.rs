@@ -8,7 +8,7 @@
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use zkmesh_proto::{Task, TaskResult, ZkProof};
+use zkmesh_proto::{Task, TaskResult, ZkHalt, ZkProof};
 use zkmesh_prover::zkvm;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -114,7 +114,8 @@ impl From<&ZkProof> for BundleProof {
             circuit_class: p.circuit_class.clone(),
             verifying_key_sha256: p.verifying_key_sha256.clone(),
             steps: p.steps,
-            status: p.status,
+            // A verified proof has a known halt; an unknown one gives a code no proof has.
+            status: ZkHalt::code_of(p.halt).unwrap_or(u64::MAX),
             state_out: p.state_out.clone(),
             proof_base64: B64.encode(&p.proof),
             links: p

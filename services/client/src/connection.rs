@@ -9,7 +9,8 @@ use zkmesh_kit::client::{ClientTls, channel};
 use zkmesh_proto::ledger_service_client::LedgerServiceClient;
 use zkmesh_proto::registry_service_client::RegistryServiceClient;
 use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
-use zkmesh_proto::{Empty, ModuleRef};
+use zkmesh_kit::paging::collect_pages;
+use zkmesh_proto::{CircuitInfo, CircuitSetupState, FetchModuleRequest, ListCircuitsRequest};
 
 use crate::config::ClientConfig;
 
@@ -96,7 +97,7 @@ impl MeshClient {
     pub async fn module_bytes(&self, hash: &str) -> anyhow::Result<Vec<u8>> {
         let mut stream = self
             .scheduler()?
-            .fetch_module(ModuleRef {
+            .fetch_module(FetchModuleRequest {
                 module_hash: hash.to_string(),
             })
             .await?
@@ -108,31 +109,49 @@ impl MeshClient {
         Ok(bytes)
     }
 
+    /// Every circuit class the verifier serves, over all pages.
+    pub async fn circuits(&self) -> anyhow::Result<Vec<CircuitInfo>> {
+        let verifier = self.verifier()?;
+        Ok(collect_pages(|page_token| {
+            let mut verifier = verifier.clone();
+            async move {
+                let page = verifier
+                    .list_circuits(ListCircuitsRequest {
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((page.circuits, page.next_page_token))
+            }
+        })
+        .await?)
+    }
+
     /// Waits until a circuit class is ready on the verifier, showing progress on stderr.
     pub async fn wait_for_circuit(&self, class: &str, quiet: bool) -> anyhow::Result<()> {
-        let mut verifier = self.verifier()?;
         let mut last = String::new();
         let started = std::time::Instant::now();
         loop {
-            let circuits = verifier
-                .list_circuits(Empty {})
-                .await?
-                .into_inner()
-                .circuits;
+            let circuits = self.circuits().await?;
             let Some(c) = circuits.iter().find(|c| c.circuit_class == class) else {
                 anyhow::bail!("the verifier has no circuit class {class}");
             };
-            if c.state == "ready" {
-                return Ok(());
+            let line = c.state_line();
+            match c.state() {
+                CircuitSetupState::Ready => return Ok(()),
+                CircuitSetupState::Failed => anyhow::bail!("circuit class {class} is {line}"),
+                // A setup asked for at start may not have begun yet.
+                CircuitSetupState::NotSetUp | CircuitSetupState::Unspecified
+                    if started.elapsed() > Duration::from_secs(10) =>
+                {
+                    anyhow::bail!("circuit class {class} is {line}")
+                }
+                _ => {}
             }
-            // A setup asked for at start may not have begun yet.
-            let stalled = c.state == "not set up" && started.elapsed() > Duration::from_secs(10);
-            if c.state.starts_with("failed") || stalled {
-                anyhow::bail!("circuit class {class} is {}", c.state);
-            }
-            if !quiet && c.state != last {
-                eprintln!("circuit {class}: {}", c.state);
-                last = c.state.clone();
+            if !quiet && line != last {
+                eprintln!("circuit {class}: {line}");
+                last = line;
             }
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
         }

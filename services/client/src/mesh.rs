@@ -10,6 +10,7 @@ use zkmesh_kit::CancellationToken;
 use zkmesh_kit::config::{ServerConfig, TlsFiles};
 use zkmesh_kit::identity::{Identity, MeshCa, Role};
 use zkmesh_kit::server::Serving;
+use zkmesh_kit::paging::collect_pages;
 use zkmesh_proto::*;
 use zkmesh_worker::{WorkerConfig, WorkerHandle};
 
@@ -244,12 +245,13 @@ impl LocalMesh {
         let account = format!("user/{}", options.user);
         let balance = api
             .admin_ledger()?
-            .get_balance(AccountRef {
+            .get_balance(GetBalanceRequest {
                 account: account.clone(),
             })
             .await?
             .into_inner()
-            .balance;
+            .account
+            .map_or(0, |a| a.balance);
         if balance == 0 && options.mint > 0 {
             api.admin_ledger()?
                 .mint(MintRequest {
@@ -334,20 +336,37 @@ impl LocalMesh {
         let api = MeshClient::connect(&self.client)?;
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let active = api
-                .admin_registry()?
-                .list_nodes(ListNodesRequest {
-                    status: NodeStatus::Active as i32,
-                })
-                .await?
-                .into_inner()
-                .nodes;
-            let connected = api
-                .admin_scheduler()?
-                .list_workers(ListWorkersRequest {})
-                .await?
-                .into_inner()
-                .workers;
+            let registry = api.admin_registry()?;
+            let active = collect_pages(|page_token| {
+                let mut registry = registry.clone();
+                async move {
+                    let page = registry
+                        .list_nodes(ListNodesRequest {
+                            status: NodeStatus::Active as i32,
+                            page_size: 1000,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.nodes, page.next_page_token))
+                }
+            })
+            .await?;
+            let scheduler = api.admin_scheduler()?;
+            let connected = collect_pages(|page_token| {
+                let mut scheduler = scheduler.clone();
+                async move {
+                    let page = scheduler
+                        .list_workers(ListWorkersRequest {
+                            page_size: 1000,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.workers, page.next_page_token))
+                }
+            })
+            .await?;
             let ready = connected
                 .iter()
                 .filter(|w| active.iter().any(|a| a.node_id == w.node_id))

@@ -7,12 +7,24 @@ use tonic::transport::Channel;
 use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
 use zkmesh_proto::*;
 
-/// Uploads a module in 256 KiB chunks.
+/// Uploads a module in 256 KiB chunks; the module as the scheduler holds it.
 pub async fn upload(
     scheduler: &mut SchedulerServiceClient<Channel>,
     name: &str,
     bytes: &[u8],
 ) -> Result<ModuleInfo, tonic::Status> {
+    upload_module(scheduler, name, bytes)
+        .await?
+        .module
+        .ok_or_else(|| tonic::Status::internal("the scheduler answered without the module"))
+}
+
+/// [`upload`], with the whole answer (whether the module was there already).
+pub async fn upload_module(
+    scheduler: &mut SchedulerServiceClient<Channel>,
+    name: &str,
+    bytes: &[u8],
+) -> Result<UploadModuleResponse, tonic::Status> {
     let expected = zkmesh_kit::sha256_hex(bytes);
     let mut messages: Vec<UploadModuleRequest> = bytes
         .chunks(256 << 10)
@@ -45,24 +57,65 @@ pub async fn wait(
     task_id: &str,
     mut progress: impl FnMut(&TaskEvent),
 ) -> Result<TaskResult, tonic::Status> {
-    let task_ref = || TaskRef {
-        task_id: task_id.to_string(),
-    };
-    if let Ok(stream) = scheduler.watch_task(task_ref()).await {
+    // Follow the events; when the stream breaks (the scheduler restarted, say), resume after
+    // the last event seen, a few times, then poll.
+    let mut after_seq = 0;
+    for _ in 0..5 {
+        let Ok(stream) = scheduler
+            .watch_task(WatchTaskRequest {
+                task_id: task_id.to_string(),
+                after_seq,
+            })
+            .await
+        else {
+            break;
+        };
         let mut stream = stream.into_inner();
-        while let Ok(Some(event)) = stream.message().await {
+        while let Ok(Some(message)) = stream.message().await {
+            let Some(event) = message.event else { continue };
+            after_seq = after_seq.max(event.seq);
             progress(&event);
             if is_terminal(event.state()) {
-                return Ok(scheduler.get_result(task_ref()).await?.into_inner());
+                return result(scheduler, task_id).await;
             }
-        }
-    }
-    // The stream broke (the scheduler restarted, say): poll instead.
-    loop {
-        let task = scheduler.get_task(task_ref()).await?.into_inner();
-        if is_terminal(task.state()) {
-            return Ok(scheduler.get_result(task_ref()).await?.into_inner());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    loop {
+        let task = task(scheduler, task_id).await?;
+        if is_terminal(task.state()) {
+            return result(scheduler, task_id).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A task, by id.
+pub async fn task(
+    scheduler: &mut SchedulerServiceClient<Channel>,
+    task_id: &str,
+) -> Result<Task, tonic::Status> {
+    scheduler
+        .get_task(GetTaskRequest {
+            task_id: task_id.to_string(),
+        })
+        .await?
+        .into_inner()
+        .task
+        .ok_or_else(|| tonic::Status::internal("the scheduler answered without the task"))
+}
+
+/// A task's result, by id.
+pub async fn result(
+    scheduler: &mut SchedulerServiceClient<Channel>,
+    task_id: &str,
+) -> Result<TaskResult, tonic::Status> {
+    scheduler
+        .get_result(GetResultRequest {
+            task_id: task_id.to_string(),
+        })
+        .await?
+        .into_inner()
+        .result
+        .ok_or_else(|| tonic::Status::internal("the scheduler answered without the result"))
 }

@@ -1,7 +1,7 @@
 //! Why a ledger call fails, and the status each kind of failure maps to.
 
 use tonic::Status;
-use zkmesh_kit::error::{Code, ServiceError};
+use zkmesh_kit::error::{Code, ServiceError, reasons};
 
 /// Why a ledger call failed; [`ServiceError::code`] decides the status.
 #[derive(Debug, thiserror::Error)]
@@ -12,6 +12,12 @@ pub enum LedgerError {
     NotFound(String),
     #[error("{0}")]
     Precondition(String),
+    /// A hold larger than the account's balance.
+    #[error("{0}")]
+    InsufficientCredits(String),
+    /// A mint that would take the supply past what the columns can hold.
+    #[error("{0}")]
+    SupplyLimit(String),
     #[error("{0}")]
     Exists(String),
     #[error("{0}")]
@@ -27,11 +33,22 @@ impl ServiceError for LedgerError {
         match self {
             LedgerError::BadRequest(_) => Code::InvalidArgument,
             LedgerError::NotFound(_) => Code::NotFound,
-            LedgerError::Precondition(_) => Code::FailedPrecondition,
+            LedgerError::Precondition(_) | LedgerError::InsufficientCredits(_) => {
+                Code::FailedPrecondition
+            }
+            LedgerError::SupplyLimit(_) => Code::InvalidArgument,
             LedgerError::Exists(_) => Code::AlreadyExists,
             LedgerError::Denied(_) => Code::PermissionDenied,
             LedgerError::Db(e) => e.code(),
             LedgerError::Internal(_) => Code::Internal,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            LedgerError::InsufficientCredits(_) => reasons::INSUFFICIENT_CREDITS,
+            LedgerError::SupplyLimit(_) => reasons::SUPPLY_LIMIT,
+            other => other.code().reason(),
         }
     }
 }

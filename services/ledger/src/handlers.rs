@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use zkmesh_kit::acl::caller;
 use zkmesh_kit::identity::{Identity, Role};
 use zkmesh_kit::now_ms;
+use zkmesh_kit::paging::Page;
 use zkmesh_proto::ledger_service_server::LedgerService as LedgerApi;
 use zkmesh_proto::*;
 
@@ -34,7 +35,7 @@ pub(crate) fn readable_account(me: &Identity, requested: &str) -> Result<String>
 
 #[tonic::async_trait]
 impl LedgerApi for LedgerService {
-    async fn mint(&self, req: Request<MintRequest>) -> Result<Response<Account>, Status> {
+    async fn mint(&self, req: Request<MintRequest>) -> Result<Response<MintResponse>, Status> {
         let req = req.into_inner();
         if req.account.is_empty() || req.amount == 0 {
             return Err(Status::invalid_argument(
@@ -45,7 +46,7 @@ impl LedgerApi for LedgerService {
         self.store
             .commit(
                 &[Movement {
-                    kind: "mint",
+                    kind: JournalEntryKind::Mint,
                     account: &req.account,
                     task_id: "",
                     amount: req.amount,
@@ -60,7 +61,7 @@ impl LedgerApi for LedgerService {
                         .fetch_one(&mut *tx)
                         .await?;
                         if minted.checked_add(minting).is_none() {
-                            return Err(LedgerError::BadRequest(format!(
+                            return Err(LedgerError::SupplyLimit(format!(
                                 "minting {minting} would take the credits in circulation past {}",
                                 i64::MAX
                             )));
@@ -71,46 +72,63 @@ impl LedgerApi for LedgerService {
             )
             .await?;
         tracing::info!(account = %req.account, amount = req.amount, "minted");
-        Ok(Response::new(Account {
-            balance: self.store.balance(&req.account).await?,
-            account: req.account,
+        Ok(Response::new(MintResponse {
+            account: Some(Account {
+                balance: self.store.balance(&req.account).await?,
+                account: req.account,
+            }),
         }))
     }
 
-    async fn get_balance(&self, req: Request<AccountRef>) -> Result<Response<Account>, Status> {
+    async fn get_balance(
+        &self,
+        req: Request<GetBalanceRequest>,
+    ) -> Result<Response<GetBalanceResponse>, Status> {
         let me = caller(&req)?;
         let account = readable_account(&me, &req.into_inner().account)?;
-        Ok(Response::new(Account {
-            balance: self.store.balance(&account).await?,
-            account,
+        Ok(Response::new(GetBalanceResponse {
+            account: Some(Account {
+                balance: self.store.balance(&account).await?,
+                account,
+            }),
         }))
     }
 
     async fn list_accounts(
         &self,
-        _req: Request<Empty>,
+        req: Request<ListAccountsRequest>,
     ) -> Result<Response<ListAccountsResponse>, Status> {
+        let req = req.into_inner();
+        let page = Page::of(req.page_size, &req.page_token, 1000, 10_000)?;
         // Under the tip lock no write is in flight, so the rows and the tip are one snapshot.
         let tip = self.store.tip.lock().await;
-        let rows = sqlx::query("SELECT account, balance FROM accounts ORDER BY account")
-            .fetch_all(&self.store.db)
-            .await
-            .map_err(LedgerError::from)?;
+        let rows = sqlx::query(
+            "SELECT account, balance FROM accounts WHERE $1 IS NULL OR account > $2 ORDER BY account LIMIT $3",
+        )
+        .bind(page.after.as_deref())
+        .bind(page.after.as_deref())
+        .bind(page.read_limit())
+        .fetch_all(&self.store.db)
+        .await
+        .map_err(LedgerError::from)?;
         let journal_seq = tip.seq;
         drop(tip);
+        let accounts = rows
+            .iter()
+            .map(|r| Account {
+                account: r.get(0),
+                balance: r.get::<i64, _>(1) as u64,
+            })
+            .collect();
+        let (accounts, next_page_token) = page.finish(accounts, |a| a.account.clone());
         Ok(Response::new(ListAccountsResponse {
             journal_seq,
-            accounts: rows
-                .iter()
-                .map(|r| Account {
-                    account: r.get(0),
-                    balance: r.get::<i64, _>(1) as u64,
-                })
-                .collect(),
+            accounts,
+            next_page_token,
         }))
     }
 
-    async fn hold(&self, req: Request<HoldRequest>) -> Result<Response<HoldInfo>, Status> {
+    async fn hold(&self, req: Request<HoldRequest>) -> Result<Response<HoldResponse>, Status> {
         let req = req.into_inner();
         if req.task_id.is_empty() || req.account.is_empty() {
             return Err(Status::invalid_argument("hold needs a task and an account"));
@@ -119,7 +137,7 @@ impl LedgerApi for LedgerService {
         let (task, account) = (req.task_id.clone(), req.account.clone());
         self.store.commit(
             &[Movement {
-                kind: "hold",
+                kind: JournalEntryKind::Hold,
                 account: &req.account,
                 task_id: &req.task_id,
                 amount: req.amount,
@@ -140,7 +158,7 @@ impl LedgerApi for LedgerService {
                         .map(|r| r.get::<i64, _>(0))
                         .unwrap_or(0);
                     if balance < want {
-                        return Err(LedgerError::Precondition(format!(
+                        return Err(LedgerError::InsufficientCredits(format!(
                             "insufficient credits: {account} has {balance} micro-credits, the task needs {want} held"
                         )));
                     }
@@ -158,10 +176,15 @@ impl LedgerApi for LedgerService {
             },
         )
         .await?;
-        Ok(Response::new(self.store.hold_row(&req.task_id).await?))
+        Ok(Response::new(HoldResponse {
+            hold: Some(self.store.hold_row(&req.task_id).await?),
+        }))
     }
 
-    async fn capture(&self, req: Request<CaptureRequest>) -> Result<Response<HoldInfo>, Status> {
+    async fn capture(
+        &self,
+        req: Request<CaptureRequest>,
+    ) -> Result<Response<CaptureResponse>, Status> {
         let req = req.into_inner();
         let paid = req
             .payouts
@@ -171,7 +194,9 @@ impl LedgerApi for LedgerService {
         // A retried capture (its answer was lost) is answered again, and changes nothing.
         let current = self.store.hold_row(&req.task_id).await?;
         if current.state() == HoldState::Captured && current.paid == paid {
-            return Ok(Response::new(current));
+            return Ok(Response::new(CaptureResponse {
+                hold: Some(current),
+            }));
         }
         let hold = self.store.open_hold(&req.task_id).await?;
         if paid > hold.amount {
@@ -186,7 +211,7 @@ impl LedgerApi for LedgerService {
             .iter()
             .filter(|p| p.amount > 0)
             .map(|p| Movement {
-                kind: "pay",
+                kind: JournalEntryKind::Pay,
                 account: &p.account,
                 task_id: &req.task_id,
                 amount: p.amount,
@@ -196,7 +221,7 @@ impl LedgerApi for LedgerService {
         // nothing, so the journal and the holds table never disagree about it.
         if refund > 0 || movements.is_empty() {
             movements.push(Movement {
-                kind: "refund",
+                kind: JournalEntryKind::Refund,
                 account: &hold.account,
                 task_id: &req.task_id,
                 amount: refund,
@@ -209,14 +234,21 @@ impl LedgerApi for LedgerService {
             })
             .await?;
         tracing::info!(task_id = %req.task_id, paid, refund, "captured");
-        Ok(Response::new(self.store.hold_row(&req.task_id).await?))
+        Ok(Response::new(CaptureResponse {
+            hold: Some(self.store.hold_row(&req.task_id).await?),
+        }))
     }
 
-    async fn release(&self, req: Request<ReleaseRequest>) -> Result<Response<HoldInfo>, Status> {
+    async fn release(
+        &self,
+        req: Request<ReleaseRequest>,
+    ) -> Result<Response<ReleaseResponse>, Status> {
         let req = req.into_inner();
         let current = self.store.hold_row(&req.task_id).await?;
         if current.state() == HoldState::Released {
-            return Ok(Response::new(current));
+            return Ok(Response::new(ReleaseResponse {
+                hold: Some(current),
+            }));
         }
         let hold = self.store.open_hold(&req.task_id).await?;
         let task = req.task_id.clone();
@@ -224,7 +256,7 @@ impl LedgerApi for LedgerService {
         self.store
             .commit(
                 &[Movement {
-                    kind: "release",
+                    kind: JournalEntryKind::Release,
                     account: &hold.account,
                     task_id: &req.task_id,
                     amount: hold.amount,
@@ -235,7 +267,9 @@ impl LedgerApi for LedgerService {
             )
             .await?;
         tracing::info!(task_id = %req.task_id, reason = %req.reason, "released");
-        Ok(Response::new(self.store.hold_row(&req.task_id).await?))
+        Ok(Response::new(ReleaseResponse {
+            hold: Some(self.store.hold_row(&req.task_id).await?),
+        }))
     }
 
     async fn history(
@@ -244,30 +278,45 @@ impl LedgerApi for LedgerService {
     ) -> Result<Response<HistoryResponse>, Status> {
         let me = caller(&req)?;
         let req = req.into_inner();
+        let page = Page::of(req.page_size, &req.page_token, 1000, 10_000)?;
+        // The token is the last sequence number sent (as text).
+        let after: i64 = match &page.after {
+            None => 0,
+            Some(seq) => seq
+                .parse()
+                .map_err(|_| Status::invalid_argument("page_token is not one this service issued"))?,
+        };
         let rows = if !req.task_id.is_empty() && me.role == Role::Admin && req.account.is_empty() {
-            sqlx::query("SELECT * FROM journal WHERE task_id = $1 ORDER BY seq")
+            sqlx::query("SELECT * FROM journal WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
                 .bind(&req.task_id)
+                .bind(after)
+                .bind(page.read_limit())
                 .fetch_all(&self.store.db)
                 .await
         } else {
             let account = readable_account(&me, &req.account)?;
             sqlx::query(
-                "SELECT * FROM journal WHERE account = $1 AND ($2 = '' OR task_id = $3) ORDER BY seq",
+                "SELECT * FROM journal WHERE account = $1 AND ($2 = '' OR task_id = $3) AND seq > $4 ORDER BY seq LIMIT $5",
             )
             .bind(&account)
             .bind(&req.task_id)
             .bind(&req.task_id)
+            .bind(after)
+            .bind(page.read_limit())
             .fetch_all(&self.store.db)
             .await
         }
         .map_err(LedgerError::from)?;
+        let entries: Vec<JournalEntry> = rows.iter().map(entry_from_row).collect();
+        let (entries, next_page_token) = page.finish(entries, |e| e.seq.to_string());
         Ok(Response::new(HistoryResponse {
-            entries: rows.iter().map(entry_from_row).collect(),
+            entries,
+            next_page_token,
         }))
     }
 
     type ReadJournalStream =
-        Pin<Box<dyn tokio_stream::Stream<Item = Result<JournalEntry, Status>> + Send>>;
+        Pin<Box<dyn tokio_stream::Stream<Item = Result<ReadJournalResponse, Status>> + Send>>;
 
     async fn read_journal(
         &self,
@@ -299,7 +348,11 @@ impl LedgerApi for LedgerService {
                 for row in &rows {
                     let entry = entry_from_row(row);
                     next = entry.seq as i64 + 1;
-                    if tx.send(Ok(entry)).await.is_err() {
+                    if tx
+                        .send(Ok(ReadJournalResponse { entry: Some(entry) }))
+                        .await
+                        .is_err()
+                    {
                         return;
                     }
                 }
@@ -312,23 +365,36 @@ impl LedgerApi for LedgerService {
 
     async fn list_holds(
         &self,
-        _req: Request<Empty>,
+        req: Request<ListHoldsRequest>,
     ) -> Result<Response<ListHoldsResponse>, Status> {
+        let req = req.into_inner();
+        let page = Page::of(req.page_size, &req.page_token, 1000, 10_000)?;
         let tip = self.store.tip.lock().await;
-        let rows = sqlx::query("SELECT * FROM holds ORDER BY task_id")
-            .fetch_all(&self.store.db)
-            .await
-            .map_err(LedgerError::from)?;
+        let rows = sqlx::query(
+            "SELECT * FROM holds WHERE $1 IS NULL OR task_id > $2 ORDER BY task_id LIMIT $3",
+        )
+        .bind(page.after.as_deref())
+        .bind(page.after.as_deref())
+        .bind(page.read_limit())
+        .fetch_all(&self.store.db)
+        .await
+        .map_err(LedgerError::from)?;
         let journal_seq = tip.seq;
         drop(tip);
+        let holds = rows.iter().map(hold_from_row).collect();
+        let (holds, next_page_token) = page.finish(holds, |h| h.task_id.clone());
         Ok(Response::new(ListHoldsResponse {
             journal_seq,
-            holds: rows.iter().map(hold_from_row).collect(),
+            holds,
+            next_page_token,
         }))
     }
 
-    async fn get_ledger_key(&self, _req: Request<Empty>) -> Result<Response<LedgerKey>, Status> {
-        Ok(Response::new(LedgerKey {
+    async fn get_ledger_key(
+        &self,
+        _req: Request<GetLedgerKeyRequest>,
+    ) -> Result<Response<GetLedgerKeyResponse>, Status> {
+        Ok(Response::new(GetLedgerKeyResponse {
             public_key: self.store.key.verifying_key().to_bytes().to_vec(),
         }))
     }

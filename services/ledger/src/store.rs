@@ -22,7 +22,7 @@ pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 
 /// One movement to journal.
 pub(crate) struct Movement<'a> {
-    pub(crate) kind: &'static str,
+    pub(crate) kind: JournalEntryKind,
     pub(crate) account: &'a str,
     pub(crate) task_id: &'a str,
     pub(crate) amount: u64,
@@ -69,7 +69,11 @@ pub(crate) fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> JournalEntry {
     JournalEntry {
         seq: row.get::<i64, _>("seq") as u64,
         at_ms: row.get("at_ms"),
-        kind: row.get("kind"),
+        // Stored by short name; a name no kind has (a corrupted row) fails any audit.
+        kind: row
+            .get::<String, _>("kind")
+            .parse::<JournalEntryKind>()
+            .map_or(JournalEntryKind::Unspecified as i32, |k| k as i32),
         account: row.get("account"),
         task_id: row.get("task_id"),
         amount: row.get::<i64, _>("amount") as u64,
@@ -155,8 +159,9 @@ impl Store {
         let mut prev = tip.hash.clone();
         for m in movements {
             let delta = amount(m.amount, "amount")?;
-            let delta = if m.kind == "hold" { -delta } else { delta };
-            if m.kind != "hold" || m.amount > 0 {
+            let hold = m.kind == JournalEntryKind::Hold;
+            let delta = if hold { -delta } else { delta };
+            if !hold || m.amount > 0 {
                 sqlx::query(
                     "INSERT INTO accounts (account, balance) VALUES ($1, 0) ON CONFLICT (account) DO NOTHING",
                 )
@@ -173,7 +178,7 @@ impl Store {
             let mut entry = JournalEntry {
                 seq,
                 at_ms: now_ms(),
-                kind: m.kind.to_string(),
+                kind: m.kind as i32,
                 account: m.account.to_string(),
                 task_id: m.task_id.to_string(),
                 amount: m.amount,
@@ -188,7 +193,7 @@ impl Store {
             )
             .bind(seq as i64)
             .bind(entry.at_ms)
-            .bind(&entry.kind)
+            .bind(m.kind.short_name())
             .bind(&entry.account)
             .bind(&entry.task_id)
             .bind(delta.abs())

@@ -35,12 +35,12 @@ async fn audit(ledger: &LedgerService) -> Result<(), String> {
         return Err("not conserved".into());
     }
     let accounts = ledger
-        .list_accounts(Request::new(Empty {}))
+        .list_accounts(Request::new(ListAccountsRequest::default()))
         .await
         .unwrap()
         .into_inner();
     let holds = ledger
-        .list_holds(Request::new(Empty {}))
+        .list_holds(Request::new(ListHoldsRequest::default()))
         .await
         .unwrap()
         .into_inner();
@@ -95,7 +95,9 @@ async fn holds_of_nothing_close_in_the_journal_too() {
         }))
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .hold
+        .unwrap();
     assert_eq!(captured.state(), HoldState::Captured);
     ledger
         .release(Request::new(ReleaseRequest {
@@ -128,7 +130,7 @@ async fn writes_abandoned_midway_leave_the_chain_whole() {
     let write = || {
         ledger.store.commit(
             &[Movement {
-                kind: "mint",
+                kind: JournalEntryKind::Mint,
                 account: "user/bob",
                 task_id: "",
                 amount: 1,
@@ -172,6 +174,10 @@ async fn minting_past_the_supply_cap_is_refused() {
     let refused = mint(&ledger, "user/carol", 1).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument, "{refused:?}");
     assert!(refused.message().contains("in circulation"), "{refused:?}");
+    assert_eq!(
+        zkmesh_kit::error::reason_of(&refused).as_deref(),
+        Some("SUPPLY_LIMIT")
+    );
     let refused = mint(&ledger, "user/alice", u64::MAX).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     let entries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM journal")
@@ -179,5 +185,87 @@ async fn minting_past_the_supply_cap_is_refused() {
         .await
         .unwrap();
     assert_eq!(entries, 2);
+    audit(&ledger).await.unwrap();
+}
+
+/// Accounts and holds come in pages that together list each exactly once, each page naming
+/// the journal entry it reflects; a bad token is refused; a hold past the balance says why
+/// in a machine-readable reason.
+#[tokio::test]
+async fn accounts_and_holds_are_paged_and_refusals_carry_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger(&dir).await;
+    for i in 0..5 {
+        mint(&ledger, &format!("user/u{i}"), 10).await.unwrap();
+    }
+    mint(&ledger, "user/alice", 100).await.unwrap();
+    for i in 0..3 {
+        hold(&ledger, &format!("t-{i}"), 10).await;
+    }
+    let mut token = String::new();
+    let mut names = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = ledger
+            .list_accounts(Request::new(ListAccountsRequest {
+                page_size: 2,
+                page_token: token.clone(),
+            }))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(page.journal_seq, 9);
+        assert!(page.accounts.len() <= 2);
+        names.extend(page.accounts.into_iter().map(|a| a.account));
+        pages += 1;
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut want: Vec<String> = (0..5).map(|i| format!("user/u{i}")).collect();
+    want.push("user/alice".into());
+    want.sort();
+    assert_eq!((names, pages), (want, 3));
+    let holds = ledger
+        .list_holds(Request::new(ListHoldsRequest {
+            page_size: 2,
+            page_token: String::new(),
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(holds.holds.len(), 2);
+    let rest = ledger
+        .list_holds(Request::new(ListHoldsRequest {
+            page_size: 2,
+            page_token: holds.next_page_token,
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    let ids: Vec<&str> = holds.holds.iter().chain(&rest.holds).map(|h| h.task_id.as_str()).collect();
+    assert_eq!((ids, rest.next_page_token.as_str()), (vec!["t-0", "t-1", "t-2"], ""));
+    let bad = ledger
+        .list_holds(Request::new(ListHoldsRequest {
+            page_size: 2,
+            page_token: "zz".into(),
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument);
+    let poor = ledger
+        .hold(Request::new(HoldRequest {
+            task_id: "t-too-much".into(),
+            account: "user/alice".into(),
+            amount: 1000,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(poor.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(
+        zkmesh_kit::error::reason_of(&poor).as_deref(),
+        Some("INSUFFICIENT_CREDITS")
+    );
     audit(&ledger).await.unwrap();
 }

@@ -4,6 +4,7 @@ use sqlx::Row;
 use tonic::{Request, Response, Status};
 use zkmesh_kit::acl::caller;
 use zkmesh_kit::now_ms;
+use zkmesh_kit::paging::Page;
 use zkmesh_proto::registry_service_server::RegistryService as RegistryApi;
 use zkmesh_proto::*;
 
@@ -45,7 +46,7 @@ impl RegistryApi for RegistryService {
     async fn renew_certificate(
         &self,
         req: Request<RenewCertificateRequest>,
-    ) -> Result<Response<FetchCertificateResponse>, Status> {
+    ) -> Result<Response<RenewCertificateResponse>, Status> {
         let me = caller(&req)?;
         let req = req.into_inner();
         if rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem).is_err() {
@@ -68,7 +69,7 @@ impl RegistryApi for RegistryService {
         .execute(&self.nodes.db)
         .await
         .map_err(RegistryError::from)?;
-        Ok(Response::new(FetchCertificateResponse {
+        Ok(Response::new(RenewCertificateResponse {
             status: node.status,
             certificate_pem: cert,
             ca_certificate_pem: self.nodes.ca.cert_pem.clone(),
@@ -76,27 +77,34 @@ impl RegistryApi for RegistryService {
         }))
     }
 
-    async fn approve_node(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
+    async fn approve_node(
+        &self,
+        req: Request<ApproveNodeRequest>,
+    ) -> Result<Response<ApproveNodeResponse>, Status> {
         let id = req.into_inner().node_id;
-        Ok(Response::new(
-            self.nodes.transition(&id, &["pending"], "approved").await?,
-        ))
+        let node = self.nodes.transition(&id, &["pending"], "approved").await?;
+        Ok(Response::new(ApproveNodeResponse { node: Some(node) }))
     }
 
-    async fn deny_node(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
+    async fn deny_node(
+        &self,
+        req: Request<DenyNodeRequest>,
+    ) -> Result<Response<DenyNodeResponse>, Status> {
         let id = req.into_inner().node_id;
-        Ok(Response::new(
-            self.nodes.transition(&id, &["pending"], "denied").await?,
-        ))
+        let node = self.nodes.transition(&id, &["pending"], "denied").await?;
+        Ok(Response::new(DenyNodeResponse { node: Some(node) }))
     }
 
-    async fn revoke_node(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
+    async fn revoke_node(
+        &self,
+        req: Request<RevokeNodeRequest>,
+    ) -> Result<Response<RevokeNodeResponse>, Status> {
         let id = req.into_inner().node_id;
-        Ok(Response::new(
-            self.nodes
-                .transition(&id, &["pending", "approved"], "revoked")
-                .await?,
-        ))
+        let node = self
+            .nodes
+            .transition(&id, &["pending", "approved"], "revoked")
+            .await?;
+        Ok(Response::new(RevokeNodeResponse { node: Some(node) }))
     }
 
     async fn heartbeat(
@@ -127,36 +135,59 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<ListNodesRequest>,
     ) -> Result<Response<ListNodesResponse>, Status> {
-        let want = req.into_inner().status();
-        let rows = sqlx::query("SELECT * FROM nodes ORDER BY enrolled_at_ms, node_id")
-            .fetch_all(&self.nodes.db)
-            .await
-            .map_err(RegistryError::from)?;
+        let req = req.into_inner();
+        let want = req.status();
+        let page = Page::of(req.page_size, &req.page_token, 100, 1000)?;
+        // The status is derived (offline from the heartbeats), so the filter runs here.
+        let rows = sqlx::query(
+            "SELECT * FROM nodes WHERE $1 IS NULL OR node_id > $2 ORDER BY node_id",
+        )
+        .bind(page.after.as_deref())
+        .bind(page.after.as_deref())
+        .fetch_all(&self.nodes.db)
+        .await
+        .map_err(RegistryError::from)?;
         let nodes = rows
             .iter()
             .map(|r| self.nodes.node_from_row(r))
             .filter(|n| want == NodeStatus::Unspecified || n.status() == want)
+            .take(page.size + 1)
             .collect();
-        Ok(Response::new(ListNodesResponse { nodes }))
+        let (nodes, next_page_token) = page.finish(nodes, |n| n.node_id.clone());
+        Ok(Response::new(ListNodesResponse {
+            nodes,
+            next_page_token,
+        }))
     }
 
-    async fn get_node(&self, req: Request<NodeRef>) -> Result<Response<Node>, Status> {
-        Ok(Response::new(
-            self.nodes.node(&req.into_inner().node_id).await?,
-        ))
+    async fn get_node(
+        &self,
+        req: Request<GetNodeRequest>,
+    ) -> Result<Response<GetNodeResponse>, Status> {
+        let node = self.nodes.node(&req.into_inner().node_id).await?;
+        Ok(Response::new(GetNodeResponse { node: Some(node) }))
     }
 
     async fn list_revoked(
         &self,
-        _req: Request<ListRevokedRequest>,
+        req: Request<ListRevokedRequest>,
     ) -> Result<Response<ListRevokedResponse>, Status> {
-        let rows =
-            sqlx::query("SELECT node_id FROM nodes WHERE state = 'revoked' ORDER BY node_id")
-                .fetch_all(&self.nodes.db)
-                .await
-                .map_err(RegistryError::from)?;
+        let req = req.into_inner();
+        let page = Page::of(req.page_size, &req.page_token, 1000, 10_000)?;
+        let rows = sqlx::query(
+            "SELECT node_id FROM nodes WHERE state = 'revoked' AND ($1 IS NULL OR node_id > $2) ORDER BY node_id LIMIT $3",
+        )
+        .bind(page.after.as_deref())
+        .bind(page.after.as_deref())
+        .bind(page.read_limit())
+        .fetch_all(&self.nodes.db)
+        .await
+        .map_err(RegistryError::from)?;
+        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let (node_ids, next_page_token) = page.finish(ids, |id| id.clone());
         Ok(Response::new(ListRevokedResponse {
-            node_ids: rows.iter().map(|r| r.get(0)).collect(),
+            node_ids,
+            next_page_token,
         }))
     }
 }

@@ -7,8 +7,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Request, Response, Status, Streaming};
+use tonic::{Code, Request, Response, Status, Streaming};
 use zkmesh_kit::acl::caller;
+use zkmesh_kit::error::{reasons, refusal};
+use zkmesh_kit::paging::Page;
 use zkmesh_kit::identity::{Identity, Role};
 use zkmesh_kit::{random_id, sha256_hex};
 use zkmesh_proto::scheduler_service_server::SchedulerService as SchedulerApi;
@@ -53,7 +55,11 @@ impl SchedulerService {
         let circuits = self.core.verifier.list_circuits().await?;
         let served = |name: &str| {
             circuits.iter().any(|c| {
-                c.circuit_class == name && (c.state == "ready" || c.state.starts_with("setting up"))
+                c.circuit_class == name
+                    && matches!(
+                        c.state(),
+                        CircuitSetupState::Ready | CircuitSetupState::SettingUp
+                    )
             })
         };
         let Some(largest) = zkvm::CLASSES.iter().rev().find(|c| served(c.name)) else {
@@ -61,11 +67,20 @@ impl SchedulerService {
         };
         let bytes = (self.core.store.module_bytes(module_hash).await)
             .map_err(db_error)?
-            .ok_or_else(|| Status::not_found(format!("no module {module_hash:?}")))?;
+            .ok_or_else(|| no_module(module_hash))?;
         let program = zkvm::program(&bytes, (memory_limit_mib as u64) << 20)
-            .map_err(|e| Status::failed_precondition(format!("policy proof: {e}")))?;
+            .map_err(|e| {
+                refusal(
+                    Code::FailedPrecondition,
+                    reasons::MODULE_NOT_PROVABLE,
+                    format!("policy proof: {e}"),
+                )
+            })?;
         zkvm::fits_statically(&program, input_len, largest).map_err(|e| {
-            Status::failed_precondition(format!(
+            refusal(
+                Code::FailedPrecondition,
+                reasons::TASK_TOO_LARGE_TO_PROVE,
+                format!(
                 "policy proof cannot prove this task in the largest circuit class this mesh \
                  serves ({}): {e}; use --policy replicate:K or --policy receipt, or set up a \
                  larger class",
@@ -73,6 +88,15 @@ impl SchedulerService {
             ))
         })
     }
+}
+
+/// No module with this hash was uploaded.
+fn no_module(hash: &str) -> Status {
+    refusal(
+        Code::NotFound,
+        reasons::MODULE_NOT_FOUND,
+        format!("no module {hash:?}; upload it first"),
+    )
 }
 
 /// A requested limit (0: the default), refused above the maximum.
@@ -93,7 +117,7 @@ impl SchedulerApi for SchedulerService {
     async fn upload_module(
         &self,
         req: Request<Streaming<UploadModuleRequest>>,
-    ) -> Result<Response<ModuleInfo>, Status> {
+    ) -> Result<Response<UploadModuleResponse>, Status> {
         let me = caller(&req)?;
         let mut stream = req.into_inner();
         let max = self.core.config.max_module_bytes;
@@ -124,7 +148,10 @@ impl SchedulerApi for SchedulerService {
             )));
         }
         if let Some(info) = self.core.store.module_info(&hash).await.map_err(db_error)? {
-            return Ok(Response::new(info));
+            return Ok(Response::new(UploadModuleResponse {
+                module: Some(info),
+                already_present: true,
+            }));
         }
         let sandbox = self.sandbox.clone();
         let checked_bytes = bytes.clone();
@@ -135,18 +162,22 @@ impl SchedulerApi for SchedulerService {
             ModuleError::TooLarge { .. }
             | ModuleError::Invalid(_)
             | ModuleError::NoEntry(_)
-            | ModuleError::CompileTimeout { .. } => {
-                Status::invalid_argument(format!("module rejected: {e}"))
-            }
-            ModuleError::ForbiddenImport { .. } | ModuleError::Unsupported { .. } => {
-                Status::invalid_argument(format!("module rejected: {e}"))
-            }
+            | ModuleError::CompileTimeout { .. } => refusal(
+                Code::InvalidArgument,
+                reasons::MODULE_REJECTED,
+                format!("module rejected: {e}"),
+            ),
+            ModuleError::ForbiddenImport { .. } | ModuleError::Unsupported { .. } => refusal(
+                Code::InvalidArgument,
+                reasons::MODULE_REJECTED,
+                format!("module rejected: {e}"),
+            ),
             ModuleError::CompilersBusy { .. } => {
                 Status::unavailable(format!("the scheduler is busy compiling: {e}"))
             }
         })?;
         let (provable, provable_reason) = crate::provability(&bytes);
-        let mut info = ModuleInfo {
+        let info = ModuleInfo {
             module_hash: hash.clone(),
             size: bytes.len() as u64,
             abi: match inspection.abi {
@@ -156,7 +187,6 @@ impl SchedulerApi for SchedulerService {
             imports: inspection.imports,
             provable,
             provable_reason,
-            already_present: false,
             name,
         };
         self.core
@@ -165,22 +195,30 @@ impl SchedulerApi for SchedulerService {
             .await
             .map_err(db_error)?;
         tracing::info!(module_hash = %hash, size = bytes.len(), abi = inspection.abi.as_str(), by = %me, "module stored");
-        info.already_present = false;
-        Ok(Response::new(info))
+        Ok(Response::new(UploadModuleResponse {
+            module: Some(info),
+            already_present: false,
+        }))
     }
 
-    async fn get_module(&self, req: Request<ModuleRef>) -> Result<Response<ModuleInfo>, Status> {
+    async fn get_module(
+        &self,
+        req: Request<GetModuleRequest>,
+    ) -> Result<Response<GetModuleResponse>, Status> {
         let hash = req.into_inner().module_hash;
-        self.core
+        let module = self
+            .core
             .store
             .module_info(&hash)
             .await
             .map_err(db_error)?
-            .map(Response::new)
-            .ok_or_else(|| Status::not_found(format!("no module {hash}")))
+            .ok_or_else(|| no_module(&hash))?;
+        Ok(Response::new(GetModuleResponse {
+            module: Some(module),
+        }))
     }
 
-    async fn submit_task(&self, req: Request<SubmitTaskRequest>) -> Result<Response<Task>, Status> {
+    async fn submit_task(&self, req: Request<SubmitTaskRequest>) -> Result<Response<SubmitTaskResponse>, Status> {
         let me = caller(&req)?;
         let req = req.into_inner();
         let config = &self.core.config;
@@ -192,14 +230,14 @@ impl SchedulerApi for SchedulerService {
             .await
             .map_err(db_error)?
         else {
-            return Err(Status::not_found(format!(
-                "no module {:?}; upload it first",
-                req.module_hash
-            )));
+            return Err(no_module(&req.module_hash));
         };
         if req.policy.unwrap_or_default().kind() == PolicyKind::Proof && !module.provable {
             let why = module.provable_reason.trim_start_matches("not provable: ");
-            return Err(Status::failed_precondition(format!(
+            return Err(refusal(
+                Code::FailedPrecondition,
+                reasons::MODULE_NOT_PROVABLE,
+                format!(
                 "policy proof needs a module the zkVM can prove, and this one is not: {why}; \
                  use --policy replicate:K or --policy receipt"
             )));
@@ -254,7 +292,10 @@ impl SchedulerApi for SchedulerService {
         if policy.kind() == PolicyKind::Replicate {
             let operators = self.core.connected_operators().await;
             if (operators as u32) < policy.replicas {
-                return Err(Status::failed_precondition(format!(
+                return Err(refusal(
+                    Code::FailedPrecondition,
+                    reasons::NOT_ENOUGH_OPERATORS,
+                    format!(
                     "replicate:{} needs nodes of {} different operators; nodes of {operators} are connected",
                     policy.replicas, policy.replicas
                 )));
@@ -309,37 +350,52 @@ impl SchedulerApi for SchedulerService {
         self.core.submitted();
         self.core.wake();
         let task = self.core.store.task(&task_id).await.map_err(db_error)?;
-        Ok(Response::new(task.map(|t| t.task).unwrap_or_default()))
+        Ok(Response::new(SubmitTaskResponse {
+            task: task.map(|t| t.task),
+        }))
     }
 
-    async fn get_task(&self, req: Request<TaskRef>) -> Result<Response<Task>, Status> {
+    async fn get_task(
+        &self,
+        req: Request<GetTaskRequest>,
+    ) -> Result<Response<GetTaskResponse>, Status> {
         let me = caller(&req)?;
         let task = self.visible_task(&me, &req.into_inner().task_id).await?;
-        Ok(Response::new(task.task))
+        Ok(Response::new(GetTaskResponse {
+            task: Some(task.task),
+        }))
     }
 
-    type WatchTaskStream = BoxStream<TaskEvent>;
+    type WatchTaskStream = BoxStream<WatchTaskResponse>;
 
     async fn watch_task(
         &self,
-        req: Request<TaskRef>,
+        req: Request<WatchTaskRequest>,
     ) -> Result<Response<Self::WatchTaskStream>, Status> {
         let me = caller(&req)?;
-        let task_id = req.into_inner().task_id;
+        let WatchTaskRequest { task_id, after_seq } = req.into_inner();
         // Subscribe before reading the history so no event falls between the two.
         let mut live = self.core.events.subscribe();
-        self.visible_task(&me, &task_id).await?;
+        let task = self.visible_task(&me, &task_id).await?;
         let history = self.core.store.events(&task_id).await.map_err(db_error)?;
         let (tx, rx) = mpsc::channel(64);
         let core = self.core.clone();
         tokio::spawn(async move {
-            let mut last = 0;
-            for e in history {
+            let send = |e: TaskEvent| {
+                let tx = tx.clone();
+                async move { tx.send(Ok(WatchTaskResponse { event: Some(e) })).await.is_ok() }
+            };
+            let mut last = after_seq;
+            for e in history.into_iter().filter(|e| e.seq > after_seq) {
                 last = e.seq;
                 let done = is_terminal(e.state());
-                if tx.send(Ok(e)).await.is_err() || done {
+                if !send(e).await || done {
                     return;
                 }
+            }
+            // Resumed after the last event of a task that has ended: nothing more will come.
+            if is_terminal(task.task.state()) && last >= after_seq {
+                return;
             }
             loop {
                 let event = tokio::select! {
@@ -354,7 +410,7 @@ impl SchedulerApi for SchedulerService {
                     Ok(e) if e.task_id == task_id && e.seq > last => {
                         last = e.seq;
                         let done = is_terminal(e.state());
-                        if tx.send(Ok(e)).await.is_err() || done {
+                        if !send(e).await || done {
                             return;
                         }
                     }
@@ -368,7 +424,7 @@ impl SchedulerApi for SchedulerService {
                         for e in events.into_iter().filter(|e| e.seq > seen) {
                             last = e.seq;
                             let done = is_terminal(e.state());
-                            if tx.send(Ok(e)).await.is_err() || done {
+                            if !send(e).await || done {
                                 return;
                             }
                         }
@@ -380,18 +436,28 @@ impl SchedulerApi for SchedulerService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    async fn get_result(&self, req: Request<TaskRef>) -> Result<Response<TaskResult>, Status> {
+    async fn get_result(
+        &self,
+        req: Request<GetResultRequest>,
+    ) -> Result<Response<GetResultResponse>, Status> {
         let me = caller(&req)?;
         let task = self.visible_task(&me, &req.into_inner().task_id).await?;
-        Ok(Response::new(task.result))
+        Ok(Response::new(GetResultResponse {
+            result: Some(task.result),
+        }))
     }
 
-    async fn cancel_task(&self, req: Request<TaskRef>) -> Result<Response<Task>, Status> {
+    async fn cancel_task(
+        &self,
+        req: Request<CancelTaskRequest>,
+    ) -> Result<Response<CancelTaskResponse>, Status> {
         let me = caller(&req)?;
         let task_id = req.into_inner().task_id;
         self.visible_task(&me, &task_id).await?;
         self.core.cancel(&task_id).await?;
-        Ok(Response::new(self.visible_task(&me, &task_id).await?.task))
+        Ok(Response::new(CancelTaskResponse {
+            task: Some(self.visible_task(&me, &task_id).await?.task),
+        }))
     }
 
     async fn list_tasks(
@@ -399,34 +465,55 @@ impl SchedulerApi for SchedulerService {
         req: Request<ListTasksRequest>,
     ) -> Result<Response<ListTasksResponse>, Status> {
         let me = caller(&req)?;
-        let limit = match req.into_inner().limit {
-            0 => 100,
-            n => n.min(1000),
+        let req = req.into_inner();
+        let page = Page::of(req.page_size, &req.page_token, 100, 1000)?;
+        // The token is "CREATED_AT_MS:TASK_ID" of the last task sent.
+        let after = match &page.after {
+            None => None,
+            Some(key) => Some(
+                key.split_once(':')
+                    .and_then(|(ms, id)| Some((ms.parse::<i64>().ok()?, id.to_string())))
+                    .ok_or_else(|| {
+                        Status::invalid_argument("page_token is not one this service issued")
+                    })?,
+            ),
         };
         let account = me.account();
         let filter = (me.role != Role::Admin).then_some(account.as_str());
         let tasks = self
             .core
             .store
-            .list_tasks(filter, limit)
+            .list_tasks(filter, after, page.read_limit() as u32)
             .await
             .map_err(db_error)?;
-        Ok(Response::new(ListTasksResponse { tasks }))
+        let (tasks, next_page_token) =
+            page.finish(tasks, |t| format!("{}:{}", t.created_at_ms, t.task_id));
+        Ok(Response::new(ListTasksResponse {
+            tasks,
+            next_page_token,
+        }))
     }
 
     async fn list_workers(
         &self,
-        _req: Request<ListWorkersRequest>,
+        req: Request<ListWorkersRequest>,
     ) -> Result<Response<ListWorkersResponse>, Status> {
-        let workers = self.core.connected_workers().await;
-        Ok(Response::new(ListWorkersResponse { workers }))
+        let req = req.into_inner();
+        let page = Page::of(req.page_size, &req.page_token, 100, 1000)?;
+        let mut workers = self.core.connected_workers().await;
+        workers.sort_by(|a, b| a.node_id.cmp(&b.node_id));
+        let (workers, next_page_token) = page.slice(&workers, |w| w.node_id.clone());
+        Ok(Response::new(ListWorkersResponse {
+            workers,
+            next_page_token,
+        }))
     }
 
-    type WorkStream = BoxStream<SchedulerMessage>;
+    type WorkStream = BoxStream<WorkResponse>;
 
     async fn work(
         &self,
-        req: Request<Streaming<WorkerMessage>>,
+        req: Request<Streaming<WorkRequest>>,
     ) -> Result<Response<Self::WorkStream>, Status> {
         let me = caller(&req)?;
         let node_id = me.name.clone();
@@ -448,8 +535,8 @@ impl SchedulerApi for SchedulerService {
         }
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
-            Ok(Ok(Some(WorkerMessage {
-                kind: Some(worker_message::Kind::Hello(h)),
+            Ok(Ok(Some(WorkRequest {
+                kind: Some(work_request::Kind::Hello(h)),
             }))) => h,
             _ => {
                 return Err(Status::invalid_argument(
@@ -469,27 +556,27 @@ impl SchedulerApi for SchedulerService {
                     m = inbound.message() => m,
                 };
                 let kind = match msg {
-                    Ok(Some(WorkerMessage { kind: Some(k) })) => k,
+                    Ok(Some(WorkRequest { kind: Some(k) })) => k,
                     Ok(Some(_)) => continue,
                     Ok(None) => break "stream closed by the worker".to_string(),
                     Err(e) => break format!("stream broken: {}", e.message()),
                 };
                 let result = match kind {
-                    worker_message::Kind::Hello(_) => Ok(()),
-                    worker_message::Kind::Started(s) => {
+                    work_request::Kind::Hello(_) => Ok(()),
+                    work_request::Kind::Started(s) => {
                         core.on_started(&node_id, &s.attempt_id).await
                     }
-                    worker_message::Kind::Heartbeat(h) => {
+                    work_request::Kind::Heartbeat(h) => {
                         core.on_heartbeat(&node_id, &h.running_attempt_ids).await
                     }
-                    worker_message::Kind::Progress(p) => {
+                    work_request::Kind::Progress(p) => {
                         core.on_progress(&node_id, &p.attempt_id, &p.message, &p.log)
                             .await
                     }
-                    worker_message::Kind::Declined(d) => {
+                    work_request::Kind::Declined(d) => {
                         core.on_declined(&node_id, &d.attempt_id, &d.reason).await
                     }
-                    worker_message::Kind::Report(r) => {
+                    work_request::Kind::Report(r) => {
                         // Judging and settling take calls to the verifier and the ledger: do not
                         // hold up this worker's next messages meanwhile.
                         let (core, node_id) = (core.clone(), node_id.clone());
@@ -510,11 +597,11 @@ impl SchedulerApi for SchedulerService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
-    type FetchModuleStream = BoxStream<ModuleChunk>;
+    type FetchModuleStream = BoxStream<FetchModuleResponse>;
 
     async fn fetch_module(
         &self,
-        req: Request<ModuleRef>,
+        req: Request<FetchModuleRequest>,
     ) -> Result<Response<Self::FetchModuleStream>, Status> {
         let hash = req.into_inner().module_hash;
         let bytes = self
@@ -523,10 +610,10 @@ impl SchedulerApi for SchedulerService {
             .module_bytes(&hash)
             .await
             .map_err(db_error)?
-            .ok_or_else(|| Status::not_found(format!("no module {hash}")))?;
-        let chunks: Vec<Result<ModuleChunk, Status>> = bytes
+            .ok_or_else(|| no_module(&hash))?;
+        let chunks: Vec<Result<FetchModuleResponse, Status>> = bytes
             .chunks(1 << 20)
-            .map(|c| Ok(ModuleChunk { chunk: c.to_vec() }))
+            .map(|c| Ok(FetchModuleResponse { chunk: c.to_vec() }))
             .collect();
         Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
     }

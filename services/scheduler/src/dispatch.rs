@@ -37,7 +37,7 @@ mod workers;
 
 pub use sweeps::spawn_background;
 
-pub type Outbound = mpsc::Sender<Result<SchedulerMessage, Status>>;
+pub type Outbound = mpsc::Sender<Result<WorkResponse, Status>>;
 
 struct WorkerConn {
     conn_id: u64,

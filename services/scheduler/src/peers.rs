@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use tonic::Status;
 use tonic::transport::Channel;
+use zkmesh_kit::paging::collect_pages;
 use zkmesh_proto::ledger_service_client::LedgerServiceClient;
 use zkmesh_proto::registry_service_client::RegistryServiceClient;
 use zkmesh_proto::verifier_service_client::VerifierServiceClient;
@@ -57,8 +58,7 @@ pub trait Verifier: Send + Sync {
     /// The circuit classes it serves or is setting up.
     async fn list_circuits(&self) -> Result<Vec<CircuitInfo>, Status>;
     /// Judges a task's reports.
-    async fn verify_result(&self, req: VerifyResultRequest)
-    -> Result<VerifyResultResponse, Status>;
+    async fn verify_result(&self, req: VerifyResultRequest) -> Result<TaskVerdict, Status>;
 }
 
 /// The three services, shared by the scheduler's engine and handlers.
@@ -85,36 +85,52 @@ impl Registry for RegistryServiceClient<Channel> {
     async fn get_node(&self, node_id: &str) -> Result<Node, Status> {
         call(RegistryServiceClient::get_node(
             &mut self.clone(),
-            NodeRef {
+            GetNodeRequest {
                 node_id: node_id.to_string(),
             },
         ))
-        .await
+        .await?
+        .node
+        .ok_or_else(|| Status::internal("the registry answered GetNode without a node"))
     }
 
     async fn list_nodes(&self) -> Result<Vec<Node>, Status> {
-        Ok(call(RegistryServiceClient::list_nodes(
-            &mut self.clone(),
-            ListNodesRequest { status: 0 },
-        ))
-        .await?
-        .nodes)
+        collect_pages(|page_token| async move {
+            let page = call(RegistryServiceClient::list_nodes(
+                &mut self.clone(),
+                ListNodesRequest {
+                    status: 0,
+                    page_size: 1000,
+                    page_token,
+                },
+            ))
+            .await?;
+            Ok((page.nodes, page.next_page_token))
+        })
+        .await
     }
 }
 
 #[tonic::async_trait]
 impl Ledger for LedgerServiceClient<Channel> {
     async fn hold(&self, req: HoldRequest) -> Result<HoldInfo, Status> {
-        call(LedgerServiceClient::hold(&mut self.clone(), req)).await
+        let hold = call(LedgerServiceClient::hold(&mut self.clone(), req)).await?;
+        hold.hold.ok_or_else(no_hold)
     }
 
     async fn capture(&self, req: CaptureRequest) -> Result<HoldInfo, Status> {
-        call(LedgerServiceClient::capture(&mut self.clone(), req)).await
+        let hold = call(LedgerServiceClient::capture(&mut self.clone(), req)).await?;
+        hold.hold.ok_or_else(no_hold)
     }
 
     async fn release(&self, req: ReleaseRequest) -> Result<HoldInfo, Status> {
-        call(LedgerServiceClient::release(&mut self.clone(), req)).await
+        let hold = call(LedgerServiceClient::release(&mut self.clone(), req)).await?;
+        hold.hold.ok_or_else(no_hold)
     }
+}
+
+fn no_hold() -> Status {
+    Status::internal("the ledger answered without the hold")
 }
 
 #[tonic::async_trait]
@@ -122,25 +138,33 @@ impl Verifier for VerifierServiceClient<Channel> {
     async fn check_policy(&self, policy: VerificationPolicy) -> Result<(), Status> {
         call(VerifierServiceClient::check_policy(
             &mut self.clone(),
-            policy,
+            CheckPolicyRequest {
+                policy: Some(policy),
+            },
         ))
         .await
         .map(|_| ())
     }
 
     async fn list_circuits(&self) -> Result<Vec<CircuitInfo>, Status> {
-        Ok(call(VerifierServiceClient::list_circuits(
-            &mut self.clone(),
-            Empty {},
-        ))
-        .await?
-        .circuits)
+        collect_pages(|page_token| async move {
+            let page = call(VerifierServiceClient::list_circuits(
+                &mut self.clone(),
+                ListCircuitsRequest {
+                    page_size: 0,
+                    page_token,
+                },
+            ))
+            .await?;
+            Ok((page.circuits, page.next_page_token))
+        })
+        .await
     }
 
-    async fn verify_result(
-        &self,
-        req: VerifyResultRequest,
-    ) -> Result<VerifyResultResponse, Status> {
-        call(VerifierServiceClient::verify_result(&mut self.clone(), req)).await
+    async fn verify_result(&self, req: VerifyResultRequest) -> Result<TaskVerdict, Status> {
+        call(VerifierServiceClient::verify_result(&mut self.clone(), req))
+            .await?
+            .verdict
+            .ok_or_else(|| Status::internal("the verifier answered without a verdict"))
     }
 }

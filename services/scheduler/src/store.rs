@@ -191,7 +191,14 @@ pub trait Store: Send + Sync {
 
     async fn task(&self, task_id: &str) -> Result<Option<TaskRow>>;
 
-    async fn list_tasks(&self, submitter: Option<&str>, limit: u32) -> Result<Vec<Task>>;
+    /// Tasks newest first (by creation time, then task id, both descending), of `submitter`
+    /// when given, after the task `after` = (created_at_ms, task_id) when given.
+    async fn list_tasks(
+        &self,
+        submitter: Option<&str>,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<Task>>;
 
     /// Ids of the tasks waiting for nodes, oldest first (ids only: inputs can be large).
     async fn queued(&self, limit: u32) -> Result<Vec<String>>;
@@ -261,7 +268,6 @@ impl Store for SqliteStore {
                     .collect(),
                 provable,
                 provable_reason,
-                already_present: true,
             }
         }))
     }
@@ -332,12 +338,24 @@ impl Store for SqliteStore {
         Ok(row.as_ref().map(task_from_row))
     }
 
-    async fn list_tasks(&self, submitter: Option<&str>, limit: u32) -> Result<Vec<Task>> {
+    async fn list_tasks(
+        &self,
+        submitter: Option<&str>,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<Task>> {
+        let (after_ms, after_id) = after.unwrap_or((i64::MAX, String::new()));
         let rows = sqlx::query(
-            "SELECT * FROM tasks WHERE ($1 = '' OR submitter = $2) ORDER BY created_at_ms DESC, task_id LIMIT $3",
+            "SELECT * FROM tasks WHERE ($1 = '' OR submitter = $2)
+                AND (created_at_ms < $3 OR (created_at_ms = $4 AND task_id < $5) OR $6)
+                ORDER BY created_at_ms DESC, task_id DESC LIMIT $7",
         )
         .bind(submitter.unwrap_or(""))
         .bind(submitter.unwrap_or(""))
+        .bind(after_ms)
+        .bind(after_ms)
+        .bind(&after_id)
+        .bind(after_id.is_empty() && after_ms == i64::MAX)
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;

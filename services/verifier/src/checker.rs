@@ -45,11 +45,13 @@ impl Checker {
         let node = self
             .registry
             .clone()
-            .get_node(NodeRef {
+            .get_node(GetNodeRequest {
                 node_id: node_id.to_string(),
             })
             .await?
-            .into_inner();
+            .into_inner()
+            .node
+            .ok_or_else(|| Status::internal("the registry answered GetNode without a node"))?;
         let status = node.status();
         Ok((node.receipt_public_key, node.operator, status))
     }
@@ -126,13 +128,20 @@ impl Checker {
             ));
         };
         let receipt = report.receipt.as_ref().expect("checked before");
+        // The halt code the statement holds; a proof without a known halt cannot be checked.
+        let Some(status) = ZkHalt::code_of(proof.halt) else {
+            return Some(format!(
+                "the proof's halt ({}) is not one this verifier knows",
+                proof.halt
+            ));
+        };
         // The receipt's exit is the one the proof's halt status means: returned, a trap, or a
         // trap after a memory.grow past the task's memory limit returned -1.
-        let proved = zkmesh_prover::zkvm::ending(proof.status);
+        let proved = zkmesh_prover::zkvm::ending(status);
         if zkmesh_prover::zkvm::ending_of_exit(receipt.exit) != Some(proved) {
             return Some(format!(
                 "the receipt's exit ({}) contradicts the proof's halt status {} ({proved:?})",
-                receipt.exit, proof.status
+                receipt.exit, status
             ));
         }
         // Every stored task has its effective limit (the scheduler substitutes its default); 0
@@ -158,7 +167,7 @@ impl Checker {
         let claim = match zkmesh_prover::zkvm::Claim::parse(
             &proof.circuit_class,
             proof.steps,
-            proof.status,
+            status,
             &proof.state_out,
             &links,
         ) {
@@ -251,7 +260,7 @@ impl Checker {
     pub(crate) async fn judge(
         &self,
         req: &VerifyResultRequest,
-    ) -> Result<VerifyResultResponse, Status> {
+    ) -> Result<TaskVerdict, Status> {
         check_policy(
             req.policy
                 .as_ref()
@@ -318,7 +327,7 @@ impl Checker {
                         rejected.push(r.attempt_id.clone());
                     }
                 }
-                VerifyResultResponse {
+                TaskVerdict {
                     task_id: req.task_id.clone(),
                     verdict: Verdict::Verified as i32,
                     reason: match policy.kind() {
@@ -353,7 +362,7 @@ impl Checker {
                 if reasons.is_empty() {
                     reasons.push(format!("no result has the agreement of {needed} operators"));
                 }
-                VerifyResultResponse {
+                TaskVerdict {
                     task_id: req.task_id.clone(),
                     verdict: Verdict::Rejected as i32,
                     reason: reasons.join("; "),

@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use zkmesh_proto::CircuitInfo;
+use zkmesh_proto::{CircuitInfo, CircuitSetupState};
 use zkmesh_prover::circuit::Class;
 use zkmesh_prover::groth::{self, Pvk};
 use zkmesh_prover::zkvm::{self, CLASSES, class_named, sha256_hex};
@@ -69,7 +69,7 @@ fn info_of(class: &Class) -> CircuitInfo {
         data_words: class.data as u64,
         input_words: class.input as u64,
         output_words: class.output as u64,
-        state: "not set up".into(),
+        state: CircuitSetupState::NotSetUp as i32,
         ..Default::default()
     }
 }
@@ -130,7 +130,7 @@ impl Circuits {
         let vk = zkvm::vk_from(&vk_bytes)?;
         Ok(Some(Ready {
             info: CircuitInfo {
-                state: "ready".into(),
+                state: CircuitSetupState::Ready as i32,
                 proving_key_sha256: m.proving_key_sha256,
                 proving_key_size: m.proving_key_size,
                 verifying_key_sha256: m.verifying_key_sha256,
@@ -153,11 +153,13 @@ impl Circuits {
             .map(|c| match states.get(c.name) {
                 Some(State::Ready(r)) => r.info.clone(),
                 Some(State::SettingUp { phase, since }) => CircuitInfo {
-                    state: format!("setting up ({phase}, {} s)", since.elapsed().as_secs()),
+                    state: CircuitSetupState::SettingUp as i32,
+                    state_detail: format!("{phase}, {} s", since.elapsed().as_secs()),
                     ..info_of(c)
                 },
                 Some(State::Failed(e)) => CircuitInfo {
-                    state: format!("failed: {e}"),
+                    state: CircuitSetupState::Failed as i32,
+                    state_detail: e.clone(),
                     ..info_of(c)
                 },
                 _ => info_of(c),
@@ -217,7 +219,7 @@ impl Circuits {
         self.list()
             .into_iter()
             .find(|c| c.circuit_class == name)
-            .map(|c| c.state)
+            .map(|c| c.state_line())
             .unwrap_or_else(|| "unknown class".into())
     }
 
@@ -316,7 +318,7 @@ impl Circuits {
         )?;
         Ok(Arc::new(Ready {
             info: CircuitInfo {
-                state: "ready".into(),
+                state: CircuitSetupState::Ready as i32,
                 proving_key_sha256: pk_hash,
                 proving_key_size: manifest.proving_key_size,
                 verifying_key_sha256: vk_hash,

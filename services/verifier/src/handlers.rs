@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use sqlx::Row;
 use tonic::{Request, Response, Status};
+use zkmesh_kit::error::{reasons, refusal};
+use zkmesh_kit::paging::Page;
 use zkmesh_kit::{now_ms, random_id};
 use zkmesh_proto::verifier_service_server::VerifierService as VerifierApi;
 use zkmesh_proto::*;
@@ -13,9 +15,9 @@ use crate::error::{db_error, internal};
 use crate::policy::check_policy;
 
 pub(crate) type KeyStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<KeyChunk, Status>> + Send>>;
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<FetchProvingKeyResponse, Status>> + Send>>;
 pub(crate) type SetupStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SetupProgress, Status>> + Send>>;
+    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SetupCircuitResponse, Status>> + Send>>;
 
 /// The verifier's gRPC service: the [`Checker`] behind the access rules.
 pub struct VerifierService {
@@ -29,20 +31,26 @@ impl VerifierApi for VerifierService {
 
     async fn list_circuits(
         &self,
-        _req: Request<Empty>,
+        req: Request<ListCircuitsRequest>,
     ) -> Result<Response<ListCircuitsResponse>, Status> {
+        let req = req.into_inner();
+        let page = Page::of(req.page_size, &req.page_token, 100, 1000)?;
+        let mut all = self.checker.circuits.list();
+        all.sort_by(|a, b| a.circuit_class.cmp(&b.circuit_class));
+        let (circuits, next_page_token) = page.slice(&all, |c| c.circuit_class.clone());
         Ok(Response::new(ListCircuitsResponse {
-            circuits: self.checker.circuits.list(),
+            circuits,
+            next_page_token,
         }))
     }
 
     async fn get_verifying_key(
         &self,
-        req: Request<CircuitRef>,
-    ) -> Result<Response<VerifyingKeyData>, Status> {
+        req: Request<GetVerifyingKeyRequest>,
+    ) -> Result<Response<GetVerifyingKeyResponse>, Status> {
         let name = req.into_inner().circuit_class;
         let ready = self.checker.ready(&name).await?;
-        Ok(Response::new(VerifyingKeyData {
+        Ok(Response::new(GetVerifyingKeyResponse {
             info: Some(ready.info.clone()),
             verifying_key: ready.vk_bytes.clone(),
         }))
@@ -50,7 +58,7 @@ impl VerifierApi for VerifierService {
 
     async fn fetch_proving_key(
         &self,
-        req: Request<CircuitRef>,
+        req: Request<FetchProvingKeyRequest>,
     ) -> Result<Response<KeyStream>, Status> {
         let name = req.into_inner().circuit_class;
         let ready = self.checker.ready(&name).await?;
@@ -76,7 +84,7 @@ impl VerifierApi for VerifierService {
                     }
                 };
                 buf.truncate(n);
-                let chunk = KeyChunk {
+                let chunk = FetchProvingKeyResponse {
                     chunk: buf,
                     total_size: if first {
                         ready.info.proving_key_size
@@ -102,7 +110,7 @@ impl VerifierApi for VerifierService {
 
     async fn setup_circuit(
         &self,
-        req: Request<CircuitRef>,
+        req: Request<SetupCircuitRequest>,
     ) -> Result<Response<SetupStream>, Status> {
         let name = req.into_inner().circuit_class;
         if zkmesh_prover::zkvm::class_named(&name).is_none() {
@@ -123,7 +131,7 @@ impl VerifierApi for VerifierService {
                 tokio::select! {
                     done = &mut job => {
                         let msg = match done {
-                            Ok(Ok(ready)) => Ok(SetupProgress {
+                            Ok(Ok(ready)) => Ok(SetupCircuitResponse {
                                 circuit_class: name.clone(),
                                 phase: "ready".into(),
                                 elapsed_ms: started.elapsed().as_millis() as u64,
@@ -138,7 +146,7 @@ impl VerifierApi for VerifierService {
                     }
                     _ = tokio::time::sleep(Duration::from_secs(1)) => {
                         let phase = circuits.state(&name);
-                        let progress = SetupProgress {
+                        let progress = SetupCircuitResponse {
                             circuit_class: name.clone(),
                             phase,
                             elapsed_ms: started.elapsed().as_millis() as u64,
@@ -159,18 +167,20 @@ impl VerifierApi for VerifierService {
 
     async fn check_policy(
         &self,
-        req: Request<VerificationPolicy>,
-    ) -> Result<Response<Empty>, Status> {
-        let policy = req.into_inner();
+        req: Request<CheckPolicyRequest>,
+    ) -> Result<Response<CheckPolicyResponse>, Status> {
+        let policy = req.into_inner().policy.unwrap_or_default();
         check_policy(&policy)?;
         if policy.kind() == PolicyKind::Proof && !self.checker.circuits.any_available() {
-            return Err(Status::failed_precondition(
+            return Err(refusal(
+                tonic::Code::FailedPrecondition,
+                reasons::POLICY_UNAVAILABLE,
                 "policy proof needs zkVM circuit keys, and this verifier has none set up \
                  (list classes in its setup_classes, or run `zkmesh circuits setup CLASS`); \
                  use --policy receipt or --policy replicate:K meanwhile",
             ));
         }
-        Ok(Response::new(Empty {}))
+        Ok(Response::new(CheckPolicyResponse {}))
     }
 
     async fn verify_result(
@@ -209,13 +219,15 @@ impl VerifierApi for VerifierService {
             ])
             .inc();
         tracing::info!(task_id = %req.task_id, verdict = Verdict::short_name_of(response.verdict), reason = %response.reason, "verdict");
-        Ok(Response::new(response))
+        Ok(Response::new(VerifyResultResponse {
+            verdict: Some(response),
+        }))
     }
 
     async fn get_verdict(
         &self,
-        req: Request<TaskRef>,
-    ) -> Result<Response<VerifyResultResponse>, Status> {
+        req: Request<GetVerdictRequest>,
+    ) -> Result<Response<GetVerdictResponse>, Status> {
         let task_id = req.into_inner().task_id;
         let row =
             sqlx::query("SELECT * FROM verdicts WHERE task_id = $1 ORDER BY at_ms DESC LIMIT 1")
@@ -234,13 +246,15 @@ impl VerifierApi for VerifierService {
             .get::<String, _>("verdict")
             .parse()
             .unwrap_or(Verdict::Pending);
-        Ok(Response::new(VerifyResultResponse {
-            task_id,
-            verdict: verdict as i32,
-            reason: row.get("reason"),
-            accepted_attempt_ids: list(row.get("accepted")),
-            rejected_attempt_ids: list(row.get("rejected")),
-            output_hash: row.get("output_hash"),
+        Ok(Response::new(GetVerdictResponse {
+            verdict: Some(TaskVerdict {
+                task_id,
+                verdict: verdict as i32,
+                reason: row.get("reason"),
+                accepted_attempt_ids: list(row.get("accepted")),
+                rejected_attempt_ids: list(row.get("rejected")),
+                output_hash: row.get("output_hash"),
+            }),
         }))
     }
 }

@@ -38,7 +38,7 @@ pub fn exit_kind(exit: &Exit) -> ExitKind {
 pub(crate) async fn forward_logs(
     mut chunks: mpsc::UnboundedReceiver<Vec<u8>>,
     attempt_id: String,
-    outbox: mpsc::Sender<WorkerMessage>,
+    outbox: mpsc::Sender<WorkRequest>,
 ) {
     let mut pending = Vec::new();
     let mut open = true;
@@ -66,8 +66,8 @@ pub(crate) async fn forward_logs(
         if cut > 0 {
             let log = String::from_utf8_lossy(&pending[..cut]).into_owned();
             pending.drain(..cut);
-            let message = WorkerMessage {
-                kind: Some(worker_message::Kind::Progress(TaskProgress {
+            let message = WorkRequest {
+                kind: Some(work_request::Kind::Progress(TaskProgress {
                     attempt_id: attempt_id.clone(),
                     message: format!("guest log: {} bytes of stderr", log.len()),
                     log,
@@ -109,7 +109,7 @@ pub(crate) async fn execute(
     a: Assignment,
     shared: &Arc<Shared>,
     scheduler: SchedulerServiceClient<Channel>,
-    outbox: &mpsc::Sender<WorkerMessage>,
+    outbox: &mpsc::Sender<WorkRequest>,
 ) -> Result<(), String> {
     let wasm = module(shared, scheduler, &a.module_hash).await?;
     let _permit = shared
@@ -129,8 +129,8 @@ pub(crate) async fn execute(
         return Ok(());
     }
     let _ = outbox
-        .send(WorkerMessage {
-            kind: Some(worker_message::Kind::Started(TaskStarted {
+        .send(WorkRequest {
+            kind: Some(work_request::Kind::Started(TaskStarted {
                 attempt_id: a.attempt_id.clone(),
             })),
         })
@@ -220,8 +220,8 @@ pub(crate) async fn execute(
     shared.metrics.record(&outcome, shared.sandbox.stats());
     if outcome.stderr_dropped > 0 {
         let _ = outbox
-            .send(WorkerMessage {
-                kind: Some(worker_message::Kind::Progress(TaskProgress {
+            .send(WorkRequest {
+                kind: Some(work_request::Kind::Progress(TaskProgress {
                     attempt_id: a.attempt_id.clone(),
                     message: format!(
                         "guest log truncated: {} bytes of stderr kept, {} more dropped",
@@ -249,8 +249,8 @@ pub(crate) async fn execute(
     let mut proof = None;
     if a.policy.unwrap_or_default().kind() == PolicyKind::Proof {
         let attempt_id = a.attempt_id.clone();
-        let progress = move |message: String| WorkerMessage {
-            kind: Some(worker_message::Kind::Progress(TaskProgress {
+        let progress = move |message: String| WorkRequest {
+            kind: Some(work_request::Kind::Progress(TaskProgress {
                 attempt_id: attempt_id.clone(),
                 message,
                 log: String::new(),
@@ -295,8 +295,8 @@ pub(crate) async fn execute(
         }
     }
     outbox
-        .send(WorkerMessage {
-            kind: Some(worker_message::Kind::Report(TaskReport {
+        .send(WorkRequest {
+            kind: Some(work_request::Kind::Report(TaskReport {
                 attempt_id: a.attempt_id,
                 output: outcome.output,
                 exit: exit as i32,
@@ -316,13 +316,13 @@ pub(crate) async fn execute(
 /// Gives back an attempt this node cannot run, with the reason: the scheduler puts the task
 /// back in the queue at once, for another node (and says why on the task's events).
 pub(crate) async fn leave(
-    outbox: &mpsc::Sender<WorkerMessage>,
+    outbox: &mpsc::Sender<WorkRequest>,
     attempt_id: &str,
     note: String,
 ) -> Result<(), String> {
     let _ = outbox
-        .send(WorkerMessage {
-            kind: Some(worker_message::Kind::Declined(TaskDeclined {
+        .send(WorkRequest {
+            kind: Some(work_request::Kind::Declined(TaskDeclined {
                 attempt_id: attempt_id.to_string(),
                 reason: note.clone(),
             })),

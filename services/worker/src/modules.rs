@@ -18,7 +18,7 @@ pub(crate) async fn module(
         return Ok(m.clone());
     }
     let mut stream = scheduler
-        .fetch_module(ModuleRef {
+        .fetch_module(FetchModuleRequest {
             module_hash: hash.to_string(),
         })
         .await

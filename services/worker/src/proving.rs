@@ -31,18 +31,27 @@ pub(crate) async fn prove(
         channel(&endpoint, &tls).map_err(|e| e.to_string())?,
     )
     .max_decoding_message_size(64 << 20);
-    let circuits_info = verifier
-        .list_circuits(Empty {})
-        .await
-        .map_err(|e| format!("verifier: {}", e.message()))?
-        .into_inner()
-        .circuits;
+    let circuits_info = zkmesh_kit::paging::collect_pages(|page_token| {
+        let mut verifier = verifier.clone();
+        async move {
+            let page = verifier
+                .list_circuits(ListCircuitsRequest {
+                    page_size: 0,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.circuits, page.next_page_token))
+        }
+    })
+    .await
+    .map_err(|e| format!("verifier: {}", e.message()))?;
     let ready: Vec<_> = zkvm::CLASSES
         .iter()
         .filter(|c| {
             circuits_info
                 .iter()
-                .any(|i| i.circuit_class == c.name && i.state == "ready")
+                .any(|i| i.circuit_class == c.name && i.state() == CircuitSetupState::Ready)
         })
         .copied()
         .collect();
@@ -121,7 +130,7 @@ pub(crate) async fn prove(
         circuit_class: claim.class,
         proof: last,
         steps: claim.steps,
-        status: claim.status,
+        halt: ZkHalt::from_code(claim.status).map_or(ZkHalt::Unspecified as i32, |h| h as i32),
         state_out: claim.state_out.to_string(),
         verifying_key_sha256: info.verifying_key_sha256,
         prove_time_ms: started.elapsed().as_millis() as u64,
@@ -163,7 +172,7 @@ pub(crate) async fn proving_key(
         _ => {
             tracing::info!(class = %info.circuit_class, size = info.proving_key_size, "downloading proving key");
             let mut stream = verifier
-                .fetch_proving_key(CircuitRef {
+                .fetch_proving_key(FetchProvingKeyRequest {
                     circuit_class: info.circuit_class.clone(),
                 })
                 .await

@@ -108,7 +108,7 @@ pub(crate) async fn run(
 
     // Reports and heartbeats go through one outbox that outlives any single Work stream, so a
     // result finished during a reconnect is still delivered.
-    let (outbox, inbox) = mpsc::channel::<WorkerMessage>(1024);
+    let (outbox, inbox) = mpsc::channel::<WorkRequest>(1024);
     let inbox = Arc::new(tokio::sync::Mutex::new(inbox));
     let stop = shutdown.child_token();
     let (renewed_tx, mut renewed) = tokio::sync::watch::channel(0u64);
@@ -133,15 +133,15 @@ pub(crate) async fn run(
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
         renewed.borrow_and_update();
-        let hello = WorkerMessage {
-            kind: Some(worker_message::Kind::Hello(WorkerHello {
+        let hello = WorkRequest {
+            kind: Some(work_request::Kind::Hello(WorkerHello {
                 slots: config.slots,
                 version: env!("CARGO_PKG_VERSION").into(),
             })),
         };
         // One forwarder per connection moves messages from the outbox onto this stream; a
         // message it could not deliver goes back into the outbox for the next connection.
-        let (conn_tx, conn_rx) = mpsc::channel::<WorkerMessage>(64);
+        let (conn_tx, conn_rx) = mpsc::channel::<WorkRequest>(64);
         let _ = conn_tx.send(hello).await;
         let forwarder = tokio::spawn({
             let inbox = inbox.clone();
@@ -173,7 +173,7 @@ pub(crate) async fn run(
                         m = downstream.message() => m,
                     };
                     match msg {
-                        Ok(Some(SchedulerMessage { kind: Some(kind) })) => {
+                        Ok(Some(WorkResponse { kind: Some(kind) })) => {
                             handle(kind, &shared, &scheduler, &outbox);
                         }
                         Ok(Some(_)) => {}
@@ -219,7 +219,7 @@ pub(crate) async fn run(
 pub(crate) fn spawn_heartbeats(
     config: WorkerConfig,
     shared: Arc<Shared>,
-    outbox: mpsc::Sender<WorkerMessage>,
+    outbox: mpsc::Sender<WorkRequest>,
     renewed: tokio::sync::watch::Sender<u64>,
     stop: CancellationToken,
 ) {
@@ -281,8 +281,8 @@ pub(crate) fn spawn_heartbeats(
                 Err(e) => tracing::warn!(error = %e.message(), "heartbeat failed"),
             }
             // Renews the scheduler's leases on everything running here.
-            let _ = outbox.try_send(WorkerMessage {
-                kind: Some(worker_message::Kind::Heartbeat(WorkerHeartbeat {
+            let _ = outbox.try_send(WorkRequest {
+                kind: Some(work_request::Kind::Heartbeat(WorkerHeartbeat {
                     running_attempt_ids: running,
                 })),
             });
@@ -295,19 +295,19 @@ pub(crate) fn spawn_heartbeats(
 }
 
 pub(crate) fn handle(
-    kind: scheduler_message::Kind,
+    kind: work_response::Kind,
     shared: &Arc<Shared>,
     scheduler: &SchedulerServiceClient<Channel>,
-    outbox: &mpsc::Sender<WorkerMessage>,
+    outbox: &mpsc::Sender<WorkRequest>,
 ) {
     match kind {
-        scheduler_message::Kind::Cancel(c) => {
+        work_response::Kind::Cancel(c) => {
             tracing::info!(attempt_id = %c.attempt_id, reason = %c.reason, "attempt cancelled");
             if let Some(flag) = shared.running.lock().unwrap().get(&c.attempt_id) {
                 flag.store(true, Ordering::Relaxed);
             }
         }
-        scheduler_message::Kind::Assignment(a) => {
+        work_response::Kind::Assignment(a) => {
             let flag = Arc::new(AtomicBool::new(false));
             shared
                 .running

@@ -14,19 +14,14 @@ pub(crate) async fn circuits(mesh: &Option<PathBuf>, c: CircuitsCommand) -> anyh
     let api = client(mesh)?;
     match c {
         CircuitsCommand::List { json } => {
-            let list = api
-                .verifier()?
-                .list_circuits(Empty {})
-                .await?
-                .into_inner()
-                .circuits;
+            let list = api.circuits().await?;
             if json {
                 let v: Vec<_> = list
                     .iter()
                     .map(|c| {
                         json!({"class": c.circuit_class, "steps": c.steps, "program": c.program,
                         "data_words": c.data_words, "input_words": c.input_words,
-                        "output_words": c.output_words, "state": c.state,
+                        "output_words": c.output_words, "state": c.state_line(),
                         "constraints": c.constraints, "proving_key_size": c.proving_key_size,
                         "proving_key_sha256": c.proving_key_sha256,
                         "verifying_key_sha256": c.verifying_key_sha256, "setup_ms": c.setup_ms})
@@ -38,7 +33,10 @@ pub(crate) async fn circuits(mesh: &Option<PathBuf>, c: CircuitsCommand) -> anyh
                 for c in list {
                     println!(
                         "{:<7} {:>6}  {:>7}  {}",
-                        c.circuit_class, c.steps, c.program, c.state
+                        c.circuit_class,
+                        c.steps,
+                        c.program,
+                        c.state_line()
                     );
                 }
             }
@@ -47,7 +45,7 @@ pub(crate) async fn circuits(mesh: &Option<PathBuf>, c: CircuitsCommand) -> anyh
         CircuitsCommand::Setup { class } => {
             let mut stream = api
                 .admin_verifier()?
-                .setup_circuit(CircuitRef {
+                .setup_circuit(SetupCircuitRequest {
                     circuit_class: class.clone(),
                 })
                 .await?
@@ -71,7 +69,7 @@ pub(crate) async fn circuits(mesh: &Option<PathBuf>, c: CircuitsCommand) -> anyh
         CircuitsCommand::Vk { class, out } => {
             let data = api
                 .verifier()?
-                .get_verifying_key(CircuitRef {
+                .get_verifying_key(GetVerifyingKeyRequest {
                     circuit_class: class.clone(),
                 })
                 .await?

@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde_json::json;
+use zkmesh_kit::paging::collect_pages;
 use zkmesh_proto::*;
 
 use crate::EXIT_TASK;
@@ -21,11 +22,13 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                 api.ledger()?
             };
             let a = l
-                .get_balance(AccountRef {
+                .get_balance(GetBalanceRequest {
                     account: account.unwrap_or_default(),
                 })
                 .await?
-                .into_inner();
+                .into_inner()
+                .account
+                .unwrap_or_default();
             println!("{}  {} micro-credits", a.account, a.balance);
         }
         LedgerCommand::History {
@@ -33,29 +36,40 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
             task,
             json,
         } => {
-            let mut l = if account.is_some() || task.is_some() {
+            let l = if account.is_some() || task.is_some() {
                 api.admin_ledger()?
             } else {
                 api.ledger()?
             };
-            let entries = l
-                .history(HistoryRequest {
-                    account: account.unwrap_or_default(),
-                    task_id: task.unwrap_or_default(),
-                })
-                .await?
-                .into_inner()
-                .entries;
+            let (account, task_id) = (account.unwrap_or_default(), task.unwrap_or_default());
+            let entries = collect_pages(|page_token| {
+                let mut l = l.clone();
+                let (account, task_id) = (account.clone(), task_id.clone());
+                async move {
+                    let page = l
+                        .history(HistoryRequest {
+                            account,
+                            task_id,
+                            page_size: 0,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.entries, page.next_page_token))
+                }
+            })
+            .await?;
             for e in entries {
+                let kind = JournalEntryKind::short_name_of(e.kind);
                 if json {
                     println!(
                         "{}",
-                        json!({"seq": e.seq, "at_ms": e.at_ms, "kind": e.kind, "account": e.account, "task_id": e.task_id, "amount": e.amount, "hash": e.hash})
+                        json!({"seq": e.seq, "at_ms": e.at_ms, "kind": kind, "account": e.account, "task_id": e.task_id, "amount": e.amount, "hash": e.hash})
                     );
                 } else {
                     println!(
                         "{:>6}  {:<8} {:>14}  {:<24} {}",
-                        e.seq, e.kind, e.amount, e.account, e.task_id
+                        e.seq, kind, e.amount, e.account, e.task_id
                     );
                 }
             }
@@ -98,7 +112,9 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                 .admin_ledger()?
                 .mint(MintRequest { account, amount })
                 .await?
-                .into_inner();
+                .into_inner()
+                .account
+                .unwrap_or_default();
             println!("{}  {} micro-credits", a.account, a.balance);
         }
         LedgerCommand::Serve { .. } => unreachable!("handled in execute"),

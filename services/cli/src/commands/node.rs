@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 
 use serde_json::json;
+use zkmesh_kit::paging::collect_pages;
 use zkmesh_proto::*;
 
 use crate::args::NodeCommand;
@@ -24,11 +25,21 @@ pub(crate) async fn node(mesh: &Option<PathBuf>, cmd: NodeCommand) -> anyhow::Re
     };
     match cmd {
         NodeCommand::List { json } => {
-            let nodes = registry
-                .list_nodes(ListNodesRequest { status: 0 })
-                .await?
-                .into_inner()
-                .nodes;
+            let nodes = collect_pages(|page_token| {
+                let mut registry = registry.clone();
+                async move {
+                    let page = registry
+                        .list_nodes(ListNodesRequest {
+                            status: 0,
+                            page_size: 0,
+                            page_token,
+                        })
+                        .await?
+                        .into_inner();
+                    Ok((page.nodes, page.next_page_token))
+                }
+            })
+            .await?;
             if json {
                 let list: Vec<_> = nodes
                     .iter()
@@ -47,21 +58,27 @@ pub(crate) async fn node(mesh: &Option<PathBuf>, cmd: NodeCommand) -> anyhow::Re
         }
         NodeCommand::Approve { node } => show(
             &registry
-                .approve_node(NodeRef { node_id: node })
+                .approve_node(ApproveNodeRequest { node_id: node })
                 .await?
-                .into_inner(),
+                .into_inner()
+                .node
+                .unwrap_or_default(),
         ),
         NodeCommand::Deny { node } => show(
             &registry
-                .deny_node(NodeRef { node_id: node })
+                .deny_node(DenyNodeRequest { node_id: node })
                 .await?
-                .into_inner(),
+                .into_inner()
+                .node
+                .unwrap_or_default(),
         ),
         NodeCommand::Revoke { node } => show(
             &registry
-                .revoke_node(NodeRef { node_id: node })
+                .revoke_node(RevokeNodeRequest { node_id: node })
                 .await?
-                .into_inner(),
+                .into_inner()
+                .node
+                .unwrap_or_default(),
         ),
         NodeCommand::Token {
             pre_approved,

@@ -162,7 +162,9 @@ pub(crate) async fn submit_and_wait(
         })
         .await
         .context("submitting the task")?
-        .into_inner();
+        .into_inner()
+        .task
+        .context("the scheduler answered without the task")?;
     if submit_only {
         if args.json {
             println!(
@@ -199,12 +201,7 @@ pub(crate) async fn submit_and_wait(
     hint.abort();
     let result = result?;
     let elapsed = started.elapsed();
-    let task = scheduler
-        .get_task(TaskRef {
-            task_id: task.task_id.clone(),
-        })
-        .await?
-        .into_inner();
+    let task = zkmesh_client::task(&mut scheduler, &task.task_id).await?;
     if args.json {
         let mut value = result_json(&task, &result);
         value["elapsed_ms"] = json!(elapsed.as_secs_f64() * 1000.0);

@@ -12,7 +12,7 @@ use crate::commands::client;
 use crate::commands::run::{load_module, prepare, submit_and_wait};
 use crate::render::{print_log, print_result, result_json, task_exit_code};
 use crate::{EXIT_TASK, exit};
-use zkmesh_client::{upload, wait};
+use zkmesh_client::wait;
 
 /// `zkmesh submit`: submits to the configured mesh and follows the task.
 pub(crate) async fn submit(mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Result<i32> {
@@ -28,7 +28,8 @@ pub(crate) async fn upload_module(
 ) -> anyhow::Result<i32> {
     let (name, wasm) = load_module(&module)?;
     let api = client(mesh)?;
-    let info = upload(&mut api.scheduler()?, &name, &wasm).await?;
+    let uploaded = zkmesh_client::upload_module(&mut api.scheduler()?, &name, &wasm).await?;
+    let info = uploaded.module.unwrap_or_default();
     if json {
         println!(
             "{}",
@@ -36,7 +37,7 @@ pub(crate) async fn upload_module(
                 "module_hash": info.module_hash, "size": info.size,
                 "abi": GuestAbi::short_name_of(info.abi),
                 "imports": info.imports, "provable": info.provable, "provable_reason": info.provable_reason,
-                "already_present": info.already_present,
+                "already_present": uploaded.already_present,
             })
         );
     } else {
@@ -58,11 +59,7 @@ pub(crate) async fn status(
     task: String,
     json: bool,
 ) -> anyhow::Result<i32> {
-    let t = client(mesh)?
-        .scheduler()?
-        .get_task(TaskRef { task_id: task })
-        .await?
-        .into_inner();
+    let t = zkmesh_client::task(&mut client(mesh)?.scheduler()?, &task).await?;
     if json {
         println!(
             "{}",
@@ -100,13 +97,8 @@ pub(crate) async fn result(
 ) -> anyhow::Result<i32> {
     let api = client(mesh)?;
     let mut s = api.scheduler()?;
-    let t = s
-        .get_task(TaskRef {
-            task_id: task.clone(),
-        })
-        .await?
-        .into_inner();
-    let r = s.get_result(TaskRef { task_id: task }).await?.into_inner();
+    let t = zkmesh_client::task(&mut s, &task).await?;
+    let r = zkmesh_client::result(&mut s, &task).await?;
     if let Some(path) = &bundle {
         if r.verdict() != Verdict::Verified {
             return Err(exit(
@@ -136,9 +128,11 @@ pub(crate) async fn result(
 pub(crate) async fn cancel(mesh: &Option<PathBuf>, task: String) -> anyhow::Result<i32> {
     let t = client(mesh)?
         .scheduler()?
-        .cancel_task(TaskRef { task_id: task })
+        .cancel_task(CancelTaskRequest { task_id: task })
         .await?
-        .into_inner();
+        .into_inner()
+        .task
+        .unwrap_or_default();
     println!("{}", task_line(&t));
     Ok(0)
 }
@@ -147,7 +141,10 @@ pub(crate) async fn cancel(mesh: &Option<PathBuf>, task: String) -> anyhow::Resu
 pub(crate) async fn list(mesh: &Option<PathBuf>, limit: u32) -> anyhow::Result<i32> {
     let tasks = client(mesh)?
         .scheduler()?
-        .list_tasks(ListTasksRequest { limit })
+        .list_tasks(ListTasksRequest {
+            page_size: limit,
+            page_token: String::new(),
+        })
         .await?
         .into_inner()
         .tasks;

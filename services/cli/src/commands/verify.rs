@@ -48,7 +48,7 @@ pub(crate) async fn verify(
                 )
             })?;
             api.verifier()?
-                .get_verifying_key(CircuitRef {
+                .get_verifying_key(GetVerifyingKeyRequest {
                     circuit_class: bundle.proof.circuit_class.clone(),
                 })
                 .await?

@@ -107,7 +107,7 @@ async fn attempt_everything(
         "approve",
         code(
             who.registry
-                .approve_node(NodeRef {
+                .approve_node(ApproveNodeRequest {
                     node_id: node_id.into(),
                 })
                 .await
@@ -118,7 +118,7 @@ async fn attempt_everything(
         "revoke",
         code(
             who.registry
-                .revoke_node(NodeRef {
+                .revoke_node(RevokeNodeRequest {
                     node_id: node_id.into(),
                 })
                 .await
@@ -226,7 +226,7 @@ async fn refused_callers_change_nothing() {
     // A user cannot read another account either.
     let err = as_caller(&sb, &user_tls)
         .ledger
-        .get_balance(AccountRef {
+        .get_balance(GetBalanceRequest {
             account: "operator/operator-1".into(),
         })
         .await
@@ -242,7 +242,7 @@ async fn refused_callers_change_nothing() {
     sb.api
         .admin_registry()
         .unwrap()
-        .revoke_node(NodeRef {
+        .revoke_node(RevokeNodeRequest {
             node_id: node_id.clone(),
         })
         .await
@@ -256,19 +256,19 @@ async fn refused_callers_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(heartbeat.code(), Code::PermissionDenied);
-    let key = node.ledger.get_ledger_key(Empty {}).await.unwrap_err();
+    let key = node.ledger.get_ledger_key(GetLedgerKeyRequest {}).await.unwrap_err();
     assert_eq!(key.code(), Code::PermissionDenied);
     let fetch = node
         .scheduler
-        .fetch_module(ModuleRef {
+        .fetch_module(FetchModuleRequest {
             module_hash: module.module_hash.clone(),
         })
         .await
         .unwrap_err();
     assert_eq!(fetch.code(), Code::PermissionDenied);
     let (tx, rx) = tokio::sync::mpsc::channel(1);
-    tx.send(WorkerMessage {
-        kind: Some(worker_message::Kind::Hello(WorkerHello {
+    tx.send(WorkRequest {
+        kind: Some(work_request::Kind::Hello(WorkerHello {
             slots: 1,
             version: "t".into(),
         })),

@@ -58,8 +58,9 @@ async fn killed_worker_task_completes_elsewhere_with_one_capture() {
     };
     let task = submit(&mut s, &job).await.unwrap();
     let mut events = s
-        .watch_task(TaskRef {
+        .watch_task(WatchTaskRequest {
             task_id: task.task_id.clone(),
+            after_seq: 0,
         })
         .await
         .unwrap()
@@ -69,6 +70,8 @@ async fn killed_worker_task_completes_elsewhere_with_one_capture() {
             .await
             .expect("task starts")
             .unwrap()
+            .unwrap()
+            .event
             .unwrap();
         if e.state() == TaskState::Running {
             break e.node_id.clone();
@@ -97,31 +100,36 @@ async fn killed_worker_task_completes_elsewhere_with_one_capture() {
     assert_eq!(result.receipts[0].node_id, rescuer);
     assert_ne!(rescuer, victim_node);
 
-    let states: Vec<TaskState> = history(&mut s, &task.task_id)
-        .await
-        .iter()
-        .map(|e| e.state())
-        .collect();
+    let events = history(&mut s, &task.task_id).await;
+    let states: Vec<TaskState> = events.iter().map(|e| e.state()).collect();
     assert!(states.contains(&TaskState::Expired), "{states:?}");
     assert_eq!(states.last(), Some(&TaskState::Settled));
+    // A watch resumed after an event gets exactly the events after it, then ends; resumed
+    // after the last, nothing.
+    let seqs = |events: &[TaskEvent]| events.iter().map(|e| e.seq).collect::<Vec<_>>();
+    let resumed = history_after(&mut s, &task.task_id, events[1].seq).await;
+    assert_eq!(seqs(&resumed), seqs(&events[2..]));
+    let last = events.last().unwrap().seq;
+    assert!(history_after(&mut s, &task.task_id, last).await.is_empty());
 
     let entries = sb
         .api
         .admin_ledger()
         .unwrap()
         .history(HistoryRequest {
-            account: String::new(),
             task_id: task.task_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner()
         .entries;
-    let count = |kind: &str| entries.iter().filter(|e| e.kind == kind).count();
+    let kind = |e: &JournalEntry| JournalEntryKind::short_name_of(e.kind);
+    let count = |k: &str| entries.iter().filter(|e| kind(e) == k).count();
     assert_eq!(count("hold"), 1, "{entries:?}");
     assert_eq!(count("pay"), 1, "{entries:?}");
     assert_eq!(count("refund"), 1, "{entries:?}");
-    let pay = entries.iter().find(|e| e.kind == "pay").unwrap();
+    let pay = entries.iter().find(|e| kind(e) == "pay").unwrap();
     assert_eq!(pay.account, "operator/operator-rescuer");
     assert_eq!(pay.amount, result.credits_charged);
     assert_audit_passes(&sb.api).await;

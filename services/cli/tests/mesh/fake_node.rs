@@ -15,8 +15,8 @@ use crate::support::Sandbox;
 pub struct FakeNode {
     pub node_id: String,
     pub receipt_key: SigningKey,
-    pub up: mpsc::Sender<WorkerMessage>,
-    pub down: Streaming<SchedulerMessage>,
+    pub up: mpsc::Sender<WorkRequest>,
+    pub down: Streaming<WorkResponse>,
     /// The node's own registry client, for the heartbeats that keep it active there.
     pub registry: RegistryServiceClient<tonic::transport::Channel>,
 }
@@ -72,8 +72,8 @@ pub async fn enroll(sb: &Sandbox, operator: &str, slots: u32) -> FakeNode {
     let mut scheduler =
         SchedulerServiceClient::new(channel(&sb.mesh.client.scheduler, &tls).unwrap());
     let (up, rx) = mpsc::channel(16);
-    up.send(WorkerMessage {
-        kind: Some(worker_message::Kind::Hello(WorkerHello {
+    up.send(WorkRequest {
+        kind: Some(work_request::Kind::Hello(WorkerHello {
             slots,
             version: "fake".into(),
         })),

@@ -44,6 +44,11 @@ async fn every_guest_on_every_policy() {
     .unwrap_err();
     assert_eq!(err.code(), tonic::Code::FailedPrecondition);
     assert!(err.message().contains("proof"), "{}", err.message());
+    // The verifier's machine-readable reason reaches the client through the scheduler.
+    assert_eq!(
+        zkmesh_kit::error::reason_of(&err).as_deref(),
+        Some("POLICY_UNAVAILABLE")
+    );
     // replicate:3 cannot be placed on two operators: refused rather than left waiting.
     let err = run(
         &sb.api,
@@ -60,16 +65,22 @@ async fn every_guest_on_every_policy() {
         "{}",
         err.message()
     );
+    assert_eq!(
+        zkmesh_kit::error::reason_of(&err).as_deref(),
+        Some("NOT_ENOUGH_OPERATORS")
+    );
 
     // The submitter paid exactly what the results say; the nodes got it.
     let balance = sb
         .api
         .ledger()
         .unwrap()
-        .get_balance(AccountRef::default())
+        .get_balance(GetBalanceRequest::default())
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .account
+        .unwrap();
     assert_eq!(balance.balance, sb.mesh.options.mint - charged);
     assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;

@@ -82,15 +82,22 @@ async fn hostile_guests_end_cleanly_and_the_worker_keeps_serving() {
     assert!(result.fuel_used > 0 && result.cpu_time_us > 0, "{result:?}");
     let mut s = sb.api.scheduler().unwrap();
     let mut events = s
-        .watch_task(TaskRef {
+        .watch_task(WatchTaskRequest {
             task_id: task.task_id.clone(),
+            after_seq: 0,
         })
         .await
         .unwrap()
         .into_inner();
     let logged = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
-            let e = events.message().await.unwrap().expect("a log event");
+            let e = events
+                .message()
+                .await
+                .unwrap()
+                .expect("a log event")
+                .event
+                .unwrap();
             if !e.log.is_empty() {
                 return e;
             }
@@ -142,14 +149,16 @@ async fn guest_logs_stream_while_the_task_runs() {
     assert_verified(&result, b"ok");
     let mut s = sb.api.scheduler().unwrap();
     let mut events = s
-        .watch_task(TaskRef {
+        .watch_task(WatchTaskRequest {
             task_id: task.task_id.clone(),
+            after_seq: 0,
         })
         .await
         .unwrap()
         .into_inner();
     let (mut started, mut finished) = (None, None);
     while let Some(e) = events.message().await.unwrap() {
+        let e = e.event.unwrap();
         if e.log.contains("started") {
             started = Some(e.at_ms);
         }
@@ -186,22 +195,22 @@ async fn a_node_flooding_logs_is_held_to_the_task_budget() {
         .unwrap();
     let a = loop {
         let msg = down.message().await.unwrap().expect("an assignment");
-        if let Some(scheduler_message::Kind::Assignment(a)) = msg.kind {
+        if let Some(work_response::Kind::Assignment(a)) = msg.kind {
             break a;
         }
     };
     let send = |kind| {
         let up = up.clone();
-        async move { up.send(WorkerMessage { kind: Some(kind) }).await.unwrap() }
+        async move { up.send(WorkRequest { kind: Some(kind) }).await.unwrap() }
     };
-    send(worker_message::Kind::Started(TaskStarted {
+    send(work_request::Kind::Started(TaskStarted {
         attempt_id: a.attempt_id.clone(),
     }))
     .await;
     // 40 events of 8,001 bytes each (1.6 times the budget): a NUL, then two-byte characters,
     // so that the cut must fall between characters. Then plain progress.
     for i in 0..40 {
-        send(worker_message::Kind::Progress(TaskProgress {
+        send(work_request::Kind::Progress(TaskProgress {
             attempt_id: a.attempt_id.clone(),
             message: format!("flood {i}"),
             log: format!("\0{}", "é".repeat(4000)),
@@ -209,7 +218,7 @@ async fn a_node_flooding_logs_is_held_to_the_task_budget() {
         .await;
     }
     for i in 0..3 {
-        send(worker_message::Kind::Progress(TaskProgress {
+        send(work_request::Kind::Progress(TaskProgress {
             attempt_id: a.attempt_id.clone(),
             message: format!("still working {i}"),
             log: String::new(),
@@ -218,7 +227,7 @@ async fn a_node_flooding_logs_is_held_to_the_task_budget() {
     }
     let output = zkmesh_guests::reference_output("sha256", b"chatty").unwrap();
     let report = crate::fake_node::signed_report(&a, &fake.node_id, &receipt_key, output);
-    send(worker_message::Kind::Report(report)).await;
+    send(work_request::Kind::Report(report)).await;
     let result = tokio::time::timeout(
         std::time::Duration::from_secs(30),
         zkmesh_client::wait(&mut s, &task.task_id, |_| {}),

@@ -18,16 +18,23 @@ async fn cancel_releases_the_hold_and_frees_the_worker() {
         ..Job::new(collatz.wasm, b"50000000")
     };
     let task = submit(&mut s, &job).await.unwrap();
-    let task_ref = || TaskRef {
+    let task_ref = || CancelTaskRequest {
         task_id: task.task_id.clone(),
     };
-    let mut events = s.watch_task(task_ref()).await.unwrap().into_inner();
+    let mut events = s
+        .watch_task(WatchTaskRequest {
+            task_id: task.task_id.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
     while let Some(e) = events.message().await.unwrap() {
-        if e.state() == TaskState::Running {
+        if e.event.unwrap().state() == TaskState::Running {
             break;
         }
     }
-    let cancelled = s.cancel_task(task_ref()).await.unwrap().into_inner();
+    let cancelled = s.cancel_task(task_ref()).await.unwrap().into_inner().task.unwrap();
     assert_eq!(cancelled.state(), TaskState::Cancelled);
     let again = s.cancel_task(task_ref()).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition);
@@ -38,24 +45,29 @@ async fn cancel_releases_the_hold_and_frees_the_worker() {
         .ledger()
         .unwrap()
         .history(HistoryRequest {
-            account: String::new(),
             task_id: task.task_id.clone(),
+            ..Default::default()
         })
         .await
         .unwrap()
         .into_inner()
         .entries;
-    let kinds: Vec<&str> = entries.iter().map(|e| e.kind.as_str()).collect();
+    let kinds: Vec<&str> = entries
+        .iter()
+        .map(|e| JournalEntryKind::short_name_of(e.kind))
+        .collect();
     assert_eq!(kinds, ["hold", "release"], "{entries:?}");
     assert_eq!(entries[0].amount, entries[1].amount);
     let balance = sb
         .api
         .ledger()
         .unwrap()
-        .get_balance(AccountRef::default())
+        .get_balance(GetBalanceRequest::default())
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+        .account
+        .unwrap();
     assert_eq!(balance.balance, sb.mesh.options.mint);
 
     // The worker stopped the cancelled guest and serves the next task promptly.
@@ -105,12 +117,14 @@ async fn silent_node_loses_its_lease_and_goes_offline() {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let node = registry
-            .get_node(NodeRef {
+            .get_node(GetNodeRequest {
                 node_id: silent.node_id.clone(),
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .node
+            .unwrap();
         if node.status() == NodeStatus::Offline {
             break;
         }
@@ -145,6 +159,7 @@ async fn admin_approves_or_denies_waiting_nodes() {
                     let nodes = r
                         .list_nodes(ListNodesRequest {
                             status: NodeStatus::Pending as i32,
+                            ..Default::default()
                         })
                         .await
                         .unwrap()
@@ -181,7 +196,7 @@ async fn admin_approves_or_denies_waiting_nodes() {
     let denied = enroll("denied", token);
     let id = pending(&mut registry).await;
     registry
-        .deny_node(NodeRef {
+        .deny_node(DenyNodeRequest {
             node_id: id.clone(),
         })
         .await
@@ -202,7 +217,7 @@ async fn admin_approves_or_denies_waiting_nodes() {
         "a one-use token enrolled two nodes"
     );
     registry
-        .approve_node(NodeRef {
+        .approve_node(ApproveNodeRequest {
             node_id: id.clone(),
         })
         .await

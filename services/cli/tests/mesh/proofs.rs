@@ -82,7 +82,7 @@ async fn start_liar(
     let node_id = fake.node_id.clone();
     tokio::spawn(async move {
         while let Ok(Some(msg)) = down.message().await {
-            let Some(scheduler_message::Kind::Assignment(a)) = msg.kind else {
+            let Some(work_response::Kind::Assignment(a)) = msg.kind else {
                 continue;
             };
             let output = b"1000".to_vec();
@@ -95,15 +95,15 @@ async fn start_liar(
                     circuit_class: CLASS.into(),
                     proof,
                     steps: 167,
-                    status: 0,
+                    halt: ZkHalt::Returned as i32,
                     state_out: "0".into(),
                     ..Default::default()
                 }),
                 ..crate::fake_node::signed_report(&a, &node_id, &key, output)
             };
             let _ = tx
-                .send(WorkerMessage {
-                    kind: Some(worker_message::Kind::Report(report)),
+                .send(WorkRequest {
+                    kind: Some(work_request::Kind::Report(report)),
                 })
                 .await;
             // Stay until the report is delivered, then leave.
@@ -145,6 +145,10 @@ async fn a_lying_prover_is_rejected_and_the_bundle_verifies_offline_until_tamper
         "{}",
         refused.message()
     );
+    assert_eq!(
+        zkmesh_kit::error::reason_of(&refused).as_deref(),
+        Some("TASK_TOO_LARGE_TO_PROVE")
+    );
 
     let job = Job {
         policy: "proof",
@@ -169,12 +173,14 @@ async fn a_lying_prover_is_rejected_and_the_bundle_verifies_offline_until_tamper
     let mut last = None;
     for _ in 0..200 {
         let t = s
-            .get_task(TaskRef {
+            .get_task(GetTaskRequest {
                 task_id: task.task_id.clone(),
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .task
+            .unwrap();
         if t.attempts >= 2 || t.message.contains("rejected") {
             rejected = true;
             break;
@@ -291,7 +297,7 @@ async fn start_copier(
     let node_id = fake.node_id.clone();
     tokio::spawn(async move {
         while let Ok(Some(msg)) = down.message().await {
-            let Some(scheduler_message::Kind::Assignment(a)) = msg.kind else {
+            let Some(work_response::Kind::Assignment(a)) = msg.kind else {
                 continue;
             };
             let _ = assigned.send(()).await;
@@ -309,8 +315,8 @@ async fn start_copier(
                             running_attempt_ids: vec![a.attempt_id.clone()],
                         };
                         let _ = tx
-                            .send(WorkerMessage {
-                                kind: Some(worker_message::Kind::Heartbeat(heartbeat)),
+                            .send(WorkRequest {
+                                kind: Some(work_request::Kind::Heartbeat(heartbeat)),
                             })
                             .await;
                     }
@@ -321,8 +327,8 @@ async fn start_copier(
                 ..crate::fake_node::signed_report(&a, &node_id, &key, output)
             };
             let _ = tx
-                .send(WorkerMessage {
-                    kind: Some(worker_message::Kind::Report(report)),
+                .send(WorkRequest {
+                    kind: Some(work_request::Kind::Report(report)),
                 })
                 .await;
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -380,12 +386,14 @@ async fn a_proof_copied_from_another_task_and_node_is_rejected() {
     let mut rejected = None;
     for _ in 0..200 {
         let events = s
-            .get_task(TaskRef {
+            .get_task(GetTaskRequest {
                 task_id: target.task_id.clone(),
             })
             .await
             .unwrap()
-            .into_inner();
+            .into_inner()
+            .task
+            .unwrap();
         if events.attempts >= 2 || events.message.contains("rejected") {
             rejected = Some(events);
             break;

@@ -61,6 +61,8 @@ async fn python_grpcio_client_runs_a_task() {
     assert_eq!(v["output_text"], expected.as_str());
     assert_eq!(v["state"], "TASK_STATE_SETTLED");
     assert_eq!(v["verdict"], "VERDICT_VERIFIED");
+    assert_eq!(v["refusal"]["code"], "FAILED_PRECONDITION", "{v}");
+    assert_eq!(v["refusal"]["reason"], "NOT_ENOUGH_OPERATORS", "{v}");
     assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;
 }

@@ -23,7 +23,7 @@ async fn start_liar(sb: &Sandbox, lie: Lie) -> String {
     let node_id = fake.node_id.clone();
     tokio::spawn(async move {
         while let Ok(Some(msg)) = down.message().await {
-            let Some(scheduler_message::Kind::Assignment(a)) = msg.kind else {
+            let Some(work_response::Kind::Assignment(a)) = msg.kind else {
                 continue;
             };
             let honest = zkmesh_guests::reference_output("sha256", &a.input).unwrap();
@@ -33,8 +33,8 @@ async fn start_liar(sb: &Sandbox, lie: Lie) -> String {
             };
             let report = crate::fake_node::signed_report(&a, &node_id, &key, output);
             let _ = tx
-                .send(WorkerMessage {
-                    kind: Some(worker_message::Kind::Report(report)),
+                .send(WorkRequest {
+                    kind: Some(work_request::Kind::Report(report)),
                 })
                 .await;
         }
@@ -75,18 +75,20 @@ async fn majority_outvotes_a_lying_node() {
             .api
             .admin_ledger()
             .unwrap()
-            .get_balance(AccountRef {
+            .get_balance(GetBalanceRequest {
                 account: "operator/operator-liar".into(),
             })
             .await
             .unwrap()
             .into_inner()
+            .account
+            .unwrap()
             .balance;
         assert_eq!(paid, 0);
         sb.api
             .admin_registry()
             .unwrap()
-            .revoke_node(NodeRef { node_id: liar })
+            .revoke_node(RevokeNodeRequest { node_id: liar })
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_millis(1500)).await;

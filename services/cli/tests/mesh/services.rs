@@ -238,7 +238,7 @@ async fn waiting_for_workers_asks_the_scheduler_not_its_metrics() {
         .api
         .admin_scheduler()
         .unwrap()
-        .list_workers(zkmesh_proto::ListWorkersRequest {})
+        .list_workers(zkmesh_proto::ListWorkersRequest::default())
         .await
         .unwrap()
         .into_inner()
@@ -263,7 +263,7 @@ async fn waiting_for_workers_asks_the_scheduler_not_its_metrics() {
         .api
         .scheduler()
         .unwrap()
-        .list_workers(zkmesh_proto::ListWorkersRequest {})
+        .list_workers(zkmesh_proto::ListWorkersRequest::default())
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::PermissionDenied);

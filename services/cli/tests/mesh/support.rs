@@ -96,7 +96,7 @@ pub async fn submit(
     job: &Job<'_>,
 ) -> Result<Task, tonic::Status> {
     let module = upload(s, "test", job.wasm).await?;
-    Ok(s.submit_task(SubmitTaskRequest {
+    s.submit_task(SubmitTaskRequest {
         module_hash: module.module_hash,
         input: job.input.to_vec(),
         fuel_limit: job.fuel,
@@ -105,7 +105,9 @@ pub async fn submit(
         policy: Some(policy(job.policy)),
     })
     .await?
-    .into_inner())
+    .into_inner()
+    .task
+    .ok_or_else(|| tonic::Status::internal("no task in the answer"))
 }
 
 /// Submits and waits (at most three minutes: the tests that prove share the two cores) for the
@@ -119,12 +121,7 @@ pub async fn run(api: &MeshClient, job: &Job<'_>) -> Result<(Task, TaskResult), 
     )
     .await
     .expect("task ends within three minutes")?;
-    let task = s
-        .get_task(TaskRef {
-            task_id: task.task_id,
-        })
-        .await?
-        .into_inner();
+    let task = zkmesh_client::task(&mut s, &task.task_id).await?;
     Ok((task, result))
 }
 
@@ -151,16 +148,26 @@ pub async fn assert_audit_passes(api: &MeshClient) {
 
 /// Every event of a task that has ended, in order (`WatchTask` replays them and then closes).
 pub async fn history(s: &mut SchedulerServiceClient<Channel>, task_id: &str) -> Vec<TaskEvent> {
+    history_after(s, task_id, 0).await
+}
+
+/// The events of a task that has ended after the one numbered `after_seq` (a resumed watch).
+pub async fn history_after(
+    s: &mut SchedulerServiceClient<Channel>,
+    task_id: &str,
+    after_seq: u64,
+) -> Vec<TaskEvent> {
     let mut stream = s
-        .watch_task(TaskRef {
+        .watch_task(WatchTaskRequest {
             task_id: task_id.to_string(),
+            after_seq,
         })
         .await
         .unwrap()
         .into_inner();
     let mut events = Vec::new();
     while let Some(e) = stream.message().await.unwrap() {
-        events.push(e);
+        events.push(e.event.expect("every message carries an event"));
     }
     events
 }

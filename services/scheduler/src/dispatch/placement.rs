@@ -150,8 +150,8 @@ impl Core {
                 return Err(e);
             }
             for (_, _, permit, assignment) in sends {
-                permit.send(Ok(SchedulerMessage {
-                    kind: Some(scheduler_message::Kind::Assignment(assignment)),
+                permit.send(Ok(WorkResponse {
+                    kind: Some(work_response::Kind::Assignment(assignment)),
                 }));
             }
         }

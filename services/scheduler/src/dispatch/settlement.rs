@@ -100,7 +100,7 @@ impl Core {
         &self,
         task: &TaskRow,
         attempts: &[AttemptRow],
-        verdict: VerifyResultResponse,
+        verdict: TaskVerdict,
         t: &mut Transition,
     ) -> Result<bool> {
         let task_id = &task.task.task_id;

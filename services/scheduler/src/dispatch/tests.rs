@@ -80,11 +80,11 @@ impl Verifier for Judge {
     async fn verify_result(
         &self,
         req: VerifyResultRequest,
-    ) -> Result<VerifyResultResponse, Status> {
+    ) -> Result<TaskVerdict, Status> {
         *self.asked.lock().unwrap() += 1;
         let ids: Vec<String> = req.reports.iter().map(|r| r.attempt_id.clone()).collect();
         Ok(if *self.reject.lock().unwrap() {
-            VerifyResultResponse {
+            TaskVerdict {
                 task_id: req.task_id,
                 verdict: Verdict::Rejected as i32,
                 reason: "the stand-in rejects".into(),
@@ -92,7 +92,7 @@ impl Verifier for Judge {
                 ..Default::default()
             }
         } else {
-            VerifyResultResponse {
+            TaskVerdict {
                 task_id: req.task_id,
                 verdict: Verdict::Verified as i32,
                 reason: "the stand-in accepts".into(),
@@ -104,7 +104,7 @@ impl Verifier for Judge {
     }
 }
 
-type Inbox = mpsc::Receiver<Result<SchedulerMessage, Status>>;
+type Inbox = mpsc::Receiver<Result<WorkResponse, Status>>;
 
 struct Bench {
     core: Core,
@@ -258,7 +258,7 @@ fn replicate(k: u32) -> VerificationPolicy {
 fn assignments(inbox: &mut Inbox) -> Vec<Assignment> {
     let mut out = Vec::new();
     while let Ok(Ok(m)) = inbox.try_recv() {
-        if let Some(scheduler_message::Kind::Assignment(a)) = m.kind {
+        if let Some(work_response::Kind::Assignment(a)) = m.kind {
             out.push(a);
         }
     }
@@ -269,7 +269,7 @@ fn assignments(inbox: &mut Inbox) -> Vec<Assignment> {
 fn cancels(inbox: &mut Inbox) -> Vec<String> {
     let mut out = Vec::new();
     while let Ok(Ok(m)) = inbox.try_recv() {
-        if let Some(scheduler_message::Kind::Cancel(c)) = m.kind {
+        if let Some(work_response::Kind::Cancel(c)) = m.kind {
             out.push(c.attempt_id);
         }
     }

@@ -110,7 +110,7 @@ impl Core {
             self.free_slot(&node_id, &attempt_id).await;
             self.send_to(
                 &node_id,
-                scheduler_message::Kind::Cancel(CancelAttempt { attempt_id, reason }),
+                work_response::Kind::Cancel(CancelAttempt { attempt_id, reason }),
             )
             .await;
         }

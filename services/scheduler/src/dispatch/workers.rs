@@ -99,11 +99,11 @@ impl Core {
     pub(in crate::dispatch) async fn send_to(
         &self,
         node_id: &str,
-        message: scheduler_message::Kind,
+        message: work_response::Kind,
     ) {
         let tx = self.workers.lock().await.get(node_id).map(|w| w.tx.clone());
         if let Some(tx) = tx {
-            let _ = tx.try_send(Ok(SchedulerMessage {
+            let _ = tx.try_send(Ok(WorkResponse {
                 kind: Some(message),
             }));
         }

@@ -42,7 +42,7 @@ pub enum Change {
     Result {
         task_id: String,
         attempt: Box<AttemptRow>,
-        verdict: VerifyResultResponse,
+        verdict: TaskVerdict,
         receipts: Vec<Receipt>,
     },
     /// A verdict that accepted nothing.
