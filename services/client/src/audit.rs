@@ -254,3 +254,72 @@ async fn read_journal(
     }
     Ok(entries)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use zkmesh_kit::journal::{Replay, check_accounts_in};
+
+    use super::*;
+
+    fn account(name: &str, balance: u64) -> Account {
+        Account {
+            account: name.into(),
+            balance,
+        }
+    }
+
+    /// A ledger whose tables hold a, b, c, d at 1 each (as its journal says).
+    fn replayed() -> Replay {
+        Replay {
+            balances: ["a", "b", "c", "d"]
+                .into_iter()
+                .map(|n| (n.to_string(), 1))
+                .collect::<BTreeMap<_, _>>(),
+            ..Replay::default()
+        }
+    }
+
+    /// Serves `pages` (items and next token) in order, whatever token it is asked for, and
+    /// checks each page the way the audit does.
+    async fn audit_pages(pages: Vec<(Vec<&'static str>, &'static str)>) -> anyhow::Result<()> {
+        let mut served = pages.into_iter();
+        let listed = read_pages(
+            |_token| {
+                let (names, next) = served.next().unwrap_or_default();
+                async move {
+                    let items = names.into_iter().map(|n| account(n, 1)).collect();
+                    Ok((items, 7, next.to_string()))
+                }
+            },
+            |a: &Account| a.account.clone(),
+        )
+        .await?;
+        let r = replayed();
+        for page in &listed {
+            check_accounts_in(&r, &page.items, page.range()).map_err(anyhow::Error::msg)?;
+        }
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn honest_pages_pass_and_dishonest_paging_is_caught() {
+        audit_pages(vec![(vec!["a", "b"], "t1"), (vec!["c", "d"], "t2"), (vec![], "")])
+            .await
+            .unwrap();
+        audit_pages(vec![(vec!["a", "b", "c", "d"], "")]).await.unwrap();
+        // c withheld at a page boundary: the second page covers (b, end) and lacks it.
+        let e = audit_pages(vec![(vec!["a", "b"], "t1"), (vec!["d"], "")]).await;
+        assert!(e.unwrap_err().to_string().contains("c"));
+        // b listed twice, on two pages: the second page does not cover it.
+        let e = audit_pages(vec![(vec!["a", "b"], "t1"), (vec!["b", "c", "d"], "")]).await;
+        assert!(e.unwrap_err().to_string().contains("does not cover"));
+        // A page out of order (its last item is not its largest) lists d outside its range.
+        let e = audit_pages(vec![(vec!["d", "a"], "t1"), (vec!["b", "c"], "")]).await;
+        assert!(e.is_err());
+        // An empty page that claims more follow would cover nothing, forever.
+        let e = audit_pages(vec![(vec!["a"], "t1"), (vec![], "t2"), (vec!["b"], "")]).await;
+        assert!(e.unwrap_err().to_string().contains("empty page"));
+    }
+}
