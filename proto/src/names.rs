@@ -7,8 +7,8 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::v1::{
-    CircuitSetupState, JournalEntryKind, ZkHalt,
-    ExitKind, GuestAbi, HoldState, NodeStatus, PolicyKind, TaskState, Verdict, VerificationPolicy,
+    CircuitSetupState, ExitKind, GuestAbi, HoldState, JournalEntryKind, NodeStatus, PolicyKind,
+    TaskState, Verdict, VerificationPolicy, ZkHalt,
 };
 
 /// A name that is not one of a type's short names.

@@ -85,33 +85,39 @@ pub async fn audit_expecting(
     // it covers, so pages taken at different moments still add up to exact set equality.
     let mut entries = read_journal(&mut ledger, 1).await?;
     let head = entries.len() as u64;
-    let account_pages = read_pages(|page_token| {
-        let mut ledger = ledger.clone();
-        async move {
-            let page = ledger
-                .list_accounts(ListAccountsRequest {
-                    page_size: 0,
-                    page_token,
-                })
-                .await?
-                .into_inner();
-            Ok((page.accounts, page.journal_seq, page.next_page_token))
-        }
-    }, |a: &Account| a.account.clone())
+    let account_pages = read_pages(
+        |page_token| {
+            let mut ledger = ledger.clone();
+            async move {
+                let page = ledger
+                    .list_accounts(ListAccountsRequest {
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((page.accounts, page.journal_seq, page.next_page_token))
+            }
+        },
+        |a: &Account| a.account.clone(),
+    )
     .await?;
-    let hold_pages = read_pages(|page_token| {
-        let mut ledger = ledger.clone();
-        async move {
-            let page = ledger
-                .list_holds(ListHoldsRequest {
-                    page_size: 0,
-                    page_token,
-                })
-                .await?
-                .into_inner();
-            Ok((page.holds, page.journal_seq, page.next_page_token))
-        }
-    }, |h: &HoldInfo| h.task_id.clone())
+    let hold_pages = read_pages(
+        |page_token| {
+            let mut ledger = ledger.clone();
+            async move {
+                let page = ledger
+                    .list_holds(ListHoldsRequest {
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await?
+                    .into_inner();
+                Ok((page.holds, page.journal_seq, page.next_page_token))
+            }
+        },
+        |h: &HoldInfo| h.task_id.clone(),
+    )
     .await?;
     let seqs: Vec<u64> = (account_pages.iter().map(|p| p.journal_seq))
         .chain(hold_pages.iter().map(|p| p.journal_seq))
@@ -192,8 +198,12 @@ impl<T> ListedPage<T> {
     fn range(&self) -> zkmesh_kit::journal::KeyRange<'_> {
         use std::ops::Bound;
         (
-            self.after.as_deref().map_or(Bound::Unbounded, Bound::Excluded),
-            self.up_to.as_deref().map_or(Bound::Unbounded, Bound::Included),
+            self.after
+                .as_deref()
+                .map_or(Bound::Unbounded, Bound::Excluded),
+            self.up_to
+                .as_deref()
+                .map_or(Bound::Unbounded, Bound::Included),
         )
     }
 }
@@ -247,10 +257,9 @@ async fn read_journal(
         .into_inner();
     let mut entries = Vec::new();
     while let Some(e) = stream.message().await? {
-        entries.push(
-            e.entry
-                .ok_or_else(|| anyhow::anyhow!("the ledger sent a journal message without an entry"))?,
-        );
+        entries.push(e.entry.ok_or_else(|| {
+            anyhow::anyhow!("the ledger sent a journal message without an entry")
+        })?);
     }
     Ok(entries)
 }
@@ -305,10 +314,16 @@ mod tests {
 
     #[tokio::test]
     async fn honest_pages_pass_and_dishonest_paging_is_caught() {
-        audit_pages(vec![(vec!["a", "b"], "t1"), (vec!["c", "d"], "t2"), (vec![], "")])
+        audit_pages(vec![
+            (vec!["a", "b"], "t1"),
+            (vec!["c", "d"], "t2"),
+            (vec![], ""),
+        ])
+        .await
+        .unwrap();
+        audit_pages(vec![(vec!["a", "b", "c", "d"], "")])
             .await
             .unwrap();
-        audit_pages(vec![(vec!["a", "b", "c", "d"], "")]).await.unwrap();
         // c withheld at a page boundary: the second page covers (b, end) and lacks it.
         let e = audit_pages(vec![(vec!["a", "b"], "t1"), (vec!["d"], "")]).await;
         assert!(e.unwrap_err().to_string().contains("c"));

@@ -9,8 +9,7 @@ use zkmesh_kit::client::{ClientTls, channel};
 use zkmesh_proto::ledger_service_client::LedgerServiceClient;
 use zkmesh_proto::registry_service_client::RegistryServiceClient;
 use zkmesh_proto::scheduler_service_client::SchedulerServiceClient;
-use zkmesh_kit::paging::collect_pages;
-use zkmesh_proto::{CircuitInfo, CircuitSetupState, FetchModuleRequest, ListCircuitsRequest};
+use zkmesh_proto::{CircuitInfo, CircuitSetupState, FetchModuleRequest};
 
 use crate::config::ClientConfig;
 
@@ -111,21 +110,7 @@ impl MeshClient {
 
     /// Every circuit class the verifier serves, over all pages.
     pub async fn circuits(&self) -> anyhow::Result<Vec<CircuitInfo>> {
-        let verifier = self.verifier()?;
-        Ok(collect_pages(|page_token| {
-            let mut verifier = verifier.clone();
-            async move {
-                let page = verifier
-                    .list_circuits(ListCircuitsRequest {
-                        page_size: 0,
-                        page_token,
-                    })
-                    .await?
-                    .into_inner();
-                Ok((page.circuits, page.next_page_token))
-            }
-        })
-        .await?)
+        Ok(zkmesh_kit::lists::all_circuits(&self.verifier()?).await?)
     }
 
     /// Waits until a circuit class is ready on the verifier, showing progress on stderr.

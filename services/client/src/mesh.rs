@@ -9,8 +9,8 @@ use anyhow::Context;
 use zkmesh_kit::CancellationToken;
 use zkmesh_kit::config::{ServerConfig, TlsFiles};
 use zkmesh_kit::identity::{Identity, MeshCa, Role};
+use zkmesh_kit::lists::{all_nodes, all_workers};
 use zkmesh_kit::server::Serving;
-use zkmesh_kit::paging::collect_pages;
 use zkmesh_proto::*;
 use zkmesh_worker::{WorkerConfig, WorkerHandle};
 
@@ -336,37 +336,8 @@ impl LocalMesh {
         let api = MeshClient::connect(&self.client)?;
         let deadline = tokio::time::Instant::now() + within;
         loop {
-            let registry = api.admin_registry()?;
-            let active = collect_pages(|page_token| {
-                let mut registry = registry.clone();
-                async move {
-                    let page = registry
-                        .list_nodes(ListNodesRequest {
-                            status: NodeStatus::Active as i32,
-                            page_size: 1000,
-                            page_token,
-                        })
-                        .await?
-                        .into_inner();
-                    Ok((page.nodes, page.next_page_token))
-                }
-            })
-            .await?;
-            let scheduler = api.admin_scheduler()?;
-            let connected = collect_pages(|page_token| {
-                let mut scheduler = scheduler.clone();
-                async move {
-                    let page = scheduler
-                        .list_workers(ListWorkersRequest {
-                            page_size: 1000,
-                            page_token,
-                        })
-                        .await?
-                        .into_inner();
-                    Ok((page.workers, page.next_page_token))
-                }
-            })
-            .await?;
+            let active = all_nodes(&api.admin_registry()?, NodeStatus::Active).await?;
+            let connected = all_workers(&api.admin_scheduler()?).await?;
             let ready = connected
                 .iter()
                 .filter(|w| active.iter().any(|a| a.node_id == w.node_id))

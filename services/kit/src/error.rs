@@ -105,7 +105,11 @@ pub trait ServiceError: std::error::Error {
 
 /// A status with code `code`, message `message` and a `google.rpc.ErrorInfo` detail with
 /// `reason` in the zkmesh domain: what every refusal a client can act on looks like.
-pub fn refusal(code: tonic::Code, reason: &'static str, message: impl Into<String>) -> tonic::Status {
+pub fn refusal(
+    code: tonic::Code,
+    reason: &'static str,
+    message: impl Into<String>,
+) -> tonic::Status {
     use tonic_types::{ErrorDetails, StatusExt};
     tonic::Status::with_error_details(
         code,

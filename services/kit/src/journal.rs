@@ -184,9 +184,7 @@ fn apply(r: &mut Replay, e: &JournalEntry) -> Result<(), String> {
                 .holds
                 .get_mut(&e.task_id)
                 .filter(|h| !h.closed)
-                .ok_or_else(|| {
-                    format!("{kind} for task {} which has no open hold", e.task_id)
-                })?;
+                .ok_or_else(|| format!("{kind} for task {} which has no open hold", e.task_id))?;
             if amount > hold.remaining() {
                 return Err(format!(
                     "{kind} of {amount} exceeds the hold of task {}",
@@ -430,8 +428,11 @@ mod tests {
         let unspecified = entry_hash(&other);
         other.kind = 99;
         assert_ne!(entry_hash(&other), unspecified);
-        let e = replayed(&[("mint", "user/alice", "", 1), ("bogus", "user/alice", "", 1)])
-            .unwrap_err();
+        let e = replayed(&[
+            ("mint", "user/alice", "", 1),
+            ("bogus", "user/alice", "", 1),
+        ])
+        .unwrap_err();
         assert!(matches!(e, AuditError::Invalid { seq: 2, .. }), "{e}");
     }
 

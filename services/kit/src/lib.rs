@@ -20,6 +20,7 @@ pub mod db;
 pub mod error;
 pub mod identity;
 pub mod journal;
+pub mod lists;
 pub mod paging;
 pub mod receipt;
 pub mod revocation;

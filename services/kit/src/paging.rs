@@ -20,12 +20,17 @@ impl Page {
     /// The page a request asks for: `page_size` 0 means `default`, larger than `max` means
     /// `max`; a `page_token` that no page ever handed out is refused.
     pub fn of(page_size: u32, page_token: &str, default: u32, max: u32) -> Result<Page, Status> {
-        let size = if page_size == 0 { default } else { page_size.min(max) };
+        let size = if page_size == 0 {
+            default
+        } else {
+            page_size.min(max)
+        };
         let after = if page_token.is_empty() {
             None
         } else {
-            let bytes = hex::decode(page_token)
-                .map_err(|_| Status::invalid_argument("page_token is not one this service issued"))?;
+            let bytes = hex::decode(page_token).map_err(|_| {
+                Status::invalid_argument("page_token is not one this service issued")
+            })?;
             Some(String::from_utf8(bytes).map_err(|_| {
                 Status::invalid_argument("page_token is not one this service issued")
             })?)
@@ -135,7 +140,9 @@ mod tests {
         assert_eq!(seen, items);
         assert_eq!(pages, 3);
         // A list that fills its last page exactly ends without an empty page.
-        let (got, next) = Page::of(7, "", 100, 1000).unwrap().slice(&items, |s| s.clone());
+        let (got, next) = Page::of(7, "", 100, 1000)
+            .unwrap()
+            .slice(&items, |s| s.clone());
         assert_eq!((got.len(), next.as_str()), (7, ""));
     }
 
@@ -163,7 +170,10 @@ mod tests {
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
         assert!(Page::of(1, "ff", 100, 1000).is_err(), "not UTF-8");
         assert_eq!(
-            Page::of(1, &token_after("n-1"), 1, 1).unwrap().after.as_deref(),
+            Page::of(1, &token_after("n-1"), 1, 1)
+                .unwrap()
+                .after
+                .as_deref(),
             Some("n-1")
         );
     }

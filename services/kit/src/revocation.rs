@@ -39,10 +39,10 @@ pub fn follow_revocations(
     shutdown: tokio_util::sync::CancellationToken,
 ) {
     tokio::spawn(async move {
-        let mut client = zkmesh_proto::registry_service_client::RegistryServiceClient::new(channel);
+        let client = zkmesh_proto::registry_service_client::RegistryServiceClient::new(channel);
         let mut warned = false;
         loop {
-            match all_revoked(&mut client).await {
+            match crate::lists::all_revoked(&client).await {
                 Ok(ids) => {
                     revoked.replace(ids);
                     warned = false;
@@ -59,33 +59,4 @@ pub fn follow_revocations(
             }
         }
     });
-}
-
-/// Every revoked node id, over all pages of `ListRevoked`.
-async fn all_revoked(
-    client: &mut zkmesh_proto::registry_service_client::RegistryServiceClient<
-        tonic::transport::Channel,
-    >,
-) -> Result<Vec<String>, tonic::Status> {
-    let mut ids = Vec::new();
-    let mut page_token = String::new();
-    loop {
-        let page = client
-            .list_revoked(zkmesh_proto::ListRevokedRequest {
-                page_size: 10_000,
-                page_token: std::mem::take(&mut page_token),
-            })
-            .await?
-            .into_inner();
-        if page.node_ids.is_empty() && !page.next_page_token.is_empty() {
-            return Err(tonic::Status::internal(
-                "the registry sent an empty page of revoked nodes that is not the last",
-            ));
-        }
-        ids.extend(page.node_ids);
-        if page.next_page_token.is_empty() {
-            return Ok(ids);
-        }
-        page_token = page.next_page_token;
-    }
 }

@@ -100,19 +100,13 @@ impl LedgerApi for LedgerService {
     ) -> Result<Response<ListAccountsResponse>, Status> {
         let req = req.into_inner();
         let page = Page::of(req.page_size, &req.page_token, 1000, 10_000)?;
-        // Under the tip lock no write is in flight, so the rows and the tip are one snapshot.
-        let tip = self.store.tip.lock().await;
-        let rows = sqlx::query(
-            "SELECT account, balance FROM accounts WHERE $1 IS NULL OR account > $2 ORDER BY account LIMIT $3",
-        )
-        .bind(page.after.as_deref())
-        .bind(page.after.as_deref())
-        .bind(page.read_limit())
-        .fetch_all(&self.store.db)
-        .await
-        .map_err(LedgerError::from)?;
-        let journal_seq = tip.seq;
-        drop(tip);
+        let (rows, journal_seq) = self
+            .store
+            .page_at_tip(
+                "SELECT account, balance FROM accounts WHERE $1 IS NULL OR account > $2 ORDER BY account LIMIT $3",
+                &page,
+            )
+            .await?;
         let accounts = rows
             .iter()
             .map(|r| Account {
@@ -282,9 +276,9 @@ impl LedgerApi for LedgerService {
         // The token is the last sequence number sent (as text).
         let after: i64 = match &page.after {
             None => 0,
-            Some(seq) => seq
-                .parse()
-                .map_err(|_| Status::invalid_argument("page_token is not one this service issued"))?,
+            Some(seq) => seq.parse().map_err(|_| {
+                Status::invalid_argument("page_token is not one this service issued")
+            })?,
         };
         let rows = if !req.task_id.is_empty() && me.role == Role::Admin && req.account.is_empty() {
             sqlx::query("SELECT * FROM journal WHERE task_id = $1 AND seq > $2 ORDER BY seq LIMIT $3")
@@ -369,18 +363,13 @@ impl LedgerApi for LedgerService {
     ) -> Result<Response<ListHoldsResponse>, Status> {
         let req = req.into_inner();
         let page = Page::of(req.page_size, &req.page_token, 1000, 10_000)?;
-        let tip = self.store.tip.lock().await;
-        let rows = sqlx::query(
-            "SELECT * FROM holds WHERE $1 IS NULL OR task_id > $2 ORDER BY task_id LIMIT $3",
-        )
-        .bind(page.after.as_deref())
-        .bind(page.after.as_deref())
-        .bind(page.read_limit())
-        .fetch_all(&self.store.db)
-        .await
-        .map_err(LedgerError::from)?;
-        let journal_seq = tip.seq;
-        drop(tip);
+        let (rows, journal_seq) = self
+            .store
+            .page_at_tip(
+                "SELECT * FROM holds WHERE $1 IS NULL OR task_id > $2 ORDER BY task_id LIMIT $3",
+                &page,
+            )
+            .await?;
         let holds = rows.iter().map(hold_from_row).collect();
         let (holds, next_page_token) = page.finish(holds, |h| h.task_id.clone());
         Ok(Response::new(ListHoldsResponse {

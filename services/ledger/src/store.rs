@@ -144,6 +144,24 @@ impl Store {
         })
     }
 
+    /// One page of a table (`sql` binds the page's start twice, then its read limit) and the
+    /// sequence number of the last journal entry it reflects. Under the tip lock no write is in
+    /// flight, so the rows and the tip are one snapshot.
+    pub(crate) async fn page_at_tip(
+        &self,
+        sql: &'static str,
+        page: &zkmesh_kit::paging::Page,
+    ) -> Result<(Vec<sqlx::sqlite::SqliteRow>, u64)> {
+        let tip = self.tip.lock().await;
+        let rows = sqlx::query(sql)
+            .bind(page.after.as_deref())
+            .bind(page.after.as_deref())
+            .bind(page.read_limit())
+            .fetch_all(&self.db)
+            .await?;
+        Ok((rows, tip.seq))
+    }
+
     /// Applies balance changes and appends their journal entries in one transaction.
     pub(crate) async fn commit<F>(&self, movements: &[Movement<'_>], extra: F) -> Result<()>
     where

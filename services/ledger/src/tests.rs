@@ -244,8 +244,16 @@ async fn accounts_and_holds_are_paged_and_refusals_carry_reasons() {
         .await
         .unwrap()
         .into_inner();
-    let ids: Vec<&str> = holds.holds.iter().chain(&rest.holds).map(|h| h.task_id.as_str()).collect();
-    assert_eq!((ids, rest.next_page_token.as_str()), (vec!["t-0", "t-1", "t-2"], ""));
+    let ids: Vec<&str> = holds
+        .holds
+        .iter()
+        .chain(&rest.holds)
+        .map(|h| h.task_id.as_str())
+        .collect();
+    assert_eq!(
+        (ids, rest.next_page_token.as_str()),
+        (vec!["t-0", "t-1", "t-2"], "")
+    );
     let bad = ledger
         .list_holds(Request::new(ListHoldsRequest {
             page_size: 2,

@@ -139,14 +139,13 @@ impl RegistryApi for RegistryService {
         let want = req.status();
         let page = Page::of(req.page_size, &req.page_token, 100, 1000)?;
         // The status is derived (offline from the heartbeats), so the filter runs here.
-        let rows = sqlx::query(
-            "SELECT * FROM nodes WHERE $1 IS NULL OR node_id > $2 ORDER BY node_id",
-        )
-        .bind(page.after.as_deref())
-        .bind(page.after.as_deref())
-        .fetch_all(&self.nodes.db)
-        .await
-        .map_err(RegistryError::from)?;
+        let rows =
+            sqlx::query("SELECT * FROM nodes WHERE $1 IS NULL OR node_id > $2 ORDER BY node_id")
+                .bind(page.after.as_deref())
+                .bind(page.after.as_deref())
+                .fetch_all(&self.nodes.db)
+                .await
+                .map_err(RegistryError::from)?;
         let nodes = rows
             .iter()
             .map(|r| self.nodes.node_from_row(r))

@@ -10,8 +10,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Request, Response, Status, Streaming};
 use zkmesh_kit::acl::caller;
 use zkmesh_kit::error::{reasons, refusal};
-use zkmesh_kit::paging::Page;
 use zkmesh_kit::identity::{Identity, Role};
+use zkmesh_kit::paging::Page;
 use zkmesh_kit::{random_id, sha256_hex};
 use zkmesh_proto::scheduler_service_server::SchedulerService as SchedulerApi;
 use zkmesh_proto::*;
@@ -68,24 +68,24 @@ impl SchedulerService {
         let bytes = (self.core.store.module_bytes(module_hash).await)
             .map_err(db_error)?
             .ok_or_else(|| no_module(module_hash))?;
-        let program = zkvm::program(&bytes, (memory_limit_mib as u64) << 20)
-            .map_err(|e| {
-                refusal(
-                    Code::FailedPrecondition,
-                    reasons::MODULE_NOT_PROVABLE,
-                    format!("policy proof: {e}"),
-                )
-            })?;
+        let program = zkvm::program(&bytes, (memory_limit_mib as u64) << 20).map_err(|e| {
+            refusal(
+                Code::FailedPrecondition,
+                reasons::MODULE_NOT_PROVABLE,
+                format!("policy proof: {e}"),
+            )
+        })?;
         zkvm::fits_statically(&program, input_len, largest).map_err(|e| {
             refusal(
                 Code::FailedPrecondition,
                 reasons::TASK_TOO_LARGE_TO_PROVE,
                 format!(
-                "policy proof cannot prove this task in the largest circuit class this mesh \
+                    "policy proof cannot prove this task in the largest circuit class this mesh \
                  serves ({}): {e}; use --policy replicate:K or --policy receipt, or set up a \
                  larger class",
-                largest.name
-            ))
+                    largest.name
+                ),
+            )
         })
     }
 }
@@ -218,7 +218,10 @@ impl SchedulerApi for SchedulerService {
         }))
     }
 
-    async fn submit_task(&self, req: Request<SubmitTaskRequest>) -> Result<Response<SubmitTaskResponse>, Status> {
+    async fn submit_task(
+        &self,
+        req: Request<SubmitTaskRequest>,
+    ) -> Result<Response<SubmitTaskResponse>, Status> {
         let me = caller(&req)?;
         let req = req.into_inner();
         let config = &self.core.config;
@@ -238,9 +241,10 @@ impl SchedulerApi for SchedulerService {
                 Code::FailedPrecondition,
                 reasons::MODULE_NOT_PROVABLE,
                 format!(
-                "policy proof needs a module the zkVM can prove, and this one is not: {why}; \
+                    "policy proof needs a module the zkVM can prove, and this one is not: {why}; \
                  use --policy replicate:K or --policy receipt"
-            )));
+                ),
+            ));
         }
         if req.input.len() > config.max_input_bytes {
             return bad(format!(
@@ -296,9 +300,10 @@ impl SchedulerApi for SchedulerService {
                     Code::FailedPrecondition,
                     reasons::NOT_ENOUGH_OPERATORS,
                     format!(
-                    "replicate:{} needs nodes of {} different operators; nodes of {operators} are connected",
-                    policy.replicas, policy.replicas
-                )));
+                        "replicate:{} needs nodes of {} different operators; nodes of {operators} are connected",
+                        policy.replicas, policy.replicas
+                    ),
+                ));
             }
         }
         let replicas = policy.replicas.max(1) as u64;
@@ -383,7 +388,11 @@ impl SchedulerApi for SchedulerService {
         tokio::spawn(async move {
             let send = |e: TaskEvent| {
                 let tx = tx.clone();
-                async move { tx.send(Ok(WatchTaskResponse { event: Some(e) })).await.is_ok() }
+                async move {
+                    tx.send(Ok(WatchTaskResponse { event: Some(e) }))
+                        .await
+                        .is_ok()
+                }
             };
             let mut last = after_seq;
             for e in history.into_iter().filter(|e| e.seq > after_seq) {

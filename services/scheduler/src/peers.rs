@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tonic::Status;
 use tonic::transport::Channel;
-use zkmesh_kit::paging::collect_pages;
+use zkmesh_kit::lists::{all_circuits, all_nodes};
 use zkmesh_proto::ledger_service_client::LedgerServiceClient;
 use zkmesh_proto::registry_service_client::RegistryServiceClient;
 use zkmesh_proto::verifier_service_client::VerifierServiceClient;
@@ -23,10 +23,16 @@ pub const RPC_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn call<T>(
     f: impl std::future::Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<T, Status> {
-    match tokio::time::timeout(RPC_TIMEOUT, f).await {
-        Ok(r) => r.map(tonic::Response::into_inner),
-        Err(_) => Err(Status::unavailable("a mesh service did not answer in time")),
-    }
+    within_deadline(async { f.await.map(tonic::Response::into_inner) }).await
+}
+
+/// A call of several RPCs (every page of a list), with [`RPC_TIMEOUT`] for the whole.
+async fn within_deadline<T>(
+    f: impl std::future::Future<Output = Result<T, Status>>,
+) -> Result<T, Status> {
+    tokio::time::timeout(RPC_TIMEOUT, f)
+        .await
+        .unwrap_or_else(|_| Err(Status::unavailable("a mesh service did not answer in time")))
 }
 
 /// The registry, as the scheduler uses it.
@@ -95,19 +101,7 @@ impl Registry for RegistryServiceClient<Channel> {
     }
 
     async fn list_nodes(&self) -> Result<Vec<Node>, Status> {
-        collect_pages(|page_token| async move {
-            let page = call(RegistryServiceClient::list_nodes(
-                &mut self.clone(),
-                ListNodesRequest {
-                    status: 0,
-                    page_size: 1000,
-                    page_token,
-                },
-            ))
-            .await?;
-            Ok((page.nodes, page.next_page_token))
-        })
-        .await
+        within_deadline(all_nodes(self, NodeStatus::Unspecified)).await
     }
 }
 
@@ -147,18 +141,7 @@ impl Verifier for VerifierServiceClient<Channel> {
     }
 
     async fn list_circuits(&self) -> Result<Vec<CircuitInfo>, Status> {
-        collect_pages(|page_token| async move {
-            let page = call(VerifierServiceClient::list_circuits(
-                &mut self.clone(),
-                ListCircuitsRequest {
-                    page_size: 0,
-                    page_token,
-                },
-            ))
-            .await?;
-            Ok((page.circuits, page.next_page_token))
-        })
-        .await
+        within_deadline(all_circuits(self)).await
     }
 
     async fn verify_result(&self, req: VerifyResultRequest) -> Result<TaskVerdict, Status> {

@@ -257,10 +257,7 @@ impl Checker {
         Ok(p)
     }
 
-    pub(crate) async fn judge(
-        &self,
-        req: &VerifyResultRequest,
-    ) -> Result<TaskVerdict, Status> {
+    pub(crate) async fn judge(&self, req: &VerifyResultRequest) -> Result<TaskVerdict, Status> {
         check_policy(
             req.policy
                 .as_ref()

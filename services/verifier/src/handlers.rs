@@ -14,10 +14,12 @@ use crate::checker::Checker;
 use crate::error::{db_error, internal};
 use crate::policy::check_policy;
 
-pub(crate) type KeyStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<FetchProvingKeyResponse, Status>> + Send>>;
-pub(crate) type SetupStream =
-    std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<SetupCircuitResponse, Status>> + Send>>;
+pub(crate) type KeyStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<FetchProvingKeyResponse, Status>> + Send>,
+>;
+pub(crate) type SetupStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<SetupCircuitResponse, Status>> + Send>,
+>;
 
 /// The verifier's gRPC service: the [`Checker`] behind the access rules.
 pub struct VerifierService {

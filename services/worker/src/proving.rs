@@ -31,21 +31,9 @@ pub(crate) async fn prove(
         channel(&endpoint, &tls).map_err(|e| e.to_string())?,
     )
     .max_decoding_message_size(64 << 20);
-    let circuits_info = zkmesh_kit::paging::collect_pages(|page_token| {
-        let mut verifier = verifier.clone();
-        async move {
-            let page = verifier
-                .list_circuits(ListCircuitsRequest {
-                    page_size: 0,
-                    page_token,
-                })
-                .await?
-                .into_inner();
-            Ok((page.circuits, page.next_page_token))
-        }
-    })
-    .await
-    .map_err(|e| format!("verifier: {}", e.message()))?;
+    let circuits_info = zkmesh_kit::lists::all_circuits(&verifier)
+        .await
+        .map_err(|e| format!("verifier: {}", e.message()))?;
     let ready: Vec<_> = zkvm::CLASSES
         .iter()
         .filter(|c| {

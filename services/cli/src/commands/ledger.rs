@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use zkmesh_kit::paging::collect_pages;
+use zkmesh_kit::lists::all_history;
 use zkmesh_proto::*;
 
 use crate::EXIT_TASK;
@@ -42,23 +42,7 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                 api.ledger()?
             };
             let (account, task_id) = (account.unwrap_or_default(), task.unwrap_or_default());
-            let entries = collect_pages(|page_token| {
-                let mut l = l.clone();
-                let (account, task_id) = (account.clone(), task_id.clone());
-                async move {
-                    let page = l
-                        .history(HistoryRequest {
-                            account,
-                            task_id,
-                            page_size: 0,
-                            page_token,
-                        })
-                        .await?
-                        .into_inner();
-                    Ok((page.entries, page.next_page_token))
-                }
-            })
-            .await?;
+            let entries = all_history(&l, &account, &task_id).await?;
             for e in entries {
                 let kind = JournalEntryKind::short_name_of(e.kind);
                 if json {

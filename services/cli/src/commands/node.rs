@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use zkmesh_kit::paging::collect_pages;
+use zkmesh_kit::lists::all_nodes;
 use zkmesh_proto::*;
 
 use crate::args::NodeCommand;
@@ -25,21 +25,7 @@ pub(crate) async fn node(mesh: &Option<PathBuf>, cmd: NodeCommand) -> anyhow::Re
     };
     match cmd {
         NodeCommand::List { json } => {
-            let nodes = collect_pages(|page_token| {
-                let mut registry = registry.clone();
-                async move {
-                    let page = registry
-                        .list_nodes(ListNodesRequest {
-                            status: 0,
-                            page_size: 0,
-                            page_token,
-                        })
-                        .await?
-                        .into_inner();
-                    Ok((page.nodes, page.next_page_token))
-                }
-            })
-            .await?;
+            let nodes = all_nodes(&registry, NodeStatus::Unspecified).await?;
             if json {
                 let list: Vec<_> = nodes
                     .iter()

@@ -256,7 +256,11 @@ async fn refused_callers_change_nothing() {
         .await
         .unwrap_err();
     assert_eq!(heartbeat.code(), Code::PermissionDenied);
-    let key = node.ledger.get_ledger_key(GetLedgerKeyRequest {}).await.unwrap_err();
+    let key = node
+        .ledger
+        .get_ledger_key(GetLedgerKeyRequest {})
+        .await
+        .unwrap_err();
     assert_eq!(key.code(), Code::PermissionDenied);
     let fetch = node
         .scheduler

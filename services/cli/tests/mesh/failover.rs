@@ -57,14 +57,7 @@ async fn killed_worker_task_completes_elsewhere_with_one_capture() {
         ..Job::new(collatz.wasm, input)
     };
     let task = submit(&mut s, &job).await.unwrap();
-    let mut events = s
-        .watch_task(WatchTaskRequest {
-            task_id: task.task_id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut s, &task.task_id, 0).await;
     let victim_node = loop {
         let e = tokio::time::timeout(Duration::from_secs(30), events.message())
             .await

@@ -81,14 +81,7 @@ async fn hostile_guests_end_cleanly_and_the_worker_keeps_serving() {
     assert_eq!(result.exit(), ExitKind::ExitCode, "{}", result.exit_message);
     assert!(result.fuel_used > 0 && result.cpu_time_us > 0, "{result:?}");
     let mut s = sb.api.scheduler().unwrap();
-    let mut events = s
-        .watch_task(WatchTaskRequest {
-            task_id: task.task_id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut s, &task.task_id, 0).await;
     let logged = tokio::time::timeout(std::time::Duration::from_secs(10), async {
         loop {
             let e = events
@@ -148,14 +141,7 @@ async fn guest_logs_stream_while_the_task_runs() {
     let (task, result) = run(&sb.api, &job).await.unwrap();
     assert_verified(&result, b"ok");
     let mut s = sb.api.scheduler().unwrap();
-    let mut events = s
-        .watch_task(WatchTaskRequest {
-            task_id: task.task_id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut s, &task.task_id, 0).await;
     let (mut started, mut finished) = (None, None);
     while let Some(e) = events.message().await.unwrap() {
         let e = e.event.unwrap();

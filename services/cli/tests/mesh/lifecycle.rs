@@ -21,20 +21,19 @@ async fn cancel_releases_the_hold_and_frees_the_worker() {
     let task_ref = || CancelTaskRequest {
         task_id: task.task_id.clone(),
     };
-    let mut events = s
-        .watch_task(WatchTaskRequest {
-            task_id: task.task_id.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut events = watch(&mut s, &task.task_id, 0).await;
     while let Some(e) = events.message().await.unwrap() {
         if e.event.unwrap().state() == TaskState::Running {
             break;
         }
     }
-    let cancelled = s.cancel_task(task_ref()).await.unwrap().into_inner().task.unwrap();
+    let cancelled = s
+        .cancel_task(task_ref())
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
     assert_eq!(cancelled.state(), TaskState::Cancelled);
     let again = s.cancel_task(task_ref()).await.unwrap_err();
     assert_eq!(again.code(), tonic::Code::FailedPrecondition);

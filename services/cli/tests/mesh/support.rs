@@ -151,20 +151,28 @@ pub async fn history(s: &mut SchedulerServiceClient<Channel>, task_id: &str) -> 
     history_after(s, task_id, 0).await
 }
 
+/// A task's event stream, after the event numbered `after_seq` (0: from the first).
+pub async fn watch(
+    s: &mut SchedulerServiceClient<Channel>,
+    task_id: &str,
+    after_seq: u64,
+) -> tonic::Streaming<WatchTaskResponse> {
+    s.watch_task(WatchTaskRequest {
+        task_id: task_id.to_string(),
+        after_seq,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 /// The events of a task that has ended after the one numbered `after_seq` (a resumed watch).
 pub async fn history_after(
     s: &mut SchedulerServiceClient<Channel>,
     task_id: &str,
     after_seq: u64,
 ) -> Vec<TaskEvent> {
-    let mut stream = s
-        .watch_task(WatchTaskRequest {
-            task_id: task_id.to_string(),
-            after_seq,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = watch(s, task_id, after_seq).await;
     let mut events = Vec::new();
     while let Some(e) = stream.message().await.unwrap() {
         events.push(e.event.expect("every message carries an event"));

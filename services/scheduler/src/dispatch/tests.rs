@@ -77,10 +77,7 @@ impl Verifier for Judge {
     async fn list_circuits(&self) -> Result<Vec<CircuitInfo>, Status> {
         Ok(vec![])
     }
-    async fn verify_result(
-        &self,
-        req: VerifyResultRequest,
-    ) -> Result<TaskVerdict, Status> {
+    async fn verify_result(&self, req: VerifyResultRequest) -> Result<TaskVerdict, Status> {
         *self.asked.lock().unwrap() += 1;
         let ids: Vec<String> = req.reports.iter().map(|r| r.attempt_id.clone()).collect();
         Ok(if *self.reject.lock().unwrap() {

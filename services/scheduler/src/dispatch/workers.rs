@@ -96,11 +96,7 @@ impl Core {
 
     /// Best effort, never waiting: a node that does not read its stream must not stall the
     /// scheduler (its leases run out instead).
-    pub(in crate::dispatch) async fn send_to(
-        &self,
-        node_id: &str,
-        message: work_response::Kind,
-    ) {
+    pub(in crate::dispatch) async fn send_to(&self, node_id: &str, message: work_response::Kind) {
         let tx = self.workers.lock().await.get(node_id).map(|w| w.tx.clone());
         if let Some(tx) = tx {
             let _ = tx.try_send(Ok(WorkResponse {
