@@ -206,6 +206,18 @@ impl ZkHalt {
     }
 }
 
+impl crate::v1::ZkProof {
+    /// The halt code the proof claims: its `halt`'s, or the legacy `status` of a proof from a
+    /// version before `halt` (when `halt` is unspecified). `None` when neither is known.
+    pub fn halt_code(&self) -> Option<u64> {
+        if self.halt == ZkHalt::Unspecified as i32 {
+            ZkHalt::from_code(self.status).and_then(ZkHalt::code)
+        } else {
+            ZkHalt::code_of(self.halt)
+        }
+    }
+}
+
 impl crate::v1::CircuitInfo {
     /// The state as one line for people: "ready", "setting up (PHASE, N s)", "failed: WHY" or
     /// "not set up".
@@ -304,5 +316,16 @@ mod tests {
         }
         assert_eq!(ZkHalt::from_code(7), None);
         assert_eq!(ZkHalt::from_code(u64::MAX), None);
+        // A proof from before `halt` (status 0 is also what such a proof of a return sends).
+        let proof = |halt: ZkHalt, status| crate::v1::ZkProof {
+            halt: halt as i32,
+            status,
+            ..Default::default()
+        };
+        assert_eq!(proof(ZkHalt::Unspecified, 0).halt_code(), Some(0));
+        assert_eq!(proof(ZkHalt::Unspecified, 6).halt_code(), Some(6));
+        assert_eq!(proof(ZkHalt::Unspecified, 7).halt_code(), None);
+        // `halt` wins when it is set.
+        assert_eq!(proof(ZkHalt::Unreachable, 0).halt_code(), Some(1));
     }
 }

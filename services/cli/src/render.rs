@@ -49,7 +49,7 @@ pub fn result_json(task: &Task, result: &TaskResult) -> serde_json::Value {
             "circuit_class": p.circuit_class,
             "steps": p.steps,
             "segments": p.links.len() + 1,
-            "status": ZkHalt::code_of(p.halt),
+            "status": p.halt_code(),
             "prove_time_ms": p.prove_time_ms,
             "verifying_key_sha256": p.verifying_key_sha256,
             "proof_base64": base64::engine::general_purpose::STANDARD.encode(&p.proof),

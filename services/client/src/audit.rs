@@ -1,5 +1,7 @@
 //! The ledger audit a client runs itself: it trusts nothing the ledger says about itself.
 
+use std::collections::BTreeMap;
+
 use anyhow::Context;
 use serde::Serialize;
 use zkmesh_proto::ledger_service_client::LedgerServiceClient;
@@ -79,10 +81,12 @@ pub async fn audit_expecting(
         None => served_key,
     };
     // The journal as it stands, then the ledger's tables page by page, each page with the last
-    // journal entry it reflects (no older than the journal just read, so a ledger cannot pass
-    // by serving stale tables), then the rest of the journal: a live ledger cannot race the
+    // journal entry it reflects, then the rest of the journal: a live ledger cannot race the
     // audit. Each page is checked against the replay at its own entry, over the range of keys
-    // it covers, so pages taken at different moments still add up to exact set equality.
+    // it covers, so pages taken at different moments still add up to exact set equality. A
+    // page may not be older than the journal the ledger already served in this audit, nor than
+    // an entry an earlier audit saw (`--expect`): what the tables are compared with is at least
+    // that recent, though only a pinned earlier entry bounds it from outside the ledger.
     let mut entries = read_journal(&mut ledger, 1).await?;
     let head = entries.len() as u64;
     let account_pages = read_pages(
@@ -119,40 +123,47 @@ pub async fn audit_expecting(
         |h: &HoldInfo| h.task_id.clone(),
     )
     .await?;
-    let seqs: Vec<u64> = (account_pages.iter().map(|p| p.journal_seq))
-        .chain(hold_pages.iter().map(|p| p.journal_seq))
-        .collect();
-    for &seq in &seqs {
+    let floor = head.max(expect.map_or(0, |e| e.seq));
+    let seqs = (account_pages.iter().map(|p| p.journal_seq))
+        .chain(hold_pages.iter().map(|p| p.journal_seq));
+    for seq in seqs.clone() {
         anyhow::ensure!(
-            seq >= head,
-            "the ledger lists its tables as of journal entry {seq}, older than the {head} entries it had already served"
+            seq >= floor,
+            "the ledger lists its tables as of journal entry {seq}, older than entry {floor} it had already served"
         );
     }
     entries.extend(read_journal(&mut ledger, head + 1).await?);
-    let (replay, at) = zkmesh_kit::journal::replay_at(&entries, &key, &seqs)?;
+    if let Some(seq) = seqs.max().filter(|&seq| seq > entries.len() as u64) {
+        anyhow::bail!(
+            "the ledger lists its tables as of journal entry {seq}, but its journal has {} entries",
+            entries.len()
+        );
+    }
+    // One pass over the journal, checking the pages taken at each entry when it gets there.
+    let mut pages_at: BTreeMap<u64, PagesAt<'_>> = BTreeMap::new();
+    for page in &account_pages {
+        pages_at.entry(page.journal_seq).or_default().0.push(page);
+    }
+    for page in &hold_pages {
+        pages_at.entry(page.journal_seq).or_default().1.push(page);
+    }
+    let replay = zkmesh_kit::journal::replay_visiting(&entries, &key, |seq, replayed| {
+        let Some((accounts, holds)) = pages_at.get(&seq) else {
+            return Ok(());
+        };
+        for page in accounts {
+            zkmesh_kit::journal::check_accounts_in(replayed, &page.items, page.range())?;
+        }
+        for page in holds {
+            zkmesh_kit::journal::check_holds_in(replayed, &page.items, page.range())?;
+        }
+        Ok(())
+    })?;
     anyhow::ensure!(
         replay.conserved(),
         "balances plus holds do not equal the {} micro-credits minted",
         replay.minted
     );
-    let snapshot = |seq: u64| {
-        at.get(&seq).ok_or_else(|| {
-            anyhow::anyhow!(
-                "the ledger lists its tables as of journal entry {seq}, but its journal has {} entries",
-                replay.entries
-            )
-        })
-    };
-    for page in &account_pages {
-        let seq = page.journal_seq;
-        zkmesh_kit::journal::check_accounts_in(snapshot(seq)?, &page.items, page.range())
-            .map_err(|e| anyhow::anyhow!("{e} (as of journal entry {seq})"))?;
-    }
-    for page in &hold_pages {
-        let seq = page.journal_seq;
-        zkmesh_kit::journal::check_holds_in(snapshot(seq)?, &page.items, page.range())
-            .map_err(|e| anyhow::anyhow!("{e} (as of journal entry {seq})"))?;
-    }
     let accounts: Vec<&Account> = account_pages.iter().flat_map(|p| &p.items).collect();
     let holds: Vec<&HoldInfo> = hold_pages.iter().flat_map(|p| &p.items).collect();
     let open_holds = holds
@@ -184,6 +195,9 @@ pub async fn audit_expecting(
         minted: replay.minted,
     })
 }
+
+/// The pages of accounts and of holds the ledger took as of one journal entry.
+type PagesAt<'a> = (Vec<&'a ListedPage<Account>>, Vec<&'a ListedPage<HoldInfo>>);
 
 /// One page of a ledger table, with the range of keys it covers: after the previous page's last
 /// key, up to and including its own last key (the last page: to the end).
@@ -237,6 +251,11 @@ where
         let last = items.last().map(&key).ok_or_else(|| {
             anyhow::anyhow!("the ledger sent an empty page of its tables that is not the last")
         })?;
+        // Pages move forward, so a listing ends (the checks catch a page out of order anyway,
+        // but only after the listing ends).
+        if after.as_ref().is_some_and(|prev| last <= *prev) {
+            anyhow::bail!("the ledger's pages of its tables do not move forward (at {last:?})");
+        }
         pages.push(ListedPage {
             items,
             journal_seq,
@@ -266,8 +285,6 @@ async fn read_journal(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use zkmesh_kit::journal::{Replay, check_accounts_in};
 
     use super::*;
@@ -333,6 +350,9 @@ mod tests {
         // A page out of order (its last item is not its largest) lists d outside its range.
         let e = audit_pages(vec![(vec!["d", "a"], "t1"), (vec!["b", "c"], "")]).await;
         assert!(e.is_err());
+        // The same page again and again would never end: refused as soon as it repeats.
+        let e = audit_pages(vec![(vec!["a", "b"], "t1"), (vec!["a", "b"], "t1")]).await;
+        assert!(e.unwrap_err().to_string().contains("do not move forward"));
         // An empty page that claims more follow would cover nothing, forever.
         let e = audit_pages(vec![(vec!["a"], "t1"), (vec![], "t2"), (vec!["b"], "")]).await;
         assert!(e.unwrap_err().to_string().contains("empty page"));

@@ -8,7 +8,7 @@
 
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
-use zkmesh_proto::{Task, TaskResult, ZkHalt, ZkProof};
+use zkmesh_proto::{Task, TaskResult, ZkProof};
 use zkmesh_prover::zkvm;
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
@@ -115,7 +115,7 @@ impl From<&ZkProof> for BundleProof {
             verifying_key_sha256: p.verifying_key_sha256.clone(),
             steps: p.steps,
             // A verified proof has a known halt; an unknown one gives a code no proof has.
-            status: ZkHalt::code_of(p.halt).unwrap_or(u64::MAX),
+            status: p.halt_code().unwrap_or(u64::MAX),
             state_out: p.state_out.clone(),
             proof_base64: B64.encode(&p.proof),
             links: p

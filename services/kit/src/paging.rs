@@ -1,8 +1,9 @@
 //! Paging of the list RPCs: the page size a request may ask for and the opaque page tokens.
 //!
 //! Every list is ordered by a unique key (a node id, an account name, a task id, ...). A page
-//! token is the key of the last item of the previous page, hex-encoded so that clients treat it
-//! as opaque; the next page starts after it. A store reads one item more than the page holds to
+//! token is the key of the last item of the previous page, hex-encoded behind a `k` so that
+//! clients treat it as opaque and it is never empty (an empty token means the first page, or
+//! no next page, even when the key is the empty string); the next page starts after it. A store reads one item more than the page holds to
 //! know whether another page follows ([`Page::finish`]).
 
 use tonic::Status;
@@ -28,12 +29,12 @@ impl Page {
         let after = if page_token.is_empty() {
             None
         } else {
-            let bytes = hex::decode(page_token).map_err(|_| {
-                Status::invalid_argument("page_token is not one this service issued")
-            })?;
-            Some(String::from_utf8(bytes).map_err(|_| {
-                Status::invalid_argument("page_token is not one this service issued")
-            })?)
+            let foreign = || Status::invalid_argument("page_token is not one this service issued");
+            let bytes = page_token
+                .strip_prefix('k')
+                .and_then(|hex_key| hex::decode(hex_key).ok())
+                .ok_or_else(foreign)?;
+            Some(String::from_utf8(bytes).map_err(|_| foreign())?)
         };
         Ok(Page {
             size: size.max(1) as usize,
@@ -114,7 +115,7 @@ where
 
 /// The token of the page that starts after `key`.
 pub fn token_after(key: &str) -> String {
-    hex::encode(key.as_bytes())
+    format!("k{}", hex::encode(key.as_bytes()))
 }
 
 #[cfg(test)]
@@ -168,7 +169,11 @@ mod tests {
         assert_eq!(Page::of(5000, "", 100, 1000).unwrap().size, 1000);
         let err = Page::of(1, "not hex", 100, 1000).unwrap_err();
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
-        assert!(Page::of(1, "ff", 100, 1000).is_err(), "not UTF-8");
+        assert!(Page::of(1, "kff", 100, 1000).is_err(), "not UTF-8");
+        assert!(Page::of(1, "6e2d31", 100, 1000).is_err(), "no prefix");
+        // The empty key has a token of its own: a list whose last key is "" goes on.
+        assert_eq!(token_after(""), "k");
+        assert_eq!(Page::of(1, "k", 1, 1).unwrap().after.as_deref(), Some(""));
         assert_eq!(
             Page::of(1, &token_after("n-1"), 1, 1)
                 .unwrap()

@@ -394,6 +394,10 @@ impl SchedulerApi for SchedulerService {
                         .is_ok()
                 }
             };
+            // Ended already (its terminal event is in the history, sent now or before the
+            // resume point): nothing more will come.
+            let ended =
+                is_terminal(task.task.state()) || history.iter().any(|e| is_terminal(e.state()));
             let mut last = after_seq;
             for e in history.into_iter().filter(|e| e.seq > after_seq) {
                 last = e.seq;
@@ -402,8 +406,7 @@ impl SchedulerApi for SchedulerService {
                     return;
                 }
             }
-            // Resumed after the last event of a task that has ended: nothing more will come.
-            if is_terminal(task.task.state()) && last >= after_seq {
+            if ended {
                 return;
             }
             loop {

@@ -129,7 +129,7 @@ impl Checker {
         };
         let receipt = report.receipt.as_ref().expect("checked before");
         // The halt code the statement holds; a proof without a known halt cannot be checked.
-        let Some(status) = ZkHalt::code_of(proof.halt) else {
+        let Some(status) = proof.halt_code() else {
             return Some(format!(
                 "the proof's halt ({}) is not one this verifier knows",
                 proof.halt

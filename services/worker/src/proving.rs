@@ -119,6 +119,7 @@ pub(crate) async fn prove(
         proof: last,
         steps: claim.steps,
         halt: ZkHalt::from_code(claim.status).map_or(ZkHalt::Unspecified as i32, |h| h as i32),
+        status: claim.status,
         state_out: claim.state_out.to_string(),
         verifying_key_sha256: info.verifying_key_sha256,
         prove_time_ms: started.elapsed().as_millis() as u64,
