@@ -20,6 +20,11 @@ pub struct AuditReport {
     /// passing both to a later audit ([`Expect`]) proves the ledger kept that history, since a
     /// ledger that rewrote or withheld it cannot produce the same entry at the same place.
     pub head_hash: String,
+    /// The oldest journal entry a page of the ledger's tables was taken at: the tables were
+    /// checked as of entries from here to `entries`. The ledger chooses it within the bounds
+    /// the audit sets (no older than the journal it had already served, nor than `--expect`),
+    /// so a value far below `entries` on a quiet ledger deserves a look.
+    pub tables_as_of: u64,
 }
 
 /// A journal entry an earlier audit saw: the later audit fails unless the journal still has
@@ -188,6 +193,7 @@ pub async fn audit_expecting(
         );
     }
     Ok(AuditReport {
+        tables_as_of: pages_at.keys().next().copied().unwrap_or(0),
         head_hash: entries.last().map(|e| e.hash.clone()).unwrap_or_default(),
         entries: replay.entries,
         accounts: accounts.len(),
@@ -251,8 +257,9 @@ where
         let last = items.last().map(&key).ok_or_else(|| {
             anyhow::anyhow!("the ledger sent an empty page of its tables that is not the last")
         })?;
-        // Pages move forward, so a listing ends (the checks catch a page out of order anyway,
-        // but only after the listing ends).
+        // Pages move forward, so no page comes twice (the checks catch a page out of order
+        // anyway, but only after the listing ends). A ledger can still list without end, as it
+        // can stream a journal without end: run audits of an untrusted ledger with a timeout.
         if after.as_ref().is_some_and(|prev| last <= *prev) {
             anyhow::bail!("the ledger's pages of its tables do not move forward (at {last:?})");
         }

@@ -64,7 +64,7 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                 if json {
                     println!(
                         "{}",
-                        json!({"ok": true, "entries": r.entries, "accounts": r.accounts, "open_holds": r.open_holds, "minted": r.minted, "head_hash": r.head_hash})
+                        json!({"ok": true, "entries": r.entries, "accounts": r.accounts, "open_holds": r.open_holds, "minted": r.minted, "head_hash": r.head_hash, "tables_as_of": r.tables_as_of})
                     );
                 } else {
                     println!(
@@ -72,6 +72,10 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                         r.entries, r.accounts, r.open_holds, r.minted
                     );
                     if r.entries > 0 {
+                        println!(
+                            "the ledger's tables were checked as of journal entries {} to {}",
+                            r.tables_as_of, r.entries
+                        );
                         println!(
                             "the journal ends at {}:{} (a later `zkmesh ledger audit --expect {}:{}` checks the ledger kept it)",
                             r.entries, r.head_hash, r.entries, r.head_hash
