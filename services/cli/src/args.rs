@@ -198,8 +198,12 @@ pub enum NodeCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Approve a waiting node, granting it slots.
     Approve {
         node: String,
+        /// The most tasks it may run at once (default: the registry's `default_node_slots`).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+        slots: Option<u32>,
     },
     Deny {
         node: String,
@@ -207,8 +211,16 @@ pub enum NodeCommand {
     Revoke {
         node: String,
     },
-    /// Create a join token for new nodes.
+    /// Create a join token for new nodes of one operator.
     Token {
+        /// The operator the nodes belong to (their account `operator/NAME` is paid; replicas of a
+        /// task go to different operators). Required: nodes cannot name their own.
+        #[arg(long)]
+        operator: String,
+        /// The most tasks each node may run at once when the token approves it (with
+        /// --pre-approved; default: the registry's `default_node_slots`).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
+        slots: Option<u32>,
         #[arg(long)]
         pre_approved: bool,
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]

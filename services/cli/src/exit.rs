@@ -73,6 +73,10 @@ pub fn exit_code(e: &anyhow::Error) -> i32 {
                 cause.downcast_ref::<zkmesh_kit::server::ServeError>(),
                 Some(zkmesh_kit::server::ServeError::Tls(_))
             )
+            || matches!(
+                cause.downcast_ref::<zkmesh_worker::WorkerError>(),
+                Some(zkmesh_worker::WorkerError::Config(_))
+            )
     });
     if configuration {
         return EXIT_CONFIG;

@@ -152,6 +152,7 @@ impl LocalMesh {
                 ca_dir: dir.join("ca"),
                 heartbeat_timeout_secs: (options.heartbeat_secs * 4).max(5),
                 node_certificate_lifetime_secs: options.node_certificate_lifetime_secs,
+                default_node_slots: options.worker_slots,
             },
             shutdown.clone(),
         )
@@ -267,8 +268,20 @@ impl LocalMesh {
         Ok(mesh)
     }
 
-    /// A pre-approved join token for `uses` nodes.
-    pub async fn join_token(&self, uses: u32) -> anyhow::Result<String> {
+    /// A pre-approved join token for `uses` nodes of `operator`, each granted the mesh's worker
+    /// slots.
+    pub async fn join_token(&self, operator: &str, uses: u32) -> anyhow::Result<String> {
+        self.join_token_granting(operator, uses, self.options.worker_slots)
+            .await
+    }
+
+    /// [`LocalMesh::join_token`], granting each node `slots`.
+    pub async fn join_token_granting(
+        &self,
+        operator: &str,
+        uses: u32,
+        slots: u32,
+    ) -> anyhow::Result<String> {
         let api = MeshClient::connect(&self.client)?;
         Ok(api
             .admin_registry()?
@@ -276,6 +289,8 @@ impl LocalMesh {
                 pre_approved: true,
                 ttl_secs: 3600,
                 max_uses: uses,
+                operator: operator.to_string(),
+                slots,
             })
             .await?
             .into_inner()
@@ -283,8 +298,8 @@ impl LocalMesh {
     }
 
     /// The configuration a worker of this mesh uses (for starting one elsewhere, e.g. in
-    /// another process).
-    pub fn worker_config(&self, name: &str, operator: &str, token: Option<String>) -> WorkerConfig {
+    /// another process); its operator is the one its join token names.
+    pub fn worker_config(&self, name: &str, token: Option<String>) -> WorkerConfig {
         WorkerConfig {
             data_dir: self.dir.join("workers").join(name),
             registry_endpoint: self.client.registry.clone(),
@@ -292,7 +307,7 @@ impl LocalMesh {
             ca_cert: self.client.ca.clone(),
             join_token: token,
             name: name.to_string(),
-            operator: operator.to_string(),
+            operator: None,
             slots: self.options.worker_slots,
             heartbeat_secs: self.options.heartbeat_secs,
             approval_timeout_secs: 60,
@@ -309,13 +324,13 @@ impl LocalMesh {
         }
     }
 
-    /// Starts one more in-process worker and returns its node id.
+    /// Starts one more in-process worker of `operator` and returns its node id.
     pub async fn add_worker(&mut self, name: &str, operator: &str) -> anyhow::Result<String> {
-        let config = self.worker_config(name, operator, None);
+        let config = self.worker_config(name, None);
         let token = if config.data_dir.join("node.json").exists() {
             None
         } else {
-            Some(self.join_token(1).await?)
+            Some(self.join_token(operator, 1).await?)
         };
         let config = WorkerConfig {
             join_token: token,

@@ -20,7 +20,14 @@ pub struct RegistryConfig {
     pub heartbeat_timeout_secs: u64,
     #[serde(default = "default_cert_lifetime")]
     pub node_certificate_lifetime_secs: u64,
+    /// The most tasks a node may run at once when its approval (or its join token) names no
+    /// number. A worker may ask for fewer, never more.
+    #[serde(default = "default_node_slots")]
+    pub default_node_slots: u32,
 }
+
+/// The most slots an admin may grant one node.
+pub const MAX_NODE_SLOTS: u32 = 256;
 
 /// Where the registry listens when `[server] listen` is not set.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:7001";
@@ -30,4 +37,7 @@ pub(crate) fn default_heartbeat_timeout() -> u64 {
 }
 pub(crate) fn default_cert_lifetime() -> u64 {
     24 * 3600
+}
+pub(crate) fn default_node_slots() -> u32 {
+    2
 }

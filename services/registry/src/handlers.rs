@@ -81,8 +81,12 @@ impl RegistryApi for RegistryService {
         &self,
         req: Request<ApproveNodeRequest>,
     ) -> Result<Response<ApproveNodeResponse>, Status> {
-        let id = req.into_inner().node_id;
-        let node = self.nodes.transition(&id, &["pending"], "approved").await?;
+        let req = req.into_inner();
+        let slots = self.nodes.granted_slots(req.slots)?;
+        let node = self
+            .nodes
+            .transition(&req.node_id, &["pending"], "approved", Some(slots))
+            .await?;
         Ok(Response::new(ApproveNodeResponse { node: Some(node) }))
     }
 
@@ -91,7 +95,10 @@ impl RegistryApi for RegistryService {
         req: Request<DenyNodeRequest>,
     ) -> Result<Response<DenyNodeResponse>, Status> {
         let id = req.into_inner().node_id;
-        let node = self.nodes.transition(&id, &["pending"], "denied").await?;
+        let node = self
+            .nodes
+            .transition(&id, &["pending"], "denied", None)
+            .await?;
         Ok(Response::new(DenyNodeResponse { node: Some(node) }))
     }
 
@@ -102,7 +109,7 @@ impl RegistryApi for RegistryService {
         let id = req.into_inner().node_id;
         let node = self
             .nodes
-            .transition(&id, &["pending", "approved"], "revoked")
+            .transition(&id, &["pending", "approved"], "revoked", None)
             .await?;
         Ok(Response::new(RevokeNodeResponse { node: Some(node) }))
     }

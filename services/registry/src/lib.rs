@@ -65,6 +65,7 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyho
         revoked: revoked.clone(),
         heartbeat_timeout_ms: (config.heartbeat_timeout_secs * 1000) as i64,
         cert_lifetime: Duration::from_secs(config.node_certificate_lifetime_secs),
+        default_slots: config.default_node_slots.clamp(1, config::MAX_NODE_SLOTS),
         enrollments: metrics.counter("node_enrollments", "Nodes enrolled"),
         ca,
     };

@@ -10,6 +10,7 @@ use zkmesh_kit::revocation::RevocationList;
 use zkmesh_kit::{now_ms, random_id, sha256_hex};
 use zkmesh_proto::*;
 
+use crate::config::MAX_NODE_SLOTS;
 use crate::error::{RegistryError, Result};
 
 /// The schema, as SQL files under `migrations/sqlite/` (a PostgreSQL set can sit beside it),
@@ -23,6 +24,8 @@ pub(crate) struct Nodes {
     pub(crate) revoked: RevocationList,
     pub(crate) heartbeat_timeout_ms: i64,
     pub(crate) cert_lifetime: Duration,
+    /// Slots granted when an approval or a pre-approving token names none.
+    pub(crate) default_slots: u32,
     pub(crate) enrollments: prometheus_client::metrics::counter::Counter,
 }
 
@@ -75,8 +78,27 @@ impl Nodes {
         Ok((cert, expires))
     }
 
-    /// Moves a node from one of `from` to `to`, signing its certificate on approval.
-    pub(crate) async fn transition(&self, node_id: &str, from: &[&str], to: &str) -> Result<Node> {
+    /// The slots an approval grants: `requested`, or the default for 0; more than the most a
+    /// node may have is refused.
+    pub(crate) fn granted_slots(&self, requested: u32) -> Result<u32> {
+        match requested {
+            0 => Ok(self.default_slots),
+            n if n <= MAX_NODE_SLOTS => Ok(n),
+            n => Err(RegistryError::BadRequest(format!(
+                "slots {n} is more than the most a node may have ({MAX_NODE_SLOTS})"
+            ))),
+        }
+    }
+
+    /// Moves a node from one of `from` to `to`, signing its certificate on approval (and
+    /// granting it `slots`, when given).
+    pub(crate) async fn transition(
+        &self,
+        node_id: &str,
+        from: &[&str],
+        to: &str,
+        slots: Option<u32>,
+    ) -> Result<Node> {
         let node = self.node(node_id).await?;
         let row = sqlx::query("SELECT state, csr_pem FROM nodes WHERE node_id = $1")
             .bind(node_id)
@@ -97,12 +119,13 @@ impl Nodes {
         let changed = if to == "approved" {
             let (cert, expires) = self.sign(&row.get::<String, _>(1), node_id)?;
             sqlx::query(
-                "UPDATE nodes SET state = $1, certificate_pem = $2, certificate_expires_at_ms = $3, last_heartbeat_at_ms = $4 WHERE node_id = $5 AND state = $6",
+                "UPDATE nodes SET state = $1, certificate_pem = $2, certificate_expires_at_ms = $3, last_heartbeat_at_ms = $4, slots = COALESCE($5, slots) WHERE node_id = $6 AND state = $7",
             )
             .bind(to)
             .bind(cert)
             .bind(expires)
             .bind(now_ms())
+            .bind(slots.map(i64::from))
             .bind(node_id)
             .bind(&state)
             .execute(&self.db)
@@ -131,6 +154,16 @@ impl Nodes {
         &self,
         req: CreateJoinTokenRequest,
     ) -> Result<CreateJoinTokenResponse> {
+        if !valid_name(&req.operator) {
+            return Err(RegistryError::BadRequest(
+                "a join token names the operator its nodes belong to (`zkmesh node token --operator NAME`): 1-64 letters, digits, '-', '_' or '.'".into(),
+            ));
+        }
+        let slots = if req.slots == 0 {
+            0
+        } else {
+            self.granted_slots(req.slots)?
+        };
         let token = random_id("zkj_") + &random_id("");
         let ttl = if req.ttl_secs == 0 {
             24 * 3600
@@ -139,13 +172,15 @@ impl Nodes {
         };
         let expires = now_ms() + ttl * 1000;
         sqlx::query(
-            "INSERT INTO join_tokens (token_hash, pre_approved, uses_left, expires_at_ms, created_at_ms) VALUES ($1, $2, $3, $4, $5)",
+            "INSERT INTO join_tokens (token_hash, pre_approved, uses_left, expires_at_ms, created_at_ms, operator, slots) VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(sha256_hex(token.as_bytes()))
         .bind(req.pre_approved as i64)
         .bind(req.max_uses.max(1) as i64)
         .bind(expires)
         .bind(now_ms())
+        .bind(&req.operator)
+        .bind(i64::from(slots))
         .execute(&self.db)
         .await?;
         Ok(CreateJoinTokenResponse {
@@ -156,8 +191,8 @@ impl Nodes {
 
     pub(crate) async fn enroll(&self, req: EnrollRequest) -> Result<EnrollResponse> {
         let bad = |m: &str| Err(RegistryError::BadRequest(m.to_string()));
-        if !valid_name(&req.name) || !valid_name(&req.operator) {
-            return bad("name and operator must be 1-64 letters, digits, '-', '_' or '.'");
+        if !valid_name(&req.name) {
+            return bad("name must be 1-64 letters, digits, '-', '_' or '.'");
         }
         if req.receipt_public_key.len() != 32 {
             return bad("receipt_public_key must be a 32-byte Ed25519 public key");
@@ -168,47 +203,65 @@ impl Nodes {
         if rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem).is_err() {
             return bad("csr_pem is not a valid, self-signed PKCS#10 request");
         }
+        let token_hash = sha256_hex(req.join_token.as_bytes());
         let mut tx = self.db.begin().await?;
         let token = sqlx::query(
-            "SELECT pre_approved, uses_left, expires_at_ms FROM join_tokens WHERE token_hash = $1",
+            "SELECT pre_approved, expires_at_ms, operator, slots FROM join_tokens WHERE token_hash = $1",
         )
-        .bind(sha256_hex(req.join_token.as_bytes()))
+        .bind(&token_hash)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(token) = token else {
             return Err(RegistryError::Denied("unknown join token".into()));
         };
-        let (pre_approved, uses_left, expires): (i64, i64, i64) =
-            (token.get(0), token.get(1), token.get(2));
-        if uses_left <= 0 || expires < now_ms() {
+        let (pre_approved, expires, operator, token_slots): (i64, i64, String, i64) =
+            (token.get(0), token.get(1), token.get(2), token.get(3));
+        if operator.is_empty() {
+            return Err(RegistryError::Denied(
+                "this join token was made before tokens named an operator; ask the admin for a new one (`zkmesh node token --operator NAME`)".into(),
+            ));
+        }
+        // One statement takes a use, so two enrollments racing for the last use cannot both
+        // have it (on any database).
+        let taken = sqlx::query(
+            "UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = $1 AND uses_left > 0 AND expires_at_ms >= $2",
+        )
+        .bind(&token_hash)
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if taken != 1 || expires < now_ms() {
             return Err(RegistryError::Denied(
                 "join token is used up or expired".into(),
             ));
         }
-        sqlx::query("UPDATE join_tokens SET uses_left = uses_left - 1 WHERE token_hash = $1")
-            .bind(sha256_hex(req.join_token.as_bytes()))
-            .execute(&mut *tx)
-            .await?;
+        let slots = match token_slots {
+            0 => self.default_slots,
+            n => n as u32,
+        };
         let node_id = random_id("n-");
         sqlx::query(
-            "INSERT INTO nodes (node_id, name, operator, state, csr_pem, receipt_public_key, secret_hash, certificate_pem, certificate_expires_at_ms, enrolled_at_ms, last_heartbeat_at_ms, slots)
-             VALUES ($1, $2, $3, 'pending', $4, $5, $6, NULL, 0, $7, 0, $8)",
+            "INSERT INTO nodes (node_id, name, operator, state, csr_pem, receipt_public_key, secret_hash, certificate_pem, certificate_expires_at_ms, enrolled_at_ms, last_heartbeat_at_ms, slots, token_hash)
+             VALUES ($1, $2, $3, 'pending', $4, $5, $6, NULL, 0, $7, 0, $8, $9)",
         )
         .bind(&node_id)
         .bind(&req.name)
-        .bind(&req.operator)
+        .bind(&operator)
         .bind(&req.csr_pem)
         .bind(&req.receipt_public_key)
         .bind(hex::encode(&req.enrollment_secret_sha256))
         .bind(now_ms())
-        .bind(req.slots.max(1) as i64)
+        .bind(i64::from(slots))
+        .bind(&token_hash)
         .execute(&mut *tx)
         .await?;
         tx.commit().await?;
         self.enrollments.inc();
-        tracing::info!(%node_id, name = %req.name, operator = %req.operator, pre_approved = pre_approved != 0, "node enrolled");
+        tracing::info!(%node_id, name = %req.name, %operator, slots, pre_approved = pre_approved != 0, "node enrolled");
         let node = if pre_approved != 0 {
-            self.transition(&node_id, &["pending"], "approved").await?
+            self.transition(&node_id, &["pending"], "approved", None)
+                .await?
         } else {
             self.node(&node_id).await?
         };

@@ -558,9 +558,9 @@ impl SchedulerApi for SchedulerService {
         };
         let (tx, rx) = mpsc::channel(256);
         let core = self.core.clone();
-        let conn = core
-            .register(&node_id, &node.operator, hello.slots, tx)
-            .await;
+        // The registry's grant caps the node; it may ask for fewer, never more.
+        let slots = hello.slots.clamp(1, node.slots.max(1));
+        let conn = core.register(&node_id, &node.operator, slots, tx).await;
         tokio::spawn(async move {
             let reason = loop {
                 let msg = tokio::select! {

@@ -18,7 +18,12 @@ pub struct WorkerConfig {
     pub join_token: Option<String>,
     #[serde(default = "defaults::name")]
     pub name: String,
-    pub operator: String,
+    /// Refused: the operator is the admin's word, named in the join token
+    /// (`zkmesh node token --operator NAME`). Kept only to say so to configs that still set it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub operator: Option<String>,
+    /// Tasks to run at once: at most what the registry granted the node (`zkmesh node approve
+    /// ID --slots N`, or the token's); asking for more gets the grant.
     #[serde(default = "defaults::slots")]
     pub slots: u32,
     #[serde(default = "defaults::heartbeat")]
@@ -69,6 +74,18 @@ pub(crate) mod defaults {
     }
     pub fn compile_timeout() -> u64 {
         20
+    }
+}
+
+impl WorkerConfig {
+    /// Refuses what a worker may no longer choose for itself.
+    pub fn check(&self) -> Result<(), zkmesh_kit::config::ConfigError> {
+        if let Some(operator) = &self.operator {
+            return Err(zkmesh_kit::config::ConfigError::Invalid(format!(
+                "operator = {operator:?}: a node no longer names its operator; the admin names it in the join token (`zkmesh node token --operator NAME`). Remove `operator` from the worker config (or ZKMESH_WORKER_OPERATOR)"
+            )));
+        }
+        Ok(())
     }
 }
 

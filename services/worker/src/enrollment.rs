@@ -72,9 +72,7 @@ pub(crate) async fn ensure_identity(
                 csr_pem: csr,
                 receipt_public_key: receipt.verifying_key().to_bytes().to_vec(),
                 name: config.name.clone(),
-                operator: config.operator.clone(),
                 enrollment_secret_sha256: sha2_digest(&secret),
-                slots: config.slots,
             })
             .await
             .map_err(|s| WorkerError::Enroll(s.message().to_string()))?

@@ -31,6 +31,9 @@ pub enum WorkerError {
     Revoked(String),
     #[error("gave up waiting for approval of node {0}")]
     ApprovalTimeout(String),
+    /// The configuration asks for something the worker may not do.
+    #[error(transparent)]
+    Config(#[from] zkmesh_kit::config::ConfigError),
 }
 
 /// A setup error from anything that displays.

@@ -36,6 +36,7 @@ pub async fn start(
     config: WorkerConfig,
     shutdown: CancellationToken,
 ) -> Result<WorkerHandle, WorkerError> {
+    config.check()?;
     let keys = ensure_identity(&config, &shutdown).await?;
     let node_id = keys.node_id.clone();
     let metrics = match config.metrics_addr {

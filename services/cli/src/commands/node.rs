@@ -42,9 +42,12 @@ pub(crate) async fn node(mesh: &Option<PathBuf>, cmd: NodeCommand) -> anyhow::Re
                 nodes.iter().for_each(show);
             }
         }
-        NodeCommand::Approve { node } => show(
+        NodeCommand::Approve { node, slots } => show(
             &registry
-                .approve_node(ApproveNodeRequest { node_id: node })
+                .approve_node(ApproveNodeRequest {
+                    node_id: node,
+                    slots: slots.unwrap_or(0),
+                })
                 .await?
                 .into_inner()
                 .node
@@ -67,6 +70,8 @@ pub(crate) async fn node(mesh: &Option<PathBuf>, cmd: NodeCommand) -> anyhow::Re
                 .unwrap_or_default(),
         ),
         NodeCommand::Token {
+            operator,
+            slots,
             pre_approved,
             uses,
             ttl_secs,
@@ -76,6 +81,8 @@ pub(crate) async fn node(mesh: &Option<PathBuf>, cmd: NodeCommand) -> anyhow::Re
                     pre_approved,
                     ttl_secs,
                     max_uses: uses,
+                    operator,
+                    slots: slots.unwrap_or(0),
                 })
                 .await?
                 .into_inner();

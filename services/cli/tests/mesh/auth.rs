@@ -109,6 +109,7 @@ async fn attempt_everything(
             who.registry
                 .approve_node(ApproveNodeRequest {
                     node_id: node_id.into(),
+                    slots: 0,
                 })
                 .await
                 .map(|_| ()),
@@ -133,6 +134,8 @@ async fn attempt_everything(
                     pre_approved: true,
                     ttl_secs: 60,
                     max_uses: 1,
+                    operator: "operator-x".into(),
+                    slots: 0,
                 })
                 .await
                 .map(|_| ()),

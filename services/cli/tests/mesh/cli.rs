@@ -204,3 +204,29 @@ fn bad_configuration_exits_78() {
     assert_eq!(out.status.code(), Some(78), "{stderr}");
     assert!(stderr.contains("nowhere/ca/ca.crt"), "{stderr}");
 }
+
+/// A worker config that still names its operator is refused before it enrolls (the operator is
+/// the admin's word, in the join token), as bad configuration.
+#[test]
+fn a_worker_that_names_its_own_operator_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let config = home.path().join("worker.toml");
+    std::fs::write(
+        &config,
+        "data_dir = \"w\"\nregistry_endpoint = \"https://127.0.0.1:1\"\n\
+         scheduler_endpoint = \"https://127.0.0.1:2\"\nca_cert = \"ca.crt\"\n\
+         join_token = \"zkj_x\"\noperator = \"operator-1\"\n",
+    )
+    .unwrap();
+    let out = zkmesh(
+        home.path(),
+        &["worker", "--config", config.to_str().unwrap()],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("--operator"), "{stderr}");
+    assert!(
+        !home.path().join("w").exists(),
+        "nothing was made before the refusal"
+    );
+}

@@ -25,7 +25,6 @@ fn spawn_worker(config: &zkmesh_worker::WorkerConfig) -> Child {
             config.join_token.clone().unwrap(),
         )
         .env("ZKMESH_WORKER_NAME", &config.name)
-        .env("ZKMESH_WORKER_OPERATOR", &config.operator)
         .env("ZKMESH_WORKER_SLOTS", "1")
         .env("ZKMESH_WORKER_HEARTBEAT_SECS", "1")
         .stdout(Stdio::null())
@@ -37,10 +36,8 @@ fn spawn_worker(config: &zkmesh_worker::WorkerConfig) -> Child {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_worker_task_completes_elsewhere_with_one_capture() {
     let mut sb = start(0).await;
-    let token = sb.mesh.join_token(1).await.unwrap();
-    let config = sb
-        .mesh
-        .worker_config("victim", "operator-victim", Some(token));
+    let token = sb.mesh.join_token("operator-victim", 1).await.unwrap();
+    let config = sb.mesh.worker_config("victim", Some(token));
     let mut victim = spawn_worker(&config);
     sb.mesh
         .wait_for_workers(1, Duration::from_secs(30))

@@ -21,8 +21,19 @@ pub struct FakeNode {
     pub registry: RegistryServiceClient<tonic::transport::Channel>,
 }
 
+/// Enrolls a node of `operator` granted `slots`, which it also asks for.
 pub async fn enroll(sb: &Sandbox, operator: &str, slots: u32) -> FakeNode {
-    let token = sb.mesh.join_token(1).await.unwrap();
+    let token = sb
+        .mesh
+        .join_token_granting(operator, 1, slots)
+        .await
+        .unwrap();
+    enroll_with(sb, &token, operator, slots).await
+}
+
+/// Enrolls with `token` (whose operator the node becomes), asking for `slots` in its Hello.
+pub async fn enroll_with(sb: &Sandbox, token: &str, name: &str, slots: u32) -> FakeNode {
+    let token = token.to_string();
     let ca = std::fs::read_to_string(&sb.mesh.client.ca).unwrap();
     let anonymous = ClientTls {
         ca: ca.clone(),
@@ -30,7 +41,7 @@ pub async fn enroll(sb: &Sandbox, operator: &str, slots: u32) -> FakeNode {
     };
     let mut registry =
         RegistryServiceClient::new(channel(&sb.mesh.client.registry, &anonymous).unwrap());
-    let (key_pem, csr) = zkmesh_kit::identity::generate_csr(operator).unwrap();
+    let (key_pem, csr) = zkmesh_kit::identity::generate_csr(name).unwrap();
     let receipt_key = SigningKey::from_bytes(&[9u8; 32]);
     let secret = [5u8; 32];
     let enrolled = registry
@@ -38,10 +49,8 @@ pub async fn enroll(sb: &Sandbox, operator: &str, slots: u32) -> FakeNode {
             join_token: token,
             csr_pem: csr,
             receipt_public_key: receipt_key.verifying_key().to_bytes().to_vec(),
-            name: operator.into(),
-            operator: operator.into(),
+            name: name.into(),
             enrollment_secret_sha256: hex::decode(zkmesh_kit::sha256_hex(&secret)).unwrap(),
-            slots,
         })
         .await
         .unwrap()

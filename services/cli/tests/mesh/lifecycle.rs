@@ -145,7 +145,7 @@ async fn admin_approves_or_denies_waiting_nodes() {
     let enroll = |name: &str, token: String| {
         let config = zkmesh_worker::WorkerConfig {
             join_token: Some(token),
-            ..sb.mesh.worker_config(name, &format!("op-{name}"), None)
+            ..sb.mesh.worker_config(name, None)
         };
         let shutdown = zkmesh_kit::CancellationToken::new();
         tokio::spawn(zkmesh_worker::start(config, shutdown))
@@ -182,6 +182,8 @@ async fn admin_approves_or_denies_waiting_nodes() {
                     pre_approved: false,
                     ttl_secs: 600,
                     max_uses: 1,
+                    operator: "operator-waiting".into(),
+                    slots: 0,
                 })
                 .await
                 .unwrap()
@@ -215,12 +217,21 @@ async fn admin_approves_or_denies_waiting_nodes() {
         second.await.unwrap().is_err(),
         "a one-use token enrolled two nodes"
     );
-    registry
+    let granted = registry
         .approve_node(ApproveNodeRequest {
             node_id: id.clone(),
+            slots: 3,
         })
         .await
+        .unwrap()
+        .into_inner()
+        .node
         .unwrap();
+    // The admin's grant and the token's operator, whatever the worker's config says.
+    assert_eq!(
+        (granted.slots, granted.operator.as_str()),
+        (3, "operator-waiting")
+    );
     let handle = approved.await.unwrap().expect("approved node starts");
     assert_eq!(handle.node_id, id);
     sb.mesh

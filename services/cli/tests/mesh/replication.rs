@@ -127,3 +127,64 @@ async fn replicas_that_time_out_agree_on_the_timeout() {
     assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;
 }
+
+/// One party with several nodes is one operator: its nodes cannot name themselves apart (the
+/// operator comes from the admin's join token), so they cannot make a majority of their own;
+/// and each runs at most the slots the registry granted, whatever it asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_party_with_many_nodes_is_one_operator() {
+    let sb = start(0).await;
+    let token = sb.mesh.join_token("operator-mallory", 3).await.unwrap();
+    let mut nodes = Vec::new();
+    for name in ["mallory-a", "mallory-b", "mallory-c"] {
+        nodes.push(crate::fake_node::enroll_with(&sb, &token, name, 256).await);
+    }
+    let registry = sb.api.admin_registry().unwrap();
+    let listed = zkmesh_kit::lists::all_nodes(&registry, NodeStatus::Unspecified)
+        .await
+        .unwrap();
+    assert_eq!(listed.len(), 3);
+    for n in &listed {
+        assert_eq!(
+            (n.operator.as_str(), n.slots),
+            ("operator-mallory", 2),
+            "{n:?}"
+        );
+    }
+    // Each asked for 256 slots in its Hello; the scheduler holds it to the grant.
+    let workers = zkmesh_kit::lists::all_workers(&sb.api.admin_scheduler().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(workers.len(), 3);
+    assert!(workers.iter().all(|w| w.slots == 2), "{workers:?}");
+    // Three nodes of one operator cannot take two replicas: refused at submit.
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let err = run(
+        &sb.api,
+        &Job {
+            policy: "replicate:2",
+            ..Job::new(sha.wasm, b"sybil")
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::FailedPrecondition, "{err:?}");
+    assert_eq!(
+        zkmesh_kit::error::reason_of(&err).as_deref(),
+        Some("NOT_ENOUGH_OPERATORS")
+    );
+    // A token without an operator is refused.
+    let err = registry
+        .clone()
+        .create_join_token(CreateJoinTokenRequest {
+            pre_approved: true,
+            max_uses: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+    assert!(err.message().contains("--operator"), "{}", err.message());
+    drop(nodes);
+    sb.mesh.stop().await;
+}
