@@ -39,19 +39,22 @@ pub struct Acl {
     pub methods: &'static [(&'static str, &'static [Allow])],
 }
 
-/// The methods every service serves to every caller that reached it over TLS: health checking
-/// and server reflection (both versions), named exactly, so a made-up method under these
-/// services is refused like any other.
-const OPEN_METHODS: &[(&str, &str)] = &[
-    ("grpc.health.v1.Health", "Check"),
-    ("grpc.health.v1.Health", "Watch"),
+/// The methods every service serves besides its own, named exactly (so a made-up method under
+/// these services is refused like any other), and who may call them: health checking to
+/// anyone who reached it over TLS, server reflection (both versions) only to a caller with a
+/// certificate from the mesh CA.
+const COMMON_METHODS: &[(&str, &str, &[Allow])] = &[
+    ("grpc.health.v1.Health", "Check", &[Allow::Anonymous]),
+    ("grpc.health.v1.Health", "Watch", &[Allow::Anonymous]),
     (
         "grpc.reflection.v1.ServerReflection",
         "ServerReflectionInfo",
+        &[Allow::AnyRole],
     ),
     (
         "grpc.reflection.v1alpha.ServerReflection",
         "ServerReflectionInfo",
+        &[Allow::AnyRole],
     ),
 ];
 
@@ -62,11 +65,11 @@ impl Acl {
     pub fn method(&self, path: &str) -> Option<(&'static str, &'static [Allow])> {
         let path = path.strip_prefix('/')?;
         let (service, method) = path.split_once('/')?;
-        if let Some((_, name)) = OPEN_METHODS
+        if let Some((_, name, allow)) = COMMON_METHODS
             .iter()
-            .find(|(s, m)| *s == service && *m == method)
+            .find(|(s, m, _)| *s == service && *m == method)
         {
-            return Some((name, &[Allow::Anonymous]));
+            return Some((name, allow));
         }
         if service != self.service {
             return None;
@@ -175,10 +178,15 @@ mod tests {
             ACL.method("/grpc.health.v1.Health/Check"),
             Some(("Check", &[Allow::Anonymous][..]))
         );
-        assert!(
-            ACL.allowed("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
-                .is_some()
+        let reflection = ACL
+            .allowed("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
+            .unwrap();
+        assert_eq!(
+            check(reflection, None, &revoked).unwrap_err().code(),
+            tonic::Code::Unauthenticated,
+            "reflection needs a certificate"
         );
+        assert!(check(reflection, Some(&sched), &revoked).is_ok());
         assert!(ACL.allowed("/grpc.health.v1.Health/Made\"Up").is_none());
         assert!(ACL.allowed("/grpc.reflection.v9/Anything").is_none());
         assert!(ACL.allowed("/grpc.health.v1.Health/Check/extra").is_none());

@@ -100,14 +100,25 @@ where
 
     let (reporter, health) = tonic_health::server::health_reporter();
     reporter.set_serving::<S>().await;
-    let reflection_v1 = tonic_reflection::server::Builder::configure()
+    // Reflection lists what this port serves: its service, health and reflection itself.
+    let reflection = || {
+        [
+            S::NAME,
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        ]
+        .into_iter()
+        .fold(tonic_reflection::server::Builder::configure(), |b, name| {
+            b.with_service_name(name)
+        })
         .register_encoded_file_descriptor_set(zkmesh_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
         .build_v1()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
-    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(zkmesh_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let reflection_v1alpha = reflection()
         .build_v1alpha()
         .map_err(|e| ServeError::Reflection(e.to_string()))?;
 

@@ -47,12 +47,12 @@ async fn health_reflection_metrics_and_shutdown() {
             .status();
         assert_eq!(status, ServingStatus::Serving, "{name}");
 
-        let request = ServerReflectionRequest {
+        let request = || ServerReflectionRequest {
             host: String::new(),
             message_request: Some(MessageRequest::ListServices(String::new())),
         };
         let mut stream = ServerReflectionClient::new(ch)
-            .server_reflection_info(tokio_stream::iter(vec![request]))
+            .server_reflection_info(tokio_stream::iter(vec![request()]))
             .await
             .unwrap()
             .into_inner();
@@ -60,10 +60,45 @@ async fn health_reflection_metrics_and_shutdown() {
         let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else {
             panic!("{name}: unexpected reflection answer");
         };
-        assert!(
-            list.service.iter().any(|s| s.name == name),
-            "{name}: {list:?}"
+        // The port's own service, and none of the other three.
+        let mut listed: Vec<&str> = list.service.iter().map(|s| s.name.as_str()).collect();
+        listed.sort();
+        assert_eq!(
+            listed,
+            [
+                "grpc.health.v1.Health",
+                "grpc.reflection.v1.ServerReflection",
+                "grpc.reflection.v1alpha.ServerReflection",
+                name,
+            ],
+            "{name}"
         );
+        // Without a certificate: health answers, reflection does not.
+        let anonymous = ClientTls {
+            ca: tls.ca.clone(),
+            identity: None,
+        };
+        let ch = channel(endpoint, &anonymous).unwrap();
+        let status = HealthClient::new(ch.clone())
+            .check(HealthCheckRequest {
+                service: name.to_string(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status();
+        assert_eq!(status, ServingStatus::Serving, "{name}, anonymous");
+        let refused = async {
+            ServerReflectionClient::new(ch)
+                .server_reflection_info(tokio_stream::iter(vec![request()]))
+                .await?
+                .into_inner()
+                .message()
+                .await
+        }
+        .await
+        .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{name}");
 
         let metrics = http_get(serving.metrics_addr.unwrap(), "/metrics")
             .await
