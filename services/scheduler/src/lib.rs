@@ -55,6 +55,14 @@ pub struct SchedulerConfig {
     /// How long a lease lasts without a heartbeat from its worker.
     #[serde(default = "defaults::lease_secs")]
     pub lease_secs: u32,
+    /// However often its node heartbeats, a lease lives at most the task's timeout plus this
+    /// (compiling, waiting for a slot or for memory on the node, reporting).
+    #[serde(default = "defaults::lease_slack_secs")]
+    pub lease_slack_secs: u32,
+    /// And, under the proof policy, plus this for tracing and proving (the longest proof this
+    /// mesh expects, over every segment).
+    #[serde(default = "defaults::proving_budget_secs")]
+    pub proving_budget_secs: u32,
     /// Leases a task may use (per replica) before it fails.
     #[serde(default = "defaults::max_attempts")]
     pub max_attempts: u32,
@@ -97,6 +105,12 @@ mod defaults {
     }
     pub fn lease_secs() -> u32 {
         10
+    }
+    pub fn lease_slack_secs() -> u32 {
+        60
+    }
+    pub fn proving_budget_secs() -> u32 {
+        3600
     }
     pub fn max_attempts() -> u32 {
         3

@@ -178,6 +178,15 @@ pub struct NewTask<'a> {
 /// The scheduler's tables, as its engine and handlers use them: reads by task, attempt and
 /// state, and writes as batches of [`Change`]s (one transaction each). [`SqliteStore`] is the
 /// embedded store; another database implements the same trait.
+/// How far past its task's timeout a lease may be renewed.
+#[derive(Clone, Copy, Debug)]
+pub struct LeaseBound {
+    /// For every attempt.
+    pub slack_ms: i64,
+    /// Also, for an attempt under the proof policy.
+    pub proof_ms: i64,
+}
+
 #[tonic::async_trait]
 pub trait Store: Send + Sync {
     async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>>;
@@ -209,11 +218,15 @@ pub trait Store: Send + Sync {
 
     async fn attempt(&self, attempt_id: &str) -> Result<Option<AttemptRow>>;
 
+    /// Renews `node_id`'s own live leases among `attempt_ids` until `until_ms`, but never past
+    /// the attempt's start plus its task's timeout plus `bound.slack_ms` (plus
+    /// `bound.proof_ms` under the proof policy).
     async fn renew_leases(
         &self,
         node_id: &str,
         attempt_ids: &[String],
         until_ms: i64,
+        bound: LeaseBound,
     ) -> Result<()>;
 
     /// Attempts whose lease ran out (or that belong to `node`, when given).
@@ -404,12 +417,19 @@ impl Store for SqliteStore {
         node_id: &str,
         attempt_ids: &[String],
         until_ms: i64,
+        bound: LeaseBound,
     ) -> Result<()> {
         for id in attempt_ids {
             sqlx::query(
-                "UPDATE attempts SET lease_expires_at_ms = $1 WHERE attempt_id = $2 AND node_id = $3 AND state IN ('leased', 'running')",
+                "UPDATE attempts SET lease_expires_at_ms = MIN($1, created_at_ms + $2 + (
+                     SELECT timeout_secs * 1000 + CASE WHEN policy_kind = $3 THEN $4 ELSE 0 END
+                     FROM tasks WHERE tasks.task_id = attempts.task_id))
+                 WHERE attempt_id = $5 AND node_id = $6 AND state IN ('leased', 'running')",
             )
             .bind(until_ms)
+            .bind(bound.slack_ms)
+            .bind(PolicyKind::Proof as i64)
+            .bind(bound.proof_ms)
             .bind(id)
             .bind(node_id)
             .execute(&self.pool)

@@ -19,6 +19,39 @@ pub struct FakeNode {
     pub down: Streaming<WorkResponse>,
     /// The node's own registry client, for the heartbeats that keep it active there.
     pub registry: RegistryServiceClient<tonic::transport::Channel>,
+    /// The node's own scheduler client, for opening more Work streams.
+    pub scheduler: SchedulerServiceClient<tonic::transport::Channel>,
+}
+
+impl FakeNode {
+    /// Opens another Work stream with this node's certificate, saying hello with `slots`.
+    pub async fn open_stream(
+        &mut self,
+        slots: u32,
+    ) -> (mpsc::Sender<WorkRequest>, Streaming<WorkResponse>) {
+        open_stream(&mut self.scheduler, slots).await
+    }
+}
+
+async fn open_stream(
+    scheduler: &mut SchedulerServiceClient<tonic::transport::Channel>,
+    slots: u32,
+) -> (mpsc::Sender<WorkRequest>, Streaming<WorkResponse>) {
+    let (up, rx) = mpsc::channel(16);
+    up.send(WorkRequest {
+        kind: Some(work_request::Kind::Hello(WorkerHello {
+            slots,
+            version: "fake".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let down = scheduler
+        .work(ReceiverStream::new(rx))
+        .await
+        .unwrap()
+        .into_inner();
+    (up, down)
 }
 
 /// Enrolls a node of `operator` granted `slots`, which it also asks for.
@@ -80,26 +113,14 @@ pub async fn enroll_with(sb: &Sandbox, token: &str, name: &str, slots: u32) -> F
         .unwrap();
     let mut scheduler =
         SchedulerServiceClient::new(channel(&sb.mesh.client.scheduler, &tls).unwrap());
-    let (up, rx) = mpsc::channel(16);
-    up.send(WorkRequest {
-        kind: Some(work_request::Kind::Hello(WorkerHello {
-            slots,
-            version: "fake".into(),
-        })),
-    })
-    .await
-    .unwrap();
-    let down = scheduler
-        .work(ReceiverStream::new(rx))
-        .await
-        .unwrap()
-        .into_inner();
+    let (up, down) = open_stream(&mut scheduler, slots).await;
     FakeNode {
         node_id: enrolled.node_id,
         receipt_key,
         up,
         down,
         registry,
+        scheduler,
     }
 }
 

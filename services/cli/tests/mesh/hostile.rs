@@ -1,6 +1,8 @@
 //! Hostile guests end in a clear terminal state with a clear message, and the same worker then
 //! runs a normal task correctly.
 
+use std::time::Duration;
+
 use crate::support::*;
 use zkmesh_proto::*;
 
@@ -306,5 +308,48 @@ async fn a_node_leaves_a_task_larger_than_its_memory_budget_to_others() {
                 && e.message.contains("guest memory budget is 64 MiB")
         });
     assert!(said_why, "the node says why it leaves the task");
+    sb.mesh.stop().await;
+}
+
+/// A node cannot hoard tasks by reconnecting: a second Work stream replaces the first and keeps
+/// its leases, so the slot a live lease holds stays taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_does_not_free_a_leased_slot() {
+    let sb = start(0).await;
+    let mut hoarder = crate::fake_node::enroll(&sb, "operator-hoarder", 1).await;
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let mut s = sb.api.scheduler().unwrap();
+    submit(&mut s, &Job::new(sha.wasm, b"first")).await.unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), hoarder.down.message())
+        .await
+        .expect("the first task is leased")
+        .unwrap()
+        .unwrap();
+    assert!(matches!(
+        first.kind,
+        Some(work_response::Kind::Assignment(_))
+    ));
+    // Keep the lease alive, then come back on a new stream asking for more.
+    let (up, mut down) = hoarder.open_stream(1).await;
+    let old_ended = tokio::time::timeout(Duration::from_secs(5), hoarder.down.message()).await;
+    assert!(
+        matches!(old_ended, Ok(Ok(None)) | Ok(Err(_))),
+        "the first stream is closed: {old_ended:?}"
+    );
+    let task = submit(&mut s, &Job::new(sha.wasm, b"second"))
+        .await
+        .unwrap();
+    let more = tokio::time::timeout(Duration::from_millis(1500), down.message()).await;
+    assert!(
+        more.is_err(),
+        "a second task reached a node whose one slot is taken: {more:?}"
+    );
+    let workers = zkmesh_kit::lists::all_workers(&sb.api.admin_scheduler().unwrap())
+        .await
+        .unwrap();
+    assert_eq!((workers.len(), workers[0].running), (1, 1), "{workers:?}");
+    let task = zkmesh_client::task(&mut s, &task.task_id).await.unwrap();
+    assert_eq!(task.state(), TaskState::Queued);
+    drop(up);
     sb.mesh.stop().await;
 }

@@ -7,11 +7,14 @@ use zkmesh_proto::*;
 use crate::dispatch::Result;
 use crate::dispatch::placement::replicas;
 use crate::dispatch::{Core, Count, Transition, db_error};
-use crate::store::{Change, attempt_state, is_terminal};
+use crate::store::{Change, LeaseBound, attempt_state, is_terminal};
 
 /// Bytes of guest log a node may send for one task, over all its events, whatever it runs: a
 /// worker's sandbox keeps 64 KiB of a task's stderr, which is at most three times that once
 /// invalid UTF-8 has become U+FFFD.
+/// The most attempts one heartbeat renews: the most slots a node can be granted.
+const MAX_HEARTBEAT_ATTEMPTS: usize = 256;
+
 const MAX_LOG_BYTES: u64 = 3 * (64 << 10);
 /// Progress events a node may send for one task: an honest worker sends guest logs at most
 /// every 200 ms, so this is 55 minutes of a guest that writes to stderr all the time.
@@ -120,9 +123,22 @@ impl Core {
     }
 
     pub async fn on_heartbeat(&self, node_id: &str, running: &[String]) -> Result<()> {
+        // A node runs at most its slots; a heartbeat naming more is cut (the rest lapse).
+        if running.len() > MAX_HEARTBEAT_ATTEMPTS {
+            tracing::warn!(
+                node_id,
+                named = running.len(),
+                "heartbeat names more attempts than any node runs; the rest are not renewed"
+            );
+        }
+        let running = &running[..running.len().min(MAX_HEARTBEAT_ATTEMPTS)];
         let until = now_ms() + self.config.lease_secs as i64 * 1000;
+        let bound = LeaseBound {
+            slack_ms: i64::from(self.config.lease_slack_secs) * 1000,
+            proof_ms: i64::from(self.config.proving_budget_secs) * 1000,
+        };
         self.store
-            .renew_leases(node_id, running, until)
+            .renew_leases(node_id, running, until, bound)
             .await
             .map_err(db_error)
     }

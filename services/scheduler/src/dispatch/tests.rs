@@ -383,6 +383,67 @@ async fn a_lapsed_lease_is_expired_requeued_and_the_task_fails_when_attempts_are
     assert!(assignments(&mut n1).is_empty());
 }
 
+/// A node that keeps heartbeating cannot keep a lease past its task's timeout plus the slack:
+/// hoarding a task ends at the bound, and the task goes back to the queue.
+#[tokio::test]
+async fn heartbeats_cannot_keep_a_lease_past_its_bound() {
+    let b = bench(&[("n1", "acme")], &[("LEASE_SLACK_SECS", "5")]).await;
+    let mut n1 = b.connect("n1", "acme", 1).await;
+    b.submit("t", receipt()).await;
+    b.core.dispatch_once().await.unwrap();
+    let leased = assignments(&mut n1);
+    // The attempt began long ago: its 10 s timeout and 5 s slack are spent.
+    sqlx::query(
+        "UPDATE attempts SET created_at_ms = created_at_ms - 16000, lease_expires_at_ms = 0",
+    )
+    .execute(&b.pool)
+    .await
+    .unwrap();
+    b.core
+        .on_heartbeat("n1", &[leased[0].attempt_id.clone()])
+        .await
+        .unwrap();
+    b.core.sweep().await.unwrap();
+    assert_eq!(cancels(&mut n1), vec![leased[0].attempt_id.clone()]);
+    assert_eq!(b.attempt_states("t").await[0].1, attempt_state::EXPIRED);
+    // Within the bound, the same heartbeat renews it.
+    b.core.dispatch_once().await.unwrap();
+    let again = assignments(&mut n1);
+    assert_eq!(again.len(), 1, "the task is leased again");
+    sqlx::query("UPDATE attempts SET created_at_ms = created_at_ms - 14000, lease_expires_at_ms = 0 WHERE attempt_id = $1")
+        .bind(&again[0].attempt_id)
+        .execute(&b.pool)
+        .await
+        .unwrap();
+    b.core
+        .on_heartbeat("n1", &[again[0].attempt_id.clone()])
+        .await
+        .unwrap();
+    b.core.sweep().await.unwrap();
+    assert!(cancels(&mut n1).is_empty(), "renewed within its bound");
+}
+
+/// A node that opens a second Work stream replaces the first and keeps its leases: reconnecting
+/// does not free the slot a live lease holds, so it cannot hoard tasks by reconnecting.
+#[tokio::test]
+async fn a_second_work_stream_inherits_the_leases_of_the_first() {
+    let b = bench(&[("n1", "acme")], &[]).await;
+    let mut first = b.connect("n1", "acme", 1).await;
+    b.submit("t1", receipt()).await;
+    b.core.dispatch_once().await.unwrap();
+    assert_eq!(assignments(&mut first).len(), 1);
+    let mut second = b.connect("n1", "acme", 1).await;
+    assert!(first.try_recv().is_err(), "the first stream is closed");
+    b.submit("t2", receipt()).await;
+    b.core.dispatch_once().await.unwrap();
+    assert!(
+        assignments(&mut second).is_empty(),
+        "its one slot is still taken"
+    );
+    let workers = b.core.connected_workers().await;
+    assert_eq!((workers.len(), workers[0].running), (1, 1));
+}
+
 #[tokio::test]
 async fn an_expired_task_goes_to_another_node_before_the_one_that_lapsed() {
     let b = bench(&[("n1", "acme"), ("n2", "acme")], &[]).await;

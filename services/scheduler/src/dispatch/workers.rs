@@ -32,18 +32,37 @@ impl Core {
             .collect()
     }
 
+    /// A worker opened its Work stream. One stream per node: a second replaces the first (whose
+    /// stream ends) and inherits its leases, so reconnecting never frees a slot while a lease
+    /// on it lives; the node's live leases in the store count too (a scheduler that restarted
+    /// has no other record of them).
     pub async fn register(&self, node_id: &str, operator: &str, slots: u32, tx: Outbound) -> u64 {
         let conn_id = self
             .next_conn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let live: BTreeSet<String> = match self.store.lapsed_attempts(Some(node_id)).await {
+            Ok(attempts) => attempts.into_iter().map(|a| a.attempt_id).collect(),
+            Err(e) => {
+                tracing::error!(node_id, error = %e, "listing a node's leases failed");
+                BTreeSet::new()
+            }
+        };
         let mut workers = self.workers.lock().await;
+        let mut running = workers
+            .remove(node_id)
+            .map(|previous| {
+                tracing::info!(node_id, "a second Work stream replaces the first");
+                previous.running
+            })
+            .unwrap_or_default();
+        running.extend(live);
         workers.insert(
             node_id.to_string(),
             WorkerConn {
                 conn_id,
                 operator: operator.to_string(),
                 slots: slots.clamp(1, 256),
-                running: BTreeSet::new(),
+                running,
                 tx,
             },
         );
