@@ -250,6 +250,10 @@ pub enum LedgerCommand {
         /// (SEQ:HASH): proves the ledger kept the history that audit checked.
         #[arg(long, value_name = "SEQ:HASH")]
         expect: Option<zkmesh_client::Expect>,
+        /// Do not demand the head the last passed audit of this ledger remembered (kept under
+        /// the client config's directory, in ledger-heads/); it is replaced when this passes.
+        #[arg(long)]
+        forget: bool,
     },
     /// Mint micro-credits into an account (admin).
     Mint { account: String, amount: u64 },

@@ -56,35 +56,39 @@ impl std::str::FromStr for Expect {
     }
 }
 
-/// Re-checks the ledger: every journal entry's hash, chain link and signature (with the pinned
-/// key when the config has one), the replayed balances and holds against the ledger's tables,
+/// The client config pins no ledger key: an audit against the key the ledger itself serves
+/// would accept a journal the ledger re-signed with any key, so none is run.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to audit without a pinned ledger key: set ledger_public_key (hex) in the client config; `zkmesh dev` writes it, and a ledger's operator publishes it (the ledger logs it at start and serves it with GetLedgerKey; compare out of band before pinning)"
+)]
+pub struct UnpinnedLedgerKey;
+
+/// Re-checks the ledger: every journal entry's hash, chain link and signature with the key
+/// pinned in the client config, the replayed balances and holds against the ledger's tables,
 /// and that balances plus holds equal everything minted.
 pub async fn audit(api: &MeshClient) -> anyhow::Result<AuditReport> {
-    audit_expecting(api, None).await
+    audit_expecting(api, &[]).await
 }
 
-/// [`audit`], also checking that the journal still holds an entry an earlier audit saw.
-pub async fn audit_expecting(
-    api: &MeshClient,
-    expect: Option<&Expect>,
-) -> anyhow::Result<AuditReport> {
+/// [`audit`], also checking that the journal still holds each entry an earlier audit saw.
+pub async fn audit_expecting(api: &MeshClient, expects: &[Expect]) -> anyhow::Result<AuditReport> {
+    let pinned = api
+        .config
+        .ledger_public_key
+        .as_deref()
+        .ok_or(UnpinnedLedgerKey)?;
+    let key = hex::decode(pinned).context("ledger_public_key is not hex")?;
     let mut ledger = api.admin_ledger()?;
     let served_key = ledger
         .get_ledger_key(GetLedgerKeyRequest {})
         .await?
         .into_inner()
         .public_key;
-    let key = match &api.config.ledger_public_key {
-        Some(pinned) => {
-            let pinned = hex::decode(pinned).context("ledger_public_key is not hex")?;
-            anyhow::ensure!(
-                pinned == served_key,
-                "the ledger presents a different key than the one pinned in the client config"
-            );
-            pinned
-        }
-        None => served_key,
-    };
+    anyhow::ensure!(
+        key == served_key,
+        "the ledger presents a different key than the one pinned in the client config"
+    );
     // The journal as it stands, then the ledger's tables page by page, each page with the last
     // journal entry it reflects, then the rest of the journal: a live ledger cannot race the
     // audit. Each page is checked against the replay at its own entry, over the range of keys
@@ -128,7 +132,7 @@ pub async fn audit_expecting(
         |h: &HoldInfo| h.task_id.clone(),
     )
     .await?;
-    let floor = head.max(expect.map_or(0, |e| e.seq));
+    let floor = expects.iter().map(|e| e.seq).fold(head, u64::max);
     let seqs = (account_pages.iter().map(|p| p.journal_seq))
         .chain(hold_pages.iter().map(|p| p.journal_seq));
     for seq in seqs.clone() {
@@ -175,7 +179,7 @@ pub async fn audit_expecting(
         .iter()
         .filter(|h| h.state() == HoldState::Open)
         .count();
-    if let Some(expect) = expect {
+    for expect in expects {
         let found = entries
             .get(
                 usize::try_from(expect.seq)
@@ -288,6 +292,42 @@ async fn read_journal(
         })?);
     }
     Ok(entries)
+}
+
+/// Where the CLI keeps the last head it audited for a ledger key: under `dir` (the client
+/// config's directory), one file per key, `SEQ:HASH`.
+pub fn head_file(dir: &std::path::Path, ledger_key_hex: &str) -> std::path::PathBuf {
+    let name: String = ledger_key_hex
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .collect();
+    dir.join("ledger-heads").join(name)
+}
+
+/// The head an earlier audit of this ledger saw and remembered, if any.
+pub fn remembered_head(file: &std::path::Path) -> anyhow::Result<Option<Expect>> {
+    match std::fs::read_to_string(file) {
+        Ok(text) => text
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", file.display())),
+    }
+}
+
+/// Remembers the head a passed audit reached, for the next audit to demand.
+pub fn remember_head(file: &std::path::Path, report: &AuditReport) -> anyhow::Result<()> {
+    if report.entries == 0 {
+        return Ok(());
+    }
+    zkmesh_kit::identity::write_file(
+        file,
+        format!("{}:{}\n", report.entries, report.head_hash).as_bytes(),
+        false,
+    )?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@
 //!   mutual TLS on loopback), for `zkmesh run`, `zkmesh dev`, tests and benches.
 //! - [`bundle::Bundle`] is a result with everything needed to check it offline.
 
-mod audit;
+pub mod audit;
 pub mod bundle;
 mod config;
 mod connection;

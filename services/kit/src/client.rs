@@ -16,10 +16,22 @@ pub enum ClientError {
 }
 
 /// How a client presents itself: the CA to trust, and optionally its own certificate.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ClientTls {
     pub ca: String,
+    /// Its certificate and private key (PEM).
     pub identity: Option<(String, String)>,
+}
+
+/// The certificates, never the key.
+impl std::fmt::Debug for ClientTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientTls")
+            .field("ca", &self.ca)
+            .field("cert", &self.identity.as_ref().map(|(cert, _)| cert))
+            .field("key", &self.identity.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
 }
 
 impl From<&TlsPem> for ClientTls {

@@ -133,10 +133,20 @@ pub enum IdentityError {
 }
 
 /// A PEM certificate and its PEM private key.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CertifiedKey {
     pub cert_pem: String,
     pub key_pem: String,
+}
+
+/// The certificate, never the key.
+impl std::fmt::Debug for CertifiedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertifiedKey")
+            .field("cert_pem", &self.cert_pem)
+            .field("key_pem", &"<redacted>")
+            .finish()
+    }
 }
 
 impl CertifiedKey {
@@ -348,20 +358,39 @@ pub fn read_file(path: &Path) -> Result<String, IdentityError> {
     })
 }
 
-/// Writes a file, private to its owner when `secret`.
+/// Writes a file atomically (a temporary file beside it, synced, then renamed over it), private
+/// to its owner when `secret`: a secret file is created with mode 0600, so its bytes are never
+/// readable by others, not even for a moment, and a crash leaves the old file or the new one.
 pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), IdentityError> {
+    use std::io::Write;
     let io = |source| IdentityError::Io {
         path: path.to_path_buf(),
         source,
     };
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent).map_err(io)?;
-    }
-    std::fs::write(path, bytes).map_err(io)?;
+    let dir = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.{}.tmp", crate::random_id("")));
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    if secret {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(if secret { 0o600 } else { 0o644 });
+    }
+    let written = options.open(&tmp).and_then(|mut file| {
+        file.write_all(bytes)?;
+        file.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| std::fs::rename(&tmp, path)) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(io(e));
     }
     Ok(())
 }
@@ -369,6 +398,62 @@ pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Identit
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_never_shows_a_private_key() {
+        let ca = MeshCa::generate("testmesh").unwrap();
+        let (key_pem, _) = generate_csr("n1").unwrap();
+        assert!(key_pem.contains("PRIVATE KEY"));
+        let shown = [
+            format!(
+                "{:?}",
+                CertifiedKey {
+                    cert_pem: ca.cert_pem.clone(),
+                    key_pem: key_pem.clone()
+                }
+            ),
+            format!(
+                "{:?}",
+                crate::tls::TlsPem {
+                    ca: ca.cert_pem.clone(),
+                    cert: ca.cert_pem.clone(),
+                    key: key_pem.clone()
+                }
+            ),
+            format!(
+                "{:?}",
+                crate::client::ClientTls {
+                    ca: ca.cert_pem.clone(),
+                    identity: Some((ca.cert_pem.clone(), key_pem.clone()))
+                }
+            ),
+        ];
+        for text in shown {
+            assert!(!text.contains("PRIVATE KEY"), "{text}");
+            assert!(text.contains("<redacted>"), "{text}");
+        }
+    }
+
+    #[test]
+    fn secret_files_are_private_from_the_start_and_replaced_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sub/key.pem");
+        write_file(&path, b"one", true).unwrap();
+        write_file(&path, b"two", true).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+        }
+        // No temporary file is left behind.
+        let names: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["key.pem"]);
+    }
 
     #[test]
     fn issued_certificates_carry_their_identity() {

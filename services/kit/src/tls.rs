@@ -34,7 +34,7 @@ use crate::identity::{Identity, read_file};
 pub struct TlsError(pub String);
 
 /// PEM material for a server or client.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct TlsPem {
     /// The mesh CA certificate.
     pub ca: String,
@@ -42,6 +42,17 @@ pub struct TlsPem {
     pub cert: String,
     /// This process's private key.
     pub key: String,
+}
+
+/// The certificates, never the key.
+impl std::fmt::Debug for TlsPem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsPem")
+            .field("ca", &self.ca)
+            .field("cert", &self.cert)
+            .field("key", &"<redacted>")
+            .finish()
+    }
 }
 
 impl TlsPem {

@@ -6,10 +6,11 @@ use serde_json::json;
 use zkmesh_kit::lists::all_history;
 use zkmesh_proto::*;
 
-use crate::EXIT_TASK;
 use crate::args::LedgerCommand;
-use crate::commands::client;
-use zkmesh_client::audit_expecting;
+use crate::commands::{client, configured};
+use crate::{EXIT_CONFIG, EXIT_TASK, exit};
+use zkmesh_client::audit::{remember_head, remembered_head};
+use zkmesh_client::{Expect, audit_expecting};
 
 /// `zkmesh ledger` (all but `serve`).
 pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow::Result<i32> {
@@ -58,43 +59,67 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                 }
             }
         }
-        LedgerCommand::Audit { json, expect } => match audit_expecting(&api, expect.as_ref()).await
-        {
-            Ok(r) => {
-                if json {
-                    println!(
-                        "{}",
-                        json!({"ok": true, "entries": r.entries, "accounts": r.accounts, "open_holds": r.open_holds, "minted": r.minted, "head_hash": r.head_hash, "tables_as_of": r.tables_as_of})
-                    );
-                } else {
-                    println!(
-                        "audit passed: {} journal entries, {} accounts, {} open holds, {} micro-credits minted and conserved",
-                        r.entries, r.accounts, r.open_holds, r.minted
-                    );
-                    if r.entries > 0 {
+        LedgerCommand::Audit {
+            json,
+            expect,
+            forget,
+        } => {
+            let pinned = api.config.ledger_public_key.clone().ok_or_else(|| {
+                exit(
+                    EXIT_CONFIG,
+                    zkmesh_client::audit::UnpinnedLedgerKey.to_string(),
+                )
+            })?;
+            // The last head an audit of this ledger passed is demanded again, so a ledger that
+            // truncated and re-balanced its journal since fails.
+            let config_dir = configured(mesh)
+                .and_then(|p| p.parent().map(|d| d.to_path_buf()))
+                .unwrap_or_else(|| PathBuf::from("."));
+            let memory = zkmesh_client::audit::head_file(&config_dir, &pinned);
+            let mut expects: Vec<Expect> = expect.into_iter().collect();
+            if !forget {
+                expects.extend(
+                    remembered_head(&memory).map_err(|e| exit(EXIT_CONFIG, format!("{e:#}")))?,
+                );
+            }
+            match audit_expecting(&api, &expects).await {
+                Ok(r) => {
+                    remember_head(&memory, &r)?;
+                    if json {
                         println!(
-                            "the ledger's tables were checked as of journal entries {} to {}",
-                            r.tables_as_of, r.entries
+                            "{}",
+                            json!({"ok": true, "entries": r.entries, "accounts": r.accounts, "open_holds": r.open_holds, "minted": r.minted, "head_hash": r.head_hash, "tables_as_of": r.tables_as_of})
                         );
+                    } else {
                         println!(
-                            "the journal ends at {}:{} (a later `zkmesh ledger audit --expect {}:{}` checks the ledger kept it)",
-                            r.entries, r.head_hash, r.entries, r.head_hash
+                            "audit passed: {} journal entries, {} accounts, {} open holds, {} micro-credits minted and conserved",
+                            r.entries, r.accounts, r.open_holds, r.minted
                         );
+                        if r.entries > 0 {
+                            println!(
+                                "the ledger's tables were checked as of journal entries {} to {}",
+                                r.tables_as_of, r.entries
+                            );
+                            println!(
+                                "the journal ends at {}:{} (a later `zkmesh ledger audit --expect {}:{}` checks the ledger kept it)",
+                                r.entries, r.head_hash, r.entries, r.head_hash
+                            );
+                        }
                     }
                 }
-            }
-            Err(e) => {
-                if e.downcast_ref::<tonic::Status>().is_some() {
-                    return Err(e);
+                Err(e) => {
+                    if e.downcast_ref::<tonic::Status>().is_some() {
+                        return Err(e);
+                    }
+                    if json {
+                        println!("{}", json!({"ok": false, "reason": format!("{e:#}")}));
+                    } else {
+                        println!("audit FAILED: {e:#}");
+                    }
+                    return Ok(EXIT_TASK);
                 }
-                if json {
-                    println!("{}", json!({"ok": false, "reason": format!("{e:#}")}));
-                } else {
-                    println!("audit FAILED: {e:#}");
-                }
-                return Ok(EXIT_TASK);
             }
-        },
+        }
         LedgerCommand::Mint { account, amount } => {
             let a = api
                 .admin_ledger()?

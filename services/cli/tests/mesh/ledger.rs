@@ -153,3 +153,71 @@ async fn audit_passes_while_the_ledger_is_being_written() {
     assert_eq!(report.minted, before + sum);
     sb.mesh.stop().await;
 }
+
+/// The CLI audit refuses to run without a pinned ledger key (a ledger could re-sign a rewritten
+/// journal with any key it serves), and remembers the head each passed audit reached: a later
+/// journal that no longer holds it fails, unless the admin says --forget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_demands_a_pinned_key_and_the_head_it_saw() {
+    let sb = start(0).await;
+    sb.api
+        .admin_ledger()
+        .unwrap()
+        .mint(zkmesh_proto::MintRequest {
+            account: "user/bob".into(),
+            amount: 5,
+        })
+        .await
+        .unwrap();
+    let config = sb.mesh.dir.join("client.toml");
+    let unpinned = sb.mesh.dir.join("unpinned.toml");
+    zkmesh_client::ClientConfig {
+        ledger_public_key: None,
+        ..sb.mesh.client.clone()
+    }
+    .save(&unpinned)
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_zkmesh"))
+        .args(["--mesh", unpinned.to_str().unwrap(), "ledger", "audit"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(78));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pinned ledger key"));
+    assert!(
+        zkmesh_client::audit(
+            &zkmesh_client::MeshClient::connect(
+                &zkmesh_client::ClientConfig::load(&unpinned).unwrap()
+            )
+            .unwrap()
+        )
+        .await
+        .unwrap_err()
+        .is::<zkmesh_client::audit::UnpinnedLedgerKey>()
+    );
+
+    sb.mesh.client.save(&config).unwrap();
+    let (code, out) = cli_audit(&config, &[]);
+    assert_eq!(code, 0, "{out}");
+    let memory = zkmesh_client::audit::head_file(
+        &sb.mesh.dir,
+        sb.mesh.client.ledger_public_key.as_deref().unwrap(),
+    );
+    let remembered = std::fs::read_to_string(&memory).unwrap();
+    let (seq, hash) = remembered.trim().split_once(':').unwrap();
+    assert_eq!(seq, "2", "two mints: {remembered}");
+    // As if the journal had changed under the head that audit saw: the next audit fails.
+    let other = format!(
+        "{}{}",
+        if hash.starts_with('0') { "1" } else { "0" },
+        &hash[1..]
+    );
+    std::fs::write(&memory, format!("{seq}:{other}\n")).unwrap();
+    let (code, out) = cli_audit(&config, &[]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no longer holds entry 2"), "{out}");
+    // The admin who knows why may start over; the new head is remembered.
+    let (code, out) = cli_audit(&config, &["--forget"]);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(std::fs::read_to_string(&memory).unwrap(), remembered);
+    sb.mesh.stop().await;
+}
