@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::ops::{Bound, RangeBounds};
 
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
 use zkmesh_proto::{Account, HoldInfo, HoldState, JournalEntry, JournalEntryKind};
 
@@ -131,7 +131,7 @@ pub fn replay_visiting(
         }
         let signed = key.as_ref().zip(Signature::from_slice(&e.signature).ok());
         match signed {
-            Some((key, sig)) if key.verify(e.hash.as_bytes(), &sig).is_ok() => {}
+            Some((key, sig)) if key.verify_strict(e.hash.as_bytes(), &sig).is_ok() => {}
             _ => return Err(AuditError::Signature { seq }),
         }
         apply(&mut r, e).map_err(|what| AuditError::Invalid { seq, what })?;

@@ -3,7 +3,7 @@
 //! The signed message is a domain-separated, length-prefixed encoding of (task, module hash,
 //! input hash, output hash, fuel used, exit kind, node id), so no two receipts share bytes.
 
-use ed25519_dalek::{Signature, Signer, SigningKey, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use zkmesh_proto::Receipt;
 
 const DOMAIN: &[u8] = b"zkmesh.receipt.v1\0";
@@ -50,12 +50,23 @@ pub fn sign(r: &mut Receipt, key: &SigningKey) -> Result<(), ReceiptError> {
     Ok(())
 }
 
-/// Checks `r.signature` against the node's public key.
-pub fn verify(r: &Receipt, public_key: &[u8]) -> Result<(), ReceiptError> {
+/// A node's receipt key, refused when it is not a point of the curve or a weak one (of small
+/// order, for which signatures can be made without the private key).
+pub fn receipt_key(public_key: &[u8]) -> Result<VerifyingKey, ReceiptError> {
     let key: [u8; 32] = public_key.try_into().map_err(|_| ReceiptError::BadKey)?;
     let key = VerifyingKey::from_bytes(&key).map_err(|_| ReceiptError::BadKey)?;
+    if key.is_weak() {
+        return Err(ReceiptError::BadKey);
+    }
+    Ok(key)
+}
+
+/// Checks `r.signature` against the node's public key, strictly (no weak keys, no
+/// non-canonical signatures).
+pub fn verify(r: &Receipt, public_key: &[u8]) -> Result<(), ReceiptError> {
+    let key = receipt_key(public_key)?;
     let signature = Signature::from_slice(&r.signature).map_err(|_| ReceiptError::BadSignature)?;
-    key.verify(&signed_message(r)?, &signature)
+    key.verify_strict(&signed_message(r)?, &signature)
         .map_err(|_| ReceiptError::Forged)
 }
 
@@ -103,5 +114,27 @@ mod tests {
             .verifying_key()
             .to_bytes();
         assert_eq!(verify(&r, &other), Err(ReceiptError::Forged));
+    }
+
+    /// The identity point is a weak key: with it, R = identity and s = 0 "sign" any message
+    /// for a lax verifier. It is refused as a key, whatever the signature.
+    #[test]
+    fn a_weak_key_signs_nothing() {
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        let weak = VerifyingKey::from_bytes(&identity).unwrap();
+        assert!(weak.is_weak());
+        let mut r = sample();
+        let mut forged = identity.to_vec();
+        forged.extend([0u8; 32]);
+        r.signature = forged.clone();
+        let lax = ed25519_dalek::Verifier::verify(
+            &weak,
+            &signed_message(&r).unwrap(),
+            &Signature::from_slice(&forged).unwrap(),
+        );
+        assert!(lax.is_ok(), "the forgery a lax check would accept");
+        assert_eq!(verify(&r, &identity), Err(ReceiptError::BadKey));
+        assert_eq!(receipt_key(&identity).err(), Some(ReceiptError::BadKey));
     }
 }

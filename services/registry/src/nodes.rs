@@ -194,8 +194,10 @@ impl Nodes {
         if !valid_name(&req.name) {
             return bad("name must be 1-64 letters, digits, '-', '_' or '.'");
         }
-        if req.receipt_public_key.len() != 32 {
-            return bad("receipt_public_key must be a 32-byte Ed25519 public key");
+        if zkmesh_kit::receipt::receipt_key(&req.receipt_public_key).is_err() {
+            return bad(
+                "receipt_public_key must be a 32-byte Ed25519 public key, and not a weak one",
+            );
         }
         if req.enrollment_secret_sha256.len() != 32 {
             return bad("enrollment_secret_sha256 must be 32 bytes");

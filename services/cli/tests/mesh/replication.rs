@@ -185,6 +185,30 @@ async fn one_party_with_many_nodes_is_one_operator() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     assert!(err.message().contains("--operator"), "{}", err.message());
+    // A weak receipt key (the identity point, with which anything "verifies" laxly) is refused
+    // at enrollment.
+    let anonymous = zkmesh_kit::client::ClientTls {
+        ca: std::fs::read_to_string(&sb.mesh.client.ca).unwrap(),
+        identity: None,
+    };
+    let mut open = registry_service_client::RegistryServiceClient::new(
+        zkmesh_kit::client::channel(&sb.mesh.client.registry, &anonymous).unwrap(),
+    );
+    let (_, csr) = zkmesh_kit::identity::generate_csr("weak").unwrap();
+    let mut identity_point = vec![0u8; 32];
+    identity_point[0] = 1;
+    let err = open
+        .enroll(EnrollRequest {
+            join_token: sb.mesh.join_token("operator-weak", 1).await.unwrap(),
+            csr_pem: csr,
+            receipt_public_key: identity_point,
+            name: "weak".into(),
+            enrollment_secret_sha256: vec![7; 32],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("weak"), "{}", err.message());
     drop(nodes);
     sb.mesh.stop().await;
 }
