@@ -57,6 +57,27 @@ pub fn result_json(task: &Task, result: &TaskResult) -> serde_json::Value {
     })
 }
 
+/// Text from the mesh (a node's exit message or guest log, an event, a reason) made safe for a
+/// terminal: control characters other than newline and tab, which could move the cursor,
+/// rewrite earlier lines or change the terminal's settings (escape sequences), are shown as
+/// `\u{..}` instead.
+pub(crate) fn safe(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
+    {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    text.chars()
+        .map(|c| match c {
+            '\n' | '\t' => c.to_string(),
+            c if c.is_control() => c.escape_unicode().to_string(),
+            c => c.to_string(),
+        })
+        .collect::<String>()
+        .into()
+}
+
 /// 0 only for a task that completed and was verified.
 pub fn task_exit_code(result: &TaskResult) -> i32 {
     let ok = result.state() == TaskState::Settled
@@ -79,17 +100,17 @@ pub(crate) fn print_result(
         result.task_id,
         TaskState::short_name_of(result.state),
         name_or_none(result.verdict, Verdict::short_name_of),
-        result.verdict_reason
+        safe(&result.verdict_reason)
     );
     let _ = writeln!(
         out,
         "exit     {}: {}",
         name_or_none(result.exit, ExitKind::short_name_of),
-        if result.exit_message.is_empty() {
+        safe(if result.exit_message.is_empty() {
             &task.message
         } else {
             &result.exit_message
-        }
+        })
     );
     let _ = writeln!(
         out,
@@ -145,7 +166,7 @@ pub(crate) fn progress_printer(quiet: bool) -> impl FnMut(&TaskEvent) {
                 "[{:>7.1} ms] {:<9} {}",
                 started.elapsed().as_secs_f64() * 1000.0,
                 TaskState::short_name_of(e.state),
-                e.message
+                safe(&e.message)
             );
             print_log(e, |line| eprintln!("{line}"));
         }
@@ -155,6 +176,30 @@ pub(crate) fn progress_printer(quiet: bool) -> impl FnMut(&TaskEvent) {
 /// A guest's log output carried by an event, one `[guest] ` line per line.
 pub(crate) fn print_log(e: &TaskEvent, mut print: impl FnMut(String)) {
     for line in e.log.lines() {
-        print(format!("[guest] {line}"));
+        print(format!("[guest] {}", safe(line)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escape_sequences_from_the_mesh_are_shown_not_obeyed() {
+        // Clear the screen, rewrite the line, set the window title: all shown as text.
+        let hostile = "ok\u{1b}[2J\rverified\u{1b}]0;pwned\u{7}\u{9b}31m\nnext\tline";
+        let shown = safe(hostile);
+        assert!(
+            !shown
+                .chars()
+                .any(|c| c.is_control() && !matches!(c, '\n' | '\t')),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("\\u{1b}[2J") && shown.contains("\\u{d}verified"),
+            "{shown}"
+        );
+        assert!(shown.contains("\\u{9b}"), "C1 controls too: {shown}");
+        assert_eq!(safe("plain text\nwith lines"), "plain text\nwith lines");
     }
 }

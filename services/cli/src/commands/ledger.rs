@@ -8,6 +8,7 @@ use zkmesh_proto::*;
 
 use crate::args::LedgerCommand;
 use crate::commands::{client, configured};
+use crate::render::safe;
 use crate::{EXIT_CONFIG, EXIT_TASK, exit};
 use zkmesh_client::audit::{remember_head, remembered_head};
 use zkmesh_client::{Expect, audit_expecting};
@@ -54,7 +55,11 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                 } else {
                     println!(
                         "{:>6}  {:<8} {:>14}  {:<24} {}",
-                        e.seq, kind, e.amount, e.account, e.task_id
+                        e.seq,
+                        kind,
+                        e.amount,
+                        safe(&e.account),
+                        safe(&e.task_id)
                     );
                 }
             }
@@ -114,7 +119,7 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                     if json {
                         println!("{}", json!({"ok": false, "reason": format!("{e:#}")}));
                     } else {
-                        println!("audit FAILED: {e:#}");
+                        println!("audit FAILED: {}", safe(&format!("{e:#}")));
                     }
                     return Ok(EXIT_TASK);
                 }

@@ -10,7 +10,7 @@ use zkmesh_proto::*;
 use crate::args::RunArgs;
 use crate::commands::client;
 use crate::commands::run::{load_module, prepare, submit_and_wait};
-use crate::render::{print_log, print_result, result_json, task_exit_code};
+use crate::render::{print_log, print_result, result_json, safe, task_exit_code};
 use crate::{EXIT_TASK, exit};
 use zkmesh_client::wait;
 
@@ -79,7 +79,12 @@ pub(crate) async fn watch(mesh: &Option<PathBuf>, task: String, json: bool) -> a
         if json {
             println!("{}", json!({"seq": e.seq, "state": TaskState::short_name_of(e.state), "message": e.message, "node_id": e.node_id, "at_ms": e.at_ms, "log": e.log}));
         } else {
-            println!("{:>3}  {:<9} {}", e.seq, TaskState::short_name_of(e.state), e.message);
+            println!(
+                "{:>3}  {:<9} {}",
+                e.seq,
+                TaskState::short_name_of(e.state),
+                safe(&e.message)
+            );
             print_log(e, |line| println!("     {line}"));
         }
     })
@@ -154,7 +159,7 @@ pub(crate) async fn list(mesh: &Option<PathBuf>, limit: u32) -> anyhow::Result<i
             t.task_id,
             TaskState::short_name_of(t.state),
             t.policy.unwrap_or_default().to_string(),
-            t.message
+            safe(&t.message)
         );
     }
     Ok(0)
@@ -179,6 +184,6 @@ fn task_line(t: &Task) -> String {
         "{}  {}  {}",
         t.task_id,
         TaskState::short_name_of(t.state),
-        t.message
+        safe(&t.message)
     )
 }
