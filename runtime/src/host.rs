@@ -44,3 +44,20 @@ pub(crate) fn memory_of(caller: &mut Caller<'_, Host>) -> wasmtime::Result<wasmt
         )),
     }
 }
+
+/// Bills `cost` units of fuel for host work a call does (copying or making bytes), up front: a
+/// call that costs more than the fuel left runs out of fuel, billed all of it, before any work.
+/// Without metering (no fuel configured), nothing is billed.
+pub(crate) fn charge_fuel(
+    caller: &mut wasmtime::Caller<'_, Host>,
+    cost: u64,
+) -> wasmtime::Result<()> {
+    if let Ok(fuel) = caller.get_fuel() {
+        if fuel < cost {
+            caller.set_fuel(0)?;
+            return Err(wasmtime::Error::new(wasmtime::Trap::OutOfFuel));
+        }
+        caller.set_fuel(fuel - cost)?;
+    }
+    Ok(())
+}

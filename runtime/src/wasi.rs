@@ -93,14 +93,7 @@ pub(crate) fn random_get(
     const ERRNO_FAULT: i32 = 21;
     const CHUNK: usize = 64 << 10;
     let (buf, len) = (buf as u32 as usize, len as u32 as usize);
-    if let Ok(fuel) = caller.get_fuel() {
-        let cost = len as u64 * RANDOM_FUEL_PER_BYTE;
-        if fuel < cost {
-            caller.set_fuel(0)?;
-            return Err(wasmtime::Error::new(Trap::OutOfFuel));
-        }
-        caller.set_fuel(fuel - cost)?;
-    }
+    crate::host::charge_fuel(&mut caller, len as u64 * RANDOM_FUEL_PER_BYTE)?;
     let memory = memory_of(&mut caller)?;
     let (mem, host) = memory.data_and_store_mut(&mut caller);
     let Some(out) = buf.checked_add(len).and_then(|end| mem.get_mut(buf..end)) else {

@@ -52,6 +52,60 @@ fn echo_and_fuel_are_deterministic() {
     );
 }
 
+/// Reads its whole input `n` times (n = the input's first byte) and writes nothing.
+const REREAD: &str = r#"(module
+  (import "zkmesh" "input_len" (func $len (result i32)))
+  (import "zkmesh" "read_input" (func $read (param i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "run") (local $n i32)
+    (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1)))
+    (local.set $n (i32.load8_u (i32.const 0)))
+    (block $done (loop $again
+      (br_if $done (i32.eqz (local.get $n)))
+      (drop (call $read (i32.const 0) (i32.const 0) (call $len)))
+      (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+      (br $again)))))"#;
+
+/// The host's copying is billed by the byte: a guest that reads its 32 KiB input ten more
+/// times pays ten times 32 Ki more fuel (not ten calls' worth), and output is billed the same.
+#[test]
+fn input_and_output_bytes_are_billed() {
+    let sb = sandbox();
+    let limits = Limits::default();
+    let input = |times: u8| {
+        let mut bytes = vec![0u8; 32 << 10];
+        bytes[0] = times;
+        bytes
+    };
+    let once = sb.run(&wat(REREAD), &input(1), &limits, b"s");
+    let eleven = sb.run(&wat(REREAD), &input(11), &limits, b"s");
+    assert_eq!(
+        (once.exit, eleven.exit),
+        (Exit::Ok, Exit::Ok),
+        "{}",
+        once.message
+    );
+    let per_pass = (eleven.fuel_used - once.fuel_used) / 10;
+    assert!(
+        (32 << 10..(32 << 10) + 64).contains(&per_pass),
+        "a pass over 32 KiB cost {per_pass} units"
+    );
+    let short = sb.run(&wat(ECHO), b"a", &limits, b"s");
+    let long = sb.run(&wat(ECHO), &[b'a'; 1001], &limits, b"s");
+    assert_eq!(
+        long.fuel_used - short.fuel_used,
+        2 * 1000,
+        "read and written"
+    );
+    // Too little fuel for the copy: out of fuel, billed all of it.
+    let tight = Limits {
+        fuel: 20_000,
+        ..Limits::default()
+    };
+    let out = sb.run(&wat(REREAD), &input(1), &tight, b"s");
+    assert_eq!((out.exit, out.fuel_used), (Exit::OutOfFuel, 20_000));
+}
+
 #[test]
 fn limits_end_in_their_own_states() {
     let sb = sandbox();
