@@ -256,7 +256,13 @@ pub enum LedgerCommand {
         forget: bool,
     },
     /// Mint micro-credits into an account (admin).
-    Mint { account: String, amount: u64 },
+    Mint {
+        account: String,
+        amount: u64,
+        /// An idempotency key: running the command again with it mints once.
+        #[arg(long)]
+        request_id: Option<String>,
+    },
     /// Run the ledger service.
     Serve {
         #[arg(long, value_name = "FILE")]

@@ -18,4 +18,4 @@ mod tasks;
 pub use audit::{AuditReport, Expect, audit, audit_expecting};
 pub use config::ClientConfig;
 pub use connection::MeshClient;
-pub use tasks::{is_terminal, result, task, upload, upload_module, wait};
+pub use tasks::{is_terminal, result, submit, task, upload, upload_module, wait};

@@ -256,6 +256,7 @@ impl LocalMesh {
         if balance == 0 && options.mint > 0 {
             api.admin_ledger()?
                 .mint(MintRequest {
+                    request_id: format!("dev-mesh-first-mint:{account}"),
                     account,
                     amount: options.mint,
                 })

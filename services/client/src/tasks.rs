@@ -90,6 +90,42 @@ pub async fn wait(
     }
 }
 
+/// Submits a task, safely retried: the request carries an idempotency key (a fresh one unless
+/// it has its own), so when the answer is lost (the scheduler unavailable, a deadline, a broken
+/// connection) the same request is sent again, up to three times, and can only ever make one
+/// task and one hold.
+pub async fn submit(
+    scheduler: &mut SchedulerServiceClient<Channel>,
+    mut request: SubmitTaskRequest,
+) -> Result<Task, tonic::Status> {
+    if request.request_id.is_empty() {
+        request.request_id = zkmesh_kit::random_id("r-");
+    }
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match scheduler.submit_task(request.clone()).await {
+            Ok(answer) => {
+                return answer.into_inner().task.ok_or_else(|| {
+                    tonic::Status::internal("the scheduler answered without the task")
+                });
+            }
+            Err(e)
+                if tries < 3
+                    && matches!(
+                        e.code(),
+                        tonic::Code::Unavailable
+                            | tonic::Code::DeadlineExceeded
+                            | tonic::Code::Unknown
+                    ) =>
+            {
+                tokio::time::sleep(Duration::from_millis(500 * tries)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// A task, by id.
 pub async fn task(
     scheduler: &mut SchedulerServiceClient<Channel>,

@@ -85,6 +85,8 @@ pub mod reasons {
     pub const INSUFFICIENT_CREDITS: &str = "INSUFFICIENT_CREDITS";
     /// Mint: the amount would take the credit supply past its limit.
     pub const SUPPLY_LIMIT: &str = "SUPPLY_LIMIT";
+    /// SubmitTask, Mint: the request id was used before for a different request.
+    pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
     /// GetResult: the task has no result yet.
     pub const RESULT_NOT_READY: &str = "RESULT_NOT_READY";
 }

@@ -18,6 +18,13 @@ pub enum LedgerError {
     /// A mint that would take the supply past what the columns can hold.
     #[error("{0}")]
     SupplyLimit(String),
+    /// An idempotency key used before for another request.
+    #[error("{0}")]
+    RequestIdReused(String),
+    /// The request was done before (a retry): nothing to write; the caller answers the state
+    /// as it is. Never reaches a client.
+    #[error("already done")]
+    Repeat,
     #[error("{0}")]
     Exists(String),
     #[error("{0}")]
@@ -37,6 +44,8 @@ impl ServiceError for LedgerError {
                 Code::FailedPrecondition
             }
             LedgerError::SupplyLimit(_) => Code::InvalidArgument,
+            LedgerError::RequestIdReused(_) => Code::AlreadyExists,
+            LedgerError::Repeat => Code::Internal,
             LedgerError::Exists(_) => Code::AlreadyExists,
             LedgerError::Denied(_) => Code::PermissionDenied,
             LedgerError::Db(e) => e.code(),
@@ -48,6 +57,7 @@ impl ServiceError for LedgerError {
         match self {
             LedgerError::InsufficientCredits(_) => reasons::INSUFFICIENT_CREDITS,
             LedgerError::SupplyLimit(_) => reasons::SUPPLY_LIMIT,
+            LedgerError::RequestIdReused(_) => reasons::REQUEST_ID_REUSED,
             other => other.code().reason(),
         }
     }

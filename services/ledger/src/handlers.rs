@@ -43,7 +43,14 @@ impl LedgerApi for LedgerService {
             ));
         }
         let minting = amount(req.amount, "amount")?;
-        self.store
+        if req.request_id.len() > 128 {
+            return Err(Status::invalid_argument(
+                "request_id is longer than 128 characters",
+            ));
+        }
+        let request = (req.request_id.clone(), req.account.clone());
+        let done = self
+            .store
             .commit(
                 &[Movement {
                     kind: JournalEntryKind::Mint,
@@ -60,17 +67,52 @@ impl LedgerApi for LedgerService {
                         )
                         .fetch_one(&mut *tx)
                         .await?;
+                        let (request_id, account) = request;
+                        if !request_id.is_empty() {
+                            let before = sqlx::query(
+                                "SELECT account, amount FROM mint_requests WHERE request_id = $1",
+                            )
+                            .bind(&request_id)
+                            .fetch_optional(&mut *tx)
+                            .await?;
+                            if let Some(row) = before {
+                                let same = row.get::<String, _>(0) == account
+                                    && row.get::<i64, _>(1) == minting;
+                                return Err(if same {
+                                    LedgerError::Repeat
+                                } else {
+                                    LedgerError::RequestIdReused(format!(
+                                        "request_id {request_id:?} minted another amount or account before"
+                                    ))
+                                });
+                            }
+                        }
                         if minted.checked_add(minting).is_none() {
                             return Err(LedgerError::SupplyLimit(format!(
                                 "minting {minting} would take the credits in circulation past {}",
                                 i64::MAX
                             )));
                         }
+                        if !request_id.is_empty() {
+                            sqlx::query(
+                                "INSERT INTO mint_requests (request_id, account, amount, at_ms) VALUES ($1, $2, $3, $4)",
+                            )
+                            .bind(&request_id)
+                            .bind(&account)
+                            .bind(minting)
+                            .bind(now_ms())
+                            .execute(&mut *tx)
+                            .await?;
+                        }
                         Ok(())
                     })
                 },
             )
-            .await?;
+            .await;
+        match done {
+            Ok(()) | Err(LedgerError::Repeat) => {}
+            Err(e) => return Err(e.into()),
+        }
         tracing::info!(account = %req.account, amount = req.amount, "minted");
         Ok(Response::new(MintResponse {
             account: Some(Account {
@@ -129,7 +171,7 @@ impl LedgerApi for LedgerService {
         }
         let want = amount(req.amount, "hold")?;
         let (task, account) = (req.task_id.clone(), req.account.clone());
-        self.store.commit(
+        let done = self.store.commit(
             &[Movement {
                 kind: JournalEntryKind::Hold,
                 account: &req.account,
@@ -138,12 +180,18 @@ impl LedgerApi for LedgerService {
             }],
             move |tx| {
                 Box::pin(async move {
-                    let exists = sqlx::query("SELECT 1 FROM holds WHERE task_id = $1")
+                    let before = sqlx::query("SELECT account, amount FROM holds WHERE task_id = $1")
                         .bind(&task)
                         .fetch_optional(&mut *tx)
                         .await?;
-                    if exists.is_some() {
-                        return Err(LedgerError::Exists(format!("task {task} already has a hold")));
+                    if let Some(row) = before {
+                        // A retried hold (its answer was lost) is answered as it stands.
+                        let same = row.get::<String, _>(0) == account && row.get::<i64, _>(1) == want;
+                        return Err(if same {
+                            LedgerError::Repeat
+                        } else {
+                            LedgerError::Exists(format!("task {task} already has another hold"))
+                        });
                     }
                     let balance = sqlx::query("SELECT balance FROM accounts WHERE account = $1")
                         .bind(&account)
@@ -169,7 +217,11 @@ impl LedgerApi for LedgerService {
                 })
             },
         )
-        .await?;
+        .await;
+        match done {
+            Ok(()) | Err(LedgerError::Repeat) => {}
+            Err(e) => return Err(e.into()),
+        }
         Ok(Response::new(HoldResponse {
             hold: Some(self.store.hold_row(&req.task_id).await?),
         }))

@@ -60,6 +60,7 @@ async fn mint(ledger: &LedgerService, account: &str, amount: u64) -> Result<(), 
         .mint(Request::new(MintRequest {
             account: account.into(),
             amount,
+            request_id: String::new(),
         }))
         .await
         .map(|_| ())
@@ -275,5 +276,50 @@ async fn accounts_and_holds_are_paged_and_refusals_carry_reasons() {
         zkmesh_kit::error::reason_of(&poor).as_deref(),
         Some("INSUFFICIENT_CREDITS")
     );
+    audit(&ledger).await.unwrap();
+}
+
+/// Retries are safe: a mint retried with its request id mints once; a hold retried for the same
+/// task, account and amount holds once; either with a different request is refused.
+#[tokio::test]
+async fn retried_mints_and_holds_happen_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger(&dir).await;
+    let mint_once = |amount: u64, account: &str| {
+        ledger.mint(Request::new(MintRequest {
+            account: account.into(),
+            amount,
+            request_id: "mint-1".into(),
+        }))
+    };
+    for _ in 0..3 {
+        let answer = mint_once(100, "user/alice").await.unwrap().into_inner();
+        assert_eq!(answer.account.unwrap().balance, 100);
+    }
+    let reused = mint_once(5, "user/alice").await.unwrap_err();
+    assert_eq!(reused.code(), tonic::Code::AlreadyExists);
+    assert_eq!(
+        zkmesh_kit::error::reason_of(&reused).as_deref(),
+        Some("REQUEST_ID_REUSED")
+    );
+    assert!(mint_once(100, "user/bob").await.is_err(), "another account");
+    for _ in 0..3 {
+        hold(&ledger, "t-1", 30).await;
+    }
+    let other = ledger
+        .hold(Request::new(HoldRequest {
+            task_id: "t-1".into(),
+            account: "user/alice".into(),
+            amount: 31,
+        }))
+        .await
+        .unwrap_err();
+    assert_eq!(other.code(), tonic::Code::AlreadyExists);
+    let entries: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM journal")
+        .fetch_one(&ledger.store.db)
+        .await
+        .unwrap();
+    assert_eq!(entries, 2, "one mint, one hold");
+    assert_eq!(ledger.store.balance("user/alice").await.unwrap(), 70);
     audit(&ledger).await.unwrap();
 }

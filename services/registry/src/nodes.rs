@@ -206,6 +206,12 @@ impl Nodes {
             return bad("csr_pem is not a valid, self-signed PKCS#10 request");
         }
         let token_hash = sha256_hex(req.join_token.as_bytes());
+        let secret_hash = hex::encode(&req.enrollment_secret_sha256);
+        // A retried enrollment (its answer was lost) is the node it enrolled: the secret is the
+        // node's own random 32 bytes, so the same token and secret are the same request.
+        if let Some(enrolled) = self.enrolled_before(&token_hash, &secret_hash).await? {
+            return Ok(enrolled);
+        }
         let mut tx = self.db.begin().await?;
         let token = sqlx::query(
             "SELECT pre_approved, expires_at_ms, operator, slots FROM join_tokens WHERE token_hash = $1",
@@ -243,7 +249,7 @@ impl Nodes {
             n => n as u32,
         };
         let node_id = random_id("n-");
-        sqlx::query(
+        let inserted = sqlx::query(
             "INSERT INTO nodes (node_id, name, operator, state, csr_pem, receipt_public_key, secret_hash, certificate_pem, certificate_expires_at_ms, enrolled_at_ms, last_heartbeat_at_ms, slots, token_hash)
              VALUES ($1, $2, $3, 'pending', $4, $5, $6, NULL, 0, $7, 0, $8, $9)",
         )
@@ -252,13 +258,24 @@ impl Nodes {
         .bind(&operator)
         .bind(&req.csr_pem)
         .bind(&req.receipt_public_key)
-        .bind(hex::encode(&req.enrollment_secret_sha256))
+        .bind(&secret_hash)
         .bind(now_ms())
         .bind(i64::from(slots))
         .bind(&token_hash)
         .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
+        .await;
+        match inserted {
+            Ok(_) => tx.commit().await?,
+            // The same request racing itself: the other one enrolled the node (and took the use).
+            Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+                drop(tx);
+                if let Some(enrolled) = self.enrolled_before(&token_hash, &secret_hash).await? {
+                    return Ok(enrolled);
+                }
+                return Err(sqlx::Error::Database(e).into());
+            }
+            Err(e) => return Err(e.into()),
+        }
         self.enrollments.inc();
         tracing::info!(%node_id, name = %req.name, %operator, slots, pre_approved = pre_approved != 0, "node enrolled");
         let node = if pre_approved != 0 {
@@ -271,6 +288,28 @@ impl Nodes {
             node_id,
             status: node.status,
         })
+    }
+
+    /// The node an earlier enrollment with this token and secret made, if one did.
+    async fn enrolled_before(
+        &self,
+        token_hash: &str,
+        secret_hash: &str,
+    ) -> Result<Option<EnrollResponse>> {
+        let row =
+            sqlx::query("SELECT node_id FROM nodes WHERE token_hash = $1 AND secret_hash = $2")
+                .bind(token_hash)
+                .bind(secret_hash)
+                .fetch_optional(&self.db)
+                .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let node = self.node(&row.get::<String, _>(0)).await?;
+        Ok(Some(EnrollResponse {
+            node_id: node.node_id,
+            status: node.status,
+        }))
     }
 
     pub(crate) async fn fetch_certificate(

@@ -18,7 +18,7 @@ use zkmesh_proto::*;
 use zkmesh_runtime::{Abi, ModuleError, Sandbox};
 
 use crate::dispatch::{Core, db_error, internal};
-use crate::store::{NewTask, TaskRow, is_terminal};
+use crate::store::{HOLD_GIVEN_BACK, NewTask, TaskRow, is_terminal};
 
 /// The scheduler's gRPC handler.
 pub struct SchedulerService {
@@ -226,6 +226,9 @@ impl SchedulerApi for SchedulerService {
         let req = req.into_inner();
         let config = &self.core.config;
         let bad = |m: String| Err(Status::invalid_argument(m));
+        if req.request_id.len() > 128 {
+            return bad("request_id is longer than 128 characters".into());
+        }
         let Some(module) = self
             .core
             .store
@@ -309,9 +312,55 @@ impl SchedulerApi for SchedulerService {
         let replicas = policy.replicas.max(1) as u64;
         let hold =
             crate::cost(fuel, config.micro_credits_per_million_fuel).saturating_mul(replicas);
-        let task_id = random_id("t-");
         let account = me.account();
+        let input_hash = sha256_hex(&req.input);
+        // With a request id, the task's id follows from it: a retry finds the task (or the hold)
+        // the first request made, and gets the same answer.
+        let task_id = if req.request_id.is_empty() {
+            random_id("t-")
+        } else {
+            let key =
+                sha256_hex(format!("zkmesh.request\0{account}\0{}", req.request_id).as_bytes());
+            format!("t-{}", &key[..32])
+        };
+        let same_request = |t: &Task| {
+            t.module_hash == req.module_hash
+                && t.input_hash == input_hash
+                && t.fuel_limit == fuel
+                && t.memory_limit_mib == memory
+                && t.timeout_secs == timeout
+                && t.policy.as_ref() == Some(&policy)
+        };
+        let earlier = |task: Option<TaskRow>| -> Result<Option<SubmitTaskResponse>, Status> {
+            let Some(task) = task else { return Ok(None) };
+            if task.task.submitter != account || !same_request(&task.task) {
+                return Err(refusal(
+                    Code::AlreadyExists,
+                    reasons::REQUEST_ID_REUSED,
+                    format!(
+                        "request_id {:?} was used for another task ({}); use a new one",
+                        req.request_id, task.task.task_id
+                    ),
+                ));
+            }
+            Ok(Some(SubmitTaskResponse {
+                task: Some(task.task),
+            }))
+        };
+        if !req.request_id.is_empty()
+            && let Some(answer) = earlier(self.core.store.task(&task_id).await.map_err(db_error)?)?
+        {
+            return Ok(Response::new(answer));
+        }
+        // Noted first: if the answer from the ledger comes too late, or this scheduler stops
+        // before it stores the task, a sweep gives the hold back.
         self.core
+            .store
+            .add_pending_hold(&task_id, &account, hold)
+            .await
+            .map_err(db_error)?;
+        let held = self
+            .core
             .ledger
             .hold(HoldRequest {
                 task_id: task_id.clone(),
@@ -319,7 +368,11 @@ impl SchedulerApi for SchedulerService {
                 amount: hold,
             })
             .await?;
-        let input_hash = sha256_hex(&req.input);
+        if held.state() != HoldState::Open {
+            return Err(Status::unavailable(format!(
+                "the hold for this request was given back (the submission took too long); retry with a new request_id"
+            )));
+        }
         let new = NewTask {
             task_id: &task_id,
             submitter: &account,
@@ -331,8 +384,23 @@ impl SchedulerApi for SchedulerService {
             timeout_secs: timeout,
             policy,
             credits_held: hold,
+            request_id: &req.request_id,
+            pending_hold: true,
         };
         if let Err(e) = self.core.store.insert_task(&new).await {
+            // The same request racing itself: the other one stored the task.
+            if let sqlx::Error::Database(d) = &e
+                && d.is_unique_violation()
+                && let Some(answer) =
+                    earlier(self.core.store.task(&task_id).await.map_err(db_error)?)?
+            {
+                return Ok(Response::new(answer));
+            }
+            if matches!(&e, sqlx::Error::Protocol(m) if m == HOLD_GIVEN_BACK) {
+                return Err(Status::unavailable(
+                    "the submission took too long and its hold was given back; retry",
+                ));
+            }
             // Give the credits back: the task never existed.
             let _ = self
                 .core
@@ -342,6 +410,7 @@ impl SchedulerApi for SchedulerService {
                     reason: "task could not be stored".into(),
                 })
                 .await;
+            let _ = self.core.store.drop_pending_hold(&task_id).await;
             return Err(db_error(e));
         }
         self.core

@@ -173,11 +173,18 @@ pub struct NewTask<'a> {
     pub timeout_secs: u32,
     pub policy: VerificationPolicy,
     pub credits_held: u64,
+    /// The client's idempotency key ("" for none).
+    pub request_id: &'a str,
+    /// Its hold was noted as pending ([`Store::add_pending_hold`]): the task is stored only if
+    /// the note is still there (the sweep that gives back unfinished submissions' holds has not
+    /// taken it), and the note goes with it.
+    pub pending_hold: bool,
 }
 
-/// The scheduler's tables, as its engine and handlers use them: reads by task, attempt and
-/// state, and writes as batches of [`Change`]s (one transaction each). [`SqliteStore`] is the
-/// embedded store; another database implements the same trait.
+/// The message of the error [`Store::insert_task`] returns when the task's pending hold was
+/// given back meanwhile (the submission took too long): the task is not stored.
+pub const HOLD_GIVEN_BACK: &str = "the hold was given back before the task could be stored";
+
 /// How far past its task's timeout a lease may be renewed.
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseBound {
@@ -187,6 +194,9 @@ pub struct LeaseBound {
     pub proof_ms: i64,
 }
 
+/// The scheduler's tables, as its engine and handlers use them: reads by task, attempt and
+/// state, and writes as batches of [`Change`]s (one transaction each). [`SqliteStore`] is the
+/// embedded store; another database implements the same trait.
 #[tonic::async_trait]
 pub trait Store: Send + Sync {
     async fn module_info(&self, hash: &str) -> Result<Option<ModuleInfo>>;
@@ -211,6 +221,16 @@ pub trait Store: Send + Sync {
 
     /// Ids of the tasks waiting for nodes, oldest first (ids only: inputs can be large).
     async fn queued(&self, limit: u32) -> Result<Vec<String>>;
+
+    /// Notes a hold about to be asked for a task not stored yet ([`Store::insert_task`]
+    /// clears the note when it stores the task).
+    async fn add_pending_hold(&self, task_id: &str, account: &str, amount: u64) -> Result<()>;
+
+    /// Holds noted before `before_ms` and still pending: (task id, whether the task was stored).
+    async fn pending_holds(&self, before_ms: i64) -> Result<Vec<(String, bool)>>;
+
+    /// Clears a pending hold's note.
+    async fn drop_pending_hold(&self, task_id: &str) -> Result<()>;
 
     async fn tasks_in_state(&self, state: TaskState) -> Result<Vec<TaskRow>>;
 
@@ -318,11 +338,12 @@ impl Store for SqliteStore {
 
     async fn insert_task(&self, t: &NewTask<'_>) -> Result<()> {
         let now = now_ms();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(
             "INSERT INTO tasks (task_id, submitter, module_hash, input, input_hash, fuel_limit, memory_limit_mib, timeout_secs,
                 policy_kind, replicas, state, message, attempts, credits_held, exit, exit_message, output, output_hash,
-                fuel_used, verdict, verdict_reason, credits_charged, run_time_us, receipts, hold_closed, created_at_ms, updated_at_ms)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', 0, $12, 0, '', NULL, '', 0, 0, '', 0, 0, NULL, 0, $13, $14)",
+                fuel_used, verdict, verdict_reason, credits_charged, run_time_us, receipts, hold_closed, created_at_ms, updated_at_ms, request_id)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', 0, $12, 0, '', NULL, '', 0, 0, '', 0, 0, NULL, 0, $13, $14, $15)",
         )
         .bind(t.task_id)
         .bind(t.submitter)
@@ -338,8 +359,49 @@ impl Store for SqliteStore {
         .bind(t.credits_held as i64)
         .bind(now)
         .bind(now)
+        .bind(t.request_id)
+        .execute(&mut *tx)
+        .await?;
+        let noted = sqlx::query("DELETE FROM pending_holds WHERE task_id = $1")
+            .bind(t.task_id)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if t.pending_hold && noted != 1 {
+            return Err(sqlx::Error::Protocol(HOLD_GIVEN_BACK.into()));
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn add_pending_hold(&self, task_id: &str, account: &str, amount: u64) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO pending_holds (task_id, account, amount, created_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (task_id) DO NOTHING",
+        )
+        .bind(task_id)
+        .bind(account)
+        .bind(amount as i64)
+        .bind(now_ms())
         .execute(&self.pool)
         .await?;
+        Ok(())
+    }
+
+    async fn pending_holds(&self, before_ms: i64) -> Result<Vec<(String, bool)>> {
+        let rows = sqlx::query(
+            "SELECT p.task_id, t.task_id IS NOT NULL FROM pending_holds p LEFT JOIN tasks t ON t.task_id = p.task_id WHERE p.created_at_ms < $1",
+        )
+        .bind(before_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn drop_pending_hold(&self, task_id: &str) -> Result<()> {
+        sqlx::query("DELETE FROM pending_holds WHERE task_id = $1")
+            .bind(task_id)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 

@@ -125,10 +125,18 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                 }
             }
         }
-        LedgerCommand::Mint { account, amount } => {
+        LedgerCommand::Mint {
+            account,
+            amount,
+            request_id,
+        } => {
             let a = api
                 .admin_ledger()?
-                .mint(MintRequest { account, amount })
+                .mint(MintRequest {
+                    account,
+                    amount,
+                    request_id: request_id.unwrap_or_default(),
+                })
                 .await?
                 .into_inner()
                 .account

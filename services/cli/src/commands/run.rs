@@ -151,20 +151,20 @@ pub(crate) async fn submit_and_wait(
         .await
         .context("uploading the module")?;
     let started = Instant::now();
-    let task = scheduler
-        .submit_task(SubmitTaskRequest {
+    let task = zkmesh_client::submit(
+        &mut scheduler,
+        SubmitTaskRequest {
             module_hash: module.module_hash.clone(),
             input,
             fuel_limit: args.fuel,
             memory_limit_mib: args.memory_mib,
             timeout_secs: args.timeout_secs,
             policy: Some(policy),
-        })
-        .await
-        .context("submitting the task")?
-        .into_inner()
-        .task
-        .context("the scheduler answered without the task")?;
+            request_id: String::new(),
+        },
+    )
+    .await
+    .context("submitting the task")?;
     if submit_only {
         if args.json {
             println!(

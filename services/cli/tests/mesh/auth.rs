@@ -84,6 +84,7 @@ async fn attempt_everything(
         code(
             who.ledger
                 .mint(MintRequest {
+                    request_id: String::new(),
                     account: "user/mallory".into(),
                     amount: 5,
                 })

@@ -76,7 +76,11 @@ pub async fn enroll_with(sb: &Sandbox, token: &str, name: &str, slots: u32) -> F
         RegistryServiceClient::new(channel(&sb.mesh.client.registry, &anonymous).unwrap());
     let (key_pem, csr) = zkmesh_kit::identity::generate_csr(name).unwrap();
     let receipt_key = SigningKey::from_bytes(&[9u8; 32]);
-    let secret = [5u8; 32];
+    // Each node its own secret: the same token and secret are the same enrollment (a retry).
+    let secret = hex::decode(zkmesh_kit::sha256_hex(
+        zkmesh_kit::random_id("secret").as_bytes(),
+    ))
+    .unwrap();
     let enrolled = registry
         .enroll(EnrollRequest {
             join_token: token,

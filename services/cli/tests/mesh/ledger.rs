@@ -128,6 +128,7 @@ async fn audit_passes_while_the_ledger_is_being_written() {
         while minted < 300 && std::time::Instant::now() < deadline {
             ledger
                 .mint(zkmesh_proto::MintRequest {
+                    request_id: String::new(),
                     account: format!("user/busy{}", minted % 7),
                     amount: 1 + u64::from(minted),
                 })
@@ -164,6 +165,7 @@ async fn audit_demands_a_pinned_key_and_the_head_it_saw() {
         .admin_ledger()
         .unwrap()
         .mint(zkmesh_proto::MintRequest {
+            request_id: String::new(),
             account: "user/bob".into(),
             amount: 5,
         })

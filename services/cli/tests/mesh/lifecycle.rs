@@ -35,8 +35,15 @@ async fn cancel_releases_the_hold_and_frees_the_worker() {
         .task
         .unwrap();
     assert_eq!(cancelled.state(), TaskState::Cancelled);
-    let again = s.cancel_task(task_ref()).await.unwrap_err();
-    assert_eq!(again.code(), tonic::Code::FailedPrecondition);
+    // A retried cancel is answered with the state as it is.
+    let again = s
+        .cancel_task(task_ref())
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(again.state(), TaskState::Cancelled);
 
     // The whole hold comes back.
     let entries = sb
@@ -248,5 +255,62 @@ async fn admin_approves_or_denies_waiting_nodes() {
     );
     assert_eq!(result.receipts[0].node_id, id);
     handle.task.abort();
+    sb.mesh.stop().await;
+}
+
+/// A submission retried with its request id makes one task and one hold, however often it is
+/// sent; the same id for another request is refused with a reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_submission_makes_one_task_and_one_hold() {
+    let sb = start(0).await;
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let mut s = sb.api.scheduler().unwrap();
+    let module = zkmesh_client::upload(&mut s, "sha", sha.wasm)
+        .await
+        .unwrap();
+    let request = |input: &[u8]| SubmitTaskRequest {
+        module_hash: module.module_hash.clone(),
+        input: input.to_vec(),
+        policy: Some(VerificationPolicy {
+            kind: PolicyKind::Receipt as i32,
+            replicas: 0,
+        }),
+        request_id: "req-1".into(),
+        ..Default::default()
+    };
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(
+            zkmesh_client::submit(&mut s, request(b"once"))
+                .await
+                .unwrap()
+                .task_id,
+        );
+    }
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    let reused = zkmesh_client::submit(&mut s, request(b"other input"))
+        .await
+        .unwrap_err();
+    assert_eq!(reused.code(), tonic::Code::AlreadyExists);
+    assert_eq!(
+        zkmesh_kit::error::reason_of(&reused).as_deref(),
+        Some("REQUEST_ID_REUSED")
+    );
+    let holds = zkmesh_kit::lists::all_history(&sb.api.admin_ledger().unwrap(), "user/alice", "")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == JournalEntryKind::Hold as i32)
+        .count();
+    assert_eq!(holds, 1);
+    // One task in the scheduler, too.
+    let tasks = s
+        .list_tasks(ListTasksRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .tasks;
+    assert_eq!(tasks.len(), 1);
+    assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;
 }

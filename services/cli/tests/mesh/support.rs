@@ -103,6 +103,7 @@ pub async fn submit(
         memory_limit_mib: job.memory_mib,
         timeout_secs: job.timeout_secs,
         policy: Some(policy(job.policy)),
+        request_id: String::new(),
     })
     .await?
     .into_inner()

@@ -267,6 +267,10 @@ impl Core {
                 .map_err(db_error)?
                 .ok_or_else(|| Status::not_found(format!("no task {task_id}")))?;
             let state = task.task.state();
+            // A retried cancel (its answer was lost) is answered with the state as it is.
+            if state == TaskState::Cancelled {
+                return Ok(());
+            }
             if is_terminal(state) || state == TaskState::Verified {
                 return Err(Status::failed_precondition(format!(
                     "task {task_id} is already {state}"

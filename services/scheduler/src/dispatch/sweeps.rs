@@ -13,6 +13,10 @@ use crate::dispatch::placement::replicas;
 use crate::dispatch::{Core, Count, Outbound, Transition, db_error};
 use crate::store::{AttemptRow, Change, TaskRow, attempt_state, is_terminal};
 
+/// How long a submission may take between noting its hold and storing its task before the
+/// sweep gives the hold back (the ledger call alone has a 10 s deadline).
+const PENDING_HOLD_GRACE_MS: i64 = 60_000;
+
 impl Core {
     /// A lease ends unfinished (lapsed, given back, its node gone): the attempt expires, its
     /// node is told to stop, and the task goes back to the queue or fails.
@@ -108,6 +112,32 @@ impl Core {
         for task_id in self.store.unreleased_holds().await.map_err(db_error)? {
             self.release(&task_id, "task failed or was cancelled")
                 .await?;
+        }
+        // A hold made for a submission that never stored its task (the ledger answered after
+        // the client gave up, the scheduler stopped between the two) goes back.
+        let before = now_ms() - PENDING_HOLD_GRACE_MS;
+        for (task_id, stored) in self.store.pending_holds(before).await.map_err(db_error)? {
+            if !stored {
+                let released = self
+                    .ledger
+                    .release(ReleaseRequest {
+                        task_id: task_id.clone(),
+                        reason: "the submission did not finish".into(),
+                    })
+                    .await;
+                match released {
+                    Ok(_) => tracing::info!(%task_id, "hold of an unfinished submission released"),
+                    Err(e) if e.code() == tonic::Code::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(%task_id, error = %e.message(), "releasing an unfinished submission's hold failed");
+                        continue;
+                    }
+                }
+            }
+            self.store
+                .drop_pending_hold(&task_id)
+                .await
+                .map_err(db_error)?;
         }
         Ok(())
     }
