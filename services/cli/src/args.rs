@@ -201,9 +201,14 @@ pub enum NodeCommand {
     /// Approve a waiting node, granting it slots.
     Approve {
         node: String,
-        /// The most tasks it may run at once (default: the registry's `default_node_slots`).
+        /// The most tasks it may run at once (default: the registry's `default_node_slots`);
+        /// given for an approved node, it changes its grant.
         #[arg(long, value_parser = clap::value_parser!(u32).range(1..=256))]
         slots: Option<u32>,
+        /// Only for a node enrolled before join tokens named operators: the operator it belongs
+        /// to.
+        #[arg(long)]
+        operator: Option<String>,
     },
     Deny {
         node: String,

@@ -97,7 +97,11 @@ pub fn describe(e: &anyhow::Error) -> String {
         if !msg.is_empty() {
             msg.push_str(": ");
         }
-        return format!("{msg}{} ({code})", status.message());
+        let reason = zkmesh_kit::error::reason_of(status)
+            .map(|r| format!(", {r}"))
+            .unwrap_or_default();
+        return crate::render::safe(&format!("{msg}{} ({code}{reason})", status.message()))
+            .into_owned();
     }
-    format!("{e:#}")
+    crate::render::safe(&format!("{e:#}")).into_owned()
 }

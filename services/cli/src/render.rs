@@ -57,22 +57,27 @@ pub fn result_json(task: &Task, result: &TaskResult) -> serde_json::Value {
     })
 }
 
-/// Text from the mesh (a node's exit message or guest log, an event, a reason) made safe for a
-/// terminal: control characters other than newline and tab, which could move the cursor,
-/// rewrite earlier lines or change the terminal's settings (escape sequences), are shown as
-/// `\u{..}` instead.
-pub(crate) fn safe(text: &str) -> std::borrow::Cow<'_, str> {
-    if !text
-        .chars()
-        .any(|c| c.is_control() && !matches!(c, '\n' | '\t'))
-    {
+/// Text from the mesh or a file (a node's exit message or guest log line, an event, a reason, a
+/// bundle's fields) made safe for a terminal, on one line: control characters (newlines too,
+/// which could add lines that look like the CLI's own) and the invisible format characters
+/// that reorder or hide text (bidirectional overrides, zero-width marks) are shown as `\u{..}`
+/// instead; tabs stay.
+pub fn safe(text: &str) -> std::borrow::Cow<'_, str> {
+    let hostile = |c: char| {
+        (c.is_control() && c != '\t')
+            || matches!(c, '\u{61c}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+                | '\u{2060}'..='\u{2069}' | '\u{feff}')
+    };
+    if !text.chars().any(hostile) {
         return std::borrow::Cow::Borrowed(text);
     }
     text.chars()
-        .map(|c| match c {
-            '\n' | '\t' => c.to_string(),
-            c if c.is_control() => c.escape_unicode().to_string(),
-            c => c.to_string(),
+        .map(|c| {
+            if hostile(c) {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
         })
         .collect::<String>()
         .into()
@@ -190,9 +195,7 @@ mod tests {
         let hostile = "ok\u{1b}[2J\rverified\u{1b}]0;pwned\u{7}\u{9b}31m\nnext\tline";
         let shown = safe(hostile);
         assert!(
-            !shown
-                .chars()
-                .any(|c| c.is_control() && !matches!(c, '\n' | '\t')),
+            !shown.chars().any(|c| c.is_control() && c != '\t'),
             "{shown}"
         );
         assert!(
@@ -200,6 +203,13 @@ mod tests {
             "{shown}"
         );
         assert!(shown.contains("\\u{9b}"), "C1 controls too: {shown}");
-        assert_eq!(safe("plain text\nwith lines"), "plain text\nwith lines");
+        // A newline would add a line that looks like the CLI's own; a bidi override would
+        // reverse what follows it.
+        assert_eq!(
+            safe("exit: trap\ncredits  0 charged"),
+            "exit: trap\\u{a}credits  0 charged"
+        );
+        assert_eq!(safe("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
+        assert_eq!(safe("plain text\twith a tab"), "plain text\twith a tab");
     }
 }

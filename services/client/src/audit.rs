@@ -300,6 +300,7 @@ pub fn head_file(dir: &std::path::Path, ledger_key_hex: &str) -> std::path::Path
     let name: String = ledger_key_hex
         .chars()
         .filter(char::is_ascii_hexdigit)
+        .map(|c| c.to_ascii_lowercase())
         .collect();
     dir.join("ledger-heads").join(name)
 }

@@ -392,6 +392,11 @@ pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Identit
         let _ = std::fs::remove_file(&tmp);
         return Err(io(e));
     }
+    // The rename itself is durable once the directory is synced.
+    #[cfg(unix)]
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io)?;
     Ok(())
 }
 

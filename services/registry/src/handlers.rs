@@ -82,10 +82,9 @@ impl RegistryApi for RegistryService {
         req: Request<ApproveNodeRequest>,
     ) -> Result<Response<ApproveNodeResponse>, Status> {
         let req = req.into_inner();
-        let slots = self.nodes.granted_slots(req.slots)?;
         let node = self
             .nodes
-            .transition(&req.node_id, &["pending"], "approved", Some(slots))
+            .approve(&req.node_id, req.slots, &req.operator)
             .await?;
         Ok(Response::new(ApproveNodeResponse { node: Some(node) }))
     }

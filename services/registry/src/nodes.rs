@@ -90,6 +90,62 @@ impl Nodes {
         }
     }
 
+    /// Approves a pending node, granting it `slots` (0: the default); approving an approved
+    /// node with slots changes its grant. A node enrolled before join tokens named operators
+    /// named its own, so its approval must name it (`operator`); any other node's operator is
+    /// its token's and cannot be named here.
+    pub(crate) async fn approve(&self, node_id: &str, slots: u32, operator: &str) -> Result<Node> {
+        let row = sqlx::query("SELECT state, token_hash, operator FROM nodes WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.db)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("no node {node_id:?}")))?;
+        let (state, token_hash, current): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        let legacy = token_hash.is_empty();
+        if legacy && operator.is_empty() && state != "approved" {
+            return Err(RegistryError::BadRequest(format!(
+                "node {node_id} enrolled before join tokens named operators and named its own ({current:?}), which is not trusted: approve it with --operator NAME"
+            )));
+        }
+        if !operator.is_empty() {
+            if !legacy {
+                return Err(RegistryError::BadRequest(format!(
+                    "the operator of node {node_id} is its join token's ({current}); it cannot be named at approval"
+                )));
+            }
+            if !valid_name(operator) {
+                return Err(RegistryError::BadRequest(
+                    "operator must be 1-64 letters, digits, '-', '_' or '.'".into(),
+                ));
+            }
+            if state != "pending" {
+                return Err(RegistryError::Precondition(format!(
+                    "node {node_id} is {state}; its operator is named only when it is approved"
+                )));
+            }
+            sqlx::query("UPDATE nodes SET operator = $1 WHERE node_id = $2 AND state = 'pending'")
+                .bind(operator)
+                .bind(node_id)
+                .execute(&self.db)
+                .await?;
+        }
+        let granted = self.granted_slots(slots)?;
+        if state == "approved" {
+            if slots != 0 {
+                sqlx::query("UPDATE nodes SET slots = $1 WHERE node_id = $2")
+                    .bind(i64::from(granted))
+                    .bind(node_id)
+                    .execute(&self.db)
+                    .await?;
+                tracing::info!(node_id, slots = granted, "node's slots changed");
+            }
+            return self.node(node_id).await;
+        }
+        self.transition(node_id, &["pending"], "approved", Some(granted))
+            .await
+    }
+
     /// Moves a node from one of `from` to `to`, signing its certificate on approval (and
     /// granting it `slots`, when given).
     pub(crate) async fn transition(

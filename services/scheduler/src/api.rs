@@ -369,9 +369,9 @@ impl SchedulerApi for SchedulerService {
             })
             .await?;
         if held.state() != HoldState::Open {
-            return Err(Status::unavailable(format!(
-                "the hold for this request was given back (the submission took too long); retry with a new request_id"
-            )));
+            return Err(Status::unavailable(
+                "the hold for this request was given back (the submission took too long); retry with a new request_id",
+            ));
         }
         let new = NewTask {
             task_id: &task_id,

@@ -481,6 +481,8 @@ impl Store for SqliteStore {
         until_ms: i64,
         bound: LeaseBound,
     ) -> Result<()> {
+        // One transaction for the whole heartbeat: one write to the database, however many.
+        let mut tx = self.pool.begin().await?;
         for id in attempt_ids {
             sqlx::query(
                 "UPDATE attempts SET lease_expires_at_ms = MIN($1, created_at_ms + $2 + (
@@ -494,9 +496,10 @@ impl Store for SqliteStore {
             .bind(bound.proof_ms)
             .bind(id)
             .bind(node_id)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
         }
+        tx.commit().await?;
         Ok(())
     }
 

@@ -31,7 +31,7 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                 .into_inner()
                 .account
                 .unwrap_or_default();
-            println!("{}  {} micro-credits", a.account, a.balance);
+            println!("{}  {} micro-credits", safe(&a.account), a.balance);
         }
         LedgerCommand::History {
             account,
@@ -89,7 +89,12 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
             }
             match audit_expecting(&api, &expects).await {
                 Ok(r) => {
-                    remember_head(&memory, &r)?;
+                    if let Err(e) = remember_head(&memory, &r) {
+                        eprintln!(
+                            "warning: the audit passed, but its head could not be remembered for the next audit: {}",
+                            safe(&format!("{e:#}"))
+                        );
+                    }
                     if json {
                         println!(
                             "{}",
@@ -141,7 +146,7 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                 .into_inner()
                 .account
                 .unwrap_or_default();
-            println!("{}  {} micro-credits", a.account, a.balance);
+            println!("{}  {} micro-credits", safe(&a.account), a.balance);
         }
         LedgerCommand::Serve { .. } => unreachable!("handled in execute"),
     }

@@ -42,11 +42,16 @@ pub(crate) async fn node(mesh: &Option<PathBuf>, cmd: NodeCommand) -> anyhow::Re
                 nodes.iter().for_each(show);
             }
         }
-        NodeCommand::Approve { node, slots } => show(
+        NodeCommand::Approve {
+            node,
+            slots,
+            operator,
+        } => show(
             &registry
                 .approve_node(ApproveNodeRequest {
                     node_id: node,
                     slots: slots.unwrap_or(0),
+                    operator: operator.unwrap_or_default(),
                 })
                 .await?
                 .into_inner()

@@ -285,7 +285,10 @@ pub(crate) async fn run(cli_mesh: &Option<PathBuf>, args: RunArgs) -> anyhow::Re
         && result.is_ok()
         && let Err(e) = audit(&api).await
     {
-        eprintln!("ledger audit FAILED: {e:#}");
+        eprintln!(
+            "ledger audit FAILED: {}",
+            crate::render::safe(&format!("{e:#}"))
+        );
         result = Ok(EXIT_TASK);
     }
     mesh.stop().await;

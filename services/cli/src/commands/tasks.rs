@@ -47,7 +47,7 @@ pub(crate) async fn upload_module(
             info.size,
             GuestAbi::try_from(info.abi).unwrap_or(GuestAbi::Unspecified),
             info.provable,
-            info.provable_reason
+            safe(&info.provable_reason)
         );
     }
     Ok(0)

@@ -22,7 +22,7 @@ pub(crate) async fn verify(
         if json {
             println!("{}", json!({"valid": false, "reason": why}));
         } else {
-            println!("INVALID: {why}");
+            println!("INVALID: {}", crate::render::safe(&why));
         }
         Ok(EXIT_TASK)
     };
@@ -70,14 +70,14 @@ pub(crate) async fn verify(
             } else {
                 println!(
                     "VALID: task {} ran module {} on input {} under a memory limit of {} MiB for {} zkVM steps, ended {}, and wrote {} bytes (sha256 {}); Groth16 proof checked in {} µs (class {}{})",
-                    bundle.task_id,
-                    bundle.module_hash,
-                    bundle.input_hash,
+                    crate::render::safe(&bundle.task_id),
+                    crate::render::safe(&bundle.module_hash),
+                    crate::render::safe(&bundle.input_hash),
                     bundle.memory_limit_mib,
                     c.steps,
                     c.ending,
                     c.output_len,
-                    bundle.output_hash,
+                    crate::render::safe(&bundle.output_hash),
                     c.verify_us,
                     c.class,
                     if c.segments > 1 {

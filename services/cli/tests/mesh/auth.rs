@@ -111,6 +111,7 @@ async fn attempt_everything(
                 .approve_node(ApproveNodeRequest {
                     node_id: node_id.into(),
                     slots: 0,
+                    operator: String::new(),
                 })
                 .await
                 .map(|_| ()),

@@ -228,6 +228,7 @@ async fn admin_approves_or_denies_waiting_nodes() {
         .approve_node(ApproveNodeRequest {
             node_id: id.clone(),
             slots: 3,
+            operator: String::new(),
         })
         .await
         .unwrap()
@@ -239,6 +240,41 @@ async fn admin_approves_or_denies_waiting_nodes() {
         (granted.slots, granted.operator.as_str()),
         (3, "operator-waiting")
     );
+    let approve = |slots: u32, operator: &str| {
+        let mut r = registry.clone();
+        let request = ApproveNodeRequest {
+            node_id: id.clone(),
+            slots,
+            operator: operator.to_string(),
+        };
+        async move {
+            r.approve_node(request)
+                .await
+                .map(|a| a.into_inner().node.unwrap())
+        }
+    };
+    // Approving it again changes its grant; its operator is the token's, not the admin's to
+    // rename.
+    assert_eq!(approve(1, "").await.unwrap().slots, 1);
+    let renamed = approve(0, "operator-other").await.unwrap_err();
+    assert_eq!(renamed.code(), tonic::Code::InvalidArgument, "{renamed:?}");
+    // A node from before tokens named operators (it named its own) waits for an approval that
+    // names its operator.
+    let url = format!("sqlite://{}", sb.mesh.dir.join("registry.db").display());
+    let db = zkmesh_kit::db::connect(&url).await.unwrap();
+    sqlx::query("UPDATE nodes SET token_hash = '', state = 'pending', operator = 'self-named' WHERE node_id = $1")
+        .bind(&id)
+        .execute(&db)
+        .await
+        .unwrap();
+    let unnamed = approve(0, "").await.unwrap_err();
+    assert!(unnamed.message().contains("--operator"), "{unnamed:?}");
+    let named = approve(3, "operator-waiting").await.unwrap();
+    assert_eq!(
+        (named.operator.as_str(), named.slots),
+        ("operator-waiting", 3)
+    );
+    db.close().await;
     let handle = approved.await.unwrap().expect("approved node starts");
     assert_eq!(handle.node_id, id);
     sb.mesh

@@ -40,6 +40,9 @@ impl Core {
         let conn_id = self
             .next_conn
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Under the transitions lock no report frees a slot meanwhile, so a lease read here as
+        // live is not already gone from the old stream's set.
+        let _t = self.transitions.lock().await;
         let live: BTreeSet<String> = match self.store.lapsed_attempts(Some(node_id)).await {
             Ok(attempts) => attempts.into_iter().map(|a| a.attempt_id).collect(),
             Err(e) => {
@@ -91,6 +94,10 @@ impl Core {
         match self.store.lapsed_attempts(Some(node_id)).await {
             Ok(attempts) => {
                 for a in attempts {
+                    // A new stream of the node's took its leases over: they live on.
+                    if self.workers.lock().await.contains_key(node_id) {
+                        return;
+                    }
                     let why = format!("lease on node {node_id} ended: {reason}");
                     if let Err(e) = self.expire(&a, &why).await {
                         tracing::warn!(error = %e.message(), "expiring attempt failed");
