@@ -63,11 +63,7 @@ pub fn result_json(task: &Task, result: &TaskResult) -> serde_json::Value {
 /// that reorder or hide text (bidirectional overrides, zero-width marks) are shown as `\u{..}`
 /// instead; tabs stay.
 pub fn safe(text: &str) -> std::borrow::Cow<'_, str> {
-    let hostile = |c: char| {
-        (c.is_control() && c != '\t')
-            || matches!(c, '\u{61c}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
-                | '\u{2060}'..='\u{2069}' | '\u{feff}')
-    };
+    let hostile = |c: char| (c.is_control() && c != '\t') || invisible(c);
     if !text.chars().any(hostile) {
         return std::borrow::Cow::Borrowed(text);
     }
@@ -81,6 +77,20 @@ pub fn safe(text: &str) -> std::borrow::Cow<'_, str> {
         })
         .collect::<String>()
         .into()
+}
+
+/// Characters that change how text around them shows without showing themselves: Unicode's
+/// format characters (bidirectional controls, zero-width marks, invisible operators, tags),
+/// line and paragraph separators, and blank fillers.
+fn invisible(c: char) -> bool {
+    matches!(c,
+        '\u{ad}' | '\u{600}'..='\u{605}' | '\u{61c}' | '\u{6dd}' | '\u{70f}' | '\u{890}'
+        | '\u{891}' | '\u{8e2}' | '\u{115f}' | '\u{1160}' | '\u{17b4}' | '\u{17b5}'
+        | '\u{180b}'..='\u{180f}' | '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}'
+        | '\u{2060}'..='\u{206f}' | '\u{3164}' | '\u{fe00}'..='\u{fe0f}' | '\u{feff}'
+        | '\u{ffa0}' | '\u{fff9}'..='\u{fffb}' | '\u{110bd}' | '\u{110cd}'
+        | '\u{13430}'..='\u{1343f}' | '\u{1bca0}'..='\u{1bca3}' | '\u{1d173}'..='\u{1d17a}'
+        | '\u{e0000}'..='\u{e0fff}')
 }
 
 /// 0 only for a task that completed and was verified.
@@ -143,12 +153,15 @@ pub(crate) fn print_result(
     if !body {
         return;
     }
-    // Text as text; anything with control characters (or not UTF-8) as base64.
+    // Text as text (lines ending in \n or \r\n); anything else that could steer the terminal
+    // (other control characters, a lone \r, invisible format characters), or not UTF-8, as
+    // base64.
     match std::str::from_utf8(&result.output) {
         Ok(text)
-            if !text
-                .chars()
-                .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t')) =>
+            if text
+                .replace("\r\n", "\n")
+                .split('\n')
+                .all(|line| matches!(safe(line), std::borrow::Cow::Borrowed(_))) =>
         {
             let _ = writeln!(out, "{text}");
         }
@@ -210,6 +223,9 @@ mod tests {
             "exit: trap\\u{a}credits  0 charged"
         );
         assert_eq!(safe("evil\u{202e}txt.exe"), "evil\\u{202e}txt.exe");
+        for hidden in ['\u{ad}', '\u{2028}', '\u{e0041}', '\u{3164}', '\u{fffb}'] {
+            assert!(safe(&format!("a{hidden}b")).contains("\\u{"), "{hidden:?}");
+        }
         assert_eq!(safe("plain text\twith a tab"), "plain text\twith a tab");
     }
 }

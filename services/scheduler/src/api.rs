@@ -288,30 +288,6 @@ impl SchedulerApi for SchedulerService {
                 replicas: 1,
             },
         };
-        if policy.kind() != PolicyKind::Receipt {
-            // The verifier decides which policies it can judge.
-            self.core.verifier.check_policy(policy).await?;
-        }
-        if policy.kind() == PolicyKind::Proof {
-            self.check_provable(&req.module_hash, req.input.len(), memory)
-                .await?;
-        }
-        if policy.kind() == PolicyKind::Replicate {
-            let operators = self.core.connected_operators().await;
-            if (operators as u32) < policy.replicas {
-                return Err(refusal(
-                    Code::FailedPrecondition,
-                    reasons::NOT_ENOUGH_OPERATORS,
-                    format!(
-                        "replicate:{} needs nodes of {} different operators; nodes of {operators} are connected",
-                        policy.replicas, policy.replicas
-                    ),
-                ));
-            }
-        }
-        let replicas = policy.replicas.max(1) as u64;
-        let hold =
-            crate::cost(fuel, config.micro_credits_per_million_fuel).saturating_mul(replicas);
         let account = me.account();
         let input_hash = sha256_hex(&req.input);
         // With a request id, the task's id follows from it: a retry finds the task (or the hold)
@@ -347,11 +323,37 @@ impl SchedulerApi for SchedulerService {
                 task: Some(task.task),
             }))
         };
+        // Before any check that asks another service or the mesh's state: a retry whose first
+        // request made its task gets that task, whatever those would say now.
         if !req.request_id.is_empty()
             && let Some(answer) = earlier(self.core.store.task(&task_id).await.map_err(db_error)?)?
         {
             return Ok(Response::new(answer));
         }
+        if policy.kind() != PolicyKind::Receipt {
+            // The verifier decides which policies it can judge.
+            self.core.verifier.check_policy(policy).await?;
+        }
+        if policy.kind() == PolicyKind::Proof {
+            self.check_provable(&req.module_hash, req.input.len(), memory)
+                .await?;
+        }
+        if policy.kind() == PolicyKind::Replicate {
+            let operators = self.core.connected_operators().await;
+            if (operators as u32) < policy.replicas {
+                return Err(refusal(
+                    Code::FailedPrecondition,
+                    reasons::NOT_ENOUGH_OPERATORS,
+                    format!(
+                        "replicate:{} needs nodes of {} different operators; nodes of {operators} are connected",
+                        policy.replicas, policy.replicas
+                    ),
+                ));
+            }
+        }
+        let replicas = policy.replicas.max(1) as u64;
+        let hold =
+            crate::cost(fuel, config.micro_credits_per_million_fuel).saturating_mul(replicas);
         // Noted first: if the answer from the ledger comes too late, or this scheduler stops
         // before it stores the task, a sweep gives the hold back.
         self.core
@@ -359,7 +361,7 @@ impl SchedulerApi for SchedulerService {
             .add_pending_hold(&task_id, &account, hold)
             .await
             .map_err(db_error)?;
-        let held = self
+        let held = match self
             .core
             .ledger
             .hold(HoldRequest {
@@ -367,10 +369,25 @@ impl SchedulerApi for SchedulerService {
                 account: account.clone(),
                 amount: hold,
             })
-            .await?;
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                // A definite refusal made no hold: the note goes. Otherwise (no answer) the
+                // hold may have been made, and the sweep gives it back unless a retry stores
+                // the task.
+                if !matches!(
+                    e.code(),
+                    Code::Unavailable | Code::DeadlineExceeded | Code::Unknown | Code::Internal
+                ) {
+                    let _ = self.core.store.drop_pending_hold(&task_id).await;
+                }
+                return Err(e);
+            }
+        };
         if held.state() != HoldState::Open {
-            return Err(Status::unavailable(
-                "the hold for this request was given back (the submission took too long); retry with a new request_id",
+            return Err(Status::aborted(
+                "the hold for this request was given back (the submission took too long); submit again with a new request_id",
             ));
         }
         let new = NewTask {
@@ -396,9 +413,26 @@ impl SchedulerApi for SchedulerService {
             {
                 return Ok(Response::new(answer));
             }
+            // A twin of this request may have stored the task meanwhile: its hold is the same.
+            if let Ok(Some(_)) = self.core.store.task(&task_id).await
+                && let Some(answer) =
+                    earlier(self.core.store.task(&task_id).await.map_err(db_error)?)?
+            {
+                return Ok(Response::new(answer));
+            }
             if matches!(&e, sqlx::Error::Protocol(m) if m == HOLD_GIVEN_BACK) {
-                return Err(Status::unavailable(
-                    "the submission took too long and its hold was given back; retry",
+                // The sweep took the note (and may have found no hold yet): give back the hold
+                // this request made, which nothing else would.
+                let _ = self
+                    .core
+                    .ledger
+                    .release(ReleaseRequest {
+                        task_id: task_id.clone(),
+                        reason: "the submission took too long".into(),
+                    })
+                    .await;
+                return Err(Status::aborted(
+                    "the submission took too long and its hold was given back; submit again with a new request_id",
                 ));
             }
             // Give the credits back: the task never existed.

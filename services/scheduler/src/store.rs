@@ -232,6 +232,11 @@ pub trait Store: Send + Sync {
     /// Clears a pending hold's note.
     async fn drop_pending_hold(&self, task_id: &str) -> Result<()>;
 
+    /// Takes the note of a pending hold whose task was never stored, before its hold is given
+    /// back: true if it was still there (a submission storing its task now finds it gone and
+    /// stores nothing).
+    async fn claim_unfinished_hold(&self, task_id: &str) -> Result<bool>;
+
     async fn tasks_in_state(&self, state: TaskState) -> Result<Vec<TaskRow>>;
 
     async fn attempts(&self, task_id: &str) -> Result<Vec<AttemptRow>>;
@@ -376,7 +381,7 @@ impl Store for SqliteStore {
 
     async fn add_pending_hold(&self, task_id: &str, account: &str, amount: u64) -> Result<()> {
         sqlx::query(
-            "INSERT INTO pending_holds (task_id, account, amount, created_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (task_id) DO NOTHING",
+            "INSERT INTO pending_holds (task_id, account, amount, created_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (task_id) DO UPDATE SET created_at_ms = excluded.created_at_ms",
         )
         .bind(task_id)
         .bind(account)
@@ -395,6 +400,18 @@ impl Store for SqliteStore {
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
+    async fn claim_unfinished_hold(&self, task_id: &str) -> Result<bool> {
+        let taken = sqlx::query(
+            "DELETE FROM pending_holds WHERE task_id = $1 AND NOT EXISTS (SELECT 1 FROM tasks WHERE task_id = $2)",
+        )
+        .bind(task_id)
+        .bind(task_id)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(taken == 1)
     }
 
     async fn drop_pending_hold(&self, task_id: &str) -> Result<()> {

@@ -28,6 +28,13 @@ pub(crate) struct Keys {
     pub(crate) receipt: SigningKey,
 }
 
+/// An enrollment sent but not yet answered: what a restart sends again.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct PendingEnrollment {
+    csr: String,
+    enrollment_secret: String,
+}
+
 pub(crate) fn load_or_create_receipt_key(path: &Path) -> Result<SigningKey, WorkerError> {
     if path.exists() {
         let pem = read_file(path).map_err(setup_err)?;
@@ -63,23 +70,61 @@ pub(crate) async fn ensure_identity(
         let token = config.join_token.clone().ok_or_else(|| {
             WorkerError::Enroll("this node is not enrolled yet: give it a join token (join_token / ZKMESH_WORKER_JOIN_TOKEN)".into())
         })?;
-        let (tls_key, csr) = generate_csr(&config.name).map_err(setup_err)?;
-        write_file(&key_path, tls_key.as_bytes(), true).map_err(setup_err)?;
-        let secret: [u8; 32] = rand::random();
-        let response = registry
-            .enroll(EnrollRequest {
-                join_token: token,
-                csr_pem: csr,
-                receipt_public_key: receipt.verifying_key().to_bytes().to_vec(),
-                name: config.name.clone(),
-                enrollment_secret_sha256: sha2_digest(&secret),
-            })
-            .await
-            .map_err(|s| WorkerError::Enroll(s.message().to_string()))?
-            .into_inner();
+        // The request is kept before it is sent (key, CSR and secret), so a start after an
+        // answer was lost sends the same one again, and the registry answers the node it
+        // enrolled instead of making a second one with a second use of the token.
+        let pending_path = dir.join("enrolling.json");
+        let pending: PendingEnrollment = if pending_path.exists() {
+            serde_json::from_str(&read_file(&pending_path).map_err(setup_err)?)
+                .map_err(setup_err)?
+        } else {
+            let (tls_key, csr) = generate_csr(&config.name).map_err(setup_err)?;
+            write_file(&key_path, tls_key.as_bytes(), true).map_err(setup_err)?;
+            let secret: [u8; 32] = rand::random();
+            let pending = PendingEnrollment {
+                csr,
+                enrollment_secret: hex::encode(secret),
+            };
+            write_file(
+                &pending_path,
+                serde_json::to_string_pretty(&pending)
+                    .map_err(setup_err)?
+                    .as_bytes(),
+                true,
+            )
+            .map_err(setup_err)?;
+            pending
+        };
+        let secret = hex::decode(&pending.enrollment_secret).map_err(setup_err)?;
+        let request = EnrollRequest {
+            join_token: token,
+            csr_pem: pending.csr.clone(),
+            receipt_public_key: receipt.verifying_key().to_bytes().to_vec(),
+            name: config.name.clone(),
+            enrollment_secret_sha256: sha2_digest(&secret),
+        };
+        let mut tries = 0;
+        let response = loop {
+            tries += 1;
+            match registry.enroll(request.clone()).await {
+                Ok(r) => break r.into_inner(),
+                Err(s)
+                    if tries < 5
+                        && matches!(
+                            s.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::DeadlineExceeded
+                                | tonic::Code::Unknown
+                        ) =>
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(500 * tries)).await;
+                }
+                Err(s) => return Err(WorkerError::Enroll(s.message().to_string())),
+            }
+        };
         let node = NodeFile {
             node_id: response.node_id,
-            enrollment_secret: hex::encode(secret),
+            enrollment_secret: pending.enrollment_secret,
         };
         write_file(
             &node_path,
@@ -89,6 +134,7 @@ pub(crate) async fn ensure_identity(
             true,
         )
         .map_err(setup_err)?;
+        let _ = std::fs::remove_file(&pending_path);
         tracing::info!(node_id = %node.node_id, "enrolled");
         node
     };

@@ -212,3 +212,61 @@ async fn one_party_with_many_nodes_is_one_operator() {
     drop(nodes);
     sb.mesh.stop().await;
 }
+
+/// A retry gets the task its first request made even when the mesh has changed since (here an
+/// operator left, so a new replicate:2 request is refused): the client, told UNAVAILABLE the
+/// first time, must not be told the task failed and submit a second one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_gets_its_task_even_when_the_mesh_changed_since() {
+    let sb = start(2).await;
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let mut s = sb.api.scheduler().unwrap();
+    let module = zkmesh_client::upload(&mut s, "sha", sha.wasm)
+        .await
+        .unwrap();
+    let request = |id: &str| SubmitTaskRequest {
+        module_hash: module.module_hash.clone(),
+        input: b"retried".to_vec(),
+        policy: Some(policy("replicate:2")),
+        request_id: id.into(),
+        ..Default::default()
+    };
+    let first = zkmesh_client::submit(&mut s, request("req-r"))
+        .await
+        .unwrap();
+    let scheduler = sb.api.admin_scheduler().unwrap();
+    let leaving = zkmesh_kit::lists::all_workers(&scheduler).await.unwrap()[0]
+        .node_id
+        .clone();
+    sb.api
+        .admin_registry()
+        .unwrap()
+        .revoke_node(RevokeNodeRequest { node_id: leaving })
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while zkmesh_kit::lists::all_workers(&scheduler)
+        .await
+        .unwrap()
+        .len()
+        > 1
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the revoked node stays connected"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let refused = zkmesh_client::submit(&mut s, request("req-new"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        zkmesh_kit::error::reason_of(&refused).as_deref(),
+        Some("NOT_ENOUGH_OPERATORS")
+    );
+    let again = zkmesh_client::submit(&mut s, request("req-r"))
+        .await
+        .unwrap();
+    assert_eq!(again.task_id, first.task_id);
+    sb.mesh.stop().await;
+}

@@ -21,7 +21,22 @@ impl Core {
     /// A lease ends unfinished (lapsed, given back, its node gone): the attempt expires, its
     /// node is told to stop, and the task goes back to the queue or fails.
     pub(in crate::dispatch) async fn expire(&self, a: &AttemptRow, reason: &str) -> Result<()> {
+        self.expire_if(a, reason, false).await
+    }
+
+    /// [`Core::expire`], unless `unless_reconnected` and the attempt's node has a Work stream
+    /// again (a new stream took its leases over), decided under the transitions lock so no
+    /// stream registers in between.
+    pub(in crate::dispatch) async fn expire_if(
+        &self,
+        a: &AttemptRow,
+        reason: &str,
+        unless_reconnected: bool,
+    ) -> Result<()> {
         let _t = self.transitions.lock().await;
+        if unless_reconnected && self.workers.lock().await.contains_key(&a.node_id) {
+            return Ok(());
+        }
         let Some(current) = self.store.attempt(&a.attempt_id).await.map_err(db_error)? else {
             return Ok(());
         };
@@ -117,27 +132,41 @@ impl Core {
         // the client gave up, the scheduler stopped between the two) goes back.
         let before = now_ms() - PENDING_HOLD_GRACE_MS;
         for (task_id, stored) in self.store.pending_holds(before).await.map_err(db_error)? {
-            if !stored {
-                let released = self
-                    .ledger
-                    .release(ReleaseRequest {
-                        task_id: task_id.clone(),
-                        reason: "the submission did not finish".into(),
-                    })
-                    .await;
-                match released {
-                    Ok(_) => tracing::info!(%task_id, "hold of an unfinished submission released"),
-                    Err(e) if e.code() == tonic::Code::NotFound => {}
-                    Err(e) => {
-                        tracing::warn!(%task_id, error = %e.message(), "releasing an unfinished submission's hold failed");
-                        continue;
-                    }
+            if stored {
+                self.store
+                    .drop_pending_hold(&task_id)
+                    .await
+                    .map_err(db_error)?;
+                continue;
+            }
+            // The note is taken first: a submission that stores its task now finds it gone,
+            // stores nothing and gives back its own hold.
+            if !self
+                .store
+                .claim_unfinished_hold(&task_id)
+                .await
+                .map_err(db_error)?
+            {
+                continue;
+            }
+            let released = self
+                .ledger
+                .release(ReleaseRequest {
+                    task_id: task_id.clone(),
+                    reason: "the submission did not finish".into(),
+                })
+                .await;
+            match released {
+                Ok(_) => tracing::info!(%task_id, "hold of an unfinished submission released"),
+                Err(e) if e.code() == tonic::Code::NotFound => {}
+                Err(e) => {
+                    tracing::warn!(%task_id, error = %e.message(), "releasing an unfinished submission's hold failed; a later sweep tries again");
+                    self.store
+                        .add_pending_hold(&task_id, "", 0)
+                        .await
+                        .map_err(db_error)?;
                 }
             }
-            self.store
-                .drop_pending_hold(&task_id)
-                .await
-                .map_err(db_error)?;
         }
         Ok(())
     }
@@ -168,7 +197,23 @@ impl Core {
                             "node {} missed its registry heartbeats",
                             n.node_id
                         )),
-                        _ => return None,
+                        // A node waiting for (re-)approval works for no one meanwhile.
+                        NodeStatus::Pending => Status::unavailable(format!(
+                            "node {} waits for an admin's approval",
+                            n.node_id
+                        )),
+                        _ => {
+                            // An active node whose operator or grant changed reconnects to
+                            // work under what the registry says now.
+                            let w = workers.get(&n.node_id)?;
+                            if w.operator == n.operator && w.slots <= n.slots.max(1) {
+                                return None;
+                            }
+                            Status::unavailable(format!(
+                                "node {}'s operator or slots changed at the registry; reconnect",
+                                n.node_id
+                            ))
+                        }
                     };
                     workers
                         .get(&n.node_id)

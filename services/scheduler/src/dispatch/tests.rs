@@ -481,6 +481,41 @@ async fn the_hold_of_an_unfinished_submission_is_given_back() {
             .unwrap()
             .is_empty()
     );
+    // The sweep takes a note before it gives the hold back: a submission storing its task
+    // after that stores nothing (and gives its own hold back); a stored task's note is never
+    // taken.
+    let store = &b.core.store;
+    b.submit("t-stored", receipt()).await;
+    store
+        .add_pending_hold("t-late", "user/alice", 100)
+        .await
+        .unwrap();
+    assert!(store.claim_unfinished_hold("t-late").await.unwrap());
+    let late = NewTask {
+        task_id: "t-late",
+        submitter: "user/alice",
+        module_hash: "m",
+        input: b"",
+        input_hash: "h",
+        fuel_limit: 1,
+        memory_limit_mib: 1,
+        timeout_secs: 1,
+        policy: receipt(),
+        credits_held: 100,
+        request_id: "",
+        pending_hold: true,
+    };
+    let refused = store.insert_task(&late).await.unwrap_err();
+    assert!(
+        refused.to_string().contains(crate::store::HOLD_GIVEN_BACK),
+        "{refused}"
+    );
+    assert!(store.task("t-late").await.unwrap().is_none());
+    store
+        .add_pending_hold("t-stored", "user/alice", 100)
+        .await
+        .unwrap();
+    assert!(!store.claim_unfinished_hold("t-stored").await.unwrap());
 }
 
 #[tokio::test]

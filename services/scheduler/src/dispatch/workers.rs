@@ -94,12 +94,9 @@ impl Core {
         match self.store.lapsed_attempts(Some(node_id)).await {
             Ok(attempts) => {
                 for a in attempts {
-                    // A new stream of the node's took its leases over: they live on.
-                    if self.workers.lock().await.contains_key(node_id) {
-                        return;
-                    }
+                    // Unless a new stream of the node's took its leases over: they live on.
                     let why = format!("lease on node {node_id} ended: {reason}");
-                    if let Err(e) = self.expire(&a, &why).await {
+                    if let Err(e) = self.expire_if(&a, &why, true).await {
                         tracing::warn!(error = %e.message(), "expiring attempt failed");
                     }
                 }
