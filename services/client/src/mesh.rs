@@ -44,6 +44,8 @@ pub struct MeshOptions {
     pub compile_timeout_secs: u64,
     /// Each worker's guest memory budget in MiB (0: three quarters of the machine's RAM).
     pub worker_memory_budget_mib: u64,
+    /// More scheduler settings (`key`, integer value), as in its config file.
+    pub scheduler_settings: Vec<(String, i64)>,
 }
 
 /// Where embedded meshes keep circuit keys: `$ZKMESH_KEYS_DIR`, else the user's cache.
@@ -75,6 +77,7 @@ impl MeshOptions {
             setup_classes: vec![],
             compile_timeout_secs: 20,
             worker_memory_budget_mib: 0,
+            scheduler_settings: Vec::new(),
         }
     }
 }
@@ -180,33 +183,42 @@ impl LocalMesh {
         .await
         .context("starting the verifier")?;
         let scheduler_config: zkmesh_scheduler::SchedulerConfig =
-            toml::Value::Table(toml::Table::from_iter([
-                (
-                    "server".to_string(),
-                    toml::Value::try_from(server(1, "scheduler"))
-                        .expect("server config serialises"),
+            toml::Value::Table(toml::Table::from_iter(
+                [
+                    (
+                        "server".to_string(),
+                        toml::Value::try_from(server(1, "scheduler"))
+                            .expect("server config serialises"),
+                    ),
+                    (
+                        "registry_endpoint".to_string(),
+                        toml::Value::String(endpoint(&registry)),
+                    ),
+                    (
+                        "ledger_endpoint".to_string(),
+                        toml::Value::String(endpoint(&ledger)),
+                    ),
+                    (
+                        "verifier_endpoint".to_string(),
+                        toml::Value::String(endpoint(&verifier)),
+                    ),
+                    (
+                        "lease_secs".to_string(),
+                        toml::Value::Integer(options.lease_secs as i64),
+                    ),
+                    (
+                        "compile_timeout_secs".to_string(),
+                        toml::Value::Integer(options.compile_timeout_secs as i64),
+                    ),
+                ]
+                .into_iter()
+                .chain(
+                    options
+                        .scheduler_settings
+                        .iter()
+                        .map(|(k, v)| (k.clone(), toml::Value::Integer(*v))),
                 ),
-                (
-                    "registry_endpoint".to_string(),
-                    toml::Value::String(endpoint(&registry)),
-                ),
-                (
-                    "ledger_endpoint".to_string(),
-                    toml::Value::String(endpoint(&ledger)),
-                ),
-                (
-                    "verifier_endpoint".to_string(),
-                    toml::Value::String(endpoint(&verifier)),
-                ),
-                (
-                    "lease_secs".to_string(),
-                    toml::Value::Integer(options.lease_secs as i64),
-                ),
-                (
-                    "compile_timeout_secs".to_string(),
-                    toml::Value::Integer(options.compile_timeout_secs as i64),
-                ),
-            ]))
+            ))
             .try_into()
             .context("scheduler defaults")?;
         let scheduler = zkmesh_scheduler::start(scheduler_config, shutdown.clone())

@@ -87,6 +87,9 @@ pub mod reasons {
     pub const SUPPLY_LIMIT: &str = "SUPPLY_LIMIT";
     /// SubmitTask, Mint: the request id was used before for a different request.
     pub const REQUEST_ID_REUSED: &str = "REQUEST_ID_REUSED";
+    /// SubmitTask, UploadModule: a per-user quota (tasks in flight, their input bytes, module
+    /// bytes) is reached; the message names it.
+    pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
     /// GetResult: the task has no result yet.
     pub const RESULT_NOT_READY: &str = "RESULT_NOT_READY";
 }

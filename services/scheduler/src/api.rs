@@ -18,7 +18,7 @@ use zkmesh_proto::*;
 use zkmesh_runtime::{Abi, ModuleError, Sandbox};
 
 use crate::dispatch::{Core, db_error, internal};
-use crate::store::{HOLD_GIVEN_BACK, NewTask, TaskRow, is_terminal};
+use crate::store::{HOLD_GIVEN_BACK, NewTask, Usage, is_terminal};
 
 /// The scheduler's gRPC handler.
 pub struct SchedulerService {
@@ -33,12 +33,59 @@ impl SchedulerService {
 
     /// The task, if the caller may see it (its submitter, or an admin). Others get NOT_FOUND so
     /// that task ids leak nothing.
-    async fn visible_task(&self, me: &Identity, task_id: &str) -> Result<TaskRow, Status> {
-        let task = self.core.store.task(task_id).await.map_err(db_error)?;
+    /// The task, if the caller may see it (its submitter, or an admin): its summary only,
+    /// never its input or output.
+    async fn visible_task(&self, me: &Identity, task_id: &str) -> Result<Task, Status> {
+        let task = self
+            .core
+            .store
+            .task_summary(task_id)
+            .await
+            .map_err(db_error)?;
         match task {
-            Some(t) if me.role == Role::Admin || t.task.submitter == me.account() => Ok(t),
+            Some(t) if me.role == Role::Admin || t.submitter == me.account() => Ok(t),
             _ => Err(Status::not_found(format!("no task {task_id:?}"))),
         }
+    }
+
+    /// Refuses what would take `account` past a per-user quota, naming the quota.
+    async fn check_quota(&self, account: &str, adding: Usage) -> Result<(), Status> {
+        let config = &self.core.config;
+        let used = self.core.store.usage(account).await.map_err(db_error)?;
+        let over = |what: &str, used: u64, adding: u64, max: u64| {
+            (adding > 0 && used.saturating_add(adding) > max).then(|| {
+                refusal(
+                    Code::ResourceExhausted,
+                    reasons::QUOTA_EXCEEDED,
+                    format!(
+                        "quota of {what} reached: {account} has {used}, this would add {adding}, the most is {max}"
+                    ),
+                )
+            })
+        };
+        let refused = over(
+            "tasks in flight",
+            used.tasks_in_flight,
+            adding.tasks_in_flight,
+            config.max_tasks_in_flight_per_user,
+        )
+        .or_else(|| {
+            over(
+                "input bytes of tasks in flight",
+                used.queued_input_bytes,
+                adding.queued_input_bytes,
+                config.max_queued_input_bytes_per_user,
+            )
+        })
+        .or_else(|| {
+            over(
+                "module bytes",
+                used.module_bytes,
+                adding.module_bytes,
+                config.max_module_bytes_per_user,
+            )
+        });
+        refused.map_or(Ok(()), Err)
     }
 
     /// Refuses a proof task that no circuit class this mesh serves (ready or being set up)
@@ -153,6 +200,14 @@ impl SchedulerApi for SchedulerService {
                 already_present: true,
             }));
         }
+        self.check_quota(
+            &me.account(),
+            Usage {
+                module_bytes: bytes.len() as u64,
+                ..Usage::default()
+            },
+        )
+        .await?;
         let sandbox = self.sandbox.clone();
         let checked_bytes = bytes.clone();
         let inspection = tokio::task::spawn_blocking(move || sandbox.inspect(&checked_bytes))
@@ -307,26 +362,30 @@ impl SchedulerApi for SchedulerService {
                 && t.timeout_secs == timeout
                 && t.policy.as_ref() == Some(&policy)
         };
-        let earlier = |task: Option<TaskRow>| -> Result<Option<SubmitTaskResponse>, Status> {
+        let earlier = |task: Option<Task>| -> Result<Option<SubmitTaskResponse>, Status> {
             let Some(task) = task else { return Ok(None) };
-            if task.task.submitter != account || !same_request(&task.task) {
+            if task.submitter != account || !same_request(&task) {
                 return Err(refusal(
                     Code::AlreadyExists,
                     reasons::REQUEST_ID_REUSED,
                     format!(
                         "request_id {:?} was used for another task ({}); use a new one",
-                        req.request_id, task.task.task_id
+                        req.request_id, task.task_id
                     ),
                 ));
             }
-            Ok(Some(SubmitTaskResponse {
-                task: Some(task.task),
-            }))
+            Ok(Some(SubmitTaskResponse { task: Some(task) }))
         };
         // Before any check that asks another service or the mesh's state: a retry whose first
         // request made its task gets that task, whatever those would say now.
         if !req.request_id.is_empty()
-            && let Some(answer) = earlier(self.core.store.task(&task_id).await.map_err(db_error)?)?
+            && let Some(answer) = earlier(
+                self.core
+                    .store
+                    .task_summary(&task_id)
+                    .await
+                    .map_err(db_error)?,
+            )?
         {
             return Ok(Response::new(answer));
         }
@@ -354,6 +413,15 @@ impl SchedulerApi for SchedulerService {
         let replicas = policy.replicas.max(1) as u64;
         let hold =
             crate::cost(fuel, config.micro_credits_per_million_fuel).saturating_mul(replicas);
+        self.check_quota(
+            &account,
+            Usage {
+                tasks_in_flight: 1,
+                queued_input_bytes: req.input.len() as u64,
+                module_bytes: 0,
+            },
+        )
+        .await?;
         // Noted first: if the answer from the ledger comes too late, or this scheduler stops
         // before it stores the task, a sweep gives the hold back.
         self.core
@@ -408,15 +476,25 @@ impl SchedulerApi for SchedulerService {
             // The same request racing itself: the other one stored the task.
             if let sqlx::Error::Database(d) = &e
                 && d.is_unique_violation()
-                && let Some(answer) =
-                    earlier(self.core.store.task(&task_id).await.map_err(db_error)?)?
+                && let Some(answer) = earlier(
+                    self.core
+                        .store
+                        .task_summary(&task_id)
+                        .await
+                        .map_err(db_error)?,
+                )?
             {
                 return Ok(Response::new(answer));
             }
             // A twin of this request may have stored the task meanwhile: its hold is the same.
-            if let Ok(Some(_)) = self.core.store.task(&task_id).await
-                && let Some(answer) =
-                    earlier(self.core.store.task(&task_id).await.map_err(db_error)?)?
+            if let Ok(Some(_)) = self.core.store.task_summary(&task_id).await
+                && let Some(answer) = earlier(
+                    self.core
+                        .store
+                        .task_summary(&task_id)
+                        .await
+                        .map_err(db_error)?,
+                )?
             {
                 return Ok(Response::new(answer));
             }
@@ -469,9 +547,7 @@ impl SchedulerApi for SchedulerService {
     ) -> Result<Response<GetTaskResponse>, Status> {
         let me = caller(&req)?;
         let task = self.visible_task(&me, &req.into_inner().task_id).await?;
-        Ok(Response::new(GetTaskResponse {
-            task: Some(task.task),
-        }))
+        Ok(Response::new(GetTaskResponse { task: Some(task) }))
     }
 
     type WatchTaskStream = BoxStream<WatchTaskResponse>;
@@ -499,8 +575,7 @@ impl SchedulerApi for SchedulerService {
             };
             // Ended already (its terminal event is in the history, sent now or before the
             // resume point): nothing more will come.
-            let ended =
-                is_terminal(task.task.state()) || history.iter().any(|e| is_terminal(e.state()));
+            let ended = is_terminal(task.state()) || history.iter().any(|e| is_terminal(e.state()));
             let mut last = after_seq;
             for e in history.into_iter().filter(|e| e.seq > after_seq) {
                 last = e.seq;
@@ -556,9 +631,11 @@ impl SchedulerApi for SchedulerService {
         req: Request<GetResultRequest>,
     ) -> Result<Response<GetResultResponse>, Status> {
         let me = caller(&req)?;
-        let task = self.visible_task(&me, &req.into_inner().task_id).await?;
+        let task_id = req.into_inner().task_id;
+        self.visible_task(&me, &task_id).await?;
+        let task = self.core.store.task(&task_id).await.map_err(db_error)?;
         Ok(Response::new(GetResultResponse {
-            result: Some(task.result),
+            result: task.map(|t| t.result),
         }))
     }
 
@@ -571,7 +648,7 @@ impl SchedulerApi for SchedulerService {
         self.visible_task(&me, &task_id).await?;
         self.core.cancel(&task_id).await?;
         Ok(Response::new(CancelTaskResponse {
-            task: Some(self.visible_task(&me, &task_id).await?.task),
+            task: Some(self.visible_task(&me, &task_id).await?),
         }))
     }
 

@@ -76,6 +76,15 @@ pub struct SchedulerConfig {
     pub compile_timeout_secs: u64,
     #[serde(default = "defaults::max_input_bytes")]
     pub max_input_bytes: usize,
+    /// Per user: tasks submitted and not yet ended (settled, failed or cancelled).
+    #[serde(default = "defaults::max_tasks_in_flight_per_user")]
+    pub max_tasks_in_flight_per_user: u64,
+    /// Per user: bytes of input of those tasks together.
+    #[serde(default = "defaults::max_queued_input_bytes_per_user")]
+    pub max_queued_input_bytes_per_user: u64,
+    /// Per user: bytes of the modules they uploaded.
+    #[serde(default = "defaults::max_module_bytes_per_user")]
+    pub max_module_bytes_per_user: u64,
 }
 
 /// Where the scheduler listens when `[server] listen` is not set.
@@ -105,6 +114,15 @@ mod defaults {
     }
     pub fn lease_secs() -> u32 {
         10
+    }
+    pub fn max_tasks_in_flight_per_user() -> u64 {
+        1_000
+    }
+    pub fn max_queued_input_bytes_per_user() -> u64 {
+        1 << 30
+    }
+    pub fn max_module_bytes_per_user() -> u64 {
+        1 << 30
     }
     pub fn lease_slack_secs() -> u32 {
         60

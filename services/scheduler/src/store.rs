@@ -68,28 +68,40 @@ pub struct SqliteStore {
 
 type Result<T> = std::result::Result<T, sqlx::Error>;
 
-fn task_from_row(row: &SqliteRow) -> TaskRow {
-    let policy = VerificationPolicy {
-        kind: row.get::<i64, _>("policy_kind") as i32,
-        replicas: row.get::<i64, _>("replicas") as u32,
+/// The columns of a task's summary: everything but its input, output, receipts and proof.
+macro_rules! task_summary {
+    () => {
+        "task_id, submitter, module_hash, input_hash, input_size, fuel_limit, memory_limit_mib, timeout_secs, policy_kind, replicas, state, message, attempts, credits_held, created_at_ms, updated_at_ms"
     };
-    let task = Task {
+}
+
+/// A task from a row with at least the `task_summary!` columns.
+fn task_of_row(row: &SqliteRow) -> Task {
+    Task {
         task_id: row.get("task_id"),
         submitter: row.get("submitter"),
         module_hash: row.get("module_hash"),
         input_hash: row.get("input_hash"),
-        input_size: row.get::<Vec<u8>, _>("input").len() as u64,
+        input_size: row.get::<i64, _>("input_size") as u64,
         fuel_limit: row.get::<i64, _>("fuel_limit") as u64,
         memory_limit_mib: row.get::<i64, _>("memory_limit_mib") as u32,
         timeout_secs: row.get::<i64, _>("timeout_secs") as u32,
-        policy: Some(policy),
+        policy: Some(VerificationPolicy {
+            kind: row.get::<i64, _>("policy_kind") as i32,
+            replicas: row.get::<i64, _>("replicas") as u32,
+        }),
         state: row.get::<i64, _>("state") as i32,
         message: row.get("message"),
         attempts: row.get::<i64, _>("attempts") as u32,
         credits_held: row.get::<i64, _>("credits_held") as u64,
         created_at_ms: row.get("created_at_ms"),
         updated_at_ms: row.get("updated_at_ms"),
-    };
+    }
+}
+
+fn task_from_row(row: &SqliteRow) -> TaskRow {
+    let task = task_of_row(row);
+    let policy = task.policy.unwrap_or_default();
     let receipts = row
         .get::<Option<Vec<u8>>, _>("receipts")
         .and_then(|b| ReceiptList::decode(b.as_slice()).ok())
@@ -185,6 +197,17 @@ pub struct NewTask<'a> {
 /// given back meanwhile (the submission took too long): the task is not stored.
 pub const HOLD_GIVEN_BACK: &str = "the hold was given back before the task could be stored";
 
+/// What one user has in the scheduler now, for the quotas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Tasks submitted and not yet ended.
+    pub tasks_in_flight: u64,
+    /// Bytes of input of those tasks.
+    pub queued_input_bytes: u64,
+    /// Bytes of the modules the user uploaded.
+    pub module_bytes: u64,
+}
+
 /// How far past its task's timeout a lease may be renewed.
 #[derive(Clone, Copy, Debug)]
 pub struct LeaseBound {
@@ -209,6 +232,13 @@ pub trait Store: Send + Sync {
     async fn insert_task(&self, t: &NewTask<'_>) -> Result<()>;
 
     async fn task(&self, task_id: &str) -> Result<Option<TaskRow>>;
+
+    /// A task without its input, output, receipts or proof: for ownership checks and answers
+    /// that need no more, so they never load megabytes.
+    async fn task_summary(&self, task_id: &str) -> Result<Option<Task>>;
+
+    /// What `submitter` has in the scheduler now, for the quotas.
+    async fn usage(&self, submitter: &str) -> Result<Usage>;
 
     /// Tasks newest first (by creation time, then task id, both descending), of `submitter`
     /// when given, after the task `after` = (created_at_ms, task_id) when given.
@@ -347,8 +377,8 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO tasks (task_id, submitter, module_hash, input, input_hash, fuel_limit, memory_limit_mib, timeout_secs,
                 policy_kind, replicas, state, message, attempts, credits_held, exit, exit_message, output, output_hash,
-                fuel_used, verdict, verdict_reason, credits_charged, run_time_us, receipts, hold_closed, created_at_ms, updated_at_ms, request_id)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', 0, $12, 0, '', NULL, '', 0, 0, '', 0, 0, NULL, 0, $13, $14, $15)",
+                fuel_used, verdict, verdict_reason, credits_charged, run_time_us, receipts, hold_closed, created_at_ms, updated_at_ms, request_id, input_size)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', 0, $12, 0, '', NULL, '', 0, 0, '', 0, 0, NULL, 0, $13, $14, $15, $16)",
         )
         .bind(t.task_id)
         .bind(t.submitter)
@@ -365,6 +395,7 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(now)
         .bind(t.request_id)
+        .bind(t.input.len() as i64)
         .execute(&mut *tx)
         .await?;
         let noted = sqlx::query("DELETE FROM pending_holds WHERE task_id = $1")
@@ -422,6 +453,40 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn task_summary(&self, task_id: &str) -> Result<Option<Task>> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            task_summary!(),
+            " FROM tasks WHERE task_id = $1"
+        ))
+        .bind(task_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(task_of_row))
+    }
+
+    async fn usage(&self, submitter: &str) -> Result<Usage> {
+        let tasks = sqlx::query(
+            "SELECT COUNT(*), COALESCE(SUM(input_size), 0) FROM tasks WHERE submitter = $1 AND state NOT IN ($2, $3, $4)",
+        )
+        .bind(submitter)
+        .bind(TaskState::Settled as i64)
+        .bind(TaskState::Failed as i64)
+        .bind(TaskState::Cancelled as i64)
+        .fetch_one(&self.pool)
+        .await?;
+        let modules: i64 =
+            sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM modules WHERE uploaded_by = $1")
+                .bind(submitter)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Usage {
+            tasks_in_flight: tasks.get::<i64, _>(0) as u64,
+            queued_input_bytes: tasks.get::<i64, _>(1) as u64,
+            module_bytes: modules as u64,
+        })
+    }
+
     async fn task(&self, task_id: &str) -> Result<Option<TaskRow>> {
         let row = sqlx::query("SELECT * FROM tasks WHERE task_id = $1")
             .bind(task_id)
@@ -437,11 +502,13 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<Task>> {
         let (after_ms, after_id) = after.unwrap_or((i64::MAX, String::new()));
-        let rows = sqlx::query(
-            "SELECT * FROM tasks WHERE ($1 = '' OR submitter = $2)
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_summary!(),
+            " FROM tasks WHERE ($1 = '' OR submitter = $2)
                 AND (created_at_ms < $3 OR (created_at_ms = $4 AND task_id < $5) OR $6)
-                ORDER BY created_at_ms DESC, task_id DESC LIMIT $7",
-        )
+                ORDER BY created_at_ms DESC, task_id DESC LIMIT $7"
+        ))
         .bind(submitter.unwrap_or(""))
         .bind(submitter.unwrap_or(""))
         .bind(after_ms)
@@ -451,7 +518,7 @@ impl Store for SqliteStore {
         .bind(limit as i64)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(|r| task_from_row(r).task).collect())
+        Ok(rows.iter().map(task_of_row).collect())
     }
 
     async fn queued(&self, limit: u32) -> Result<Vec<String>> {

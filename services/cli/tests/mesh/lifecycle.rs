@@ -350,3 +350,59 @@ async fn a_retried_submission_makes_one_task_and_one_hold() {
     assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;
 }
+
+/// Per-user quotas: a user past the tasks it may have in flight is refused with a reason and a
+/// message naming the quota, and may submit again once one ends; uploads count against the
+/// module bytes quota.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_refuse_what_would_pass_them_and_say_which() {
+    let sb = start_with(0, |o| {
+        o.scheduler_settings = vec![
+            ("max_tasks_in_flight_per_user".into(), 2),
+            ("max_module_bytes_per_user".into(), 100_000),
+        ]
+    })
+    .await;
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let mut s = sb.api.scheduler().unwrap();
+    let job = Job::new(sha.wasm, b"queued");
+    let first = submit(&mut s, &job).await.unwrap();
+    submit(&mut s, &job).await.unwrap();
+    let refused = submit(&mut s, &job).await.unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert_eq!(
+        zkmesh_kit::error::reason_of(&refused).as_deref(),
+        Some("QUOTA_EXCEEDED")
+    );
+    assert!(
+        refused.message().contains("tasks in flight"),
+        "{}",
+        refused.message()
+    );
+    s.cancel_task(CancelTaskRequest {
+        task_id: first.task_id,
+    })
+    .await
+    .unwrap();
+    submit(&mut s, &job).await.unwrap();
+    // sha256 (already stored) costs no quota again; a new module past the bytes left is refused.
+    let big = zkmesh_guests::get("primes").unwrap();
+    let refused = zkmesh_client::upload(&mut s, "big", &[big.wasm, &[0u8; 100_000][..]].concat())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused.message().contains("module bytes"),
+        "{}",
+        refused.message()
+    );
+    sb.mesh.stop().await;
+}
