@@ -1,5 +1,6 @@
 //! The scheduler's gRPC surface.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,11 +25,30 @@ use crate::store::{HOLD_GIVEN_BACK, NewTask, Usage, is_terminal};
 pub struct SchedulerService {
     core: Arc<Core>,
     sandbox: Arc<Sandbox>,
+    /// One lock per account, held from a quota check to the write it allows, so one user's
+    /// concurrent submissions or uploads cannot all pass the same check.
+    quota_locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl SchedulerService {
     pub(crate) fn new(core: Arc<Core>, sandbox: Arc<Sandbox>) -> Self {
-        SchedulerService { core, sandbox }
+        SchedulerService {
+            core,
+            sandbox,
+            quota_locks: Default::default(),
+        }
+    }
+
+    /// The account's quota lock (see `quota_locks`).
+    async fn quota_lock(&self, account: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .quota_locks
+            .lock()
+            .unwrap()
+            .entry(account.to_string())
+            .or_default()
+            .clone();
+        lock.lock_owned().await
     }
 
     /// The task, if the caller may see it (its submitter, or an admin). Others get NOT_FOUND so
@@ -200,6 +220,7 @@ impl SchedulerApi for SchedulerService {
                 already_present: true,
             }));
         }
+        let _quota = self.quota_lock(&me.account()).await;
         self.check_quota(
             &me.account(),
             Usage {
@@ -413,6 +434,7 @@ impl SchedulerApi for SchedulerService {
         let replicas = policy.replicas.max(1) as u64;
         let hold =
             crate::cost(fuel, config.micro_credits_per_million_fuel).saturating_mul(replicas);
+        let _quota = self.quota_lock(&account).await;
         self.check_quota(
             &account,
             Usage {
@@ -535,10 +557,13 @@ impl SchedulerApi for SchedulerService {
             .await?;
         self.core.submitted();
         self.core.wake();
-        let task = self.core.store.task(&task_id).await.map_err(db_error)?;
-        Ok(Response::new(SubmitTaskResponse {
-            task: task.map(|t| t.task),
-        }))
+        let task = self
+            .core
+            .store
+            .task_summary(&task_id)
+            .await
+            .map_err(db_error)?;
+        Ok(Response::new(SubmitTaskResponse { task }))
     }
 
     async fn get_task(

@@ -366,16 +366,26 @@ async fn quotas_refuse_what_would_pass_them_and_say_which() {
     let sha = zkmesh_guests::get("sha256").unwrap();
     let mut s = sb.api.scheduler().unwrap();
     let job = Job::new(sha.wasm, b"queued");
-    let first = submit(&mut s, &job).await.unwrap();
-    submit(&mut s, &job).await.unwrap();
-    let refused = submit(&mut s, &job).await.unwrap_err();
+    zkmesh_client::upload(&mut s, "sha", sha.wasm)
+        .await
+        .unwrap();
+    // Six at once: two pass, however they interleave.
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..6 {
+        let mut s = s.clone();
+        set.spawn(async move { submit(&mut s, &job).await });
+    }
+    let answers = set.join_all().await;
+    let passed: Vec<_> = answers.iter().filter_map(|a| a.as_ref().ok()).collect();
+    assert_eq!(passed.len(), 2, "{answers:?}");
+    let refused = answers.iter().find_map(|a| a.as_ref().err()).unwrap();
     assert_eq!(
         refused.code(),
         tonic::Code::ResourceExhausted,
         "{refused:?}"
     );
     assert_eq!(
-        zkmesh_kit::error::reason_of(&refused).as_deref(),
+        zkmesh_kit::error::reason_of(refused).as_deref(),
         Some("QUOTA_EXCEEDED")
     );
     assert!(
@@ -384,11 +394,12 @@ async fn quotas_refuse_what_would_pass_them_and_say_which() {
         refused.message()
     );
     s.cancel_task(CancelTaskRequest {
-        task_id: first.task_id,
+        task_id: passed[0].task_id.clone(),
     })
     .await
     .unwrap();
     submit(&mut s, &job).await.unwrap();
+    assert!(submit(&mut s, &job).await.is_err(), "two in flight again");
     // sha256 (already stored) costs no quota again; a new module past the bytes left is refused.
     let big = zkmesh_guests::get("primes").unwrap();
     let refused = zkmesh_client::upload(&mut s, "big", &[big.wasm, &[0u8; 100_000][..]].concat())

@@ -69,6 +69,7 @@ pub fn policy(s: &str) -> VerificationPolicy {
     zkmesh_cli::commands::parse_policy(s).unwrap()
 }
 
+#[derive(Clone, Copy)]
 pub struct Job<'a> {
     pub wasm: &'a [u8],
     pub input: &'a [u8],

@@ -262,11 +262,11 @@ impl Core {
             let _t = self.transitions.lock().await;
             let task = self
                 .store
-                .task(task_id)
+                .task_summary(task_id)
                 .await
                 .map_err(db_error)?
                 .ok_or_else(|| Status::not_found(format!("no task {task_id}")))?;
-            let state = task.task.state();
+            let state = task.state();
             // A retried cancel (its answer was lost) is answered with the state as it is.
             if state == TaskState::Cancelled {
                 return Ok(());
