@@ -399,14 +399,9 @@ impl SchedulerApi for SchedulerService {
         };
         // Before any check that asks another service or the mesh's state: a retry whose first
         // request made its task gets that task, whatever those would say now.
+        let stored = || self.core.store.task_summary(&task_id);
         if !req.request_id.is_empty()
-            && let Some(answer) = earlier(
-                self.core
-                    .store
-                    .task_summary(&task_id)
-                    .await
-                    .map_err(db_error)?,
-            )?
+            && let Some(answer) = earlier(stored().await.map_err(db_error)?)?
         {
             return Ok(Response::new(answer));
         }
@@ -495,29 +490,9 @@ impl SchedulerApi for SchedulerService {
             pending_hold: true,
         };
         if let Err(e) = self.core.store.insert_task(&new).await {
-            // The same request racing itself: the other one stored the task.
-            if let sqlx::Error::Database(d) = &e
-                && d.is_unique_violation()
-                && let Some(answer) = earlier(
-                    self.core
-                        .store
-                        .task_summary(&task_id)
-                        .await
-                        .map_err(db_error)?,
-                )?
-            {
-                return Ok(Response::new(answer));
-            }
-            // A twin of this request may have stored the task meanwhile: its hold is the same.
-            if let Ok(Some(_)) = self.core.store.task_summary(&task_id).await
-                && let Some(answer) = earlier(
-                    self.core
-                        .store
-                        .task_summary(&task_id)
-                        .await
-                        .map_err(db_error)?,
-                )?
-            {
+            // The same request racing itself (a unique violation, or another error after the
+            // twin stored the task): the twin's task, with the same hold, is the answer.
+            if let Some(answer) = earlier(stored().await.map_err(db_error)?)? {
                 return Ok(Response::new(answer));
             }
             if matches!(&e, sqlx::Error::Protocol(m) if m == HOLD_GIVEN_BACK) {
