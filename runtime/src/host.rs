@@ -16,6 +16,8 @@ pub(crate) struct Host {
     pub(crate) max_output: usize,
     pub(crate) limiter: Limiter,
     pub(crate) wasi: Option<WasiP1Ctx>,
+    /// A WASI guest's standard streams, for the sandbox's own `fd_write` and `fd_read`.
+    pub(crate) stdio: Option<crate::wasi::io::Stdio>,
     /// WASI `random_get`'s stream, for WASI guests.
     pub(crate) random: Option<RandomStream>,
     /// When the run must end, and the flag that cancels it: for host calls whose work can take

@@ -110,6 +110,14 @@ impl Sandbox {
         linker
             .func_wrap(WASI_MODULE, "random_get", random_get)
             .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        // wasmtime-wasi's stdio copies on the host for a few units of fuel a call; these bill
+        // every iovec and byte first (see `wasi::io`).
+        linker
+            .func_wrap(WASI_MODULE, "fd_write", crate::wasi::io::fd_write)
+            .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        linker
+            .func_wrap(WASI_MODULE, "fd_read", crate::wasi::io::fd_read)
+            .map_err(|e| ModuleError::Invalid(e.to_string()))?;
         linker.allow_shadowing(false);
 
         let stop_ticker = Arc::new(AtomicBool::new(false));

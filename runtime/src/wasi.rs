@@ -1,6 +1,7 @@
 //! The WASI preview 1 shims: a context that grants nothing, frozen clocks, and the functions
 //! that shadow wasmtime-wasi's (`poll_oneoff`, `random_get`).
 
+pub(crate) mod io;
 pub(crate) mod stdio;
 
 use std::sync::atomic::Ordering;

@@ -341,6 +341,7 @@ impl Sandbox {
                 denied: None,
             },
             wasi: None,
+            stdio: None,
             random: None,
             deadline: Instant::now() + Duration::from_secs(3600),
             cancel: None,

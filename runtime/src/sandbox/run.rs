@@ -99,6 +99,11 @@ impl Sandbox {
                 table_elements: self.config.max_table_elements,
                 denied: None,
             },
+            stdio: wasi.as_ref().map(|_| crate::wasi::io::Stdio {
+                stdout: stdout.clone(),
+                stderr: stderr.clone(),
+                stdin_read: 0,
+            }),
             random,
             wasi,
             deadline,

@@ -615,9 +615,10 @@ fn random_get_is_the_tasks_own_stream_billed_by_the_byte() {
     );
     let other = sb.run(&random_guest(20_000, 0), b"", &limits, b"task-2");
     assert_ne!(other.output, out.output);
-    // A byte costs four units of fuel: 10,000 more bytes, 40,000 more fuel.
+    // A byte costs four units of fuel to make and one to write to stdout: 10,000 more bytes,
+    // 50,000 more fuel.
     let fewer = sb.run(&random_guest(10_000, 0), b"", &limits, b"task-1");
-    assert_eq!(out.fuel_used - fewer.fuel_used, 40_000);
+    assert_eq!(out.fuel_used - fewer.fuel_used, 50_000);
     // More bytes than the fuel left: out of fuel, billed all of it, and no host work done.
     let tight = Limits {
         fuel: 5_000,
@@ -656,4 +657,65 @@ fn a_huge_random_get_is_stopped_by_the_wall_clock_inside_the_call() {
         started.elapsed()
     );
     still_serves(&sb);
+}
+
+/// A WASI guest that writes `times` iovec lists to stderr, each of `iovecs` entries of which the
+/// first covers `len` bytes and the rest are empty, then reads its stdin into memory.
+fn stdio_guest(times: u32, iovecs: u32, len: u32) -> Vec<u8> {
+    wat(&format!(
+        r#"(module
+        (import "wasi_snapshot_preview1" "fd_write"
+          (func $fd_write (param i32 i32 i32 i32) (result i32)))
+        (import "wasi_snapshot_preview1" "fd_read"
+          (func $fd_read (param i32 i32 i32 i32) (result i32)))
+        (memory (export "memory") 200)
+        (func (export "_start") (local $n i32)
+          ;; iovec 0 at 0: (1024, len); the others are (0, 0) already.
+          (i32.store (i32.const 0) (i32.const 1024))
+          (i32.store (i32.const 4) (i32.const {len}))
+          (local.set $n (i32.const {times}))
+          (block $done (loop $again
+            (br_if $done (i32.eqz (local.get $n)))
+            (drop (call $fd_write (i32.const 2) (i32.const 0) (i32.const {iovecs}) (i32.const 512)))
+            (local.set $n (i32.sub (local.get $n) (i32.const 1)))
+            (br $again)))
+          ;; One read of stdin into 65536.. through the iovec at 600.
+          (i32.store (i32.const 600) (i32.const 65536))
+          (i32.store (i32.const 604) (i32.const 1000000))
+          (drop (call $fd_read (i32.const 0) (i32.const 600) (i32.const 1) (i32.const 700)))))"#
+    ))
+}
+
+/// WASI stdio is billed by the byte and by the iovec, before the work: writing 64 KiB to stderr
+/// ten more times costs ten times 64 Ki more fuel (stderr past its cap is dropped, but the copy
+/// was asked for), a list of 100,000 empty iovecs costs 100,000, and reading stdin costs its
+/// bytes.
+#[test]
+fn wasi_stdio_is_billed_by_the_byte_and_the_iovec() {
+    let sb = sandbox();
+    let limits = Limits::default();
+    let run = |times, iovecs, len, input: &[u8]| {
+        let out = sb.run(&stdio_guest(times, iovecs, len), input, &limits, b"s");
+        assert_eq!(out.exit, Exit::Ok, "{}", out.message);
+        out.fuel_used
+    };
+    let once = run(1, 1, 64 << 10, b"");
+    let eleven = run(11, 1, 64 << 10, b"");
+    let per_write = (eleven - once) / 10;
+    assert!(
+        (64 << 10..(64 << 10) + 64).contains(&per_write),
+        "a 64 KiB write cost {per_write} units"
+    );
+    let walk = run(1, 100_001, 0, b"") - run(1, 1, 0, b"");
+    assert_eq!(walk, 100_000, "an empty iovec costs a unit");
+    let read = run(1, 1, 0, &[7u8; 50_000]) - run(1, 1, 0, b"");
+    assert_eq!(read, 50_000);
+    // Too little fuel for the write: out of fuel, billed all of it, nothing written.
+    let tight = Limits {
+        fuel: 10_000,
+        ..Limits::default()
+    };
+    let out = sb.run(&stdio_guest(1, 1, 64 << 10), b"", &tight, b"s");
+    assert_eq!((out.exit, out.fuel_used), (Exit::OutOfFuel, 10_000));
+    assert!(out.stderr.is_empty());
 }

@@ -71,7 +71,7 @@ impl CappedPipe {
     }
 
     /// Appends `bytes`, or as much as fits; `Err` when a `Trap` pipe would pass its cap.
-    fn append(&self, bytes: &[u8]) -> Result<(), OutputLimit> {
+    pub(crate) fn append(&self, bytes: &[u8]) -> Result<(), OutputLimit> {
         let mut b = self.shared.lock().unwrap();
         let room = self.cap - b.bytes.len();
         let kept = if bytes.len() <= room {
