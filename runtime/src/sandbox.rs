@@ -118,6 +118,15 @@ impl Sandbox {
         linker
             .func_wrap(WASI_MODULE, "fd_read", crate::wasi::io::fd_read)
             .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        linker
+            .func_wrap(WASI_MODULE, "fd_pwrite", crate::wasi::io::fd_pwrite)
+            .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        linker
+            .func_wrap(WASI_MODULE, "fd_pread", crate::wasi::io::fd_pread)
+            .map_err(|e| ModuleError::Invalid(e.to_string()))?;
+        linker
+            .func_wrap(WASI_MODULE, "path_open", crate::wasi::io::path_open)
+            .map_err(|e| ModuleError::Invalid(e.to_string()))?;
         linker.allow_shadowing(false);
 
         let stop_ticker = Arc::new(AtomicBool::new(false));

@@ -70,6 +70,12 @@ impl CappedPipe {
         }
     }
 
+    /// Whether appending `n` bytes would end the run (a `Trap` pipe past its cap).
+    pub(crate) fn would_trap(&self, n: u64) -> bool {
+        let used = self.shared.lock().unwrap().bytes.len() as u64;
+        matches!(self.overflow, Overflow::Trap) && used.saturating_add(n) > self.cap as u64
+    }
+
     /// Appends `bytes`, or as much as fits; `Err` when a `Trap` pipe would pass its cap.
     pub(crate) fn append(&self, bytes: &[u8]) -> Result<(), OutputLimit> {
         let mut b = self.shared.lock().unwrap();
