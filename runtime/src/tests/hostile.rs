@@ -710,7 +710,10 @@ fn wasi_stdio_is_billed_by_the_byte_and_the_iovec() {
     assert_eq!(walk, 1000, "an empty iovec costs a unit");
     // More iovecs than IOV_MAX: refused (EINVAL) before the list is read, for a unit or two.
     let (long, short) = (run(1, 100_000, 0, b""), run(1, 1, 0, b""));
-    assert!(long <= short, "a refused list cost {long}, one iovec {short}");
+    assert!(
+        long <= short,
+        "a refused list cost {long}, one iovec {short}"
+    );
     let read = run(1, 1, 0, &[7u8; 50_000]) - run(1, 1, 0, b"");
     assert_eq!(read, 50_000);
     // Too little fuel for the write: out of fuel, billed all of it, nothing written.

@@ -28,11 +28,11 @@ pub(crate) struct Stdio {
 
 /// The (pointer, length) pairs of an iovec list (at most [`MAX_IOVECS`]), or `None` when the
 /// list or a buffer it names is outside memory: checked whole before anything is copied.
-fn iovecs(mem: &[u8], iovs: u32, count: u32) -> Option<Vec<(usize, usize)>> {
+fn iovecs(mem: &[u8], iovs: u32, count: u32) -> Option<Iovecs> {
     let start = iovs as usize;
     let end = start.checked_add((count as usize).checked_mul(8)?)?;
     let list = mem.get(start..end)?;
-    let pairs: Vec<(usize, usize)> = list
+    let pairs: Iovecs = list
         .chunks_exact(8)
         .map(|v| {
             let ptr = u32::from_le_bytes(v[..4].try_into().expect("4 bytes"));
@@ -44,6 +44,26 @@ fn iovecs(mem: &[u8], iovs: u32, count: u32) -> Option<Vec<(usize, usize)>> {
         .iter()
         .all(|(ptr, len)| ptr.checked_add(*len).is_some_and(|end| end <= mem.len()))
         .then_some(pairs)
+}
+
+/// An iovec list: (pointer, length) pairs.
+type Iovecs = Vec<(usize, usize)>;
+
+/// A call's iovec list, billed a unit per entry before it is read: the memory and the pairs,
+/// or the errno for a list that is too long or outside memory.
+fn iovec_list(
+    caller: &mut Caller<'_, Host>,
+    iovs: i32,
+    iovs_len: i32,
+) -> wasmtime::Result<Result<(wasmtime::Memory, Iovecs), i32>> {
+    if iovs_len as u32 > MAX_IOVECS {
+        return Ok(Err(ERRNO_INVAL));
+    }
+    charge_fuel(caller, iovs_len as u32 as u64)?;
+    let memory = memory_of(caller)?;
+    Ok(iovecs(memory.data(&*caller), iovs as u32, iovs_len as u32)
+        .map(|list| (memory, list))
+        .ok_or(ERRNO_FAULT))
 }
 
 fn put_u32(mem: &mut [u8], at: u32, value: u32) -> bool {
@@ -67,13 +87,9 @@ pub(crate) fn fd_write(
     if !matches!(fd, 1 | 2) {
         return Ok(ERRNO_BADF);
     }
-    if iovs_len as u32 > MAX_IOVECS {
-        return Ok(ERRNO_INVAL);
-    }
-    charge_fuel(&mut caller, iovs_len as u32 as u64)?;
-    let memory = memory_of(&mut caller)?;
-    let Some(list) = iovecs(memory.data(&caller), iovs as u32, iovs_len as u32) else {
-        return Ok(ERRNO_FAULT);
+    let (memory, list) = match iovec_list(&mut caller, iovs, iovs_len)? {
+        Ok(found) => found,
+        Err(errno) => return Ok(errno),
     };
     let total = list.iter().map(|(_, len)| *len as u64).sum::<u64>();
     // Past the output cap the run ends before the bytes are billed, as `write_output` does.
@@ -115,13 +131,9 @@ pub(crate) fn fd_read(
     if fd != 0 {
         return Ok(ERRNO_BADF);
     }
-    if iovs_len as u32 > MAX_IOVECS {
-        return Ok(ERRNO_INVAL);
-    }
-    charge_fuel(&mut caller, iovs_len as u32 as u64)?;
-    let memory = memory_of(&mut caller)?;
-    let Some(list) = iovecs(memory.data(&caller), iovs as u32, iovs_len as u32) else {
-        return Ok(ERRNO_FAULT);
+    let (memory, list) = match iovec_list(&mut caller, iovs, iovs_len)? {
+        Ok(found) => found,
+        Err(errno) => return Ok(errno),
     };
     let host = caller.data();
     let read_so_far = host.stdio.as_ref().map_or(0, |s| s.stdin_read);

@@ -33,6 +33,15 @@ pub(crate) fn readable_account(me: &Identity, requested: &str) -> Result<String>
     }
 }
 
+/// A write's outcome, where a retry of a request already done ([`LedgerError::Repeat`]) is
+/// success: the caller answers the state as it is.
+fn done_unless_repeated(done: Result<()>) -> Result<()> {
+    match done {
+        Err(LedgerError::Repeat) => Ok(()),
+        other => other,
+    }
+}
+
 #[tonic::async_trait]
 impl LedgerApi for LedgerService {
     async fn mint(&self, req: Request<MintRequest>) -> Result<Response<MintResponse>, Status> {
@@ -109,10 +118,7 @@ impl LedgerApi for LedgerService {
                 },
             )
             .await;
-        match done {
-            Ok(()) | Err(LedgerError::Repeat) => {}
-            Err(e) => return Err(e.into()),
-        }
+        done_unless_repeated(done)?;
         tracing::info!(account = %req.account, amount = req.amount, "minted");
         Ok(Response::new(MintResponse {
             account: Some(Account {
@@ -218,10 +224,7 @@ impl LedgerApi for LedgerService {
             },
         )
         .await;
-        match done {
-            Ok(()) | Err(LedgerError::Repeat) => {}
-            Err(e) => return Err(e.into()),
-        }
+        done_unless_repeated(done)?;
         Ok(Response::new(HoldResponse {
             hold: Some(self.store.hold_row(&req.task_id).await?),
         }))

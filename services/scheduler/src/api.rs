@@ -18,6 +18,8 @@ use zkmesh_proto::scheduler_service_server::SchedulerService as SchedulerApi;
 use zkmesh_proto::*;
 use zkmesh_runtime::{Abi, ModuleError, Sandbox};
 
+mod quota;
+
 use crate::dispatch::{Core, db_error, internal};
 use crate::store::{HOLD_GIVEN_BACK, NewTask, Usage, is_terminal};
 
@@ -39,22 +41,8 @@ impl SchedulerService {
         }
     }
 
-    /// The account's quota lock (see `quota_locks`).
-    async fn quota_lock(&self, account: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self
-            .quota_locks
-            .lock()
-            .unwrap()
-            .entry(account.to_string())
-            .or_default()
-            .clone();
-        lock.lock_owned().await
-    }
-
-    /// The task, if the caller may see it (its submitter, or an admin). Others get NOT_FOUND so
-    /// that task ids leak nothing.
-    /// The task, if the caller may see it (its submitter, or an admin): its summary only,
-    /// never its input or output.
+    /// The task, if the caller may see it (its submitter, or an admin): its summary only, never
+    /// its input or output. Others get NOT_FOUND, so that task ids leak nothing.
     async fn visible_task(&self, me: &Identity, task_id: &str) -> Result<Task, Status> {
         let task = self
             .core
@@ -66,46 +54,6 @@ impl SchedulerService {
             Some(t) if me.role == Role::Admin || t.submitter == me.account() => Ok(t),
             _ => Err(Status::not_found(format!("no task {task_id:?}"))),
         }
-    }
-
-    /// Refuses what would take `account` past a per-user quota, naming the quota.
-    async fn check_quota(&self, account: &str, adding: Usage) -> Result<(), Status> {
-        let config = &self.core.config;
-        let used = self.core.store.usage(account).await.map_err(db_error)?;
-        let over = |what: &str, used: u64, adding: u64, max: u64| {
-            (adding > 0 && used.saturating_add(adding) > max).then(|| {
-                refusal(
-                    Code::ResourceExhausted,
-                    reasons::QUOTA_EXCEEDED,
-                    format!(
-                        "quota of {what} reached: {account} has {used}, this would add {adding}, the most is {max}"
-                    ),
-                )
-            })
-        };
-        let refused = over(
-            "tasks in flight",
-            used.tasks_in_flight,
-            adding.tasks_in_flight,
-            config.max_tasks_in_flight_per_user,
-        )
-        .or_else(|| {
-            over(
-                "input bytes of tasks in flight",
-                used.queued_input_bytes,
-                adding.queued_input_bytes,
-                config.max_queued_input_bytes_per_user,
-            )
-        })
-        .or_else(|| {
-            over(
-                "module bytes",
-                used.module_bytes,
-                adding.module_bytes,
-                config.max_module_bytes_per_user,
-            )
-        });
-        refused.map_or(Ok(()), Err)
     }
 
     /// Refuses a proof task that no circuit class this mesh serves (ready or being set up)
