@@ -64,6 +64,14 @@ impl std::str::FromStr for Expect {
 )]
 pub struct UnpinnedLedgerKey;
 
+/// The client config pins no verifier key: payouts could not be checked against the
+/// verifier's settlements, so no audit is run.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to audit without a pinned verifier key: set verifier_public_key (hex) in the client config; `zkmesh dev` writes it, and the verifier's operator publishes it (the verifier logs it at start and serves it with GetVerifierKey; compare out of band before pinning)"
+)]
+pub struct UnpinnedVerifierKey;
+
 /// Re-checks the ledger: every journal entry's hash, chain link and signature with the key
 /// pinned in the client config, the replayed balances and holds against the ledger's tables,
 /// and that balances plus holds equal everything minted.
@@ -79,6 +87,17 @@ pub async fn audit_expecting(api: &MeshClient, expects: &[Expect]) -> anyhow::Re
         .as_deref()
         .ok_or(UnpinnedLedgerKey)?;
     let key = hex::decode(pinned).context("ledger_public_key is not hex")?;
+    let verifier = api
+        .config
+        .verifier_public_key
+        .as_deref()
+        .ok_or(UnpinnedVerifierKey)?;
+    let verifiers = zkmesh_kit::settlement::verifier_keys_hex(&[verifier])
+        .map_err(|e| anyhow::anyhow!("verifier_public_key: {e}"))?;
+    let keys = zkmesh_kit::journal::TrustedKeys {
+        ledger: key.clone(),
+        verifiers,
+    };
     let mut ledger = api.admin_ledger()?;
     let served_key = ledger
         .get_ledger_key(GetLedgerKeyRequest {})
@@ -156,7 +175,7 @@ pub async fn audit_expecting(api: &MeshClient, expects: &[Expect]) -> anyhow::Re
     for page in &hold_pages {
         pages_at.entry(page.journal_seq).or_default().1.push(page);
     }
-    let replay = zkmesh_kit::journal::replay_visiting(&entries, &key, |seq, replayed| {
+    let replay = zkmesh_kit::journal::replay_visiting(&entries, &keys, |seq, replayed| {
         let Some((accounts, holds)) = pages_at.get(&seq) else {
             return Ok(());
         };
@@ -277,7 +296,8 @@ where
     }
 }
 
-async fn read_journal(
+/// The journal from `from_seq` on, as the ledger serves it (unchecked: [`audit`] checks it).
+pub async fn read_journal(
     ledger: &mut LedgerServiceClient<tonic::transport::Channel>,
     from_seq: u64,
 ) -> anyhow::Result<Vec<JournalEntry>> {

@@ -24,6 +24,10 @@ pub struct ClientConfig {
     pub admin_key: Option<PathBuf>,
     /// The ledger's Ed25519 public key (hex), pinned for `ledger audit`.
     pub ledger_public_key: Option<String>,
+    /// The verifier's Ed25519 settlement key (hex), pinned for `ledger audit`: every payout in
+    /// the journal must follow a settlement it signed.
+    #[serde(default)]
+    pub verifier_public_key: Option<String>,
 }
 
 impl ClientConfig {

@@ -161,11 +161,16 @@ impl LocalMesh {
         )
         .await
         .context("starting the registry")?;
+        // The verifier's settlement key, made before the ledger starts: the ledger pays only on
+        // settlements it signs.
+        let verifier_key = zkmesh_kit::signing_key::load_or_create_key(&dir.join("verifier.key"))?;
+        let verifier_public = hex::encode(verifier_key.verifying_key().to_bytes());
         let ledger = zkmesh_ledger::start(
             zkmesh_ledger::LedgerConfig {
                 server: server(2, "ledger"),
                 key_file: dir.join("ledger.key"),
                 registry_endpoint: endpoint(&registry),
+                verifier_keys: vec![verifier_public.clone()],
             },
             shutdown.clone(),
         )
@@ -175,6 +180,7 @@ impl LocalMesh {
             zkmesh_verifier::VerifierConfig {
                 server: server(3, "verifier"),
                 registry_endpoint: endpoint(&registry),
+                key_file: dir.join("verifier.key"),
                 keys_dir: options.keys_dir.clone(),
                 setup_classes: options.setup_classes.clone(),
             },
@@ -225,11 +231,8 @@ impl LocalMesh {
             .await
             .context("starting the scheduler")?;
 
-        let ledger_key = {
-            let pem = std::fs::read_to_string(dir.join("ledger.key"))?;
-            use ed25519_pub::public_hex;
-            public_hex(&pem)?
-        };
+        let ledger_key =
+            zkmesh_kit::signing_key::public_hex(&std::fs::read_to_string(dir.join("ledger.key"))?)?;
         let client = ClientConfig {
             registry: endpoint(&registry),
             scheduler: endpoint(&scheduler),
@@ -241,6 +244,7 @@ impl LocalMesh {
             admin_cert: Some(dir.join("certs/admin.crt")),
             admin_key: Some(dir.join("certs/admin.key")),
             ledger_public_key: Some(ledger_key),
+            verifier_public_key: Some(verifier_public),
         };
         let mut mesh = LocalMesh {
             dir,
@@ -396,13 +400,5 @@ impl LocalMesh {
         for serving in [self.scheduler, self.ledger, self.verifier, self.registry] {
             let _ = tokio::time::timeout(Duration::from_secs(5), serving.task).await;
         }
-    }
-}
-
-mod ed25519_pub {
-    /// The hex public key of an Ed25519 PKCS#8 PEM private key.
-    pub fn public_hex(pem: &str) -> anyhow::Result<String> {
-        let key = zkmesh_ledger::load_key_pem(pem)?;
-        Ok(hex::encode(key.verifying_key().to_bytes()))
     }
 }

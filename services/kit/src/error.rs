@@ -90,6 +90,9 @@ pub mod reasons {
     /// SubmitTask, UploadModule: a per-user quota (tasks in flight, their input bytes, module
     /// bytes) is reached; the message names it.
     pub const QUOTA_EXCEEDED: &str = "QUOTA_EXCEEDED";
+    /// Capture: the settlement is missing, not signed by a verifier key the ledger trusts, for
+    /// another task, or pays more than the hold.
+    pub const SETTLEMENT_INVALID: &str = "SETTLEMENT_INVALID";
     /// GetResult: the task has no result yet.
     pub const RESULT_NOT_READY: &str = "RESULT_NOT_READY";
 }

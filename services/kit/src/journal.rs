@@ -7,7 +7,9 @@ use std::ops::{Bound, RangeBounds};
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use sha2::{Digest, Sha256};
-use zkmesh_proto::{Account, HoldInfo, HoldState, JournalEntry, JournalEntryKind};
+use zkmesh_proto::{
+    Account, HoldInfo, HoldState, JournalEntry, JournalEntryKind, SignedSettlement,
+};
 
 const DOMAIN: &[u8] = b"zkmesh.journal.v1\0";
 
@@ -42,6 +44,12 @@ pub fn entry_hash(e: &JournalEntry) -> String {
     put(&mut h, e.task_id.as_bytes());
     h.update(e.amount.to_be_bytes());
     put(&mut h, e.prev_hash.as_bytes());
+    // Entries without a settlement hash as they did before it existed.
+    if let Some(s) = &e.settlement {
+        h.update(b"\x01settlement");
+        put(&mut h, &s.settlement);
+        put(&mut h, &s.signature);
+    }
     hex::encode(h.finalize())
 }
 
@@ -69,6 +77,10 @@ pub struct ReplayedHold {
     /// Closed: a pay, refund or release entry brought what remains to zero. A hold of zero
     /// stays open until its closing entry (a refund or release of zero).
     pub closed: bool,
+    /// The signed settlement its payouts follow (every pay entry of a task carries the same),
+    /// and the (account, amount) payouts it allows that no entry has made yet.
+    pub settlement: Option<SignedSettlement>,
+    pub unpaid: Vec<(String, u64)>,
 }
 
 impl ReplayedHold {
@@ -95,9 +107,17 @@ pub enum AuditError {
     Table { seq: u64, what: String },
 }
 
+/// The keys an audit trusts: the ledger's, which signs every entry, and the verifiers', which
+/// sign the settlements that every payout must follow.
+#[derive(Debug, Clone)]
+pub struct TrustedKeys {
+    pub ledger: Vec<u8>,
+    pub verifiers: Vec<VerifyingKey>,
+}
+
 /// Re-checks the chain and signatures and replays the entries into balances and holds.
-pub fn replay(entries: &[JournalEntry], ledger_key: &[u8]) -> Result<Replay, AuditError> {
-    replay_visiting(entries, ledger_key, |_, _| Ok(()))
+pub fn replay(entries: &[JournalEntry], keys: &TrustedKeys) -> Result<Replay, AuditError> {
+    replay_visiting(entries, keys, |_, _| Ok(()))
 }
 
 /// [`replay`], showing `visit` the state after each entry (and first the empty state, as of
@@ -106,10 +126,10 @@ pub fn replay(entries: &[JournalEntry], ledger_key: &[u8]) -> Result<Replay, Aud
 /// the replay as [`AuditError::Table`].
 pub fn replay_visiting(
     entries: &[JournalEntry],
-    ledger_key: &[u8],
+    keys: &TrustedKeys,
     mut visit: impl FnMut(u64, &Replay) -> Result<(), String>,
 ) -> Result<Replay, AuditError> {
-    let key = <[u8; 32]>::try_from(ledger_key)
+    let key = <[u8; 32]>::try_from(keys.ledger.as_slice())
         .ok()
         .and_then(|k| VerifyingKey::from_bytes(&k).ok());
     let mut r = Replay::default();
@@ -134,7 +154,7 @@ pub fn replay_visiting(
             Some((key, sig)) if key.verify_strict(e.hash.as_bytes(), &sig).is_ok() => {}
             _ => return Err(AuditError::Signature { seq }),
         }
-        apply(&mut r, e).map_err(|what| AuditError::Invalid { seq, what })?;
+        apply(&mut r, e, &keys.verifiers).map_err(|what| AuditError::Invalid { seq, what })?;
         prev = e.hash.clone();
         r.entries += 1;
         visit(seq, &r).map_err(|what| AuditError::Table { seq, what })?;
@@ -150,9 +170,12 @@ fn credit(r: &mut Replay, account: &str, amount: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn apply(r: &mut Replay, e: &JournalEntry) -> Result<(), String> {
+fn apply(r: &mut Replay, e: &JournalEntry, verifiers: &[VerifyingKey]) -> Result<(), String> {
     let amount = e.amount;
     let kind = kind_name(e.kind);
+    if e.settlement.is_some() && e.kind != JournalEntryKind::Pay as i32 {
+        return Err(format!("a {kind} entry carries a settlement"));
+    }
     match JournalEntryKind::try_from(e.kind).unwrap_or(JournalEntryKind::Unspecified) {
         JournalEntryKind::Mint => {
             credit(r, &e.account, amount)?;
@@ -191,6 +214,7 @@ fn apply(r: &mut Replay, e: &JournalEntry) -> Result<(), String> {
                 ));
             }
             if e.kind == JournalEntryKind::Pay as i32 {
+                follow_settlement(hold, e, verifiers)?;
                 hold.paid += amount;
             } else if e.account != hold.account {
                 return Err(format!(
@@ -201,10 +225,62 @@ fn apply(r: &mut Replay, e: &JournalEntry) -> Result<(), String> {
                 hold.refunded += amount;
             }
             hold.closed = hold.remaining() == 0;
+            if hold.closed {
+                hold.settlement = None;
+                hold.unpaid = Vec::new();
+            }
             credit(r, &e.account, amount)?;
         }
         JournalEntryKind::Unspecified => return Err(format!("unknown entry kind {kind}")),
     }
+    Ok(())
+}
+
+/// A pay entry must be one the verifier's settlement for its task allows: the settlement
+/// verifies with a trusted verifier key, is for this task, is the one every other payout of the
+/// task follows, and names this account and amount in a payout not yet made.
+fn follow_settlement(
+    hold: &mut ReplayedHold,
+    e: &JournalEntry,
+    verifiers: &[VerifyingKey],
+) -> Result<(), String> {
+    let what = || {
+        format!(
+            "payout of {} to {} for task {}",
+            e.amount, e.account, e.task_id
+        )
+    };
+    match &hold.settlement {
+        Some(first) if Some(first) != e.settlement.as_ref() => {
+            return Err(format!(
+                "{} follows another settlement than the task's earlier payouts",
+                what()
+            ));
+        }
+        Some(_) => {}
+        None => {
+            let s = crate::settlement::open_for(e.settlement.as_ref(), verifiers, &e.task_id)
+                .map_err(|err| format!("{} is not backed by the verifier: {err}", what()))?;
+            hold.settlement = e.settlement.clone();
+            hold.unpaid = s
+                .payees
+                .into_iter()
+                .filter(|p| p.amount > 0)
+                .map(|p| (p.account, p.amount))
+                .collect();
+        }
+    }
+    let Some(i) = hold
+        .unpaid
+        .iter()
+        .position(|(account, amount)| *account == e.account && *amount == e.amount)
+    else {
+        return Err(format!(
+            "{} is not a payout the verifier's settlement allows (or was made already)",
+            what()
+        ));
+    };
+    hold.unpaid.swap_remove(i);
     Ok(())
 }
 
@@ -345,8 +421,60 @@ mod tests {
 
     use super::*;
 
-    /// A signed chain of `(kind, account, task, amount)` entries.
+    /// The verifier's key in these tests.
+    fn verifier() -> SigningKey {
+        SigningKey::from_bytes(&[9; 32])
+    }
+
+    fn keys(ledger: &SigningKey) -> TrustedKeys {
+        TrustedKeys {
+            ledger: ledger.verifying_key().to_bytes().to_vec(),
+            verifiers: vec![verifier().verifying_key()],
+        }
+    }
+
+    /// A settlement for `task` paying each `(account, amount)` (at a price of one micro-credit
+    /// a fuel), signed by `by`.
+    fn settlement(by: &SigningKey, task: &str, pays: &[(&str, u64)]) -> SignedSettlement {
+        let payees = pays
+            .iter()
+            .map(|(account, amount)| zkmesh_proto::SettlementPayee {
+                account: account.to_string(),
+                fuel: *amount,
+                micro_credits_per_million_fuel: 1_000_000,
+                amount: *amount,
+                ..Default::default()
+            })
+            .collect();
+        crate::settlement::sign(
+            &zkmesh_proto::Settlement {
+                task_id: task.into(),
+                payees,
+                ..Default::default()
+            },
+            by,
+        )
+    }
+
+    /// A signed chain of `(kind, account, task, amount)` entries; each pay entry carries the
+    /// verifier's settlement for exactly the pay entries of its task.
     fn chain(key: &SigningKey, moves: &[(&str, &str, &str, u64)]) -> Vec<JournalEntry> {
+        chain_with(key, moves, |task| {
+            let pays: Vec<(&str, u64)> = moves
+                .iter()
+                .filter(|m| m.0 == "pay" && m.2 == task)
+                .map(|m| (m.1, m.3))
+                .collect();
+            Some(settlement(&verifier(), task, &pays))
+        })
+    }
+
+    /// [`chain`], with each pay entry's settlement made by `settle(task)`.
+    fn chain_with(
+        key: &SigningKey,
+        moves: &[(&str, &str, &str, u64)],
+        mut settle: impl FnMut(&str) -> Option<SignedSettlement>,
+    ) -> Vec<JournalEntry> {
         let mut prev = genesis_hash();
         let mut out = Vec::new();
         for (i, (kind, account, task, amount)) in moves.iter().enumerate() {
@@ -361,6 +489,7 @@ mod tests {
                 prev_hash: prev.clone(),
                 hash: String::new(),
                 signature: Vec::new(),
+                settlement: if *kind == "pay" { settle(task) } else { None },
             };
             e.hash = entry_hash(&e);
             e.signature = key.sign(e.hash.as_bytes()).to_bytes().to_vec();
@@ -390,7 +519,7 @@ mod tests {
 
     fn replayed(moves: &[(&str, &str, &str, u64)]) -> Result<Replay, AuditError> {
         let key = SigningKey::from_bytes(&[3; 32]);
-        replay(&chain(&key, moves), &key.verifying_key().to_bytes())
+        replay(&chain(&key, moves), &keys(&key))
     }
 
     const HONEST: &[(&str, &str, &str, u64)] = &[
@@ -545,7 +674,7 @@ mod tests {
             .unwrap_err();
             assert!(matches!(e, AuditError::Invalid { seq: 3, .. }), "{e}");
         }
-        // Paying nodes is what a capture is for: any account.
+        // Paying nodes is what a capture is for: any account the verifier's settlement names.
         replayed(&[
             ("mint", "user/alice", "", 10),
             ("hold", "user/alice", "t", 10),
@@ -580,5 +709,89 @@ mod tests {
                 "{e}"
             );
         }
+    }
+
+    /// The attack: a stolen ledger key (or a scheduler that asks the ledger) pays an account of
+    /// its choosing. Every entry is signed with the real ledger key; only the verifier's
+    /// settlement is missing, forged, another task's, or says something else.
+    #[test]
+    fn a_payout_the_verifier_did_not_settle_fails_the_audit() {
+        let ledger = SigningKey::from_bytes(&[3; 32]);
+        let moves: &[(&str, &str, &str, u64)] = &[
+            ("mint", "user/alice", "", 100),
+            ("hold", "user/alice", "t-1", 50),
+            ("hold", "user/alice", "t-2", 40),
+            ("pay", "operator/acme", "t-2", 30),
+            ("pay", "operator/mallory", "t-1", 20),
+        ];
+        let honest_t2 = settlement(&verifier(), "t-2", &[("operator/acme", 30)]);
+        let attacks: Vec<(&str, Box<dyn Fn(&str) -> Option<SignedSettlement>>)> = vec![
+            ("no settlement", Box::new(|_| None)),
+            (
+                "signed by the ledger key",
+                Box::new(|t| Some(settlement(&ledger, t, &[("operator/mallory", 20)]))),
+            ),
+            (
+                "another task's settlement, replayed",
+                Box::new(|_| Some(settlement(&verifier(), "t-9", &[("operator/mallory", 20)]))),
+            ),
+            (
+                "the settlement pays someone else",
+                Box::new(|t| Some(settlement(&verifier(), t, &[("operator/acme", 20)]))),
+            ),
+            (
+                "the settlement pays less",
+                Box::new(|t| Some(settlement(&verifier(), t, &[("operator/mallory", 19)]))),
+            ),
+        ];
+        for (what, mallory) in attacks {
+            let entries = chain_with(&ledger, moves, |task| {
+                if task == "t-2" {
+                    Some(honest_t2.clone())
+                } else {
+                    mallory(task)
+                }
+            });
+            let e = replay(&entries, &keys(&ledger)).unwrap_err();
+            assert!(
+                matches!(e, AuditError::Invalid { seq: 5, .. }),
+                "{what}: {e}"
+            );
+        }
+        // Paying one allowed payout twice, or two settlements for one task.
+        let twice: &[(&str, &str, &str, u64)] = &[
+            ("mint", "user/alice", "", 100),
+            ("hold", "user/alice", "t-1", 50),
+            ("pay", "operator/acme", "t-1", 20),
+            ("pay", "operator/acme", "t-1", 20),
+        ];
+        let once = settlement(&verifier(), "t-1", &[("operator/acme", 20)]);
+        let e = replay(
+            &chain_with(&ledger, twice, |_| Some(once.clone())),
+            &keys(&ledger),
+        )
+        .unwrap_err();
+        assert!(matches!(e, AuditError::Invalid { seq: 4, .. }), "{e}");
+        let mut n = 0;
+        let e = replay(
+            &chain_with(&ledger, twice, |t| {
+                n += 1;
+                Some(settlement(&verifier(), t, &[("operator/acme", 20 + n - 1)]))
+            }),
+            &keys(&ledger),
+        );
+        assert!(e.is_err());
+        // A settlement on an entry that is not a payout.
+        let mut entries = chain(&ledger, &[("mint", "user/alice", "", 1)]);
+        entries[0].settlement = Some(once.clone());
+        entries[0].hash = entry_hash(&entries[0]);
+        entries[0].signature = ledger.sign(entries[0].hash.as_bytes()).to_bytes().to_vec();
+        let e = replay(&entries, &keys(&ledger)).unwrap_err();
+        assert!(matches!(e, AuditError::Invalid { seq: 1, .. }), "{e}");
+        // The hash covers the settlement: swapping it for another breaks the entry.
+        let mut entries = chain(&ledger, twice);
+        entries[2].settlement = Some(settlement(&verifier(), "t-1", &[("operator/acme", 40)]));
+        let e = replay(&entries, &keys(&ledger)).unwrap_err();
+        assert_eq!(e, AuditError::Hash { seq: 3 });
     }
 }

@@ -26,6 +26,8 @@ pub mod receipt;
 pub mod revocation;
 pub mod rpc_metrics;
 pub mod server;
+pub mod settlement;
+pub mod signing_key;
 pub mod telemetry;
 pub mod tls;
 

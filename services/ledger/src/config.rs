@@ -1,4 +1,5 @@
-//! The ledger's configuration: the shared `[server]` table, the signing key and the registry.
+//! The ledger's configuration: the shared `[server]` table, the signing key, the registry and
+//! the verifier keys it pays on.
 
 use std::path::PathBuf;
 
@@ -15,6 +16,11 @@ pub struct LedgerConfig {
     pub key_file: PathBuf,
     /// The registry, for the revocation list.
     pub registry_endpoint: String,
+    /// The verifier's settlement keys (Ed25519 public keys, hex; the verifier logs its key at
+    /// start and serves it with GetVerifierKey): a capture pays only what a settlement signed
+    /// by one of them says. Two during a key change.
+    #[serde(default)]
+    pub verifier_keys: Vec<String>,
 }
 
 /// Where the ledger listens when `[server] listen` is not set.

@@ -25,6 +25,9 @@ pub enum LedgerError {
     /// as it is. Never reaches a client.
     #[error("already done")]
     Repeat,
+    /// A capture whose settlement the ledger cannot pay from.
+    #[error("{0}")]
+    SettlementInvalid(String),
     #[error("{0}")]
     Exists(String),
     #[error("{0}")]
@@ -46,6 +49,7 @@ impl ServiceError for LedgerError {
             LedgerError::SupplyLimit(_) => Code::InvalidArgument,
             LedgerError::RequestIdReused(_) => Code::AlreadyExists,
             LedgerError::Repeat => Code::Internal,
+            LedgerError::SettlementInvalid(_) => Code::FailedPrecondition,
             LedgerError::Exists(_) => Code::AlreadyExists,
             LedgerError::Denied(_) => Code::PermissionDenied,
             LedgerError::Db(e) => e.code(),
@@ -58,6 +62,7 @@ impl ServiceError for LedgerError {
             LedgerError::InsufficientCredits(_) => reasons::INSUFFICIENT_CREDITS,
             LedgerError::SupplyLimit(_) => reasons::SUPPLY_LIMIT,
             LedgerError::RequestIdReused(_) => reasons::REQUEST_ID_REUSED,
+            LedgerError::SettlementInvalid(_) => reasons::SETTLEMENT_INVALID,
             other => other.code().reason(),
         }
     }

@@ -17,6 +17,8 @@ use crate::store::{Movement, Store, amount, close_hold, entry_from_row, hold_fro
 /// The ledger's gRPC service: the store behind the access rules.
 pub struct LedgerService {
     pub(crate) store: Store,
+    /// The verifier keys whose settlements a capture pays.
+    pub(crate) verifiers: Vec<ed25519_dalek::VerifyingKey>,
 }
 
 /// The account a caller may read: its own unless it is an admin or a service.
@@ -61,12 +63,7 @@ impl LedgerApi for LedgerService {
         let done = self
             .store
             .commit(
-                &[Movement {
-                    kind: JournalEntryKind::Mint,
-                    account: &req.account,
-                    task_id: "",
-                    amount: req.amount,
-                }],
+                &[Movement::plain(JournalEntryKind::Mint, &req.account, "", req.amount)],
                 // Inside the write lock: all credits ever minted stay within i64, so no balance,
                 // hold or payout can overflow a column however they gather.
                 move |tx| {
@@ -178,12 +175,7 @@ impl LedgerApi for LedgerService {
         let want = amount(req.amount, "hold")?;
         let (task, account) = (req.task_id.clone(), req.account.clone());
         let done = self.store.commit(
-            &[Movement {
-                kind: JournalEntryKind::Hold,
-                account: &req.account,
-                task_id: &req.task_id,
-                amount: req.amount,
-            }],
+            &[Movement::plain(JournalEntryKind::Hold, &req.account, &req.task_id, req.amount)],
             move |tx| {
                 Box::pin(async move {
                     let before = sqlx::query("SELECT account, amount FROM holds WHERE task_id = $1")
@@ -235,11 +227,15 @@ impl LedgerApi for LedgerService {
         req: Request<CaptureRequest>,
     ) -> Result<Response<CaptureResponse>, Status> {
         let req = req.into_inner();
-        let paid = req
-            .payouts
-            .iter()
-            .try_fold(0u64, |sum, p| sum.checked_add(p.amount))
-            .ok_or_else(|| Status::invalid_argument("payouts overflow"))?;
+        // Only the verifier's word pays: its signed settlement for this task names every payee
+        // and amount; the scheduler chooses nothing.
+        let settlement = zkmesh_kit::settlement::open_for(
+            req.settlement.as_ref(),
+            &self.verifiers,
+            &req.task_id,
+        )
+        .map_err(|e| LedgerError::SettlementInvalid(format!("task {}: {e}", req.task_id)))?;
+        let paid = zkmesh_kit::settlement::total(&settlement).expect("checked by open");
         // A retried capture (its answer was lost) is answered again, and changes nothing.
         let current = self.store.hold_row(&req.task_id).await?;
         if current.state() == HoldState::Captured && current.paid == paid {
@@ -249,14 +245,15 @@ impl LedgerApi for LedgerService {
         }
         let hold = self.store.open_hold(&req.task_id).await?;
         if paid > hold.amount {
-            return Err(Status::invalid_argument(format!(
-                "payouts of {paid} exceed the hold of {}",
-                hold.amount
-            )));
+            return Err(LedgerError::SettlementInvalid(format!(
+                "the settlement pays {paid}, more than the hold of {} for task {}",
+                hold.amount, req.task_id
+            ))
+            .into());
         }
         let refund = hold.amount - paid;
-        let mut movements: Vec<Movement> = req
-            .payouts
+        let mut movements: Vec<Movement> = settlement
+            .payees
             .iter()
             .filter(|p| p.amount > 0)
             .map(|p| Movement {
@@ -264,17 +261,18 @@ impl LedgerApi for LedgerService {
                 account: &p.account,
                 task_id: &req.task_id,
                 amount: p.amount,
+                settlement: req.settlement.as_ref(),
             })
             .collect();
         // The refund closes the hold in the journal; a hold of nothing is closed by a refund of
         // nothing, so the journal and the holds table never disagree about it.
         if refund > 0 || movements.is_empty() {
-            movements.push(Movement {
-                kind: JournalEntryKind::Refund,
-                account: &hold.account,
-                task_id: &req.task_id,
-                amount: refund,
-            });
+            movements.push(Movement::plain(
+                JournalEntryKind::Refund,
+                &hold.account,
+                &req.task_id,
+                refund,
+            ));
         }
         let task = req.task_id.clone();
         self.store
@@ -304,12 +302,12 @@ impl LedgerApi for LedgerService {
         let amount_held = hold.amount;
         self.store
             .commit(
-                &[Movement {
-                    kind: JournalEntryKind::Release,
-                    account: &hold.account,
-                    task_id: &req.task_id,
-                    amount: hold.amount,
-                }],
+                &[Movement::plain(
+                    JournalEntryKind::Release,
+                    &hold.account,
+                    &req.task_id,
+                    hold.amount,
+                )],
                 move |tx| {
                     Box::pin(async move { close_hold(tx, &task, "released", 0, amount_held).await })
                 },

@@ -2,6 +2,9 @@
 //! (nodes paid for the fuel they used, the rest refunded) and release, all recorded in an
 //! append-only journal whose entries are hash-chained and signed by the ledger's key.
 //!
+//! Nothing is paid without the verifier's word: a capture pays exactly the payees of a
+//! settlement signed by a configured verifier key, and journals it beside each payout.
+//!
 //! Amounts are integer micro-credits. Every change to a balance or a hold happens in the same
 //! SQL transaction as the journal entries that explain it, so the journal alone replays to the
 //! balances (`zkmesh ledger audit` checks exactly that).
@@ -23,7 +26,6 @@ use crate::store::Store;
 mod config;
 mod error;
 mod handlers;
-mod keys;
 mod store;
 #[cfg(test)]
 mod tests;
@@ -31,7 +33,6 @@ mod tests;
 pub use config::{DEFAULT_LISTEN, LedgerConfig};
 pub use error::LedgerError;
 pub use handlers::LedgerService;
-pub use keys::{load_key_pem, load_or_create_key};
 
 pub static ACL: Acl = Acl {
     service: "zkmesh.v1.LedgerService",
@@ -62,7 +63,17 @@ pub static ACL: Acl = Acl {
 /// Starts the ledger; it runs until `shutdown` is cancelled.
 pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
     let tls = TlsPem::load(&config.server.tls)?;
-    let key = load_or_create_key(&config.key_file)?;
+    let key = zkmesh_kit::signing_key::load_or_create_key(&config.key_file)?;
+    tracing::info!(public_key = %hex::encode(key.verifying_key().to_bytes()), "ledger journal key");
+    let verifiers = zkmesh_kit::settlement::verifier_keys_hex(&config.verifier_keys)
+        .map_err(|e| anyhow::anyhow!("verifier_keys: {e}"))?;
+    if verifiers.is_empty() {
+        anyhow::bail!(
+            "verifier_keys is empty: the ledger pays only on settlements the verifier signs, so \
+             it needs the verifier's public key (hex; the verifier logs it at start and serves it \
+             with GetVerifierKey)"
+        );
+    }
     let db = db::connect_durable(&config.server.database_url).await?;
     let metrics = Metrics::new("ledger");
     let revoked = RevocationList::default();
@@ -79,7 +90,7 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
         metrics.counter("journal_entries", "Journal entries appended"),
     )
     .await?;
-    let service = LedgerService { store };
+    let service = LedgerService { store, verifiers };
     Ok(serve(
         LedgerServiceServer::new(service),
         ServeSpec {

@@ -26,6 +26,26 @@ pub(crate) struct Movement<'a> {
     pub(crate) account: &'a str,
     pub(crate) task_id: &'a str,
     pub(crate) amount: u64,
+    /// Pay entries: the settlement the payment follows.
+    pub(crate) settlement: Option<&'a SignedSettlement>,
+}
+
+impl<'a> Movement<'a> {
+    /// A movement that no settlement explains (all but payouts).
+    pub(crate) fn plain(
+        kind: JournalEntryKind,
+        account: &'a str,
+        task_id: &'a str,
+        amount: u64,
+    ) -> Movement<'a> {
+        Movement {
+            kind,
+            account,
+            task_id,
+            amount,
+            settlement: None,
+        }
+    }
 }
 
 /// The tip of the chain; the mutex also serialises every write so the chain stays linear.
@@ -80,6 +100,11 @@ pub(crate) fn entry_from_row(row: &sqlx::sqlite::SqliteRow) -> JournalEntry {
         prev_hash: row.get("prev_hash"),
         hash: row.get("hash"),
         signature: row.get("signature"),
+        // A stored settlement that does not decode reads as an empty one: the entry's hash no
+        // longer matches, so an audit finds it.
+        settlement: row
+            .get::<Option<Vec<u8>>, _>("settlement")
+            .map(|b| prost::Message::decode(b.as_slice()).unwrap_or_default()),
     }
 }
 
@@ -203,11 +228,12 @@ impl Store {
                 prev_hash: prev.clone(),
                 hash: String::new(),
                 signature: Vec::new(),
+                settlement: m.settlement.cloned(),
             };
             entry.hash = entry_hash(&entry);
             entry.signature = self.key.sign(entry.hash.as_bytes()).to_bytes().to_vec();
             sqlx::query(
-                "INSERT INTO journal (seq, at_ms, kind, account, task_id, amount, prev_hash, hash, signature) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                "INSERT INTO journal (seq, at_ms, kind, account, task_id, amount, prev_hash, hash, signature, settlement) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(seq as i64)
             .bind(entry.at_ms)
@@ -218,6 +244,12 @@ impl Store {
             .bind(&entry.prev_hash)
             .bind(&entry.hash)
             .bind(&entry.signature)
+            .bind(
+                entry
+                    .settlement
+                    .as_ref()
+                    .map(prost::Message::encode_to_vec),
+            )
             .execute(&mut *tx)
             .await?;
             prev = entry.hash;

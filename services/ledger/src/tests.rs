@@ -12,13 +12,56 @@ use zkmesh_proto::*;
 use crate::handlers::LedgerService;
 use crate::store::{Movement, Store, entry_from_row};
 
+/// The verifier's settlement key in these tests.
+fn verifier() -> SigningKey {
+    SigningKey::from_bytes(&[9; 32])
+}
+
 async fn ledger(dir: &tempfile::TempDir) -> LedgerService {
     let url = format!("sqlite://{}", dir.path().join("ledger.db").display());
     let db = zkmesh_kit::db::connect(&url).await.unwrap();
     let key = SigningKey::from_bytes(&[7; 32]);
     LedgerService {
         store: Store::open(db, key, Counter::default()).await.unwrap(),
+        verifiers: vec![verifier().verifying_key()],
     }
+}
+
+/// A settlement for `task` paying each `(account, amount)` at a micro-credit a fuel, signed
+/// by `by`.
+fn settlement(by: &SigningKey, task: &str, pays: &[(&str, u64)]) -> SignedSettlement {
+    let payees = pays
+        .iter()
+        .map(|(account, amount)| SettlementPayee {
+            account: account.to_string(),
+            fuel: *amount,
+            micro_credits_per_million_fuel: 1_000_000,
+            amount: *amount,
+            ..Default::default()
+        })
+        .collect();
+    zkmesh_kit::settlement::sign(
+        &Settlement {
+            task_id: task.into(),
+            payees,
+            ..Default::default()
+        },
+        by,
+    )
+}
+
+async fn capture(
+    ledger: &LedgerService,
+    task: &str,
+    settlement: Option<SignedSettlement>,
+) -> Result<HoldInfo, tonic::Status> {
+    ledger
+        .capture(Request::new(CaptureRequest {
+            task_id: task.into(),
+            settlement,
+        }))
+        .await
+        .map(|r| r.into_inner().hold.unwrap())
 }
 
 /// What `zkmesh ledger audit` checks, against the tables and journal in the database, plus
@@ -29,8 +72,11 @@ async fn audit(ledger: &LedgerService) -> Result<(), String> {
         .await
         .unwrap();
     let entries: Vec<JournalEntry> = rows.iter().map(entry_from_row).collect();
-    let key = ledger.store.key.verifying_key().to_bytes();
-    let replayed = replay(&entries, &key).map_err(|e| e.to_string())?;
+    let keys = zkmesh_kit::journal::TrustedKeys {
+        ledger: ledger.store.key.verifying_key().to_bytes().to_vec(),
+        verifiers: vec![verifier().verifying_key()],
+    };
+    let replayed = replay(&entries, &keys).map_err(|e| e.to_string())?;
     if !replayed.conserved() {
         return Err("not conserved".into());
     }
@@ -89,15 +135,9 @@ async fn holds_of_nothing_close_in_the_journal_too() {
     hold(&ledger, "t-zero-released", 0).await;
     hold(&ledger, "t-paid", 40).await;
     audit(&ledger).await.unwrap();
-    let captured = ledger
-        .capture(Request::new(CaptureRequest {
-            task_id: "t-zero-captured".into(),
-            payouts: vec![],
-        }))
+    let nothing = settlement(&verifier(), "t-zero-captured", &[("operator/acme", 0)]);
+    let captured = capture(&ledger, "t-zero-captured", Some(nothing))
         .await
-        .unwrap()
-        .into_inner()
-        .hold
         .unwrap();
     assert_eq!(captured.state(), HoldState::Captured);
     ledger
@@ -107,16 +147,8 @@ async fn holds_of_nothing_close_in_the_journal_too() {
         }))
         .await
         .unwrap();
-    ledger
-        .capture(Request::new(CaptureRequest {
-            task_id: "t-paid".into(),
-            payouts: vec![Payout {
-                account: "operator/acme".into(),
-                amount: 40,
-            }],
-        }))
-        .await
-        .unwrap();
+    let all = settlement(&verifier(), "t-paid", &[("operator/acme", 40)]);
+    capture(&ledger, "t-paid", Some(all)).await.unwrap();
     audit(&ledger).await.unwrap();
 }
 
@@ -128,17 +160,8 @@ async fn holds_of_nothing_close_in_the_journal_too() {
 async fn writes_abandoned_midway_leave_the_chain_whole() {
     let dir = tempfile::tempdir().unwrap();
     let ledger = ledger(&dir).await;
-    let write = || {
-        ledger.store.commit(
-            &[Movement {
-                kind: JournalEntryKind::Mint,
-                account: "user/bob",
-                task_id: "",
-                amount: 1,
-            }],
-            |_| Box::pin(async { Ok(()) }),
-        )
-    };
+    let mint = [Movement::plain(JournalEntryKind::Mint, "user/bob", "", 1)];
+    let write = || ledger.store.commit(&mint, |_| Box::pin(async { Ok(()) }));
     let mut finished = 0u64;
     for i in 0..1000u64 {
         let deadline = Duration::from_micros(i * 13 % 1000);
@@ -321,5 +344,78 @@ async fn retried_mints_and_holds_happen_once() {
         .unwrap();
     assert_eq!(entries, 2, "one mint, one hold");
     assert_eq!(ledger.store.balance("user/alice").await.unwrap(), 70);
+    audit(&ledger).await.unwrap();
+}
+
+/// The attack: the scheduler's key (stolen, or a scheduler that turned) asks the ledger to pay
+/// an account of its choosing. Without a settlement the verifier signed for this very task,
+/// naming that account and amount, nothing is paid and nothing is written; with one, exactly
+/// its payees are paid, and a retry pays nothing more.
+#[tokio::test]
+async fn a_capture_pays_only_what_the_verifier_settled() {
+    let dir = tempfile::tempdir().unwrap();
+    let ledger = ledger(&dir).await;
+    mint(&ledger, "user/alice", 100).await.unwrap();
+    hold(&ledger, "t-1", 50).await;
+    hold(&ledger, "t-2", 10).await;
+    let mallory = [("operator/mallory", 50)];
+    let scheduler = SigningKey::from_bytes(&[5; 32]);
+    let attacks = [
+        ("no settlement", None),
+        (
+            "signed by another key",
+            Some(settlement(&scheduler, "t-1", &mallory)),
+        ),
+        (
+            "signed by the ledger's own key",
+            Some(settlement(&ledger.store.key, "t-1", &mallory)),
+        ),
+        (
+            "another task's settlement",
+            Some(settlement(&verifier(), "t-2", &[("operator/acme", 10)])),
+        ),
+        (
+            "more than the hold",
+            Some(settlement(&verifier(), "t-1", &[("operator/acme", 51)])),
+        ),
+        (
+            "to the submitter's own account",
+            Some(settlement(&verifier(), "t-1", &[("user/alice", 50)])),
+        ),
+    ];
+    for (what, s) in attacks {
+        let refused = capture(&ledger, "t-1", s).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::FailedPrecondition, "{what}");
+        assert_eq!(
+            zkmesh_kit::error::reason_of(&refused).as_deref(),
+            Some("SETTLEMENT_INVALID"),
+            "{what}"
+        );
+    }
+    let entries = |db| async move {
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM journal")
+            .fetch_one(db)
+            .await
+            .unwrap()
+    };
+    assert_eq!(entries(&ledger.store.db).await, 3, "nothing written");
+    let honest = settlement(
+        &verifier(),
+        "t-1",
+        &[("operator/acme", 20), ("operator/bolt", 5)],
+    );
+    for _ in 0..2 {
+        let hold = capture(&ledger, "t-1", Some(honest.clone())).await.unwrap();
+        assert_eq!((hold.paid, hold.refunded), (25, 25));
+    }
+    assert_eq!(ledger.store.balance("operator/acme").await.unwrap(), 20);
+    assert_eq!(ledger.store.balance("operator/bolt").await.unwrap(), 5);
+    assert_eq!(ledger.store.balance("user/alice").await.unwrap(), 65);
+    // Each payout carries the settlement, and the audit checks it.
+    let with: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM journal WHERE settlement IS NOT NULL")
+        .fetch_one(&ledger.store.db)
+        .await
+        .unwrap();
+    assert_eq!(with, 2);
     audit(&ledger).await.unwrap();
 }

@@ -258,11 +258,7 @@ pub async fn start(
 pub const MAX_REPORT_OUTPUT: usize = 64 << 20;
 
 /// Micro-credits for `fuel` units at `price` micro-credits per million (rounded up).
-pub fn cost(fuel: u64, price: u64) -> u64 {
-    (fuel as u128 * price as u128)
-        .div_ceil(1_000_000)
-        .min(u64::MAX as u128) as u64
-}
+pub use zkmesh_kit::settlement::cost;
 
 /// Whether the zkVM can prove runs of a module (policy `proof`), and if not, why: the
 /// instruction or feature that keeps it out.
@@ -270,16 +266,5 @@ pub fn provability(wasm: &[u8]) -> (bool, String) {
     match zkmesh_prover::lower::lower(wasm) {
         Ok(_) => (true, String::new()),
         Err(e) => (false, e.to_string()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn cost_rounds_up() {
-        assert_eq!(super::cost(0, 1000), 0);
-        assert_eq!(super::cost(1, 1000), 1);
-        assert_eq!(super::cost(1_000_000_000, 1000), 1_000_000);
-        assert_eq!(super::cost(u64::MAX, u64::MAX), u64::MAX);
     }
 }

@@ -226,6 +226,9 @@ pub trait Store: Send + Sync {
 
     async fn module_bytes(&self, hash: &str) -> Result<Option<Vec<u8>>>;
 
+    /// The verifier's signed settlement of a verified task (what Capture pays from).
+    async fn settlement(&self, task_id: &str) -> Result<Option<SignedSettlement>>;
+
     async fn insert_module(&self, info: &ModuleInfo, bytes: &[u8], uploaded_by: &str)
     -> Result<()>;
 
@@ -346,6 +349,16 @@ impl Store for SqliteStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|r| r.get(0)))
+    }
+
+    async fn settlement(&self, task_id: &str) -> Result<Option<SignedSettlement>> {
+        let row = sqlx::query("SELECT settlement FROM tasks WHERE task_id = $1")
+            .bind(task_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row
+            .and_then(|r| r.get::<Option<Vec<u8>>, _>(0))
+            .and_then(|b| SignedSettlement::decode(b.as_slice()).ok()))
     }
 
     async fn insert_module(

@@ -29,6 +29,8 @@ pub(crate) struct Checker {
     /// per module, it takes most of the multi-scalar product out of each verification.
     pub(crate) terms: Mutex<HashMap<(String, u64, String), Arc<zkmesh_prover::groth::ProgramTerm>>>,
     pub(crate) registry: RegistryServiceClient<tonic::transport::Channel>,
+    /// Signs settlements: what the ledger may pay for a verified task.
+    pub(crate) key: ed25519_dalek::SigningKey,
     pub(crate) verdicts: prometheus_client::metrics::family::Family<
         Vec<(String, String)>,
         prometheus_client::metrics::counter::Counter,
@@ -56,41 +58,53 @@ impl Checker {
         Ok((node.receipt_public_key, node.operator, status))
     }
 
-    /// Why a report is not acceptable, if it is not.
+    /// The operator of the report's node, as the registry names it, if the report is
+    /// acceptable; otherwise why it is not. The operator the scheduler wrote into the report is
+    /// not used: replicas are counted, and paid, by the registry's word.
     pub(crate) async fn check_report(
         &self,
         task: &VerifyResultRequest,
         report: &ReportedResult,
-    ) -> Option<String> {
+    ) -> Result<String, String> {
         let Some(receipt) = &report.receipt else {
-            return Some("no receipt".into());
+            return Err("no receipt".into());
         };
         if receipt.task_id != task.task_id
             || receipt.module_hash != task.module_hash
             || receipt.input_hash != task.input_hash
         {
-            return Some("receipt is for another task, module or input".into());
+            return Err("receipt is for another task, module or input".into());
         }
         if receipt.node_id != report.node_id {
-            return Some("receipt names another node".into());
+            return Err("receipt names another node".into());
         }
         if receipt.output_hash != report.observed_output_hash {
-            return Some("receipt's output hash differs from the output reported".into());
+            return Err("receipt's output hash differs from the output reported".into());
         }
-        let (key, _operator, status) = match self.node_key(&report.node_id).await {
+        let (key, operator, status) = match self.node_key(&report.node_id).await {
             Ok(k) => k,
             Err(e) if e.code() == tonic::Code::NotFound => {
-                return Some(format!("node unknown to the registry: {}", e.message()));
+                return Err(format!("node unknown to the registry: {}", e.message()));
             }
             // The registry is down: no verdict now, rather than a wrong one.
-            Err(e) => return Some(format!("{UNAVAILABLE}{}", e.message())),
+            Err(e) => return Err(format!("{UNAVAILABLE}{}", e.message())),
         };
-        if status == NodeStatus::Revoked || status == NodeStatus::Denied {
-            return Some("node is revoked".into());
+        // Only an approved node's work counts (ACTIVE, or OFFLINE since): not one waiting for
+        // the admin, denied or revoked, and not one without an operator.
+        if !matches!(status, NodeStatus::Active | NodeStatus::Offline) {
+            return Err(format!(
+                "node is {}, not approved",
+                status
+                    .as_str_name()
+                    .trim_start_matches("NODE_STATUS_")
+                    .to_lowercase()
+            ));
         }
-        zkmesh_kit::receipt::verify(receipt, &key)
-            .err()
-            .map(|e| e.to_string())
+        if operator.is_empty() {
+            return Err("node has no operator in the registry".into());
+        }
+        zkmesh_kit::receipt::verify(receipt, &key).map_err(|e| e.to_string())?;
+        Ok(operator)
     }
 
     /// Why a report's proof does not prove its result, if it does not. The statement is built
@@ -269,15 +283,18 @@ impl Checker {
         let mut reasons = Vec::new();
         for report in &req.reports {
             let mut verdict = self.check_report(req, report).await;
-            if verdict.is_none() && policy.kind() == PolicyKind::Proof {
-                verdict = self.check_proof(req, report).await;
+            if verdict.is_ok()
+                && policy.kind() == PolicyKind::Proof
+                && let Some(why) = self.check_proof(req, report).await
+            {
+                verdict = Err(why);
             }
             match verdict {
-                Some(why) if why.starts_with(UNAVAILABLE) => {
+                Err(why) if why.starts_with(UNAVAILABLE) => {
                     return Err(Status::unavailable(why));
                 }
-                None => valid.push(report),
-                Some(why) => {
+                Ok(operator) => valid.push((report, operator)),
+                Err(why) => {
                     tracing::warn!(task_id = %req.task_id, node_id = %report.node_id, %why, "report rejected");
                     reasons.push(format!("{}: {why}", report.node_id));
                     rejected.push(report.attempt_id.clone());
@@ -290,8 +307,10 @@ impl Checker {
         };
         // Group valid reports by everything the receipt asserts about the run; count each
         // operator once so one operator's many nodes cannot outvote the others.
-        let mut groups: BTreeMap<(String, i32, u64), Vec<&ReportedResult>> = BTreeMap::new();
-        for r in &valid {
+        let mut groups: BTreeMap<(String, i32, u64), Vec<&(&ReportedResult, String)>> =
+            BTreeMap::new();
+        for valid_report in &valid {
+            let r = valid_report.0;
             let receipt = r.receipt.as_ref().expect("checked above");
             // A run stopped by the wall clock is not deterministic (how far it got depends on
             // the machine), so timeouts agree on the exit alone.
@@ -300,25 +319,28 @@ impl Checker {
             } else {
                 (receipt.output_hash.clone(), receipt.exit, receipt.fuel_used)
             };
-            groups.entry(key).or_default().push(r);
+            groups.entry(key).or_default().push(valid_report);
         }
         let winner = groups.iter().find(|(_, members)| {
             members
                 .iter()
-                .map(|m| m.operator.as_str())
+                .map(|(_, operator)| operator.as_str())
                 .collect::<BTreeSet<_>>()
                 .len()
                 >= needed
         });
         let response = match winner {
             Some((_, members)) => {
+                let members: Vec<&(&ReportedResult, String)> = members.to_vec();
+                let settlement = self.settle(req, &members);
+                let members: Vec<&ReportedResult> = members.iter().map(|m| m.0).collect();
                 let output_hash = &members[0]
                     .receipt
                     .as_ref()
                     .expect("checked above")
                     .output_hash;
                 let accepted: Vec<String> = members.iter().map(|m| m.attempt_id.clone()).collect();
-                for r in &valid {
+                for (r, _) in &valid {
                     if !accepted.contains(&r.attempt_id) {
                         reasons.push(format!("{}: outvoted", r.node_id));
                         rejected.push(r.attempt_id.clone());
@@ -352,10 +374,11 @@ impl Checker {
                     accepted_attempt_ids: accepted,
                     rejected_attempt_ids: rejected,
                     output_hash: output_hash.clone(),
+                    settlement: Some(settlement),
                 }
             }
             None => {
-                rejected.extend(valid.iter().map(|r| r.attempt_id.clone()));
+                rejected.extend(valid.iter().map(|(r, _)| r.attempt_id.clone()));
                 if reasons.is_empty() {
                     reasons.push(format!("no result has the agreement of {needed} operators"));
                 }
@@ -366,6 +389,7 @@ impl Checker {
                     accepted_attempt_ids: vec![],
                     rejected_attempt_ids: rejected,
                     output_hash: String::new(),
+                    settlement: None,
                 }
             }
         };

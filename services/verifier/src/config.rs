@@ -11,6 +11,9 @@ pub struct VerifierConfig {
     pub server: ServerConfig,
     /// The registry: node receipt keys and the revocation list.
     pub registry_endpoint: String,
+    /// The verifier's Ed25519 settlement key (PKCS#8 PEM), created on first start; the ledger
+    /// pays only on settlements it signs (the ledger's `verifier_keys` holds its public half).
+    pub key_file: std::path::PathBuf,
     /// Where circuit keys are kept (content-addressed; reused across restarts).
     #[serde(default = "default_keys_dir")]
     pub keys_dir: std::path::PathBuf,

@@ -193,7 +193,7 @@ impl VerifierApi for VerifierService {
         let response = self.checker.judge(&req).await?;
         let policy = req.policy.unwrap_or_default().to_string();
         sqlx::query(
-            "INSERT INTO verdicts (verdict_id, task_id, policy, verdict, reason, output_hash, accepted, rejected, at_ms) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            "INSERT INTO verdicts (verdict_id, task_id, policy, verdict, reason, output_hash, accepted, rejected, at_ms, settlement) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(random_id("v-"))
         .bind(&req.task_id)
@@ -204,6 +204,12 @@ impl VerifierApi for VerifierService {
         .bind(response.accepted_attempt_ids.join(","))
         .bind(response.rejected_attempt_ids.join(","))
         .bind(now_ms())
+        .bind(
+            response
+                .settlement
+                .as_ref()
+                .map(prost::Message::encode_to_vec),
+        )
         .execute(&self.checker.db)
         .await
         .map_err(|e| db_error(&e))?;
@@ -256,7 +262,19 @@ impl VerifierApi for VerifierService {
                 accepted_attempt_ids: list(row.get("accepted")),
                 rejected_attempt_ids: list(row.get("rejected")),
                 output_hash: row.get("output_hash"),
+                settlement: row
+                    .get::<Option<Vec<u8>>, _>("settlement")
+                    .and_then(|b| prost::Message::decode(b.as_slice()).ok()),
             }),
+        }))
+    }
+
+    async fn get_verifier_key(
+        &self,
+        _req: Request<GetVerifierKeyRequest>,
+    ) -> Result<Response<GetVerifierKeyResponse>, Status> {
+        Ok(Response::new(GetVerifierKeyResponse {
+            public_key: self.checker.key.verifying_key().to_bytes().to_vec(),
         }))
     }
 }

@@ -3,6 +3,10 @@
 //! module and input and about the output the scheduler actually received, and decides
 //! `replicate:k` by a majority of distinct operators.
 //!
+//! A verdict that accepts a result carries a settlement signed with the verifier's key: who is
+//! paid (the operators the registry names for the accepted nodes) and for how much fuel. The
+//! ledger pays nothing else.
+//!
 //! Under the `proof` policy it also checks the Groth16 proof against a statement it builds
 //! itself: its own lowering of the module, the task's input, the reported output and the
 //! claimed steps and exit. It runs the setup of each circuit class itself and serves the keys
@@ -32,6 +36,7 @@ mod config;
 mod error;
 mod handlers;
 mod policy;
+mod settlement;
 
 pub use config::{DEFAULT_LISTEN, VerifierConfig};
 pub use handlers::VerifierService;
@@ -73,6 +78,7 @@ pub static ACL: Acl = Acl {
             &[Allow::Role(Role::Node), Allow::Role(Role::Admin)],
         ),
         ("SetupCircuit", &[Allow::Role(Role::Admin)]),
+        ("GetVerifierKey", &[Allow::AnyRole]),
     ],
 };
 
@@ -89,6 +95,8 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
         Duration::from_secs(1),
         shutdown.clone(),
     );
+    let key = zkmesh_kit::signing_key::load_or_create_key(&config.key_file)?;
+    tracing::info!(public_key = %hex::encode(key.verifying_key().to_bytes()), "verifier settlement key");
     let metrics = Metrics::new("verifier");
     let circuits = circuits::Circuits::open(&config.keys_dir)?;
     for name in &config.setup_classes {
@@ -113,6 +121,7 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
             programs: Mutex::new(HashMap::new()),
             terms: Mutex::new(HashMap::new()),
             db,
+            key,
             registry: RegistryServiceClient::new(registry_channel),
             verdicts: metrics.counter_family("verdicts", "Verdicts by policy and outcome"),
         },

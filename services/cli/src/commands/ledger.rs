@@ -75,6 +75,12 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                     zkmesh_client::audit::UnpinnedLedgerKey.to_string(),
                 )
             })?;
+            if api.config.verifier_public_key.is_none() {
+                return Err(exit(
+                    EXIT_CONFIG,
+                    zkmesh_client::audit::UnpinnedVerifierKey.to_string(),
+                ));
+            }
             // The last head an audit of this ledger passed is demanded again, so a ledger that
             // truncated and re-balanced its journal since fails.
             let config_dir = configured(mesh)

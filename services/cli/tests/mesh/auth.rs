@@ -98,7 +98,7 @@ async fn attempt_everything(
             who.ledger
                 .capture(CaptureRequest {
                     task_id: "t-x".into(),
-                    payouts: vec![],
+                    settlement: None,
                 })
                 .await
                 .map(|_| ()),

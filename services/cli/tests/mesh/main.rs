@@ -17,3 +17,4 @@ mod python;
 mod renewal;
 mod replication;
 mod services;
+mod settlement;

@@ -492,6 +492,39 @@ async fn a_run_longer_than_the_class_is_proved_in_segments_and_its_bundle_verifi
     assert_verified(&result, b"3840");
     let proof = result.proof.clone().expect("the verified proof is kept");
     assert_eq!(proof.circuit_class, CLASS);
+    // Billed from the proof, an honest prover is still paid for all the fuel it used: the
+    // proof's steps and the bytes of input and output cover it.
+    let verdict = sb
+        .api
+        .verifier()
+        .unwrap()
+        .get_verdict(GetVerdictRequest {
+            task_id: task.task_id.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .verdict
+        .unwrap();
+    let settled = zkmesh_kit::settlement::open(
+        verdict.settlement.as_ref(),
+        &zkmesh_kit::settlement::verifier_keys_hex(&[sb
+            .mesh
+            .client
+            .verifier_public_key
+            .clone()
+            .unwrap()])
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(settled.payees.len(), 1);
+    assert_eq!(
+        (settled.payees[0].fuel, settled.payees[0].amount),
+        (result.fuel_used, result.credits_charged),
+        "{} steps, {} fuel",
+        proof.steps,
+        result.fuel_used
+    );
     assert!(!proof.links.is_empty(), "{} links", proof.links.len());
     assert!(
         messages.iter().any(|m| m.contains("proved segment 2 of")),

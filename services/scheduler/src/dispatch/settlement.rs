@@ -67,6 +67,7 @@ impl Core {
                     Vec::new()
                 },
                 memory_limit_mib: task.task.memory_limit_mib,
+                micro_credits_per_million_fuel: self.config.micro_credits_per_million_fuel,
             }
         };
         let verdict = match self.verifier.verify_result(request).await {
@@ -77,6 +78,15 @@ impl Core {
                 return Ok(());
             }
         };
+        if verdict.verdict() == Verdict::Verified && verdict.settlement.is_none() {
+            // The ledger pays only on a settlement; a verifier that accepts without one is of
+            // an older build. Ask again later rather than keep a verdict nothing can settle.
+            tracing::warn!(
+                task_id,
+                "the verifier accepted without a settlement; will retry"
+            );
+            return Ok(());
+        }
         {
             let _t = self.transitions.lock().await;
             let Some(task) = self.task_in(task_id, TaskState::Reported).await? else {
@@ -146,29 +156,19 @@ impl Core {
         }
     }
 
-    /// Pays the nodes whose results were accepted (for the fuel their receipts sign) and refunds
-    /// the rest of the hold. Capture is idempotent at the ledger, so a retry is safe.
+    /// Pays the nodes whose results were accepted, as the verifier's signed settlement says
+    /// (the ledger pays nothing else), and refunds the rest of the hold. Capture is idempotent
+    /// at the ledger, so a retry is safe.
     pub(in crate::dispatch) async fn settle(&self, task_id: &str) -> Result<()> {
-        let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
-        let price = self.config.micro_credits_per_million_fuel;
-        let payouts: Vec<Payout> = attempts
-            .iter()
-            .filter(|a| a.state == attempt_state::ACCEPTED)
-            .map(|a| Payout {
-                account: format!("operator/{}", a.operator),
-                amount: crate::cost(
-                    a.receipt.as_ref().map_or(a.fuel_used, |r| r.fuel_used),
-                    price,
-                ),
-            })
-            .collect();
-        let charged = payouts
-            .iter()
-            .try_fold(0u64, |sum, p| sum.checked_add(p.amount))
-            .ok_or_else(|| internal("payouts overflow"))?;
+        let Some(settlement) = self.store.settlement(task_id).await.map_err(db_error)? else {
+            // Verified by a build that made no settlements: the ledger would refuse to pay.
+            return Err(internal(format!(
+                "task {task_id} is verified but has no settlement from the verifier"
+            )));
+        };
         let capture = CaptureRequest {
             task_id: task_id.to_string(),
-            payouts,
+            settlement: Some(settlement),
         };
         let hold = match self.ledger.capture(capture).await {
             Ok(h) => h,
@@ -183,7 +183,7 @@ impl Core {
         }
         let mut t = Transition::of(Change::Charged {
             task_id: task_id.to_string(),
-            charged,
+            charged: hold.paid,
         });
         t.count(Count::Settled);
         t.push(Change::HoldClosed {

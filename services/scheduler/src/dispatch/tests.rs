@@ -49,7 +49,13 @@ impl Ledger for Books {
         })
     }
     async fn capture(&self, req: CaptureRequest) -> Result<HoldInfo, Status> {
-        let paid = req.payouts.iter().map(|p| p.amount).sum();
+        let settlement = zkmesh_kit::settlement::open_for(
+            req.settlement.as_ref(),
+            &[judge_key().verifying_key()],
+            &req.task_id,
+        )
+        .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let paid = zkmesh_kit::settlement::total(&settlement).unwrap();
         self.captures.lock().unwrap().push(req);
         Ok(HoldInfo {
             paid,
@@ -62,7 +68,13 @@ impl Ledger for Books {
     }
 }
 
-/// Accepts every report, or rejects them all while `reject` is set.
+/// The stand-in verifier's settlement key.
+fn judge_key() -> ed25519_dalek::SigningKey {
+    ed25519_dalek::SigningKey::from_bytes(&[9; 32])
+}
+
+/// Accepts every report (settling each for its receipt's fuel), or rejects them all while
+/// `reject` is set.
 #[derive(Default)]
 struct Judge {
     reject: Mutex<bool>,
@@ -89,12 +101,37 @@ impl Verifier for Judge {
                 ..Default::default()
             }
         } else {
+            let price = req.micro_credits_per_million_fuel;
+            let payees = req
+                .reports
+                .iter()
+                .map(|r| {
+                    let fuel = r.receipt.as_ref().map_or(0, |x| x.fuel_used);
+                    SettlementPayee {
+                        account: format!("operator/{}", r.operator),
+                        node_id: r.node_id.clone(),
+                        attempt_id: r.attempt_id.clone(),
+                        fuel,
+                        micro_credits_per_million_fuel: price,
+                        amount: crate::cost(fuel, price),
+                    }
+                })
+                .collect();
+            let settlement = zkmesh_kit::settlement::sign(
+                &Settlement {
+                    task_id: req.task_id.clone(),
+                    payees,
+                    ..Default::default()
+                },
+                &judge_key(),
+            );
             TaskVerdict {
                 task_id: req.task_id,
                 verdict: Verdict::Verified as i32,
                 reason: "the stand-in accepts".into(),
                 accepted_attempt_ids: ids,
                 output_hash: req.reports[0].observed_output_hash.clone(),
+                settlement: Some(settlement),
                 ..Default::default()
             }
         })
@@ -551,13 +588,17 @@ async fn a_verified_report_is_settled_for_the_fuel_its_receipt_signs() {
     let captures = b.books.captures.lock().unwrap().clone();
     assert_eq!(captures.len(), 1);
     let price = b.core.config.micro_credits_per_million_fuel;
-    assert_eq!(
-        captures[0].payouts,
-        vec![Payout {
-            account: "operator/acme".into(),
-            amount: crate::cost(400_000, price),
-        }]
-    );
+    let settled = zkmesh_kit::settlement::open(
+        captures[0].settlement.as_ref(),
+        &[judge_key().verifying_key()],
+    )
+    .unwrap();
+    let payees: Vec<(&str, u64)> = settled
+        .payees
+        .iter()
+        .map(|p| (p.account.as_str(), p.amount))
+        .collect();
+    assert_eq!(payees, vec![("operator/acme", crate::cost(400_000, price))]);
     let task = b.core.store.task("t").await.unwrap().unwrap();
     assert_eq!(task.result.credits_charged, crate::cost(400_000, price));
     // A report again (a replay, a retry) changes nothing and pays nothing more.

@@ -209,7 +209,7 @@ async fn write(db: &mut SqliteConnection, change: &Change, now: i64) -> Result<O
         } => {
             sqlx::query(
                 "UPDATE tasks SET exit = $1, exit_message = $2, output = $3, output_hash = $4, fuel_used = $5, verdict = $6,
-                    verdict_reason = $7, run_time_us = $8, receipts = $9, proof = $10, cpu_time_us = $11 WHERE task_id = $12",
+                    verdict_reason = $7, run_time_us = $8, receipts = $9, proof = $10, cpu_time_us = $11, settlement = $12 WHERE task_id = $13",
             )
             .bind(a.exit as i64)
             .bind(&a.exit_message)
@@ -227,6 +227,7 @@ async fn write(db: &mut SqliteConnection, change: &Change, now: i64) -> Result<O
             )
             .bind(a.proof.as_ref().map(|p| p.encode_to_vec()))
             .bind(a.cpu_time_us as i64)
+            .bind(verdict.settlement.as_ref().map(|s| s.encode_to_vec()))
             .bind(task_id)
             .execute(&mut *db)
             .await?;
