@@ -125,11 +125,27 @@ pub enum Command {
     /// Run the scheduler service.
     #[command(subcommand)]
     Scheduler(ServeCommand),
-    /// Run the verifier service.
+    /// Run the verifier service, or show its settlement key.
     #[command(subcommand)]
-    Verifier(ServeCommand),
+    Verifier(VerifierCommand),
     /// Run a worker node.
     Worker {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VerifierCommand {
+    /// Serve until SIGINT or SIGTERM. Settings come from the file and `ZKMESH_VERIFIER_*`.
+    Serve {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print the public half of the verifier's settlement key (hex), making the key file
+    /// (`key_file`) if it does not exist yet: the ledger's `verifier_keys` and the client
+    /// config's `verifier_public_key` take it.
+    Key {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
@@ -270,6 +286,12 @@ pub enum LedgerCommand {
     },
     /// Run the ledger service.
     Serve {
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+    },
+    /// Print the public half of the ledger's journal key (hex), making the key file
+    /// (`key_file`) if it does not exist yet: the client config's `ledger_public_key` takes it.
+    Key {
         #[arg(long, value_name = "FILE")]
         config: Option<PathBuf>,
     },

@@ -20,7 +20,7 @@ mod verify;
 
 pub use crate::args::{
     CaCommand, CircuitsCommand, Cli, Command, DevArgs, LedgerCommand, NodeCommand, RunArgs,
-    ServeCommand, parse_policy,
+    ServeCommand, VerifierCommand, parse_policy,
 };
 pub use crate::render::{result_json, task_exit_code};
 pub use run::{EMBEDDED_MAX_CLASS, load_module, proof_class};
@@ -93,6 +93,10 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Ledger(LedgerCommand::Serve { config: file }) => {
             serve::service(&file, "ledger").await
         }
+        Command::Ledger(LedgerCommand::Key { config: file }) => {
+            let c: zkmesh_ledger::LedgerConfig = config(&file, "ledger")?;
+            serve::print_public_key(&c.key_file)
+        }
         Command::Ledger(cmd) => ledger::ledger(&mesh, cmd).await,
         Command::Ca(cmd) => ca::ca(cmd),
         Command::Registry(ServeCommand::Serve { config: file }) => {
@@ -101,8 +105,12 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
         Command::Scheduler(ServeCommand::Serve { config: file }) => {
             serve::service(&file, "scheduler").await
         }
-        Command::Verifier(ServeCommand::Serve { config: file }) => {
+        Command::Verifier(VerifierCommand::Serve { config: file }) => {
             serve::service(&file, "verifier").await
+        }
+        Command::Verifier(VerifierCommand::Key { config: file }) => {
+            let c: zkmesh_verifier::VerifierConfig = config(&file, "verifier")?;
+            serve::print_public_key(&c.key_file)
         }
         Command::Worker { config: file } => serve::worker(&file).await,
     }

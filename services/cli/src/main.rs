@@ -1,7 +1,7 @@
 //! `zkmesh`: see `zkmesh --help`.
 
 use clap::Parser;
-use zkmesh_cli::commands::{Cli, Command, LedgerCommand, ServeCommand};
+use zkmesh_cli::commands::{Cli, Command, LedgerCommand, ServeCommand, VerifierCommand};
 
 fn main() {
     // clap's own errors exit 64 like every other bad command line (help and version exit 0).
@@ -20,7 +20,7 @@ fn main() {
         cli.command,
         Command::Registry(ServeCommand::Serve { .. })
             | Command::Scheduler(ServeCommand::Serve { .. })
-            | Command::Verifier(ServeCommand::Serve { .. })
+            | Command::Verifier(VerifierCommand::Serve { .. })
             | Command::Ledger(LedgerCommand::Serve { .. })
             | Command::Worker { .. }
             | Command::Dev(_)

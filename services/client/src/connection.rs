@@ -55,17 +55,19 @@ impl MeshClient {
 
     pub fn scheduler(&self) -> anyhow::Result<SchedulerServiceClient<Channel>> {
         Ok(
-            SchedulerServiceClient::new(channel(&self.config.scheduler, &self.user)?)
+            SchedulerServiceClient::new(channel(&self.config.scheduler, &self.user, "scheduler")?)
                 .max_decoding_message_size(MAX_MESSAGE)
                 .max_encoding_message_size(MAX_MESSAGE),
         )
     }
 
     pub fn admin_scheduler(&self) -> anyhow::Result<SchedulerServiceClient<Channel>> {
-        Ok(
-            SchedulerServiceClient::new(channel(&self.config.scheduler, self.admin_tls()?)?)
-                .max_decoding_message_size(MAX_MESSAGE),
-        )
+        Ok(SchedulerServiceClient::new(channel(
+            &self.config.scheduler,
+            self.admin_tls()?,
+            "scheduler",
+        )?)
+        .max_decoding_message_size(MAX_MESSAGE))
     }
 
     pub fn verifier(
@@ -75,6 +77,7 @@ impl MeshClient {
             zkmesh_proto::verifier_service_client::VerifierServiceClient::new(channel(
                 &self.config.verifier,
                 &self.user,
+                "verifier",
             )?)
             .max_decoding_message_size(MAX_MESSAGE),
         )
@@ -87,6 +90,7 @@ impl MeshClient {
             zkmesh_proto::verifier_service_client::VerifierServiceClient::new(channel(
                 &self.config.verifier,
                 self.admin_tls()?,
+                "verifier",
             )?)
             .max_decoding_message_size(MAX_MESSAGE),
         )
@@ -146,6 +150,7 @@ impl MeshClient {
         Ok(LedgerServiceClient::new(channel(
             &self.config.ledger,
             &self.user,
+            "ledger",
         )?))
     }
 
@@ -153,6 +158,7 @@ impl MeshClient {
         Ok(LedgerServiceClient::new(channel(
             &self.config.ledger,
             self.admin_tls()?,
+            "ledger",
         )?))
     }
 
@@ -160,6 +166,7 @@ impl MeshClient {
         Ok(RegistryServiceClient::new(channel(
             &self.config.registry,
             self.admin_tls()?,
+            "registry",
         )?))
     }
 }

@@ -77,7 +77,8 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
     let db = db::connect_durable(&config.server.database_url).await?;
     let metrics = Metrics::new("ledger");
     let revoked = RevocationList::default();
-    let registry = zkmesh_kit::client::channel(&config.registry_endpoint, &(&tls).into())?;
+    let registry =
+        zkmesh_kit::client::channel(&config.registry_endpoint, &(&tls).into(), "registry")?;
     zkmesh_kit::revocation::follow_revocations(
         registry,
         revoked.clone(),

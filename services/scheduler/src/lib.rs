@@ -205,9 +205,9 @@ pub async fn start(
     let pool = db::connect(&config.server.database_url).await?;
     db::migrate(&pool, "scheduler", &store::MIGRATOR).await?;
     let client_tls = (&tls).into();
-    let registry = zkmesh_kit::client::channel(&config.registry_endpoint, &client_tls)?;
-    let ledger = zkmesh_kit::client::channel(&config.ledger_endpoint, &client_tls)?;
-    let verifier = zkmesh_kit::client::channel(&config.verifier_endpoint, &client_tls)?;
+    let registry = zkmesh_kit::client::channel(&config.registry_endpoint, &client_tls, "registry")?;
+    let ledger = zkmesh_kit::client::channel(&config.ledger_endpoint, &client_tls, "ledger")?;
+    let verifier = zkmesh_kit::client::channel(&config.verifier_endpoint, &client_tls, "verifier")?;
     let metrics = Metrics::new("scheduler");
     let revoked = RevocationList::default();
     // Upload only compiles and inspects, but with the workers' instance pool: the pool's limits

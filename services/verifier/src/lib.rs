@@ -87,7 +87,8 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
     let tls = TlsPem::load(&config.server.tls)?;
     let db = db::connect(&config.server.database_url).await?;
     db::migrate(&db, "verifier", &checker::MIGRATOR).await?;
-    let registry_channel = zkmesh_kit::client::channel(&config.registry_endpoint, &(&tls).into())?;
+    let registry_channel =
+        zkmesh_kit::client::channel(&config.registry_endpoint, &(&tls).into(), "registry")?;
     let revoked = RevocationList::default();
     zkmesh_kit::revocation::follow_revocations(
         registry_channel.clone(),

@@ -62,7 +62,7 @@ pub(crate) async fn ensure_identity(
         identity: None,
     };
     let mut registry = RegistryServiceClient::new(
-        channel(&config.registry_endpoint, &anonymous).map_err(setup_err)?,
+        channel(&config.registry_endpoint, &anonymous, "registry").map_err(setup_err)?,
     );
     let node: NodeFile = if node_path.exists() {
         serde_json::from_str(&read_file(&node_path).map_err(setup_err)?).map_err(setup_err)?

@@ -28,7 +28,7 @@ pub(crate) async fn prove(
     )?;
     let tls = node_tls(&shared.config).map_err(|e| e.to_string())?;
     let mut verifier = zkmesh_proto::verifier_service_client::VerifierServiceClient::new(
-        channel(&endpoint, &tls).map_err(|e| e.to_string())?,
+        channel(&endpoint, &tls, "verifier").map_err(|e| e.to_string())?,
     )
     .max_decoding_message_size(64 << 20);
     let circuits_info = zkmesh_kit::lists::all_circuits(&verifier)

@@ -129,7 +129,7 @@ pub(crate) async fn run(
         // Read the certificate afresh on every connection: it may have been renewed.
         let tls = node_tls(&config)?;
         let scheduler = SchedulerServiceClient::new(
-            channel(&config.scheduler_endpoint, &tls).map_err(setup_err)?,
+            channel(&config.scheduler_endpoint, &tls, "scheduler").map_err(setup_err)?,
         )
         .max_decoding_message_size(64 << 20)
         .max_encoding_message_size(64 << 20);
@@ -228,7 +228,8 @@ pub(crate) fn spawn_heartbeats(
         let connect =
             |config: &WorkerConfig| -> Result<RegistryServiceClient<Channel>, WorkerError> {
                 Ok(RegistryServiceClient::new(
-                    channel(&config.registry_endpoint, &node_tls(config)?).map_err(setup_err)?,
+                    channel(&config.registry_endpoint, &node_tls(config)?, "registry")
+                        .map_err(setup_err)?,
                 ))
             };
         let mut registry = match connect(&config) {

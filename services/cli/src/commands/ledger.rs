@@ -154,7 +154,9 @@ pub(crate) async fn ledger(mesh: &Option<PathBuf>, cmd: LedgerCommand) -> anyhow
                 .unwrap_or_default();
             println!("{}  {} micro-credits", safe(&a.account), a.balance);
         }
-        LedgerCommand::Serve { .. } => unreachable!("handled in execute"),
+        LedgerCommand::Serve { .. } | LedgerCommand::Key { .. } => {
+            unreachable!("handled in execute")
+        }
     }
     Ok(0)
 }

@@ -23,6 +23,15 @@ pub(crate) async fn serve_until_signal(
     Ok(0)
 }
 
+/// Prints the hex public key of the Ed25519 signing key at `path`, making it on first use (as
+/// the service would at its first start).
+pub(crate) fn print_public_key(path: &std::path::Path) -> anyhow::Result<i32> {
+    let key = zkmesh_kit::signing_key::load_or_create_key(path)
+        .map_err(|e| crate::exit::exit(crate::exit::EXIT_CONFIG, e.to_string()))?;
+    println!("{}", hex::encode(key.verifying_key().to_bytes()));
+    Ok(0)
+}
+
 /// Serves one of the four services with the config from `file` and `ZKMESH_<SERVICE>_*`.
 pub(crate) async fn service(file: &Option<PathBuf>, name: &str) -> anyhow::Result<i32> {
     zkmesh_kit::telemetry::init_tracing("info");

@@ -24,9 +24,9 @@ struct As {
 fn as_caller(sb: &Sandbox, tls: &ClientTls) -> As {
     let c = &sb.mesh.client;
     As {
-        registry: RegistryServiceClient::new(channel(&c.registry, tls).unwrap()),
-        scheduler: SchedulerServiceClient::new(channel(&c.scheduler, tls).unwrap()),
-        ledger: LedgerServiceClient::new(channel(&c.ledger, tls).unwrap()),
+        registry: RegistryServiceClient::new(channel(&c.registry, tls, "registry").unwrap()),
+        scheduler: SchedulerServiceClient::new(channel(&c.scheduler, tls, "scheduler").unwrap()),
+        ledger: LedgerServiceClient::new(channel(&c.ledger, tls, "ledger").unwrap()),
     }
 }
 
@@ -332,4 +332,47 @@ async fn the_cli_exits_2_when_refused_and_3_when_the_mesh_is_unreachable() {
     let out = cli(&config);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{stderr}");
+}
+
+/// A stolen service key must not pass for another service. Here the client's config sends its
+/// ledger calls to the verifier and its scheduler calls to the registry (as a thief holding
+/// those services' keys would answer them): the mesh CA signed both certificates, but neither
+/// names the service asked for, so the handshake fails, saying whom it found, and no call is
+/// sent. The honest config still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_with_another_services_certificate_is_refused() {
+    let sb = start(0).await;
+    let mut swapped = sb.mesh.client.clone();
+    swapped.ledger = swapped.verifier.clone();
+    swapped.scheduler = swapped.registry.clone();
+    let api = zkmesh_client::MeshClient::connect(&swapped).unwrap();
+    let refused = api
+        .admin_ledger()
+        .unwrap()
+        .get_balance(GetBalanceRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    let why = format!("{refused:?}");
+    assert!(
+        why.contains("service/verifier") && why.contains("not spiffe://"),
+        "{why}"
+    );
+    let refused = api
+        .scheduler()
+        .unwrap()
+        .list_tasks(ListTasksRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        format!("{refused:?}").contains("service/registry"),
+        "{refused:?}"
+    );
+    sb.api
+        .admin_ledger()
+        .unwrap()
+        .get_balance(GetBalanceRequest::default())
+        .await
+        .unwrap();
 }

@@ -72,8 +72,9 @@ pub async fn enroll_with(sb: &Sandbox, token: &str, name: &str, slots: u32) -> F
         ca: ca.clone(),
         identity: None,
     };
-    let mut registry =
-        RegistryServiceClient::new(channel(&sb.mesh.client.registry, &anonymous).unwrap());
+    let mut registry = RegistryServiceClient::new(
+        channel(&sb.mesh.client.registry, &anonymous, "registry").unwrap(),
+    );
     let (key_pem, csr) = zkmesh_kit::identity::generate_csr(name).unwrap();
     let receipt_key = SigningKey::from_bytes(&[9u8; 32]);
     // Each node its own secret: the same token and secret are the same enrollment (a retry).
@@ -109,14 +110,15 @@ pub async fn enroll_with(sb: &Sandbox, token: &str, name: &str, slots: u32) -> F
         ca,
         identity: Some((cert, key_pem)),
     };
-    let mut registry = RegistryServiceClient::new(channel(&sb.mesh.client.registry, &tls).unwrap());
+    let mut registry =
+        RegistryServiceClient::new(channel(&sb.mesh.client.registry, &tls, "registry").unwrap());
     // Be active at the registry before asking for work.
     registry
         .heartbeat(HeartbeatRequest { running_tasks: 0 })
         .await
         .unwrap();
     let mut scheduler =
-        SchedulerServiceClient::new(channel(&sb.mesh.client.scheduler, &tls).unwrap());
+        SchedulerServiceClient::new(channel(&sb.mesh.client.scheduler, &tls, "scheduler").unwrap());
     let (up, down) = open_stream(&mut scheduler, slots).await;
     FakeNode {
         node_id: enrolled.node_id,

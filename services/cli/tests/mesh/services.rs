@@ -36,7 +36,11 @@ async fn health_reflection_metrics_and_shutdown() {
         (&c.verifier, "zkmesh.v1.VerifierService", &sb.mesh.verifier),
     ];
     for (endpoint, name, serving) in services {
-        let ch = channel(endpoint, &tls).unwrap();
+        let short = name
+            .trim_start_matches("zkmesh.v1.")
+            .trim_end_matches("Service")
+            .to_lowercase();
+        let ch = channel(endpoint, &tls, &short).unwrap();
         let status = HealthClient::new(ch.clone())
             .check(HealthCheckRequest {
                 service: name.to_string(),
@@ -78,7 +82,7 @@ async fn health_reflection_metrics_and_shutdown() {
             ca: tls.ca.clone(),
             identity: None,
         };
-        let ch = channel(endpoint, &anonymous).unwrap();
+        let ch = channel(endpoint, &anonymous, &short).unwrap();
         let status = HealthClient::new(ch.clone())
             .check(HealthCheckRequest {
                 service: name.to_string(),
@@ -118,7 +122,7 @@ async fn health_reflection_metrics_and_shutdown() {
             .await
             .unwrap()
     };
-    let ch = channel(&c.scheduler, &tls).unwrap();
+    let ch = channel(&c.scheduler, &tls, "scheduler").unwrap();
     let mut grpc = tonic::client::Grpc::new(ch);
     grpc.ready().await.unwrap();
     let made_up = grpc

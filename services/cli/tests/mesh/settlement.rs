@@ -37,8 +37,9 @@ async fn no_one_service_key_moves_credits_alone() {
     assert_eq!(result.state(), TaskState::Settled, "{result:?}");
     let thief = stolen_identity(&sb, "scheduler");
     let mut verifier =
-        VerifierServiceClient::new(channel(&sb.mesh.client.verifier, &thief).unwrap());
-    let mut ledger = LedgerServiceClient::new(channel(&sb.mesh.client.ledger, &thief).unwrap());
+        VerifierServiceClient::new(channel(&sb.mesh.client.verifier, &thief, "verifier").unwrap());
+    let mut ledger =
+        LedgerServiceClient::new(channel(&sb.mesh.client.ledger, &thief, "ledger").unwrap());
 
     // The honest path: the verdict carries a settlement the verifier's key signs, paying the
     // worker's operator (as the registry knows it) exactly what the task was charged.
