@@ -216,6 +216,13 @@ fn apply(r: &mut Replay, e: &JournalEntry, verifiers: &[VerifyingKey]) -> Result
             if e.kind == JournalEntryKind::Pay as i32 {
                 follow_settlement(hold, e, verifiers)?;
                 hold.paid += amount;
+            } else if let Some((account, owed)) = hold.unpaid.first() {
+                // Once a settlement is being paid, the rest goes back to the submitter only
+                // after every payout it allows: none may be refunded away.
+                return Err(format!(
+                    "{kind} for task {} while its settlement still owes {owed} to {account}",
+                    e.task_id
+                ));
             } else if e.account != hold.account {
                 return Err(format!(
                     "{kind} for task {} goes to {}, not to {} whose credits were held",
@@ -781,6 +788,24 @@ mod tests {
             &keys(&ledger),
         );
         assert!(e.is_err());
+        // Paying one payee and refunding the other's share to the submitter.
+        let short: &[(&str, &str, &str, u64)] = &[
+            ("mint", "user/alice", "", 100),
+            ("hold", "user/alice", "t-1", 50),
+            ("pay", "operator/acme", "t-1", 20),
+            ("refund", "user/alice", "t-1", 30),
+        ];
+        let both = settlement(
+            &verifier(),
+            "t-1",
+            &[("operator/acme", 20), ("operator/bolt", 10)],
+        );
+        let e = replay(
+            &chain_with(&ledger, short, |_| Some(both.clone())),
+            &keys(&ledger),
+        )
+        .unwrap_err();
+        assert!(matches!(e, AuditError::Invalid { seq: 4, .. }), "{e}");
         // A settlement on an entry that is not a payout.
         let mut entries = chain(&ledger, &[("mint", "user/alice", "", 1)]);
         entries[0].settlement = Some(once.clone());

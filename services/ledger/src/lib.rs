@@ -67,6 +67,12 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
     tracing::info!(public_key = %hex::encode(key.verifying_key().to_bytes()), "ledger journal key");
     let verifiers = zkmesh_kit::settlement::verifier_keys_hex(&config.verifier_keys)
         .map_err(|e| anyhow::anyhow!("verifier_keys: {e}"))?;
+    if verifiers.contains(&key.verifying_key()) {
+        anyhow::bail!(
+            "verifier_keys holds the ledger's own journal key: the ledger's key alone would then \
+             settle payouts; give the verifier a key of its own"
+        );
+    }
     if verifiers.is_empty() {
         anyhow::bail!(
             "verifier_keys is empty: the ledger pays only on settlements the verifier signs, so \

@@ -434,6 +434,7 @@ impl SchedulerApi for SchedulerService {
             timeout_secs: timeout,
             policy,
             credits_held: hold,
+            micro_credits_per_million_fuel: config.micro_credits_per_million_fuel,
             request_id: &req.request_id,
             pending_hold: true,
         };

@@ -39,6 +39,8 @@ pub struct TaskRow {
     pub task: Task,
     pub input: Vec<u8>,
     pub result: TaskResult,
+    /// The price its hold was made at (0: stored before prices were kept).
+    pub micro_credits_per_million_fuel: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -141,6 +143,7 @@ fn task_from_row(row: &SqliteRow) -> TaskRow {
         input,
         task,
         result,
+        micro_credits_per_million_fuel: row.get::<i64, _>("micro_credits_per_million_fuel") as u64,
     }
 }
 
@@ -185,6 +188,8 @@ pub struct NewTask<'a> {
     pub timeout_secs: u32,
     pub policy: VerificationPolicy,
     pub credits_held: u64,
+    /// The price the hold was made at; the settlement bills at it.
+    pub micro_credits_per_million_fuel: u64,
     /// The client's idempotency key ("" for none).
     pub request_id: &'a str,
     /// Its hold was noted as pending ([`Store::add_pending_hold`]): the task is stored only if
@@ -390,8 +395,9 @@ impl Store for SqliteStore {
         sqlx::query(
             "INSERT INTO tasks (task_id, submitter, module_hash, input, input_hash, fuel_limit, memory_limit_mib, timeout_secs,
                 policy_kind, replicas, state, message, attempts, credits_held, exit, exit_message, output, output_hash,
-                fuel_used, verdict, verdict_reason, credits_charged, run_time_us, receipts, hold_closed, created_at_ms, updated_at_ms, request_id, input_size)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', 0, $12, 0, '', NULL, '', 0, 0, '', 0, 0, NULL, 0, $13, $14, $15, $16)",
+                fuel_used, verdict, verdict_reason, credits_charged, run_time_us, receipts, hold_closed, created_at_ms, updated_at_ms, request_id, input_size,
+                micro_credits_per_million_fuel)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, '', 0, $12, 0, '', NULL, '', 0, 0, '', 0, 0, NULL, 0, $13, $14, $15, $16, $17)",
         )
         .bind(t.task_id)
         .bind(t.submitter)
@@ -409,6 +415,7 @@ impl Store for SqliteStore {
         .bind(now)
         .bind(t.request_id)
         .bind(t.input.len() as i64)
+        .bind(t.micro_credits_per_million_fuel as i64)
         .execute(&mut *tx)
         .await?;
         let noted = sqlx::query("DELETE FROM pending_holds WHERE task_id = $1")

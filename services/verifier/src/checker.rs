@@ -281,6 +281,20 @@ impl Checker {
         let mut valid = Vec::new();
         let mut rejected = Vec::new();
         let mut reasons = Vec::new();
+        // One report per attempt and per node: the same report sent twice (by a scheduler that
+        // lies) must not be counted, or paid, twice.
+        let mut attempts_seen = BTreeSet::new();
+        let mut nodes_seen = BTreeSet::new();
+        for report in &req.reports {
+            if !attempts_seen.insert(report.attempt_id.as_str())
+                || !nodes_seen.insert(report.node_id.as_str())
+            {
+                return Err(Status::invalid_argument(format!(
+                    "attempt {} (node {}) is reported more than once",
+                    report.attempt_id, report.node_id
+                )));
+            }
+        }
         for report in &req.reports {
             let mut verdict = self.check_report(req, report).await;
             if verdict.is_ok()

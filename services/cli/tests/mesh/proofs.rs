@@ -492,8 +492,7 @@ async fn a_run_longer_than_the_class_is_proved_in_segments_and_its_bundle_verifi
     assert_verified(&result, b"3840");
     let proof = result.proof.clone().expect("the verified proof is kept");
     assert_eq!(proof.circuit_class, CLASS);
-    // Billed from the proof, an honest prover is still paid for all the fuel it used: the
-    // proof's steps and the bytes of input and output cover it.
+    // The prover is paid, through the verifier's settlement, for the fuel its receipt signs.
     let verdict = sb
         .api
         .verifier()
@@ -521,9 +520,6 @@ async fn a_run_longer_than_the_class_is_proved_in_segments_and_its_bundle_verifi
     assert_eq!(
         (settled.payees[0].fuel, settled.payees[0].amount),
         (result.fuel_used, result.credits_charged),
-        "{} steps, {} fuel",
-        proof.steps,
-        result.fuel_used
     );
     assert!(!proof.links.is_empty(), "{} links", proof.links.len());
     assert!(

@@ -1,5 +1,5 @@
 //! No one service key moves credits alone. The verifier signs what a verified task pays, to the
-//! operators the registry names; the ledger pays nothing else; an audit finds a payout the
+//! operators the registry names (so the operator counted for replicas is the registry's too); the ledger pays nothing else; an audit finds a payout the
 //! verifier did not sign, even one the ledger's own key signed. Each attack below uses a real
 //! service's key from the mesh's directory, as a thief would.
 
@@ -168,19 +168,18 @@ async fn no_one_service_key_moves_credits_alone() {
         .unwrap();
     let paid = zkmesh_kit::settlement::open(relabelled.settlement.as_ref(), &keys).unwrap();
     assert_eq!(paid.payees[0].account, "operator/operator-1");
-    // One node's report twice, labelled as two operators, is one operator's word.
-    let sybil = verifier
-        .verify_result(ask(
-            "replicate:2",
-            vec![report("a-1", "mallory"), report("a-2", "trent")],
-        ))
-        .await
-        .unwrap()
-        .into_inner()
-        .verdict
-        .unwrap();
-    assert_eq!(sybil.verdict(), Verdict::Rejected, "{}", sybil.reason);
-    assert!(sybil.settlement.is_none());
+    // One node's report twice, labelled as two operators (or one attempt twice), is refused:
+    // it would count, and be paid, twice.
+    for twice in [
+        vec![report("a-1", "mallory"), report("a-2", "trent")],
+        vec![report("a-1", "mallory"), report("a-1", "mallory")],
+    ] {
+        let refused = verifier
+            .verify_result(ask("replicate:2", twice))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+    }
 
     // Giving the credits back is all the scheduler's key can do with the hold; the books
     // still add up, every payout backed by the verifier's settlement.

@@ -67,7 +67,12 @@ impl Core {
                     Vec::new()
                 },
                 memory_limit_mib: task.task.memory_limit_mib,
-                micro_credits_per_million_fuel: self.config.micro_credits_per_million_fuel,
+                // The price the hold was made at: a price changed since (a restart with another
+                // configuration) must not bill more than was held.
+                micro_credits_per_million_fuel: match task.micro_credits_per_million_fuel {
+                    0 => self.config.micro_credits_per_million_fuel,
+                    price => price,
+                },
             }
         };
         let verdict = match self.verifier.verify_result(request).await {
@@ -161,10 +166,13 @@ impl Core {
     /// at the ledger, so a retry is safe.
     pub(in crate::dispatch) async fn settle(&self, task_id: &str) -> Result<()> {
         let Some(settlement) = self.store.settlement(task_id).await.map_err(db_error)? else {
-            // Verified by a build that made no settlements: the ledger would refuse to pay.
-            return Err(internal(format!(
-                "task {task_id} is verified but has no settlement from the verifier"
-            )));
+            // Verified by a build that made no settlements: the ledger would refuse to pay. It
+            // stays VERIFIED (and says so) without holding up the sweep's other work.
+            tracing::error!(
+                task_id,
+                "verified without a settlement from the verifier (an older build); the ledger cannot pay it"
+            );
+            return Ok(());
         };
         let capture = CaptureRequest {
             task_id: task_id.to_string(),

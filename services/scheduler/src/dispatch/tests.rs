@@ -212,6 +212,11 @@ impl Bench {
     }
 
     async fn submit(&self, task_id: &str, policy: VerificationPolicy) {
+        self.submit_at(task_id, policy, 1000).await
+    }
+
+    /// [`Bench::submit`], with the hold made at `price` micro-credits per million fuel.
+    async fn submit_at(&self, task_id: &str, policy: VerificationPolicy, price: u64) {
         let store = &self.core.store;
         store
             .insert_module(
@@ -237,6 +242,7 @@ impl Bench {
                 timeout_secs: 10,
                 policy,
                 credits_held: 5_000,
+                micro_credits_per_million_fuel: price,
                 request_id: "",
                 pending_hold: false,
             })
@@ -539,6 +545,7 @@ async fn the_hold_of_an_unfinished_submission_is_given_back() {
         timeout_secs: 1,
         policy: receipt(),
         credits_held: 100,
+        micro_credits_per_million_fuel: 1000,
         request_id: "",
         pending_hold: true,
     };
@@ -607,6 +614,32 @@ async fn a_verified_report_is_settled_for_the_fuel_its_receipt_signs() {
         .await
         .unwrap();
     assert_eq!(b.books.captures.lock().unwrap().len(), 1);
+}
+
+/// A task is settled at the price its hold was made at, not at the price configured when it is
+/// verified (a restart with another price must not bill past the hold).
+#[tokio::test]
+async fn a_task_is_settled_at_the_price_its_hold_was_made_at() {
+    let b = bench(&[("n1", "acme")], &[]).await;
+    let mut n1 = b.connect("n1", "acme", 1).await;
+    let held_at = b.core.config.micro_credits_per_million_fuel + 777;
+    b.submit_at("t", receipt(), held_at).await;
+    b.core.dispatch_once().await.unwrap();
+    let leased = assignments(&mut n1).remove(0);
+    b.core.on_started("n1", &leased.attempt_id).await.unwrap();
+    b.core
+        .on_report("n1", report(&leased.attempt_id, 400_000, 400_000))
+        .await
+        .unwrap();
+    assert_eq!(b.state("t").await, TaskState::Settled);
+    let captures = b.books.captures.lock().unwrap().clone();
+    let settled = zkmesh_kit::settlement::open(
+        captures[0].settlement.as_ref(),
+        &[judge_key().verifying_key()],
+    )
+    .unwrap();
+    assert_eq!(settled.payees[0].micro_credits_per_million_fuel, held_at);
+    assert_eq!(settled.payees[0].amount, crate::cost(400_000, held_at));
 }
 
 #[tokio::test]
