@@ -325,6 +325,14 @@ pub enum CaCommand {
         #[arg(long, default_value_t = 365)]
         days: u64,
     },
+    /// Revoke a certificate of any role, everywhere (asks the registry; needs the admin
+    /// certificate of the client config). Every service refuses it within its refresh.
+    Revoke {
+        /// The certificate: a PEM file, or its serial number in hex (as `ca issue` prints).
+        certificate: String,
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
 }
 
 /// Parses `receipt`, `proof` or `replicate:K`.

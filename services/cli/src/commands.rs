@@ -98,7 +98,7 @@ pub async fn execute(cli: Cli) -> anyhow::Result<i32> {
             serve::print_public_key(&c.key_file)
         }
         Command::Ledger(cmd) => ledger::ledger(&mesh, cmd).await,
-        Command::Ca(cmd) => ca::ca(cmd),
+        Command::Ca(cmd) => ca::ca(&mesh, cmd).await,
         Command::Registry(ServeCommand::Serve { config: file }) => {
             serve::service(&file, "registry").await
         }

@@ -147,6 +147,7 @@ impl LocalMesh {
             database_url: db(name),
             grace_secs: 2,
             tls: tls_files(&dir, name),
+            max_revocation_age_secs: 30,
         };
 
         let registry = zkmesh_registry::start(

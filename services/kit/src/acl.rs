@@ -90,18 +90,27 @@ impl Acl {
 pub fn check(
     allow: &[Allow],
     identity: Option<&Identity>,
+    serial: Option<&str>,
     revoked: &RevocationList,
 ) -> Result<(), tonic::Status> {
+    // A revoked certificate is refused whatever it calls; a revoked node by any certificate.
+    if let Some(serial) = serial
+        && revoked.contains_serial(serial)
+    {
+        return Err(tonic::Status::permission_denied(format!(
+            "certificate {serial} is revoked"
+        )));
+    }
+    if let Some(id) = identity
+        && id.role == Role::Node
+        && revoked.contains(&id.name)
+    {
+        return Err(tonic::Status::permission_denied(format!(
+            "node {} is revoked",
+            id.name
+        )));
+    }
     if allow.contains(&Allow::Anonymous) {
-        if let Some(id) = identity
-            && id.role == Role::Node
-            && revoked.contains(&id.name)
-        {
-            return Err(tonic::Status::permission_denied(format!(
-                "node {} is revoked",
-                id.name
-            )));
-        }
         return Ok(());
     }
     let Some(id) = identity else {
@@ -109,12 +118,6 @@ pub fn check(
             "a client certificate from this mesh's CA is required",
         ));
     };
-    if id.role == Role::Node && revoked.contains(&id.name) {
-        return Err(tonic::Status::permission_denied(format!(
-            "node {} is revoked",
-            id.name
-        )));
-    }
     let ok = allow.iter().any(|a| match a {
         Allow::Anonymous | Allow::AnyRole => true,
         Allow::Role(r) => *r == id.role,
@@ -158,22 +161,24 @@ mod tests {
         let sched = Identity::new("m", Role::Service, "scheduler");
         let ledger = Identity::new("m", Role::Service, "ledger");
         let users = ACL.allowed("/zkmesh.v1.Test/Users").unwrap();
-        assert!(check(users, Some(&user), &revoked).is_ok());
+        assert!(check(users, Some(&user), None, &revoked).is_ok());
         assert_eq!(
-            check(users, Some(&node), &revoked).unwrap_err().code(),
+            check(users, Some(&node), None, &revoked)
+                .unwrap_err()
+                .code(),
             tonic::Code::PermissionDenied
         );
         assert_eq!(
-            check(users, None, &revoked).unwrap_err().code(),
+            check(users, None, None, &revoked).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
         let sched_only = ACL.allowed("/zkmesh.v1.Test/Sched").unwrap();
-        assert!(check(sched_only, Some(&sched), &revoked).is_ok());
-        assert!(check(sched_only, Some(&ledger), &revoked).is_err());
+        assert!(check(sched_only, Some(&sched), None, &revoked).is_ok());
+        assert!(check(sched_only, Some(&ledger), None, &revoked).is_err());
         assert!(ACL.allowed("/zkmesh.v1.Test/Missing").is_none());
         assert!(ACL.allowed("/zkmesh.v1.Other/Users").is_none());
         let open = ACL.allowed("/zkmesh.v1.Test/Open").unwrap();
-        assert!(check(open, None, &revoked).is_ok());
+        assert!(check(open, None, None, &revoked).is_ok());
         assert_eq!(
             ACL.method("/grpc.health.v1.Health/Check"),
             Some(("Check", &[Allow::Anonymous][..]))
@@ -182,18 +187,31 @@ mod tests {
             .allowed("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
             .unwrap();
         assert_eq!(
-            check(reflection, None, &revoked).unwrap_err().code(),
+            check(reflection, None, None, &revoked).unwrap_err().code(),
             tonic::Code::Unauthenticated,
             "reflection needs a certificate"
         );
-        assert!(check(reflection, Some(&sched), &revoked).is_ok());
+        assert!(check(reflection, Some(&sched), None, &revoked).is_ok());
         assert!(ACL.allowed("/grpc.health.v1.Health/Made\"Up").is_none());
         assert!(ACL.allowed("/grpc.reflection.v9/Anything").is_none());
         assert!(ACL.allowed("/grpc.health.v1.Health/Check/extra").is_none());
         revoked.insert("n1");
         assert_eq!(
-            check(open, Some(&node), &revoked).unwrap_err().code(),
+            check(open, Some(&node), None, &revoked).unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
+        // A revoked certificate of any role is refused everywhere, anonymous methods too.
+        revoked.insert_serial("0abc");
+        for id in [&user, &sched] {
+            for allow in [users, sched_only, open] {
+                assert_eq!(
+                    check(allow, Some(id), Some("0abc"), &revoked)
+                        .unwrap_err()
+                        .code(),
+                    tonic::Code::PermissionDenied
+                );
+            }
+        }
+        assert!(check(users, Some(&user), Some("0abd"), &revoked).is_ok());
     }
 }

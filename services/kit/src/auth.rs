@@ -2,10 +2,11 @@
 //! checked against the service's [`Acl`] before any handler runs.
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::future::BoxFuture;
 
-use crate::acl::{Acl, check};
+use crate::acl::{Acl, Allow, check};
 use crate::identity::Identity;
 use crate::revocation::RevocationList;
 use crate::tls::{MeshTls, PeerInfo};
@@ -17,12 +18,26 @@ pub struct AuthLayer {
     acl: &'static Acl,
     tls: MeshTls,
     revoked: RevocationList,
+    /// Past this age of the revocation list, every call but the anonymous ones is refused.
+    max_revocation_age: Duration,
 }
 
 impl AuthLayer {
-    /// A layer that checks callers against `acl`, with certificates judged by `tls`.
-    pub fn new(acl: &'static Acl, tls: MeshTls, revoked: RevocationList) -> Self {
-        AuthLayer { acl, tls, revoked }
+    /// A layer that checks callers against `acl`, with certificates judged by `tls` and
+    /// refused when `revoked` names them, failing closed when `revoked` is older than
+    /// `max_revocation_age`.
+    pub fn new(
+        acl: &'static Acl,
+        tls: MeshTls,
+        revoked: RevocationList,
+        max_revocation_age: Duration,
+    ) -> Self {
+        AuthLayer {
+            acl,
+            tls,
+            revoked,
+            max_revocation_age,
+        }
     }
 }
 
@@ -51,6 +66,13 @@ fn peer_identity<B>(req: &http::Request<B>, tls: &MeshTls) -> Result<Option<Iden
     }
 }
 
+/// The serial number of the caller's certificate, if it presented one.
+fn peer_serial<B>(req: &http::Request<B>) -> Option<String> {
+    let peer = req.extensions().get::<PeerInfo>()?;
+    let certs = peer.certs.as_ref()?;
+    crate::identity::serial_of_der(certs.first()?)
+}
+
 impl<S, B> tower::Service<http::Request<B>> for Auth<S>
 where
     S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
@@ -73,12 +95,30 @@ where
         let (identity, verdict) = match peer_identity(&req, &self.layer.tls) {
             Err(why) => (None, Err(tonic::Status::unauthenticated(why))),
             Ok(identity) => {
+                let age = self.layer.revoked.age();
                 let verdict = match self.layer.acl.allowed(&path) {
                     None => Err(tonic::Status::unimplemented(format!(
                         "unknown method {:?}",
                         shortened(&path)
                     ))),
-                    Some(allow) => check(allow, identity.as_ref(), &self.layer.revoked),
+                    // Fail closed: a certificate revoked since the last refresh would pass.
+                    Some(allow)
+                        if age > self.layer.max_revocation_age
+                            && !allow.contains(&Allow::Anonymous) =>
+                    {
+                        Err(tonic::Status::unavailable(format!(
+                            "this service's revocation list is {} s old (at most {} s is \
+                             trusted): refusing calls until it refreshes from the registry",
+                            age.as_secs(),
+                            self.layer.max_revocation_age.as_secs()
+                        )))
+                    }
+                    Some(allow) => check(
+                        allow,
+                        identity.as_ref(),
+                        peer_serial(&req).as_deref(),
+                        &self.layer.revoked,
+                    ),
                 };
                 (identity, verdict)
             }

@@ -4,22 +4,17 @@
 //! The mesh CA signs every role's certificate, so a chain check alone would let any service's
 //! key (or a node's) answer for any other: a stolen verifier key could pose as the ledger. So
 //! the server's certificate must also carry the identity `spiffe://<mesh>/service/<name>` of the
-//! service asked for, in the CA's mesh; the handshake fails otherwise. rustls does the TLS here
-//! (tonic's own TLS cannot check a URI SAN), and tonic speaks HTTP/2 over the stream.
+//! service asked for, in the CA's mesh; the handshake fails otherwise (a rustls verifier of
+//! ours, given to tonic's TLS in place of its host-name-only one).
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::net::TcpStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint, Uri};
 
 use crate::identity::{Identity, Role};
 use crate::tls::TlsPem;
@@ -65,7 +60,7 @@ impl From<&TlsPem> for ClientTls {
 #[derive(Debug)]
 struct ServiceVerifier {
     chain: Arc<WebPkiServerVerifier>,
-    mesh: Option<String>,
+    mesh: String,
     service: String,
 }
 
@@ -75,11 +70,7 @@ impl ServiceVerifier {
         let Some(id) = Identity::from_verified_der(end_entity) else {
             return Err("the server's certificate carries no zkmesh identity".into());
         };
-        let wanted = Identity::new(
-            self.mesh.as_deref().unwrap_or(&id.mesh),
-            Role::Service,
-            &self.service,
-        );
+        let wanted = Identity::new(&self.mesh, Role::Service, &self.service);
         if id != wanted {
             return Err(format!(
                 "the server is {}, not {} (a certificate of another role or service)",
@@ -132,38 +123,6 @@ impl ServerCertVerifier for ServiceVerifier {
     }
 }
 
-/// Connects TCP, then TLS with the service check, to the endpoint's host and port.
-#[derive(Clone)]
-struct ServiceConnector {
-    config: Arc<rustls::ClientConfig>,
-    server_name: ServerName<'static>,
-    address: String,
-}
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-impl tower::Service<Uri> for ServiceConnector {
-    type Response = TokioIo<tokio_rustls::client::TlsStream<TcpStream>>;
-    type Error = BoxError;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, _uri: Uri) -> Self::Future {
-        let this = self.clone();
-        Box::pin(async move {
-            let tcp = TcpStream::connect(&this.address).await?;
-            tcp.set_nodelay(true)?;
-            let tls = tokio_rustls::TlsConnector::from(this.config)
-                .connect(this.server_name, tcp)
-                .await?;
-            Ok(TokioIo::new(tls))
-        })
-    }
-}
-
 /// A lazily connecting channel to the service `service` (`"ledger"`, ...) at `endpoint`
 /// (`https://host:port`). One channel multiplexes every call, so keep and clone it rather than
 /// connecting per call. A server whose certificate is not `service/<service>` of the CA's mesh
@@ -183,67 +142,49 @@ pub fn channel(endpoint: &str, tls: &ClientTls, service: &str) -> Result<Channel
     if uri.scheme_str() != Some("https") {
         return Err(bad("the scheme must be https".into()));
     }
-    let host = uri
-        .host()
-        .ok_or_else(|| bad("no host".into()))?
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
-    let port = uri.port_u16().unwrap_or(443);
-    let server_name = ServerName::try_from(host.clone()).map_err(|e| bad(e.to_string()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut tls.ca.as_bytes()) {
-        roots
-            .add(cert.map_err(|e| tls_err(&e))?)
-            .map_err(|e| tls_err(&e))?;
+    // host:port only: credentials would travel in every request's authority, and a path or a
+    // query would be silently dropped.
+    let authority = uri.authority().map(|a| a.as_str()).unwrap_or("");
+    if authority.contains('@') || !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+        return Err(bad("give only https://host:port".into()));
     }
-    let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+    let roots = rustls_pemfile::certs(&mut tls.ca.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| tls_err(&e))?;
+    // One CA: the mesh name comes from it, and another CA in the file could otherwise issue
+    // certificates in this mesh's name.
+    let [root] = roots.as_slice() else {
+        return Err(tls_err(&format!(
+            "the CA file must hold exactly one certificate (the mesh CA), not {}",
+            roots.len()
+        )));
+    };
+    let mesh = crate::identity::mesh_of_ca(&tls.ca)
+        .ok_or_else(|| tls_err(&"the CA certificate names no mesh (spiffe://<mesh>)"))?;
+    let mut store = RootCertStore::empty();
+    store.add(root.clone()).map_err(|e| tls_err(&e))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(store), provider)
         .build()
         .map_err(|e| tls_err(&e))?;
     let verifier = Arc::new(ServiceVerifier {
         chain,
-        mesh: crate::identity::mesh_of_ca(&tls.ca),
+        mesh,
         service: service.to_string(),
     });
-    let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| tls_err(&e))?
-        .dangerous()
-        .with_custom_certificate_verifier(verifier);
-    let mut config = match &tls.identity {
-        Some((cert, key)) => {
-            let chain: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut cert.as_bytes())
-                .collect::<Result<_, _>>()
-                .map_err(|e| tls_err(&e))?;
-            let key = rustls_pemfile::private_key(&mut key.as_bytes())
-                .map_err(|e| tls_err(&e))?
-                .ok_or_else(|| tls_err(&"no private key in the key file"))?;
-            builder
-                .with_client_auth_cert(chain, key)
-                .map_err(|e| tls_err(&e))?
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = ServiceConnector {
-        config: Arc::new(config),
-        server_name,
-        address: format!("{}:{port}", uri.host().unwrap_or_default()),
-    };
-    // rustls speaks TLS in the connector, so tonic is given the plain scheme (its own TLS
-    // would refuse an https URI it does not secure); the stream is encrypted all the same.
-    let plain = format!(
-        "http://{}",
-        uri.authority().map(|a| a.as_str()).unwrap_or("")
-    );
-    Ok(Endpoint::from_shared(plain)
+    let mut config = ClientTlsConfig::new();
+    if let Some((cert, key)) = &tls.identity {
+        config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+    }
+    Ok(Endpoint::from_shared(endpoint.to_string())
         .map_err(|e| bad(e.to_string()))?
+        .tls_config_with_verifier(config, verifier)
+        .map_err(|e| tls_err(&e))?
         .connect_timeout(Duration::from_secs(5))
         .tcp_nodelay(true)
         .http2_keep_alive_interval(Duration::from_secs(10))
         .keep_alive_while_idle(true)
-        .connect_with_connector_lazy(connector))
+        .connect_lazy())
 }
 
 #[cfg(test)]
@@ -263,7 +204,7 @@ mod tests {
             )
             .build()
             .unwrap(),
-            mesh: crate::identity::mesh_of_ca(&ca.cert_pem),
+            mesh: crate::identity::mesh_of_ca(&ca.cert_pem).unwrap(),
             service: service.into(),
         }
     }
@@ -310,5 +251,35 @@ mod tests {
             .issue(&id, &["localhost".to_string()], Duration::from_secs(60))
             .unwrap();
         assert!(ledger.check_identity(&der(&foreign.cert_pem)).is_err());
+    }
+
+    /// A CA file with a second CA in it (a rotation's old one, another mesh's) is refused: the
+    /// other CA could issue certificates in this mesh's name. So is an endpoint that carries
+    /// credentials or a path, and a scheme other than https.
+    #[tokio::test]
+    async fn only_one_ca_and_plain_endpoints_are_accepted() {
+        let (a, b) = (
+            MeshCa::generate("m").unwrap(),
+            MeshCa::generate("m").unwrap(),
+        );
+        let one = ClientTls {
+            ca: a.cert_pem.clone(),
+            identity: None,
+        };
+        assert!(channel("https://127.0.0.1:1", &one, "ledger").is_ok());
+        let two = ClientTls {
+            ca: format!("{}{}", a.cert_pem, b.cert_pem),
+            identity: None,
+        };
+        let err = channel("https://127.0.0.1:1", &two, "ledger").unwrap_err();
+        assert!(err.to_string().contains("exactly one certificate"), "{err}");
+        for endpoint in [
+            "http://127.0.0.1:1",
+            "https://user:secret@127.0.0.1:1",
+            "https://127.0.0.1:1/path",
+            "https://127.0.0.1:1/?q=1",
+        ] {
+            assert!(channel(endpoint, &one, "ledger").is_err(), "{endpoint}");
+        }
     }
 }

@@ -109,9 +109,23 @@ pub struct ServerConfig {
     pub grace_secs: u64,
     /// The service's certificate, key and the mesh CA.
     pub tls: TlsFiles,
+    /// Seconds the service trusts its copy of the registry's revocation list: past them
+    /// without a refresh, it refuses every call that needs a certificate (UNAVAILABLE) rather
+    /// than let a certificate revoked meanwhile in. The registry's own list is always current.
+    #[serde(default = "default_max_revocation_age_secs")]
+    pub max_revocation_age_secs: u64,
+}
+
+fn default_max_revocation_age_secs() -> u64 {
+    30
 }
 
 impl ServerConfig {
+    /// `max_revocation_age_secs` as a duration.
+    pub fn max_revocation_age(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.max_revocation_age_secs)
+    }
+
     /// `listen`, or the service's `default` address.
     pub fn listen_or(&self, default: &str) -> String {
         self.listen.clone().unwrap_or_else(|| default.to_string())

@@ -90,15 +90,24 @@ impl Identity {
         Some(Identity::new(mesh, role, name))
     }
 
-    /// The identity in a DER certificate that a TLS stack has already verified.
+    /// The identity in a DER certificate that a TLS stack has already verified: its one URI
+    /// SAN (a certificate with none, several, or one that is not a zkmesh identity has none).
     pub fn from_verified_der(der: &[u8]) -> Option<Identity> {
         use x509_parser::prelude::*;
         let (_, cert) = X509Certificate::from_der(der).ok()?;
         let san = cert.subject_alternative_name().ok()??;
-        san.value.general_names.iter().find_map(|name| match name {
-            GeneralName::URI(uri) => Identity::parse_uri(uri),
+        let mut uris = san
+            .value
+            .general_names
+            .iter()
+            .filter_map(|name| match name {
+                GeneralName::URI(uri) => Some(*uri),
+                _ => None,
+            });
+        match (uris.next(), uris.next()) {
+            (Some(uri), None) => Identity::parse_uri(uri),
             _ => None,
-        })
+        }
     }
 }
 
@@ -130,6 +139,8 @@ pub enum IdentityError {
     BadName(String),
     #[error("{0} already exists; refusing to overwrite a mesh CA")]
     Exists(PathBuf),
+    #[error("the CA of mesh {ca:?} does not certify identities of mesh {mesh:?}")]
+    OtherMesh { mesh: String, ca: String },
 }
 
 /// A PEM certificate and its PEM private key.
@@ -270,6 +281,13 @@ impl MeshCa {
         if !valid_name(&identity.name) {
             return Err(IdentityError::BadName(identity.name.clone()));
         }
+        // A CA certifies identities of its own mesh only.
+        if identity.mesh != self.mesh {
+            return Err(IdentityError::OtherMesh {
+                mesh: identity.mesh.clone(),
+                ca: self.mesh.clone(),
+            });
+        }
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         params.distinguished_name = dn(&identity.to_string());
         params.is_ca = IsCa::ExplicitNoCa;
@@ -324,6 +342,21 @@ pub fn validity_ms(cert_pem: &str) -> Option<(i64, i64)> {
         v.not_before.timestamp() * 1000,
         v.not_after.timestamp() * 1000,
     ))
+}
+
+/// A DER certificate's serial number: lowercase hex of its bytes as DER encodes them (the
+/// form revocations name).
+pub fn serial_of_der(der: &[u8]) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(hex::encode(cert.raw_serial()))
+}
+
+/// [`serial_of_der`] of a PEM certificate (the first in the text).
+pub fn serial_of_pem(cert_pem: &str) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, pem) = parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    serial_of_der(&pem.contents)
 }
 
 /// The mesh name a CA certificate was made for.

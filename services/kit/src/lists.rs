@@ -117,3 +117,23 @@ pub async fn all_revoked(registry: &RegistryServiceClient<Channel>) -> Result<Ve
     })
     .await
 }
+
+/// Every revoked certificate's serial number, over all pages.
+pub async fn all_revoked_certificates(
+    registry: &RegistryServiceClient<Channel>,
+) -> Result<Vec<String>, Status> {
+    collect_pages(|page_token| {
+        let mut registry = registry.clone();
+        async move {
+            let page = registry
+                .list_revoked_certificates(ListRevokedCertificatesRequest {
+                    page_size: 10_000,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.serials, page.next_page_token))
+        }
+    })
+    .await
+}

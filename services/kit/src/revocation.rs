@@ -1,37 +1,124 @@
-//! Revoked nodes: the registry's list, and how the other services keep theirs in step.
+//! Revocations: revoked nodes (by node id) and revoked certificates of any role (by serial
+//! number). The registry keeps the list; the other services follow it and fail closed when
+//! their copy is older than a bound.
 
 use std::collections::HashSet;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// Node ids whose certificates are refused. The registry fills its own; the other services
-/// refresh theirs from the registry every second or so.
-#[derive(Clone, Default, Debug)]
-pub struct RevocationList(Arc<RwLock<HashSet<String>>>);
+#[derive(Debug, Default)]
+struct Lists {
+    nodes: HashSet<String>,
+    serials: HashSet<String>,
+}
+
+/// What to refuse. The registry's own list is the authority (never stale); the other services
+/// refresh theirs from the registry every second or so and know how old their copy is.
+#[derive(Clone, Debug)]
+pub struct RevocationList {
+    lists: Arc<RwLock<Lists>>,
+    /// When the list was last known complete; None: the authority (always current).
+    refreshed: Option<Arc<RwLock<Instant>>>,
+}
+
+impl Default for RevocationList {
+    /// A follower's list, current as of now (a service that has just started may serve while
+    /// its first refresh is under way, up to the bound).
+    fn default() -> Self {
+        RevocationList {
+            lists: Arc::default(),
+            refreshed: Some(Arc::new(RwLock::new(Instant::now()))),
+        }
+    }
+}
 
 impl RevocationList {
+    /// The registry's list: the authority, current by definition.
+    pub fn authority() -> RevocationList {
+        RevocationList {
+            lists: Arc::default(),
+            refreshed: None,
+        }
+    }
+
     /// Whether `node_id` is revoked (also when the list cannot be read).
     pub fn contains(&self, node_id: &str) -> bool {
-        self.0.read().map(|s| s.contains(node_id)).unwrap_or(true)
+        self.lists
+            .read()
+            .map(|s| s.nodes.contains(node_id))
+            .unwrap_or(true)
+    }
+
+    /// Whether the certificate with `serial` (lowercase hex) is revoked (also when the list
+    /// cannot be read).
+    pub fn contains_serial(&self, serial: &str) -> bool {
+        self.lists
+            .read()
+            .map(|s| s.serials.contains(serial))
+            .unwrap_or(true)
     }
 
     /// Revokes `node_id`.
     pub fn insert(&self, node_id: &str) {
-        if let Ok(mut s) = self.0.write() {
-            s.insert(node_id.to_string());
+        if let Ok(mut s) = self.lists.write() {
+            s.nodes.insert(node_id.to_string());
         }
     }
 
-    /// Replaces the whole list.
+    /// Revokes the certificate with `serial`.
+    pub fn insert_serial(&self, serial: &str) {
+        if let Ok(mut s) = self.lists.write() {
+            s.serials.insert(serial.to_string());
+        }
+    }
+
+    /// Replaces the node list.
     pub fn replace(&self, ids: impl IntoIterator<Item = String>) {
-        if let Ok(mut s) = self.0.write() {
-            *s = ids.into_iter().collect();
+        if let Ok(mut s) = self.lists.write() {
+            s.nodes = ids.into_iter().collect();
+        }
+    }
+
+    /// Replaces both lists with a complete copy fetched from the authority, now current.
+    pub fn refresh(
+        &self,
+        node_ids: impl IntoIterator<Item = String>,
+        serials: impl IntoIterator<Item = String>,
+    ) {
+        if let Ok(mut s) = self.lists.write() {
+            s.nodes = node_ids.into_iter().collect();
+            s.serials = serials.into_iter().collect();
+        }
+        if let Some(at) = &self.refreshed
+            && let Ok(mut at) = at.write()
+        {
+            *at = Instant::now();
+        }
+    }
+
+    /// How old this copy is (zero for the authority).
+    pub fn age(&self) -> Duration {
+        match &self.refreshed {
+            None => Duration::ZERO,
+            Some(at) => at.read().map(|t| t.elapsed()).unwrap_or(Duration::MAX),
+        }
+    }
+
+    /// Pretends the last refresh was `ago` earlier (tests of the fail-closed bound).
+    #[doc(hidden)]
+    pub fn backdate(&self, ago: Duration) {
+        if let Some(at) = &self.refreshed
+            && let Ok(mut at) = at.write()
+            && let Some(earlier) = at.checked_sub(ago)
+        {
+            *at = earlier;
         }
     }
 }
 
 /// Keeps `revoked` in step with the registry, polling every `every` until `shutdown`. Other
-/// services run this so a revoked node is refused everywhere within seconds.
+/// services run this so a revoked node or certificate is refused everywhere within seconds; a
+/// refresh counts only when both lists were fetched whole.
 pub fn follow_revocations(
     channel: tonic::transport::Channel,
     revoked: RevocationList,
@@ -42,9 +129,14 @@ pub fn follow_revocations(
         let client = zkmesh_proto::registry_service_client::RegistryServiceClient::new(channel);
         let mut warned = false;
         loop {
-            match crate::lists::all_revoked(&client).await {
-                Ok(ids) => {
-                    revoked.replace(ids);
+            let fetched = async {
+                let nodes = crate::lists::all_revoked(&client).await?;
+                let serials = crate::lists::all_revoked_certificates(&client).await?;
+                Ok::<_, tonic::Status>((nodes, serials))
+            };
+            match fetched.await {
+                Ok((nodes, serials)) => {
+                    revoked.refresh(nodes, serials);
                     warned = false;
                 }
                 Err(e) if !warned => {
@@ -59,4 +151,23 @@ pub fn follow_revocations(
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn followers_age_and_the_authority_does_not() {
+        let follower = RevocationList::default();
+        follower.backdate(Duration::from_secs(100));
+        assert!(follower.age() >= Duration::from_secs(100));
+        follower.refresh(["n-1".to_string()], ["0a".to_string()]);
+        assert!(follower.age() < Duration::from_secs(5));
+        assert!(follower.contains("n-1") && follower.contains_serial("0a"));
+        assert!(!follower.contains_serial("0b"));
+        let authority = RevocationList::authority();
+        authority.backdate(Duration::from_secs(100));
+        assert_eq!(authority.age(), Duration::ZERO);
+    }
 }

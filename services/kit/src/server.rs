@@ -59,6 +59,8 @@ pub struct ServeSpec {
     pub metrics_listen: Option<String>,
     pub metrics: Metrics,
     pub revoked: RevocationList,
+    /// Past this age of `revoked`, calls that need a certificate are refused (UNAVAILABLE).
+    pub max_revocation_age: Duration,
     pub shutdown: CancellationToken,
     /// How long in-flight calls may take to finish after shutdown begins.
     pub grace: Duration,
@@ -139,7 +141,12 @@ where
         None => None,
     };
 
-    let auth = AuthLayer::new(spec.acl, tls.clone(), spec.revoked.clone());
+    let auth = AuthLayer::new(
+        spec.acl,
+        tls.clone(),
+        spec.revoked.clone(),
+        spec.max_revocation_age,
+    );
     let rpc_metrics = RpcMetricsLayer::new(spec.acl, RpcMetrics::register(&spec.metrics));
     let drain = CancellationToken::new();
     let incoming = crate::tls::incoming(listener, &tls, drain.clone());

@@ -187,8 +187,19 @@ impl MeshTls {
     pub fn new(pem: &TlsPem, mesh: &str) -> Result<MeshTls, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = RootCertStore::empty();
-        for cert in rustls_pemfile::certs(&mut pem.ca.as_bytes()) {
-            roots.add(cert.map_err(tls_err)?).map_err(tls_err)?;
+        let certs = rustls_pemfile::certs(&mut pem.ca.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(tls_err)?;
+        // One CA: the mesh name comes from it, and another CA in the file could otherwise issue
+        // certificates in this mesh's name.
+        if certs.len() != 1 {
+            return Err(tls_err(format!(
+                "the CA file must hold exactly one certificate (the mesh CA), not {}",
+                certs.len()
+            )));
+        }
+        for cert in certs {
+            roots.add(cert).map_err(tls_err)?;
         }
         let strict = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()

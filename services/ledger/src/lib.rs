@@ -110,6 +110,7 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
             revoked,
             shutdown,
             grace: config.server.grace(),
+            max_revocation_age: config.server.max_revocation_age(),
         },
     )
     .await?)

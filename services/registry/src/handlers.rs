@@ -195,6 +195,73 @@ impl RegistryApi for RegistryService {
             next_page_token,
         }))
     }
+
+    async fn revoke_certificate(
+        &self,
+        req: Request<RevokeCertificateRequest>,
+    ) -> Result<Response<RevokeCertificateResponse>, Status> {
+        let me = caller(&req)?;
+        let req = req.into_inner();
+        let serial = req.serial.trim().to_ascii_lowercase();
+        let hex_ok = !serial.is_empty()
+            && serial.len() <= 64
+            && serial.len() % 2 == 0
+            && serial.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_ok {
+            return Err(RegistryError::BadRequest(format!(
+                "serial {:?} is not a certificate serial number (hex of its bytes, at most 32)",
+                req.serial
+            ))
+            .into());
+        }
+        if req.reason.len() > 1024 {
+            return Err(
+                RegistryError::BadRequest("reason is longer than 1,024 bytes".into()).into(),
+            );
+        }
+        sqlx::query(
+            "INSERT INTO revoked_certificates (serial, reason, revoked_by, revoked_at_ms) VALUES ($1, $2, $3, $4) ON CONFLICT (serial) DO NOTHING",
+        )
+        .bind(&serial)
+        .bind(&req.reason)
+        .bind(me.to_string())
+        .bind(now_ms())
+        .execute(&self.nodes.db)
+        .await
+        .map_err(RegistryError::from)?;
+        self.nodes.revoked.insert_serial(&serial);
+        let revoked_at_ms: i64 =
+            sqlx::query_scalar("SELECT revoked_at_ms FROM revoked_certificates WHERE serial = $1")
+                .bind(&serial)
+                .fetch_one(&self.nodes.db)
+                .await
+                .map_err(RegistryError::from)?;
+        tracing::warn!(%serial, by = %me, reason = %req.reason, "certificate revoked");
+        Ok(Response::new(RevokeCertificateResponse { revoked_at_ms }))
+    }
+
+    async fn list_revoked_certificates(
+        &self,
+        req: Request<ListRevokedCertificatesRequest>,
+    ) -> Result<Response<ListRevokedCertificatesResponse>, Status> {
+        let req = req.into_inner();
+        let page = Page::of(req.page_size, &req.page_token, 1000, 10_000)?;
+        let rows = sqlx::query(
+            "SELECT serial FROM revoked_certificates WHERE ($1 IS NULL OR serial > $2) ORDER BY serial LIMIT $3",
+        )
+        .bind(page.after.as_deref())
+        .bind(page.after.as_deref())
+        .bind(page.read_limit())
+        .fetch_all(&self.nodes.db)
+        .await
+        .map_err(RegistryError::from)?;
+        let serials: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let (serials, next_page_token) = page.finish(serials, |s| s.clone());
+        Ok(Response::new(ListRevokedCertificatesResponse {
+            serials,
+            next_page_token,
+        }))
+    }
 }
 
 /// A readable name for a node status (`active`, `pending`, ...).

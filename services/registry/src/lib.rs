@@ -49,6 +49,11 @@ pub static ACL: Acl = Acl {
             "ListRevoked",
             &[Allow::Role(Role::Service), Allow::Role(Role::Admin)],
         ),
+        ("RevokeCertificate", &[Allow::Role(Role::Admin)]),
+        (
+            "ListRevokedCertificates",
+            &[Allow::Role(Role::Service), Allow::Role(Role::Admin)],
+        ),
     ],
 };
 
@@ -58,7 +63,8 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyho
     let ca = MeshCa::load(&config.ca_dir)?;
     let db = db::connect(&config.server.database_url).await?;
     db::migrate(&db, "registry", &nodes::MIGRATOR).await?;
-    let revoked = RevocationList::default();
+    // The registry's list is the authority: always current.
+    let revoked = RevocationList::authority();
     let metrics = Metrics::new("registry");
     let nodes = Nodes {
         db,
@@ -83,6 +89,7 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyho
             revoked,
             shutdown,
             grace: config.server.grace(),
+            max_revocation_age: config.server.max_revocation_age(),
         },
     )
     .await?;

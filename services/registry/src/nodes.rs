@@ -36,6 +36,12 @@ impl Nodes {
             .await?;
         self.revoked
             .replace(rows.iter().map(|r| r.get::<String, _>(0)));
+        let serials = sqlx::query("SELECT serial FROM revoked_certificates")
+            .fetch_all(&self.db)
+            .await?;
+        for row in &serials {
+            self.revoked.insert_serial(&row.get::<String, _>(0));
+        }
         Ok(())
     }
 

@@ -210,6 +210,13 @@ pub async fn start(
     let verifier = zkmesh_kit::client::channel(&config.verifier_endpoint, &client_tls, "verifier")?;
     let metrics = Metrics::new("scheduler");
     let revoked = RevocationList::default();
+    // Revoked nodes and certificates, kept current (the sweep also cuts off revoked nodes).
+    zkmesh_kit::revocation::follow_revocations(
+        registry.clone(),
+        revoked.clone(),
+        std::time::Duration::from_secs(1),
+        shutdown.clone(),
+    );
     // Upload only compiles and inspects, but with the workers' instance pool: the pool's limits
     // (one memory, a vmctx of at most 4 MiB, tables of at most 2^18 elements) are checked at
     // compile time, and a module no worker can instantiate must be refused here. Two compiler
@@ -249,6 +256,7 @@ pub async fn start(
             revoked,
             shutdown,
             grace: config.server.grace(),
+            max_revocation_age: config.server.max_revocation_age(),
         },
     )
     .await?)

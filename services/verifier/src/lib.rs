@@ -139,6 +139,7 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
             revoked,
             shutdown,
             grace: config.server.grace(),
+            max_revocation_age: config.server.max_revocation_age(),
         },
     )
     .await?)

@@ -7,8 +7,8 @@ use zkmesh_kit::identity::{Identity, MeshCa, Role};
 use crate::args::CaCommand;
 use crate::{EXIT_USAGE, exit};
 
-/// `zkmesh ca init` and `zkmesh ca issue`.
-pub(crate) fn ca(cmd: CaCommand) -> anyhow::Result<i32> {
+/// `zkmesh ca init`, `zkmesh ca issue` and `zkmesh ca revoke`.
+pub(crate) async fn ca(mesh: &Option<std::path::PathBuf>, cmd: CaCommand) -> anyhow::Result<i32> {
     match cmd {
         CaCommand::Init { dir, mesh_name } => {
             let ca = MeshCa::generate(&mesh_name).map_err(|e| exit(EXIT_USAGE, e.to_string()))?;
@@ -31,9 +31,41 @@ pub(crate) fn ca(cmd: CaCommand) -> anyhow::Result<i32> {
                 )
             })?;
             let id = Identity::new(&ca.mesh, role, &name);
-            ca.issue(&id, &host, Duration::from_secs(days * 86400))?
-                .write(&out, &name)?;
-            println!("issued {} -> {}/{name}.crt", id.uri(), out.display());
+            let issued = ca.issue(&id, &host, Duration::from_secs(days * 86400))?;
+            issued.write(&out, &name)?;
+            let serial = zkmesh_kit::identity::serial_of_pem(&issued.cert_pem).unwrap_or_default();
+            println!(
+                "issued {} -> {}/{name}.crt (serial {serial})",
+                id.uri(),
+                out.display()
+            );
+        }
+        CaCommand::Revoke {
+            certificate,
+            reason,
+        } => {
+            let serial = match std::fs::read_to_string(&certificate) {
+                Ok(pem) => zkmesh_kit::identity::serial_of_pem(&pem).ok_or_else(|| {
+                    exit(
+                        EXIT_USAGE,
+                        format!("{certificate} is not a PEM certificate"),
+                    )
+                })?,
+                Err(_) => certificate.clone(),
+            };
+            let api = crate::commands::client(mesh)?;
+            let answer = api
+                .admin_registry()?
+                .revoke_certificate(zkmesh_proto::RevokeCertificateRequest {
+                    serial: serial.clone(),
+                    reason,
+                })
+                .await?
+                .into_inner();
+            println!(
+                "revoked certificate {serial} (at {} ms since the epoch); every service refuses it within its refresh",
+                answer.revoked_at_ms
+            );
         }
     }
     Ok(0)
