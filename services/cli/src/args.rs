@@ -325,6 +325,18 @@ pub enum CaCommand {
         #[arg(long, default_value_t = 365)]
         days: u64,
     },
+    /// Make a node issuer for the registry: an intermediate CA, certified by the mesh CA in
+    /// DIR, that can sign node certificates only. Point the registry's `ca_dir` at OUT and keep
+    /// DIR's ca.key offline.
+    Issuer {
+        #[arg(long, default_value = "ca")]
+        dir: PathBuf,
+        /// Where to write issuer.crt, issuer.key and the mesh CA's ca.crt.
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 1825)]
+        days: u64,
+    },
     /// Revoke a certificate of any role, everywhere (asks the registry; needs the admin
     /// certificate of the client config). Every service refuses it within its refresh.
     Revoke {

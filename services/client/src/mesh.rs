@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use zkmesh_kit::CancellationToken;
+use zkmesh_kit::ca::MeshCa;
 use zkmesh_kit::config::{ServerConfig, TlsFiles};
-use zkmesh_kit::identity::{Identity, MeshCa, Role};
+use zkmesh_kit::identity::{Identity, Role};
 use zkmesh_kit::lists::{all_nodes, all_workers};
 use zkmesh_kit::server::Serving;
 use zkmesh_proto::*;
@@ -113,6 +114,16 @@ pub fn ensure_pki(dir: &Path, user: &str) -> anyhow::Result<MeshCa> {
         ca.save(&ca_dir)?;
         ca
     };
+    // The registry signs nodes with a node issuer of its own, not with the root key (a mesh
+    // made before node issuers existed keeps its registry on the root).
+    let issuer_dir = dir.join("registry-ca");
+    if !issuer_dir.join("issuer.key").exists() {
+        match ca.node_issuer(Duration::from_secs(5 * 365 * 24 * 3600)) {
+            Ok(issuer) => issuer.save_node_issuer(&issuer_dir)?,
+            Err(zkmesh_kit::identity::IdentityError::RootTooOld) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     let certs = dir.join("certs");
     let year = Duration::from_secs(365 * 24 * 3600);
     let mut wanted: Vec<(String, Identity)> = ["registry", "scheduler", "ledger", "verifier"]
@@ -153,7 +164,11 @@ impl LocalMesh {
         let registry = zkmesh_registry::start(
             zkmesh_registry::RegistryConfig {
                 server: server(0, "registry"),
-                ca_dir: dir.join("ca"),
+                ca_dir: if dir.join("registry-ca/issuer.key").exists() {
+                    dir.join("registry-ca")
+                } else {
+                    dir.join("ca")
+                },
                 heartbeat_timeout_secs: (options.heartbeat_secs * 4).max(5),
                 node_certificate_lifetime_secs: options.node_certificate_lifetime_secs,
                 default_node_slots: options.worker_slots,

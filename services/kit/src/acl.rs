@@ -90,13 +90,12 @@ impl Acl {
 pub fn check(
     allow: &[Allow],
     identity: Option<&Identity>,
-    serial: Option<&str>,
+    serials: &[String],
     revoked: &RevocationList,
 ) -> Result<(), tonic::Status> {
-    // A revoked certificate is refused whatever it calls; a revoked node by any certificate.
-    if let Some(serial) = serial
-        && revoked.contains_serial(serial)
-    {
+    // A revoked certificate (or the intermediate that issued it) is refused whatever it calls;
+    // a revoked node by any certificate.
+    if let Some(serial) = serials.iter().find(|s| revoked.contains_serial(s)) {
         return Err(tonic::Status::permission_denied(format!(
             "certificate {serial} is revoked"
         )));
@@ -161,24 +160,22 @@ mod tests {
         let sched = Identity::new("m", Role::Service, "scheduler");
         let ledger = Identity::new("m", Role::Service, "ledger");
         let users = ACL.allowed("/zkmesh.v1.Test/Users").unwrap();
-        assert!(check(users, Some(&user), None, &revoked).is_ok());
+        assert!(check(users, Some(&user), &[], &revoked).is_ok());
         assert_eq!(
-            check(users, Some(&node), None, &revoked)
-                .unwrap_err()
-                .code(),
+            check(users, Some(&node), &[], &revoked).unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
         assert_eq!(
-            check(users, None, None, &revoked).unwrap_err().code(),
+            check(users, None, &[], &revoked).unwrap_err().code(),
             tonic::Code::Unauthenticated
         );
         let sched_only = ACL.allowed("/zkmesh.v1.Test/Sched").unwrap();
-        assert!(check(sched_only, Some(&sched), None, &revoked).is_ok());
-        assert!(check(sched_only, Some(&ledger), None, &revoked).is_err());
+        assert!(check(sched_only, Some(&sched), &[], &revoked).is_ok());
+        assert!(check(sched_only, Some(&ledger), &[], &revoked).is_err());
         assert!(ACL.allowed("/zkmesh.v1.Test/Missing").is_none());
         assert!(ACL.allowed("/zkmesh.v1.Other/Users").is_none());
         let open = ACL.allowed("/zkmesh.v1.Test/Open").unwrap();
-        assert!(check(open, None, None, &revoked).is_ok());
+        assert!(check(open, None, &[], &revoked).is_ok());
         assert_eq!(
             ACL.method("/grpc.health.v1.Health/Check"),
             Some(("Check", &[Allow::Anonymous][..]))
@@ -187,17 +184,17 @@ mod tests {
             .allowed("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo")
             .unwrap();
         assert_eq!(
-            check(reflection, None, None, &revoked).unwrap_err().code(),
+            check(reflection, None, &[], &revoked).unwrap_err().code(),
             tonic::Code::Unauthenticated,
             "reflection needs a certificate"
         );
-        assert!(check(reflection, Some(&sched), None, &revoked).is_ok());
+        assert!(check(reflection, Some(&sched), &[], &revoked).is_ok());
         assert!(ACL.allowed("/grpc.health.v1.Health/Made\"Up").is_none());
         assert!(ACL.allowed("/grpc.reflection.v9/Anything").is_none());
         assert!(ACL.allowed("/grpc.health.v1.Health/Check/extra").is_none());
         revoked.insert("n1");
         assert_eq!(
-            check(open, Some(&node), None, &revoked).unwrap_err().code(),
+            check(open, Some(&node), &[], &revoked).unwrap_err().code(),
             tonic::Code::PermissionDenied
         );
         // A revoked certificate of any role is refused everywhere, anonymous methods too.
@@ -205,13 +202,13 @@ mod tests {
         for id in [&user, &sched] {
             for allow in [users, sched_only, open] {
                 assert_eq!(
-                    check(allow, Some(id), Some("0abc"), &revoked)
+                    check(allow, Some(id), &["0abc".to_string()], &revoked)
                         .unwrap_err()
                         .code(),
                     tonic::Code::PermissionDenied
                 );
             }
         }
-        assert!(check(users, Some(&user), Some("0abd"), &revoked).is_ok());
+        assert!(check(users, Some(&user), &["0abd".to_string()], &revoked).is_ok());
     }
 }

@@ -66,11 +66,25 @@ fn peer_identity<B>(req: &http::Request<B>, tls: &MeshTls) -> Result<Option<Iden
     }
 }
 
-/// The serial number of the caller's certificate, if it presented one.
-fn peer_serial<B>(req: &http::Request<B>) -> Option<String> {
-    let peer = req.extensions().get::<PeerInfo>()?;
-    let certs = peer.certs.as_ref()?;
-    crate::identity::serial_of_der(certs.first()?)
+/// The serial numbers of the certificates the caller presented: its own, then any
+/// intermediate (a revoked node issuer revokes every node certificate it signed).
+/// A certificate whose serial cannot be read is refused (`Err`), never passed unchecked.
+fn peer_serials<B>(req: &http::Request<B>) -> Result<Vec<String>, tonic::Status> {
+    let Some(certs) = req
+        .extensions()
+        .get::<PeerInfo>()
+        .and_then(|p| p.certs.as_ref())
+    else {
+        return Ok(Vec::new());
+    };
+    certs
+        .iter()
+        .map(|c| {
+            crate::identity::serial_of_der(c).ok_or_else(|| {
+                tonic::Status::unauthenticated("a presented certificate has no readable serial")
+            })
+        })
+        .collect()
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Auth<S>
@@ -106,19 +120,20 @@ where
                         if age > self.layer.max_revocation_age
                             && !allow.contains(&Allow::Anonymous) =>
                     {
+                        let how_old = if age == Duration::MAX {
+                            "has not been fetched from the registry yet".to_string()
+                        } else {
+                            format!("is {} s old", age.as_secs())
+                        };
                         Err(tonic::Status::unavailable(format!(
-                            "this service's revocation list is {} s old (at most {} s is \
+                            "this service's revocation list {how_old} (at most {} s is \
                              trusted): refusing calls until it refreshes from the registry",
-                            age.as_secs(),
                             self.layer.max_revocation_age.as_secs()
                         )))
                     }
-                    Some(allow) => check(
-                        allow,
-                        identity.as_ref(),
-                        peer_serial(&req).as_deref(),
-                        &self.layer.revoked,
-                    ),
+                    Some(allow) => peer_serials(&req).and_then(|serials| {
+                        check(allow, identity.as_ref(), &serials, &self.layer.revoked)
+                    }),
                 };
                 (identity, verdict)
             }

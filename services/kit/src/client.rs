@@ -62,6 +62,9 @@ struct ServiceVerifier {
     chain: Arc<WebPkiServerVerifier>,
     mesh: String,
     service: String,
+    /// The mesh CA: a service's certificate must come from it directly (an intermediate, the
+    /// node issuer, certifies nodes only).
+    root_pem: String,
 }
 
 impl ServiceVerifier {
@@ -70,6 +73,12 @@ impl ServiceVerifier {
         let Some(id) = Identity::from_verified_der(end_entity) else {
             return Err("the server's certificate carries no zkmesh identity".into());
         };
+        if crate::ca::issued_by_root(end_entity, &self.root_pem) != Some(true) {
+            return Err(
+                "the server's certificate is not issued by the mesh CA itself (an intermediate certifies nodes only)"
+                    .into(),
+            );
+        }
         let wanted = Identity::new(&self.mesh, Role::Service, &self.service);
         if id != wanted {
             return Err(format!(
@@ -171,8 +180,10 @@ pub fn channel(endpoint: &str, tls: &ClientTls, service: &str) -> Result<Channel
         chain,
         mesh,
         service: service.to_string(),
+        root_pem: tls.ca.clone(),
     });
-    let mut config = ClientTlsConfig::new();
+    // A handshake that stalls (a server that accepts TCP and says nothing) is given up.
+    let mut config = ClientTlsConfig::new().timeout(Duration::from_secs(5));
     if let Some((cert, key)) = &tls.identity {
         config = config.identity(tonic::transport::Identity::from_pem(cert, key));
     }
@@ -190,7 +201,7 @@ pub fn channel(endpoint: &str, tls: &ClientTls, service: &str) -> Result<Channel
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::identity::MeshCa;
+    use crate::ca::MeshCa;
 
     fn verifier(ca: &MeshCa, service: &str) -> ServiceVerifier {
         let mut roots = RootCertStore::empty();
@@ -206,6 +217,7 @@ mod tests {
             .unwrap(),
             mesh: crate::identity::mesh_of_ca(&ca.cert_pem).unwrap(),
             service: service.into(),
+            root_pem: ca.cert_pem.clone(),
         }
     }
 

@@ -1,17 +1,10 @@
-//! The mesh CA and the identities it certifies.
+//! The identities the mesh CA certifies ([`crate::ca`]), and reading them from certificates.
 //!
 //! Every certificate carries one URI SAN, `spiffe://<mesh>/<role>/<name>`; the role decides what
 //! its holder may call. TLS keys are ECDSA P-256 (understood by every TLS stack, including the
 //! grpcio clients generated from `proto/`); receipts use a separate Ed25519 key.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use rcgen::{
-    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
 
 /// What a certificate's holder is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -141,187 +134,16 @@ pub enum IdentityError {
     Exists(PathBuf),
     #[error("the CA of mesh {ca:?} does not certify identities of mesh {mesh:?}")]
     OtherMesh { mesh: String, ca: String },
-}
-
-/// A PEM certificate and its PEM private key.
-#[derive(Clone)]
-pub struct CertifiedKey {
-    pub cert_pem: String,
-    pub key_pem: String,
-}
-
-/// The certificate, never the key.
-impl std::fmt::Debug for CertifiedKey {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CertifiedKey")
-            .field("cert_pem", &self.cert_pem)
-            .field("key_pem", &"<redacted>")
-            .finish()
-    }
-}
-
-impl CertifiedKey {
-    /// Writes `<stem>.crt` and `<stem>.key` (0600) into `dir`.
-    pub fn write(&self, dir: &Path, stem: &str) -> Result<(), IdentityError> {
-        write_file(
-            &dir.join(format!("{stem}.crt")),
-            self.cert_pem.as_bytes(),
-            false,
-        )?;
-        write_file(
-            &dir.join(format!("{stem}.key")),
-            self.key_pem.as_bytes(),
-            true,
-        )
-    }
-}
-
-/// The mesh certificate authority.
-pub struct MeshCa {
-    pub mesh: String,
-    pub cert_pem: String,
-    key: KeyPair,
-}
-
-/// Lifetime of the CA certificate.
-const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
-impl MeshCa {
-    /// A new CA for the mesh named `mesh`.
-    pub fn generate(mesh: &str) -> Result<MeshCa, IdentityError> {
-        if !valid_name(mesh) {
-            return Err(IdentityError::BadName(mesh.to_string()));
-        }
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = dn(&format!("zkmesh {mesh} CA"));
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        params.subject_alt_names = vec![SanType::URI(format!("spiffe://{mesh}").try_into()?)];
-        set_validity(&mut params, CA_LIFETIME);
-        let cert = params.self_signed(&key)?;
-        Ok(MeshCa {
-            mesh: mesh.to_string(),
-            cert_pem: cert.pem(),
-            key,
-        })
-    }
-
-    /// Loads `ca.crt` and `ca.key` from `dir`.
-    pub fn load(dir: &Path) -> Result<MeshCa, IdentityError> {
-        let cert_pem = read_file(&dir.join("ca.crt"))?;
-        let key_pem = read_file(&dir.join("ca.key"))?;
-        let key = KeyPair::from_pem(&key_pem)?;
-        let mesh = mesh_of_ca(&cert_pem).unwrap_or_else(|| "zkmesh".to_string());
-        Ok(MeshCa {
-            mesh,
-            cert_pem,
-            key,
-        })
-    }
-
-    /// Writes `ca.crt` and `ca.key`; refuses to overwrite an existing CA.
-    pub fn save(&self, dir: &Path) -> Result<(), IdentityError> {
-        let key_path = dir.join("ca.key");
-        if key_path.exists() {
-            return Err(IdentityError::Exists(key_path));
-        }
-        std::fs::create_dir_all(dir).map_err(|source| IdentityError::Io {
-            path: dir.to_path_buf(),
-            source,
-        })?;
-        write_file(&dir.join("ca.crt"), self.cert_pem.as_bytes(), false)?;
-        write_file(&key_path, self.key.serialize_pem().as_bytes(), true)
-    }
-
-    fn issuer(&self) -> Result<Issuer<'_, &KeyPair>, IdentityError> {
-        Ok(Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?)
-    }
-
-    /// A new key and certificate for `identity`. Services also get server names
-    /// (`localhost`, loopback addresses and `hosts`) so that clients can verify them.
-    pub fn issue(
-        &self,
-        identity: &Identity,
-        hosts: &[String],
-        lifetime: Duration,
-    ) -> Result<CertifiedKey, IdentityError> {
-        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let params = self.leaf_params(identity, hosts, lifetime)?;
-        let cert = params.signed_by(&key, &self.issuer()?)?;
-        Ok(CertifiedKey {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
-    }
-
-    /// Signs a node's CSR. Only the CSR's public key is used: the names in the certificate are
-    /// the registry's decision, never the requester's.
-    pub fn sign_csr(
-        &self,
-        csr_pem: &str,
-        identity: &Identity,
-        lifetime: Duration,
-    ) -> Result<String, IdentityError> {
-        let csr = CertificateSigningRequestParams::from_pem(csr_pem)?;
-        let params = self.leaf_params(identity, &[], lifetime)?;
-        Ok(params.signed_by(&csr.public_key, &self.issuer()?)?.pem())
-    }
-
-    fn leaf_params(
-        &self,
-        identity: &Identity,
-        hosts: &[String],
-        lifetime: Duration,
-    ) -> Result<CertificateParams, IdentityError> {
-        if !valid_name(&identity.name) {
-            return Err(IdentityError::BadName(identity.name.clone()));
-        }
-        // A CA certifies identities of its own mesh only.
-        if identity.mesh != self.mesh {
-            return Err(IdentityError::OtherMesh {
-                mesh: identity.mesh.clone(),
-                ca: self.mesh.clone(),
-            });
-        }
-        let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name = dn(&identity.to_string());
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.use_authority_key_identifier_extension = true;
-        let mut sans = vec![SanType::URI(identity.uri().try_into()?)];
-        if identity.role == Role::Service {
-            params
-                .extended_key_usages
-                .push(ExtendedKeyUsagePurpose::ServerAuth);
-            sans.push(SanType::DnsName("localhost".try_into()?));
-            sans.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-            sans.push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
-            for host in hosts {
-                sans.push(match host.parse::<IpAddr>() {
-                    Ok(ip) => SanType::IpAddress(ip),
-                    Err(_) => SanType::DnsName(host.clone().try_into()?),
-                });
-            }
-        }
-        params.subject_alt_names = sans;
-        set_validity(&mut params, lifetime);
-        Ok(params)
-    }
-}
-
-/// A fresh TLS key pair and a CSR for it (the worker side of enrollment).
-pub fn generate_csr(common_name: &str) -> Result<(String, String), IdentityError> {
-    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params.distinguished_name = dn(common_name);
-    let csr = params.serialize_request(&key)?;
-    Ok((key.serialize_pem(), csr.pem()?))
+    #[error(
+        "the node issuer certifies nodes only, not a {0}: issue it from the mesh CA (the root)"
+    )]
+    NodesOnly(&'static str),
+    #[error("only the mesh CA (the root) makes a node issuer")]
+    NotRoot,
+    #[error(
+        "this mesh CA was made before node issuers existed (its path length is 0): it cannot certify one; make a new mesh CA with `zkmesh ca init`"
+    )]
+    RootTooOld,
 }
 
 /// Expiry of a PEM certificate, in milliseconds since the epoch.
@@ -359,6 +181,13 @@ pub fn serial_of_pem(cert_pem: &str) -> Option<String> {
     serial_of_der(&pem.contents)
 }
 
+/// The identity in a PEM certificate (the first in the text), unverified: for display.
+pub fn identity_of_pem(cert_pem: &str) -> Option<Identity> {
+    use x509_parser::prelude::*;
+    let (_, pem) = parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    Identity::from_verified_der(&pem.contents)
+}
+
 /// The mesh name a CA certificate was made for.
 pub fn mesh_of_ca(cert_pem: &str) -> Option<String> {
     use x509_parser::prelude::*;
@@ -369,19 +198,6 @@ pub fn mesh_of_ca(cert_pem: &str) -> Option<String> {
         GeneralName::URI(uri) => uri.strip_prefix("spiffe://").map(str::to_string),
         _ => None,
     })
-}
-
-fn dn(common_name: &str) -> DistinguishedName {
-    let mut dn = DistinguishedName::new();
-    dn.push(DnType::CommonName, common_name);
-    dn
-}
-
-fn set_validity(params: &mut CertificateParams, lifetime: Duration) {
-    let now = time::OffsetDateTime::now_utc();
-    // Slack for clocks that disagree a little.
-    params.not_before = now - time::Duration::milliseconds(BACKDATE_MS);
-    params.not_after = now + time::Duration::seconds(lifetime.as_secs() as i64);
 }
 
 pub fn read_file(path: &Path) -> Result<String, IdentityError> {
@@ -436,6 +252,8 @@ pub fn write_file(path: &Path, bytes: &[u8], secret: bool) -> Result<(), Identit
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ca::{CertifiedKey, MeshCa, generate_csr};
+    use std::time::Duration;
 
     #[test]
     fn debug_output_never_shows_a_private_key() {

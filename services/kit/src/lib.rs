@@ -14,6 +14,7 @@
 
 pub mod acl;
 pub mod auth;
+pub mod ca;
 pub mod client;
 pub mod config;
 pub mod db;

@@ -17,17 +17,18 @@ struct Lists {
 #[derive(Clone, Debug)]
 pub struct RevocationList {
     lists: Arc<RwLock<Lists>>,
-    /// When the list was last known complete; None: the authority (always current).
-    refreshed: Option<Arc<RwLock<Instant>>>,
+    /// When the last complete refresh began (None inside: never); None: the authority
+    /// (always current).
+    refreshed: Option<Arc<RwLock<Option<Instant>>>>,
 }
 
 impl Default for RevocationList {
-    /// A follower's list, current as of now (a service that has just started may serve while
-    /// its first refresh is under way, up to the bound).
+    /// A follower's list, never refreshed yet: it is stale until its first complete refresh,
+    /// so a service that cannot reach the registry at start refuses rather than trusts.
     fn default() -> Self {
         RevocationList {
             lists: Arc::default(),
-            refreshed: Some(Arc::new(RwLock::new(Instant::now()))),
+            refreshed: Some(Arc::new(RwLock::new(None))),
         }
     }
 }
@@ -79,11 +80,13 @@ impl RevocationList {
         }
     }
 
-    /// Replaces both lists with a complete copy fetched from the authority, now current.
+    /// Replaces both lists with a complete copy fetched from the authority, current as of
+    /// `began` (when its fetch started: anything revoked later may be missing from it).
     pub fn refresh(
         &self,
         node_ids: impl IntoIterator<Item = String>,
         serials: impl IntoIterator<Item = String>,
+        began: Instant,
     ) {
         if let Ok(mut s) = self.lists.write() {
             s.nodes = node_ids.into_iter().collect();
@@ -92,29 +95,35 @@ impl RevocationList {
         if let Some(at) = &self.refreshed
             && let Ok(mut at) = at.write()
         {
-            *at = Instant::now();
+            *at = Some(began);
         }
     }
 
-    /// How old this copy is (zero for the authority).
+    /// How old this copy is: zero for the authority, `Duration::MAX` before the first refresh.
     pub fn age(&self) -> Duration {
         match &self.refreshed {
             None => Duration::ZERO,
-            Some(at) => at.read().map(|t| t.elapsed()).unwrap_or(Duration::MAX),
+            Some(at) => at
+                .read()
+                .ok()
+                .and_then(|t| t.map(|t| t.elapsed()))
+                .unwrap_or(Duration::MAX),
         }
     }
 
-    /// Pretends the last refresh was `ago` earlier (tests of the fail-closed bound).
+    /// Pretends the last refresh began `ago` earlier (tests of the fail-closed bound).
     #[doc(hidden)]
     pub fn backdate(&self, ago: Duration) {
         if let Some(at) = &self.refreshed
             && let Ok(mut at) = at.write()
-            && let Some(earlier) = at.checked_sub(ago)
         {
-            *at = earlier;
+            *at = at.and_then(|t| t.checked_sub(ago));
         }
     }
 }
+
+/// How long one refresh may take before it is given up.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Keeps `revoked` in step with the registry, polling every `every` until `shutdown`. Other
 /// services run this so a revoked node or certificate is refused everywhere within seconds; a
@@ -129,14 +138,19 @@ pub fn follow_revocations(
         let client = zkmesh_proto::registry_service_client::RegistryServiceClient::new(channel);
         let mut warned = false;
         loop {
+            let began = Instant::now();
             let fetched = async {
                 let nodes = crate::lists::all_revoked(&client).await?;
                 let serials = crate::lists::all_revoked_certificates(&client).await?;
                 Ok::<_, tonic::Status>((nodes, serials))
             };
-            match fetched.await {
+            // A registry that hangs must not hold the loop: the next try starts afresh.
+            let fetched = tokio::time::timeout(FETCH_TIMEOUT, fetched)
+                .await
+                .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("no answer in time")));
+            match fetched {
                 Ok((nodes, serials)) => {
-                    revoked.refresh(nodes, serials);
+                    revoked.refresh(nodes, serials, began);
                     warned = false;
                 }
                 Err(e) if !warned => {
@@ -160,10 +174,15 @@ mod tests {
     #[test]
     fn followers_age_and_the_authority_does_not() {
         let follower = RevocationList::default();
+        assert_eq!(
+            follower.age(),
+            Duration::MAX,
+            "stale until its first refresh"
+        );
+        follower.refresh(["n-1".to_string()], ["0a".to_string()], Instant::now());
+        assert!(follower.age() < Duration::from_secs(5));
         follower.backdate(Duration::from_secs(100));
         assert!(follower.age() >= Duration::from_secs(100));
-        follower.refresh(["n-1".to_string()], ["0a".to_string()]);
-        assert!(follower.age() < Duration::from_secs(5));
         assert!(follower.contains("n-1") && follower.contains_serial("0a"));
         assert!(!follower.contains_serial("0b"));
         let authority = RevocationList::authority();

@@ -66,6 +66,9 @@ pub struct ServeSpec {
     pub grace: Duration,
 }
 
+/// The least `max_revocation_age` a service accepts.
+pub const MIN_REVOCATION_AGE: Duration = Duration::from_secs(3);
+
 /// A running service.
 pub struct Serving {
     pub addr: SocketAddr,
@@ -88,6 +91,13 @@ where
         + 'static,
     S::Future: Send + 'static,
 {
+    // The list is refreshed every second; a bound much nearer than that flaps.
+    if spec.max_revocation_age < MIN_REVOCATION_AGE {
+        return Err(ServeError::Other(format!(
+            "max_revocation_age_secs must be at least {} (the revocation list is refreshed every second)",
+            MIN_REVOCATION_AGE.as_secs()
+        )));
+    }
     let listener = bind(&spec.listen).await?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: spec.listen.clone(),

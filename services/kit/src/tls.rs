@@ -26,7 +26,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TlsFiles;
-use crate::identity::{Identity, read_file};
+use crate::identity::{Identity, Role, read_file};
 
 /// TLS material that cannot be used: unreadable, not PEM, or not a certificate and key.
 #[derive(Debug, thiserror::Error)]
@@ -177,6 +177,8 @@ pub struct MeshTls {
     pub server: Arc<ServerConfig>,
     strict: Arc<dyn ClientCertVerifier>,
     mesh: Arc<str>,
+    /// The mesh CA (the root): only nodes may be certified below it, by the node issuer.
+    root_pem: Arc<str>,
 }
 
 fn tls_err(e: impl std::fmt::Display) -> TlsError {
@@ -223,6 +225,7 @@ impl MeshTls {
             server: Arc::new(server),
             strict,
             mesh: mesh.into(),
+            root_pem: pem.ca.as_str().into(),
         })
     }
 
@@ -237,7 +240,14 @@ impl MeshTls {
                 self.strict
                     .verify_client_cert(&certs[0], &certs[1..], UnixTime::now())
                     .map_err(|e| format!("client certificate rejected: {e}"))?;
+                let direct = crate::ca::issued_by_root(&certs[0], &self.root_pem);
                 match Identity::from_verified_der(&certs[0]) {
+                    // The node issuer (an intermediate) certifies nodes only: an admin, user or
+                    // service certificate must come from the mesh CA itself.
+                    Some(id) if id.role != Role::Node && direct != Some(true) => Err(format!(
+                        "a {} certificate must be issued by the mesh CA itself, not by an intermediate",
+                        id.role.as_str()
+                    )),
                     Some(id) if *id.mesh == *self.mesh => Ok(Some(id)),
                     Some(id) => Err(format!(
                         "certificate is for mesh {:?}, not {:?}",

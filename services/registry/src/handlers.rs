@@ -72,7 +72,7 @@ impl RegistryApi for RegistryService {
         Ok(Response::new(RenewCertificateResponse {
             status: node.status,
             certificate_pem: cert,
-            ca_certificate_pem: self.nodes.ca.cert_pem.clone(),
+            ca_certificate_pem: self.nodes.ca.trust_pem.clone(),
             expires_at_ms: expires,
         }))
     }

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use zkmesh_kit::CancellationToken;
 use zkmesh_kit::acl::{Acl, Allow};
+use zkmesh_kit::ca::MeshCa;
 use zkmesh_kit::db::{self};
-use zkmesh_kit::identity::{MeshCa, Role};
+use zkmesh_kit::identity::Role;
 use zkmesh_kit::revocation::RevocationList;
 use zkmesh_kit::server::{ServeSpec, Serving, serve};
 use zkmesh_kit::telemetry::Metrics;
@@ -61,6 +62,14 @@ pub static ACL: Acl = Acl {
 pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
     let tls = TlsPem::load(&config.server.tls)?;
     let ca = MeshCa::load(&config.ca_dir)?;
+    if !ca.is_node_issuer() {
+        tracing::warn!(
+            ca_dir = %config.ca_dir.display(),
+            "the registry holds the mesh CA's root key: whoever takes this host can certify any \
+             admin, user or service; make a node issuer (`zkmesh ca issuer`), point ca_dir at it \
+             and keep the root key offline"
+        );
+    }
     let db = db::connect(&config.server.database_url).await?;
     db::migrate(&db, "registry", &nodes::MIGRATOR).await?;
     // The registry's list is the authority: always current.

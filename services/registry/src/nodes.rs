@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use sqlx::Row;
+use zkmesh_kit::ca::MeshCa;
 use zkmesh_kit::db::Pool;
-use zkmesh_kit::identity::{Identity, MeshCa, Role, valid_name};
+use zkmesh_kit::identity::{Identity, Role, valid_name};
 use zkmesh_kit::revocation::RevocationList;
 use zkmesh_kit::{now_ms, random_id, sha256_hex};
 use zkmesh_proto::*;
@@ -402,7 +403,7 @@ impl Nodes {
         Ok(FetchCertificateResponse {
             status: node.status,
             certificate_pem: cert,
-            ca_certificate_pem: self.ca.cert_pem.clone(),
+            ca_certificate_pem: self.ca.trust_pem.clone(),
             expires_at_ms: node.certificate_expires_at_ms,
         })
     }

@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use zkmesh_kit::identity::{Identity, MeshCa, Role};
+use zkmesh_kit::ca::MeshCa;
+use zkmesh_kit::identity::{Identity, Role};
 
 use crate::args::CaCommand;
 use crate::{EXIT_USAGE, exit};
@@ -40,18 +41,46 @@ pub(crate) async fn ca(mesh: &Option<std::path::PathBuf>, cmd: CaCommand) -> any
                 out.display()
             );
         }
+        CaCommand::Issuer { dir, out, days } => {
+            let ca = MeshCa::load(&dir)?;
+            let issuer = ca
+                .node_issuer(Duration::from_secs(days * 86400))
+                .map_err(|e| exit(EXIT_USAGE, e.to_string()))?;
+            issuer
+                .save_node_issuer(&out)
+                .map_err(|e| exit(EXIT_USAGE, e.to_string()))?;
+            let serial = zkmesh_kit::identity::serial_of_pem(&issuer.cert_pem).unwrap_or_default();
+            println!(
+                "made the node issuer of mesh {:?} in {} (serial {serial}); point the registry's ca_dir at it and keep {} offline",
+                ca.mesh,
+                out.display(),
+                dir.join("ca.key").display()
+            );
+        }
         CaCommand::Revoke {
             certificate,
             reason,
         } => {
-            let serial = match std::fs::read_to_string(&certificate) {
-                Ok(pem) => zkmesh_kit::identity::serial_of_pem(&pem).ok_or_else(|| {
+            // A serial is hex; anything else names a certificate file, which must be there.
+            let is_serial = !certificate.is_empty()
+                && certificate.bytes().all(|b| b.is_ascii_hexdigit())
+                && !std::path::Path::new(&certificate).exists();
+            let serial = if is_serial {
+                certificate.to_ascii_lowercase()
+            } else {
+                let pem = std::fs::read_to_string(&certificate)
+                    .map_err(|e| exit(EXIT_USAGE, format!("{certificate}: {e}")))?;
+                let serial = zkmesh_kit::identity::serial_of_pem(&pem).ok_or_else(|| {
                     exit(
                         EXIT_USAGE,
                         format!("{certificate} is not a PEM certificate"),
                     )
-                })?,
-                Err(_) => certificate.clone(),
+                })?;
+                let who = zkmesh_kit::identity::identity_of_pem(&pem)
+                    .map(|id| id.uri())
+                    .unwrap_or_else(|| "no zkmesh identity".into());
+                println!("{certificate}: {who}, serial {serial}");
+                serial
             };
             let api = crate::commands::client(mesh)?;
             let answer = api

@@ -75,7 +75,7 @@ pub async fn enroll_with(sb: &Sandbox, token: &str, name: &str, slots: u32) -> F
     let mut registry = RegistryServiceClient::new(
         channel(&sb.mesh.client.registry, &anonymous, "registry").unwrap(),
     );
-    let (key_pem, csr) = zkmesh_kit::identity::generate_csr(name).unwrap();
+    let (key_pem, csr) = zkmesh_kit::ca::generate_csr(name).unwrap();
     let receipt_key = SigningKey::from_bytes(&[9u8; 32]);
     // Each node its own secret: the same token and secret are the same enrollment (a retry).
     let secret = hex::decode(zkmesh_kit::sha256_hex(

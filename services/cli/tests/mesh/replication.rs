@@ -194,7 +194,7 @@ async fn one_party_with_many_nodes_is_one_operator() {
     let mut open = registry_service_client::RegistryServiceClient::new(
         zkmesh_kit::client::channel(&sb.mesh.client.registry, &anonymous, "registry").unwrap(),
     );
-    let (_, csr) = zkmesh_kit::identity::generate_csr("weak").unwrap();
+    let (_, csr) = zkmesh_kit::ca::generate_csr("weak").unwrap();
     let mut identity_point = vec![0u8; 32];
     identity_point[0] = 1;
     let err = open

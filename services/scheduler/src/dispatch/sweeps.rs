@@ -176,12 +176,11 @@ impl Core {
         let Ok(nodes) = self.registry.list_nodes().await else {
             return;
         };
-        self.revoked.replace(
-            nodes
-                .iter()
-                .filter(|n| n.status() == NodeStatus::Revoked)
-                .map(|n| n.node_id.clone()),
-        );
+        // Revoked nodes are only ever added here: the revocation follower keeps the whole
+        // list, and this snapshot may predate a revocation it has already seen.
+        for n in nodes.iter().filter(|n| n.status() == NodeStatus::Revoked) {
+            self.revoked.insert(&n.node_id);
+        }
         // Revoked nodes are cut off; nodes the registry considers offline (missed heartbeats)
         // lose their leases and their stream, and may reconnect once they heartbeat again.
         let gone: Vec<(String, Outbound, Status)> = {
