@@ -95,6 +95,18 @@ impl MeshCa {
         })
     }
 
+    /// Cuts a certificate's lifetime to end no later than this authority's own: a node
+    /// certificate outliving its issuer would fail without warning when the issuer expires.
+    fn within_own_validity(&self, params: &mut CertificateParams) {
+        if let Some((_, not_after_ms)) = crate::identity::validity_ms(&self.cert_pem)
+            && let Ok(end) =
+                time::OffsetDateTime::from_unix_timestamp_nanos(not_after_ms as i128 * 1_000_000)
+            && params.not_after > end
+        {
+            params.not_after = end;
+        }
+    }
+
     /// Whether this is the node issuer (an intermediate), not the root.
     pub fn is_node_issuer(&self) -> bool {
         !self.chain_pem.is_empty()
@@ -122,6 +134,7 @@ impl MeshCa {
         params.subject_alt_names =
             vec![SanType::URI(format!("spiffe://{}", self.mesh).try_into()?)];
         set_validity(&mut params, lifetime);
+        self.within_own_validity(&mut params);
         let cert = params.signed_by(&key, &self.issuer()?)?;
         Ok(MeshCa {
             mesh: self.mesh.clone(),
@@ -262,6 +275,7 @@ impl MeshCa {
         }
         params.subject_alt_names = sans;
         set_validity(&mut params, lifetime);
+        self.within_own_validity(&mut params);
         Ok(params)
     }
 }
@@ -297,6 +311,22 @@ fn root_path_len(cert_pem: &str) -> Option<u32> {
         .ok()
         .flatten()
         .and_then(|bc| bc.value.path_len_constraint)
+}
+
+/// Whether a PEM certificate is a root: self-issued (its issuer is its subject) and allowing
+/// an intermediate below it. A CA file must hold one (not the node issuer's certificate, which
+/// would make its nodes-only certificates look issued by the root).
+pub fn is_mesh_root(cert_pem: &str) -> bool {
+    use x509_parser::prelude::*;
+    let Ok((_, pem)) = parse_x509_pem(cert_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return false;
+    };
+    let self_issued = cert.issuer().as_raw() == cert.subject().as_raw();
+    // Meshes made before node issuers have roots of path length 0; they are roots still.
+    self_issued && cert.is_ca()
 }
 
 /// Whether the verified DER certificate `leaf` was issued by the root `root_pem` itself (its
@@ -355,6 +385,17 @@ mod tests {
         ));
         let dir = tempfile::tempdir().unwrap();
         issuer.save_node_issuer(dir.path()).unwrap();
+        // No certificate outlives its issuer.
+        let long = issuer
+            .issue(
+                &Identity::new("m", Role::Node, "n-2"),
+                &[],
+                Duration::from_secs(10 * 365 * 86400),
+            )
+            .unwrap();
+        let issuer_end = crate::identity::validity_ms(&issuer.cert_pem).unwrap().1;
+        assert!(crate::identity::validity_ms(&long.cert_pem).unwrap().1 <= issuer_end);
+        assert!(is_mesh_root(&root.cert_pem) && !is_mesh_root(&issuer.cert_pem));
         let loaded = MeshCa::load(dir.path()).unwrap();
         assert!(loaded.is_node_issuer());
         assert_eq!(

@@ -168,6 +168,11 @@ pub fn channel(endpoint: &str, tls: &ClientTls, service: &str) -> Result<Channel
             roots.len()
         )));
     };
+    if !crate::ca::is_mesh_root(&tls.ca) {
+        return Err(tls_err(
+            &"the CA file must hold the mesh CA (a self-issued root), not an intermediate",
+        ));
+    }
     let mesh = crate::identity::mesh_of_ca(&tls.ca)
         .ok_or_else(|| tls_err(&"the CA certificate names no mesh (spiffe://<mesh>)"))?;
     let mut store = RootCertStore::empty();

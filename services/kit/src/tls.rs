@@ -194,6 +194,11 @@ impl MeshTls {
             .map_err(tls_err)?;
         // One CA: the mesh name comes from it, and another CA in the file could otherwise issue
         // certificates in this mesh's name.
+        if certs.len() == 1 && !crate::ca::is_mesh_root(&pem.ca) {
+            return Err(tls_err(
+                "the CA file must hold the mesh CA (a self-issued root), not an intermediate",
+            ));
+        }
         if certs.len() != 1 {
             return Err(tls_err(format!(
                 "the CA file must hold exactly one certificate (the mesh CA), not {}",

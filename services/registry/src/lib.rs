@@ -62,6 +62,13 @@ pub static ACL: Acl = Acl {
 pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyhow::Result<Serving> {
     let tls = TlsPem::load(&config.server.tls)?;
     let ca = MeshCa::load(&config.ca_dir)?;
+    if config.ca_dir.join("ca.key").exists() && ca.is_node_issuer() {
+        anyhow::bail!(
+            "{} holds the mesh CA's root key beside the node issuer: move ca.key off this host \
+             (the registry needs only issuer.crt, issuer.key and ca.crt)",
+            config.ca_dir.display()
+        );
+    }
     if !ca.is_node_issuer() {
         tracing::warn!(
             ca_dir = %config.ca_dir.display(),

@@ -42,6 +42,15 @@ pub(crate) async fn ca(mesh: &Option<std::path::PathBuf>, cmd: CaCommand) -> any
             );
         }
         CaCommand::Issuer { dir, out, days } => {
+            if out.join("ca.key").exists() {
+                return Err(exit(
+                    EXIT_USAGE,
+                    format!(
+                        "{} holds a root key: give the node issuer a directory of its own (the registry's ca_dir), so the root key stays off the registry's host",
+                        out.display()
+                    ),
+                ));
+            }
             let ca = MeshCa::load(&dir)?;
             let issuer = ca
                 .node_issuer(Duration::from_secs(days * 86400))
