@@ -198,3 +198,33 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> std::io::Result
         .map(|(_, body)| body.to_string())
         .unwrap_or(text))
 }
+
+/// One more ledger process beside the mesh's, with its own database and keys under `stem`, the
+/// TLS files `tls`, following the registry at `registry` (attack tests serve as one).
+pub async fn another_ledger(
+    stem: &std::path::Path,
+    tls: zkmesh_kit::config::TlsFiles,
+    registry: String,
+    verifier_key: String,
+    max_revocation_age_secs: u64,
+    shutdown: &zkmesh_kit::CancellationToken,
+) -> zkmesh_kit::server::Serving {
+    zkmesh_ledger::start(
+        zkmesh_ledger::LedgerConfig {
+            server: zkmesh_kit::config::ServerConfig {
+                listen: Some("127.0.0.1:0".into()),
+                metrics_listen: None,
+                database_url: format!("sqlite://{}.db", stem.display()),
+                grace_secs: 1,
+                tls,
+                max_revocation_age_secs,
+            },
+            key_file: std::path::PathBuf::from(format!("{}-journal.key", stem.display())),
+            registry_endpoint: registry,
+            verifier_keys: vec![verifier_key],
+        },
+        shutdown.clone(),
+    )
+    .await
+    .unwrap()
+}
