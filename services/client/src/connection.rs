@@ -146,6 +146,43 @@ impl MeshClient {
         }
     }
 
+    /// Waits (at most `limit`) until the ledger, the verifier and the scheduler answer an
+    /// authenticated call: each refuses with UNAVAILABLE until its first revocation list has
+    /// come from the registry.
+    pub async fn wait_until_current(&self, limit: std::time::Duration) -> anyhow::Result<()> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut ledger = self.admin_ledger()?;
+        let mut verifier = self.admin_verifier()?;
+        let mut scheduler = self.admin_scheduler()?;
+        loop {
+            let answers = [
+                ledger
+                    .get_balance(zkmesh_proto::GetBalanceRequest::default())
+                    .await
+                    .err(),
+                verifier
+                    .get_verifier_key(zkmesh_proto::GetVerifierKeyRequest {})
+                    .await
+                    .err(),
+                scheduler
+                    .list_workers(zkmesh_proto::ListWorkersRequest::default())
+                    .await
+                    .err(),
+            ];
+            let waiting = answers
+                .iter()
+                .flatten()
+                .find(|e| e.code() == tonic::Code::Unavailable);
+            match waiting {
+                None => return Ok(()),
+                Some(e) if std::time::Instant::now() >= deadline => {
+                    anyhow::bail!("the mesh is not serving yet: {}", e.message())
+                }
+                Some(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
     pub fn ledger(&self) -> anyhow::Result<LedgerServiceClient<Channel>> {
         Ok(LedgerServiceClient::new(channel(
             &self.config.ledger,

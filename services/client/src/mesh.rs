@@ -274,6 +274,9 @@ impl LocalMesh {
             shutdown,
         };
         let api = MeshClient::connect(&mesh.client)?;
+        // A service refuses calls until its first revocation list has come from the registry
+        // (it fails closed): wait for each, briefly, before anyone calls.
+        api.wait_until_current(Duration::from_secs(20)).await?;
         // Mint once per data directory: a restarted dev mesh keeps its balances.
         let account = format!("user/{}", options.user);
         let balance = api

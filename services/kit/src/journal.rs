@@ -732,7 +732,8 @@ mod tests {
             ("pay", "operator/mallory", "t-1", 20),
         ];
         let honest_t2 = settlement(&verifier(), "t-2", &[("operator/acme", 30)]);
-        let attacks: Vec<(&str, Box<dyn Fn(&str) -> Option<SignedSettlement>>)> = vec![
+        type Settle<'a> = Box<dyn Fn(&str) -> Option<SignedSettlement> + 'a>;
+        let attacks: Vec<(&str, Settle<'_>)> = vec![
             ("no settlement", Box::new(|_| None)),
             (
                 "signed by the ledger key",

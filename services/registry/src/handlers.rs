@@ -205,7 +205,7 @@ impl RegistryApi for RegistryService {
         let serial = req.serial.trim().to_ascii_lowercase();
         let hex_ok = !serial.is_empty()
             && serial.len() <= 64
-            && serial.len() % 2 == 0
+            && serial.len().is_multiple_of(2)
             && serial.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex_ok {
             return Err(RegistryError::BadRequest(format!(

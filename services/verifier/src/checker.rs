@@ -11,6 +11,9 @@ use zkmesh_proto::*;
 
 use crate::policy::check_policy;
 
+/// A report that passed its checks, with its node's operator as the registry names it.
+pub(crate) type ValidReport<'a> = (&'a ReportedResult, String);
+
 /// Marks a check that could not be made (the registry is unreachable).
 pub(crate) const UNAVAILABLE: &str = "registry unavailable: ";
 
@@ -321,8 +324,7 @@ impl Checker {
         };
         // Group valid reports by everything the receipt asserts about the run; count each
         // operator once so one operator's many nodes cannot outvote the others.
-        let mut groups: BTreeMap<(String, i32, u64), Vec<&(&ReportedResult, String)>> =
-            BTreeMap::new();
+        let mut groups: BTreeMap<(String, i32, u64), Vec<&ValidReport>> = BTreeMap::new();
         for valid_report in &valid {
             let r = valid_report.0;
             let receipt = r.receipt.as_ref().expect("checked above");
@@ -345,7 +347,7 @@ impl Checker {
         });
         let response = match winner {
             Some((_, members)) => {
-                let members: Vec<&(&ReportedResult, String)> = members.to_vec();
+                let members: Vec<&ValidReport> = members.to_vec();
                 let settlement = self.settle(req, &members);
                 let members: Vec<&ReportedResult> = members.iter().map(|m| m.0).collect();
                 let output_hash = &members[0]

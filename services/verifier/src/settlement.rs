@@ -16,14 +16,11 @@ use zkmesh_kit::now_ms;
 use zkmesh_kit::settlement::{cost, sign};
 use zkmesh_proto::*;
 
-use crate::checker::Checker;
+use crate::checker::{Checker, ValidReport};
 
 /// Who is paid for the accepted `members` (each a report and its node's operator, from the
 /// registry), and for how much fuel.
-pub(crate) fn payees(
-    task: &VerifyResultRequest,
-    members: &[&(&ReportedResult, String)],
-) -> Vec<SettlementPayee> {
+pub(crate) fn payees(task: &VerifyResultRequest, members: &[&ValidReport]) -> Vec<SettlementPayee> {
     let fuel_of = |r: &ReportedResult| r.receipt.as_ref().map_or(0, |x| x.fuel_used);
     let mut claims: Vec<u64> = members.iter().map(|m| fuel_of(m.0)).collect();
     claims.sort_unstable();
@@ -50,7 +47,7 @@ impl Checker {
     pub(crate) fn settle(
         &self,
         task: &VerifyResultRequest,
-        members: &[&(&ReportedResult, String)],
+        members: &[&ValidReport],
     ) -> SignedSettlement {
         sign(
             &Settlement {
