@@ -1,6 +1,7 @@
 //! The authorization layer: the caller's identity from its verified client certificate,
 //! checked against the service's [`Acl`] before any handler runs.
 
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -66,25 +67,14 @@ fn peer_identity<B>(req: &http::Request<B>, tls: &MeshTls) -> Result<Option<Iden
     }
 }
 
-/// The serial numbers of the certificates the caller presented: its own, then any
-/// intermediate (a revoked node issuer revokes every node certificate it signed).
-/// A certificate whose serial cannot be read is refused (`Err`), never passed unchecked.
-fn peer_serials<B>(req: &http::Request<B>) -> Result<Vec<String>, tonic::Status> {
-    let Some(certs) = req
-        .extensions()
-        .get::<PeerInfo>()
-        .and_then(|p| p.certs.as_ref())
-    else {
-        return Ok(Vec::new());
-    };
-    certs
-        .iter()
-        .map(|c| {
-            crate::identity::serial_of_der(c).ok_or_else(|| {
-                tonic::Status::unauthenticated("a presented certificate has no readable serial")
-            })
-        })
-        .collect()
+/// The serial numbers of the certificates the caller presented (read once per connection): its
+/// own, then any intermediate (a revoked node issuer revokes every node certificate it signed).
+/// A certificate whose serial cannot be read is refused, never passed unchecked.
+fn peer_serials<B>(req: &http::Request<B>) -> Result<Arc<[String]>, tonic::Status> {
+    match req.extensions().get::<PeerInfo>() {
+        Some(peer) => peer.serials.clone().map_err(tonic::Status::unauthenticated),
+        None => Ok(Arc::from([])),
+    }
 }
 
 impl<S, B> tower::Service<http::Request<B>> for Auth<S>

@@ -74,6 +74,9 @@ pub struct PeerInfo {
     pub certs: Option<Arc<Vec<CertificateDer<'static>>>>,
     /// The verdict on the certificate, computed once per connection.
     pub verdict: Arc<OnceLock<Result<Option<Identity>, String>>>,
+    /// The serial numbers of the presented certificates (its own, then any intermediate),
+    /// read once per connection for the revocation check; `Err` if one has none readable.
+    pub serials: Result<Arc<[String]>, String>,
 }
 
 /// A TLS connection with its peer information.
@@ -292,14 +295,24 @@ pub fn incoming(
             tokio::spawn(async move {
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(stream)) => {
-                        let certs =
+                        let certs: Option<Arc<Vec<CertificateDer<'static>>>> =
                             stream.get_ref().1.peer_certificates().map(|c| {
                                 Arc::new(c.iter().map(|d| d.clone().into_owned()).collect())
                             });
+                        let serials = certs
+                            .iter()
+                            .flat_map(|c| c.iter())
+                            .map(|c| {
+                                crate::identity::serial_of_der(c).ok_or_else(|| {
+                                    "a presented certificate has no readable serial".to_string()
+                                })
+                            })
+                            .collect();
                         let info = PeerInfo {
                             remote: Some(remote),
                             certs,
                             verdict: Arc::new(OnceLock::new()),
+                            serials,
                         };
                         let _ = tx.send(Ok(TlsConn { stream, info })).await;
                     }

@@ -178,18 +178,13 @@ impl RegistryApi for RegistryService {
         req: Request<ListRevokedRequest>,
     ) -> Result<Response<ListRevokedResponse>, Status> {
         let req = req.into_inner();
-        let page = Page::of(req.page_size, &req.page_token, 1000, 10_000)?;
-        let rows = sqlx::query(
-            "SELECT node_id FROM nodes WHERE state = 'revoked' AND ($1 IS NULL OR node_id > $2) ORDER BY node_id LIMIT $3",
-        )
-        .bind(page.after.as_deref())
-        .bind(page.after.as_deref())
-        .bind(page.read_limit())
-        .fetch_all(&self.nodes.db)
-        .await
-        .map_err(RegistryError::from)?;
-        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let (node_ids, next_page_token) = page.finish(ids, |id| id.clone());
+        let (node_ids, next_page_token) = self
+            .page_of_keys(
+                "SELECT node_id FROM nodes WHERE state = 'revoked' AND ($1 IS NULL OR node_id > $2) ORDER BY node_id LIMIT $3",
+                req.page_size,
+                &req.page_token,
+            )
+            .await?;
         Ok(Response::new(ListRevokedResponse {
             node_ids,
             next_page_token,
@@ -245,22 +240,39 @@ impl RegistryApi for RegistryService {
         req: Request<ListRevokedCertificatesRequest>,
     ) -> Result<Response<ListRevokedCertificatesResponse>, Status> {
         let req = req.into_inner();
-        let page = Page::of(req.page_size, &req.page_token, 1000, 10_000)?;
-        let rows = sqlx::query(
-            "SELECT serial FROM revoked_certificates WHERE ($1 IS NULL OR serial > $2) ORDER BY serial LIMIT $3",
-        )
-        .bind(page.after.as_deref())
-        .bind(page.after.as_deref())
-        .bind(page.read_limit())
-        .fetch_all(&self.nodes.db)
-        .await
-        .map_err(RegistryError::from)?;
-        let serials: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
-        let (serials, next_page_token) = page.finish(serials, |s| s.clone());
+        let (serials, next_page_token) = self
+            .page_of_keys(
+                "SELECT serial FROM revoked_certificates WHERE ($1 IS NULL OR serial > $2) ORDER BY serial LIMIT $3",
+                req.page_size,
+                &req.page_token,
+            )
+            .await?;
         Ok(Response::new(ListRevokedCertificatesResponse {
             serials,
             next_page_token,
         }))
+    }
+}
+
+impl RegistryService {
+    /// One page of a list of keys: `sql` selects one text column, binding the page's start
+    /// twice and then its read limit.
+    async fn page_of_keys(
+        &self,
+        sql: &'static str,
+        page_size: u32,
+        page_token: &str,
+    ) -> Result<(Vec<String>, String), Status> {
+        let page = Page::of(page_size, page_token, 1000, 10_000)?;
+        let rows = sqlx::query(sql)
+            .bind(page.after.as_deref())
+            .bind(page.after.as_deref())
+            .bind(page.read_limit())
+            .fetch_all(&self.nodes.db)
+            .await
+            .map_err(RegistryError::from)?;
+        let keys: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        Ok(page.finish(keys, |k| k.clone()))
     }
 }
 
