@@ -47,6 +47,8 @@ pub struct MeshOptions {
     pub worker_memory_budget_mib: u64,
     /// More scheduler settings (`key`, integer value), as in its config file.
     pub scheduler_settings: Vec<(String, i64)>,
+    /// The scheduler's share of receipt-policy results spot-checked (None: its default).
+    pub spot_check_rate: Option<f64>,
 }
 
 /// Where embedded meshes keep circuit keys: `$ZKMESH_KEYS_DIR`, else the user's cache.
@@ -79,6 +81,7 @@ impl MeshOptions {
             compile_timeout_secs: 20,
             worker_memory_budget_mib: 0,
             scheduler_settings: Vec::new(),
+            spot_check_rate: None,
         }
     }
 }
@@ -239,6 +242,11 @@ impl LocalMesh {
                         .scheduler_settings
                         .iter()
                         .map(|(k, v)| (k.clone(), toml::Value::Integer(*v))),
+                )
+                .chain(
+                    options
+                        .spot_check_rate
+                        .map(|r| ("spot_check_rate".to_string(), toml::Value::Float(r))),
                 ),
             ))
             .try_into()

@@ -54,6 +54,26 @@ pub async fn all_nodes(
     .await
 }
 
+/// Every node's record at the scheduler (nodes with no verdict yet have none).
+pub async fn all_node_records(
+    scheduler: &SchedulerServiceClient<Channel>,
+) -> Result<Vec<NodeRecord>, Status> {
+    collect_pages(|page_token| {
+        let mut scheduler = scheduler.clone();
+        async move {
+            let page = scheduler
+                .list_node_records(ListNodeRecordsRequest {
+                    page_size: 1000,
+                    page_token,
+                })
+                .await?
+                .into_inner();
+            Ok((page.records, page.next_page_token))
+        }
+    })
+    .await
+}
+
 /// Every worker connected to the scheduler.
 pub async fn all_workers(
     scheduler: &SchedulerServiceClient<Channel>,

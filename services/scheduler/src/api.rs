@@ -650,6 +650,19 @@ impl SchedulerApi for SchedulerService {
         }))
     }
 
+    async fn list_node_records(
+        &self,
+        req: Request<ListNodeRecordsRequest>,
+    ) -> Result<Response<ListNodeRecordsResponse>, Status> {
+        let req = req.into_inner();
+        let page = Page::of(req.page_size, &req.page_token, 100, 1000)?;
+        let (records, next_page_token) = self.core.node_records(&page).await?;
+        Ok(Response::new(ListNodeRecordsResponse {
+            records,
+            next_page_token,
+        }))
+    }
+
     type WorkStream = BoxStream<WorkResponse>;
 
     async fn work(

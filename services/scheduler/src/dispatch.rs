@@ -29,6 +29,7 @@ pub(crate) use transition::{Count, Transition};
 mod placement;
 mod reports;
 mod settlement;
+mod spot_checks;
 mod sweeps;
 #[cfg(test)]
 mod tests;
@@ -45,6 +46,8 @@ struct WorkerConn {
     slots: u32,
     running: BTreeSet<String>,
     tx: Outbound,
+    /// The node's record, kept current as verdicts add to it (placement prefers clean ones).
+    record: NodeRecord,
 }
 
 struct SchedMetrics {

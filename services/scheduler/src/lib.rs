@@ -85,6 +85,23 @@ pub struct SchedulerConfig {
     /// Per user: bytes of the modules they uploaded.
     #[serde(default = "defaults::max_module_bytes_per_user")]
     pub max_module_bytes_per_user: u64,
+    /// The share of receipt-policy results (0 to 1) re-run on a node of another operator
+    /// before they are accepted; a check that disagrees is decided by a third operator.
+    #[serde(default = "defaults::spot_check_rate")]
+    pub spot_check_rate: f64,
+}
+
+impl SchedulerConfig {
+    /// Refuses settings that cannot work, saying which.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if !(0.0..=1.0).contains(&self.spot_check_rate) {
+            anyhow::bail!(
+                "spot_check_rate must be between 0 and 1 (a share of receipt-policy results), got {}",
+                self.spot_check_rate
+            );
+        }
+        Ok(())
+    }
 }
 
 /// Where the scheduler listens when `[server] listen` is not set.
@@ -123,6 +140,9 @@ mod defaults {
     }
     pub fn max_module_bytes_per_user() -> u64 {
         1 << 30
+    }
+    pub fn spot_check_rate() -> f64 {
+        0.05
     }
     pub fn lease_slack_secs() -> u32 {
         60
@@ -185,6 +205,7 @@ pub static ACL: Acl = Acl {
         ),
         ("Work", &[Allow::Role(Role::Node)]),
         ("ListWorkers", &[Allow::Role(Role::Admin)]),
+        ("ListNodeRecords", &[Allow::Role(Role::Admin)]),
         (
             "FetchModule",
             &[
@@ -201,6 +222,7 @@ pub async fn start(
     config: SchedulerConfig,
     shutdown: CancellationToken,
 ) -> anyhow::Result<Serving> {
+    config.check()?;
     let tls = TlsPem::load(&config.server.tls)?;
     let pool = db::connect(&config.server.database_url).await?;
     db::migrate(&pool, "scheduler", &store::MIGRATOR).await?;

@@ -5,6 +5,7 @@ use sqlx::Row;
 use sqlx::sqlite::SqliteRow;
 use zkmesh_kit::db::Pool;
 use zkmesh_kit::now_ms;
+use zkmesh_kit::paging::Page;
 use zkmesh_proto::*;
 
 mod batch;
@@ -41,6 +42,8 @@ pub struct TaskRow {
     pub result: TaskResult,
     /// The price its hold was made at (0: stored before prices were kept).
     pub micro_credits_per_million_fuel: u64,
+    /// Receipt policy: nodes of other operators asked to re-run its current result (0-2).
+    pub spot_checks: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -60,6 +63,8 @@ pub struct AttemptRow {
     pub proof: Option<ZkProof>,
     /// Why the node made no proof (proof policy), as it reported.
     pub proof_error: String,
+    /// This attempt re-runs another's result to check it.
+    pub spot_check: bool,
 }
 
 #[derive(Clone)]
@@ -144,6 +149,7 @@ fn task_from_row(row: &SqliteRow) -> TaskRow {
         task,
         result,
         micro_credits_per_million_fuel: row.get::<i64, _>("micro_credits_per_million_fuel") as u64,
+        spot_checks: row.get::<i64, _>("spot_checks") as u32,
     }
 }
 
@@ -167,6 +173,7 @@ fn attempt_from_row(row: &SqliteRow) -> AttemptRow {
             .get::<Option<Vec<u8>>, _>("proof")
             .and_then(|b| ZkProof::decode(b.as_slice()).ok()),
         proof_error: row.get("proof_error"),
+        spot_check: row.get::<i64, _>("spot_check") != 0,
     }
 }
 
@@ -312,6 +319,12 @@ pub trait Store: Send + Sync {
 
     /// Stores `changes` in one transaction and returns the events among them, numbered.
     async fn apply(&self, changes: &[Change]) -> Result<Vec<TaskEvent>>;
+
+    /// Node records by node id, from after `page`'s key, one more than the page holds.
+    async fn node_records(&self, page: &Page) -> Result<Vec<NodeRecord>>;
+
+    /// One node's record (all zero when it has none yet).
+    async fn node_record(&self, node_id: &str) -> Result<NodeRecord>;
 }
 
 impl SqliteStore {
@@ -676,5 +689,36 @@ impl Store for SqliteStore {
 
     async fn apply(&self, changes: &[Change]) -> Result<Vec<TaskEvent>> {
         self.apply_batch(changes).await
+    }
+
+    async fn node_records(&self, page: &Page) -> Result<Vec<NodeRecord>> {
+        let rows =
+            sqlx::query("SELECT * FROM node_records WHERE node_id > $1 ORDER BY node_id LIMIT $2")
+                .bind(page.after.as_deref().unwrap_or(""))
+                .bind(page.read_limit())
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.iter().map(record_from_row).collect())
+    }
+
+    async fn node_record(&self, node_id: &str) -> Result<NodeRecord> {
+        let row = sqlx::query("SELECT * FROM node_records WHERE node_id = $1")
+            .bind(node_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(record_from_row).unwrap_or(NodeRecord {
+            node_id: node_id.to_string(),
+            ..Default::default()
+        }))
+    }
+}
+
+fn record_from_row(row: &SqliteRow) -> NodeRecord {
+    NodeRecord {
+        node_id: row.get("node_id"),
+        verified: row.get::<i64, _>("verified") as u64,
+        rejected: row.get::<i64, _>("rejected") as u64,
+        spot_checks: row.get::<i64, _>("spot_checks") as u64,
+        spot_failures: row.get::<i64, _>("spot_failures") as u64,
     }
 }

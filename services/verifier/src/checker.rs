@@ -14,6 +14,10 @@ use crate::policy::check_policy;
 /// A report that passed its checks, with its node's operator as the registry names it.
 pub(crate) type ValidReport<'a> = (&'a ReportedResult, String);
 
+/// The most spot checks of one receipt-policy result: the first, and a third operator's run
+/// when the first disagrees.
+pub(crate) const MAX_SPOT_CHECKS: u32 = 2;
+
 /// Marks a check that could not be made (the registry is unreachable).
 pub(crate) const UNAVAILABLE: &str = "registry unavailable: ";
 
@@ -281,6 +285,17 @@ impl Checker {
                 .unwrap_or(&VerificationPolicy::default()),
         )?;
         let policy = req.policy.unwrap_or_default();
+        let checks = req.spot_checks;
+        if checks > 0 && policy.kind() != PolicyKind::Receipt {
+            return Err(Status::invalid_argument(
+                "spot checks are made of receipt-policy results only",
+            ));
+        }
+        if checks > MAX_SPOT_CHECKS {
+            return Err(Status::invalid_argument(format!(
+                "a result is spot-checked at most {MAX_SPOT_CHECKS} times, not {checks}"
+            )));
+        }
         let mut valid = Vec::new();
         let mut rejected = Vec::new();
         let mut reasons = Vec::new();
@@ -320,6 +335,9 @@ impl Checker {
         }
         let needed = match policy.kind() {
             PolicyKind::Replicate => policy.replicas as usize / 2 + 1,
+            // A checked result stands when two operators agree on it: the checked node and its
+            // checker, or (when they disagree) either of them and a third operator.
+            PolicyKind::Receipt if checks > 0 => 2,
             _ => 1,
         };
         // Group valid reports by everything the receipt asserts about the run; count each
@@ -369,6 +387,11 @@ impl Checker {
                         PolicyKind::Replicate => {
                             format!("{} of {} operators agree", members.len(), policy.replicas)
                         }
+                        PolicyKind::Receipt if checks > 0 => format!(
+                            "receipt signature valid; spot-checked: {} of {} operators agree",
+                            members.len(),
+                            checks + 1
+                        ),
                         PolicyKind::Proof => {
                             let p = members[0].proof.as_ref().expect("checked above");
                             if p.links.is_empty() {
@@ -393,6 +416,17 @@ impl Checker {
                     settlement: Some(settlement),
                 }
             }
+            // One check that disagrees (or is invalid) decides nothing: a third operator will.
+            None if checks == 1 => TaskVerdict {
+                task_id: req.task_id.clone(),
+                verdict: Verdict::Pending as i32,
+                reason: if reasons.is_empty() {
+                    "the check's result differs from the result checked".into()
+                } else {
+                    reasons.join("; ")
+                },
+                ..Default::default()
+            },
             None => {
                 rejected.extend(valid.iter().map(|(r, _)| r.attempt_id.clone()));
                 if reasons.is_empty() {

@@ -6,9 +6,10 @@
 //! while timeouts agree on the exit alone, and then one replica that claims much more than the
 //! others is not paid for it, nor can one that claims nothing cut the others' pay.
 //!
-//! The fuel of receipt-policy results is the node's signed word; spot checks are what would
-//! keep it honest (not built yet; see the README's threat model). Under the proof policy, too:
-//! the proof shows the zkVM's steps, which are not wasmtime's fuel (the lowering fuses several
+//! The fuel of receipt-policy results is the node's signed word, kept honest by spot checks:
+//! a checked result stands only when another operator's run agrees on it, fuel included. A
+//! spot-checked result pays one run, as an unchecked one does. Under the proof policy the fuel
+//! is the node's word as well: the proof shows the zkVM's steps, which are not wasmtime's fuel (the lowering fuses several
 //! wasm instructions into one step, and expands `memory.copy` into many), so it bounds nothing
 //! until the zkVM meters fuel itself.
 
@@ -26,6 +27,14 @@ pub(crate) fn payees(task: &VerifyResultRequest, members: &[&ValidReport]) -> Ve
     claims.sort_unstable();
     let median = claims.get(claims.len().saturating_sub(1) / 2).copied();
     let price = task.micro_credits_per_million_fuel;
+    // A spot-checked receipt-policy result pays one run, as an unchecked one does: the first
+    // run's node when its result stands, otherwise the first checker the majority agrees with.
+    let members: Vec<&&ValidReport> = if task.spot_checks > 0 {
+        let first = members.iter().find(|m| !m.0.spot_check);
+        first.or(members.first()).into_iter().collect()
+    } else {
+        members.iter().collect()
+    };
     members
         .iter()
         .map(|(report, operator)| {

@@ -3,11 +3,12 @@
 use std::path::PathBuf;
 
 use serde_json::json;
-use zkmesh_kit::lists::all_nodes;
+use zkmesh_kit::lists::{all_node_records, all_nodes};
 use zkmesh_proto::*;
 
 use crate::args::NodeCommand;
 use crate::commands::client;
+use crate::render::safe;
 
 /// `zkmesh node`.
 pub(crate) async fn node(mesh: &Option<PathBuf>, cmd: NodeCommand) -> anyhow::Result<i32> {
@@ -18,28 +19,53 @@ pub(crate) async fn node(mesh: &Option<PathBuf>, cmd: NodeCommand) -> anyhow::Re
             "{}  {:<8} {:<16} {:<16} slots={}",
             n.node_id,
             zkmesh_registry::describe_status(n.status),
-            n.name,
-            n.operator,
+            safe(&n.name),
+            safe(&n.operator),
             n.slots
         )
     };
     match cmd {
         NodeCommand::List { json } => {
             let nodes = all_nodes(&registry, NodeStatus::Unspecified).await?;
+            // Each node's record (reputation) is the scheduler's, from the verdicts.
+            let records: std::collections::HashMap<String, NodeRecord> =
+                all_node_records(&api.admin_scheduler()?)
+                    .await?
+                    .into_iter()
+                    .map(|r| (r.node_id.clone(), r))
+                    .collect();
+            let record = |n: &Node| records.get(&n.node_id).cloned().unwrap_or_default();
             if json {
                 let list: Vec<_> = nodes
                     .iter()
                     .map(|n| {
+                        let r = record(n);
                         json!({
                             "node_id": n.node_id, "name": n.name, "operator": n.operator,
                             "status": zkmesh_registry::describe_status(n.status), "slots": n.slots,
                             "last_heartbeat_at_ms": n.last_heartbeat_at_ms,
+                            "verified": r.verified, "rejected": r.rejected,
+                            "spot_checks": r.spot_checks, "spot_failures": r.spot_failures,
                         })
                     })
                     .collect();
                 println!("{}", serde_json::Value::Array(list));
             } else {
-                nodes.iter().for_each(show);
+                for n in &nodes {
+                    let r = record(n);
+                    println!(
+                        "{}  {:<8} {:<16} {:<16} slots={} verified={} rejected={} spot_checks={} spot_failures={}",
+                        n.node_id,
+                        zkmesh_registry::describe_status(n.status),
+                        safe(&n.name),
+                        safe(&n.operator),
+                        n.slots,
+                        r.verified,
+                        r.rejected,
+                        r.spot_checks,
+                        r.spot_failures
+                    );
+                }
             }
         }
         NodeCommand::Approve {

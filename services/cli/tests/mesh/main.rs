@@ -20,3 +20,4 @@ mod replication;
 mod revocation;
 mod services;
 mod settlement;
+mod spot_checks;

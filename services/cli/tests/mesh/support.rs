@@ -50,6 +50,8 @@ pub async fn start_with(workers: usize, tune: impl FnOnce(&mut MeshOptions)) -> 
     // Keys of this mesh only (start_proving shares the tests' own directory): a verifier loads
     // every class it finds, so keys in the user's cache would change what a test sees.
     options.keys_dir = dir.path().join("keys");
+    // No spot checks unless a test asks for them: which results are checked is random.
+    options.spot_check_rate = Some(0.0);
     tune(&mut options);
     options.lease_secs = 3;
     options.heartbeat_secs = 1;

@@ -7,6 +7,7 @@ use zkmesh_kit::{now_ms, random_id};
 use zkmesh_proto::*;
 
 use crate::dispatch::Result;
+use crate::dispatch::spot_checks::clean;
 use crate::dispatch::{Core, Transition, db_error};
 use crate::store::{AttemptRow, Change, TaskRow, attempt_state};
 
@@ -92,6 +93,7 @@ impl Core {
                     .max_by_key(|(id, w)| {
                         (
                             !lapsed.contains(*id),
+                            clean(&w.record),
                             w.slots - w.running.len() as u32,
                             std::cmp::Reverse((*id).clone()),
                         )
@@ -114,6 +116,8 @@ impl Core {
                     node_id: node_id.clone(),
                     operator: w.operator.clone(),
                     lease_expires_at_ms: now_ms() + lease_ms,
+                    // While the task's result is held for a check, every new lease checks it.
+                    spot_check: task.spot_checks > 0,
                 });
                 let assignment = Assignment {
                     attempt_id: attempt_id.clone(),
@@ -159,9 +163,12 @@ impl Core {
     }
 }
 
+/// The runs a task needs reported before a verdict: its replicas, or under the receipt policy
+/// one, plus the spot checks of that one.
 pub fn replicas(task: &TaskRow) -> usize {
     match task.task.policy.unwrap_or_default().kind() {
         PolicyKind::Replicate => task.task.policy.unwrap_or_default().replicas.max(1) as usize,
+        PolicyKind::Receipt => 1 + task.spot_checks as usize,
         _ => 1,
     }
 }

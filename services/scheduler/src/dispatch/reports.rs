@@ -188,6 +188,7 @@ impl Core {
             {
                 t.push(Change::attempt(&a.attempt_id, attempt_state::REJECTED));
                 t.count(Count::Rejected);
+                self.record_rejected(node_id, &mut t);
                 let reason =
                     format!("node {node_id} reported fuel or exit that its receipt does not sign");
                 self.requeue(&task, TaskState::Rejected, &reason, &mut t)
@@ -207,6 +208,10 @@ impl Core {
                 };
                 let msg = format!("{reported} of {replicas} replicas reported");
                 t.push(Change::node_event(&a.task_id, state, msg, node_id));
+                return self.finish(t).await;
+            }
+            if self.draw_spot_check(&task, &a.operator).await {
+                self.start_spot_check(&task, node_id, &mut t);
                 return self.finish(t).await;
             }
             t.push(Change::node_event(

@@ -58,6 +58,7 @@ impl Core {
                         output: if proof { r.output.clone() } else { Vec::new() },
                         proof: r.proof.clone(),
                         proof_error: r.proof_error.clone(),
+                        spot_check: r.spot_check,
                     })
                     .collect(),
                 module,
@@ -73,6 +74,7 @@ impl Core {
                     0 => self.config.micro_credits_per_million_fuel,
                     price => price,
                 },
+                spot_checks: task.spot_checks,
             }
         };
         let verdict = match self.verifier.verify_result(request).await {
@@ -119,6 +121,19 @@ impl Core {
         t: &mut Transition,
     ) -> Result<bool> {
         let task_id = &task.task.task_id;
+        if verdict.verdict() == Verdict::Pending {
+            // Undecided: one spot check that disagrees with the result. A third operator's
+            // node decides; nothing is rejected yet.
+            if task.spot_checks == 1 {
+                self.escalate_spot_check(task, &verdict.reason, t);
+                return Ok(false);
+            }
+            return Err(internal(format!(
+                "the verifier left task {task_id} undecided with {} spot checks: {}",
+                task.spot_checks, verdict.reason
+            )));
+        }
+        self.record_verdict(task, attempts, &verdict, t);
         for id in &verdict.rejected_attempt_ids {
             t.push(Change::attempt(id, attempt_state::REJECTED));
             t.count(Count::Rejected);
@@ -150,6 +165,13 @@ impl Core {
                 verdict: verdict.verdict(),
                 reason: verdict.reason.clone(),
             });
+            // The next run's result is a new one: checked (or not) afresh.
+            if task.spot_checks > 0 {
+                t.push(Change::SpotChecks {
+                    task_id: task_id.clone(),
+                    checks: 0,
+                });
+            }
             self.requeue(
                 task,
                 TaskState::Rejected,

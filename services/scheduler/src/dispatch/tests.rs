@@ -17,6 +17,8 @@ use crate::dispatch::Core;
 use crate::peers::{Ledger, Peers, Registry, Verifier};
 use crate::store::{NewTask, SqliteStore, attempt_state};
 
+mod spot_checks;
+
 struct Nodes(HashMap<String, Node>);
 
 #[tonic::async_trait]
@@ -74,11 +76,13 @@ fn judge_key() -> ed25519_dalek::SigningKey {
 }
 
 /// Accepts every report (settling each for its receipt's fuel), or rejects them all while
-/// `reject` is set.
+/// `reject` is set, or leaves one spot check undecided while `undecided` is set.
 #[derive(Default)]
 struct Judge {
     reject: Mutex<bool>,
+    undecided: Mutex<bool>,
     asked: Mutex<usize>,
+    last: Mutex<Option<VerifyResultRequest>>,
 }
 
 #[tonic::async_trait]
@@ -91,8 +95,16 @@ impl Verifier for Judge {
     }
     async fn verify_result(&self, req: VerifyResultRequest) -> Result<TaskVerdict, Status> {
         *self.asked.lock().unwrap() += 1;
+        *self.last.lock().unwrap() = Some(req.clone());
         let ids: Vec<String> = req.reports.iter().map(|r| r.attempt_id.clone()).collect();
-        Ok(if *self.reject.lock().unwrap() {
+        Ok(if *self.undecided.lock().unwrap() && req.spot_checks == 1 {
+            TaskVerdict {
+                task_id: req.task_id,
+                verdict: Verdict::Pending as i32,
+                reason: "the stand-in finds the check disagreeing".into(),
+                ..Default::default()
+            }
+        } else if *self.reject.lock().unwrap() {
             TaskVerdict {
                 task_id: req.task_id,
                 verdict: Verdict::Rejected as i32,
@@ -187,8 +199,12 @@ async fn bench(nodes: &[(&str, &str)], overrides: &[(&str, &str)]) -> Bench {
         ledger: books.clone(),
         verifier: judge.clone(),
     };
+    // No spot checks unless a test asks: which results are checked is random.
+    let overrides: Vec<(&str, &str)> = std::iter::once(("SPOT_CHECK_RATE", "0.0"))
+        .chain(overrides.iter().copied())
+        .collect();
     let core = Core::new(
-        config(overrides),
+        config(&overrides),
         Arc::new(SqliteStore::new(pool.clone())),
         peers,
         RevocationList::default(),
@@ -744,6 +760,7 @@ async fn a_batch_is_stored_all_or_nothing() {
             node_id: "n1".into(),
             operator: "acme".into(),
             lease_expires_at_ms: 0,
+            spot_check: false,
         },
     ];
     assert!(b.core.store.apply(&batch).await.is_err());

@@ -94,6 +94,24 @@ impl Core {
     /// Stores the transition's changes in one batch, then tells watchers and nodes.
     pub(crate) async fn finish(&self, t: Transition) -> Result<()> {
         let events = self.store.apply(&t.changes).await.map_err(db_error)?;
+        let records = t.changes.iter().filter_map(|c| match c {
+            Change::Record(r) => Some(r),
+            _ => None,
+        });
+        let mut workers = None;
+        for r in records {
+            let workers = match &mut workers {
+                Some(w) => w,
+                None => workers.insert(self.workers.lock().await),
+            };
+            if let Some(w) = workers.get_mut(&r.node_id) {
+                w.record.verified += r.verified;
+                w.record.rejected += r.rejected;
+                w.record.spot_checks += r.spot_checks;
+                w.record.spot_failures += r.spot_failures;
+            }
+        }
+        drop(workers);
         for count in t.counts {
             match count {
                 Count::Expired => self.metrics.expired.inc(),

@@ -50,6 +50,16 @@ impl Core {
                 BTreeSet::new()
             }
         };
+        let record = match self.store.node_record(node_id).await {
+            Ok(record) => record,
+            Err(e) => {
+                tracing::error!(node_id, error = %e, "reading a node's record failed");
+                NodeRecord {
+                    node_id: node_id.to_string(),
+                    ..Default::default()
+                }
+            }
+        };
         let mut workers = self.workers.lock().await;
         let mut running = workers
             .remove(node_id)
@@ -67,6 +77,7 @@ impl Core {
                 slots: slots.clamp(1, 256),
                 running,
                 tx,
+                record,
             },
         );
         self.metrics.workers.set(workers.len() as i64);

@@ -19,7 +19,13 @@ pub enum Change {
         node_id: String,
         operator: String,
         lease_expires_at_ms: i64,
+        /// It re-runs another attempt's result to check it.
+        spot_check: bool,
     },
+    /// The task's current result is to be checked by this many nodes of other operators.
+    SpotChecks { task_id: String, checks: u32 },
+    /// What a verdict adds to a node's record (each field a count to add).
+    Record(NodeRecord),
     /// An attempt moves to one of [`attempt_state`]'s states.
     Attempt {
         attempt_id: String,
@@ -115,10 +121,11 @@ async fn write(db: &mut SqliteConnection, change: &Change, now: i64) -> Result<O
             node_id,
             operator,
             lease_expires_at_ms,
+            spot_check,
         } => {
             sqlx::query(
-                "INSERT INTO attempts (attempt_id, task_id, node_id, operator, state, lease_expires_at_ms, output, exit, exit_message, fuel_used, run_time_us, receipt, created_at_ms)
-                 VALUES ($1, $2, $3, $4, $5, $6, NULL, 0, '', 0, 0, NULL, $7)",
+                "INSERT INTO attempts (attempt_id, task_id, node_id, operator, state, lease_expires_at_ms, output, exit, exit_message, fuel_used, run_time_us, receipt, created_at_ms, spot_check)
+                 VALUES ($1, $2, $3, $4, $5, $6, NULL, 0, '', 0, 0, NULL, $7, $8)",
             )
             .bind(attempt_id)
             .bind(task_id)
@@ -127,12 +134,37 @@ async fn write(db: &mut SqliteConnection, change: &Change, now: i64) -> Result<O
             .bind(attempt_state::LEASED)
             .bind(lease_expires_at_ms)
             .bind(now)
+            .bind(i64::from(*spot_check))
             .execute(&mut *db)
             .await?;
             sqlx::query("UPDATE tasks SET attempts = attempts + 1 WHERE task_id = $1")
                 .bind(task_id)
                 .execute(&mut *db)
                 .await?;
+        }
+        Change::SpotChecks { task_id, checks } => {
+            sqlx::query("UPDATE tasks SET spot_checks = $1 WHERE task_id = $2")
+                .bind(i64::from(*checks))
+                .bind(task_id)
+                .execute(&mut *db)
+                .await?;
+        }
+        Change::Record(r) => {
+            sqlx::query(
+                "INSERT INTO node_records (node_id, verified, rejected, spot_checks, spot_failures)
+                 VALUES ($1, $2, $3, $4, $5)
+                 ON CONFLICT (node_id) DO UPDATE SET verified = verified + excluded.verified,
+                    rejected = rejected + excluded.rejected,
+                    spot_checks = spot_checks + excluded.spot_checks,
+                    spot_failures = spot_failures + excluded.spot_failures",
+            )
+            .bind(&r.node_id)
+            .bind(r.verified as i64)
+            .bind(r.rejected as i64)
+            .bind(r.spot_checks as i64)
+            .bind(r.spot_failures as i64)
+            .execute(&mut *db)
+            .await?;
         }
         Change::Attempt { attempt_id, state } => {
             sqlx::query("UPDATE attempts SET state = $1 WHERE attempt_id = $2")
