@@ -131,6 +131,16 @@ pub fn check(
     }
 }
 
+/// The serial number (lowercase hex) of the certificate the caller presented, as the
+/// [`AuthLayer`] read it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallerSerial(pub String);
+
+/// The serial of the caller's own certificate (not of an intermediate), if it presented one.
+pub fn caller_serial<T>(req: &tonic::Request<T>) -> Option<String> {
+    req.extensions().get::<CallerSerial>().map(|s| s.0.clone())
+}
+
 /// The caller's identity as the [`AuthLayer`] found it; handlers read it from the request.
 pub fn caller<T>(req: &tonic::Request<T>) -> Result<Identity, tonic::Status> {
     req.extensions()

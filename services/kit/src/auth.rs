@@ -136,6 +136,10 @@ where
             Ok(()) => {
                 if let Some(id) = identity {
                     req.extensions_mut().insert(id);
+                    if let Some(serial) = peer_serials(&req).ok().and_then(|s| s.first().cloned()) {
+                        req.extensions_mut()
+                            .insert(crate::acl::CallerSerial(serial));
+                    }
                 }
                 // Take the instance that was driven to readiness, leave a fresh clone behind.
                 let clone = self.inner.clone();

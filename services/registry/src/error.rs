@@ -18,6 +18,8 @@ pub enum RegistryError {
     Db(#[from] sqlx::Error),
     #[error("certificate: {0}")]
     Cert(#[from] zkmesh_kit::identity::IdentityError),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl ServiceError for RegistryError {
@@ -30,7 +32,7 @@ impl ServiceError for RegistryError {
             RegistryError::Db(e) => e.code(),
             // Requests are validated (the CSR parses, node ids are the registry's own) before
             // anything is signed, so a failure to sign is the registry's.
-            RegistryError::Cert(_) => Code::Internal,
+            RegistryError::Cert(_) | RegistryError::Internal(_) => Code::Internal,
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 use tonic::{Request, Response, Status};
-use zkmesh_kit::acl::caller;
+use zkmesh_kit::acl::{caller, caller_serial};
 use zkmesh_kit::now_ms;
 use zkmesh_kit::paging::Page;
 use zkmesh_proto::registry_service_server::RegistryService as RegistryApi;
@@ -48,6 +48,7 @@ impl RegistryApi for RegistryService {
         req: Request<RenewCertificateRequest>,
     ) -> Result<Response<RenewCertificateResponse>, Status> {
         let me = caller(&req)?;
+        let serial = caller_serial(&req);
         let req = req.into_inner();
         if rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem).is_err() {
             return Err(Status::invalid_argument(
@@ -58,22 +59,34 @@ impl RegistryApi for RegistryService {
         if node.status() == NodeStatus::Revoked || node.status() == NodeStatus::Denied {
             return Err(Status::permission_denied("node is not approved"));
         }
-        let (cert, expires) = self.nodes.sign(&req.csr_pem, &me.name)?;
-        sqlx::query(
-            "UPDATE nodes SET csr_pem = $1, certificate_pem = $2, certificate_expires_at_ms = $3 WHERE node_id = $4",
+        // Only with a certificate this registry issued the node: one minted elsewhere for its
+        // id must not turn itself into a registered one.
+        Nodes::check_certificate(&node, serial.as_deref())?;
+        let issued = self.nodes.sign(&req.csr_pem, &me.name)?;
+        // The certificate renewed with stays the node's until the next renewal: the node may
+        // still use it while it switches (or if it lost the new one before saving it).
+        let changed = sqlx::query(
+            "UPDATE nodes SET csr_pem = $1, certificate_pem = $2, certificate_expires_at_ms = $3, certificate_serial = $4, previous_certificate_serial = $5 WHERE node_id = $6 AND (certificate_serial = $5 OR previous_certificate_serial = $5)",
         )
         .bind(&req.csr_pem)
-        .bind(&cert)
-        .bind(expires)
+        .bind(&issued.pem)
+        .bind(issued.expires_at_ms)
+        .bind(&issued.serial)
+        .bind(serial.as_deref().unwrap_or_default())
         .bind(&me.name)
         .execute(&self.nodes.db)
         .await
         .map_err(RegistryError::from)?;
+        if changed.rows_affected() != 1 {
+            return Err(Status::aborted(
+                "the node's certificate changed meanwhile; renew again",
+            ));
+        }
         Ok(Response::new(RenewCertificateResponse {
             status: node.status,
-            certificate_pem: cert,
+            certificate_pem: issued.pem,
             ca_certificate_pem: self.nodes.ca.trust_pem.clone(),
-            expires_at_ms: expires,
+            expires_at_ms: issued.expires_at_ms,
         }))
     }
 
@@ -119,6 +132,7 @@ impl RegistryApi for RegistryService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let me = caller(&req)?;
         let before = self.nodes.node(&me.name).await?;
+        Nodes::check_certificate(&before, caller_serial(&req).as_deref())?;
         sqlx::query(
             "UPDATE nodes SET last_heartbeat_at_ms = $1 WHERE node_id = $2 AND state = 'approved'",
         )

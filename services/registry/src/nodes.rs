@@ -18,6 +18,14 @@ use crate::error::{RegistryError, Result};
 /// embedded at build time and applied by sqlx's migrator.
 pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// A node certificate the registry issued.
+pub(crate) struct Issued {
+    pub(crate) pem: String,
+    pub(crate) expires_at_ms: i64,
+    /// Lowercase hex, as [`zkmesh_kit::identity::serial_of_pem`] reads it.
+    pub(crate) serial: String,
+}
+
 /// The registry's state: its database, the mesh CA it signs with, the revocation list.
 pub(crate) struct Nodes {
     pub(crate) db: Pool,
@@ -31,6 +39,41 @@ pub(crate) struct Nodes {
 }
 
 impl Nodes {
+    /// Records the serial of each node's certificate issued before the registry kept serials.
+    pub(crate) async fn backfill_serials(&self) -> Result<()> {
+        let rows = sqlx::query(
+            "SELECT node_id, certificate_pem FROM nodes WHERE certificate_serial = '' AND certificate_pem IS NOT NULL AND certificate_pem != ''",
+        )
+        .fetch_all(&self.db)
+        .await?;
+        for row in &rows {
+            let (node_id, pem): (String, String) = (row.get(0), row.get(1));
+            let Some(serial) = zkmesh_kit::identity::serial_of_pem(&pem) else {
+                tracing::warn!(%node_id, "a node's stored certificate has no readable serial");
+                continue;
+            };
+            sqlx::query("UPDATE nodes SET certificate_serial = $1 WHERE node_id = $2")
+                .bind(&serial)
+                .bind(&node_id)
+                .execute(&self.db)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Whether `serial` (the certificate a caller presents as `node_id`) is one this registry
+    /// issued to that node: its latest, or the one it renewed with. A certificate for the node's
+    /// id from anywhere else (a stolen node issuer) is refused.
+    pub(crate) fn check_certificate(node: &Node, serial: Option<&str>) -> Result<()> {
+        match serial {
+            Some(s) if !s.is_empty() && node.certificate_serials.iter().any(|x| x == s) => Ok(()),
+            _ => Err(RegistryError::Denied(format!(
+                "this certificate is not one the registry issued to node {} (it was issued elsewhere, or replaced)",
+                node.node_id
+            ))),
+        }
+    }
+
     pub(crate) async fn load_revocations(&self) -> Result<()> {
         let rows = sqlx::query("SELECT node_id FROM nodes WHERE state = 'revoked'")
             .fetch_all(&self.db)
@@ -66,6 +109,13 @@ impl Nodes {
             last_heartbeat_at_ms: last,
             certificate_expires_at_ms: row.get("certificate_expires_at_ms"),
             slots: row.get::<i64, _>("slots") as u32,
+            certificate_serials: [
+                row.get::<String, _>("certificate_serial"),
+                row.get::<String, _>("previous_certificate_serial"),
+            ]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect(),
         }
     }
 
@@ -78,11 +128,19 @@ impl Nodes {
         Ok(self.node_from_row(&row))
     }
 
-    pub(crate) fn sign(&self, csr_pem: &str, node_id: &str) -> Result<(String, i64)> {
+    /// A certificate for `node_id`'s request: its PEM, expiry and serial.
+    pub(crate) fn sign(&self, csr_pem: &str, node_id: &str) -> Result<Issued> {
         let identity = Identity::new(&self.ca.mesh, Role::Node, node_id);
-        let cert = self.ca.sign_csr(csr_pem, &identity, self.cert_lifetime)?;
-        let expires = zkmesh_kit::identity::not_after_ms(&cert).unwrap_or(0);
-        Ok((cert, expires))
+        let pem = self.ca.sign_csr(csr_pem, &identity, self.cert_lifetime)?;
+        let expires_at_ms = zkmesh_kit::identity::not_after_ms(&pem).unwrap_or(0);
+        let serial = zkmesh_kit::identity::serial_of_pem(&pem).ok_or_else(|| {
+            RegistryError::Internal("a certificate just issued has no readable serial".into())
+        })?;
+        Ok(Issued {
+            pem,
+            expires_at_ms,
+            serial,
+        })
     }
 
     /// The slots an approval grants: `requested`, or the default for 0; more than the most a
@@ -180,17 +238,19 @@ impl Nodes {
         // The state read above is the condition of the update, so two racing transitions
         // cannot both apply.
         let changed = if to == "approved" {
-            let (cert, expires) = self.sign(&row.get::<String, _>(1), node_id)?;
+            // A fresh approval: only this certificate is the node's (none from before).
+            let issued = self.sign(&row.get::<String, _>(1), node_id)?;
             sqlx::query(
-                "UPDATE nodes SET state = $1, certificate_pem = $2, certificate_expires_at_ms = $3, last_heartbeat_at_ms = $4, slots = COALESCE($5, slots) WHERE node_id = $6 AND state = $7",
+                "UPDATE nodes SET state = $1, certificate_pem = $2, certificate_expires_at_ms = $3, last_heartbeat_at_ms = $4, slots = COALESCE($5, slots), certificate_serial = $8, previous_certificate_serial = '' WHERE node_id = $6 AND state = $7",
             )
             .bind(to)
-            .bind(cert)
-            .bind(expires)
+            .bind(issued.pem)
+            .bind(issued.expires_at_ms)
             .bind(now_ms())
             .bind(slots.map(i64::from))
             .bind(node_id)
             .bind(&state)
+            .bind(issued.serial)
             .execute(&self.db)
             .await?
         } else {

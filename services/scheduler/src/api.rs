@@ -687,6 +687,14 @@ impl SchedulerApi for SchedulerService {
                 "node {node_id} is offline at the registry: send a heartbeat first"
             )));
         }
+        // The node's certificate must be one the registry issued it: a certificate for its id
+        // minted elsewhere (with a stolen node issuer) does not take its tasks.
+        let serial = zkmesh_kit::acl::caller_serial(&req).unwrap_or_default();
+        if serial.is_empty() || !node.certificate_serials.contains(&serial) {
+            return Err(Status::permission_denied(format!(
+                "this certificate is not one the registry issued to node {node_id}"
+            )));
+        }
         let mut inbound = req.into_inner();
         let hello = match tokio::time::timeout(Duration::from_secs(10), inbound.message()).await {
             Ok(Ok(Some(WorkRequest {

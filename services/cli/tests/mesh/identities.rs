@@ -58,7 +58,7 @@ async fn a_server_with_another_services_certificate_is_refused() {
 /// service to a client.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stolen_node_issuer_mints_nodes_only() {
-    let sb = start(0).await;
+    let sb = start(1).await;
     let c = sb.mesh.client.clone();
     let dir = sb.mesh.dir.join("registry-ca");
     let read = |p: &str| std::fs::read_to_string(dir.join(p)).unwrap();
@@ -131,6 +131,57 @@ async fn a_stolen_node_issuer_mints_nodes_only() {
         .await
         .unwrap_err();
     assert_eq!(as_node.code(), Code::PermissionDenied, "{as_node:?}");
+    // A certificate it mints for an approved node's id is not that node: the registry and the
+    // scheduler serve a node only under a certificate the registry issued it. No heartbeat, no
+    // renewal into a registered certificate, no Work stream (so none of the node's tasks).
+    let victim = sb.mesh.workers[0].0.node_id.clone();
+    let twin = as_tls(forge(&format!("spiffe://local/node/{victim}"), false));
+    let mut registry = RegistryServiceClient::new(channel(&c.registry, &twin, "registry").unwrap());
+    let not_it = "not one the registry issued to node";
+    let refused = registry
+        .heartbeat(HeartbeatRequest { running_tasks: 0 })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains(not_it), "{refused:?}");
+    let (_, csr) = zkmesh_kit::ca::generate_csr("twin").unwrap();
+    let refused = registry
+        .renew_certificate(RenewCertificateRequest { csr_pem: csr })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains(not_it), "{refused:?}");
+    let (up, rx) = tokio::sync::mpsc::channel(4);
+    up.send(WorkRequest {
+        kind: Some(work_request::Kind::Hello(WorkerHello {
+            slots: 1,
+            version: "twin".into(),
+        })),
+    })
+    .await
+    .unwrap();
+    let mut scheduler = zkmesh_proto::scheduler_service_client::SchedulerServiceClient::new(
+        channel(&c.scheduler, &twin, "scheduler").unwrap(),
+    );
+    let refused = match scheduler
+        .work(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+    {
+        Err(status) => status,
+        Ok(stream) => stream.into_inner().message().await.unwrap_err(),
+    };
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains(not_it), "{refused:?}");
+    // The node itself is still served: it runs a task.
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let (_, result) = run(&sb.api, &Job::new(sha.wasm, b"still me"))
+        .await
+        .unwrap();
+    assert_verified(
+        &result,
+        &zkmesh_guests::reference_output("sha256", b"still me").unwrap(),
+    );
+    assert_eq!(result.receipts[0].node_id, victim);
     // A service certificate from it, served as the ledger: the client refuses the handshake.
     let (cert, key) = forge("spiffe://local/service/ledger", true);
     let dir2 = tempfile::tempdir().unwrap();
