@@ -131,14 +131,17 @@ pub fn check(
     }
 }
 
-/// The serial number (lowercase hex) of the certificate the caller presented, as the
+/// The SHA-256 (lowercase hex) of the certificate the caller presented (DER), as the
 /// [`AuthLayer`] read it.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CallerSerial(pub String);
+pub struct CallerCertificate(pub String);
 
-/// The serial of the caller's own certificate (not of an intermediate), if it presented one.
-pub fn caller_serial<T>(req: &tonic::Request<T>) -> Option<String> {
-    req.extensions().get::<CallerSerial>().map(|s| s.0.clone())
+/// [`CallerCertificate`]: the fingerprint of the caller's own certificate (not of an
+/// intermediate), if it presented one.
+pub fn caller_certificate<T>(req: &tonic::Request<T>) -> Option<String> {
+    req.extensions()
+        .get::<CallerCertificate>()
+        .map(|s| s.0.clone())
 }
 
 /// The caller's identity as the [`AuthLayer`] found it; handlers read it from the request.

@@ -136,9 +136,13 @@ where
             Ok(()) => {
                 if let Some(id) = identity {
                     req.extensions_mut().insert(id);
-                    if let Some(serial) = peer_serials(&req).ok().and_then(|s| s.first().cloned()) {
+                    let leaf = req
+                        .extensions()
+                        .get::<PeerInfo>()
+                        .and_then(|p| p.leaf_sha256.clone());
+                    if let Some(leaf) = leaf {
                         req.extensions_mut()
-                            .insert(crate::acl::CallerSerial(serial));
+                            .insert(crate::acl::CallerCertificate(leaf.to_string()));
                     }
                 }
                 // Take the instance that was driven to readiness, leave a fresh clone behind.

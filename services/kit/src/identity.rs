@@ -181,6 +181,14 @@ pub fn serial_of_pem(cert_pem: &str) -> Option<String> {
     serial_of_der(&pem.contents)
 }
 
+/// SHA-256 (lowercase hex) of a PEM certificate's DER (the first in the text): the fingerprint
+/// a TLS peer presenting it has (see [`crate::tls::PeerInfo::leaf_sha256`]).
+pub fn fingerprint_of_pem(cert_pem: &str) -> Option<String> {
+    use x509_parser::prelude::*;
+    let (_, pem) = parse_x509_pem(cert_pem.as_bytes()).ok()?;
+    Some(crate::sha256_hex(&pem.contents))
+}
+
 /// The identity in a PEM certificate (the first in the text), unverified: for display.
 pub fn identity_of_pem(cert_pem: &str) -> Option<Identity> {
     use x509_parser::prelude::*;

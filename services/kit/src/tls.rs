@@ -77,6 +77,10 @@ pub struct PeerInfo {
     /// The serial numbers of the presented certificates (its own, then any intermediate),
     /// read once per connection for the revocation check; `Err` if one has none readable.
     pub serials: Result<Arc<[String]>, String>,
+    /// SHA-256 (lowercase hex) of the peer's own certificate, as presented (DER): what the
+    /// registry binds a node to. A serial would not do: whoever holds an issuer's key picks its
+    /// certificates' serials, while these bytes carry the node's public key.
+    pub leaf_sha256: Option<Arc<str>>,
 }
 
 /// A TLS connection with its peer information.
@@ -308,8 +312,13 @@ pub fn incoming(
                                 })
                             })
                             .collect();
+                        let leaf_sha256 = certs
+                            .as_ref()
+                            .and_then(|c| c.first())
+                            .map(|leaf| Arc::from(crate::sha256_hex(leaf.as_ref())));
                         let info = PeerInfo {
                             remote: Some(remote),
+                            leaf_sha256,
                             certs,
                             verdict: Arc::new(OnceLock::new()),
                             serials,

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 use tonic::{Request, Response, Status};
-use zkmesh_kit::acl::{caller, caller_serial};
+use zkmesh_kit::acl::{caller, caller_certificate};
 use zkmesh_kit::now_ms;
 use zkmesh_kit::paging::Page;
 use zkmesh_proto::registry_service_server::RegistryService as RegistryApi;
@@ -48,7 +48,7 @@ impl RegistryApi for RegistryService {
         req: Request<RenewCertificateRequest>,
     ) -> Result<Response<RenewCertificateResponse>, Status> {
         let me = caller(&req)?;
-        let serial = caller_serial(&req);
+        let presented = caller_certificate(&req);
         let req = req.into_inner();
         if rcgen::CertificateSigningRequestParams::from_pem(&req.csr_pem).is_err() {
             return Err(Status::invalid_argument(
@@ -61,18 +61,18 @@ impl RegistryApi for RegistryService {
         }
         // Only with a certificate this registry issued the node: one minted elsewhere for its
         // id must not turn itself into a registered one.
-        Nodes::check_certificate(&node, serial.as_deref())?;
+        Nodes::check_certificate(&node, presented.as_deref())?;
         let issued = self.nodes.sign(&req.csr_pem, &me.name)?;
         // The certificate renewed with stays the node's until the next renewal: the node may
         // still use it while it switches (or if it lost the new one before saving it).
         let changed = sqlx::query(
-            "UPDATE nodes SET csr_pem = $1, certificate_pem = $2, certificate_expires_at_ms = $3, certificate_serial = $4, previous_certificate_serial = $5 WHERE node_id = $6 AND (certificate_serial = $5 OR previous_certificate_serial = $5)",
+            "UPDATE nodes SET csr_pem = $1, certificate_pem = $2, certificate_expires_at_ms = $3, certificate_sha256 = $4, previous_certificate_sha256 = $5 WHERE node_id = $6 AND (certificate_sha256 = $5 OR previous_certificate_sha256 = $5)",
         )
         .bind(&req.csr_pem)
         .bind(&issued.pem)
         .bind(issued.expires_at_ms)
-        .bind(&issued.serial)
-        .bind(serial.as_deref().unwrap_or_default())
+        .bind(&issued.sha256)
+        .bind(presented.as_deref().unwrap_or_default())
         .bind(&me.name)
         .execute(&self.nodes.db)
         .await
@@ -132,7 +132,7 @@ impl RegistryApi for RegistryService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let me = caller(&req)?;
         let before = self.nodes.node(&me.name).await?;
-        Nodes::check_certificate(&before, caller_serial(&req).as_deref())?;
+        Nodes::check_certificate(&before, caller_certificate(&req).as_deref())?;
         sqlx::query(
             "UPDATE nodes SET last_heartbeat_at_ms = $1 WHERE node_id = $2 AND state = 'approved'",
         )

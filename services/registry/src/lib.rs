@@ -91,7 +91,7 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyho
         enrollments: metrics.counter("node_enrollments", "Nodes enrolled"),
         ca,
     };
-    nodes.backfill_serials().await?;
+    nodes.backfill_fingerprints().await?;
     nodes.load_revocations().await?;
     let service = RegistryService { nodes };
     let serving = serve(

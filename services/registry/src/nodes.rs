@@ -22,8 +22,8 @@ pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migratio
 pub(crate) struct Issued {
     pub(crate) pem: String,
     pub(crate) expires_at_ms: i64,
-    /// Lowercase hex, as [`zkmesh_kit::identity::serial_of_pem`] reads it.
-    pub(crate) serial: String,
+    /// SHA-256 of its DER, lowercase hex.
+    pub(crate) sha256: String,
 }
 
 /// The registry's state: its database, the mesh CA it signs with, the revocation list.
@@ -39,21 +39,21 @@ pub(crate) struct Nodes {
 }
 
 impl Nodes {
-    /// Records the serial of each node's certificate issued before the registry kept serials.
-    pub(crate) async fn backfill_serials(&self) -> Result<()> {
+    /// Records the fingerprint of each node's certificate issued before the registry kept them.
+    pub(crate) async fn backfill_fingerprints(&self) -> Result<()> {
         let rows = sqlx::query(
-            "SELECT node_id, certificate_pem FROM nodes WHERE certificate_serial = '' AND certificate_pem IS NOT NULL AND certificate_pem != ''",
+            "SELECT node_id, certificate_pem FROM nodes WHERE certificate_sha256 = '' AND certificate_pem IS NOT NULL AND certificate_pem != ''",
         )
         .fetch_all(&self.db)
         .await?;
         for row in &rows {
             let (node_id, pem): (String, String) = (row.get(0), row.get(1));
-            let Some(serial) = zkmesh_kit::identity::serial_of_pem(&pem) else {
-                tracing::warn!(%node_id, "a node's stored certificate has no readable serial");
+            let Some(sha256) = zkmesh_kit::identity::fingerprint_of_pem(&pem) else {
+                tracing::warn!(%node_id, "a node's stored certificate does not parse");
                 continue;
             };
-            sqlx::query("UPDATE nodes SET certificate_serial = $1 WHERE node_id = $2")
-                .bind(&serial)
+            sqlx::query("UPDATE nodes SET certificate_sha256 = $1 WHERE node_id = $2")
+                .bind(&sha256)
                 .bind(&node_id)
                 .execute(&self.db)
                 .await?;
@@ -61,12 +61,12 @@ impl Nodes {
         Ok(())
     }
 
-    /// Whether `serial` (the certificate a caller presents as `node_id`) is one this registry
-    /// issued to that node: its latest, or the one it renewed with. A certificate for the node's
-    /// id from anywhere else (a stolen node issuer) is refused.
-    pub(crate) fn check_certificate(node: &Node, serial: Option<&str>) -> Result<()> {
-        match serial {
-            Some(s) if !s.is_empty() && node.certificate_serials.iter().any(|x| x == s) => Ok(()),
+    /// Whether `presented` (the fingerprint of the certificate a caller presents as the node) is
+    /// of one this registry issued to that node: its latest, or the one it renewed with. A
+    /// certificate for the node's id from anywhere else (a stolen node issuer) is refused.
+    pub(crate) fn check_certificate(node: &Node, presented: Option<&str>) -> Result<()> {
+        match presented {
+            Some(s) if !s.is_empty() && node.certificate_sha256s.iter().any(|x| x == s) => Ok(()),
             _ => Err(RegistryError::Denied(format!(
                 "this certificate is not one the registry issued to node {} (it was issued elsewhere, or replaced)",
                 node.node_id
@@ -109,9 +109,9 @@ impl Nodes {
             last_heartbeat_at_ms: last,
             certificate_expires_at_ms: row.get("certificate_expires_at_ms"),
             slots: row.get::<i64, _>("slots") as u32,
-            certificate_serials: [
-                row.get::<String, _>("certificate_serial"),
-                row.get::<String, _>("previous_certificate_serial"),
+            certificate_sha256s: [
+                row.get::<String, _>("certificate_sha256"),
+                row.get::<String, _>("previous_certificate_sha256"),
             ]
             .into_iter()
             .filter(|s| !s.is_empty())
@@ -128,18 +128,18 @@ impl Nodes {
         Ok(self.node_from_row(&row))
     }
 
-    /// A certificate for `node_id`'s request: its PEM, expiry and serial.
+    /// A certificate for `node_id`'s request: its PEM, expiry and fingerprint.
     pub(crate) fn sign(&self, csr_pem: &str, node_id: &str) -> Result<Issued> {
         let identity = Identity::new(&self.ca.mesh, Role::Node, node_id);
         let pem = self.ca.sign_csr(csr_pem, &identity, self.cert_lifetime)?;
         let expires_at_ms = zkmesh_kit::identity::not_after_ms(&pem).unwrap_or(0);
-        let serial = zkmesh_kit::identity::serial_of_pem(&pem).ok_or_else(|| {
-            RegistryError::Internal("a certificate just issued has no readable serial".into())
+        let sha256 = zkmesh_kit::identity::fingerprint_of_pem(&pem).ok_or_else(|| {
+            RegistryError::Internal("a certificate just issued does not parse".into())
         })?;
         Ok(Issued {
             pem,
             expires_at_ms,
-            serial,
+            sha256,
         })
     }
 
@@ -241,7 +241,7 @@ impl Nodes {
             // A fresh approval: only this certificate is the node's (none from before).
             let issued = self.sign(&row.get::<String, _>(1), node_id)?;
             sqlx::query(
-                "UPDATE nodes SET state = $1, certificate_pem = $2, certificate_expires_at_ms = $3, last_heartbeat_at_ms = $4, slots = COALESCE($5, slots), certificate_serial = $8, previous_certificate_serial = '' WHERE node_id = $6 AND state = $7",
+                "UPDATE nodes SET state = $1, certificate_pem = $2, certificate_expires_at_ms = $3, last_heartbeat_at_ms = $4, slots = COALESCE($5, slots), certificate_sha256 = $8, previous_certificate_sha256 = '' WHERE node_id = $6 AND state = $7",
             )
             .bind(to)
             .bind(issued.pem)
@@ -250,7 +250,7 @@ impl Nodes {
             .bind(slots.map(i64::from))
             .bind(node_id)
             .bind(&state)
-            .bind(issued.serial)
+            .bind(issued.sha256)
             .execute(&self.db)
             .await?
         } else {

@@ -689,8 +689,8 @@ impl SchedulerApi for SchedulerService {
         }
         // The node's certificate must be one the registry issued it: a certificate for its id
         // minted elsewhere (with a stolen node issuer) does not take its tasks.
-        let serial = zkmesh_kit::acl::caller_serial(&req).unwrap_or_default();
-        if serial.is_empty() || !node.certificate_serials.contains(&serial) {
+        let presented = zkmesh_kit::acl::caller_certificate(&req).unwrap_or_default();
+        if presented.is_empty() || !node.certificate_sha256s.contains(&presented) {
             return Err(Status::permission_denied(format!(
                 "this certificate is not one the registry issued to node {node_id}"
             )));

@@ -74,7 +74,7 @@ async fn a_stolen_node_issuer_mints_nodes_only() {
     );
     let key = rcgen::KeyPair::from_pem(&issuer_key).unwrap();
     let issuer = rcgen::Issuer::from_ca_cert_pem(&issuer_pem, &key).unwrap();
-    let forge = |uri: &str, server: bool| {
+    let forge_as = |uri: &str, server: bool, serial: Option<Vec<u8>>| {
         let leaf = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
         params
@@ -92,9 +92,11 @@ async fn a_stolen_node_issuer_mints_nodes_only() {
                 .push(rcgen::ExtendedKeyUsagePurpose::ServerAuth);
         }
         params.use_authority_key_identifier_extension = true;
+        params.serial_number = serial.map(|s| rcgen::SerialNumber::from_slice(&s));
         let cert = params.signed_by(&leaf, &issuer).unwrap();
         (format!("{}{issuer_pem}", cert.pem()), leaf.serialize_pem())
     };
+    let forge = |uri: &str, server: bool| forge_as(uri, server, None);
     let ca = std::fs::read_to_string(&c.ca).unwrap();
     let as_tls = |(cert, key): (String, String)| ClientTls {
         ca: ca.clone(),
@@ -134,8 +136,21 @@ async fn a_stolen_node_issuer_mints_nodes_only() {
     // A certificate it mints for an approved node's id is not that node: the registry and the
     // scheduler serve a node only under a certificate the registry issued it. No heartbeat, no
     // renewal into a registered certificate, no Work stream (so none of the node's tasks).
+    // It even carries the node's own serial number (an issuer picks serials as it likes).
     let victim = sb.mesh.workers[0].0.node_id.clone();
-    let twin = as_tls(forge(&format!("spiffe://local/node/{victim}"), false));
+    let victim_cert =
+        std::fs::read_to_string(sb.mesh.dir.join("workers/worker-1/tls.crt")).unwrap();
+    let serial = hex::decode(zkmesh_kit::identity::serial_of_pem(&victim_cert).unwrap()).unwrap();
+    let twin_cert = forge_as(
+        &format!("spiffe://local/node/{victim}"),
+        false,
+        Some(serial.clone()),
+    );
+    assert_eq!(
+        zkmesh_kit::identity::serial_of_pem(&twin_cert.0),
+        Some(hex::encode(&serial))
+    );
+    let twin = as_tls(twin_cert);
     let mut registry = RegistryServiceClient::new(channel(&c.registry, &twin, "registry").unwrap());
     let not_it = "not one the registry issued to node";
     let refused = registry
