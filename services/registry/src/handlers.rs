@@ -66,7 +66,7 @@ impl RegistryApi for RegistryService {
         // The certificate renewed with stays the node's until the next renewal: the node may
         // still use it while it switches (or if it lost the new one before saving it).
         let changed = sqlx::query(
-            "UPDATE nodes SET csr_pem = $1, certificate_pem = $2, certificate_expires_at_ms = $3, certificate_sha256 = $4, previous_certificate_sha256 = $5 WHERE node_id = $6 AND (certificate_sha256 = $5 OR previous_certificate_sha256 = $5)",
+            "UPDATE nodes SET csr_pem = $1, certificate_pem = $2, certificate_expires_at_ms = $3, certificate_sha256 = $4, previous_certificate_sha256 = $5 WHERE node_id = $6 AND state = 'approved' AND (certificate_sha256 = $5 OR previous_certificate_sha256 = $5)",
         )
         .bind(&req.csr_pem)
         .bind(&issued.pem)

@@ -44,6 +44,8 @@ pub struct TaskRow {
     pub micro_credits_per_million_fuel: u64,
     /// Receipt policy: nodes of other operators asked to re-run its current result (0-2).
     pub spot_checks: u32,
+    /// When the current round of checks began.
+    pub spot_checks_at_ms: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -150,6 +152,7 @@ fn task_from_row(row: &SqliteRow) -> TaskRow {
         result,
         micro_credits_per_million_fuel: row.get::<i64, _>("micro_credits_per_million_fuel") as u64,
         spot_checks: row.get::<i64, _>("spot_checks") as u32,
+        spot_checks_at_ms: row.get("spot_checks_at_ms"),
     }
 }
 
@@ -325,6 +328,13 @@ pub trait Store: Send + Sync {
 
     /// One node's record (all zero when it has none yet).
     async fn node_record(&self, node_id: &str) -> Result<NodeRecord>;
+
+    /// Whether `node_id` holds a live lease (leased or running) on a task of module `hash`.
+    async fn leases_module(&self, node_id: &str, hash: &str) -> Result<bool>;
+
+    /// Unended tasks whose round of spot checks began more than their timeout plus `slack_ms`
+    /// ago.
+    async fn overdue_spot_checks(&self, slack_ms: i64) -> Result<Vec<String>>;
 }
 
 impl SqliteStore {
@@ -710,6 +720,33 @@ impl Store for SqliteStore {
             node_id: node_id.to_string(),
             ..Default::default()
         }))
+    }
+
+    async fn leases_module(&self, node_id: &str, hash: &str) -> Result<bool> {
+        let found = sqlx::query(
+            "SELECT 1 FROM attempts a JOIN tasks t ON t.task_id = a.task_id
+              WHERE a.node_id = $1 AND a.state IN ('leased', 'running') AND t.module_hash = $2 LIMIT 1",
+        )
+        .bind(node_id)
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(found.is_some())
+    }
+
+    async fn overdue_spot_checks(&self, slack_ms: i64) -> Result<Vec<String>> {
+        let rows = sqlx::query(
+            "SELECT task_id FROM tasks WHERE spot_checks > 0 AND state IN ($1, $2, $3)
+               AND spot_checks_at_ms + timeout_secs * 1000 + $4 < $5",
+        )
+        .bind(TaskState::Queued as i64)
+        .bind(TaskState::Assigned as i64)
+        .bind(TaskState::Running as i64)
+        .bind(slack_ms)
+        .bind(now_ms())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
     }
 }
 

@@ -296,6 +296,15 @@ impl Checker {
                 "a result is spot-checked at most {MAX_SPOT_CHECKS} times, not {checks}"
             )));
         }
+        // Checks are of one run: exactly one report is not a check (the one paid when its
+        // result stands), and none is a check when nothing was checked.
+        let firsts = req.reports.iter().filter(|r| !r.spot_check).count();
+        if (checks > 0 && firsts != 1) || (checks == 0 && firsts != req.reports.len()) {
+            return Err(Status::invalid_argument(format!(
+                "{firsts} of {} reports are not spot checks, with {checks} checks asked for",
+                req.reports.len()
+            )));
+        }
         let mut valid = Vec::new();
         let mut rejected = Vec::new();
         let mut reasons = Vec::new();

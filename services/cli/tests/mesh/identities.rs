@@ -235,3 +235,50 @@ async fn a_stolen_node_issuer_mints_nodes_only() {
     );
     shutdown.cancel();
 }
+
+/// A node reads a module's bytes only while it holds a lease on a task of that module: an
+/// approved node cannot download user code it was not given to run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reads_only_modules_it_was_given_to_run() {
+    let sb = start(0).await;
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let mut s = sb.api.scheduler().unwrap();
+    let module = zkmesh_client::upload(&mut s, "sha256", sha.wasm)
+        .await
+        .unwrap()
+        .module_hash;
+    let mut fake = crate::fake_node::enroll(&sb, "op-curious", 1).await;
+    let refused = fake
+        .scheduler
+        .fetch_module(FetchModuleRequest {
+            module_hash: module.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("holds no lease"), "{refused:?}");
+    // Given a task of it, the node reads it.
+    let task = submit(&mut s, &Job::new(sha.wasm, b"yours to run"))
+        .await
+        .unwrap();
+    let assigned = loop {
+        match fake.down.message().await.unwrap().unwrap().kind {
+            Some(work_response::Kind::Assignment(a)) => break a,
+            _ => continue,
+        }
+    };
+    assert_eq!(assigned.task_id, task.task_id);
+    let mut chunks = fake
+        .scheduler
+        .fetch_module(FetchModuleRequest {
+            module_hash: module,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut bytes = Vec::new();
+    while let Some(c) = chunks.message().await.unwrap() {
+        bytes.extend(c.chunk);
+    }
+    assert_eq!(bytes, sha.wasm);
+}

@@ -94,20 +94,6 @@ fn counts(r: Option<&NodeRecord>) -> (u64, u64, u64, u64) {
     (r.verified, r.rejected, r.spot_checks, r.spot_failures)
 }
 
-/// Waits until the task's latest event says `what`.
-async fn wait_for_message(sb: &Sandbox, task_id: &str, what: &str) {
-    let mut s = sb.api.scheduler().unwrap();
-    let mut message = String::new();
-    for _ in 0..200 {
-        message = zkmesh_client::task(&mut s, task_id).await.unwrap().message;
-        if message.contains(what) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("task {task_id} is at {message:?}, not {what:?}");
-}
-
 /// Waits (at most two minutes) for the task's end.
 async fn finish(sb: &Sandbox, task_id: &str) -> TaskResult {
     let mut s = sb.api.scheduler().unwrap();
@@ -120,80 +106,82 @@ async fn finish(sb: &Sandbox, task_id: &str) -> TaskResult {
     .unwrap()
 }
 
-/// An honest node's result checked by a liar: the two disagree, a third operator's node
-/// decides, and the honest result stands and is paid; the liar is rejected, unpaid, and its
-/// record says so. Then two honest nodes agree at once, and one run is paid.
+/// Honest results checked by a liar: the two disagree, a third operator's node decides, and
+/// the honest result stands and is paid (one run, to the node that ran it); the liar is
+/// rejected, unpaid, and its record says so. Which node checks is drawn at random (two honest
+/// operators and the liar), so tasks run until the liar has been drawn once; until then two
+/// honest operators agree at once. Caught, the liar's record is no longer clean and clean
+/// nodes check before it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lying_checker_cannot_get_an_honest_result_rejected() {
     let mut sb = start_with(0, |o| o.spot_check_rate = Some(1.0)).await;
     let honest_a = sb.mesh.add_worker("honest-a", "op-a").await.unwrap();
+    let honest_b = sb.mesh.add_worker("honest-b", "op-b").await.unwrap();
     let (assigned, mut liar_tasks) = mpsc::unbounded_channel();
+    // One slot against the honest nodes' two: the liar never runs a task first, only checks.
     let liar = start_liar(&sb, "op-liar", None, assigned).await;
     sb.mesh
-        .wait_for_workers(2, Duration::from_secs(20))
+        .wait_for_workers(3, Duration::from_secs(20))
         .await
         .unwrap();
     let sha = zkmesh_guests::get("sha256").unwrap();
     let mut s = sb.api.scheduler().unwrap();
-
-    // The honest node has the free slots, so it runs the task; the liar is the only other
-    // operator, so it checks it.
-    let input = b"checked by a liar";
-    let task = submit(&mut s, &Job::new(sha.wasm, input)).await.unwrap();
-    let checked = tokio::time::timeout(Duration::from_secs(20), liar_tasks.recv())
-        .await
-        .expect("the liar is asked to check")
-        .unwrap();
-    assert_eq!(checked, task.task_id);
-    wait_for_message(&sb, &task.task_id, "spot check disagrees").await;
-    // A third operator decides.
-    let honest_b = sb.mesh.add_worker("honest-b", "op-b").await.unwrap();
-    let result = finish(&sb, &task.task_id).await;
-    let honest = zkmesh_guests::reference_output("sha256", input).unwrap();
-    assert_verified(&result, &honest);
-    assert!(
-        result.verdict_reason.contains("spot-checked: 2 of 3"),
-        "{}",
-        result.verdict_reason
-    );
-    let signers: Vec<&str> = result.receipts.iter().map(|r| r.node_id.as_str()).collect();
-    assert_eq!(signers.len(), 2, "{signers:?}");
-    assert!(signers.contains(&honest_a.as_str()) && signers.contains(&honest_b.as_str()));
-    // One run is paid: the checked node's, whose result stood. Not the liar, not the third.
-    let one_run = zkmesh_kit::settlement::cost(result.fuel_used, 1000);
-    assert_eq!(result.credits_charged, one_run);
-    assert_eq!(balance(&sb, "op-a").await, one_run);
-    assert_eq!(balance(&sb, "op-b").await, 0);
+    let mut tasks = 0;
+    let mut caught = false;
+    while !caught && tasks < 24 {
+        let input = format!("checked {tasks}");
+        let before = (balance(&sb, "op-a").await, balance(&sb, "op-b").await);
+        let task = submit(&mut s, &Job::new(sha.wasm, input.as_bytes()))
+            .await
+            .unwrap();
+        let result = finish(&sb, &task.task_id).await;
+        tasks += 1;
+        assert_verified(
+            &result,
+            &zkmesh_guests::reference_output("sha256", input.as_bytes()).unwrap(),
+        );
+        let signers: Vec<&str> = result.receipts.iter().map(|r| r.node_id.as_str()).collect();
+        assert_eq!(signers.len(), 2, "{signers:?}");
+        assert!(signers.contains(&honest_a.as_str()) && signers.contains(&honest_b.as_str()));
+        // One run is paid, to one honest operator: the node that ran it.
+        let one_run = zkmesh_kit::settlement::cost(result.fuel_used, 1000);
+        assert_eq!(result.credits_charged, one_run);
+        let after = (balance(&sb, "op-a").await, balance(&sb, "op-b").await);
+        let gained = (after.0 - before.0, after.1 - before.1);
+        assert!(
+            gained == (one_run, 0) || gained == (0, one_run),
+            "{gained:?}"
+        );
+        caught = liar_tasks.try_recv().is_ok();
+        let agreed = if caught {
+            "spot-checked: 2 of 3"
+        } else {
+            "spot-checked: 2 of 2"
+        };
+        assert!(
+            result.verdict_reason.contains(agreed),
+            "{}",
+            result.verdict_reason
+        );
+    }
+    assert!(caught, "the liar was never drawn to check in {tasks} tasks");
     assert_eq!(balance(&sb, "op-liar").await, 0);
 
-    // Two honest operators agree: the result stands at once (the liar's record is no longer
-    // clean, so the honest nodes are preferred), one run paid.
-    let input = b"checked by an honest node";
-    let task = submit(&mut s, &Job::new(sha.wasm, input)).await.unwrap();
+    // Its record no longer clean, the liar is not drawn while a clean node can check.
+    let task = submit(&mut s, &Job::new(sha.wasm, b"after")).await.unwrap();
     let result = finish(&sb, &task.task_id).await;
-    assert_verified(
-        &result,
-        &zkmesh_guests::reference_output("sha256", input).unwrap(),
-    );
+    tasks += 1;
     assert!(
         result.verdict_reason.contains("spot-checked: 2 of 2"),
         "{}",
         result.verdict_reason
     );
-    assert_eq!(
-        result.credits_charged,
-        zkmesh_kit::settlement::cost(result.fuel_used, 1000)
-    );
-    assert_eq!(
-        balance(&sb, "op-a").await + balance(&sb, "op-b").await,
-        one_run + result.credits_charged
-    );
     assert!(liar_tasks.try_recv().is_err(), "the liar got no more work");
 
     let records = records(&sb).await;
     assert_eq!(counts(records.get(&liar)), record(0, 1, 1, 1));
-    assert_eq!(counts(records.get(&honest_a)), record(2, 0, 2, 0));
-    assert_eq!(counts(records.get(&honest_b)), record(2, 0, 2, 0));
+    assert_eq!(counts(records.get(&honest_a)), record(tasks, 0, tasks, 0));
+    assert_eq!(counts(records.get(&honest_b)), record(tasks, 0, tasks, 0));
     // The same, as `zkmesh node list --json` shows it.
     let config = sb.mesh.dir.join("client.toml");
     sb.mesh.client.save(&config).unwrap();
@@ -228,8 +216,8 @@ async fn a_lying_checker_cannot_get_an_honest_result_rejected() {
             &a_row["spot_failures"]
         ),
         (
-            &serde_json::json!(2),
-            &serde_json::json!(2),
+            &serde_json::json!(tasks),
+            &serde_json::json!(tasks),
             &serde_json::json!(0)
         )
     );

@@ -8,8 +8,9 @@ use zkmesh_proto::*;
 
 use crate::dispatch::Result;
 use crate::dispatch::spot_checks::clean;
-use crate::dispatch::{Core, Transition, db_error};
+use crate::dispatch::{Core, Transition, WorkerConn, db_error};
 use crate::store::{AttemptRow, Change, TaskRow, attempt_state};
+use rand::seq::SliceRandom;
 
 impl Core {
     /// Leases queued tasks to workers with free slots.
@@ -80,7 +81,7 @@ impl Core {
             let mut leased = active.len();
             while leased < replicas {
                 let nodes = self.nodes.read().unwrap().clone();
-                let candidate = workers
+                let eligible: Vec<(&String, &WorkerConn)> = workers
                     .iter()
                     .filter(|(id, w)| {
                         (w.running.len() as u32) < w.slots
@@ -90,15 +91,31 @@ impl Core {
                                 .get(*id)
                                 .is_none_or(|n| n.status() == NodeStatus::Active)
                     })
-                    .max_by_key(|(id, w)| {
-                        (
-                            !lapsed.contains(*id),
-                            clean(&w.record),
-                            w.slots - w.running.len() as u32,
-                            std::cmp::Reverse((*id).clone()),
-                        )
-                    })
-                    .map(|(id, _)| id.clone());
+                    .collect();
+                let rank = |id: &String, w: &WorkerConn| (!lapsed.contains(id), clean(&w.record));
+                let candidate = if task.spot_checks > 0 {
+                    // A checker is drawn at random among the best placed: who checks whom
+                    // must not be predictable, or two operators could arrange to check each
+                    // other.
+                    let best = eligible.iter().map(|(id, w)| rank(id, w)).max();
+                    let pool: Vec<&String> = eligible
+                        .iter()
+                        .filter(|(id, w)| Some(rank(id, w)) == best)
+                        .map(|(id, _)| *id)
+                        .collect();
+                    pool.choose(&mut rand::thread_rng()).map(|id| (*id).clone())
+                } else {
+                    eligible
+                        .iter()
+                        .max_by_key(|(id, w)| {
+                            (
+                                rank(id, w),
+                                w.slots - w.running.len() as u32,
+                                std::cmp::Reverse((*id).clone()),
+                            )
+                        })
+                        .map(|(id, _)| (*id).clone())
+                };
                 let Some(node_id) = candidate else { break };
                 let attempt_id = random_id("a-");
                 let lease_ms = self.config.lease_secs as i64 * 1000;

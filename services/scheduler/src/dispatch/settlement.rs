@@ -166,14 +166,16 @@ impl Core {
                 reason: verdict.reason.clone(),
             });
             // The next run's result is a new one: checked (or not) afresh.
+            let mut fresh = task.clone();
             if task.spot_checks > 0 {
                 t.push(Change::SpotChecks {
                     task_id: task_id.clone(),
                     checks: 0,
                 });
+                fresh.spot_checks = 0;
             }
             self.requeue(
-                task,
+                &fresh,
                 TaskState::Rejected,
                 &format!("rejected: {}", verdict.reason),
                 t,

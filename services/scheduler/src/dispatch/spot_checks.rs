@@ -15,8 +15,8 @@
 
 use zkmesh_proto::*;
 
-use crate::dispatch::{Core, Transition};
-use crate::store::{AttemptRow, Change, TaskRow};
+use crate::dispatch::{Core, Result, Transition, db_error};
+use crate::store::{AttemptRow, Change, TaskRow, attempt_state};
 
 /// The most checks of one result: the first check, and a third operator when it disagrees.
 pub(crate) const MAX_SPOT_CHECKS: u32 = 2;
@@ -29,8 +29,8 @@ pub(crate) fn clean(record: &NodeRecord) -> bool {
 
 impl Core {
     /// Whether to check the result of `task` that a node of `operator` just reported: at the
-    /// configured rate, when a node of another operator is connected to check it (a mesh
-    /// with one operator online has nobody to check against).
+    /// configured rate, when nodes of two other operators are connected, one to check and one
+    /// to decide should the check disagree (with fewer, nobody could settle a disagreement).
     pub(in crate::dispatch) async fn draw_spot_check(
         &self,
         task: &TaskRow,
@@ -45,12 +45,97 @@ impl Core {
             return false;
         }
         let nodes = self.nodes.read().unwrap().clone();
-        self.workers.lock().await.iter().any(|(id, w)| {
-            w.operator != operator
-                && nodes
-                    .get(id)
-                    .is_none_or(|n| n.status() == NodeStatus::Active)
-        })
+        let workers = self.workers.lock().await;
+        let others: std::collections::BTreeSet<&str> = workers
+            .iter()
+            .filter(|(id, w)| {
+                w.operator != operator
+                    && nodes
+                        .get(*id)
+                        .is_none_or(|n| n.status() == NodeStatus::Active)
+            })
+            .map(|(_, w)| w.operator.as_str())
+            .collect();
+        others.len() >= 2
+    }
+
+    /// Gives up the task's round of checks (its checkers lapsed, declined or misreported too
+    /// often, or the round outlived its bound). Before any check has reported, the result is
+    /// judged as an unchecked one would be: the checks' absence proves nothing against it.
+    /// Once a check has disagreed, nobody can say which is right, so the task fails (its hold
+    /// is given back) rather than stand on a result in dispute.
+    pub(in crate::dispatch) async fn abandon_spot_check(
+        &self,
+        task: &TaskRow,
+        why: &str,
+        t: &mut Transition,
+    ) -> Result<()> {
+        let task_id = &task.task.task_id;
+        if task.spot_checks >= MAX_SPOT_CHECKS {
+            let reason = format!(
+                "a spot check disagreed with the result and no third operator decided: {why}"
+            );
+            return self.fail(task, &reason, t).await;
+        }
+        let reason = format!("spot check given up: {why}");
+        for a in self.store.attempts(task_id).await.map_err(db_error)? {
+            if a.spot_check
+                && matches!(
+                    t.attempt_state(&a.attempt_id, &a.state),
+                    attempt_state::LEASED | attempt_state::RUNNING
+                )
+            {
+                t.push(Change::attempt(&a.attempt_id, attempt_state::CANCELLED));
+                t.stop(&a.node_id, &a.attempt_id, &reason);
+            }
+        }
+        t.push(Change::SpotChecks {
+            task_id: task_id.clone(),
+            checks: 0,
+        });
+        t.event(
+            task_id,
+            TaskState::Reported,
+            format!("{reason}; the result is judged unchecked"),
+        );
+        t.wake_sweep();
+        Ok(())
+    }
+
+    /// Rounds of checks past their bound (the task's timeout plus the lease slack) are given
+    /// up.
+    pub(in crate::dispatch) async fn sweep_spot_checks(&self) -> Result<()> {
+        let slack_ms = i64::from(self.config.lease_slack_secs) * 1000;
+        for task_id in self
+            .store
+            .overdue_spot_checks(slack_ms)
+            .await
+            .map_err(db_error)?
+        {
+            let _t = self.transitions.lock().await;
+            let Some(task) = self.store.task(&task_id).await.map_err(db_error)? else {
+                continue;
+            };
+            // Re-checked under the lock: the round may have ended meanwhile.
+            let bound =
+                task.spot_checks_at_ms + i64::from(task.task.timeout_secs) * 1000 + slack_ms;
+            let live = matches!(
+                task.task.state(),
+                TaskState::Queued | TaskState::Assigned | TaskState::Running
+            );
+            if task.spot_checks == 0 || !live || zkmesh_kit::now_ms() <= bound {
+                continue;
+            }
+            let mut t = Transition::default();
+            self.abandon_spot_check(
+                &task,
+                "no check ended within the task's timeout plus the lease slack",
+                &mut t,
+            )
+            .await?;
+            self.finish(t).await?;
+        }
+        Ok(())
     }
 
     /// Holds the task's reported result back for a check by a node of another operator.
@@ -132,12 +217,8 @@ impl Core {
     pub async fn node_records(
         &self,
         page: &zkmesh_kit::paging::Page,
-    ) -> Result<(Vec<NodeRecord>, String), tonic::Status> {
-        let records = self
-            .store
-            .node_records(page)
-            .await
-            .map_err(crate::dispatch::db_error)?;
+    ) -> Result<(Vec<NodeRecord>, String)> {
+        let records = self.store.node_records(page).await.map_err(db_error)?;
         Ok(page.finish(records, |r| r.node_id.clone()))
     }
 }

@@ -10,6 +10,7 @@ use zkmesh_proto::*;
 
 use crate::dispatch::Result;
 use crate::dispatch::placement::replicas;
+use crate::dispatch::spot_checks::MAX_SPOT_CHECKS;
 use crate::dispatch::{Core, Count, Outbound, Transition, db_error};
 use crate::store::{AttemptRow, Change, TaskRow, attempt_state, is_terminal};
 
@@ -72,16 +73,21 @@ impl Core {
         let task_id = &task.task.task_id;
         t.event(task_id, why_state, reason);
         let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
+        let failed = |a: &&AttemptRow| {
+            matches!(
+                t.attempt_state(&a.attempt_id, &a.state),
+                attempt_state::EXPIRED | attempt_state::REJECTED
+            )
+        };
+        // Spot checks have a budget of their own: checkers that lapse, give the task back or
+        // misreport never use up the attempts of the task itself (whose result is in hand).
         let spent = attempts
             .iter()
-            .filter(|a| {
-                matches!(
-                    t.attempt_state(&a.attempt_id, &a.state),
-                    attempt_state::EXPIRED | attempt_state::REJECTED
-                )
-            })
+            .filter(|a| !a.spot_check)
+            .filter(failed)
             .count();
-        let budget = self.config.max_attempts as usize * replicas(task);
+        let budget =
+            self.config.max_attempts as usize * (replicas(task) - task.spot_checks as usize);
         if spent >= budget {
             return self
                 .fail(
@@ -90,6 +96,17 @@ impl Core {
                     t,
                 )
                 .await;
+        }
+        if task.spot_checks > 0 {
+            let checks_spent = attempts
+                .iter()
+                .filter(|a| a.spot_check)
+                .filter(failed)
+                .count();
+            if checks_spent >= self.config.max_attempts as usize * MAX_SPOT_CHECKS as usize {
+                let why = format!("{checks_spent} checks failed; last: {reason}");
+                return self.abandon_spot_check(task, &why, t).await;
+            }
         }
         t.event(task_id, TaskState::Queued, "back in the queue");
         t.wake_placement();
@@ -110,8 +127,11 @@ impl Core {
             .await
             .map_err(db_error)?
         {
-            if stale(&task) {
-                self.verify_and_settle(&task.task.task_id).await?;
+            if stale(&task)
+                && let Err(e) = self.verify_and_settle(&task.task.task_id).await
+            {
+                // One task's trouble must not hold up the rest of the sweep.
+                tracing::warn!(task_id = %task.task.task_id, error = %e.message(), "verdict failed; will retry");
             }
         }
         for task in self
@@ -120,13 +140,18 @@ impl Core {
             .await
             .map_err(db_error)?
         {
-            if stale(&task) {
-                self.settle(&task.task.task_id).await?;
+            if stale(&task)
+                && let Err(e) = self.settle(&task.task.task_id).await
+            {
+                tracing::warn!(task_id = %task.task.task_id, error = %e.message(), "settlement failed; will retry");
             }
         }
         for task_id in self.store.unreleased_holds().await.map_err(db_error)? {
             self.release(&task_id, "task failed or was cancelled")
                 .await?;
+        }
+        if let Err(e) = self.sweep_spot_checks().await {
+            tracing::warn!(error = %e.message(), "sweeping spot checks failed; will retry");
         }
         // A hold made for a submission that never stored its task (the ledger answered after
         // the client gave up, the scheduler stopped between the two) goes back.

@@ -143,11 +143,14 @@ async fn write(db: &mut SqliteConnection, change: &Change, now: i64) -> Result<O
                 .await?;
         }
         Change::SpotChecks { task_id, checks } => {
-            sqlx::query("UPDATE tasks SET spot_checks = $1 WHERE task_id = $2")
-                .bind(i64::from(*checks))
-                .bind(task_id)
-                .execute(&mut *db)
-                .await?;
+            sqlx::query(
+                "UPDATE tasks SET spot_checks = $1, spot_checks_at_ms = $2 WHERE task_id = $3",
+            )
+            .bind(i64::from(*checks))
+            .bind(now)
+            .bind(task_id)
+            .execute(&mut *db)
+            .await?;
         }
         Change::Record(r) => {
             sqlx::query(
