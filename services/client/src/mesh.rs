@@ -49,6 +49,8 @@ pub struct MeshOptions {
     pub scheduler_settings: Vec<(String, i64)>,
     /// The scheduler's share of receipt-policy results spot-checked (None: its default).
     pub spot_check_rate: Option<f64>,
+    /// Every service's caps on connections, handshakes, streams and calls.
+    pub limits: zkmesh_kit::admission::Limits,
 }
 
 /// Where embedded meshes keep circuit keys: `$ZKMESH_KEYS_DIR`, else the user's cache.
@@ -82,6 +84,7 @@ impl MeshOptions {
             worker_memory_budget_mib: 0,
             scheduler_settings: Vec::new(),
             spot_check_rate: None,
+            limits: Default::default(),
         }
     }
 }
@@ -162,6 +165,7 @@ impl LocalMesh {
             grace_secs: 2,
             tls: tls_files(&dir, name),
             max_revocation_age_secs: 30,
+            limits: options.limits.clone(),
         };
 
         let registry = zkmesh_registry::start(

@@ -114,6 +114,9 @@ pub struct ServerConfig {
     /// than let a certificate revoked meanwhile in. The registry's own list is always current.
     #[serde(default = "default_max_revocation_age_secs")]
     pub max_revocation_age_secs: u64,
+    /// `[server.limits]`: caps on connections, handshakes, streams, call time and headers.
+    #[serde(default)]
+    pub limits: crate::admission::Limits,
 }
 
 fn default_max_revocation_age_secs() -> u64 {

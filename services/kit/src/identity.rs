@@ -151,6 +151,13 @@ pub fn not_after_ms(cert_pem: &str) -> Option<i64> {
     validity_ms(cert_pem).map(|(_, not_after)| not_after)
 }
 
+/// `not_after` of a DER certificate, in milliseconds since the epoch.
+pub fn not_after_ms_of_der(der: &[u8]) -> Option<i64> {
+    use x509_parser::prelude::*;
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    Some(cert.validity().not_after.timestamp() * 1000)
+}
+
 /// How much slack before the issue time the CA gives every certificate (clock skew).
 pub const BACKDATE_MS: i64 = 60_000;
 

@@ -13,6 +13,7 @@
 //! `revocation` and `rpc_metrics` beside `auth`.
 
 pub mod acl;
+pub mod admission;
 pub mod auth;
 pub mod ca;
 pub mod client;

@@ -64,6 +64,8 @@ pub struct ServeSpec {
     pub shutdown: CancellationToken,
     /// How long in-flight calls may take to finish after shutdown begins.
     pub grace: Duration,
+    /// Caps on connections, handshakes, streams, call time and headers.
+    pub limits: crate::admission::Limits,
 }
 
 /// The least `max_revocation_age` a service accepts.
@@ -98,6 +100,7 @@ where
             MIN_REVOCATION_AGE.as_secs()
         )));
     }
+    spec.limits.check().map_err(ServeError::Other)?;
     let listener = bind(&spec.listen).await?;
     let addr = listener.local_addr().map_err(|source| ServeError::Bind {
         addr: spec.listen.clone(),
@@ -159,9 +162,14 @@ where
     );
     let rpc_metrics = RpcMetricsLayer::new(spec.acl, RpcMetrics::register(&spec.metrics));
     let drain = CancellationToken::new();
-    let incoming = crate::tls::incoming(listener, &tls, drain.clone());
+    let admission = crate::admission::Admission::new(spec.limits.clone(), &spec.metrics);
+    let incoming = crate::tls::incoming(listener, &tls, admission, drain.clone());
+    let limits = &spec.limits;
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .max_concurrent_streams(limits.max_streams_per_connection)
+        .timeout(Duration::from_secs(limits.request_timeout_secs))
+        .http2_max_header_list_size(limits.max_header_list_bytes)
         .layer(rpc_metrics)
         .layer(auth)
         .add_service(health)

@@ -1,6 +1,7 @@
 //! Structured logs (tracing) and Prometheus metrics, served over plain HTTP at `/metrics`.
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use hyper::body::Bytes;
 use prometheus_client::encoding::text::encode;
@@ -105,10 +106,16 @@ impl Metrics {
 }
 
 /// Serves `GET /metrics` on `listener` until `shutdown`.
+/// Connections the metrics port serves at once.
+const METRICS_CONNECTIONS: usize = 64;
+
 pub async fn serve_metrics(listener: TcpListener, metrics: Metrics, shutdown: CancellationToken) {
     use http_body_util::Full;
     use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    // The same care as the gRPC port: a bounded number of connections at once (the rest are
+    // closed at once), headers within 5 s and 16 KiB, a connection done within 30 s.
+    let open = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
     loop {
         let stream = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -120,8 +127,13 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Metrics, shutdown: Ca
                 }
             },
         };
+        let Ok(place) = open.clone().try_acquire_owned() else {
+            tracing::debug!("metrics connection refused: too many open");
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
+            let _place = place;
             let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                 let metrics = metrics.clone();
                 async move {
@@ -137,9 +149,12 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Metrics, shutdown: Ca
                     Ok::<_, std::convert::Infallible>(response.expect("static response"))
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(5))
+                .max_buf_size(16 << 10)
+                .serve_connection(TokioIo::new(stream), service);
+            let _ = tokio::time::timeout(Duration::from_secs(30), connection).await;
         });
     }
 }

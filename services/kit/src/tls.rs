@@ -6,6 +6,7 @@
 //! gets a plain gRPC `UNAUTHENTICATED` that says why, instead of a failed handshake that
 //! clients report as an opaque transport error.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -25,6 +26,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
+use crate::admission::{Admission, Permit, Who};
 use crate::config::TlsFiles;
 use crate::identity::{Identity, Role, read_file};
 
@@ -83,10 +85,25 @@ pub struct PeerInfo {
     pub leaf_sha256: Option<Arc<str>>,
 }
 
-/// A TLS connection with its peer information.
+/// A TLS connection with its peer information, its place under the listener's caps, and
+/// the moment it is closed (its client certificate's expiry, or its age limit).
 pub struct TlsConn {
     stream: tokio_rustls::server::TlsStream<TcpStream>,
     info: PeerInfo,
+    _permit: Permit,
+    ends: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl TlsConn {
+    /// Past its end the connection reads and writes nothing more: the peer sees it closed.
+    fn ended(&mut self, cx: &mut Context<'_>) -> Option<io::Error> {
+        self.ends.as_mut().poll(cx).is_ready().then(|| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the connection reached its age limit or its certificate's expiry",
+            )
+        })
+    }
 }
 
 impl tonic::transport::server::Connected for TlsConn {
@@ -102,6 +119,9 @@ impl AsyncRead for TlsConn {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(e) = self.ended(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_read(cx, buf)
     }
 }
@@ -112,6 +132,9 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.ended(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -125,6 +148,9 @@ impl AsyncWrite for TlsConn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        if let Some(e) = self.ended(cx) {
+            return Poll::Ready(Err(e));
+        }
         Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -273,14 +299,17 @@ impl MeshTls {
 }
 
 /// Accepts TCP connections and completes TLS handshakes concurrently, so that a slow or
-/// silent client never holds up the others.
+/// silent client never holds up the others, each within `admission`'s caps: a handshake over
+/// them is not started, a connection over them is closed once its caller is known.
 pub fn incoming(
     listener: TcpListener,
     tls: &MeshTls,
+    admission: Admission,
     shutdown: CancellationToken,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(128);
     let acceptor = TlsAcceptor::from(tls.server.clone());
+    let tls = tls.clone();
     tokio::spawn(async move {
         loop {
             let (tcp, remote) = tokio::select! {
@@ -294,10 +323,22 @@ pub fn incoming(
                     }
                 },
             };
+            let handshake = match admission.handshake(remote.ip()) {
+                Ok(permit) => permit,
+                Err(cap) => {
+                    tracing::debug!(%remote, cap = cap.as_str(), "handshake refused");
+                    continue;
+                }
+            };
             let _ = tcp.set_nodelay(true);
-            let (acceptor, tx) = (acceptor.clone(), tx.clone());
+            let (acceptor, tx, tls, admission) =
+                (acceptor.clone(), tx.clone(), tls.clone(), admission.clone());
+            let limits = admission.limits().clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                let handshake_timeout = Duration::from_secs(limits.handshake_timeout_secs);
+                let accepted = tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await;
+                drop(handshake);
+                match accepted {
                     Ok(Ok(stream)) => {
                         let certs: Option<Arc<Vec<CertificateDer<'static>>>> =
                             stream.get_ref().1.peer_certificates().map(|c| {
@@ -323,7 +364,36 @@ pub fn incoming(
                             verdict: Arc::new(OnceLock::new()),
                             serials,
                         };
-                        let _ = tx.send(Ok(TlsConn { stream, info })).await;
+                        // Counted by its verified identity (the verdict is the auth layer's,
+                        // computed once here): a certificate this mesh did not issue counts as
+                        // no certificate, so nobody fills another's place by naming it.
+                        let who = match tls.verify_peer(&info) {
+                            Ok(Some(id)) => Who::Identity(id.to_string()),
+                            _ => Who::Anonymous(remote.ip()),
+                        };
+                        let permit = match admission.connection(who) {
+                            Ok(permit) => permit,
+                            Err(cap) => {
+                                tracing::debug!(%remote, cap = cap.as_str(), "connection refused");
+                                return;
+                            }
+                        };
+                        let age = Duration::from_secs(limits.max_connection_age_secs);
+                        let until_expiry = info
+                            .certs
+                            .as_ref()
+                            .and_then(|c| c.first())
+                            .and_then(|leaf| crate::identity::not_after_ms_of_der(leaf))
+                            .map(|ms| Duration::from_millis((ms - crate::now_ms()).max(0) as u64));
+                        let lasts = until_expiry.map_or(age, |left| left.min(age));
+                        let ends = Box::pin(tokio::time::sleep(lasts));
+                        let conn = TlsConn {
+                            stream,
+                            info,
+                            _permit: permit,
+                            ends,
+                        };
+                        let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::debug!(%remote, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%remote, "TLS handshake timed out"),

@@ -111,6 +111,7 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
             shutdown,
             grace: config.server.grace(),
             max_revocation_age: config.server.max_revocation_age(),
+            limits: config.server.limits.clone(),
         },
     )
     .await?)

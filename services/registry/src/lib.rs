@@ -107,6 +107,7 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyho
             shutdown,
             grace: config.server.grace(),
             max_revocation_age: config.server.max_revocation_age(),
+            limits: config.server.limits.clone(),
         },
     )
     .await?;

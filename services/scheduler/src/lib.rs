@@ -279,6 +279,7 @@ pub async fn start(
             shutdown,
             grace: config.server.grace(),
             max_revocation_age: config.server.max_revocation_age(),
+            limits: config.server.limits.clone(),
         },
     )
     .await?)

@@ -140,6 +140,7 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
             shutdown,
             grace: config.server.grace(),
             max_revocation_age: config.server.max_revocation_age(),
+            limits: config.server.limits.clone(),
         },
     )
     .await?)

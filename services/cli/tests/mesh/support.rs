@@ -220,6 +220,7 @@ pub async fn another_ledger(
                 grace_secs: 1,
                 tls,
                 max_revocation_age_secs,
+                limits: Default::default(),
             },
             key_file: std::path::PathBuf::from(format!("{}-journal.key", stem.display())),
             registry_endpoint: registry,
