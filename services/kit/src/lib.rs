@@ -23,6 +23,7 @@ pub mod error;
 pub mod identity;
 pub mod journal;
 pub mod lists;
+pub mod message_limits;
 pub mod paging;
 pub mod receipt;
 pub mod revocation;

@@ -66,6 +66,9 @@ pub struct ServeSpec {
     pub grace: Duration,
     /// Caps on connections, handshakes, streams, call time and headers.
     pub limits: crate::admission::Limits,
+    /// Methods whose request messages may be larger than
+    /// [`crate::message_limits::DEFAULT_MAX_MESSAGE`], with their caps in bytes.
+    pub message_caps: Vec<(&'static str, usize)>,
 }
 
 /// The least `max_revocation_age` a service accepts.
@@ -172,6 +175,10 @@ where
         .http2_max_header_list_size(limits.max_header_list_bytes)
         .layer(rpc_metrics)
         .layer(auth)
+        .layer(crate::message_limits::MessageLimitLayer::new(
+            spec.acl,
+            &spec.message_caps,
+        ))
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

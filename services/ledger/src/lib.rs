@@ -112,6 +112,7 @@ pub async fn start(config: LedgerConfig, shutdown: CancellationToken) -> anyhow:
             grace: config.server.grace(),
             max_revocation_age: config.server.max_revocation_age(),
             limits: config.server.limits.clone(),
+            message_caps: vec![],
         },
     )
     .await?)

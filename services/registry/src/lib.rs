@@ -108,6 +108,7 @@ pub async fn start(config: RegistryConfig, shutdown: CancellationToken) -> anyho
             grace: config.server.grace(),
             max_revocation_age: config.server.max_revocation_age(),
             limits: config.server.limits.clone(),
+            message_caps: vec![],
         },
     )
     .await?;

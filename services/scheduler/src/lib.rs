@@ -263,7 +263,7 @@ pub async fn start(
     let service = SchedulerService::new(core, Arc::new(sandbox));
     Ok(serve(
         SchedulerServiceServer::new(service)
-            // Reports carry a whole output (workers cap it at 16 MiB by default).
+            // The largest of the per-method caps below (a report's output, a task's input).
             .max_decoding_message_size(config.max_input_bytes.max(MAX_REPORT_OUTPUT) + (1 << 20))
             .max_encoding_message_size(
                 config.max_input_bytes.max(config.max_module_bytes) + (1 << 20),
@@ -280,13 +280,21 @@ pub async fn start(
             grace: config.server.grace(),
             max_revocation_age: config.server.max_revocation_age(),
             limits: config.server.limits.clone(),
+            message_caps: vec![
+                ("UploadModule", UPLOAD_CHUNK + (64 << 10)),
+                ("SubmitTask", config.max_input_bytes + (64 << 10)),
+                ("Work", MAX_REPORT_OUTPUT + (1 << 20)),
+            ],
         },
     )
     .await?)
 }
 
-/// The largest output a worker may report.
-pub const MAX_REPORT_OUTPUT: usize = 64 << 20;
+/// The largest output a worker may report: every worker caps a guest's output at 16 MiB.
+pub const MAX_REPORT_OUTPUT: usize = 16 << 20;
+
+/// The most bytes of a module one UploadModule message carries.
+pub const UPLOAD_CHUNK: usize = 1 << 20;
 
 /// Micro-credits for `fuel` units at `price` micro-credits per million (rounded up).
 pub use zkmesh_kit::settlement::cost;

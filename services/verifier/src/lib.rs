@@ -128,7 +128,8 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
         },
     };
     Ok(serve(
-        VerifierServiceServer::new(service),
+        // A proof's verdict request carries the module, the input and the output.
+        VerifierServiceServer::new(service).max_decoding_message_size(MAX_VERIFY_REQUEST),
         ServeSpec {
             name: "verifier",
             acl: &ACL,
@@ -141,7 +142,12 @@ pub async fn start(config: VerifierConfig, shutdown: CancellationToken) -> anyho
             grace: config.server.grace(),
             max_revocation_age: config.server.max_revocation_age(),
             limits: config.server.limits.clone(),
+            message_caps: vec![("VerifyResult", MAX_VERIFY_REQUEST)],
         },
     )
     .await?)
 }
+
+/// The largest VerifyResult request: under the proof policy a module (64 MiB by default), an
+/// input (16 MiB) and an output (16 MiB), with the proof and receipts.
+pub const MAX_VERIFY_REQUEST: usize = 128 << 20;

@@ -466,3 +466,55 @@ async fn anonymous_connections_are_capped_and_connections_age_out() {
     );
     sb.mesh.stop().await;
 }
+
+/// Each method holds its request messages to its own cap, read from the message's length
+/// before it is gathered: a `GetTask` of a megabyte is refused (RESOURCE_EXHAUSTED, naming the
+/// cap) though a `SubmitTask` of that size is served, and a worker's report over the output cap
+/// ends its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_method_holds_messages_to_its_cap() {
+    let sb = start(0).await;
+    let mut s = sb.api.scheduler().unwrap();
+    let refused = s
+        .get_task(GetTaskRequest {
+            task_id: "t".repeat(1 << 20),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(refused.message().contains("GetTask"), "{refused:?}");
+    assert!(refused.message().contains("cap of 65536"), "{refused:?}");
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let big = vec![b'x'; 1 << 20];
+    let task = submit(&mut s, &Job::new(sha.wasm, &big)).await.unwrap();
+    assert!(task.task_id.starts_with("t-"));
+    // A node's report of 17 MiB of output: the stream is cut, nothing is stored.
+    let fake = crate::fake_node::enroll(&sb, "op-big", 1).await;
+    let report = TaskReport {
+        attempt_id: "a-none".into(),
+        output: vec![0; 17 << 20],
+        ..Default::default()
+    };
+    fake.up
+        .send(WorkRequest {
+            kind: Some(work_request::Kind::Report(report)),
+        })
+        .await
+        .unwrap();
+    let mut down = fake.down;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(10), down.message()).await {
+            Ok(Ok(Some(_))) => continue,
+            Ok(other) => break other,
+            Err(_) => panic!("the stream was not cut"),
+        }
+    };
+    let status = ended.expect_err("the stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::ResourceExhausted, "{status:?}");
+    // Still serving.
+    s.list_tasks(ListTasksRequest::default()).await.unwrap();
+}

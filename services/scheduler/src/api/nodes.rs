@@ -54,6 +54,8 @@ impl SchedulerService {
         let core = self.core.clone();
         // The registry's grant caps the node; it may ask for fewer, never more.
         let slots = hello.slots.clamp(1, node.slots.max(1));
+        // Weak: the stream ends when the engine lets it go (a second stream replaced it).
+        let why_to = tx.downgrade();
         let conn = core.register(&node_id, &node.operator, slots, tx).await;
         tokio::spawn(async move {
             let reason = loop {
@@ -65,7 +67,13 @@ impl SchedulerService {
                     Ok(Some(WorkRequest { kind: Some(k) })) => k,
                     Ok(Some(_)) => continue,
                     Ok(None) => break "stream closed by the worker".to_string(),
-                    Err(e) => break format!("stream broken: {}", e.message()),
+                    Err(e) => {
+                        // Tell the node why (a message over its cap, say), if it still listens.
+                        if let Some(tx) = why_to.upgrade() {
+                            let _ = tx.try_send(Err(e.clone()));
+                        }
+                        break format!("stream broken: {}", e.message());
+                    }
                 };
                 let result = match kind {
                     work_request::Kind::Hello(_) => Ok(()),

@@ -19,6 +19,20 @@ const MAX_LOG_BYTES: u64 = 3 * (64 << 10);
 /// Progress events a node may send for one task: an honest worker sends guest logs at most
 /// every 200 ms, so this is 55 minutes of a guest that writes to stderr all the time.
 const MAX_PROGRESS_EVENTS: u64 = 16_384;
+/// The most bytes of an exit message or a proof error kept from a node's report.
+const MAX_NODE_TEXT: usize = 4096;
+
+/// Cuts `text` to at most `max` bytes, at a character boundary.
+fn cut(text: &mut String, max: usize) {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+}
+
 /// How the event that reaches a node's log budget for a task begins.
 const LOG_CUT_NOTE: &str = "guest log reached";
 
@@ -144,7 +158,10 @@ impl Core {
     }
 
     /// Records a report; once every replica has reported, asks for a verdict and settles.
-    pub async fn on_report(&self, node_id: &str, report: TaskReport) -> Result<()> {
+    pub async fn on_report(&self, node_id: &str, mut report: TaskReport) -> Result<()> {
+        // A node's words are bounded wherever they are kept and shown.
+        cut(&mut report.exit_message, MAX_NODE_TEXT);
+        cut(&mut report.proof_error, MAX_NODE_TEXT);
         let task_id = {
             let _t = self.transitions.lock().await;
             let Some(a) = self
@@ -224,5 +241,24 @@ impl Core {
             a.task_id
         };
         self.verify_and_settle(&task_id).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn node_text_is_cut_at_a_character_boundary() {
+        let mut long = "é".repeat(3000); // 6000 bytes
+        cut(&mut long, super::MAX_NODE_TEXT);
+        assert_eq!(long.len(), 4096);
+        assert!(long.chars().all(|c| c == 'é'));
+        let mut odd = format!("a{}", "é".repeat(3000));
+        cut(&mut odd, super::MAX_NODE_TEXT);
+        assert_eq!(odd.len(), 4095, "the half character goes");
+        let mut short = "ok".to_string();
+        cut(&mut short, super::MAX_NODE_TEXT);
+        assert_eq!(short, "ok");
     }
 }
