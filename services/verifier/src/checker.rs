@@ -352,7 +352,17 @@ impl Checker {
         // Group valid reports by everything the receipt asserts about the run; count each
         // operator once so one operator's many nodes cannot outvote the others.
         let mut groups: BTreeMap<(String, i32, u64), Vec<&ValidReport>> = BTreeMap::new();
-        for valid_report in &valid {
+        let timed_out = |r: &ReportedResult| {
+            r.receipt.as_ref().expect("checked above").exit == ExitKind::Timeout as i32
+        };
+        // Under spot checks a run stopped by the wall clock says nothing against a run that
+        // completed (a slower machine, not another answer): when one completed, timeouts abstain.
+        let abstain = checks > 0 && valid.iter().any(|(r, _)| !timed_out(r));
+        let voters: Vec<&ValidReport> = valid
+            .iter()
+            .filter(|(r, _)| !(abstain && timed_out(r)))
+            .collect();
+        for valid_report in voters.iter().copied() {
             let r = valid_report.0;
             let receipt = r.receipt.as_ref().expect("checked above");
             // A run stopped by the wall clock is not deterministic (how far it got depends on
@@ -364,16 +374,23 @@ impl Checker {
             };
             groups.entry(key).or_default().push(valid_report);
         }
-        let winner = groups.iter().find(|(_, members)| {
-            members
-                .iter()
-                .map(|(_, operator)| operator.as_str())
-                .collect::<BTreeSet<_>>()
-                .len()
-                >= needed
-        });
-        let response = match winner {
-            Some((_, members)) => {
+        let winner = groups
+            .iter()
+            .find(|(_, members)| {
+                members
+                    .iter()
+                    .map(|(_, operator)| operator.as_str())
+                    .collect::<BTreeSet<_>>()
+                    .len()
+                    >= needed
+            })
+            .map(|(_, members)| members.clone());
+        // Both checks timed out where one run completed: nothing disagrees with it, and it is
+        // judged as an unchecked result would be.
+        let unchecked = checks as usize == MAX_SPOT_CHECKS as usize && voters.len() == 1;
+        let winner = winner.or_else(|| unchecked.then(|| voters.clone()));
+        let mut response = match winner {
+            Some(members) => {
                 let members: Vec<&ValidReport> = members.to_vec();
                 let settlement = self.settle(req, &members);
                 let members: Vec<&ReportedResult> = members.iter().map(|m| m.0).collect();
@@ -385,7 +402,11 @@ impl Checker {
                 let accepted: Vec<String> = members.iter().map(|m| m.attempt_id.clone()).collect();
                 for (r, _) in &valid {
                     if !accepted.contains(&r.attempt_id) {
-                        reasons.push(format!("{}: outvoted", r.node_id));
+                        if abstain && timed_out(r) {
+                            reasons.push(format!("{}: timed out (no vote)", r.node_id));
+                        } else {
+                            reasons.push(format!("{}: outvoted", r.node_id));
+                        }
                         rejected.push(r.attempt_id.clone());
                     }
                 }
@@ -395,6 +416,9 @@ impl Checker {
                     reason: match policy.kind() {
                         PolicyKind::Replicate => {
                             format!("{} of {} operators agree", members.len(), policy.replicas)
+                        }
+                        PolicyKind::Receipt if unchecked && members.len() == 1 => {
+                            "receipt signature valid; its spot checks timed out, so it is judged unchecked".into()
                         }
                         PolicyKind::Receipt if checks > 0 => format!(
                             "receipt signature valid; spot-checked: {} of {} operators agree",
@@ -423,6 +447,7 @@ impl Checker {
                     rejected_attempt_ids: rejected,
                     output_hash: output_hash.clone(),
                     settlement: Some(settlement),
+                    spot_checks: 0,
                 }
             }
             // One check that disagrees (or is invalid) decides nothing: a third operator will.
@@ -449,9 +474,11 @@ impl Checker {
                     rejected_attempt_ids: rejected,
                     output_hash: String::new(),
                     settlement: None,
+                    spot_checks: 0,
                 }
             }
         };
+        response.spot_checks = checks;
         Ok(response)
     }
 }

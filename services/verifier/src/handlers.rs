@@ -265,6 +265,8 @@ impl VerifierApi for VerifierService {
                 settlement: row
                     .get::<Option<Vec<u8>>, _>("settlement")
                     .and_then(|b| prost::Message::decode(b.as_slice()).ok()),
+                // What VerifyResult answered the scheduler with; not kept with the verdict.
+                spot_checks: 0,
             }),
         }))
     }

@@ -20,6 +20,17 @@ async fn start_liar(
     gate: Option<watch::Receiver<bool>>,
     assigned: mpsc::UnboundedSender<String>,
 ) -> String {
+    start_fake(sb, operator, gate, assigned, false).await
+}
+
+/// [`start_liar`], or with `time_out` a node that says every run timed out (correctly signed).
+async fn start_fake(
+    sb: &Sandbox,
+    operator: &str,
+    gate: Option<watch::Receiver<bool>>,
+    assigned: mpsc::UnboundedSender<String>,
+    time_out: bool,
+) -> String {
     let fake = crate::fake_node::enroll(sb, operator, 1).await;
     let (tx, mut down, key) = (fake.up, fake.down, fake.receipt_key);
     let node_id = fake.node_id.clone();
@@ -43,8 +54,16 @@ async fn start_liar(
                             tokio::time::timeout(Duration::from_millis(500), gate.changed()).await;
                     }
                 }
-                let report =
+                let mut report =
                     crate::fake_node::signed_report(&a, &node_id, &key, b"not the hash".to_vec());
+                if time_out {
+                    report = crate::fake_node::signed_report(&a, &node_id, &key, Vec::new());
+                    let receipt = report.receipt.as_mut().unwrap();
+                    receipt.exit = ExitKind::Timeout as i32;
+                    zkmesh_kit::receipt::sign(receipt, &key).unwrap();
+                    report.exit = ExitKind::Timeout as i32;
+                    report.exit_message = "timed out".into();
+                }
                 let _ = tx
                     .send(WorkRequest {
                         kind: Some(work_request::Kind::Report(report)),
@@ -281,6 +300,54 @@ async fn a_lying_node_is_caught_by_a_spot_check() {
     assert_eq!(counts(records.get(&liar)), record(0, 1, 1, 1));
     assert_eq!(counts(records.get(&a)), record(1, 0, 1, 0));
     assert_eq!(counts(records.get(&b)), record(1, 0, 1, 0));
+    assert_audit_passes(&sb.api).await;
+    sb.mesh.stop().await;
+}
+
+/// A run that timed out says nothing against one that completed (a slower machine, not another
+/// answer): both checks of an honest result time out, and the result is judged as an unchecked
+/// one would be and paid; the checkers are not paid, nor marked as having lost a check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checks_that_time_out_do_not_outvote_a_completed_run() {
+    let mut sb = start_with(0, |o| o.spot_check_rate = Some(1.0)).await;
+    let honest = sb.mesh.add_worker("honest", "op-honest").await.unwrap();
+    let (assigned, mut slow_tasks) = mpsc::unbounded_channel();
+    let slow_a = start_fake(&sb, "op-slow-a", None, assigned.clone(), true).await;
+    let slow_b = start_fake(&sb, "op-slow-b", None, assigned, true).await;
+    sb.mesh
+        .wait_for_workers(3, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let sha = zkmesh_guests::get("sha256").unwrap();
+    let mut s = sb.api.scheduler().unwrap();
+    let task = submit(&mut s, &Job::new(sha.wasm, b"slow checkers"))
+        .await
+        .unwrap();
+    let result = finish(&sb, &task.task_id).await;
+    assert_verified(
+        &result,
+        &zkmesh_guests::reference_output("sha256", b"slow checkers").unwrap(),
+    );
+    assert!(
+        result.verdict_reason.contains("judged unchecked"),
+        "{}",
+        result.verdict_reason
+    );
+    assert_eq!(result.receipts.len(), 1);
+    assert_eq!(result.receipts[0].node_id, honest);
+    assert_eq!(
+        slow_tasks.try_recv().is_ok() as u8 + slow_tasks.try_recv().is_ok() as u8,
+        2
+    );
+    assert_eq!(balance(&sb, "op-honest").await, result.credits_charged);
+    assert_eq!(
+        balance(&sb, "op-slow-a").await + balance(&sb, "op-slow-b").await,
+        0
+    );
+    let records = records(&sb).await;
+    assert_eq!(counts(records.get(&honest)), record(1, 0, 1, 0));
+    assert_eq!(counts(records.get(&slow_a)), record(0, 1, 1, 0));
+    assert_eq!(counts(records.get(&slow_b)), record(0, 1, 1, 0));
     assert_audit_passes(&sb.api).await;
     sb.mesh.stop().await;
 }

@@ -77,6 +77,12 @@ impl Core {
                 spot_checks: task.spot_checks,
             }
         };
+        let asked: std::collections::BTreeSet<String> = request
+            .reports
+            .iter()
+            .map(|r| r.attempt_id.clone())
+            .collect();
+        let checks = request.spot_checks;
         let verdict = match self.verifier.verify_result(request).await {
             Ok(v) => v,
             Err(e) => {
@@ -94,12 +100,34 @@ impl Core {
             );
             return Ok(());
         }
+        if verdict.spot_checks != checks {
+            // A verifier of an older build judges checked results by the unchecked rule (one
+            // operator suffices, every agreeing run paid): ask again once it is upgraded.
+            tracing::warn!(
+                task_id,
+                checks,
+                applied = verdict.spot_checks,
+                "the verifier did not apply the spot checks; will retry"
+            );
+            return Ok(());
+        }
         {
             let _t = self.transitions.lock().await;
             let Some(task) = self.task_in(task_id, TaskState::Reported).await? else {
                 return Ok(());
             };
             let attempts = self.store.attempts(task_id).await.map_err(db_error)?;
+            // A verdict answers the reports it was asked about: if the task went round again
+            // meanwhile (another caller's verdict applied first), this one is stale.
+            let reported: std::collections::BTreeSet<String> = attempts
+                .iter()
+                .filter(|a| a.state == attempt_state::REPORTED)
+                .map(|a| a.attempt_id.clone())
+                .collect();
+            if reported != asked || task.spot_checks != checks {
+                tracing::info!(task_id, "a verdict on reports since changed is dropped");
+                return Ok(());
+            }
             let mut t = Transition::default();
             let verified = self
                 .apply_verdict(&task, &attempts, verdict, &mut t)

@@ -188,6 +188,9 @@ impl Core {
         t: &mut Transition,
     ) {
         let checked = task.spot_checks > 0;
+        // A check lost is a result the majority disagreed with: not a run that timed out
+        // beside a completed one (it had no vote), nor one of a round nobody won.
+        let decided = verdict.verdict() == Verdict::Verified;
         for a in attempts {
             let accepted = verdict.accepted_attempt_ids.contains(&a.attempt_id);
             let rejected = verdict.rejected_attempt_ids.contains(&a.attempt_id);
@@ -199,7 +202,9 @@ impl Core {
                 verified: u64::from(accepted),
                 rejected: u64::from(rejected),
                 spot_checks: u64::from(checked),
-                spot_failures: u64::from(checked && rejected),
+                spot_failures: u64::from(
+                    checked && rejected && decided && a.exit != ExitKind::Timeout as i32,
+                ),
             }));
         }
     }

@@ -81,6 +81,8 @@ fn judge_key() -> ed25519_dalek::SigningKey {
 struct Judge {
     reject: Mutex<bool>,
     undecided: Mutex<bool>,
+    /// Answers as a verifier that knows nothing of spot checks.
+    forget_checks: Mutex<bool>,
     asked: Mutex<usize>,
     last: Mutex<Option<VerifyResultRequest>>,
 }
@@ -97,7 +99,8 @@ impl Verifier for Judge {
         *self.asked.lock().unwrap() += 1;
         *self.last.lock().unwrap() = Some(req.clone());
         let ids: Vec<String> = req.reports.iter().map(|r| r.attempt_id.clone()).collect();
-        Ok(if *self.undecided.lock().unwrap() && req.spot_checks == 1 {
+        let checks = req.spot_checks;
+        let mut verdict = if *self.undecided.lock().unwrap() && req.spot_checks == 1 {
             TaskVerdict {
                 task_id: req.task_id,
                 verdict: Verdict::Pending as i32,
@@ -146,7 +149,11 @@ impl Verifier for Judge {
                 settlement: Some(settlement),
                 ..Default::default()
             }
-        })
+        };
+        if !*self.forget_checks.lock().unwrap() {
+            verdict.spot_checks = checks;
+        }
+        Ok(verdict)
     }
 }
 

@@ -284,6 +284,41 @@ async fn rejections_are_recorded_and_clean_nodes_are_preferred() {
     assert_eq!(listed, vec![("n1".into(), 0, 1), ("n2".into(), 1, 0)]);
 }
 
+/// A verdict that did not apply the checks asked for (a verifier of an older build, which would
+/// take one operator's word and pay every agreeing run) is dropped; the task waits for one that
+/// did.
+#[tokio::test]
+async fn a_verdict_that_ignored_the_checks_is_not_applied() {
+    let nodes = [("n1", "acme"), ("n2", "zeta"), ("n3", "omni")];
+    let b = bench(&nodes, &[("SPOT_CHECK_RATE", "1.0")]).await;
+    let mut n1 = b.connect("n1", "acme", 1).await;
+    b.submit("t", receipt()).await;
+    b.core.dispatch_once().await.unwrap();
+    let first = assignments(&mut n1).remove(0);
+    let mut inboxes = HashMap::from([
+        ("n2", b.connect("n2", "zeta", 1).await),
+        ("n3", b.connect("n3", "omni", 1).await),
+    ]);
+    b.core
+        .on_report("n1", report(&first.attempt_id, 10, 10))
+        .await
+        .unwrap();
+    b.core.dispatch_once().await.unwrap();
+    let (checker, check) = take_one(&mut inboxes);
+    *b.judge.forget_checks.lock().unwrap() = true;
+    b.core
+        .on_report(checker, report(&check.attempt_id, 10, 10))
+        .await
+        .unwrap();
+    assert_eq!(*b.judge.asked.lock().unwrap(), 1);
+    assert_eq!(b.state("t").await, TaskState::Reported);
+    assert!(b.books.captures.lock().unwrap().is_empty());
+    *b.judge.forget_checks.lock().unwrap() = false;
+    overdue(&b, "t").await;
+    b.core.sweep().await.unwrap();
+    assert_eq!(b.state("t").await, TaskState::Settled);
+}
+
 /// Dates the task's round of checks (and its last event) back to the start of time.
 async fn overdue(b: &Bench, task: &str) {
     sqlx::query("UPDATE tasks SET spot_checks_at_ms = 1, updated_at_ms = 0 WHERE task_id = $1")
