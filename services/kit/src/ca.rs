@@ -289,6 +289,21 @@ pub fn generate_csr(common_name: &str) -> Result<(String, String), IdentityError
     Ok((key.serialize_pem(), csr.pem()?))
 }
 
+/// Whether the certificate (the first in `cert_pem`) is for the private key in `key_pem`.
+pub fn certifies_key(cert_pem: &str, key_pem: &str) -> bool {
+    use x509_parser::prelude::*;
+    let Ok(key) = KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    let Ok((_, pem)) = parse_x509_pem(cert_pem.as_bytes()) else {
+        return false;
+    };
+    let Ok(cert) = pem.parse_x509() else {
+        return false;
+    };
+    cert.public_key().subject_public_key.data.as_ref() == key.public_key_raw()
+}
+
 fn dn(common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -347,6 +362,24 @@ mod tests {
     fn leaf_der(pem: &str) -> Vec<u8> {
         use x509_parser::prelude::*;
         parse_x509_pem(pem.as_bytes()).unwrap().1.contents
+    }
+
+    /// A certificate signed for a request certifies that request's key and no other.
+    #[test]
+    fn a_certificate_certifies_its_requests_key_only() {
+        let root = MeshCa::generate("m").unwrap();
+        let (key, csr) = generate_csr("n").unwrap();
+        let (other_key, _) = generate_csr("n").unwrap();
+        let cert = root
+            .sign_csr(
+                &csr,
+                &Identity::new("m", Role::Node, "n-1"),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        assert!(certifies_key(&cert, &key));
+        assert!(!certifies_key(&cert, &other_key));
+        assert!(!certifies_key("not a certificate", &key));
     }
 
     /// The node issuer signs nodes only, sends its own certificate after each, and a root made

@@ -132,7 +132,11 @@ impl RegistryApi for RegistryService {
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let me = caller(&req)?;
         let before = self.nodes.node(&me.name).await?;
-        Nodes::check_certificate(&before, caller_certificate(&req).as_deref())?;
+        // An approved node heartbeats under the certificate the registry issued it; one waiting
+        // for approval (or refused) only learns its status.
+        if matches!(before.status(), NodeStatus::Active | NodeStatus::Offline) {
+            Nodes::check_certificate(&before, caller_certificate(&req).as_deref())?;
+        }
         sqlx::query(
             "UPDATE nodes SET last_heartbeat_at_ms = $1 WHERE node_id = $2 AND state = 'approved'",
         )

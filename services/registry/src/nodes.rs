@@ -67,8 +67,8 @@ impl Nodes {
     pub(crate) fn check_certificate(node: &Node, presented: Option<&str>) -> Result<()> {
         match presented {
             Some(s) if !s.is_empty() && node.certificate_sha256s.iter().any(|x| x == s) => Ok(()),
-            _ => Err(RegistryError::Denied(format!(
-                "this certificate is not one the registry issued to node {} (it was issued elsewhere, or replaced)",
+            _ => Err(RegistryError::Precondition(format!(
+                "this certificate is not one the registry issued to node {} (it was issued elsewhere, or replaced: the node fetches its own with FetchCertificate)",
                 node.node_id
             ))),
         }

@@ -207,6 +207,50 @@ pub(crate) fn node_tls(config: &WorkerConfig) -> Result<ClientTls, WorkerError> 
     })
 }
 
+/// The message with which services refuse a certificate the registry did not issue this node
+/// (or no longer counts as its own): the node fetches the one it has on record.
+pub(crate) const NOT_ISSUED: &str = "not one the registry issued to node";
+
+/// The certificate the registry has on record for this node, written over the one on disk when
+/// it differs and fits this node's key (an admin re-approved the node, which signs its last
+/// request anew; or a restored registry). True when a new one was written.
+pub(crate) async fn refetch_certificate(config: &WorkerConfig) -> Result<bool, String> {
+    let dir = &config.data_dir;
+    let node: NodeFile =
+        serde_json::from_str(&read_file(&dir.join("node.json")).map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
+    let anonymous = ClientTls {
+        ca: read_file(&config.ca_cert).map_err(|e| e.to_string())?,
+        identity: None,
+    };
+    let mut registry = RegistryServiceClient::new(
+        channel(&config.registry_endpoint, &anonymous, "registry").map_err(|e| e.to_string())?,
+    );
+    let r = registry
+        .fetch_certificate(FetchCertificateRequest {
+            node_id: node.node_id.clone(),
+            enrollment_secret: hex::decode(&node.enrollment_secret).map_err(|e| e.to_string())?,
+        })
+        .await
+        .map_err(|e| e.message().to_string())?
+        .into_inner();
+    let current = read_file(&dir.join("tls.crt")).unwrap_or_default();
+    if r.certificate_pem.is_empty() || r.certificate_pem == current {
+        return Ok(false);
+    }
+    // Only a certificate for this node's own key is of use (TLS proves the key).
+    let key = read_file(&dir.join("tls.key")).map_err(|e| e.to_string())?;
+    if !zkmesh_kit::ca::certifies_key(&r.certificate_pem, &key) {
+        return Err(
+            "the registry's certificate for this node is for another key: re-enroll it".into(),
+        );
+    }
+    write_file(&dir.join("tls.crt"), r.certificate_pem.as_bytes(), false)
+        .map_err(|e| e.to_string())?;
+    tracing::info!(node_id = %node.node_id, "certificate fetched again from the registry");
+    Ok(true)
+}
+
 /// Whether a certificate is into the last third of its lifetime.
 pub(crate) fn due_for_renewal(cert_pem: &str) -> bool {
     let Some((not_before, not_after)) = zkmesh_kit::identity::validity_ms(cert_pem) else {

@@ -17,7 +17,9 @@ use zkmesh_proto::*;
 use zkmesh_runtime::{Sandbox, SandboxConfig};
 
 use crate::config::{WorkerConfig, machine_memory_mib};
-use crate::enrollment::{Keys, due_for_renewal, ensure_identity, node_tls, renew};
+use crate::enrollment::{
+    Keys, NOT_ISSUED, due_for_renewal, ensure_identity, node_tls, refetch_certificate, renew,
+};
 use crate::execution::execute;
 use crate::metrics::WorkerMetrics;
 use crate::shared::Shared;
@@ -271,6 +273,27 @@ pub(crate) fn spawn_heartbeats(
                             Err(e) => {
                                 tracing::warn!(error = %e, "certificate renewal failed; will retry")
                             }
+                        }
+                    }
+                }
+                Err(e)
+                    if e.code() == tonic::Code::FailedPrecondition
+                        && e.message().contains(NOT_ISSUED) =>
+                {
+                    // Not the certificate the registry has on record for this node: fetch that
+                    // one (it fits this node's key) and reconnect with it.
+                    match refetch_certificate(&config).await {
+                        Ok(true) => {
+                            if let Ok(r) = connect(&config) {
+                                registry = r;
+                            }
+                            renewed.send_modify(|n| *n += 1);
+                        }
+                        Ok(false) => {
+                            tracing::warn!(error = %e.message(), "the registry refuses this node's certificate and has no other for it")
+                        }
+                        Err(why) => {
+                            tracing::warn!(error = %e.message(), %why, "fetching this node's certificate again failed")
                         }
                     }
                 }

@@ -157,14 +157,14 @@ async fn a_stolen_node_issuer_mints_nodes_only() {
         .heartbeat(HeartbeatRequest { running_tasks: 0 })
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains(not_it), "{refused:?}");
     let (_, csr) = zkmesh_kit::ca::generate_csr("twin").unwrap();
     let refused = registry
         .renew_certificate(RenewCertificateRequest { csr_pem: csr })
         .await
         .unwrap_err();
-    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains(not_it), "{refused:?}");
     let (up, rx) = tokio::sync::mpsc::channel(4);
     up.send(WorkRequest {
@@ -185,7 +185,7 @@ async fn a_stolen_node_issuer_mints_nodes_only() {
         Err(status) => status,
         Ok(stream) => stream.into_inner().message().await.unwrap_err(),
     };
-    assert_eq!(refused.code(), Code::PermissionDenied, "{refused:?}");
+    assert_eq!(refused.code(), Code::FailedPrecondition, "{refused:?}");
     assert!(refused.message().contains(not_it), "{refused:?}");
     // The node itself is still served: it runs a task.
     let sha = zkmesh_guests::get("sha256").unwrap();

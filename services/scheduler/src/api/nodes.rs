@@ -158,8 +158,8 @@ impl SchedulerService {
 fn issued_to<T>(node: &Node, req: &Request<T>) -> Result<(), Status> {
     let presented = zkmesh_kit::acl::caller_certificate(req).unwrap_or_default();
     if presented.is_empty() || !node.certificate_sha256s.contains(&presented) {
-        return Err(Status::permission_denied(format!(
-            "this certificate is not one the registry issued to node {}",
+        return Err(Status::failed_precondition(format!(
+            "this certificate is not one the registry issued to node {} (it was issued elsewhere, or replaced: the node fetches its own with FetchCertificate)",
             node.node_id
         )));
     }
