@@ -1,6 +1,8 @@
 //! Benchmarks: `cargo bench -p zkmesh-benches` (criterion, hot paths) and the mesh load
 //! generator `cargo run --release -p zkmesh-benches --bin loadgen`.
 
+pub mod hostile;
+
 /// The trivial task of the load generator: a zkmesh ABI module that writes "ok".
 pub const TRIVIAL_WAT: &str = r#"(module
   (import "zkmesh" "write_output" (func $out (param i32 i32)))

@@ -40,6 +40,10 @@ struct Args {
     max_secs: u64,
     #[arg(long)]
     json: bool,
+    /// Beside the load, a hostile client: 1,000 idle TLS connections without a certificate from
+    /// 127.0.0.2 and 10,000 calls to made-up methods, both at the scheduler (embedded mesh only).
+    #[arg(long)]
+    hostile: bool,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -73,6 +77,23 @@ async fn main() -> anyhow::Result<()> {
     let module = upload(&mut api.scheduler()?, "trivial", &wasm).await?;
     let policy: VerificationPolicy = args.policy.parse()?;
 
+    let flood = match (&mesh, args.hostile) {
+        (Some(mesh), true) => {
+            let ca = std::fs::read_to_string(&config.ca)?;
+            let (addr, endpoint) = (mesh.scheduler.addr, config.scheduler.clone());
+            Some(tokio::spawn(async move {
+                use zkmesh_benches::hostile::{idle_connections, made_up_calls};
+                let from = "127.0.0.2".parse().expect("an address");
+                let idle = idle_connections(&ca, from, addr, 1000, 64).await?;
+                let anonymous = zkmesh_kit::client::ClientTls { ca, identity: None };
+                let ch = zkmesh_kit::client::channel(&endpoint, &anonymous, "scheduler")?;
+                let answered = made_up_calls(ch, "zkmesh.v1.SchedulerService", 10_000, 64).await;
+                anyhow::Ok((idle, answered))
+            }))
+        }
+        (None, true) => anyhow::bail!("--hostile drives an embedded mesh only"),
+        _ => None,
+    };
     // One channel (HTTP/2 connection) shared by every task, as a real client would.
     let scheduler = api.scheduler()?;
     let started = Instant::now();
@@ -111,6 +132,17 @@ async fn main() -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .await;
     let elapsed = started.elapsed().as_secs_f64();
+    let hostile = match flood {
+        Some(flood) => {
+            let (idle, answered) = flood.await??;
+            serde_json::json!({
+                "idle_connections_kept": idle.kept.len(),
+                "idle_connections_refused": idle.refused,
+                "made_up_calls_answered": answered,
+            })
+        }
+        None => serde_json::Value::Null,
+    };
 
     let done: Vec<_> = results.into_iter().flatten().collect();
     let ok = done.iter().filter(|(ok, _, _)| *ok).count();
@@ -154,6 +186,7 @@ async fn main() -> anyhow::Result<()> {
             "p99": percentile(&latencies, 0.99),
             "max": latencies.last().copied().unwrap_or(f64::NAN),
         },
+        "hostile": hostile,
         "mean_stage_ms": stages.windows(2).zip(&stage_ms)
             .map(|(w, ms)| (format!("{}->{}", w[0], w[1]), serde_json::json!(ms)))
             .collect::<serde_json::Map<_, _>>(),

@@ -354,43 +354,6 @@ async fn reconnecting_does_not_free_a_leased_slot() {
     sb.mesh.stop().await;
 }
 
-/// A TLS connection without a client certificate from `from` to `to`, speaking HTTP/2: whether
-/// the service kept it (its first bytes, the server's HTTP/2 settings, arrive) or closed it
-/// (end of stream) — and the connection, to hold open.
-async fn anonymous_connection(
-    ca_pem: &str,
-    from: std::net::IpAddr,
-    to: std::net::SocketAddr,
-) -> (bool, tokio_rustls::client::TlsStream<tokio::net::TcpStream>) {
-    use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
-    use tokio::io::AsyncReadExt;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(std::net::SocketAddr::new(from, 0)).unwrap();
-    let tcp = socket.connect(to).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let mut first = [0u8; 9];
-    let kept = matches!(
-        tokio::time::timeout(Duration::from_secs(5), tls.read(&mut first)).await,
-        Ok(Ok(n)) if n > 0
-    );
-    (kept, tls)
-}
-
 /// Connections without a certificate are capped per address (and share the room not kept for
 /// the mesh's callers): from 127.0.0.2 the first few are served and the rest closed at once,
 /// while a user's calls and another address's health check still go through. And no
@@ -407,23 +370,28 @@ async fn anonymous_connections_are_capped_and_connections_age_out() {
     let (flood, honest): (std::net::IpAddr, std::net::IpAddr) =
         ("127.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap());
     let scheduler = sb.mesh.scheduler.addr;
-    let mut held = Vec::new();
-    let mut kept = 0;
-    for _ in 0..20 {
-        let (open, conn) = anonymous_connection(&ca, flood, scheduler).await;
-        kept += usize::from(open);
-        held.push(conn);
-    }
+    let idle = zkmesh_benches::hostile::idle_connections(&ca, flood, scheduler, 20, 1)
+        .await
+        .unwrap();
     assert_eq!(
-        kept, 6,
+        idle.kept.len(),
+        6,
         "six anonymous connections from one address are served"
     );
+    assert_eq!(idle.refused, 14);
+    let mut held = idle.kept;
     // Others are served meanwhile: a user (its own place), another address without a
     // certificate (its health check).
     let mut s = sb.api.scheduler().unwrap();
     s.list_tasks(ListTasksRequest::default()).await.unwrap();
-    let (open, _other) = anonymous_connection(&ca, honest, scheduler).await;
-    assert!(open, "another address is not held to the flood's cap");
+    let other = zkmesh_benches::hostile::idle_connections(&ca, honest, scheduler, 1, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        other.kept.len(),
+        1,
+        "another address is not held to the flood's cap"
+    );
     let metrics = http_get(sb.mesh.scheduler.metrics_addr.unwrap(), "/metrics")
         .await
         .unwrap();
@@ -449,8 +417,14 @@ async fn anonymous_connections_are_capped_and_connections_age_out() {
     }
     drop(held);
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let (open, _again) = anonymous_connection(&ca, flood, scheduler).await;
-    assert!(open, "places come back when connections close");
+    let again = zkmesh_benches::hostile::idle_connections(&ca, flood, scheduler, 1, 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        again.kept.len(),
+        1,
+        "places come back when connections close"
+    );
     // A client reconnects after the cut: the user's channel works again (a call racing the
     // close may see it; the next one reconnects).
     let mut answered = false;

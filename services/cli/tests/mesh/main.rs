@@ -10,6 +10,7 @@ mod failover;
 mod fake_node;
 mod guests;
 mod hostile;
+mod hostile_clients;
 mod identities;
 mod ledger;
 mod lifecycle;
