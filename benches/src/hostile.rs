@@ -2,9 +2,9 @@
 //! certificate from one address, held open, and calls to made-up methods. Bounded: it opens and
 //! calls exactly as many as it is told.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject};
@@ -68,45 +68,44 @@ pub async fn idle_connections(
 }
 
 /// Makes `n` calls to made-up methods of `service` (`zkmesh.v1.SchedulerService`, say) over
-/// `channel`, `concurrency` at a time; returns how many were answered (with an error status,
-/// as they should be) rather than lost to the transport.
+/// `channel`, `concurrency` at a time; returns how many ended with each status code (they should
+/// all be refused: UNIMPLEMENTED, or UNAUTHENTICATED for a caller without a certificate).
 pub async fn made_up_calls(
     channel: tonic::transport::Channel,
     service: &str,
     n: usize,
     concurrency: usize,
-) -> usize {
-    let answered = AtomicUsize::new(0);
+) -> BTreeMap<String, usize> {
+    let outcomes = Mutex::new(BTreeMap::new());
     futures::stream::iter(0..n)
         .for_each_concurrent(concurrency.max(1), |i| {
             let mut grpc = tonic::client::Grpc::new(channel.clone());
             let path = format!("/{service}/MadeUp{i}");
-            let answered = &answered;
+            let outcomes = &outcomes;
             async move {
-                let Ok(path) = path.parse::<http::uri::PathAndQuery>() else {
-                    return;
+                let outcome = match path.parse::<http::uri::PathAndQuery>() {
+                    Err(_) => "bad path".to_string(),
+                    Ok(path) => match grpc.ready().await {
+                        Err(e) => format!("not ready: {e}"),
+                        Ok(()) => match grpc
+                            .unary::<(), (), _>(
+                                tonic::Request::new(()),
+                                path,
+                                tonic_prost::ProstCodec::default(),
+                            )
+                            .await
+                        {
+                            Ok(_) => "OK".to_string(),
+                            Err(s) if s.code() == tonic::Code::Unknown => {
+                                format!("Unknown: {}", s.message())
+                            }
+                            Err(s) => format!("{:?}", s.code()),
+                        },
+                    },
                 };
-                if grpc.ready().await.is_err() {
-                    return;
-                }
-                let status = grpc
-                    .unary::<(), (), _>(
-                        tonic::Request::new(()),
-                        path,
-                        tonic_prost::ProstCodec::default(),
-                    )
-                    .await
-                    .err();
-                if status.is_some_and(|s| {
-                    matches!(
-                        s.code(),
-                        tonic::Code::Unimplemented | tonic::Code::Unauthenticated
-                    )
-                }) {
-                    answered.fetch_add(1, Ordering::Relaxed);
-                }
+                *outcomes.lock().unwrap().entry(outcome).or_default() += 1;
             }
         })
         .await;
-    answered.into_inner()
+    outcomes.into_inner().unwrap()
 }

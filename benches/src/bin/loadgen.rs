@@ -138,7 +138,7 @@ async fn main() -> anyhow::Result<()> {
             serde_json::json!({
                 "idle_connections_kept": idle.kept.len(),
                 "idle_connections_refused": idle.refused,
-                "made_up_calls_answered": answered,
+                "made_up_calls": answered,
             })
         }
         None => serde_json::Value::Null,

@@ -74,7 +74,19 @@ async fn honest_tasks_complete_beside_a_hostile_client() {
     let cap = zkmesh_kit::admission::Limits::default().max_anonymous_connections_per_address;
     assert!(idle.kept.len() <= cap as usize, "{} kept", idle.kept.len());
     assert_eq!(idle.kept.len() + idle.refused, 1000);
-    assert_eq!(answered, 10_000);
+    // Every call ended, refused as a call to a method nobody serves. A few may end with a
+    // transport error instead: HTTP/2's own guard closes a connection on which the server has
+    // reset too many streams (its calls were refused before their bodies were read), and the
+    // flooding client reconnects.
+    assert_eq!(answered.values().sum::<usize>(), 10_000, "{answered:?}");
+    let refused = answered.get("Unimplemented").copied().unwrap_or(0);
+    assert!(refused >= 9_800, "{answered:?}");
+    assert!(
+        answered.keys().all(|k| k == "Unimplemented"
+            || k == "Cancelled"
+            || k.starts_with("Unknown: transport")),
+        "{answered:?}"
+    );
     let metrics = http_get(metrics_addr, "/metrics").await.unwrap();
     assert!(
         metrics.len() < 64 << 10,
