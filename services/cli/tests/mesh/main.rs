@@ -12,6 +12,7 @@ mod guests;
 mod hostile;
 mod hostile_clients;
 mod identities;
+mod kill9;
 mod ledger;
 mod lifecycle;
 mod proofs;
